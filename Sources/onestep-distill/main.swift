@@ -1,0 +1,1 @@
+print("onestep-distill: not built yet")

@@ -1,0 +1,1 @@
+print("onestep-serve: not built yet")

@@ -1,0 +1,1 @@
+print("onestep-load: not built yet")
