@@ -1,0 +1,304 @@
+// safetensors reader and writer (https://github.com/huggingface/safetensors format):
+//   8 bytes little-endian header length N | N bytes JSON header | raw little-endian tensor data.
+// The header maps tensor names to {dtype, shape, data_offsets: [begin, end)} relative to the data section,
+// plus an optional "__metadata__" string map. Everything is checked against the file size before anything
+// sized by the file is allocated (as stable-diffusion.cpp does: header_size > file_size - 8 || <= 2 -> error).
+import Foundation
+
+public enum SafetensorsDType: String, Sendable, CaseIterable {
+    case F32, F16, BF16, F64, I8, U8, I16, I32, I64, BOOL
+
+    public var byteSize: Int {
+        switch self {
+        case .I8, .U8, .BOOL: return 1
+        case .F16, .BF16, .I16: return 2
+        case .F32, .I32: return 4
+        case .F64, .I64: return 8
+        }
+    }
+}
+
+public struct SafetensorsError: Error, CustomStringConvertible, Equatable {
+    public var file: String
+    public var tensor: String?
+    public var problem: String
+
+    public var description: String {
+        let what = tensor.map { "tensor '\($0)' in \(file)" } ?? file
+        return "\(what): \(problem)"
+    }
+}
+
+public struct TensorEntry: Sendable {
+    public var name: String
+    public var dtype: SafetensorsDType
+    public var shape: [Int]
+    public var begin: Int  // byte offsets into the data section
+    public var end: Int
+    public var elementCount: Int { shape.reduce(1, *) }
+}
+
+public struct SafetensorsFile: Sendable {
+    /// Header larger than this is refused: real headers are kilobytes.
+    public static let maxHeaderBytes = 100 * 1024 * 1024
+
+    public let path: String
+    public let entries: [String: TensorEntry]
+    public let metadata: [String: String]
+    let payload: [UInt8]  // the data section
+
+    public var names: [String] { entries.keys.sorted() }
+
+    /// Reads and validates a file. Throws `SafetensorsError` naming the file, the tensor and what is wrong.
+    public init(path: String) throws {
+        guard let handle = FileHandle(forReadingAtPath: path) else {
+            throw SafetensorsError(file: path, problem: "cannot open the file (does it exist and is it readable?)")
+        }
+        defer { try? handle.close() }
+        let fileSize = Int((try? handle.seekToEnd()) ?? 0)
+        try? handle.seek(toOffset: 0)
+        guard fileSize >= 8 else {
+            throw SafetensorsError(file: path, problem: "file is \(fileSize) bytes, too short for a safetensors header; it is truncated or not safetensors")
+        }
+        let lengthBytes = [UInt8](handle.readData(ofLength: 8))
+        let headerLength = try Self.checkHeaderLength(lengthBytes, fileSize: fileSize, path: path)
+        let header = [UInt8](handle.readData(ofLength: headerLength))
+        let (entries, metadata) = try Self.parseHeader(header, dataSize: fileSize - 8 - headerLength, path: path)
+        let payload = [UInt8](handle.readDataToEndOfFile())
+        guard payload.count == fileSize - 8 - headerLength else {
+            throw SafetensorsError(file: path, problem: "file changed while being read")
+        }
+        self.path = path
+        self.entries = entries
+        self.metadata = metadata
+        self.payload = payload
+    }
+
+    /// Parses an in-memory file (used by tests and fuzzing).
+    public init(bytes: [UInt8], name: String = "<memory>") throws {
+        guard bytes.count >= 8 else {
+            throw SafetensorsError(file: name, problem: "\(bytes.count) bytes, too short for a safetensors header")
+        }
+        let headerLength = try Self.checkHeaderLength(Array(bytes[0..<8]), fileSize: bytes.count, path: name)
+        let header = Array(bytes[8..<(8 + headerLength)])
+        let (entries, metadata) = try Self.parseHeader(header, dataSize: bytes.count - 8 - headerLength, path: name)
+        self.path = name
+        self.entries = entries
+        self.metadata = metadata
+        self.payload = Array(bytes[(8 + headerLength)...])
+    }
+
+    static func checkHeaderLength(_ b: [UInt8], fileSize: Int, path: String) throws -> Int {
+        var n: UInt64 = 0
+        for i in 0..<8 { n |= UInt64(b[i]) << (8 * UInt64(i)) }
+        guard n > 2, n <= UInt64(fileSize - 8), n <= UInt64(maxHeaderBytes) else {
+            throw SafetensorsError(file: path, problem: "header length \(n) does not fit a \(fileSize)-byte file; the file is truncated or not safetensors")
+        }
+        return Int(n)
+    }
+
+    static func parseHeader(_ header: [UInt8], dataSize: Int, path: String) throws -> ([String: TensorEntry], [String: String]) {
+        let json: Any
+        do {
+            json = try JSONSerialization.jsonObject(with: Data(header))
+        } catch {
+            throw SafetensorsError(file: path, problem: "header is not valid JSON (\(error.localizedDescription)); the file is corrupt")
+        }
+        guard let top = json as? [String: Any] else {
+            throw SafetensorsError(file: path, problem: "header is not a JSON object")
+        }
+        var entries: [String: TensorEntry] = [:]
+        var metadata: [String: String] = [:]
+        for (name, value) in top {
+            if name == "__metadata__" {
+                guard let m = value as? [String: Any] else {
+                    throw SafetensorsError(file: path, problem: "__metadata__ is not an object")
+                }
+                for (k, v) in m {
+                    guard let s = v as? String else {
+                        throw SafetensorsError(file: path, problem: "__metadata__ value for '\(k)' is not a string")
+                    }
+                    metadata[k] = s
+                }
+                continue
+            }
+            entries[name] = try parseEntry(name: name, value: value, dataSize: dataSize, path: path)
+        }
+        return (entries, metadata)
+    }
+
+    static func parseEntry(name: String, value: Any, dataSize: Int, path: String) throws -> TensorEntry {
+        func fail(_ p: String) -> SafetensorsError { SafetensorsError(file: path, tensor: name, problem: p) }
+        guard let obj = value as? [String: Any] else { throw fail("entry is not an object") }
+        guard let dtypeName = obj["dtype"] as? String else { throw fail("has no dtype") }
+        guard let dtype = SafetensorsDType(rawValue: dtypeName) else {
+            throw fail("dtype \(dtypeName) is not supported (supported: \(SafetensorsDType.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+        guard let shapeAny = obj["shape"] as? [Any] else { throw fail("has no shape array") }
+        var shape: [Int] = []
+        var count = 1
+        for d in shapeAny {
+            guard let n = d as? NSNumber, let v = Int(exactly: n.doubleValue), v >= 0, v <= Int(Int32.max) else {
+                throw fail("shape \(shapeAny) has an entry that is not a non-negative integer")
+            }
+            let (m, overflow) = count.multipliedReportingOverflow(by: v)
+            guard !overflow, m <= dataSize else { throw fail("shape \(shapeAny) is larger than the file") }
+            count = m
+            shape.append(v)
+        }
+        guard let offs = obj["data_offsets"] as? [Any], offs.count == 2,
+              let b = (offs[0] as? NSNumber).flatMap({ Int(exactly: $0.doubleValue) }),
+              let e = (offs[1] as? NSNumber).flatMap({ Int(exactly: $0.doubleValue) }) else {
+            throw fail("data_offsets is not a pair of integers")
+        }
+        guard b >= 0, b <= e, e <= dataSize else {
+            throw fail("data_offsets [\(b), \(e)] fall outside the \(dataSize)-byte data section; the file is truncated or corrupt")
+        }
+        guard e - b == count * dtype.byteSize else {
+            throw fail("holds \(e - b) bytes but shape \(shape) of \(dtype.rawValue) needs \(count * dtype.byteSize)")
+        }
+        return TensorEntry(name: name, dtype: dtype, shape: shape, begin: b, end: e)
+    }
+
+    public func entry(_ name: String) throws -> TensorEntry {
+        guard let e = entries[name] else {
+            throw SafetensorsError(file: path, tensor: name, problem: "is missing")
+        }
+        return e
+    }
+
+    /// The tensor as float32, converting F16, BF16 and F64. Integer tensors are refused.
+    public func floats(_ name: String) throws -> Tensor {
+        let e = try entry(name)
+        let n = e.elementCount
+        var out = [Float](repeating: 0, count: n)
+        payload.withUnsafeBytes { raw in
+            let src = raw.baseAddress! + e.begin
+            switch e.dtype {
+            case .F32:
+                for i in 0..<n { out[i] = Float(bitPattern: src.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self).littleEndian) }
+            case .F16:
+                for i in 0..<n { out[i] = HalfFloat.toFloat(src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self).littleEndian) }
+            case .BF16:
+                for i in 0..<n { out[i] = Float(bitPattern: UInt32(src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self).littleEndian) << 16) }
+            case .F64:
+                for i in 0..<n { out[i] = Float(Double(bitPattern: src.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self).littleEndian)) }
+            default:
+                break
+            }
+        }
+        guard [.F32, .F16, .BF16, .F64].contains(e.dtype) else {
+            throw SafetensorsError(file: path, tensor: name, problem: "is \(e.dtype.rawValue), expected a float type")
+        }
+        return Tensor(shape: e.shape, data: out)
+    }
+
+    /// Integer tensors (I8, U8, I16, I32, I64, BOOL) widened to Int64.
+    public func integers(_ name: String) throws -> (shape: [Int], values: [Int64]) {
+        let e = try entry(name)
+        let n = e.elementCount
+        var out = [Int64](repeating: 0, count: n)
+        let ok: Bool = payload.withUnsafeBytes { raw in
+            let src = raw.baseAddress! + e.begin
+            switch e.dtype {
+            case .I8: for i in 0..<n { out[i] = Int64(src.load(fromByteOffset: i, as: Int8.self)) }
+            case .U8, .BOOL: for i in 0..<n { out[i] = Int64(src.load(fromByteOffset: i, as: UInt8.self)) }
+            case .I16: for i in 0..<n { out[i] = Int64(Int16(littleEndian: src.loadUnaligned(fromByteOffset: 2 * i, as: Int16.self))) }
+            case .I32: for i in 0..<n { out[i] = Int64(Int32(littleEndian: src.loadUnaligned(fromByteOffset: 4 * i, as: Int32.self))) }
+            case .I64: for i in 0..<n { out[i] = Int64(littleEndian: src.loadUnaligned(fromByteOffset: 8 * i, as: Int64.self)) }
+            default: return false
+            }
+            return true
+        }
+        guard ok else {
+            throw SafetensorsError(file: path, tensor: name, problem: "is \(e.dtype.rawValue), expected an integer type")
+        }
+        return (e.shape, out)
+    }
+
+    /// Raw I8 values (quantized weights), checked to be I8.
+    public func int8(_ name: String) throws -> (shape: [Int], values: [Int8]) {
+        let e = try entry(name)
+        guard e.dtype == .I8 else {
+            throw SafetensorsError(file: path, tensor: name, problem: "is \(e.dtype.rawValue), expected I8")
+        }
+        let values = payload[e.begin..<e.end].map { Int8(bitPattern: $0) }
+        return (e.shape, values)
+    }
+}
+
+/// Builds a safetensors file. Tensors are laid out in name order, each 8-byte aligned as the reference writer does.
+public struct SafetensorsWriter {
+    private var tensors: [(name: String, dtype: SafetensorsDType, shape: [Int], bytes: [UInt8])] = []
+    public var metadata: [String: String] = [:]
+
+    public init() {}
+
+    public mutating func add(_ name: String, _ t: Tensor) {
+        var bytes = [UInt8](repeating: 0, count: t.count * 4)
+        bytes.withUnsafeMutableBytes { dst in
+            for (i, v) in t.data.enumerated() { dst.storeBytes(of: v.bitPattern.littleEndian, toByteOffset: 4 * i, as: UInt32.self) }
+        }
+        tensors.append((name, .F32, t.shape, bytes))
+    }
+
+    public mutating func add(_ name: String, int8 values: [Int8], shape: [Int]) {
+        precondition(values.count == shape.reduce(1, *), "\(name): \(values.count) values for shape \(shape)")
+        tensors.append((name, .I8, shape, values.map { UInt8(bitPattern: $0) }))
+    }
+
+    public mutating func add(_ name: String, uint8 values: [UInt8], shape: [Int]) {
+        precondition(values.count == shape.reduce(1, *), "\(name): \(values.count) values for shape \(shape)")
+        tensors.append((name, .U8, shape, values))
+    }
+
+    public mutating func add(_ name: String, int64 values: [Int64], shape: [Int]) {
+        precondition(values.count == shape.reduce(1, *), "\(name): \(values.count) values for shape \(shape)")
+        var bytes = [UInt8](repeating: 0, count: values.count * 8)
+        bytes.withUnsafeMutableBytes { dst in
+            for (i, v) in values.enumerated() { dst.storeBytes(of: v.littleEndian, toByteOffset: 8 * i, as: Int64.self) }
+        }
+        tensors.append((name, .I64, shape, bytes))
+    }
+
+    public func serialized() -> [UInt8] {
+        let sorted = tensors.sorted { $0.name < $1.name }
+        var header: [String: Any] = [:]
+        var offset = 0
+        for t in sorted {
+            header[t.name] = ["dtype": t.dtype.rawValue, "shape": t.shape, "data_offsets": [offset, offset + t.bytes.count]] as [String: Any]
+            offset += t.bytes.count
+        }
+        if !metadata.isEmpty { header["__metadata__"] = metadata }
+        var json = (try? JSONSerialization.data(withJSONObject: header, options: [.sortedKeys])) ?? Data("{}".utf8)
+        while (8 + json.count) % 8 != 0 { json.append(0x20) }  // pad with spaces so data starts 8-byte aligned
+        var out = [UInt8]()
+        out.reserveCapacity(8 + json.count + offset)
+        var n = UInt64(json.count).littleEndian
+        withUnsafeBytes(of: &n) { out += $0 }
+        out += json
+        for t in sorted { out += t.bytes }
+        return out
+    }
+
+    /// Writes atomically: a temporary file in the same folder, fsync, then rename over the destination.
+    public func write(to path: String) throws {
+        try AtomicFile.write(serialized(), to: path)
+    }
+}
+
+/// 16-bit IEEE half to float, exact (subnormals, infinities and NaN included).
+enum HalfFloat {
+    static func toFloat(_ h: UInt16) -> Float {
+        let sign = UInt32(h & 0x8000) << 16
+        let exp = Int((h >> 10) & 0x1F)
+        let mant = UInt32(h & 0x3FF)
+        if exp == 0 {
+            if mant == 0 { return Float(bitPattern: sign) }
+            let v = Float(mant) * Float(sign: .plus, exponent: -24, significand: 1)
+            return sign != 0 ? -v : v
+        }
+        if exp == 31 { return Float(bitPattern: sign | 0x7F80_0000 | (mant << 13)) }
+        return Float(bitPattern: sign | (UInt32(exp - 15 + 127) << 23) | (mant << 13))
+    }
+}
