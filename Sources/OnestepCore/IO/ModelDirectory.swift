@@ -17,6 +17,24 @@ public struct ModelLoadError: Error, CustomStringConvertible {
 public enum SamplerKind: Sendable, Equatable {
     /// A consistency model (CMStochasticIterativeScheduler): 1 step, or a few with re-noising.
     case consistency(ConsistencySchedulerConfig)
+    /// An EDM teacher denoiser ("EDMHeunScheduler", written by onestep-distill): Heun on K Karras sigmas.
+    case edmHeun(EDMSchedulerConfig)
+
+    /// Steps used when a request does not say.
+    public var defaultSteps: Int {
+        switch self {
+        case .consistency: return 1
+        case .edmHeun(let c): return c.defaultSteps
+        }
+    }
+
+    /// Largest step count a request may ask for.
+    public var maxSteps: Int {
+        switch self {
+        case .consistency(let c): return min(4, c.numTrainTimesteps)
+        case .edmHeun: return 64
+        }
+    }
 }
 
 public struct ModelDirectory: Sendable {
@@ -58,10 +76,11 @@ public struct ModelDirectory: Sendable {
             throw ModelLoadError(path: p, problem: "is not a JSON object")
         }
         let cls = d["_class_name"] as? String ?? "CMStochasticIterativeScheduler"
-        guard cls == "CMStochasticIterativeScheduler" else {
-            throw ModelLoadError(path: p, problem: "scheduler \(cls) is not supported; use CMStochasticIterativeScheduler")
+        guard cls == "CMStochasticIterativeScheduler" || cls == "EDMHeunScheduler" else {
+            throw ModelLoadError(path: p, problem: "scheduler \(cls) is not supported; use CMStochasticIterativeScheduler (or EDMHeunScheduler for an Onestep teacher)")
         }
         var c = ConsistencySchedulerConfig()
+        var edm = EDMSchedulerConfig()
         func num(_ k: String) throws -> Double? {
             guard let v = d[k], !(v is NSNull) else { return nil }
             guard let n = JSONValues.number(v), n.doubleValue.isFinite else {
@@ -84,7 +103,15 @@ public struct ModelDirectory: Sendable {
         guard c.sigmaMin > 0, c.sigmaMax > c.sigmaMin, c.sigmaData > 0, c.rho > 0 else {
             throw ModelLoadError(path: p, problem: "needs 0 < sigma_min < sigma_max, sigma_data > 0 and rho > 0")
         }
-        return .consistency(c)
+        guard cls == "EDMHeunScheduler" else { return .consistency(c) }
+        (edm.sigmaMin, edm.sigmaMax, edm.sigmaData, edm.rho) = (c.sigmaMin, c.sigmaMax, c.sigmaData, c.rho)
+        if let v = try num("num_inference_steps") {
+            guard v >= 1, v <= 64, v == v.rounded() else {
+                throw ModelLoadError(path: p, problem: "key 'num_inference_steps': \(v) must be an integer 1...64")
+            }
+            edm.defaultSteps = Int(v)
+        }
+        return .edmHeun(edm)
     }
 
     /// Loads config and weights; int8 tensors are dequantized. Refuses weights that do not match the config.

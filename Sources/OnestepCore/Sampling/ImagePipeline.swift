@@ -1,0 +1,110 @@
+// A loaded model ready to generate: UNet + how it is sampled + its name and class names. This is what the
+// server keeps resident and the commands use; it hides which sampler a model directory asked for.
+import Foundation
+import PNGCodec
+
+public struct ImagePipeline: Sendable {
+    public let name: String
+    public let model: UNet2DModel
+    public let sampler: SamplerKind
+    /// "float32", or "int8" when the weights file was quantized.
+    public let weightDType: String
+
+    public var config: UNetConfig { model.config }
+    public var imageSize: Int { config.sampleSize }
+    public var channels: Int { config.outChannels }
+    public var classNames: [String]? { config.classNames }
+    public var numClasses: Int? { config.numClassEmbeds }
+
+    public init(name: String, model: UNet2DModel, sampler: SamplerKind, weightDType: String) {
+        self.name = name
+        self.model = model
+        self.sampler = sampler
+        self.weightDType = weightDType
+    }
+
+    /// Loads a model directory (see ModelDirectory for the layouts).
+    public static func load(path: String, name: String? = nil) throws -> ImagePipeline {
+        let dir = try ModelDirectory(path: path)
+        let (model, file) = try dir.loadModel()
+        let sampler = try dir.loadSampler()
+        guard model.config.inChannels == model.config.outChannels else {
+            throw ModelLoadError(path: dir.unetConfigPath, problem: "in_channels \(model.config.inChannels) != out_channels \(model.config.outChannels); an image generator needs them equal")
+        }
+        let dtype = file.metadata["onestep.quantization"] == nil ? "float32" : "int8"
+        return ImagePipeline(name: name ?? dir.name, model: model, sampler: sampler, weightDType: dtype)
+    }
+
+    /// Resolves a class given by index or name. nil input picks class 0 for conditional models.
+    public func resolveLabel(_ text: String?) -> Result<Int?, LabelError> {
+        guard let n = numClasses else {
+            return text == nil ? .success(nil) : .failure(.unconditional)
+        }
+        guard let text else { return .success(0) }
+        if let i = Int(text) {
+            return (0..<n).contains(i) ? .success(i) : .failure(.outOfRange(i, n))
+        }
+        if let names = classNames, let i = names.firstIndex(where: { $0.caseInsensitiveCompare(text) == .orderedSame }) {
+            return .success(i)
+        }
+        return .failure(.unknownName(text, classNames ?? []))
+    }
+
+    public enum LabelError: Error, CustomStringConvertible, Equatable {
+        case unconditional
+        case outOfRange(Int, Int)
+        case unknownName(String, [String])
+        public var description: String {
+            switch self {
+            case .unconditional: return "this model is unconditional; leave out label"
+            case .outOfRange(let i, let n): return "label \(i) is out of range; use 0...\(n - 1)"
+            case .unknownName(let s, let names):
+                return names.isEmpty ? "label '\(s)' is not a class index and this model has no class names"
+                                     : "unknown label '\(s)'; valid labels: \(names.joined(separator: ", "))"
+            }
+        }
+    }
+
+    /// The UNet as the samplers call it: the same timestep for every image of the batch.
+    public func denoise(_ x: Tensor, _ t: Float, _ labels: [Int]?) -> Tensor {
+        model.forward(x, timesteps: Array(repeating: t, count: x.shape[0]), classLabels: labels)
+    }
+
+    /// Images in model space (N, C, S, S) for the requests, all with the same step count.
+    public func generate(_ requests: [GenerationRequest], steps: Int) -> Tensor {
+        switch sampler {
+        case .consistency(let c):
+            return ConsistencySampler(config: c).sample(requests, steps: steps, channels: config.inChannels, size: imageSize, denoise: denoise)
+        case .edmHeun(let c):
+            return EDMHeunSampler(config: c).sample(requests, steps: steps, channels: config.inChannels, size: imageSize, denoise: denoise)
+        }
+    }
+
+    /// PNG bytes for each image of a batch (N, C, S, S) in model space: 1 channel is gray, 2 gray + alpha,
+    /// 3 RGB, 4 RGBA (PNG's own colour types, so nothing is dropped).
+    public static func pngs(_ images: Tensor) throws -> [[UInt8]] {
+        let n = images.shape[0], c = images.shape[1], h = images.shape[2], w = images.shape[3]
+        let pixels = ImageQuantizer.toUInt8(images)
+        let per = h * w * c
+        return try (0..<n).map { i in
+            try PNG.encode(PixelImage(width: w, height: h, channels: c, pixels: Array(pixels[(i * per)..<((i + 1) * per)])))
+        }
+    }
+
+    /// Tiles images (N, C, S, S) into one grid image with `columns` columns and a 1-pixel gap.
+    public static func grid(_ images: Tensor, columns: Int) -> PixelImage {
+        let n = images.shape[0], c = images.shape[1], s = images.shape[2]
+        let cols = max(1, min(columns, n)), rows = (n + cols - 1) / cols
+        let outC = c
+        let w = cols * (s + 1) - 1, h = rows * (s + 1) - 1
+        var img = PixelImage(width: w, height: h, channels: outC, fill: 255)
+        let px = ImageQuantizer.toUInt8(images)
+        for i in 0..<n {
+            let ox = (i % cols) * (s + 1), oy = (i / cols) * (s + 1)
+            for y in 0..<s { for x in 0..<s { for k in 0..<outC {
+                img.pixels[((oy + y) * w + ox + x) * outC + k] = px[((i * s + y) * s + x) * c + k]
+            } } }
+        }
+        return img
+    }
+}
