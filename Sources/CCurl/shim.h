@@ -18,3 +18,6 @@ static inline CURLcode onestep_easy_getinfo_double(CURL *h, CURLINFO i, double *
 static inline CURLcode onestep_easy_getinfo_off(CURL *h, CURLINFO i, curl_off_t *v) { return curl_easy_getinfo(h, i, v); }
 static inline CURLcode onestep_easy_getinfo_ptr(CURL *h, CURLINFO i, void **v) { return curl_easy_getinfo(h, i, v); }
 static inline CURLMcode onestep_multi_setopt_long(CURLM *m, CURLMoption o, long v) { return curl_multi_setopt(m, o, v); }
+// CURLMsg holds its result in an anonymous union; these read it without Swift touching the union.
+static inline int onestep_msg_is_done(const CURLMsg *m) { return m->msg == CURLMSG_DONE; }
+static inline CURLcode onestep_msg_result(const CURLMsg *m) { return m->data.result; }

@@ -1,0 +1,146 @@
+// A small HTTP/1.1 server for the loopback tests: Glibc sockets, one thread per connection, keep-alive,
+// a fixed delay before every response and an optional one-time stall (the coordinated-omission demonstration).
+import Foundation
+import Synchronization
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class TestServer: Sendable {
+    struct Behavior: Sendable {
+        /// Sleep before every response, seconds.
+        var delay: Double = 0
+        /// The request number (1-based, counted across connections) that stalls, and for how long.
+        var stallAtRequest: Int? = nil
+        var stallSeconds: Double = 0
+        var body: [UInt8] = Array("ok\n".utf8)
+        var contentType = "text/plain"
+        var status = 200
+    }
+
+    private struct State {
+        var requests = 0
+        var clients: Set<Int32> = []
+        var stopped = false
+    }
+
+    let port: UInt16
+    private let listener: Int32
+    private let behavior: Behavior
+    private let state = Mutex(State())
+
+    var requestCount: Int { state.withLock { $0.requests } }
+
+    init(_ behavior: Behavior = Behavior()) throws {
+        self.behavior = behavior
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw POSIXError(.EIO) }
+        var one: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = 0
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(fd, 256) == 0 else { close(fd); throw POSIXError(.EADDRINUSE) }
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) }
+        }
+        port = UInt16(bigEndian: addr.sin_port)
+        listener = fd
+        let t = Thread { [self] in acceptLoop() }
+        t.start()
+    }
+
+    var url: String { "http://127.0.0.1:\(port)" }
+
+    func stop() {
+        let clients = state.withLock { s -> Set<Int32> in
+            s.stopped = true
+            return s.clients
+        }
+        shutdown(listener, Int32(SHUT_RDWR))
+        close(listener)
+        for c in clients { shutdown(c, Int32(SHUT_RDWR)) }
+    }
+
+    private func acceptLoop() {
+        while true {
+            let c = accept(listener, nil, nil)
+            if c < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            var one: Int32 = 1
+            setsockopt(c, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+            let stopped = state.withLock { s -> Bool in
+                if !s.stopped { s.clients.insert(c) }
+                return s.stopped
+            }
+            if stopped { close(c); return }
+            let t = Thread { [self] in serve(c) }
+            t.start()
+        }
+    }
+
+    /// Reads requests off one connection and answers each (keep-alive until the client closes).
+    private func serve(_ fd: Int32) {
+        defer {
+            state.withLock { _ = $0.clients.remove(fd) }
+            close(fd)
+        }
+        var buffer: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16384)
+        let separator: [UInt8] = Array("\r\n\r\n".utf8)
+        while true {
+            // Headers.
+            var headerEnd: Int?
+            while headerEnd == nil {
+                headerEnd = find(separator, in: buffer)
+                if headerEnd != nil { break }
+                let n = read(fd, &chunk, chunk.count)
+                if n <= 0 { return }
+                buffer.append(contentsOf: chunk[0..<n])
+            }
+            guard let end = headerEnd else { return }
+            let head = String(decoding: buffer[0..<end], as: UTF8.self).lowercased()
+            var contentLength = 0
+            for line in head.split(separator: "\r\n") where line.hasPrefix("content-length:") {
+                contentLength = Int(line.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) ?? 0
+            }
+            let total = end + 4 + contentLength
+            while buffer.count < total {
+                let n = read(fd, &chunk, chunk.count)
+                if n <= 0 { return }
+                buffer.append(contentsOf: chunk[0..<n])
+            }
+            buffer.removeFirst(total)
+
+            let number = state.withLock { s -> Int in s.requests += 1; return s.requests }
+            if number == behavior.stallAtRequest { Thread.sleep(forTimeInterval: behavior.stallSeconds) }
+            if behavior.delay > 0 { Thread.sleep(forTimeInterval: behavior.delay) }
+            let response = "HTTP/1.1 \(behavior.status) X\r\nContent-Type: \(behavior.contentType)\r\n"
+                + "Content-Length: \(behavior.body.count)\r\nConnection: keep-alive\r\n\r\n"
+            var bytes = Array(response.utf8) + behavior.body
+            var sent = 0
+            while sent < bytes.count {
+                let n = bytes.withUnsafeMutableBytes { send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
+                if n <= 0 { return }
+                sent += n
+            }
+            bytes.removeAll()
+            if head.contains("connection: close") { return }
+        }
+    }
+
+    private func find(_ needle: [UInt8], in hay: [UInt8]) -> Int? {
+        guard hay.count >= needle.count else { return nil }
+        for i in 0...(hay.count - needle.count) where hay[i] == needle[0] {
+            if Array(hay[i..<(i + needle.count)]) == needle { return i }
+        }
+        return nil
+    }
+}

@@ -1,0 +1,155 @@
+// A thin wrapper over libcurl's multi interface: the only file that imports CCurl.
+// One `CurlEasy` per connection slot is reused request after request, so libcurl keeps its connection alive
+// (HTTP/1.1 keep-alive); `CurlMulti` caps the connections it opens and reports finished transfers by slot index,
+// which each easy handle carries in CURLOPT_PRIVATE.
+import CCurl
+import Foundation
+
+/// libcurl's global state, set up once per process before the first handle.
+private let curlGlobalInit: Void = { _ = curl_global_init(3) }()  // CURL_GLOBAL_ALL (SSL | WIN32)
+
+/// One reusable transfer: fixed method and headers, URL and body set per request, body collected or just counted.
+final class CurlEasy {
+    let handle: UnsafeMutableRawPointer
+    let slot: Int
+    private var headerList: UnsafeMutablePointer<curl_slist>?
+    /// Received body (only when `keepBody`), and its length either way.
+    var body: [UInt8] = []
+    var bodyBytes = 0
+    let keepBody: Bool
+
+    /// - Precondition: libcurl can allocate a handle (it fails only when out of memory).
+    init(slot: Int, method: String, headers: [String], timeout: Double, keepBody: Bool) {
+        _ = curlGlobalInit
+        guard let h = curl_easy_init() else { preconditionFailure("curl_easy_init failed (out of memory)") }
+        handle = h
+        self.slot = slot
+        self.keepBody = keepBody
+        let ms = Swift.max(1, Int(timeout * 1000))
+        _ = onestep_easy_setopt_long(h, CURLOPT_NOSIGNAL, 1)
+        _ = onestep_easy_setopt_long(h, CURLOPT_TCP_NODELAY, 1)
+        _ = onestep_easy_setopt_long(h, CURLOPT_TIMEOUT_MS, ms)
+        _ = onestep_easy_setopt_long(h, CURLOPT_CONNECTTIMEOUT_MS, ms)
+        _ = onestep_easy_setopt_long(h, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1))
+        _ = onestep_easy_setopt_ptr(h, CURLOPT_PRIVATE, UnsafeRawPointer(bitPattern: slot + 1))
+        _ = onestep_easy_setopt_str(h, CURLOPT_USERAGENT, "onestep-load")
+        // RFC 9110 §10.1.1: without this, libcurl sends "Expect: 100-continue" for larger bodies and waits.
+        headerList = curl_slist_append(headerList, "Expect:")
+        for line in headers { headerList = curl_slist_append(headerList, line) }
+        _ = onestep_easy_setopt_ptr(h, CURLOPT_HTTPHEADER, UnsafeRawPointer(headerList))
+        switch method.uppercased() {
+        case "GET": _ = onestep_easy_setopt_long(h, CURLOPT_HTTPGET, 1)
+        case "HEAD": _ = onestep_easy_setopt_long(h, CURLOPT_NOBODY, 1)
+        case "POST": _ = onestep_easy_setopt_long(h, CURLOPT_POST, 1)
+        default:
+            _ = onestep_easy_setopt_long(h, CURLOPT_POST, 1)
+            _ = onestep_easy_setopt_str(h, CURLOPT_CUSTOMREQUEST, method)
+        }
+        _ = onestep_easy_setopt_write_cb(h) { data, size, count, user in
+            let n = size * count
+            guard let user else { return n }
+            let easy = Unmanaged<CurlEasy>.fromOpaque(user).takeUnretainedValue()
+            easy.bodyBytes += n
+            if easy.keepBody, let data {
+                data.withMemoryRebound(to: UInt8.self, capacity: n) {
+                    easy.body.append(contentsOf: UnsafeBufferPointer(start: $0, count: n))
+                }
+            }
+            return n
+        }
+        _ = onestep_easy_setopt_ptr(h, CURLOPT_WRITEDATA, Unmanaged.passUnretained(self).toOpaque())
+    }
+
+    deinit {
+        curl_easy_cleanup(handle)
+        curl_slist_free_all(headerList)
+    }
+
+    /// Sets the URL and (when not nil) the request body, and clears the previous response.
+    func prepare(url: String, body: [UInt8]?) {
+        _ = onestep_easy_setopt_str(handle, CURLOPT_URL, url)
+        if let body {
+            _ = onestep_easy_setopt_off(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.count))
+            body.withUnsafeBytes { _ = onestep_easy_setopt_ptr(handle, CURLOPT_COPYPOSTFIELDS, $0.baseAddress) }
+        }
+        self.body.removeAll(keepingCapacity: true)
+        bodyBytes = 0
+    }
+
+    /// The HTTP status of the last response, 0 when none arrived.
+    var responseCode: Int {
+        var code = 0
+        _ = onestep_easy_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &code)
+        return code
+    }
+}
+
+/// How a finished transfer ended, as libcurl saw it.
+struct CurlCompletion {
+    var slot: Int
+    /// nil when libcurl reports success (the status code is judged by the caller).
+    var error: ErrorClass?
+    var message: String
+}
+
+/// A multi handle driving the easy handles of the connection slots.
+final class CurlMulti {
+    private let multi: UnsafeMutableRawPointer
+
+    /// - Precondition: `maxConnections >= 1`.
+    init(maxConnections: Int) {
+        precondition(maxConnections >= 1, "need at least one connection")
+        _ = curlGlobalInit
+        guard let m = curl_multi_init() else { preconditionFailure("curl_multi_init failed (out of memory)") }
+        multi = m
+        _ = onestep_multi_setopt_long(m, CURLMOPT_MAX_TOTAL_CONNECTIONS, maxConnections)
+        _ = onestep_multi_setopt_long(m, CURLMOPT_MAX_HOST_CONNECTIONS, maxConnections)
+        _ = onestep_multi_setopt_long(m, CURLMOPT_MAXCONNECTS, maxConnections)
+        _ = onestep_multi_setopt_long(m, CURLMOPT_PIPELINING, 0)  // HTTP/1.1, one request per connection at a time
+    }
+
+    deinit { curl_multi_cleanup(multi) }
+
+    func add(_ easy: CurlEasy) { _ = curl_multi_add_handle(multi, easy.handle) }
+    func remove(_ easy: CurlEasy) { _ = curl_multi_remove_handle(multi, easy.handle) }
+
+    /// Lets libcurl make progress on every transfer without blocking.
+    func perform() {
+        var running: Int32 = 0
+        _ = curl_multi_perform(multi, &running)
+    }
+
+    /// Waits for socket activity for at most `timeoutMs` (libcurl shortens it to its own next timeout).
+    func poll(timeoutMs: Int) {
+        var numfds: Int32 = 0
+        _ = curl_multi_poll(multi, nil, 0, Int32(clamping: Swift.max(0, timeoutMs)), &numfds)
+    }
+
+    /// Transfers that finished since the last call.
+    func completions() -> [CurlCompletion] {
+        var done: [CurlCompletion] = []
+        var left: Int32 = 0
+        while let msg = curl_multi_info_read(multi, &left) {
+            guard onestep_msg_is_done(msg) != 0, let easy = msg.pointee.easy_handle else { continue }
+            var priv: UnsafeMutableRawPointer?
+            _ = onestep_easy_getinfo_ptr(easy, CURLINFO_PRIVATE, &priv)
+            guard let priv else { continue }
+            let code = onestep_msg_result(msg)
+            let message = code == CURLE_OK ? "" : String(cString: curl_easy_strerror(code))
+            done.append(CurlCompletion(slot: Int(bitPattern: priv) - 1, error: classify(code), message: message))
+        }
+        return done
+    }
+
+    private func classify(_ code: CURLcode) -> ErrorClass? {
+        switch code {
+        case CURLE_OK: return nil
+        case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY, CURLE_SSL_CONNECT_ERROR:
+            return .connect
+        case CURLE_OPERATION_TIMEDOUT: return .timeout
+        case CURLE_SEND_ERROR, CURLE_RECV_ERROR, CURLE_GOT_NOTHING, CURLE_PARTIAL_FILE: return .read
+        case CURLE_WEIRD_SERVER_REPLY, CURLE_BAD_CONTENT_ENCODING, CURLE_HTTP2, CURLE_HTTP2_STREAM: return .invalid
+        default: return .other
+        }
+    }
+}

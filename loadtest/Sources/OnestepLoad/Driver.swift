@@ -1,0 +1,336 @@
+// The I/O loop: one thread, one libcurl multi handle, one reusable easy handle per connection slot.
+//
+// Open loop: every pass releases the requests whose intended time S_i has come (OpenLoopPacer), sends as many as
+// there are free slots, lets libcurl work, records completions, and sleeps in curl_multi_poll until the next S_i
+// (or socket activity). A request that finds every slot busy waits in a FIFO queue; it keeps its S_i, so the wait
+// shows in its corrected latency and, past `lateAfter`, in the "not sent on time" count.
+// Closed loop: each free slot sends the next request at once (intended = actual send).
+//
+// End of run: sending stops when the schedule is exhausted (or, with a stalled server, `timeout` after its last
+// S_i; requests still queued then are recorded as `unsent`). Requests in flight at that moment are waited for — each
+// carries its own libcurl timeout — and reported as `inFlightAtEnd` / `completedAfterEnd`.
+import Foundation
+import PNGCodec
+import Synchronization
+
+/// Monotonic clock in nanoseconds.
+@inline(__always) func monotonicNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+}
+
+/// Set from the SIGINT handler: stop sending, drain, report.
+let interruptRequested = Atomic<Bool>(false)
+
+/// What the live line shows.
+public struct ProgressSnapshot: Sendable {
+    public var elapsed: Double
+    public var phase: Phase
+    public var sent: Int
+    public var responses: Int
+    public var errors: Int
+    public var inFlight: Int
+    public var queued: Int
+    public var p50: Double
+    public var p99: Double
+}
+
+/// A request handed to libcurl and not finished yet.
+private struct InFlight {
+    var index: Int
+    var phase: Phase
+    var urlIndex: Int
+    var intended: UInt64
+    var sent: UInt64
+    /// Sent after sending had officially ended? (never: kept for the drain bookkeeping)
+    var afterEnd = false
+}
+
+public final class LoadDriver {
+    public let config: LoadConfig
+    public private(set) var results: RunResults
+    /// First message seen per error class, for the report.
+    public private(set) var errorExamples: [ErrorClass: String] = [:]
+    /// Called about once a second with the live figures.
+    public var onProgress: ((ProgressSnapshot) -> Void)?
+
+    private let multi: CurlMulti
+    private var slots: [CurlEasy] = []
+    private var freeSlots: [Int] = []
+    private var inFlight: [InFlight?]
+    private var inFlightCount = 0
+    private var drainStarted = false
+    private var raw: RawWriter?
+    private let fixedURLs: [String]
+    private let fixedBody: [UInt8]?
+    private let templated: Bool
+    private var t0: UInt64 = 0
+
+    /// - Precondition: the config was validated (`LoadConfig` from `Arguments.parse`).
+    public init(config: LoadConfig, raw: RawWriter? = nil) {
+        precondition(!config.request.urls.isEmpty, "need at least one URL")
+        self.config = config
+        let rate: Double? = { if case .openLoop(let r) = config.mode { return r } else { return nil } }()
+        results = RunResults(lateAfterNanos: config.lateAfterNanos, requestedRate: rate)
+        let slotCount: Int
+        switch config.mode {
+        case .openLoop: slotCount = config.connections
+        case .closedLoop(let c): slotCount = c
+        }
+        multi = CurlMulti(maxConnections: Swift.min(slotCount, config.connections))
+        let keepBody = config.expect != .none
+        for s in 0..<slotCount {
+            slots.append(CurlEasy(slot: s, method: config.request.method, headers: config.request.headers,
+                                  timeout: config.timeout, keepBody: keepBody))
+        }
+        freeSlots = Array((0..<slotCount).reversed())
+        inFlight = Array(repeating: nil, count: slotCount)
+        self.raw = raw
+        templated = config.request.isTemplated
+        fixedURLs = config.request.urls
+        fixedBody = config.request.body
+    }
+
+    private func now() -> UInt64 { monotonicNanos() &- t0 }
+
+    /// Runs the whole test and returns what was recorded.
+    public func run() -> RunResults {
+        t0 = monotonicNanos()
+        switch config.mode {
+        case .openLoop:
+            guard let schedule = config.schedule else { preconditionFailure("open loop without a schedule") }
+            runOpenLoop(schedule)
+        case .closedLoop:
+            runClosedLoop()
+        }
+        raw?.close()
+        return results
+    }
+
+    // MARK: Open loop
+
+    private func runOpenLoop(_ schedule: OpenLoopSchedule) {
+        var pacer = OpenLoopPacer(schedule: schedule)
+        var queue: [Int] = []  // due, waiting for a free slot (FIFO: queueHead is the oldest)
+        var queueHead = 0
+        results.measuredStart = schedule.measuredStartOffset
+        let lastIntended = schedule.totalCount > 0 ? schedule.intendedOffset(schedule.totalCount - 1) : 0
+        let sendDeadline = lastIntended + UInt64(config.timeout * 1e9)
+        var nextProgress: UInt64 = 1_000_000_000
+
+        while true {
+            var t = now()
+            if !drainStarted {
+                let stop = interruptRequested.load(ordering: .relaxed) || t > sendDeadline
+                if !stop {
+                    queue.append(contentsOf: pacer.release(upTo: t))
+                    while queueHead < queue.count, let slot = freeSlots.popLast() {
+                        let i = queue[queueHead]
+                        queueHead += 1
+                        start(index: i, phase: schedule.phase(of: i), intended: schedule.intendedOffset(i),
+                              slot: slot, at: now())
+                    }
+                    if queueHead > 4096 && queueHead * 2 > queue.count {
+                        queue.removeFirst(queueHead); queueHead = 0
+                    }
+                }
+                if stop || (pacer.isFinished && queueHead == queue.count) {
+                    // Whatever is still scheduled or queued will not go out.
+                    let unsent = Array(queue[queueHead...]) + Array(pacer.next..<schedule.totalCount)
+                    for i in unsent {
+                        results.record(Outcome(index: i, phase: schedule.phase(of: i), intended: schedule.intendedOffset(i),
+                                               sent: t, done: t, status: 0, error: .unsent))
+                    }
+                    beginDrain(at: t)
+                }
+            }
+            multi.perform()
+            let finished = collect()
+            if drainStarted && inFlightCount == 0 { break }
+            t = now()
+            if t >= nextProgress { report(progressAt: t, queued: queue.count - queueHead); nextProgress = t + 1_000_000_000 }
+            if drainStarted && t > sendDeadline + UInt64(config.timeout * 1e9) + 1_000_000_000 {
+                abandonInFlight(at: t)
+                break
+            }
+            // Freed slots and waiting requests: go round again without sleeping.
+            if finished > 0 && queueHead < queue.count && !freeSlots.isEmpty { continue }
+            var waitMs = 100
+            if !drainStarted, freeSlots.isEmpty == false || queueHead == queue.count, let dt = pacer.nanosUntilNext(from: t) {
+                waitMs = Int(dt / 1_000_000)  // round down: better to wake early than to send late
+            }
+            if waitMs > 0 { multi.poll(timeoutMs: waitMs) }
+        }
+    }
+
+    // MARK: Closed loop
+
+    private func runClosedLoop() {
+        let warmupNanos = UInt64(config.warmup * 1e9)
+        let endNanos: UInt64? = config.requests == nil ? warmupNanos + UInt64((config.duration ?? 0) * 1e9) : nil
+        var nextIndex = 0
+        var measuredSent = 0
+        results.measuredStart = warmupNanos
+        var nextProgress: UInt64 = 1_000_000_000
+        while true {
+            var t = now()
+            if !drainStarted {
+                let limitReached = config.requests.map { measuredSent >= $0 } ?? false
+                if interruptRequested.load(ordering: .relaxed) || limitReached || (endNanos.map { t >= $0 } ?? false) {
+                    beginDrain(at: t)
+                } else {
+                    while let slot = freeSlots.popLast() {
+                        let phase: Phase = t < warmupNanos ? .warmup : .measured
+                        if phase == .measured, let n = config.requests, measuredSent >= n {
+                            freeSlots.append(slot); break
+                        }
+                        if phase == .measured { measuredSent += 1 }
+                        start(index: nextIndex, phase: phase, intended: t, slot: slot, at: t)
+                        nextIndex += 1
+                        t = now()
+                    }
+                }
+            }
+            multi.perform()
+            let finished = collect()
+            if drainStarted && inFlightCount == 0 { break }
+            t = now()
+            if t >= nextProgress { report(progressAt: t, queued: 0); nextProgress = t + 1_000_000_000 }
+            if finished > 0 && !drainStarted { continue }
+            var waitMs = 100
+            if let endNanos, !drainStarted, endNanos > t { waitMs = Swift.min(waitMs, Int((endNanos - t) / 1_000_000)) }
+            if !drainStarted, t < warmupNanos { waitMs = Swift.min(waitMs, Int((warmupNanos - t) / 1_000_000)) }
+            multi.poll(timeoutMs: waitMs)
+        }
+    }
+
+    // MARK: Per request
+
+    private func start(index: Int, phase: Phase, intended: UInt64, slot: Int, at sent: UInt64) {
+        let urlIndex = index % fixedURLs.count
+        let easy = slots[slot]
+        if templated {
+            let seed = config.request.seedStart + index
+            let url = Template.render(fixedURLs[urlIndex], seed: seed, index: index)
+            let body = fixedBody.map { Array(Template.render(String(decoding: $0, as: UTF8.self), seed: seed, index: index).utf8) }
+            easy.prepare(url: url, body: body)
+        } else {
+            easy.prepare(url: fixedURLs[urlIndex], body: fixedBody)
+        }
+        inFlight[slot] = InFlight(index: index, phase: phase, urlIndex: urlIndex, intended: intended, sent: sent)
+        inFlightCount += 1
+        multi.add(easy)
+    }
+
+    /// Records every finished transfer and frees its slot; returns how many finished.
+    private func collect() -> Int {
+        let completions = multi.completions()
+        guard !completions.isEmpty else { return 0 }
+        let done = now()
+        for c in completions {
+            guard let f = inFlight[c.slot] else { continue }
+            let easy = slots[c.slot]
+            multi.remove(easy)
+            inFlight[c.slot] = nil
+            inFlightCount -= 1
+            freeSlots.append(c.slot)
+            var status = 0
+            var error = c.error
+            var message = c.message
+            if error == nil {
+                status = easy.responseCode
+                if !(200...399).contains(status) {
+                    error = .status
+                    message = "HTTP \(status)"
+                } else if let problem = check(easy.body) {
+                    error = .invalid
+                    message = problem
+                }
+            } else {
+                status = easy.responseCode  // may be set when headers arrived before a timeout
+            }
+            if let error, errorExamples[error] == nil { errorExamples[error] = message }
+            let outcome = Outcome(index: f.index, phase: f.phase, urlIndex: f.urlIndex, intended: f.intended,
+                                  sent: f.sent, done: done, status: status, error: error, bytes: easy.bodyBytes)
+            results.record(outcome)
+            if drainStarted, outcome.error == nil || outcome.error == .status || outcome.error == .invalid {
+                results.completedAfterEnd += 1
+            }
+            raw?.write(outcome)
+        }
+        return completions.count
+    }
+
+    /// The `--expect` check of one body; nil when it passes.
+    private func check(_ body: [UInt8]) -> String? {
+        guard case .png(let w, let h) = config.expect else { return nil }
+        do {
+            let image = try PNG.decode(body)
+            if let w, let h, image.width != w || image.height != h {
+                return "PNG is \(image.width)x\(image.height), expected \(w)x\(h)"
+            }
+            return nil
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    private func beginDrain(at t: UInt64) {
+        drainStarted = true
+        results.sendingEnded = t
+        results.inFlightAtEnd = inFlightCount
+    }
+
+    /// The drain ran out: whatever is still in flight is recorded as a timeout.
+    private func abandonInFlight(at t: UInt64) {
+        for s in inFlight.indices {
+            guard let f = inFlight[s] else { continue }
+            multi.remove(slots[s])
+            inFlight[s] = nil
+            let o = Outcome(index: f.index, phase: f.phase, urlIndex: f.urlIndex, intended: f.intended, sent: f.sent,
+                            done: t, status: 0, error: .timeout)
+            results.record(o)
+            raw?.write(o)
+        }
+        inFlightCount = 0
+    }
+
+    private func report(progressAt t: UInt64, queued: Int) {
+        guard let onProgress else { return }
+        let inMeasured = t >= results.measuredStart
+        let s = inMeasured ? results.measured : results.warmup
+        onProgress(ProgressSnapshot(elapsed: Double(t) / 1e9, phase: inMeasured ? .measured : .warmup,
+                                    sent: s.sent, responses: s.responses, errors: s.errors,
+                                    inFlight: inFlightCount, queued: queued,
+                                    p50: Double(s.corrected.value(atPercentile: 50)) / 1e6,
+                                    p99: Double(s.corrected.value(atPercentile: 99)) / 1e6))
+    }
+}
+
+/// `--raw FILE.csv`: one line per request, written as requests finish.
+public final class RawWriter {
+    private let file: UnsafeMutablePointer<FILE>
+
+    public static let header = "index,phase,url_index,intended_ms,sent_ms,done_ms,status,error,bytes,corrected_ms,uncorrected_ms,queueing_ms\n"
+
+    /// Opens (truncates) `path`; nil when it cannot be written.
+    public init?(path: String) {
+        guard let f = fopen(path, "w") else { return nil }
+        file = f
+        fputs(RawWriter.header, file)
+    }
+
+    func write(_ o: Outcome) {
+        func ms(_ ns: UInt64) -> String { String(format: "%.3f", Double(ns) / 1e6) }
+        func msMicros(_ us: Int64) -> String { String(format: "%.3f", Double(us) / 1e3) }
+        let line = "\(o.index),\(o.phase.rawValue),\(o.urlIndex),\(ms(o.intended)),\(ms(o.sent)),\(ms(o.done)),"
+            + "\(o.status),\(o.error?.rawValue ?? ""),\(o.bytes),\(msMicros(o.correctedMicros)),"
+            + "\(msMicros(o.uncorrectedMicros)),\(msMicros(o.queueingMicros))\n"
+        fputs(line, file)
+    }
+
+    func close() { fflush(file) }
+
+    deinit { fclose(file) }
+}

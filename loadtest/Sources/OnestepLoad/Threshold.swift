@@ -1,0 +1,126 @@
+// `--fail-if` conditions (k6 thresholds turned around: each one names a condition that fails the run).
+//
+// Grammar:  metric op value
+//   metric  p50 | p75 | p90 | p95 | p99 | p99.9 | p99.99 | p<any 0..100> | max | mean   (corrected latency)
+//           error_rate (also errors)          achieved fraction of requests that failed, 0...1 or "%"
+//           rate       (also achieved_rate, rps) achieved throughput, responses/s
+//   op      >  >=  <  <=
+//   value   latency: 250ms, 1.5s, 800us (bare number = ms); error rate: 0.01 or 1%; rate: a number
+import Foundation
+
+public struct Threshold: Sendable, Equatable, CustomStringConvertible {
+    public enum Metric: Sendable, Equatable {
+        case latencyPercentile(Double)
+        case latencyMax
+        case latencyMean
+        case errorRate
+        case achievedRate
+    }
+
+    public enum Comparison: String, Sendable, Equatable, CaseIterable {
+        case greaterOrEqual = ">=", lessOrEqual = "<=", greater = ">", less = "<"
+
+        func holds(_ a: Double, _ b: Double) -> Bool {
+            switch self {
+            case .greater: return a > b
+            case .greaterOrEqual: return a >= b
+            case .less: return a < b
+            case .lessOrEqual: return a <= b
+            }
+        }
+    }
+
+    public var metric: Metric
+    public var comparison: Comparison
+    /// Seconds for latencies, a fraction for the error rate, requests/s for the rate.
+    public var value: Double
+    /// The text as the user wrote it.
+    public var text: String
+
+    public var description: String { text }
+
+    /// Parses one `--fail-if` expression; throws a message that says what is wrong.
+    public init(parsing text: String) throws {
+        let t = text.replacingOccurrences(of: " ", with: "")
+        // Two-character operators first so ">=" is not read as ">".
+        guard let op = Comparison.allCases.first(where: { t.contains($0.rawValue) }),
+              let range = t.range(of: op.rawValue) else {
+            throw UsageError("--fail-if '\(text)': no comparison; write e.g. 'p99>250ms', 'error_rate>1%', 'rate<95'")
+        }
+        let name = t[..<range.lowerBound].lowercased()
+        let valueText = String(t[range.upperBound...])
+        self.comparison = op
+        self.text = text
+        switch name {
+        case "error_rate", "errors", "error-rate":
+            metric = .errorRate
+            if valueText.hasSuffix("%"), let v = Double(valueText.dropLast()) {
+                value = v / 100
+            } else if let v = Double(valueText) {
+                value = v
+            } else {
+                throw UsageError("--fail-if '\(text)': error rate must be a fraction (0.01) or a percentage (1%)")
+            }
+        case "rate", "achieved_rate", "rps":
+            metric = .achievedRate
+            guard let v = Double(valueText) else {
+                throw UsageError("--fail-if '\(text)': rate must be a number of requests/s")
+            }
+            value = v
+        case "max", "p100", "mean":
+            metric = name == "mean" ? .latencyMean : .latencyMax
+            value = try Threshold.latency(valueText, text)
+        default:
+            guard name.hasPrefix("p"), let p = Double(name.dropFirst()), p > 0, p <= 100 else {
+                throw UsageError("--fail-if '\(text)': unknown metric '\(name)'; use p50..p99.99, max, mean, error_rate, rate")
+            }
+            metric = .latencyPercentile(p)
+            value = try Threshold.latency(valueText, text)
+        }
+    }
+
+    private static func latency(_ valueText: String, _ text: String) throws -> Double {
+        guard let v = parseDuration(valueText, defaultUnit: 1e-3) else {
+            throw UsageError("--fail-if '\(text)': latency must look like 250ms, 1.5s or 800us")
+        }
+        return v
+    }
+
+    /// The measured figure this threshold looks at, in the threshold's unit.
+    public func measured(in results: RunResults) -> Double {
+        let h = results.measured.corrected
+        switch metric {
+        case .latencyPercentile(let p): return Double(h.value(atPercentile: p)) / 1e6
+        case .latencyMax: return Double(h.max) / 1e6
+        case .latencyMean: return h.mean / 1e6
+        case .errorRate: return results.errorRate
+        case .achievedRate: return results.achievedRate
+        }
+    }
+
+    /// True when the condition holds, i.e. the run fails on this threshold.
+    public func fails(_ results: RunResults) -> Bool { comparison.holds(measured(in: results), value) }
+
+    /// The measured figure formatted in the threshold's unit.
+    public func format(_ v: Double) -> String {
+        switch metric {
+        case .errorRate: return String(format: "%.4f%%", v * 100)
+        case .achievedRate: return String(format: "%.2f req/s", v)
+        default: return formatSeconds(v)
+        }
+    }
+}
+
+/// A bad flag, flag value or input file: exit code 2 with this message.
+public struct UsageError: Error, CustomStringConvertible, Equatable {
+    public var description: String
+    public init(_ message: String) { description = message }
+}
+
+/// "1.234ms", "12.50s", "850.00us".
+public func formatSeconds(_ s: Double) -> String {
+    if s == 0 { return "0s" }
+    if s >= 1 { return String(format: "%.2fs", s) }
+    if s >= 1e-3 { return String(format: "%.2fms", s * 1e3) }
+    return String(format: "%.2fus", s * 1e6)
+}
