@@ -1,0 +1,62 @@
+// Response status codes with their reason phrases (RFC 9110 §15).
+
+/// A response status code and the reason phrase sent with it.
+///
+/// The reason phrase is informational only (RFC 9112 §4: clients SHOULD ignore it), so an unknown code simply gets
+/// an empty one rather than being refused.
+public struct HTTPStatus: Hashable, Sendable, CustomStringConvertible {
+    public let code: Int
+    public let reasonPhrase: String
+
+    /// - Precondition: `code` is a three-digit status code (RFC 9110 §15: 100...599).
+    public init(code: Int, reasonPhrase: String? = nil) {
+        precondition((100...599).contains(code), "HTTP status codes are three digits from 100 to 599")
+        self.code = code
+        self.reasonPhrase = reasonPhrase ?? Self.standardReasonPhrases[code] ?? ""
+    }
+
+    public var description: String { "\(code) \(reasonPhrase)" }
+
+    /// Statuses whose responses never carry a body, so they get no `Content-Length` either
+    /// (RFC 9110 §8.6: 1xx and 204 MUST NOT send it; 304 has no content, RFC 9110 §15.4.5).
+    public var forbidsBody: Bool { code < 200 || code == 204 || code == 304 }
+
+    public static let ok = HTTPStatus(code: 200)
+    public static let created = HTTPStatus(code: 201)
+    public static let accepted = HTTPStatus(code: 202)
+    public static let noContent = HTTPStatus(code: 204)
+    public static let badRequest = HTTPStatus(code: 400)
+    public static let unauthorized = HTTPStatus(code: 401)
+    public static let forbidden = HTTPStatus(code: 403)
+    public static let notFound = HTTPStatus(code: 404)
+    public static let methodNotAllowed = HTTPStatus(code: 405)
+    public static let requestTimeout = HTTPStatus(code: 408)
+    public static let contentTooLarge = HTTPStatus(code: 413)
+    public static let uriTooLong = HTTPStatus(code: 414)
+    public static let unsupportedMediaType = HTTPStatus(code: 415)
+    public static let unprocessableContent = HTTPStatus(code: 422)
+    public static let tooManyRequests = HTTPStatus(code: 429)
+    public static let requestHeaderFieldsTooLarge = HTTPStatus(code: 431)
+    public static let internalServerError = HTTPStatus(code: 500)
+    public static let notImplemented = HTTPStatus(code: 501)
+    public static let serviceUnavailable = HTTPStatus(code: 503)
+    public static let gatewayTimeout = HTTPStatus(code: 504)
+    public static let httpVersionNotSupported = HTTPStatus(code: 505)
+
+    /// Reason phrases as registered in RFC 9110 §15 (plus 429 and 431 from RFC 6585).
+    static let standardReasonPhrases: [Int: String] = [
+        100: "Continue", 101: "Switching Protocols",
+        200: "OK", 201: "Created", 202: "Accepted", 203: "Non-Authoritative Information", 204: "No Content",
+        205: "Reset Content", 206: "Partial Content",
+        300: "Multiple Choices", 301: "Moved Permanently", 302: "Found", 303: "See Other", 304: "Not Modified",
+        307: "Temporary Redirect", 308: "Permanent Redirect",
+        400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+        406: "Not Acceptable", 408: "Request Timeout", 409: "Conflict", 410: "Gone", 411: "Length Required",
+        412: "Precondition Failed", 413: "Content Too Large", 414: "URI Too Long", 415: "Unsupported Media Type",
+        416: "Range Not Satisfiable", 417: "Expectation Failed", 421: "Misdirected Request",
+        422: "Unprocessable Content", 426: "Upgrade Required", 429: "Too Many Requests",
+        431: "Request Header Fields Too Large",
+        500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+        504: "Gateway Timeout", 505: "HTTP Version Not Supported",
+    ]
+}
