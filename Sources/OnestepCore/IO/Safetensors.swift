@@ -138,7 +138,7 @@ public struct SafetensorsFile: Sendable {
         var shape: [Int] = []
         var count = 1
         for d in shapeAny {
-            guard let n = d as? NSNumber, let v = Int(exactly: n.doubleValue), v >= 0, v <= Int(Int32.max) else {
+            guard let v = JSONValues.integer(d), v >= 0 else {
                 throw fail("shape \(shapeAny) has an entry that is not a non-negative integer")
             }
             let (m, overflow) = count.multipliedReportingOverflow(by: v)
@@ -147,8 +147,7 @@ public struct SafetensorsFile: Sendable {
             shape.append(v)
         }
         guard let offs = obj["data_offsets"] as? [Any], offs.count == 2,
-              let b = (offs[0] as? NSNumber).flatMap({ Int(exactly: $0.doubleValue) }),
-              let e = (offs[1] as? NSNumber).flatMap({ Int(exactly: $0.doubleValue) }) else {
+              let b = JSONValues.integer(offs[0]), let e = JSONValues.integer(offs[1]) else {
             throw fail("data_offsets is not a pair of integers")
         }
         guard b >= 0, b <= e, e <= dataSize else {

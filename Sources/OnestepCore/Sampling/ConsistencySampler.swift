@@ -116,3 +116,22 @@ public enum ImageQuantizer {
         return out
     }
 }
+
+extension ConsistencySampler {
+    /// One step from given standard-normal noise (N, C, S, S) instead of seeds: what run-unet and the golden
+    /// vectors use.
+    public func sampleOneStep(noise: Tensor, labels: [Int]?,
+                              denoise: (_ x: Tensor, _ timestep: Float, _ labels: [Int]?) -> Tensor) -> Tensor {
+        let schedule = ConsistencySchedule(config: config, steps: 1)
+        let sigma = schedule.sigmas[0], sd = Float(config.sigmaData), smin = Float(config.sigmaMin)
+        let sample = noise.data.map { $0 * Float(config.sigmaMax) }
+        let inScale = (sigma * sigma + sd * sd).squareRoot()
+        let out = denoise(Tensor(shape: noise.shape, data: sample.map { $0 / inScale }), schedule.timesteps[0], labels)
+        let sm = sigma - smin
+        let cSkip = sd * sd / (sm * sm + sd * sd), cOut = sm * sd / (sigma * sigma + sd * sd).squareRoot()
+        return Tensor(shape: noise.shape, data: zip(out.data, sample).map { o, s in
+            let v = cOut * o + cSkip * s
+            return config.clipDenoised ? min(max(v, -1), 1) : v
+        })
+    }
+}

@@ -1,0 +1,116 @@
+// `onestep-serve bench`: forward-pass speed of a model at several batch sizes, next to a plain cblas_sgemm of the
+// model's dominant convolution shape measured in the same run (so the ratio survives a noisy, shared machine).
+import Foundation
+import OnestepCore
+
+enum BenchCommand {
+    static let flags = [
+        FlagSpec("model", "model directory (repeatable)"),
+        FlagSpec("batch", "comma-separated batch sizes", default: "1,16"),
+        FlagSpec("seconds", "time to spend per row", default: "2"),
+        FlagSpec("threads", "BLAS threads (default: OpenBLAS's own choice, usually the core count)"),
+        FlagSpec("json", "print one JSON object per row instead of the table", isSwitch: true),
+        FlagSpec("help", "show this help", isSwitch: true),
+    ]
+
+    struct Row {
+        var model: String, dtype: String, batch: Int
+        var imagesPerSecond: Double, gflops: Double, sgemmGflops: Double
+        var ratio: Double { gflops / sgemmGflops }
+    }
+
+    static func run(_ args: [String]) throws {
+        let f = try ParsedFlags(args, specs: flags)
+        if f.isSet("help") { print("usage: onestep-serve bench --model DIR [--model DIR2] [--batch 1,16] [--json]\n" + ParsedFlags.usage(flags)); return }
+        if let t = try f.int("threads", range: 1...256) { BLAS.threads = t }
+        let batches = try f.intList("batch", range: 1...256) ?? [1, 16]
+        let seconds = try f.double("seconds", range: 0.05...600) ?? 2
+        var models = f.all("model")
+        if models.isEmpty { models = [try f.required("model")] }
+        var rows: [Row] = []
+        for path in models {
+            let p = try ImagePipeline.load(path: path)
+            for b in batches {
+                let row = measure(p, batch: b, seconds: seconds)
+                rows.append(row)
+                if f.isSet("json") { print(json(row)) }
+            }
+        }
+        if !f.isSet("json") { print(table(rows)) }
+        FileHandle.standardError.write(Data("BLAS threads \(BLAS.threads); peak resident memory \(peakResidentMiB()) MiB\n".utf8))
+    }
+
+    static func measure(_ p: ImagePipeline, batch: Int, seconds: Double) -> Row {
+        let s = p.imageSize, c = p.config.inChannels
+        var g = TorchGenerator(seed: 1)
+        let x = g.randn(shape: [batch, c, s, s])
+        let labels = p.numClasses.map { n in (0..<batch).map { $0 % n } }
+        let t = ConsistencySchedule(config: .init(), steps: 1).timesteps[0]
+        let forward = { _ = p.model.forward(x, timesteps: Array(repeating: t, count: batch), classLabels: labels) }
+        let perSecond = rate(seconds: seconds, warmup: 1, forward)
+        let flops = p.model.flopsPerImage * Double(batch)
+        // The sgemm a perfect conv would be: the dominant conv's (Cout, Cin*9) x (Cin*9, Ho*Wo*batch).
+        let (geo, size) = p.model.dominantConvolution
+        let m = geo.outChannels, k = geo.reduction, n = geo.outputHeight(size) * geo.outputWidth(size) * batch
+        let sgemm = sgemmGflops(m: m, n: n, k: k, seconds: min(seconds, 1))
+        return Row(model: p.name, dtype: p.weightDType, batch: batch, imagesPerSecond: perSecond * Double(batch),
+                   gflops: perSecond * flops / 1e9, sgemmGflops: sgemm)
+    }
+
+    /// Calls per second of `body`, after `warmup` calls, over at least `seconds`.
+    static func rate(seconds: Double, warmup: Int, _ body: () -> Void) -> Double {
+        for _ in 0..<warmup { body() }
+        var calls = 0
+        let start = DispatchTime.now().uptimeNanoseconds
+        var elapsed = 0.0
+        repeat {
+            body()
+            calls += 1
+            elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        } while elapsed < seconds || calls < 3
+        return Double(calls) / elapsed
+    }
+
+    static func sgemmGflops(m: Int, n: Int, k: Int, seconds: Double) -> Double {
+        var r = TorchGenerator(seed: 2)
+        let a = r.randn(count: m * k), b = r.randn(count: k * n)
+        var c = [Float](repeating: 0, count: m * n)
+        let perSecond = a.withUnsafeBufferPointer { ap in
+            b.withUnsafeBufferPointer { bp in
+                c.withUnsafeMutableBufferPointer { cp in
+                    rate(seconds: seconds, warmup: 2) {
+                        BLAS.sgemm(m: m, n: n, k: k, a: ap.baseAddress!, lda: k, b: bp.baseAddress!, ldb: n, c: cp.baseAddress!, ldc: n)
+                    }
+                }
+            }
+        }
+        return perSecond * 2 * Double(m) * Double(n) * Double(k) / 1e9
+    }
+
+    static func table(_ rows: [Row]) -> String {
+        var s = "model                 dtype    batch   images/s    GFLOP/s   sgemm GFLOP/s   ratio\n"
+        for r in rows {
+            s += r.model.padding(toLength: 22, withPad: " ", startingAt: 0) + r.dtype.padding(toLength: 8, withPad: " ", startingAt: 0)
+            s += String(format: "%6d %10.1f %10.2f %15.2f %7.3f\n", r.batch, r.imagesPerSecond, r.gflops, r.sgemmGflops, r.ratio)
+        }
+        return s
+    }
+
+    static func json(_ r: Row) -> String {
+        let d: [String: Any] = ["model": r.model, "dtype": r.dtype, "batch": r.batch,
+                                "images_per_s": r.imagesPerSecond, "gflops": r.gflops,
+                                "sgemm_gflops": r.sgemmGflops, "ratio_to_sgemm": r.ratio]
+        let data = (try? JSONSerialization.data(withJSONObject: d, options: [.sortedKeys])) ?? Data()
+        return String(decoding: data, as: UTF8.self)
+    }
+
+    /// VmHWM from /proc/self/status, in MiB.
+    static func peakResidentMiB() -> Int {
+        guard let s = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+        for line in s.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+            let kb = Int(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+            return kb / 1024
+        }
+        return 0
+    }
+}

@@ -1,0 +1,104 @@
+// The offline subcommands of onestep-serve: generate, run-unet, bench, quantize.
+import Foundation
+import OnestepCore
+import PNGCodec
+
+enum Commands {
+    static let generateFlags = [
+        FlagSpec("model", "model directory", default: "models/" + ServeDefaults.defaultModelName),
+        FlagSpec("seed", "seed of the first image (images i > 0 use seed + i)", default: "0"),
+        FlagSpec("label", "class index or class name (class-conditional models)"),
+        FlagSpec("steps", "sampling steps (default: the model's: 1 for a consistency model, 18 for an EDM teacher)"),
+        FlagSpec("n", "number of images; more than one are tiled into a grid in --out", default: "1"),
+        FlagSpec("out", "output PNG file"),
+        FlagSpec("help", "show this help", isSwitch: true),
+    ]
+
+    static func generate(_ args: [String]) throws {
+        let f = try ParsedFlags(args, specs: generateFlags)
+        if f.isSet("help") { print("usage: onestep-serve generate --model DIR --seed S [--label L] [--steps K] [-n N] --out FILE.png\n" + ParsedFlags.usage(generateFlags)); return }
+        let out = try f.required("out")
+        let pipeline = try ImagePipeline.load(path: try f.required("model"))
+        guard let seedText = f.string("seed"), let seed = UInt64(seedText) else {
+            throw FlagError("--seed \(f.string("seed") ?? ""): expected a non-negative integer")
+        }
+        let n = try f.int("n", range: 1...256) ?? 1
+        let steps = try f.int("steps", range: 1...pipeline.sampler.maxSteps) ?? pipeline.sampler.defaultSteps
+        let label: Int?
+        switch pipeline.resolveLabel(f.string("label")) {
+        case .success(let l): label = l
+        case .failure(let e): throw FlagError("--label: \(e)")
+        }
+        let reqs = (0..<n).map { GenerationRequest(seed: seed &+ UInt64($0), label: label) }
+        let start = Date()
+        let images = pipeline.generate(reqs, steps: steps)
+        let seconds = Date().timeIntervalSince(start)
+        if n == 1 {
+            try AtomicFile.write(try ImagePipeline.pngs(images)[0], to: out)
+        } else {
+            let cols = Int(Double(n).squareRoot().rounded(.up))
+            try AtomicFile.write(try PNG.encode(ImagePipeline.grid(images, columns: cols)), to: out)
+        }
+        let classText = label.map { l in " class \(pipeline.classNames?[l] ?? String(l))" } ?? ""
+        print("wrote \(out): \(n) image(s) \(pipeline.imageSize)x\(pipeline.imageSize), seeds \(seed)...\(seed &+ UInt64(n - 1))\(classText), \(steps) step(s), \(String(format: "%.3f", seconds)) s")
+    }
+
+    static let runUNetFlags = [
+        FlagSpec("model", "model directory"),
+        FlagSpec("inputs", "safetensors with x (N,C,H,W), t (N) and optional class_labels (N) int64, cm_noise (N,C,H,W)"),
+        FlagSpec("out", "safetensors to write: unet_out, and cm_image + cm_uint8 when cm_noise is given"),
+        FlagSpec("help", "show this help", isSwitch: true),
+    ]
+
+    static func runUNet(_ args: [String]) throws {
+        let f = try ParsedFlags(args, specs: runUNetFlags)
+        if f.isSet("help") { print("usage: onestep-serve run-unet --model DIR --inputs IN.safetensors --out OUT.safetensors\n" + ParsedFlags.usage(runUNetFlags)); return }
+        let pipeline = try ImagePipeline.load(path: try f.required("model"))
+        let inputs = try SafetensorsFile(path: try f.required("inputs"))
+        let x = try inputs.floats("x"), t = try inputs.floats("t")
+        let cfg = pipeline.config
+        guard x.rank == 4, x.shape[1] == cfg.inChannels, x.shape[2] == x.shape[3], x.shape[2] % (1 << (cfg.levels - 1)) == 0 else {
+            throw FlagError("x has shape \(x.shape); the model needs (N, \(cfg.inChannels), S, S) with S divisible by \(1 << (cfg.levels - 1))")
+        }
+        guard t.count == x.shape[0] || t.count == 1 else { throw FlagError("t has \(t.count) values for \(x.shape[0]) images") }
+        let timesteps = t.count == 1 ? Array(repeating: t.data[0], count: x.shape[0]) : t.data
+        var labels: [Int]?
+        if inputs.entries["class_labels"] != nil {
+            labels = try inputs.integers("class_labels").values.map { Int($0) }
+        }
+        if let n = cfg.numClassEmbeds {
+            guard let l = labels, l.count == x.shape[0], l.allSatisfy({ (0..<n).contains($0) }) else {
+                throw FlagError("this model is class-conditional: inputs need class_labels, one per image, each in 0..<\(n)")
+            }
+        } else if labels != nil {
+            throw FlagError("this model has no class embedding; remove class_labels from the inputs")
+        }
+        var writer = SafetensorsWriter()
+        writer.add("unet_out", pipeline.model.forward(x, timesteps: timesteps, classLabels: labels))
+        if inputs.entries["cm_noise"] != nil {
+            guard case .consistency(let c) = pipeline.sampler else { throw FlagError("cm_noise given but the model is not a consistency model") }
+            let noise = try inputs.floats("cm_noise")
+            guard noise.shape == x.shape else { throw FlagError("cm_noise has shape \(noise.shape); expected \(x.shape)") }
+            let image = ConsistencySampler(config: c).sampleOneStep(noise: noise, labels: labels, denoise: pipeline.denoise)
+            writer.add("cm_image", image)
+            let n = image.shape[0]
+            writer.add("cm_uint8", uint8: ImageQuantizer.toUInt8(image), shape: [n, image.shape[2], image.shape[3], image.shape[1]])
+        }
+        let out = try f.required("out")
+        try writer.write(to: out)
+        print("wrote \(out): \(writer.metadata.isEmpty ? "" : "")unet_out\(inputs.entries["cm_noise"] != nil ? ", cm_image, cm_uint8" : "")")
+    }
+
+    static let quantizeFlags = [
+        FlagSpec("model", "float32 model directory"),
+        FlagSpec("out", "directory to write the int8 model into"),
+        FlagSpec("help", "show this help", isSwitch: true),
+    ]
+
+    static func quantize(_ args: [String]) throws {
+        let f = try ParsedFlags(args, specs: quantizeFlags)
+        if f.isSet("help") { print("usage: onestep-serve quantize --model DIR --out DIR\n" + ParsedFlags.usage(quantizeFlags)); return }
+        let report = try Quantizer.quantizeDirectory(source: try f.required("model"), destination: try f.required("out"))
+        print(report.text, terminator: "")
+    }
+}
