@@ -42,7 +42,15 @@ final class TestClient {
         }
     }
 
-    deinit { Glibc.close(fd) }
+    private var isOpen = true
+
+    deinit { close() }
+
+    func close() {
+        guard isOpen else { return }
+        isOpen = false
+        Glibc.close(fd)
+    }
 
     func send(_ text: String) { send(Array(text.utf8)) }
 
