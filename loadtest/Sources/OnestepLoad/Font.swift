@@ -56,6 +56,9 @@ enum Font {
         "@": [".###.", "#...#", "....#", ".##.#", "#.#.#", "#.#.#", ".###."],
     ]
 
+    /// Glyphs drawn two rows lower so their tails hang below the line.
+    static let descenders: Set<Character> = ["g", "j", "p", "q", "y", ","]
+
     /// Pixel width of `text` at `scale` (one blank column between glyphs).
     static func measure(_ text: String, scale: Int) -> Int { text.count * (width + 1) * scale }
 }

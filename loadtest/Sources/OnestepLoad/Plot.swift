@@ -46,9 +46,10 @@ struct Canvas {
         var cx = x
         for ch in s.lowercased() {
             if let rows = Font.glyphs[ch] {
+                let drop = Font.descenders.contains(ch) ? scale : 0
                 for (ry, row) in rows.enumerated() {
                     for (rx, bit) in row.enumerated() where bit == "#" {
-                        fill(x: cx + rx * scale, y: y + ry * scale, w: scale, h: scale, c)
+                        fill(x: cx + rx * scale, y: y + ry * scale + drop, w: scale, h: scale, c)
                     }
                 }
             }
@@ -86,7 +87,7 @@ public enum Plot {
         var c = Canvas(width: width, height: height)
         let m = r.measured
         c.text(title, x: 20, y: 12, scale: 2)
-        let left = 110, right = width - 30
+        let left = 110, right = width - 60
         // Shared log y range: whole decades around everything that was recorded.
         let maxS = Swift.max(Double(Swift.max(m.corrected.max, m.uncorrected.max)) / 1e6, 1e-3)
         let minS = Swift.max(Double(Swift.min(m.uncorrected.isEmpty ? 1000 : m.uncorrected.min, m.queueing.isEmpty ? 1000 : Swift.max(m.queueing.min, 1))) / 1e6, 1e-6)
