@@ -35,6 +35,8 @@ final class EventLoop {
     /// Connections whose responses arrived in this batch; advanced once each after the batch.
     private var scheduled: [HTTPConnection] = []
     private(set) var draining = false
+    /// The listener is out of epoll after EMFILE; re-armed at the next deadline sweep.
+    private var acceptPaused = false
 
     /// Shared by every connection: a read lands here and is appended to that connection's parser right away.
     let readBuffer: UnsafeMutableRawBufferPointer
@@ -80,6 +82,10 @@ final class EventLoop {
             let now = ContinuousClock.now
             if now >= nextSweep {
                 for connection in Array(connections.values) { connection.expireDeadlines(now: now) }
+                if acceptPaused, let listenerFD {
+                    acceptPaused = false
+                    epoll.add(listenerFD, events: Epoll.readable, token: Self.listenerToken)
+                }
                 nextSweep = now + sweepInterval
             }
             if draining && connections.isEmpty { break }
@@ -101,7 +107,18 @@ final class EventLoop {
     private func acceptConnections() {
         guard let listenerFD else { return }
         for _ in 0..<64 {
-            guard let (fd, remoteAddress) = Socket.accept(listenerFD) else { return }
+            let fd: Int32, remoteAddress: String
+            switch Socket.accept(listenerFD) {
+            case .accepted(let acceptedFD, let address):
+                (fd, remoteAddress) = (acceptedFD, address)
+            case .nonePending:
+                return
+            case .outOfDescriptors:
+                // Stop watching the listener until the next sweep instead of spinning on it.
+                epoll.remove(listenerFD)
+                acceptPaused = true
+                return
+            }
             let served = connections.count - refusingCount
             let refuse = served >= configuration.maxConnections
             if refuse && refusingCount >= configuration.maxConnections {
@@ -174,7 +191,7 @@ final class EventLoop {
 
     private func closeListener() {
         guard let fd = listenerFD else { return }
-        epoll.remove(fd)
+        if !acceptPaused { epoll.remove(fd) }
         Glibc.close(fd)
         listenerFD = nil
     }

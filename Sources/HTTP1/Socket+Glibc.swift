@@ -69,10 +69,17 @@ enum Socket {
         }
     }
 
-    /// Accepts one pending connection as a non-blocking socket, or nil when none is pending (EAGAIN) or the
-    /// attempt failed in a way that concerns only that connection (ECONNABORTED, EMFILE: retried on the next
-    /// readiness event rather than crashing the loop).
-    static func accept(_ listener: Int32) -> (fd: Int32, remoteAddress: String)? {
+    enum AcceptResult {
+        case accepted(fd: Int32, remoteAddress: String)
+        /// Nothing pending (EAGAIN), or a failure that concerns only that connection (ECONNABORTED...).
+        case nonePending
+        /// EMFILE / ENFILE: the connection stays queued, and the listener stays readable, until a descriptor
+        /// frees up; the loop must stop watching the listener for a while or it would spin.
+        case outOfDescriptors
+    }
+
+    /// Accepts one pending connection as a non-blocking socket with TCP_NODELAY.
+    static func accept(_ listener: Int32) -> AcceptResult {
         var storage = sockaddr_storage()
         var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
         let fd = withUnsafeMutablePointer(to: &storage) {
@@ -80,10 +87,10 @@ enum Socket {
                 LinuxSyscalls.accept4(listener, $0, &length, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue))
             }
         }
-        guard fd >= 0 else { return nil }
+        guard fd >= 0 else { return errno == EMFILE || errno == ENFILE ? .outOfDescriptors : .nonePending }
         // Responses are written whole; Nagle would only delay the last partial segment of each.
         setOption(fd, level: Int32(IPPROTO_TCP), name: TCP_NODELAY, value: 1)
-        return (fd, describe(&storage))
+        return .accepted(fd: fd, remoteAddress: describe(&storage))
     }
 
     /// `host:port` text for access logs.

@@ -1,5 +1,7 @@
 // Serialization: framing headers, HEAD, bodiless statuses, Connection, and the JSON error shape.
 
+import Dispatch
+import Synchronization
 import XCTest
 @testable import HTTP1
 
@@ -51,5 +53,33 @@ final class HTTPResponseTests: XCTestCase {
 
     func testDateFormat() {
         XCTAssertEqual(HTTPDate.format(secondsSinceEpoch: 784111777), "Sun, 06 Nov 1994 08:49:37 GMT")
+    }
+}
+
+final class HTTPResponderTests: XCTestCase {
+    func testConcurrentRespondersAcceptExactlyOne() {
+        // A mailbox with no loop behind it: posts are queued, wake-ups write to an invalid descriptor (ignored).
+        let mailbox = LoopMailbox(wakeFD: -1)
+        let responder = HTTPResponder(connectionID: 7, sequence: 0, mailbox: mailbox)
+        let accepted = Atomic<Int>(0)
+        DispatchQueue.concurrentPerform(iterations: 16) { index in
+            if responder.respond(.text("\(index)")) { accepted.add(1, ordering: .relaxed) }
+        }
+        XCTAssertEqual(accepted.load(ordering: .relaxed), 1)
+        XCTAssertEqual(mailbox.takeAll().count, 1)
+        XCTAssertFalse(responder.cancel(), "an answered request cannot be cancelled")
+        XCTAssertFalse(responder.isCancelled)
+    }
+
+    func testCancelRunsCallbacksOnceAndBlocksResponses() {
+        let mailbox = LoopMailbox(wakeFD: -1)
+        let responder = HTTPResponder(connectionID: 1, sequence: 0, mailbox: mailbox)
+        let calls = Atomic<Int>(0)
+        responder.onCancel { calls.add(1, ordering: .relaxed) }
+        XCTAssertTrue(responder.cancel())
+        XCTAssertFalse(responder.cancel())
+        XCTAssertFalse(responder.respond(.text("late")))
+        XCTAssertEqual(calls.load(ordering: .relaxed), 1)
+        XCTAssertTrue(mailbox.takeAll().isEmpty)
     }
 }
