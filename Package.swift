@@ -36,7 +36,7 @@ let package = Package(
         .executableTarget(name: "onestep-serve", dependencies: ["OnestepServer", "OnestepCore"]),
 
         // Training engine, data, teacher, distillation, evaluation: linked only into onestep-distill.
-        .target(name: "OnestepTrain", dependencies: ["OnestepCore"], swiftSettings: fastMath),
+        .target(name: "OnestepTrain", dependencies: ["OnestepCore", "PNGCodec"], swiftSettings: fastMath),
         .executableTarget(name: "onestep-distill", dependencies: ["OnestepTrain", "OnestepCore"]),
 
         // The load tester lives in the top-level loadtest/ folder.
@@ -46,7 +46,7 @@ let package = Package(
         .testTarget(name: "OnestepCoreTests", dependencies: ["OnestepCore", "PNGCodec"]),
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1"]),
         .testTarget(name: "OnestepServerTests", dependencies: ["OnestepServer", "OnestepCore", "HTTP1"]),
-        .testTarget(name: "OnestepTrainTests", dependencies: ["OnestepTrain", "OnestepCore"]),
+        .testTarget(name: "OnestepTrainTests", dependencies: ["OnestepTrain", "OnestepCore", "PNGCodec"]),
         .testTarget(name: "OnestepLoadTests", dependencies: ["OnestepLoad"]),
     ],
     swiftLanguageModes: [.v6]

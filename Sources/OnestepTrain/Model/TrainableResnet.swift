@@ -1,0 +1,149 @@
+// ResnetBlock2D, trainable (same structure and keys as OnestepCore's ResnetBlock):
+//   a = silu(norm1(x)); [resample x and a]; h = conv1(a) + proj(silu(temb)); h = silu(norm2(h))  ("default")
+//                                                  or h = silu(norm2(h) * (1 + scale) + shift)   ("scale_shift")
+//   out = (shortcut(x) + conv2(h)) / output_scale_factor
+// Legend: N batch, Cin/Cout channels, H/W size before resampling, T time-embedding width.
+import OnestepCore
+
+public final class TrainableResnet {
+    public let inChannels: Int, outChannels: Int
+    public let norm1: TrainableGroupNorm, conv1: TrainableConv2D, timeProjection: TrainableLinear
+    public let norm2: TrainableGroupNorm, conv2: TrainableConv2D, shortcut: TrainableConv2D?
+    public let resample: ResnetResample, conditioning: TimeConditioning, outputScaleFactor: Float
+    private let resampledInput = Buffer(), resampledAct = Buffer(), modulated = Buffer(), output = Buffer()
+    private let gradBuffer = Buffer(), dModulated = Buffer(), dTime = Buffer(), dAct = Buffer(), inputGradient = Buffer()
+    private var n = 0, h = 0, w = 0, ho = 0, wo = 0
+    private var timeOut: UnsafePointer<Float>?, normed2: UnsafePointer<Float>?
+
+    public init(_ prefix: String, _ store: ParameterStore, in cin: Int, out cout: Int, temb: Int, groups: Int, eps: Float,
+                conditioning: TimeConditioning, resample: ResnetResample = .none, outputScaleFactor: Float = 1) {
+        (inChannels, outChannels) = (cin, cout)
+        norm1 = TrainableGroupNorm(prefix + ".norm1", store, channels: cin, groups: groups, eps: eps, silu: true)
+        conv1 = TrainableConv2D(prefix + ".conv1", store, geometry: ConvGeometry(inChannels: cin, outChannels: cout, kernel: 3, padding: 1))
+        timeProjection = TrainableLinear(prefix + ".time_emb_proj", store, in: temb, out: conditioning == .scaleShift ? 2 * cout : cout)
+        norm2 = TrainableGroupNorm(prefix + ".norm2", store, channels: cout, groups: groups, eps: eps, silu: conditioning == .default)
+        conv2 = TrainableConv2D(prefix + ".conv2", store, geometry: ConvGeometry(inChannels: cout, outChannels: cout, kernel: 3, padding: 1))
+        shortcut = cin != cout
+            ? TrainableConv2D(prefix + ".conv_shortcut", store, geometry: ConvGeometry(inChannels: cin, outChannels: cout, kernel: 1, padding: 0))
+            : nil
+        (self.conditioning, self.resample, self.outputScaleFactor) = (conditioning, resample, outputScaleFactor)
+    }
+
+    public func outputSize(height: Int, width: Int) -> (Int, Int) {
+        switch resample {
+        case .none: return (height, width)
+        case .up: return (2 * height, 2 * width)
+        case .down: return (height / 2, width / 2)
+        }
+    }
+
+    /// x (N, Cin, H, W), activated time embedding (N, T) -> (N, Cout, Ho, Wo). Both inputs must stay unchanged
+    /// until `backward`.
+    public func forward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int,
+                        activatedTemb: UnsafePointer<Float>) -> UnsafeMutablePointer<Float> {
+        (n, h, w) = (batch, height, width)
+        (ho, wo) = outputSize(height: height, width: width)
+        let cin = inChannels, cout = outChannels, p = ho * wo
+        var xr = x
+        var a = UnsafePointer(norm1.forward(x, batch: batch, spatial: height * width))
+        if resample != .none {
+            let xb = resampledInput.ensure(batch * cin * p), ab = resampledAct.ensure(batch * cin * p)
+            if resample == .up {
+                Resample.upsampleNearest2x(x, planes: batch * cin, height: height, width: width, y: xb)
+                Resample.upsampleNearest2x(a, planes: batch * cin, height: height, width: width, y: ab)
+            } else {
+                Resample.averagePool2x(x, planes: batch * cin, height: height, width: width, y: xb)
+                Resample.averagePool2x(a, planes: batch * cin, height: height, width: width, y: ab)
+            }
+            (xr, a) = (UnsafePointer(xb), UnsafePointer(ab))
+        }
+        let c1 = conv1.forward(a, batch: batch, height: ho, width: wo)
+        let t = timeProjection.forward(activatedTemb, batch: batch)  // (N, Cout) or (N, 2*Cout)
+        timeOut = UnsafePointer(t)
+        let act: UnsafePointer<Float>
+        switch conditioning {
+        case .default:
+            // conv1's output is not needed by its own backward, so the time term is added in place.
+            for i in 0..<batch { for ch in 0..<cout {
+                let tv = t[i * cout + ch], row = c1 + (i * cout + ch) * p
+                for j in 0..<p { row[j] += tv }
+            } }
+            act = UnsafePointer(norm2.forward(c1, batch: batch, spatial: p))
+        case .scaleShift:
+            let nb = norm2.forward(c1, batch: batch, spatial: p)
+            normed2 = UnsafePointer(nb)
+            let m = modulated.ensure(batch * cout * p)
+            for i in 0..<batch { for ch in 0..<cout {
+                let scale = 1 + t[i * 2 * cout + ch], shift = t[i * 2 * cout + cout + ch], base = (i * cout + ch) * p
+                for j in 0..<p { m[base + j] = Activations.silu(nb[base + j] * scale + shift) }
+            } }
+            act = UnsafePointer(m)
+        }
+        let c2 = conv2.forward(act, batch: batch, height: ho, width: wo)
+        let y = output.ensure(batch * cout * p)
+        let s = shortcut.map { UnsafePointer($0.forward(xr, batch: batch, height: ho, width: wo)) } ?? xr
+        let inv = 1 / outputScaleFactor
+        for j in 0..<(batch * cout * p) { y[j] = (s[j] + c2[j]) * inv }
+        return y
+    }
+
+    /// dy (N, Cout, Ho, Wo) -> dx (N, Cin, H, W); adds this block's share of d(activated temb) into `dActivatedTemb`.
+    @discardableResult
+    public func backward(_ dy: UnsafePointer<Float>, dActivatedTemb: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<Float> {
+        let cin = inChannels, cout = outChannels, p = ho * wo, total = n * cout * p
+        let g = gradBuffer.ensure(total)
+        for j in 0..<total { g[j] = dy[j] / outputScaleFactor }
+        let dAct2 = conv2.backward(g)
+        let t = timeOut!
+        let dc1: UnsafeMutablePointer<Float>
+        switch conditioning {
+        case .default:
+            dc1 = norm2.backward(dAct2)
+            let dt = dTime.ensure(n * cout)
+            for i in 0..<n { for ch in 0..<cout {
+                var s: Float = 0
+                let row = dc1 + (i * cout + ch) * p
+                for j in 0..<p { s += row[j] }
+                dt[i * cout + ch] = s
+            } }
+            addInPlace(dActivatedTemb, timeProjection.backward(dt), count: n * timeProjection.inFeatures)
+        case .scaleShift:
+            let nb = normed2!, dnb = dModulated.ensure(total), dt = dTime.ensure(n * 2 * cout)
+            for i in 0..<n { for ch in 0..<cout {
+                let scale = 1 + t[i * 2 * cout + ch], shift = t[i * 2 * cout + cout + ch], base = (i * cout + ch) * p
+                var dScale: Float = 0, dShift: Float = 0
+                for j in 0..<p {
+                    let pre = nb[base + j] * scale + shift
+                    let dpre = dAct2[base + j] * TrainableSiLU.derivative(pre)
+                    dScale += dpre * nb[base + j]
+                    dShift += dpre
+                    dnb[base + j] = dpre * scale
+                }
+                dt[i * 2 * cout + ch] = dScale
+                dt[i * 2 * cout + cout + ch] = dShift
+            } }
+            addInPlace(dActivatedTemb, timeProjection.backward(dt), count: n * timeProjection.inFeatures)
+            dc1 = norm2.backward(dnb)
+        }
+        var da = UnsafePointer(conv1.backward(dc1))
+        // The shortcut path: d(resampled x).
+        var dxr = shortcut.map { UnsafePointer($0.backward(g)) } ?? UnsafePointer(g)
+        let dx = inputGradient.ensure(n * cin * h * w)
+        if resample != .none {
+            let dab = dAct.ensure(n * cin * h * w)
+            if resample == .up {
+                ResampleGrad.upsampleNearest2xBackward(da, planes: n * cin, height: h, width: w, dx: dab)
+                ResampleGrad.upsampleNearest2xBackward(dxr, planes: n * cin, height: h, width: w, dx: dx)
+            } else {
+                ResampleGrad.averagePool2xBackward(da, planes: n * cin, height: h, width: w, dx: dab)
+                ResampleGrad.averagePool2xBackward(dxr, planes: n * cin, height: h, width: w, dx: dx)
+            }
+            da = UnsafePointer(dab)
+            dxr = UnsafePointer(dx)
+        } else {
+            dx.update(from: dxr, count: n * cin * h * w)
+        }
+        addInPlace(dx, norm1.backward(da), count: n * cin * h * w)
+        return dx
+    }
+}
