@@ -247,7 +247,8 @@ final class HTTPConnection {
                 pendingRecords.append((totalQueued, HTTPExchangeRecord(
                     method: exchange.method, target: exchange.target, status: response.status,
                     bytesWritten: output.count - start, headReceivedAt: exchange.headReceivedAt,
-                    respondedAt: exchange.respondedAt ?? now, writtenAt: now, remoteAddress: remoteAddress)))
+                    respondedAt: exchange.respondedAt ?? now, writtenAt: now, remoteAddress: remoteAddress,
+                    responseHeaders: response.headers)))
             }
             if !keepAlive {
                 acceptsRequests = false

@@ -181,6 +181,8 @@ public struct HTTPExchangeRecord: Sendable {
     public var writtenAt: ContinuousClock.Instant
     /// The peer as `address:port`.
     public var remoteAddress: String
+    /// The headers the handler set (access logs read timing annotations such as X-Queue-Ms from here).
+    public var responseHeaders: HTTPHeaders = HTTPHeaders()
 }
 
 /// Runs `body` on a new detached POSIX thread (no Foundation needed).

@@ -10,6 +10,10 @@ import Foundation
 public struct ModelLoadError: Error, CustomStringConvertible {
     public var path: String
     public var problem: String
+    public init(path: String, problem: String) {
+        self.path = path
+        self.problem = problem
+    }
     public var description: String { "\(path): \(problem)" }
 }
 

@@ -1,0 +1,106 @@
+// Compute threads: each takes a batch from the BatchQueue, runs the sampler and PNG encoding, and completes the
+// batch's jobs. The HTTP event loop never computes; it only enqueues and is woken by the responders.
+// A reaper answers queued work whose deadline passed while every worker was busy.
+import Foundation
+import OnestepCore
+
+public final class ComputeWorkers: @unchecked Sendable {
+    // Immutable after init; threads are only started and joined.
+    let queue: BatchQueue
+    let models: ModelRegistry
+    let metrics: Metrics
+    let count: Int
+    private var threads: [Thread] = []
+    private let group = DispatchGroup()
+    private let reaperStop = DispatchSemaphore(value: 0)
+
+    public init(count: Int, queue: BatchQueue, models: ModelRegistry, metrics: Metrics) {
+        self.count = max(1, count)
+        self.queue = queue
+        self.models = models
+        self.metrics = metrics
+    }
+
+    public func start() {
+        for i in 0..<count {
+            group.enter()
+            let t = Thread { [self] in
+                workerLoop()
+                group.leave()
+            }
+            t.name = "onestep-compute-\(i)"
+            t.stackSize = 8 << 20
+            t.start()
+            threads.append(t)
+        }
+        group.enter()
+        let reaper = Thread { [self] in
+            // Every 5 ms: deadlines are in the hundreds of ms, so this answers an expired request within 2% of it.
+            while reaperStop.wait(timeout: .now() + .milliseconds(5)) == .timedOut {
+                for job in queue.takeExpired() { expire(job) }
+            }
+            group.leave()
+        }
+        reaper.name = "onestep-reaper"
+        reaper.start()
+    }
+
+    /// Waits for every worker to exit (after BatchQueue.stop or a finished drain).
+    public func join(timeout: Duration) -> Bool {
+        reaperStop.signal()
+        return group.wait(timeout: .now() + .nanoseconds(Int(seconds(timeout) * 1e9))) == .success
+    }
+
+    private func expire(_ job: GenerationJob) {
+        metrics.increment("onestep_rejected_total", [("reason", "deadline")])
+        job.complete(.expired(queueWait: .now - job.enqueuedAt))
+    }
+
+    private func workerLoop() {
+        while true {
+            let (batch, expired) = queue.nextBatch()
+            for job in expired { expire(job) }
+            if let batch { run(batch); continue }
+            if expired.isEmpty { return }
+        }
+    }
+
+    func run(_ batch: Batch) {
+        let start = ContinuousClock.now
+        // Jobs whose clients left after being taken from the queue are skipped, not computed.
+        let live = batch.jobs.filter { job in
+            if job.isCancelled() {
+                metrics.increment("onestep_rejected_total", [("reason", "client_gone")])
+                return false
+            }
+            return true
+        }
+        let images = live.reduce(0) { $0 + $1.images.count }
+        defer { queue.finished(images: images, elapsed: .now - start) }
+        guard !live.isEmpty else { return }
+        guard let pipeline = models[batch.model] else {
+            for job in live { job.complete(.failed("model \(batch.model) is not loaded")) }
+            return
+        }
+        for job in live {
+            metrics.observe("onestep_queue_wait_seconds", [], seconds(start - job.enqueuedAt))
+        }
+        let requests = live.flatMap(\.images)
+        let output = pipeline.generate(requests, steps: batch.steps)
+        let pngs: [[UInt8]]
+        do { pngs = try ImagePipeline.pngs(output) } catch {
+            for job in live { job.complete(.failed("PNG encoding failed: \(error)")) }
+            return
+        }
+        let compute = ContinuousClock.now - start
+        metrics.observe("onestep_batch_size_images", [], Double(images))
+        metrics.observe("onestep_compute_seconds", [("model", batch.model)], seconds(compute))
+        metrics.increment("onestep_images_generated_total", [("model", batch.model)], by: Double(images))
+        var offset = 0
+        for job in live {
+            let mine = Array(pngs[offset..<(offset + job.images.count)])
+            offset += job.images.count
+            job.complete(.done(pngs: mine, queueWait: start - job.enqueuedAt, compute: compute, batchImages: images))
+        }
+    }
+}

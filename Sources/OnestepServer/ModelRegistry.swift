@@ -1,0 +1,52 @@
+// The models the server keeps resident: every model directory under the models folder, loaded at start-up.
+import Foundation
+import OnestepCore
+
+public final class ModelRegistry: Sendable {
+    public let pipelines: [String: ImagePipeline]
+    /// The model used when a request names none: the only one, or `preferred` when it is loaded.
+    public let defaultName: String
+
+    public init(pipelines: [ImagePipeline], preferred: String? = nil) throws {
+        guard !pipelines.isEmpty else { throw ModelLoadError(path: "models", problem: "no models to serve") }
+        var map: [String: ImagePipeline] = [:]
+        for p in pipelines { map[p.name] = p }
+        self.pipelines = map
+        if let preferred, map[preferred] != nil {
+            defaultName = preferred
+        } else {
+            defaultName = pipelines.map(\.name).sorted()[0]
+        }
+    }
+
+    public subscript(name: String) -> ImagePipeline? { pipelines[name] }
+    public var names: [String] { pipelines.keys.sorted() }
+
+    /// Loads every sub-folder of `dir` that holds a model (config.json or model_index.json). A folder that
+    /// looks like a model but fails to load stops the server with the reason: serving a partial set silently
+    /// would hide the problem.
+    public static func load(directory dir: String, preferred: String?, log: (String) -> Void) throws -> ModelRegistry {
+        let fm = FileManager.default
+        var isDir: ObjCBool = false
+        guard fm.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+            throw ModelLoadError(path: dir, problem: "models folder not found; pass --models DIR (a folder of model folders)")
+        }
+        // A model directory given directly also works.
+        if fm.fileExists(atPath: dir + "/config.json") || fm.fileExists(atPath: dir + "/model_index.json") {
+            return try ModelRegistry(pipelines: [try ImagePipeline.load(path: dir)], preferred: preferred)
+        }
+        var loaded: [ImagePipeline] = []
+        for entry in (try fm.contentsOfDirectory(atPath: dir)).sorted() {
+            let path = dir + "/" + entry
+            guard fm.fileExists(atPath: path + "/config.json") || fm.fileExists(atPath: path + "/model_index.json") else { continue }
+            let start = Date()
+            let p = try ImagePipeline.load(path: path)
+            log("loaded model \(p.name): \(p.imageSize)x\(p.imageSize)x\(p.channels), \(p.weightDType), \(p.model.parameterCount) parameters, \(p.numClasses.map { "\($0) classes" } ?? "unconditional") in \(String(format: "%.2f", Date().timeIntervalSince(start))) s")
+            loaded.append(p)
+        }
+        guard !loaded.isEmpty else {
+            throw ModelLoadError(path: dir, problem: "holds no model folders (each needs config.json + diffusion_pytorch_model.safetensors)")
+        }
+        return try ModelRegistry(pipelines: loaded, preferred: preferred)
+    }
+}

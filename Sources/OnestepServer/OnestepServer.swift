@@ -1,0 +1,102 @@
+// The server's lifecycle: load models, start compute workers and the HTTP loop, serve, and on SIGTERM/SIGINT
+// drain (readiness off, no new work, queued and running work finished within the drain timeout) and exit 0.
+import Foundation
+import HTTP1
+import OnestepCore
+
+public final class OnestepServer: Sendable {
+    public let options: ServerOptions
+    public let models: ModelRegistry
+    public let metrics = Metrics()
+    let queue: BatchQueue
+    let workers: ComputeWorkers
+    let router: Router
+    let http: HTTPServer
+    let log: @Sendable (String) -> Void
+
+    public init(options: ServerOptions, models: ModelRegistry, log: @escaping @Sendable (String) -> Void = { print($0) }) {
+        self.options = options
+        self.models = models
+        self.log = log
+        BLAS.threads = options.blasThreads
+        queue = BatchQueue(maxBatch: options.maxBatch, maxDelay: .microseconds(Int(options.maxDelayMs * 1000)),
+                           maxQueuedImages: options.maxQueuedImages)
+        workers = ComputeWorkers(count: options.workers, queue: queue, models: models, metrics: metrics)
+        router = Router(models: models, queue: queue, metrics: metrics, options: options)
+        let metrics = self.metrics, accessLog = options.accessLog
+        let router = self.router
+        http = HTTPServer(configuration: options.httpConfiguration, onResponseWritten: { record in
+            let route = Router.routeLabel(record.target)
+            metrics.increment("onestep_http_requests_total", [("route", route), ("status", String(record.status.code))])
+            metrics.observe("onestep_http_request_duration_seconds", [("route", route)], seconds(record.writtenAt - record.headReceivedAt))
+            if accessLog {
+                let q = record.responseHeaders["X-Queue-Ms"] ?? "-", c = record.responseHeaders["X-Compute-Ms"] ?? "-"
+                log("\(record.remoteAddress) \(record.method?.rawValue ?? "-") \(record.target ?? "-") \(record.status.code) \(record.bytesWritten) queue_ms=\(q) compute_ms=\(c) total_ms=\(String(format: "%.2f", seconds(record.writtenAt - record.headReceivedAt) * 1000))")
+            }
+        }, handler: { request, responder in router.handle(request, responder) })
+        describeMetrics()
+    }
+
+    func describeMetrics() {
+        metrics.describe("onestep_http_requests_total", help: "HTTP requests answered, by route and status", type: "counter")
+        metrics.describe("onestep_http_request_duration_seconds", help: "Time from request head to last response byte", type: "histogram", bounds: Metrics.latencyBuckets)
+        metrics.describe("onestep_queue_wait_seconds", help: "Time a generation request waited for a batch", type: "histogram", bounds: Metrics.latencyBuckets)
+        metrics.describe("onestep_batch_size_images", help: "Images per computed batch", type: "histogram", bounds: Metrics.batchBuckets)
+        metrics.describe("onestep_compute_seconds", help: "Time to compute one batch (sampling + PNG)", type: "histogram", bounds: Metrics.latencyBuckets)
+        metrics.describe("onestep_images_generated_total", help: "Images generated, by model", type: "counter")
+        metrics.describe("onestep_rejected_total", help: "Generation requests not computed, by reason", type: "counter")
+        metrics.gauge("onestep_queue_depth_images", help: "Images waiting for a batch") { [queue] in Double(queue.depth) }
+        metrics.gauge("onestep_running_batches", help: "Batches being computed") { [queue] in Double(queue.runningBatches) }
+        metrics.gauge("onestep_open_connections", help: "Open HTTP connections") { [http] in Double(http.openConnections) }
+        metrics.gauge("onestep_pending_responses", help: "Requests accepted and not yet answered") { [http] in Double(http.pendingResponses) }
+    }
+
+    /// Starts workers and the HTTP loop. Returns once the port is bound.
+    public func start() throws {
+        workers.start()
+        do { try http.start() } catch {
+            for job in queue.stop() { job.complete(.failed("server failed to start")) }
+            _ = workers.join(timeout: .seconds(5))
+            throw FlagError("cannot listen on \(options.host):\(options.port): \(error)")
+        }
+        log("onestep-serve listening on http://\(options.host):\(http.port) with \(models.names.count) model(s) [\(models.names.joined(separator: ", "))], default \(models.defaultName); \(options.workers) worker(s) x \(options.blasThreads) BLAS thread(s), max batch \(options.maxBatch), max delay \(options.maxDelayMs) ms, queue \(options.maxQueuedImages) images")
+    }
+
+    public var port: Int { http.port }
+
+    /// Graceful drain: readiness off, refuse new work, finish queued and running work (bounded by the drain
+    /// timeout), then close. Returns true if everything finished in time.
+    @discardableResult
+    public func drainAndStop() -> Bool {
+        router.draining.store(true, ordering: .releasing)
+        queue.beginDrain()
+        let deadline = ContinuousClock.now + .milliseconds(options.drainTimeoutMs)
+        while !queue.isIdle, ContinuousClock.now < deadline { usleep(2_000) }
+        let finished = queue.isIdle
+        // Answer anything still queued (only when the drain timed out) before closing connections.
+        for job in queue.stop() { job.complete(.expired(queueWait: .now - job.enqueuedAt)) }
+        // Responses just handed to the loop are written before connections close.
+        http.shutdown(gracePeriod: .milliseconds(max(1000, options.drainTimeoutMs / 10)))
+        _ = workers.join(timeout: .seconds(10))
+        return finished
+    }
+
+    /// Runs until SIGTERM or SIGINT, then drains. Returns the process exit code.
+    public func runUntilSignalled() -> Int32 {
+        let done = DispatchSemaphore(value: 0)
+        var sources: [DispatchSourceSignal] = []
+        for sig in [SIGTERM, SIGINT] {
+            signal(sig, SIG_IGN)
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            s.setEventHandler { done.signal() }
+            s.resume()
+            sources.append(s)
+        }
+        done.wait()
+        log("signal received: draining (\(queue.depth) images queued, up to \(options.drainTimeoutMs) ms)")
+        let clean = drainAndStop()
+        log(clean ? "drained; exiting" : "drain timeout: queued work was answered 503; exiting")
+        _ = sources
+        return 0
+    }
+}

@@ -1,0 +1,169 @@
+// The HTTP API: routes, methods, and the translation between HTTP requests and generation jobs.
+//   POST /v1/images/generations   OpenAI-shaped JSON in and out (b64_json images)
+//   GET|POST /v1/generate         one PNG, seed in X-Seed (GET works from a browser address bar)
+//   GET /v1/models, /healthz, /readyz, /metrics
+import Foundation
+import HTTP1
+import OnestepCore
+import Synchronization
+
+final class Router: Sendable {
+    let models: ModelRegistry
+    let queue: BatchQueue
+    let metrics: Metrics
+    let options: ServerOptions
+    let draining = Atomic<Bool>(false)
+    private let nextJobID = Atomic<UInt64>(1)
+
+    init(models: ModelRegistry, queue: BatchQueue, metrics: Metrics, options: ServerOptions) {
+        self.models = models
+        self.queue = queue
+        self.metrics = metrics
+        self.options = options
+    }
+
+    /// Route table: path -> allowed methods. HEAD is allowed wherever GET is.
+    static let routes: [String: [HTTPMethod]] = [
+        "/v1/images/generations": [.POST],
+        "/v1/generate": [.GET, .POST],
+        "/v1/models": [.GET],
+        "/healthz": [.GET],
+        "/readyz": [.GET],
+        "/metrics": [.GET],
+    ]
+
+    /// The route label used in metrics: a known path, or "other" (so scanners cannot blow up label cardinality).
+    static func routeLabel(_ target: String?) -> String {
+        guard let t = target else { return "unparsed" }
+        let path = String(t.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "")
+        return routes[path] != nil ? path : "other"
+    }
+
+    func handle(_ request: HTTPRequest, _ responder: HTTPResponder) {
+        let path = String(request.path)
+        guard let allowed = Self.routes[path] else {
+            responder.respond(.error(.notFound, message: "no route \(path); routes: \(Self.routes.keys.sorted().joined(separator: ", "))", type: "not_found_error"))
+            return
+        }
+        let method = request.method == .HEAD ? HTTPMethod.GET : request.method
+        guard allowed.contains(method) else {
+            var r = HTTPResponse.error(.methodNotAllowed, message: "\(request.method) is not allowed on \(path); use \(allowed.map(\.rawValue).joined(separator: " or "))")
+            let allow = allowed.contains(.GET) ? allowed.map(\.rawValue) + ["HEAD"] : allowed.map(\.rawValue)
+            r.headers.add(name: "Allow", value: allow.joined(separator: ", "))
+            responder.respond(r)
+            return
+        }
+        switch path {
+        case "/healthz": responder.respond(.json(Array("{\"status\":\"ok\"}".utf8)))
+        case "/readyz":
+            if draining.load(ordering: .acquiring) {
+                responder.respond(.error(.serviceUnavailable, message: "draining: this server is shutting down", type: "draining"))
+            } else {
+                responder.respond(.json(Array("{\"status\":\"ready\",\"models\":\(models.names.count)}".utf8)))
+            }
+        case "/metrics":
+            responder.respond(HTTPResponse(status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: Array(metrics.render().utf8)))
+        case "/v1/models": responder.respond(.json(modelsJSON()))
+        case "/v1/images/generations": generate(request, responder, openAI: true)
+        default: generate(request, responder, openAI: false)
+        }
+    }
+
+    func modelsJSON() -> [UInt8] {
+        let data: [[String: Any]] = models.names.map { name in
+            let p = models[name]!
+            var d: [String: Any] = [
+                "id": name, "object": "model", "owned_by": "onestep",
+                "image_size": p.imageSize, "channels": p.channels, "dtype": p.weightDType,
+                "default_steps": p.sampler.defaultSteps, "max_steps": p.sampler.maxSteps,
+                "parameters": p.model.parameterCount, "default": name == models.defaultName,
+            ]
+            switch p.sampler {
+            case .consistency: d["sampler"] = "consistency"
+            case .edmHeun: d["sampler"] = "edm_heun"
+            }
+            d["classes"] = p.classNames ?? (p.numClasses.map { n in (0..<n).map(String.init) } ?? [])
+            return d
+        }
+        return Array((try? JSONSerialization.data(withJSONObject: ["object": "list", "data": data], options: [.sortedKeys])) ?? Data())
+    }
+
+    func generate(_ request: HTTPRequest, _ responder: HTTPResponder, openAI: Bool) {
+        let params: GenerationParams
+        do {
+            var raw: RawGenerationFields
+            if request.method == .POST {
+                // The body is read as JSON whatever Content-Type says: `curl -d '{...}'` sends form-urlencoded.
+                raw = try RawGenerationFields.fromJSON(request.body)
+                if !openAI, raw.n != nil { throw RequestError("n is not supported on /v1/generate (one PNG per request); use /v1/images/generations") }
+            } else {
+                raw = try RawGenerationFields.fromQuery(request.query.items)
+                if raw.n != nil { throw RequestError("n is not supported on /v1/generate (one PNG per request); use /v1/images/generations") }
+            }
+            params = try raw.validate(models: models, maxImages: options.maxImagesPerRequest,
+                                      randomSeed: { UInt64.random(in: 0...UInt64.max) })
+        } catch let e as RequestError {
+            let status: HTTPStatus = e.type == "not_found_error" ? .notFound : .badRequest
+            responder.respond(.error(status, message: e.message, type: e.type))
+            return
+        } catch {
+            responder.respond(.error(.badRequest, message: "\(error)"))
+            return
+        }
+        if draining.load(ordering: .acquiring) {
+            reject(responder, reason: "draining", .error(.serviceUnavailable, message: "draining: this server is shutting down; retry on another replica", type: "draining"))
+            return
+        }
+        let deadlineMs = min(params.deadlineMs ?? options.defaultDeadlineMs, options.maxDeadlineMs)
+        let now = ContinuousClock.now
+        let job = GenerationJob(id: nextJobID.add(1, ordering: .relaxed).oldValue, model: params.model, steps: params.steps,
+                                images: params.images, deadline: now + .milliseconds(deadlineMs), enqueuedAt: now,
+                                isCancelled: { responder.isCancelled }) { [metrics] outcome in
+            switch outcome {
+            case .done(let pngs, let wait, let compute, let batch):
+                var r: HTTPResponse
+                if openAI {
+                    let data: [[String: Any]] = zip(pngs, params.images).map { png, img in
+                        ["b64_json": Data(png).base64EncodedString(), "seed": img.seed]
+                            .merging(img.label.map { ["label": $0] } ?? [:]) { a, _ in a }
+                    }
+                    let body: [String: Any] = ["created": Int(Date().timeIntervalSince1970), "data": data]
+                    r = .json(Array((try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])) ?? Data()))
+                } else {
+                    r = HTTPResponse(status: .ok, contentType: "image/png", body: pngs[0])
+                    r.headers.add(name: "X-Seed", value: String(params.images[0].seed))
+                    if let l = params.images[0].label { r.headers.add(name: "X-Label", value: String(l)) }
+                }
+                r.headers.add(name: "X-Queue-Ms", value: String(format: "%.2f", seconds(wait) * 1000))
+                r.headers.add(name: "X-Compute-Ms", value: String(format: "%.2f", seconds(compute) * 1000))
+                r.headers.add(name: "X-Batch-Images", value: String(batch))
+                r.headers.add(name: "Cache-Control", value: "no-store")
+                responder.respond(r)
+            case .expired(let wait):
+                var r = HTTPResponse.error(.serviceUnavailable, message: "deadline of \(deadlineMs) ms passed after \(Int(seconds(wait) * 1000)) ms in the queue; the server is overloaded, retry later or raise deadline_ms", type: "deadline_exceeded")
+                r.headers.add(name: "Retry-After", value: "1")
+                responder.respond(r)
+            case .failed(let message):
+                metrics.increment("onestep_rejected_total", [("reason", "internal")])
+                responder.respond(.error(.internalServerError, message: message))
+            }
+        }
+        switch queue.submit(job) {
+        case .accepted:
+            responder.onCancel { [queue, metrics] in
+                if queue.cancel(job) { metrics.increment("onestep_rejected_total", [("reason", "client_gone")]) }
+            }
+        case .queueFull(let retry):
+            var r = HTTPResponse.error(.tooManyRequests, message: "queue full (\(queue.maxQueuedImages) images waiting); retry after \(retry) s", type: "queue_full")
+            r.headers.add(name: "Retry-After", value: String(retry))
+            reject(responder, reason: "queue_full", r)
+        case .draining:
+            reject(responder, reason: "draining", .error(.serviceUnavailable, message: "draining: this server is shutting down; retry on another replica", type: "draining"))
+        }
+    }
+
+    func reject(_ responder: HTTPResponder, reason: String, _ response: HTTPResponse) {
+        metrics.increment("onestep_rejected_total", [("reason", reason)])
+        responder.respond(response)
+    }
+}

@@ -1,0 +1,111 @@
+// Everything an operator can set, as flags or ONESTEP_* environment variables (flags win), with defaults.
+import Foundation
+import HTTP1
+import OnestepCore
+
+public struct ServerOptions: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 8080
+    public var modelsDirectory = "models"
+    public var defaultModel: String? = nil
+    /// Compute threads, each running whole batches.
+    public var workers = 1
+    /// OpenBLAS threads per GEMM call.
+    public var blasThreads = 2
+    public var maxBatch = 16
+    public var maxDelayMs = 2.0
+    public var maxQueuedImages = 256
+    public var maxImagesPerRequest = 16
+    public var defaultDeadlineMs = 10_000
+    public var maxDeadlineMs = 60_000
+    public var maxConnections = 1024
+    public var maxBodyBytes = 64 * 1024
+    public var headerTimeoutMs = 10_000
+    public var bodyTimeoutMs = 10_000
+    public var idleTimeoutMs = 60_000
+    public var drainTimeoutMs = 30_000
+    public var accessLog = true
+
+    public init() {}
+
+    /// name, help, environment variable, default (as text).
+    static let specs: [FlagSpec] = {
+        let d = ServerOptions()
+        return [
+            FlagSpec("host", "address to bind [ONESTEP_HOST]", default: d.host),
+            FlagSpec("port", "TCP port, 0 picks a free one [ONESTEP_PORT]", default: String(d.port)),
+            FlagSpec("models", "folder of model folders, or one model folder [ONESTEP_MODELS]", default: d.modelsDirectory),
+            FlagSpec("default-model", "model used when a request names none [ONESTEP_DEFAULT_MODEL]", default: "first by name"),
+            FlagSpec("workers", "compute threads, each running whole batches [ONESTEP_WORKERS]", default: String(d.workers)),
+            FlagSpec("threads", "OpenBLAS threads per GEMM [ONESTEP_THREADS]", default: String(d.blasThreads)),
+            FlagSpec("max-batch", "images per batch [ONESTEP_MAX_BATCH]", default: String(d.maxBatch)),
+            FlagSpec("max-delay-ms", "longest wait to fill a batch [ONESTEP_MAX_DELAY_MS]", default: String(d.maxDelayMs)),
+            FlagSpec("max-queue", "images queued before 429 [ONESTEP_MAX_QUEUE]", default: String(d.maxQueuedImages)),
+            FlagSpec("default-deadline-ms", "deadline of a request that sets none [ONESTEP_DEFAULT_DEADLINE_MS]", default: String(d.defaultDeadlineMs)),
+            FlagSpec("max-deadline-ms", "cap on a request's deadline_ms [ONESTEP_MAX_DEADLINE_MS]", default: String(d.maxDeadlineMs)),
+            FlagSpec("max-connections", "open connections before 503 [ONESTEP_MAX_CONNECTIONS]", default: String(d.maxConnections)),
+            FlagSpec("max-body-bytes", "request body limit, 413 above [ONESTEP_MAX_BODY_BYTES]", default: String(d.maxBodyBytes)),
+            FlagSpec("header-timeout-ms", "time to send a request head, 408 after [ONESTEP_HEADER_TIMEOUT_MS]", default: String(d.headerTimeoutMs)),
+            FlagSpec("body-timeout-ms", "time to send a body, 408 after [ONESTEP_BODY_TIMEOUT_MS]", default: String(d.bodyTimeoutMs)),
+            FlagSpec("idle-timeout-ms", "keep-alive idle limit [ONESTEP_IDLE_TIMEOUT_MS]", default: String(d.idleTimeoutMs)),
+            FlagSpec("drain-timeout-ms", "on SIGTERM, time to finish queued work [ONESTEP_DRAIN_TIMEOUT_MS]", default: String(d.drainTimeoutMs)),
+            FlagSpec("no-access-log", "do not print a line per request [ONESTEP_ACCESS_LOG=0]", isSwitch: true),
+            FlagSpec("help", "show this help", isSwitch: true),
+        ]
+    }()
+
+    public static var usage: String {
+        "usage: onestep-serve [serve] [flags]\nServes every model under --models over HTTP/1.1.\n" + ParsedFlags.usage(specs)
+    }
+
+    /// Flags first, then ONESTEP_* variables, then defaults.
+    public static func parse(_ args: [String], environment env: [String: String]) throws -> (ServerOptions, help: Bool) {
+        let f = try ParsedFlags(args, specs: specs)
+        var o = ServerOptions()
+        func text(_ name: String) -> String? {
+            if f.has(name) { return f.string(name) }
+            return env["ONESTEP_" + name.uppercased().replacingOccurrences(of: "-", with: "_")]
+        }
+        func int(_ name: String, _ range: ClosedRange<Int>) throws -> Int? {
+            guard let s = text(name) else { return nil }
+            guard let v = Int(s), range.contains(v) else {
+                throw FlagError("--\(name) \(s): expected an integer in \(range.lowerBound)...\(range.upperBound)")
+            }
+            return v
+        }
+        o.host = text("host") ?? o.host
+        o.port = try int("port", 0...65535) ?? o.port
+        o.modelsDirectory = text("models") ?? o.modelsDirectory
+        o.defaultModel = text("default-model")
+        o.workers = try int("workers", 1...64) ?? o.workers
+        o.blasThreads = try int("threads", 1...256) ?? o.blasThreads
+        o.maxBatch = try int("max-batch", 1...256) ?? o.maxBatch
+        if let s = text("max-delay-ms") {
+            guard let v = Double(s), v >= 0, v <= 10_000 else { throw FlagError("--max-delay-ms \(s): expected 0...10000") }
+            o.maxDelayMs = v
+        }
+        o.maxQueuedImages = try int("max-queue", 1...1_000_000) ?? o.maxQueuedImages
+        o.defaultDeadlineMs = try int("default-deadline-ms", 1...3_600_000) ?? o.defaultDeadlineMs
+        o.maxDeadlineMs = try int("max-deadline-ms", 1...3_600_000) ?? o.maxDeadlineMs
+        o.maxConnections = try int("max-connections", 1...1_000_000) ?? o.maxConnections
+        o.maxBodyBytes = try int("max-body-bytes", 256...(64 << 20)) ?? o.maxBodyBytes
+        o.headerTimeoutMs = try int("header-timeout-ms", 10...3_600_000) ?? o.headerTimeoutMs
+        o.bodyTimeoutMs = try int("body-timeout-ms", 10...3_600_000) ?? o.bodyTimeoutMs
+        o.idleTimeoutMs = try int("idle-timeout-ms", 10...3_600_000) ?? o.idleTimeoutMs
+        o.drainTimeoutMs = try int("drain-timeout-ms", 0...3_600_000) ?? o.drainTimeoutMs
+        o.accessLog = !(f.isSet("no-access-log") || env["ONESTEP_ACCESS_LOG"] == "0")
+        guard o.defaultDeadlineMs <= o.maxDeadlineMs else {
+            throw FlagError("--default-deadline-ms \(o.defaultDeadlineMs) is above --max-deadline-ms \(o.maxDeadlineMs)")
+        }
+        return (o, f.isSet("help"))
+    }
+
+    var httpConfiguration: HTTPServer.Configuration {
+        var limits = HTTPRequestParser.Limits()
+        limits.maxBodyBytes = maxBodyBytes
+        return HTTPServer.Configuration(host: host, port: port, maxConnections: maxConnections,
+                                        headerReadTimeout: .milliseconds(headerTimeoutMs),
+                                        bodyReadTimeout: .milliseconds(bodyTimeoutMs),
+                                        idleTimeout: .milliseconds(idleTimeoutMs), limits: limits)
+    }
+}
