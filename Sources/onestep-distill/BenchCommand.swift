@@ -1,0 +1,63 @@
+// Training speed beside the inference forward on the same model and batch, measured in one run. GFLOP/s uses
+// UNet2DModel.flopsPerImage for the forward and counts a training step as 3x the forward (forward, input
+// gradients, weight gradients: the three GEMMs of every layer).
+import Foundation
+import OnestepCore
+import OnestepTrain
+
+let benchCommand = Command(name: "bench", summary: "training images/s and GFLOP/s next to the inference forward rate", flags: [
+    Flag(name: "model", help: "model directory to measure (default: the default teacher config)"),
+    Flag(name: "size", help: "image side of the default teacher config", defaultValue: "16"),
+    Flag(name: "classes", help: "classes of the default teacher config (0 = unconditional)", defaultValue: "8"),
+    Flag(name: "batch", help: "images per step", defaultValue: "32"),
+    Flag(name: "steps", help: "timed steps per measurement", defaultValue: "10"),
+    Flag(name: "threads", help: "comma-separated OpenBLAS thread counts to compare", defaultValue: "1,2"),
+])
+
+func runBench(_ flags: Flags) throws {
+    let batch = try flags.int("batch", 1...4096), steps = try flags.int("steps", 1...100_000)
+    let threads = try (flags.string("threads") ?? "1").split(separator: ",").map { s -> Int in
+        guard let t = Int(s), (1...64).contains(t) else { throw UsageError("--threads \(s): expected integers 1...64, comma-separated") }
+        return t
+    }
+    let trainable: TrainableUNet
+    if let dir = flags.string("model") {
+        let (model, _) = try ModelDirectory(path: dir).loadModel()
+        trainable = try TrainableUNet(config: model.config, weights: TensorDictionary(model.parameters))
+    } else {
+        let k = try flags.int("classes", 0...1000)
+        let cfg = try ModelExport.defaultTeacherConfig(size: Int(try flags.choice("size", ["8", "16", "32", "64"]))!, channels: 3,
+                                                       classNames: k == 0 ? nil : (0..<k).map { "class\($0)" })
+        trainable = TrainableUNet(config: cfg, seed: 0)
+    }
+    let inference = try trainable.inferenceModel()
+    let cfg = trainable.config, per = cfg.inChannels * cfg.sampleSize * cfg.sampleSize
+    let flops = inference.flopsPerImage
+    stdoutLine(String(format: "model: %d parameters, %dx%d, %.1f MFLOP per image forward; batch %d", trainable.parameterCount,
+                      cfg.sampleSize, cfg.sampleSize, flops / 1e6, batch))
+    var rng = TrainRandom(seed: 1)
+    let x = Tensor(shape: [batch, cfg.inChannels, cfg.sampleSize, cfg.sampleSize], data: (0..<(batch * per)).map { _ in rng.normal() * 0.5 })
+    let labels = cfg.numClassEmbeds.map { k in (0..<batch).map { $0 % k } }
+    let t = (0..<batch).map { _ in Float(250 * (-1.2 + 1.2 * Double(rng.normal()))) }
+    let loss = EDMDenoiserLoss()
+    for th in threads {
+        BLAS.threads = th
+        _ = inference.forward(x, timesteps: t, classLabels: labels)
+        var start = Date()
+        for _ in 0..<steps { _ = inference.forward(x, timesteps: t, classLabels: labels) }
+        let fwd = Date().timeIntervalSince(start) / Double(steps)
+        let step: Double = x.data.withUnsafeBufferPointer { xp in
+            trainable.store.zeroGrads()
+            _ = loss.step(model: trainable, clean: xp.baseAddress!, batch: batch, labels: labels, rng: &rng)
+            start = Date()
+            for _ in 0..<steps {
+                trainable.store.zeroGrads()
+                _ = loss.step(model: trainable, clean: xp.baseAddress!, batch: batch, labels: labels, rng: &rng)
+            }
+            return Date().timeIntervalSince(start) / Double(steps)
+        }
+        stdoutLine(String(format: "threads %d: inference forward %.0f img/s (%.1f GFLOP/s); training step %.1f img/s (%.1f GFLOP/s, %.0f ms/step); train/forward time %.2fx",
+                          th, Double(batch) / fwd, flops * Double(batch) / fwd / 1e9,
+                          Double(batch) / step, 3 * flops * Double(batch) / step / 1e9, step * 1000, step / fwd))
+    }
+}

@@ -1,0 +1,38 @@
+import Foundation
+import OnestepCore
+import OnestepTrain
+
+let dataCommand = Command(name: "data", summary: "write a synthetic class-conditional data set as PNG folders", flags: [
+    Flag(name: "kind", help: "data set kind: shapes", defaultValue: "shapes"),
+    Flag(name: "size", help: "image side in pixels: 16 or 32", defaultValue: "16"),
+    Flag(name: "count", help: "number of images (split evenly over the 8 classes)", defaultValue: "8000"),
+    Flag(name: "out", help: "output folder (one sub-folder per class)"),
+    Flag(name: "seed", help: "data set seed", defaultValue: "0"),
+    Flag(name: "preview", help: "also write a PNG grid of the first 64 images (8 per class) to this file"),
+])
+
+func runData(_ flags: Flags) throws {
+    _ = try flags.choice("kind", ["shapes"])
+    let size = Int(try flags.choice("size", ["16", "32"]))!
+    let count = try flags.int("count", 1...10_000_000)
+    let out = try flags.required("out")
+    let seed = UInt64(try flags.int("seed", 0...Int(Int32.max)))
+    let start = Date()
+    let perClass = try ShapesGenerator.write(count: count, size: size, seed: seed, to: out)
+    stdoutLine(String(format: "wrote %d %dx%d images in %d classes to %@ (%.1fs): ", count, size, size, perClass.count, out,
+                      Date().timeIntervalSince(start))
+               + perClass.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", "))
+
+    if let preview = flags.string("preview") {
+        let n = min(count, 64), per = 3 * size * size
+        var t = Tensor(zeros: [n, 3, size, size])
+        for i in 0..<n {
+            // Column-major by class: row r holds class r's first images.
+            let index = (i % 8) * 8 + i / 8
+            let img = ShapesGenerator.render(index: index < count ? index : i, size: size, seed: seed).1
+            for p in 0..<(size * size) { for k in 0..<3 { t.data[i * per + k * size * size + p] = Float(img.pixels[p * 3 + k]) / 127.5 - 1 } }
+        }
+        try TrainingPlots.write(TrainingPlots.grid(t, columns: 8), to: preview)
+        stdoutLine("wrote \(preview)")
+    }
+}

@@ -1,0 +1,104 @@
+import Foundation
+import XCTest
+@testable import OnestepTrain
+import PNGCodec
+
+func makeTempDir(_ tag: String = #function) -> String {
+    let p = NSTemporaryDirectory() + "onestep-train-\(tag.filter { $0.isLetter })-\(UUID().uuidString.prefix(8))"
+    try? FileManager.default.createDirectory(atPath: p, withIntermediateDirectories: true)
+    return p
+}
+
+final class DataTests: XCTestCase {
+    func testShapesAreDeterministicAndCycleThroughClasses() {
+        let (c1, a) = ShapesGenerator.render(index: 5, size: 16, seed: 1)
+        let (c2, b) = ShapesGenerator.render(index: 5, size: 16, seed: 1)
+        XCTAssertEqual(c1, c2)
+        XCTAssertEqual(a, b)
+        XCTAssertEqual(c1, ShapeClass.allCases[5])
+        XCTAssertNotEqual(ShapesGenerator.render(index: 5, size: 16, seed: 2).1, a)
+        XCTAssertGreaterThanOrEqual(ShapeClass.allCases.count, 8)
+        // Anti-aliased: some pixels are neither background nor shape colour, i.e. there are many distinct values.
+        XCTAssertGreaterThan(Set(a.pixels).count, 20)
+    }
+
+    /// The forms differ: in the shape's own frame, each pair of classes disagrees on a good share of points.
+    func testClassesDifferByForm() {
+        let grid = stride(from: -1.0, through: 1.0, by: 0.05).flatMap { u in stride(from: -1.0, through: 1.0, by: 0.05).map { (u, $0) } }
+        let masks = ShapeClass.allCases.map { c in grid.map { c.contains($0.0, $0.1) } }
+        for i in masks.indices { for j in masks.indices where j > i {
+            let differ = zip(masks[i], masks[j]).filter { $0 != $1 }.count
+            XCTAssertGreaterThan(Double(differ) / Double(grid.count), 0.05, "\(ShapeClass.allCases[i]) vs \(ShapeClass.allCases[j])")
+        } }
+    }
+
+    func testWrittenShapesLoadWithClassLabels() throws {
+        let dir = makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try ShapesGenerator.write(count: 16, size: 16, seed: 3, to: dir)
+        let data = try ImageFolder.load(path: dir, size: 16, warn: { XCTFail("unexpected warning \($0)") })
+        XCTAssertEqual(data.count, 16)
+        XCTAssertEqual(data.classNames, ShapeClass.allCases.map(\.rawValue).sorted())
+        XCTAssertEqual(data.labels?.count, 16)
+        XCTAssertEqual(Set(data.labels!), Set(0..<8))
+        XCTAssertTrue(data.pixels.allSatisfy { $0 >= -1 && $0 <= 1 })
+        // The first image of class folder "circle" is what the generator drew for its first circle (index 0).
+        let circle = ShapesGenerator.render(index: 0, size: 16, seed: 3).1
+        let k = data.classNames!.firstIndex(of: "circle")!, first = data.labels!.firstIndex(of: k)!
+        XCTAssertEqual(data.pixels[first * 768 + 0], Float(circle.pixels[0]) / 127.5 - 1, accuracy: 1e-6)
+        // Loaded at another size: centre-crop + area resize.
+        XCTAssertEqual(try ImageFolder.load(path: dir, size: 8).size, 8)
+    }
+
+    func testUnconditionalFolderSkipsUnreadableAndResizes() throws {
+        let dir = makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // A 20x12 image: left 4 columns red (cropped away), middle 12 blue, right 4 green (cropped away).
+        var img = PixelImage(width: 20, height: 12, channels: 3)
+        for y in 0..<12 { for x in 0..<20 {
+            let c: [UInt8] = x < 4 ? [255, 0, 0] : (x < 16 ? [0, 0, 255] : [0, 255, 0])
+            for k in 0..<3 { img.pixels[(y * 20 + x) * 3 + k] = c[k] }
+        } }
+        try PNG.write(img, path: dir + "/wide.png")
+        try Data("not a png".utf8).write(to: URL(fileURLWithPath: dir + "/broken.png"))
+        var warnings: [String] = []
+        let data = try ImageFolder.load(path: dir, size: 8, warn: { warnings.append($0) })
+        XCTAssertEqual(data.count, 1)
+        XCTAssertEqual(data.skipped, 1)
+        XCTAssertNil(data.labels)
+        XCTAssertNil(data.classNames)
+        XCTAssertEqual(warnings.count, 1)
+        XCTAssertTrue(warnings[0].contains("broken.png"))
+        // Every pixel pure blue after the centre crop: R = G = -1, B = 1.
+        XCTAssertEqual(data.pixels[0..<64].max(), -1)
+        XCTAssertEqual(data.pixels[128..<192].min(), 1)
+    }
+
+    func testAreaResizeAveragesWindows() {
+        var img = PixelImage(width: 4, height: 4, channels: 1)
+        img.pixels = [0, 100, 10, 10,
+                      200, 100, 10, 10,
+                      0, 0, 50, 50,
+                      0, 0, 50, 50]
+        let out = ImageResize.centerCropAreaResize(img, to: 2)
+        XCTAssertEqual(out.pixels, [100, 10, 0, 50])
+        let w = ImageResize.weights(from: 3, to: 2)  // fractional coverage: 1.5 source pixels per output
+        XCTAssertEqual(w[0].map(\.0), [0, 1])
+        XCTAssertEqual(w[0].map(\.1).reduce(0, +), 1, accuracy: 1e-12)
+    }
+
+    func testBadFoldersAreClearErrors() throws {
+        let dir = makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        XCTAssertThrowsError(try ImageFolder.load(path: dir, size: 8)) { e in
+            XCTAssertTrue("\(e)".contains("no PNG files"), "\(e)")
+        }
+        XCTAssertThrowsError(try ImageFolder.load(path: dir + "/missing", size: 8)) { e in
+            XCTAssertTrue("\(e)".contains("does not exist"), "\(e)")
+        }
+        try Data("x".utf8).write(to: URL(fileURLWithPath: dir + "/file.txt"))
+        XCTAssertThrowsError(try ImageFolder.load(path: dir + "/file.txt", size: 8)) { e in
+            XCTAssertTrue("\(e)".contains("is a file"), "\(e)")
+        }
+    }
+}
