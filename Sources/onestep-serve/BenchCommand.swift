@@ -46,7 +46,8 @@ enum BenchCommand {
         let x = g.randn(shape: [batch, c, s, s])
         let labels = p.numClasses.map { n in (0..<batch).map { $0 % n } }
         let t = ConsistencySchedule(config: .init(), steps: 1).timesteps[0]
-        let forward = { _ = p.model.forward(x, timesteps: Array(repeating: t, count: batch), classLabels: labels) }
+        let pool = BufferPool()
+        let forward = { _ = p.model.forwardBatched(x, timesteps: Array(repeating: t, count: batch), classLabels: labels, pool: pool) }
         let perSecond = rate(seconds: seconds, warmup: 1, forward)
         let flops = p.model.flopsPerImage * Double(batch)
         // The sgemm a perfect conv would be: the dominant conv's (Cout, Cin*9) x (Cin*9, Ho*Wo*batch).

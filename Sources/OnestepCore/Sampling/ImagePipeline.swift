@@ -65,9 +65,10 @@ public struct ImagePipeline: Sendable {
         }
     }
 
-    /// The UNet as the samplers call it: the same timestep for every image of the batch.
+    /// The UNet as the samplers call it: the same timestep for every image of the batch. Runs the batched
+    /// channel-major forward with this thread's buffer pool.
     public func denoise(_ x: Tensor, _ t: Float, _ labels: [Int]?) -> Tensor {
-        model.forward(x, timesteps: Array(repeating: t, count: x.shape[0]), classLabels: labels)
+        model.forwardBatched(x, timesteps: Array(repeating: t, count: x.shape[0]), classLabels: labels, pool: .forCurrentThread)
     }
 
     /// Images in model space (N, C, S, S) for the requests, all with the same step count.

@@ -1,0 +1,217 @@
+// Batched kernels on channel-major activations (C, N, H, W) — see Activation in BufferPool.swift.
+// Convolutions and projections become one GEMM over all N*H*W columns of the batch; statistics (GroupNorm,
+// softmax) stay per image in a fixed order, so an image's result does not depend on its batch neighbours.
+import Foundation
+
+public enum ChannelMajor {
+    /// (N, C, H, W) tensor -> (C, N, H, W) activation.
+    public static func fromNCHW(_ t: Tensor, pool: BufferPool) -> Activation {
+        let n = t.shape[0], c = t.shape[1], h = t.shape[2], w = t.shape[3], hw = h * w
+        let a = Activation(pool: pool, channels: c, batch: n, height: h, width: w)
+        t.data.withUnsafeBufferPointer { src in
+            for i in 0..<n { for ch in 0..<c {
+                (a.data + (ch * n + i) * hw).update(from: src.baseAddress! + (i * c + ch) * hw, count: hw)
+            } }
+        }
+        return a
+    }
+
+    /// (C, N, H, W) activation -> (N, C, H, W) tensor.
+    public static func toNCHW(_ a: Activation) -> Tensor {
+        var t = Tensor(zeros: [a.batch, a.channels, a.height, a.width])
+        let hw = a.pixels
+        t.data.withUnsafeMutableBufferPointer { dst in
+            for i in 0..<a.batch { for ch in 0..<a.channels {
+                (dst.baseAddress! + (i * a.channels + ch) * hw).update(from: a.data + (ch * a.batch + i) * hw, count: hw)
+            } }
+        }
+        return t
+    }
+
+    /// Unfolds every image into columns: col (Cin*KH*KW, N*Ho*Wo). With `upsample`, the input is read as if it
+    /// were nearest-upsampled 2x first (fuses Upsample2D's interpolate into the conv that follows it).
+    public static func im2col(_ x: Activation, geometry g: ConvGeometry, upsample: Bool, into col: UnsafeMutablePointer<Float>) {
+        let h = upsample ? 2 * x.height : x.height, w = upsample ? 2 * x.width : x.width
+        let ho = g.outputHeight(h), wo = g.outputWidth(w), p = ho * wo, n = x.batch
+        let shift = upsample ? 1 : 0, srcW = x.width
+        var row = 0
+        for c in 0..<g.inChannels {
+            for ky in 0..<g.kernelH {
+                for kx in 0..<g.kernelW {
+                    for i in 0..<n {
+                        let plane = x.data + (c * n + i) * x.pixels
+                        let dst = col + row * n * p + i * p
+                        for oy in 0..<ho {
+                            let iy = oy * g.stride - g.padTop + ky
+                            let out = dst + oy * wo
+                            guard iy >= 0 && iy < h else {
+                                out.update(repeating: 0, count: wo)
+                                continue
+                            }
+                            let src = plane + (iy >> shift) * srcW
+                            if g.stride == 1 && !upsample {
+                                let ix0 = kx - g.padLeft
+                                let lo = max(0, -ix0), hi = min(wo, w - ix0)
+                                if lo > 0 { out.update(repeating: 0, count: min(lo, wo)) }
+                                if hi > lo { (out + lo).update(from: src + ix0 + lo, count: hi - lo) }
+                                if hi < wo { (out + max(hi, 0)).update(repeating: 0, count: wo - max(hi, 0)) }
+                            } else {
+                                for ox in 0..<wo {
+                                    let ix = ox * g.stride - g.padLeft + kx
+                                    out[ox] = (ix >= 0 && ix < w) ? src[ix >> shift] : 0
+                                }
+                            }
+                        }
+                    }
+                    row += 1
+                }
+            }
+        }
+    }
+
+    /// y (Cout, N, Ho, Wo) = conv(x) + bias [+ y's existing contents when `accumulate`].
+    /// The bias (and residual) are written first and the GEMM accumulates onto them (beta = 1).
+    public static func conv(_ x: Activation, _ layer: Conv2DLayer, upsample: Bool = false, pool: BufferPool,
+                            accumulateInto existing: Activation? = nil) -> Activation {
+        let g = layer.geometry
+        precondition(x.channels == g.inChannels, "conv \(layer.prefix): input has \(x.channels) channels, needs \(g.inChannels)")
+        let h = upsample ? 2 * x.height : x.height, w = upsample ? 2 * x.width : x.width
+        let ho = g.outputHeight(h), wo = g.outputWidth(w), cols = x.batch * ho * wo
+        var y = existing ?? Activation(pool: pool, channels: g.outChannels, batch: x.batch, height: ho, width: wo)
+        y.height = ho
+        y.width = wo
+        if let bias = layer.bias {
+            bias.data.withUnsafeBufferPointer { bp in
+                for co in 0..<g.outChannels {
+                    let row = y.data + co * cols, bv = bp[co]
+                    if existing == nil { row.update(repeating: bv, count: cols) } else { for j in 0..<cols { row[j] += bv } }
+                }
+            }
+        } else if existing == nil {
+            y.data.update(repeating: 0, count: g.outChannels * cols)
+        }
+        let k = g.reduction
+        layer.weight.data.withUnsafeBufferPointer { wp in
+            if g.isPointwise && !upsample {
+                BLAS.sgemm(m: g.outChannels, n: cols, k: k, a: wp.baseAddress!, lda: k, b: x.data, ldb: cols,
+                           beta: 1, c: y.data, ldc: cols)
+            } else {
+                let col = pool.acquire(k * cols)
+                im2col(x, geometry: g, upsample: upsample, into: col)
+                BLAS.sgemm(m: g.outChannels, n: cols, k: k, a: wp.baseAddress!, lda: k, b: col, ldb: cols,
+                           beta: 1, c: y.data, ldc: cols)
+                pool.release(col, count: k * cols)
+            }
+        }
+        return y
+    }
+
+    /// GroupNorm over each image's groups, fused with what surrounds it in diffusers' resnet blocks:
+    ///   v = x + preShift[n, c]                       (time embedding added before norm2, "default")
+    ///   y = (groupnorm(v) * gamma + beta) * (1 + scale[n, c]) + shift[n, c]   ("scale_shift"; t = [scale | shift])
+    ///   y = silu(y) when `silu`.
+    /// preShift is (N, C); scaleShift is (N, 2C). y may be x.
+    public static func groupNorm(_ x: Activation, _ layer: GroupNormLayer, silu: Bool,
+                                 preShift: UnsafePointer<Float>? = nil, scaleShift: UnsafePointer<Float>? = nil,
+                                 into y: UnsafeMutablePointer<Float>) {
+        let c = x.channels, n = x.batch, hw = x.pixels, groups = layer.groups, cpg = c / groups
+        let stride = n * hw
+        layer.gamma.data.withUnsafeBufferPointer { gamma in
+            layer.beta.data.withUnsafeBufferPointer { beta in
+                for i in 0..<n {
+                    for g in 0..<groups {
+                        var sum = 0.0
+                        for cc in 0..<cpg {
+                            let ch = g * cpg + cc, src = x.data + ch * stride + i * hw
+                            let pre = Double(preShift?[i * c + ch] ?? 0)
+                            var s: Float = 0
+                            for j in 0..<hw { s += src[j] }
+                            sum += Double(s) + pre * Double(hw)
+                        }
+                        let count = Double(cpg * hw), mean = sum / count
+                        var sq = 0.0
+                        for cc in 0..<cpg {
+                            let ch = g * cpg + cc, src = x.data + ch * stride + i * hw
+                            let off = Float(Double(preShift?[i * c + ch] ?? 0) - mean)
+                            var s: Float = 0
+                            for j in 0..<hw { let d = src[j] + off; s += d * d }
+                            sq += Double(s)
+                        }
+                        let rstd = 1 / (sq / count + Double(layer.eps)).squareRoot()
+                        for cc in 0..<cpg {
+                            let ch = g * cpg + cc
+                            let pre = Double(preShift?[i * c + ch] ?? 0)
+                            var a = rstd * Double(gamma[ch])
+                            var b = Double(beta[ch]) + (pre - mean) * a
+                            if let ss = scaleShift {
+                                let scale = 1 + Double(ss[i * 2 * c + ch]), shift = Double(ss[i * 2 * c + c + ch])
+                                a *= scale
+                                b = b * scale + shift
+                            }
+                            let fa = Float(a), fb = Float(b)
+                            let src = x.data + ch * stride + i * hw, dst = y + ch * stride + i * hw
+                            if silu {
+                                for j in 0..<hw { dst[j] = Activations.silu(src[j] * fa + fb) }
+                            } else {
+                                for j in 0..<hw { dst[j] = src[j] * fa + fb }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// y (C, N*L) = residual + to_out(attention(h)) for each image, then / rescale. h is the normalized input,
+    /// `residual` the block input; y is a new activation.
+    public static func attention(_ h: Activation, residual: Activation, _ block: AttentionBlock, pool: BufferPool) -> Activation {
+        let c = h.channels, l = h.pixels, n = h.batch, cols = n * l, heads = block.heads, d = c / heads
+        let q = pool.acquire(c * cols), k = pool.acquire(c * cols), v = pool.acquire(c * cols), o = pool.acquire(c * cols)
+        let p = pool.acquire(l * l)
+        defer {
+            for b in [q, k, v, o] { pool.release(b, count: c * cols) }
+            pool.release(p, count: l * l)
+        }
+        func project(_ layer: LinearLayer, _ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, accumulate: Bool) {
+            layer.bias.data.withUnsafeBufferPointer { bp in
+                for ch in 0..<c {
+                    let row = y + ch * cols, bv = bp[ch]
+                    if accumulate { for j in 0..<cols { row[j] += bv } } else { row.update(repeating: bv, count: cols) }
+                }
+            }
+            layer.weight.data.withUnsafeBufferPointer { wp in
+                BLAS.sgemm(m: c, n: cols, k: c, a: wp.baseAddress!, lda: c, b: x, ldb: cols, beta: 1, c: y, ldc: cols)
+            }
+        }
+        project(block.toQ, h.data, into: q, accumulate: false)
+        project(block.toK, h.data, into: k, accumulate: false)
+        project(block.toV, h.data, into: v, accumulate: false)
+        let scale = Float(1.0 / Double(d).squareRoot())
+        for i in 0..<n {
+            for hd in 0..<heads {
+                let off = hd * d * cols + i * l
+                // scores (Lq, Lk) = scale * Qh^T Kh
+                BLAS.sgemm(transA: true, m: l, n: l, k: d, alpha: scale, a: q + off, lda: cols, b: k + off, ldb: cols, c: p, ldc: l)
+                Attention.softmaxRows(p, rows: l, columns: l)
+                // Oh (D, Lq) = Vh (D, Lk) x P^T
+                BLAS.sgemm(transB: true, m: d, n: l, k: l, a: v + off, lda: cols, b: p, ldb: l, c: o + off, ldc: cols)
+            }
+        }
+        let y = Activation(pool: pool, channels: c, batch: n, height: h.height, width: h.width)
+        y.data.update(from: residual.data, count: c * cols)
+        project(block.toOut, o, into: y.data, accumulate: true)
+        if block.rescaleOutputFactor != 1 {
+            let inv = 1 / block.rescaleOutputFactor
+            for j in 0..<(c * cols) { y.data[j] *= inv }
+        }
+        return y
+    }
+
+    /// (Ca, N, H, W) ++ (Cb, N, H, W) -> (Ca + Cb, N, H, W): in channel-major layout, two block copies.
+    public static func concat(_ a: Activation, _ b: Activation, pool: BufferPool) -> Activation {
+        let y = Activation(pool: pool, channels: a.channels + b.channels, batch: a.batch, height: a.height, width: a.width)
+        y.data.update(from: a.data, count: a.count)
+        (y.data + a.count).update(from: b.data, count: b.count)
+        return y
+    }
+}

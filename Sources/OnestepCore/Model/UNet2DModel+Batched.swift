@@ -1,0 +1,154 @@
+// The serving forward pass: the same maths as UNet2DModel.forward (the reference, kept simple), run on
+// channel-major activations from a BufferPool, so each layer is one GEMM over the whole batch and steady-state
+// passes allocate nothing. Tested against the reference and the diffusers golden vectors.
+
+extension UNet2DModel {
+    /// sample (N, Cin, S, S) -> (N, Cout, S, S), like forward(_:timesteps:classLabels:).
+    public func forwardBatched(_ sample: Tensor, timesteps: [Float], classLabels: [Int]?, pool: BufferPool) -> Tensor {
+        var input = sample
+        if config.centerInputSample { input.data = input.data.map { 2 * $0 - 1 } }
+        let activated = timeEmbedding(timesteps: timesteps, classLabels: classLabels)  // silu(emb) (N, T)
+        let x = ChannelMajor.fromNCHW(input, pool: pool)
+        var h = ChannelMajor.conv(x, convIn, pool: pool)
+        x.release(to: pool)
+        var skips: [Activation] = [h]
+        for block in downBlocks {
+            for (j, r) in block.resnets.enumerated() {
+                h = r.forward(h, activatedTemb: activated, pool: pool, releaseInput: false)
+                if !block.attentions.isEmpty { h = block.attentions[j].forward(h, pool: pool) }
+                skips.append(h)
+            }
+            if let d = block.downsampler {
+                h = d.forward(h, activatedTemb: activated, pool: pool)
+                skips.append(h)
+            }
+        }
+        if let mid = midBlock {
+            h = mid.resnets[0].forward(h, activatedTemb: activated, pool: pool, releaseInput: false)
+            if let a = mid.attention { h = a.forward(h, pool: pool, releaseInput: true) }
+            h = mid.resnets[1].forward(h, activatedTemb: activated, pool: pool, releaseInput: true)
+        }
+        // h after the mid block is owned here; skips are owned by the stack.
+        var hOwned = midBlock != nil
+        for block in upBlocks {
+            for (j, r) in block.resnets.enumerated() {
+                let skip = skips.removeLast()
+                let cat = ChannelMajor.concat(h, skip, pool: pool)
+                if hOwned { h.release(to: pool) }
+                skip.release(to: pool)
+                h = r.forward(cat, activatedTemb: activated, pool: pool, releaseInput: true)
+                if !block.attentions.isEmpty { h = block.attentions[j].forward(h, pool: pool, releaseInput: true) }
+                hOwned = true
+            }
+            if let u = block.upsampler {
+                let up = u.forward(h, activatedTemb: activated, pool: pool)
+                h.release(to: pool)
+                h = up
+            }
+        }
+        for s in skips { s.release(to: pool) }  // none left for a well-formed config
+        ChannelMajor.groupNorm(h, normOut, silu: true, into: h.data)
+        let y = ChannelMajor.conv(h, convOut, pool: pool)
+        h.release(to: pool)
+        let out = ChannelMajor.toNCHW(y)
+        y.release(to: pool)
+        return out
+    }
+
+    /// silu(time MLP(sinusoid(t)) + class embedding): what every resnet's time projection consumes. (N, T)
+    func timeEmbedding(timesteps: [Float], classLabels: [Int]?) -> Tensor {
+        var emb = timeLinear2(Activations.silu(timeLinear1(TimestepEmbedding.sinusoidal(
+            timesteps, dim: config.blockOutChannels[0], flipSinToCos: config.flipSinToCos, freqShift: config.freqShift))))
+        if let table = classEmbedding, let labels = classLabels {
+            let t = config.timeEmbedDim
+            for (i, row) in labels.enumerated() {
+                precondition(row >= 0 && row < table.shape[0], "class label \(row) out of range")
+                for j in 0..<t { emb.data[i * t + j] += table.data[row * t + j] }
+            }
+        }
+        return Activations.silu(emb)
+    }
+}
+
+extension ResnetBlock {
+    /// x (Cin, N, H, W) -> (Cout, N, H', W'). Releases x when `releaseInput` (it is not a skip tensor).
+    func forward(_ x: Activation, activatedTemb: Tensor, pool: BufferPool, releaseInput: Bool) -> Activation {
+        var input = x
+        var h = Activation(pool: pool, channels: x.channels, batch: x.batch, height: x.height, width: x.width)
+        ChannelMajor.groupNorm(x, norm1, silu: true, into: h.data)
+        var ownsInput = releaseInput
+        switch resample {
+        case .none: break
+        case .up, .down:
+            let scale = resample == .up
+            func resampled(_ a: Activation) -> Activation {
+                let b = Activation(pool: pool, channels: a.channels, batch: a.batch,
+                                   height: scale ? 2 * a.height : a.height / 2, width: scale ? 2 * a.width : a.width / 2)
+                if scale {
+                    Resample.upsampleNearest2x(a.data, planes: a.channels * a.batch, height: a.height, width: a.width, y: b.data)
+                } else {
+                    Resample.averagePool2x(a.data, planes: a.channels * a.batch, height: a.height, width: a.width, y: b.data)
+                }
+                return b
+            }
+            let h2 = resampled(h)
+            h.release(to: pool)
+            h = h2
+            let x2 = resampled(input)
+            if ownsInput { input.release(to: pool) }
+            input = x2
+            ownsInput = true
+        }
+        let h1 = ChannelMajor.conv(h, conv1, pool: pool)
+        h.release(to: pool)
+        let t = timeProjection(activatedTemb)  // (N, Cout) or (N, 2*Cout)
+        t.data.withUnsafeBufferPointer { tp in
+            switch conditioning {
+            case .default: ChannelMajor.groupNorm(h1, norm2, silu: true, preShift: tp.baseAddress!, into: h1.data)
+            case .scaleShift: ChannelMajor.groupNorm(h1, norm2, silu: true, scaleShift: tp.baseAddress!, into: h1.data)
+            }
+        }
+        // out = shortcut(input) + conv2(h1): the residual is written first and conv2 accumulates onto it.
+        var out: Activation
+        if let shortcut {
+            out = ChannelMajor.conv(input, shortcut, pool: pool)
+        } else {
+            out = Activation(pool: pool, channels: input.channels, batch: input.batch, height: input.height, width: input.width)
+            out.data.update(from: input.data, count: input.count)
+        }
+        if ownsInput { input.release(to: pool) }
+        out = ChannelMajor.conv(h1, conv2, pool: pool, accumulateInto: out)
+        h1.release(to: pool)
+        if outputScaleFactor != 1 {
+            let inv = 1 / outputScaleFactor
+            for j in 0..<out.count { out.data[j] *= inv }
+        }
+        return out
+    }
+}
+
+extension AttentionBlock {
+    /// x (C, N, H, W) -> same shape. Keeps x unless `releaseInput`.
+    func forward(_ x: Activation, pool: BufferPool, releaseInput: Bool = true) -> Activation {
+        var normed = x
+        if let norm {
+            normed = Activation(pool: pool, channels: x.channels, batch: x.batch, height: x.height, width: x.width)
+            ChannelMajor.groupNorm(x, norm, silu: false, into: normed.data)
+        }
+        let y = ChannelMajor.attention(normed, residual: x, self, pool: pool)
+        if norm != nil { normed.release(to: pool) }
+        if releaseInput { x.release(to: pool) }
+        return y
+    }
+}
+
+extension BlockResampler {
+    /// Keeps x (the caller owns it).
+    func forward(_ x: Activation, activatedTemb: Tensor, pool: BufferPool) -> Activation {
+        switch self {
+        case .strideConv(let conv): return ChannelMajor.conv(x, conv, pool: pool)
+        case .upsampleConv(let conv): return ChannelMajor.conv(x, conv, upsample: true, pool: pool)
+        case .resnet(let block): return block.forward(x, activatedTemb: activatedTemb, pool: pool, releaseInput: false)
+        }
+    }
+}

@@ -1,0 +1,61 @@
+import XCTest
+@testable import OnestepCore
+
+/// The serving forward (channel-major, batched GEMMs, pooled buffers) against the reference forward and the
+/// golden vectors, and its batch invariance.
+final class BatchedForwardTests: XCTestCase {
+    /// Same maths, different summation order (bias/residual first, fused norms): relative L2 limit.
+    static let matchesReference = 2e-6
+
+    func testMatchesReferenceAndGolden() throws {
+        for name in ["ddpm_tiny", "cd_tiny", "ddpm_gray"] {
+            let dir = try Fixtures.goldenCase(name)
+            let (model, _) = try ModelDirectory(path: dir).loadModel()
+            let io = try SafetensorsFile(path: dir + "/io.safetensors")
+            let x = try io.floats("x"), t = try io.floats("t")
+            let labels = io.entries["class_labels"] != nil ? try io.integers("class_labels").values.map { Int($0) } : nil
+            let pool = BufferPool()
+            let fast = model.forwardBatched(x, timesteps: t.data, classLabels: labels, pool: pool)
+            let ref = model.forward(x, timesteps: t.data, classLabels: labels)
+            XCTAssertLessThan(TensorError.relativeL2(fast.data, ref.data), Self.matchesReference, name)
+            XCTAssertLessThan(TensorError.relativeL2(fast.data, try io.floats("unet_out").data), GoldenTests.unetRelativeL2, name)
+            // A second pass reuses the pool: no new memory, same answer.
+            let bytes = pool.bytesAllocated
+            let again = model.forwardBatched(x, timesteps: t.data, classLabels: labels, pool: pool)
+            XCTAssertEqual(again.data, fast.data, name)
+            XCTAssertEqual(pool.bytesAllocated, bytes, "\(name): steady-state pass allocated")
+        }
+    }
+
+    /// The same request gives the same bytes alone or at any position of any batch.
+    func testBatchInvariance() throws {
+        for name in ["cd_tiny", "ddpm_gray"] {
+            let p = try ImagePipeline.load(path: try Fixtures.goldenCase(name))
+            let target = GenerationRequest(seed: 1234, label: p.numClasses.map { _ in 3 })
+            let alone = try ImagePipeline.pngs(p.generate([target], steps: 1))[0]
+            for batch in [2, 5, 16] {
+                for position in [0, batch / 2, batch - 1] {
+                    var reqs = (0..<batch).map { GenerationRequest(seed: UInt64(100 + $0), label: p.numClasses.map { $0 > 0 ? ($0 - 1) : 0 }) }
+                    reqs[position] = target
+                    let pngs = try ImagePipeline.pngs(p.generate(reqs, steps: 1))
+                    XCTAssertEqual(pngs[position], alone, "\(name): batch \(batch) position \(position)")
+                }
+            }
+            // Few-step sampling too.
+            let two = try ImagePipeline.pngs(p.generate([target], steps: 2))[0]
+            let inBatch = try ImagePipeline.pngs(p.generate([GenerationRequest(seed: 9, label: target.label), target], steps: 2))[1]
+            XCTAssertEqual(two, inBatch, "\(name): 2 steps")
+        }
+    }
+
+    /// Sampling through the pipeline still reproduces the golden one-step images.
+    func testPipelineMatchesGoldenImages() throws {
+        let dir = try Fixtures.goldenCase("cd_tiny")
+        let p = try ImagePipeline.load(path: dir)
+        let io = try SafetensorsFile(path: dir + "/io.safetensors")
+        let labels = try io.integers("class_labels").values.map { Int($0) }
+        guard case .consistency(let c) = p.sampler else { return XCTFail("not a consistency model") }
+        let img = ConsistencySampler(config: c).sampleOneStep(noise: try io.floats("cm_noise"), labels: labels, denoise: p.denoise)
+        XCTAssertLessThanOrEqual(TensorError.maxAbs(img.data, try io.floats("cm_image").data), GoldenTests.imageMaxAbs)
+    }
+}
