@@ -1,0 +1,104 @@
+import Foundation
+import XCTest
+import OnestepCore
+
+/// The offline subcommands of onestep-serve, run as a user runs them: the built binary in a subprocess.
+final class CommandLineTests: XCTestCase {
+    static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
+    static let golden = URL(fileURLWithPath: repoRoot + "/../shared/golden").standardizedFileURL.path
+
+    /// The onestep-serve binary built beside the test bundle.
+    static var binary: String {
+        URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().path + "/onestep-serve"
+    }
+
+    @discardableResult
+    func run(_ exe: String, _ args: [String]) throws -> (status: Int32, out: String, err: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: exe)
+        p.arguments = args
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    }
+
+    func temp(_ name: String) -> String {
+        let dir = NSTemporaryDirectory() + "onestep-cli-\(UUID().uuidString.prefix(8))"
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir + "/" + name
+    }
+
+    func testBinaryIsBuilt() {
+        XCTAssertTrue(FileManager.default.isExecutableFile(atPath: Self.binary), "onestep-serve not found at \(Self.binary)")
+    }
+
+    /// run-unet reproduces io.safetensors from the command line for every golden case.
+    func testRunUNetReproducesGolden() throws {
+        for name in ["ddpm_tiny", "cd_tiny", "ddpm_gray"] {
+            let dir = Self.golden + "/" + name, out = temp("out.safetensors")
+            let r = try run(Self.binary, ["run-unet", "--model", dir, "--inputs", dir + "/io.safetensors", "--out", out])
+            XCTAssertEqual(r.status, 0, r.err)
+            let got = try SafetensorsFile(path: out), want = try SafetensorsFile(path: dir + "/io.safetensors")
+            XCTAssertLessThanOrEqual(TensorError.relativeL2(try got.floats("unet_out").data, try want.floats("unet_out").data), 1e-5, name)
+            XCTAssertLessThanOrEqual(TensorError.maxAbs(try got.floats("cm_image").data, try want.floats("cm_image").data), 1e-4, name)
+            XCTAssertEqual(try got.integers("cm_uint8").values, try want.integers("cm_uint8").values, name)
+        }
+    }
+
+    /// generate writes PNGs that an independent decoder (tests/png_decode.py: zlib + filters, no libpng) reads,
+    /// with the pixels our own decoder sees.
+    func testGenerateWritesStandardPNGs() throws {
+        let python = ["/usr/bin/python3", "/usr/local/bin/python3"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        let decoder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/png_decode.py"
+        for (model, n, expected) in [("cd_tiny", 1, "16 16 3"), ("ddpm_gray", 1, "8 8 1"), ("cd_tiny", 9, "50 50 3")] {
+            let out = temp("img.png")
+            let r = try run(Self.binary, ["generate", "--model", Self.golden + "/" + model, "--seed", "5", "-n", String(n), "--label", "3", "--out", out].filter { model != "ddpm_gray" || ($0 != "--label" && $0 != "3") })
+            XCTAssertEqual(r.status, 0, r.err)
+            XCTAssertTrue(r.out.contains("wrote"), r.out)
+            guard let python else { return XCTFail("python3 is needed for the independent PNG decoder") }
+            let d = try run(python, [decoder, out])
+            XCTAssertEqual(d.status, 0, d.err)
+            XCTAssertTrue(d.out.hasPrefix(expected), "\(model) n=\(n): \(d.out)")
+        }
+    }
+
+    func testBenchPrintsTableAndJSON() throws {
+        let r = try run(Self.binary, ["bench", "--model", Self.golden + "/ddpm_gray", "--batch", "1,4", "--seconds", "0.1"])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.out.contains("images/s") && r.out.contains("ddpm_gray"), r.out)
+        let j = try run(Self.binary, ["bench", "--model", Self.golden + "/ddpm_gray", "--batch", "2", "--seconds", "0.1", "--json"])
+        let obj = try JSONSerialization.jsonObject(with: Data(j.out.split(separator: "\n")[0].utf8)) as! [String: Any]
+        for key in ["model", "dtype", "batch", "images_per_s", "gflops", "sgemm_gflops", "ratio_to_sgemm"] {
+            XCTAssertNotNil(obj[key], "bench --json lacks \(key)")
+        }
+        XCTAssertGreaterThan(obj["images_per_s"] as? Double ?? 0, 0)
+    }
+
+    func testBadFlagsAreClearErrors() throws {
+        let cases: [([String], String)] = [
+            (["generate", "--model", Self.golden + "/cd_tiny", "--out", "/tmp/x.png", "--steps", "9"], "--steps 9"),
+            (["generate", "--model", Self.golden + "/cd_tiny", "--out", "/tmp/x.png", "--label", "dog"], "label"),
+            (["generate", "--model", "/nonexistent", "--out", "/tmp/x.png"], "not a directory"),
+            (["generate", "--bogus"], "unknown flag --bogus"),
+            (["bench", "--model", Self.golden + "/cd_tiny", "--batch", "0"], "--batch"),
+            (["frobnicate"], "unknown command"),
+        ]
+        for (args, expected) in cases {
+            let r = try run(Self.binary, args)
+            XCTAssertNotEqual(r.status, 0, "\(args)")
+            XCTAssertTrue(r.err.contains(expected), "\(args): \(r.err)")
+        }
+    }
+
+    func testQuantizeCommandWritesInt8Model() throws {
+        let out = temp("int8")
+        let r = try run(Self.binary, ["quantize", "--model", Self.golden + "/ddpm_tiny", "--out", out])
+        XCTAssertEqual(r.status, 0, r.err)
+        XCTAssertTrue(r.out.contains("PSNR"), r.out)
+        XCTAssertEqual(try ImagePipeline.load(path: out).weightDType, "int8")
+    }
+}
