@@ -12,6 +12,7 @@ let benchCommand = Command(name: "bench", summary: "training images/s and GFLOP/
     Flag(name: "batch", help: "images per step", defaultValue: "32"),
     Flag(name: "steps", help: "timed steps per measurement", defaultValue: "10"),
     Flag(name: "threads", help: "comma-separated OpenBLAS thread counts to compare", defaultValue: "1,2"),
+    Flag(name: "workers", help: "comma-separated data-parallel worker counts to compare (training)", defaultValue: "1,2"),
 ])
 
 func runBench(_ flags: Flags) throws {
@@ -19,6 +20,10 @@ func runBench(_ flags: Flags) throws {
     let threads = try (flags.string("threads") ?? "1").split(separator: ",").map { s -> Int in
         guard let t = Int(s), (1...64).contains(t) else { throw UsageError("--threads \(s): expected integers 1...64, comma-separated") }
         return t
+    }
+    let workerCounts = try (flags.string("workers") ?? "1").split(separator: ",").map { s -> Int in
+        guard let w = Int(s), (1...64).contains(w) else { throw UsageError("--workers \(s): expected integers 1...64, comma-separated") }
+        return w
     }
     let trainable: TrainableUNet
     if let dir = flags.string("model") {
@@ -40,7 +45,8 @@ func runBench(_ flags: Flags) throws {
     let labels = cfg.numClassEmbeds.map { k in (0..<batch).map { $0 % k } }
     let t = (0..<batch).map { _ in Float(250 * (-1.2 + 1.2 * Double(rng.normal()))) }
     let loss = EDMDenoiserLoss()
-    for th in threads {
+    for th in threads { for workers in workerCounts {
+        let replicas = (1..<workers).map { _ in trainable.clone() }
         BLAS.threads = th
         _ = inference.forward(x, timesteps: t, classLabels: labels)
         var start = Date()
@@ -48,16 +54,16 @@ func runBench(_ flags: Flags) throws {
         let fwd = Date().timeIntervalSince(start) / Double(steps)
         let step: Double = x.data.withUnsafeBufferPointer { xp in
             trainable.store.zeroGrads()
-            _ = loss.step(model: trainable, clean: xp.baseAddress!, batch: batch, labels: labels, rng: &rng)
+            _ = loss.step(model: trainable, replicas: replicas, clean: xp.baseAddress!, batch: batch, labels: labels, rng: &rng)
             start = Date()
             for _ in 0..<steps {
                 trainable.store.zeroGrads()
-                _ = loss.step(model: trainable, clean: xp.baseAddress!, batch: batch, labels: labels, rng: &rng)
+                _ = loss.step(model: trainable, replicas: replicas, clean: xp.baseAddress!, batch: batch, labels: labels, rng: &rng)
             }
             return Date().timeIntervalSince(start) / Double(steps)
         }
-        stdoutLine(String(format: "threads %d: inference forward %.0f img/s (%.1f GFLOP/s); training step %.1f img/s (%.1f GFLOP/s, %.0f ms/step); train/forward time %.2fx",
-                          th, Double(batch) / fwd, flops * Double(batch) / fwd / 1e9,
+        stdoutLine(String(format: "threads %d, workers %d: inference forward %.0f img/s (%.1f GFLOP/s); training step %.1f img/s (%.1f GFLOP/s, %.0f ms/step); train/forward time %.2fx",
+                          th, workers, Double(batch) / fwd, flops * Double(batch) / fwd / 1e9,
                           Double(batch) / step, 3 * flops * Double(batch) / step / 1e9, step * 1000, step / fwd))
-    }
+    } }
 }

@@ -79,6 +79,26 @@ final class TeacherTests: XCTestCase {
         XCTAssertLessThanOrEqual(TensorError.maxAbs(served.data, ours.data), Self.samplerMaxAbs)
     }
 
+    /// Splitting a batch over worker threads gives the single-thread gradient (up to the rounding of batched
+    /// linear layers) and the same loss.
+    func testDataParallelStepMatchesSingleThread() throws {
+        let data = TinyData.shapes(count: 6, size: 8, classes: 3)
+        let cfg = try TinyData.config(classes: data.classNames!)
+        let single = TrainableUNet(config: cfg, seed: 4), split = single.clone(), replica = single.clone()
+        var r1 = TrainRandom(seed: 1), r2 = TrainRandom(seed: 1)
+        let (l1, l2): (Double, Double) = data.pixels.withUnsafeBufferPointer { x in
+            single.store.zeroGrads()
+            split.store.zeroGrads()
+            let a = EDMDenoiserLoss().step(model: single, clean: x.baseAddress!, batch: 6, labels: data.labels, rng: &r1)
+            let b = EDMDenoiserLoss().step(model: split, replicas: [replica], clean: x.baseAddress!, batch: 6, labels: data.labels, rng: &r2)
+            return (a, b)
+        }
+        XCTAssertEqual(l1, l2, accuracy: 1e-6 * l1)
+        let g1 = Array(UnsafeBufferPointer(start: single.store.grads, count: single.store.count))
+        let g2 = Array(UnsafeBufferPointer(start: split.store.grads, count: split.store.count))
+        XCTAssertLessThanOrEqual(TensorError.relativeL2(g2, g1), 1e-5)
+    }
+
     /// Stopping and resuming gives the same weights as running straight through: the checkpoint holds the
     /// weights, EMA, Adam moments, step and RNG state.
     func testResumeContinuesExactly() throws {

@@ -20,6 +20,8 @@ public struct TeacherSettings: Sendable {
     public var sampleSteps = 18
     public var samplesPerClass = 8
     public var edm = EDMTrainingConfig()
+    /// Threads that split each batch (data parallel, one model replica per extra thread).
+    public var workers = 1
     public init() {
         optimizer.learningRate = 1e-3
         optimizer.warmupSteps = 200
@@ -43,6 +45,7 @@ public final class TeacherTrainer {
     public let ema: WeightAverage
     let objective: EDMDenoiserLoss
     let sampler: TrainableUNet
+    let replicas: [TrainableUNet]
     var rng: TrainRandom
     public private(set) var step = 0
     public private(set) var losses: [Float] = []
@@ -59,11 +62,13 @@ public final class TeacherTrainer {
             }
         }
         (self.dataset, self.settings, self.runDir) = (dataset, settings, runDir)
-        model = TrainableUNet(config: config, seed: settings.seed)
+        let model = TrainableUNet(config: config, seed: settings.seed)
+        self.model = model
         optimizer = Optimizer(settings.optimizer, for: model.store)
         ema = WeightAverage(decay: settings.emaDecay, of: model.store)
         objective = EDMDenoiserLoss(config: settings.edm)
         sampler = model.clone()
+        replicas = (1..<max(1, settings.workers)).map { _ in model.clone() }
         rng = TrainRandom(seed: settings.seed ^ 0x5EED)
         try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
         if resume {
@@ -86,7 +91,7 @@ public final class TeacherTrainer {
             dataset.gather(indices, into: x)
             let labels = dataset.labels.map { l in indices.map { l[$0] } }
             model.store.zeroGrads()
-            let loss = objective.step(model: model, clean: x, batch: b, labels: labels, rng: &rng)
+            let loss = objective.step(model: model, replicas: replicas, clean: x, batch: b, labels: labels, rng: &rng)
             optimizer.update(model.store)
             ema.update(from: model.store)
             step += 1
