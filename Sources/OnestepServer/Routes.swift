@@ -42,7 +42,7 @@ final class Router: Sendable {
     func handle(_ request: HTTPRequest, _ responder: HTTPResponder) {
         let path = String(request.path)
         guard let allowed = Self.routes[path] else {
-            responder.respond(.error(.notFound, message: "no route \(path); routes: \(Self.routes.keys.sorted().joined(separator: ", "))", type: "not_found_error"))
+            respond(responder, .error(.notFound, message: "no route \(path); routes: \(Self.routes.keys.sorted().joined(separator: ", "))", type: "not_found_error"))
             return
         }
         let method = request.method == .HEAD ? HTTPMethod.GET : request.method
@@ -50,20 +50,20 @@ final class Router: Sendable {
             var r = HTTPResponse.error(.methodNotAllowed, message: "\(request.method) is not allowed on \(path); use \(allowed.map(\.rawValue).joined(separator: " or "))")
             let allow = allowed.contains(.GET) ? allowed.map(\.rawValue) + ["HEAD"] : allowed.map(\.rawValue)
             r.headers.add(name: "Allow", value: allow.joined(separator: ", "))
-            responder.respond(r)
+            respond(responder, r)
             return
         }
         switch path {
-        case "/healthz": responder.respond(.json(Array("{\"status\":\"ok\"}".utf8)))
+        case "/healthz": respond(responder, .json(Array("{\"status\":\"ok\"}".utf8)))
         case "/readyz":
             if draining.load(ordering: .acquiring) {
-                responder.respond(.error(.serviceUnavailable, message: "draining: this server is shutting down", type: "draining"))
+                respond(responder, .error(.serviceUnavailable, message: "draining: this server is shutting down", type: "draining"))
             } else {
-                responder.respond(.json(Array("{\"status\":\"ready\",\"models\":\(models.names.count)}".utf8)))
+                respond(responder, .json(Array("{\"status\":\"ready\",\"models\":\(models.names.count)}".utf8)))
             }
         case "/metrics":
-            responder.respond(HTTPResponse(status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: Array(metrics.render().utf8)))
-        case "/v1/models": responder.respond(.json(modelsJSON()))
+            respond(responder, HTTPResponse(status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: Array(metrics.render().utf8)))
+        case "/v1/models": respond(responder, .json(modelsJSON()))
         case "/v1/images/generations": generate(request, responder, openAI: true)
         default: generate(request, responder, openAI: false)
         }
@@ -104,10 +104,10 @@ final class Router: Sendable {
                                       randomSeed: { UInt64.random(in: 0...UInt64.max) })
         } catch let e as RequestError {
             let status: HTTPStatus = e.type == "not_found_error" ? .notFound : .badRequest
-            responder.respond(.error(status, message: e.message, type: e.type))
+            respond(responder, .error(status, message: e.message, type: e.type))
             return
         } catch {
-            responder.respond(.error(.badRequest, message: "\(error)"))
+            respond(responder, .error(.badRequest, message: "\(error)"))
             return
         }
         if draining.load(ordering: .acquiring) {
@@ -118,7 +118,7 @@ final class Router: Sendable {
         let now = ContinuousClock.now
         let job = GenerationJob(id: nextJobID.add(1, ordering: .relaxed).oldValue, model: params.model, steps: params.steps,
                                 images: params.images, deadline: now + .milliseconds(deadlineMs), enqueuedAt: now,
-                                isCancelled: { responder.isCancelled }) { [metrics] outcome in
+                                isCancelled: { responder.isCancelled }) { [self, metrics] outcome in
             switch outcome {
             case .done(let pngs, let wait, let compute, let batch):
                 var r: HTTPResponse
@@ -138,14 +138,14 @@ final class Router: Sendable {
                 r.headers.add(name: "X-Compute-Ms", value: String(format: "%.2f", seconds(compute) * 1000))
                 r.headers.add(name: "X-Batch-Images", value: String(batch))
                 r.headers.add(name: "Cache-Control", value: "no-store")
-                responder.respond(r)
+                respond(responder, r)
             case .expired(let wait):
                 var r = HTTPResponse.error(.serviceUnavailable, message: "deadline of \(deadlineMs) ms passed after \(Int(seconds(wait) * 1000)) ms in the queue; the server is overloaded, retry later or raise deadline_ms", type: "deadline_exceeded")
                 r.headers.add(name: "Retry-After", value: "1")
-                responder.respond(r)
+                respond(responder, r)
             case .failed(let message):
                 metrics.increment("onestep_rejected_total", [("reason", "internal")])
-                responder.respond(.error(.internalServerError, message: message))
+                respond(responder, .error(.internalServerError, message: message))
             }
         }
         switch queue.submit(job) {
@@ -164,6 +164,14 @@ final class Router: Sendable {
 
     func reject(_ responder: HTTPResponder, reason: String, _ response: HTTPResponse) {
         metrics.increment("onestep_rejected_total", [("reason", reason)])
-        responder.respond(response)
+        respond(responder, response)
+    }
+
+    /// Every answer goes through here: while draining it carries `Connection: close`, so keep-alive clients
+    /// (a proxy's upstream pool) reconnect to another replica instead of reusing a connection to this one.
+    func respond(_ responder: HTTPResponder, _ response: HTTPResponse) {
+        var r = response
+        if draining.load(ordering: .acquiring) { r.headers.add(name: "Connection", value: "close") }
+        responder.respond(r)
     }
 }
