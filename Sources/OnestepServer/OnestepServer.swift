@@ -1,5 +1,7 @@
 // The server's lifecycle: load models, start compute workers and the HTTP loop, serve, and on SIGTERM/SIGINT
 // drain (readiness off, no new work, queued and running work finished within the drain timeout) and exit 0.
+// While draining, responses carry `Connection: close` and the listener stays open until the queue is empty, so
+// /readyz answers 503 (not connection refused) and requests still routed here get a clean 503.
 import Foundation
 import HTTP1
 import OnestepCore
@@ -81,22 +83,38 @@ public final class OnestepServer: Sendable {
         return finished
     }
 
+    /// Routes SIGTERM and SIGINT to ``runUntilSignalled()`` from now on. Call before ``start()``: a signal that
+    /// arrives once the port is open is then never lost, nor does it kill the process undrained.
+    ///
+    /// A plain `sigaction` handler posting a semaphore, not a `DispatchSourceSignal`: that needed the disposition
+    /// set to SIG_IGN first and registers asynchronously on libdispatch's manager thread, so a signal arriving in
+    /// between was ignored; the SIGTERM integration test once saw a server keep running with 12 images queued.
+    /// A handler runs on whichever thread the kernel picks, so compute, BLAS and event-loop threads need no masks.
+    public static func catchTerminationSignals() {
+        _ = terminationSignal  // initialised here, never first inside the handler
+        for sig in [SIGTERM, SIGINT] {
+            var action = sigaction()
+            action.__sigaction_handler.sa_handler = { _ in sem_post(terminationSignal) }  // async-signal-safe
+            sigemptyset(&action.sa_mask)
+            action.sa_flags = SA_RESTART
+            sigaction(sig, &action, nil)
+        }
+    }
+
     /// Runs until SIGTERM or SIGINT, then drains. Returns the process exit code.
     public func runUntilSignalled() -> Int32 {
-        let done = DispatchSemaphore(value: 0)
-        var sources: [DispatchSourceSignal] = []
-        for sig in [SIGTERM, SIGINT] {
-            signal(sig, SIG_IGN)
-            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            s.setEventHandler { done.signal() }
-            s.resume()
-            sources.append(s)
-        }
-        done.wait()
+        Self.catchTerminationSignals()
+        while sem_wait(terminationSignal) != 0 {}  // EINTR: wait again
         log("signal received: draining (\(queue.depth) images queued, up to \(options.drainTimeoutMs) ms)")
         let clean = drainAndStop()
         log(clean ? "drained; exiting" : "drain timeout: queued work was answered 503; exiting")
-        _ = sources
         return 0
     }
 }
+
+/// Posted by the SIGTERM/SIGINT handler, awaited by `runUntilSignalled`.
+nonisolated(unsafe) private let terminationSignal: UnsafeMutablePointer<sem_t> = {
+    let s = UnsafeMutablePointer<sem_t>.allocate(capacity: 1)
+    sem_init(s, 0, 0)
+    return s
+}()

@@ -12,6 +12,7 @@ enum ServeCommand {
                                             preferred: options.defaultModel ?? ServeDefaults.defaultModelName,
                                             log: log)
         let server = OnestepServer(options: options, models: models, log: log)
+        OnestepServer.catchTerminationSignals()
         try server.start()
         exit(server.runUntilSignalled())
     }
