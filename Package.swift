@@ -25,8 +25,11 @@ let package = Package(
         // PNG encode/decode on libpng's simplified API: the only importer of CPNG (used by the core and the load tester).
         .target(name: "PNGCodec", dependencies: ["CPNG"]),
 
+        // Hand-written fp32/int8 convolution kernels (AVX-512, AVX2, scalar; chosen at run time).
+        .target(name: "CKernels", path: "Sources/CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+
         // Tensors, kernels, model, sampling, weight IO: shared by the server and the distiller.
-        .target(name: "OnestepCore", dependencies: ["COpenBLAS", "PNGCodec"], swiftSettings: fastMath),
+        .target(name: "OnestepCore", dependencies: ["COpenBLAS", "CKernels", "PNGCodec"], swiftSettings: fastMath),
 
         // HTTP/1.1 parsing, response writing and the epoll connection loop; knows nothing of models.
         .target(name: "HTTP1"),

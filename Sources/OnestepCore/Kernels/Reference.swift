@@ -106,4 +106,26 @@ public enum Reference {
     public static func silu(_ x: Tensor) -> Tensor {
         Tensor(shape: x.shape, data: x.data.map { Float(Double($0) / (1 + exp(-Double($0)))) })
     }
+
+    /// Convolution of a channel-major activation x (Cin, N, H, W), read as nearest-upsampled 2x when `upsample`,
+    /// added onto `initial` (Cout, N*Ho*Wo) (bias and residual), accumulated in double. The reference for
+    /// FastConv. weight (Cout, Cin, KH, KW).
+    public static func convChannelMajor(_ x: [Float], batch n: Int, height h0: Int, width w0: Int, upsample: Bool,
+                                        weight: [Float], geometry g: ConvGeometry, initial: [Float]) -> [Float] {
+        let up = upsample ? 1 : 0, h = h0 << up, w = w0 << up
+        let ho = g.outputHeight(h), wo = g.outputWidth(w), cols = n * ho * wo
+        var y = initial
+        for co in 0..<g.outChannels { for i in 0..<n { for oy in 0..<ho { for ox in 0..<wo {
+            let j = (i * ho + oy) * wo + ox
+            var acc = Double(initial[co * cols + j])
+            for ci in 0..<g.inChannels { for ky in 0..<g.kernelH { for kx in 0..<g.kernelW {
+                let iy = oy * g.stride - g.padTop + ky, ix = ox * g.stride - g.padLeft + kx
+                guard iy >= 0, iy < h, ix >= 0, ix < w else { continue }
+                acc += Double(x[((ci * n + i) * h0 + (iy >> up)) * w0 + (ix >> up)])
+                     * Double(weight[((co * g.inChannels + ci) * g.kernelH + ky) * g.kernelW + kx])
+            } } }
+            y[co * cols + j] = Float(acc)
+        } } } }
+        return y
+    }
 }

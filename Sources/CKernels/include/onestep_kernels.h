@@ -1,0 +1,84 @@
+// Onestep CPU kernels: fp32 and int8 convolutions on channel-major activations, without an im2col matrix.
+//
+// Dimension legend
+//   M  = Cout (output channels)             K  = Cin * KH * KW (reduction)      T = KH * KW (taps)
+//   N  = images in the batch                H, W = input size as stored          Ho, Wo = output size
+//   cols = N * Ho * Wo (GEMM columns)       C4 = ceil(Cin / 4) (channel quads, int8 only)
+//
+// Layouts
+//   x   (Cin, N, H, W)  float            channel-major activation: plane c holds channel c of every image
+//   y   (M, cols)       float            output; holds bias (and residual) on entry, the kernels accumulate
+//   A   [ceil(M/8)][K][8] float          fp32 weights packed once at load: 8-row panels, k-major, zero rows pad
+//   xq  [C4][N*H*W] uint32               int8 activation: 4 channels' uint8 codes per pixel, pad channels = zp
+//   A8  [ceil(M/8)][C4*T][8] int32       int8 weights: 4 signed codes (channels 4q..4q+3 at tap t) per int32
+//
+// Every output element is one fused-multiply-add chain over k = 0..K-1 in a fixed order starting from y's
+// value (fp32), or an exact integer sum (int8), so results do not depend on the batch size, the column
+// position, the tile edges or the kernel level: avx512, avx2 and scalar give bit-identical outputs.
+#ifndef ONESTEP_KERNELS_H
+#define ONESTEP_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/// Rows per packed weight panel and columns per output tile (the microkernel tile is 8 x 32).
+#define OSK_MR 8
+#define OSK_NR 32
+
+/// Instruction-set levels. avx512 means AVX-512 F+BW+VL+VNNI; avx2 means AVX2+FMA.
+enum { OSK_SCALAR = 0, OSK_AVX2 = 1, OSK_AVX512 = 2 };
+
+/// 1 when this CPU can run `level`.
+int osk_level_supported(int level);
+/// The level to use: the best supported, or ONESTEP_KERNELS=avx512|avx2|scalar capped at what is supported.
+int osk_default_level(void);
+
+/// Convolution geometry (same fields as Swift's ConvGeometry). `upsample` reads the input as if it were
+/// nearest-upsampled 2x first.
+typedef struct {
+    int32_t in_channels, out_channels, kernel_h, kernel_w, stride;
+    int32_t pad_top, pad_left, pad_bottom, pad_right;
+    int32_t upsample;
+} osk_conv;
+
+/// Floats in the packed fp32 weights for an (M, K) matrix.
+size_t osk_f32_packed_count(int32_t m, int32_t k);
+/// Packs w (M, K) row-major into panels (`packed` has osk_f32_packed_count floats).
+void osk_f32_pack(const float *w, int32_t m, int32_t k, float *packed);
+
+/// y[:, n0..<n1] += conv(x) for the output columns n0..<n1 of (M, N*Ho*Wo). x is (Cin, N, H, W) as stored
+/// (before the fused upsample). Threads may call this concurrently on disjoint column ranges.
+void osk_conv_f32(int level, const osk_conv *g, const float *packed, const float *x,
+                  int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1);
+
+/// C (M, cols) += A (M, K) * B (K, cols) for the columns n0..<n1; B and C are row-major with row strides
+/// ldb and ldc; A is packed by osk_f32_pack.
+void osk_gemm_f32(int level, const float *packed, int32_t m, int32_t k, const float *b, int64_t ldb,
+                  float *c, int64_t ldc, int64_t n0, int64_t n1);
+
+/// int32 words in the packed int8 weights of a conv (M, Cin, KH, KW).
+size_t osk_q8_packed_count(int32_t m, int32_t cin, int32_t taps);
+/// Quantizes w (M, Cin, KH*KW) symmetrically per output channel: code = round(w / s), s = max|w| / 127,
+/// and packs it. rowsum[m] = sum of row m's codes, scale[m] = s; both have ceil(M/8)*8 entries (pad 0).
+void osk_q8_pack(const float *w, int32_t m, int32_t cin, int32_t taps, int32_t *packed, int32_t *rowsum,
+                 float *scale);
+
+/// Quantizes images i0..<i1 of x (C, N, HW) to uint8 with one affine scale per image:
+/// code = clamp(round(v / s) + zp, 0, 255), s = (max - min) / 255 over the image (range widened to hold 0,
+/// so 0 and the conv's zero padding are exact: code zp). xq is [C4][N*HW] uint32 (4 channels per word).
+void osk_q8_quantize(const float *x, int32_t c, int32_t n, int32_t hw, int32_t i0, int32_t i1,
+                     uint32_t *xq, float *scale, int32_t *zp);
+
+/// y[:, n0..<n1] += dequant(conv(xq)) : y += s_w[m] * s_x[img] * (sum_k wq * xq - zp[img] * rowsum[m]).
+void osk_conv_q8(int level, const osk_conv *g, const int32_t *packed, const int32_t *rowsum,
+                 const float *wscale, const uint32_t *xq, const float *xscale, const int32_t *xzp,
+                 int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,202 @@
+// Convolutions on channel-major activations with the hand-written kernels of CKernels (the only Swift file
+// that imports it): implicit GEMM, no im2col matrix, weights packed once at load.
+//
+// Dimension legend: M = Cout, K = Cin*KH*KW, N = images, cols = N*Ho*Wo, C4 = ceil(Cin/4).
+//
+// Contract (same as ChannelMajor.conv): y (Cout, N, Ho, Wo) = conv(x) + bias [+ y's contents when
+// accumulating]. Every output element is computed the same way whatever the batch size, the image's
+// position in the batch, the column split between threads or the kernel level, so an image's output is
+// bit-identical alone or in any batch, and avx512 / avx2 / scalar agree bit for bit.
+import CKernels
+import Dispatch
+
+/// Instruction-set level of the kernels. `.avx512` needs AVX-512 F+BW+VL+VNNI, `.avx2` needs AVX2+FMA.
+public enum KernelLevel: Int32, Sendable, CaseIterable, CustomStringConvertible {
+    case scalar = 0, avx2 = 1, avx512 = 2
+
+    /// The best level this CPU supports, capped by ONESTEP_KERNELS=avx512|avx2|scalar when set.
+    public static let best = KernelLevel(rawValue: osk_default_level()) ?? .scalar
+
+    public var isSupported: Bool { osk_level_supported(rawValue) != 0 }
+    public var description: String { ["scalar", "avx2", "avx512"][Int(rawValue)] }
+}
+
+/// fp32 conv weights packed for the microkernel: ceil(M/8) panels of (K, 8), k-major, pad rows zero.
+public struct PackedConvF32: Sendable {
+    public let geometry: ConvGeometry
+    public let bias: [Float]?        // (Cout)
+    let panels: [Float]              // [ceil(M/8)][K][8]
+
+    public init(_ layer: Conv2DLayer) {
+        let g = layer.geometry
+        precondition(layer.weight.count == g.outChannels * g.reduction, "conv \(layer.prefix): weight size")
+        geometry = g
+        bias = layer.bias?.data
+        let count = osk_f32_packed_count(Int32(g.outChannels), Int32(g.reduction))
+        panels = [Float](unsafeUninitializedCapacity: count) { buf, n in
+            layer.weight.data.withUnsafeBufferPointer { w in
+                osk_f32_pack(w.baseAddress!, Int32(g.outChannels), Int32(g.reduction), buf.baseAddress!)
+            }
+            n = count
+        }
+    }
+}
+
+/// int8 conv weights: per-output-channel symmetric codes (scale = max|w| / 127), packed as 4 codes per
+/// Int32 for vpdpbusd, with each row's code sum (for the activation zero-point correction).
+public struct PackedConvInt8: Sendable {
+    public let geometry: ConvGeometry
+    public let bias: [Float]?        // (Cout)
+    let codes: [Int32]               // [ceil(M/8)][C4*KH*KW][8], 4 x Int8 per word
+    let rowSums: [Int32]             // (ceil(M/8)*8)
+    let scales: [Float]              // (ceil(M/8)*8)
+
+    public init(_ layer: Conv2DLayer) {
+        let g = layer.geometry
+        precondition(layer.weight.count == g.outChannels * g.reduction, "conv \(layer.prefix): weight size")
+        geometry = g
+        bias = layer.bias?.data
+        let m = Int32(g.outChannels), taps = Int32(g.kernelH * g.kernelW)
+        let count = osk_q8_packed_count(m, Int32(g.inChannels), taps), rows = (g.outChannels + 7) / 8 * 8
+        var codes = [Int32](repeating: 0, count: count)
+        var rowSums = [Int32](repeating: 0, count: rows)
+        var scales = [Float](repeating: 0, count: rows)
+        layer.weight.data.withUnsafeBufferPointer { w in
+            osk_q8_pack(w.baseAddress!, m, Int32(g.inChannels), taps, &codes, &rowSums, &scales)
+        }
+        self.codes = codes
+        self.rowSums = rowSums
+        self.scales = scales
+    }
+}
+
+public enum FastConv {
+    /// Output columns per microkernel tile; thread splits are rounded to it.
+    public static let tileColumns = Int(OSK_NR)
+
+    /// y (Cout, N, Ho, Wo) = conv(x) + bias [+ existing]. With `upsample`, x is read as if nearest-upsampled
+    /// 2x first. `threads` > 1 splits the output columns between that many threads.
+    public static func conv(_ x: Activation, _ w: PackedConvF32, upsample: Bool = false, pool: BufferPool,
+                            accumulateInto existing: Activation? = nil, level: KernelLevel = .best,
+                            threads: Int = 1) -> Activation {
+        let g = cGeometry(w.geometry, upsample: upsample)
+        precondition(x.channels == w.geometry.inChannels, "conv: input has \(x.channels) channels, needs \(w.geometry.inChannels)")
+        precondition(level.isSupported, "conv: kernel level \(level) not supported on this CPU")
+        let y = prepareOutput(x, w.geometry, bias: w.bias, upsample: upsample, pool: pool, existing: existing)
+        nonisolated(unsafe) let xp = x.data, yp = y.data
+        let n = Int32(x.batch), h = Int32(x.height), wd = Int32(x.width)
+        w.panels.withUnsafeBufferPointer { a in
+            nonisolated(unsafe) let ap = a.baseAddress!
+            forEachColumnRange(y.columns, threads: threads) { n0, n1 in
+                var gc = g
+                osk_conv_f32(level.rawValue, &gc, ap, xp, n, h, wd, yp, Int64(n0), Int64(n1))
+            }
+        }
+        return y
+    }
+
+    /// int8 version: x is quantized to uint8 with one scale and zero point per image (never per batch), the
+    /// products are summed exactly in int32 (vpdpbusd), and y += s_w[m] * s_x[img] * (sum - zp[img] * rowsum[m]).
+    public static func conv(_ x: Activation, _ w: PackedConvInt8, upsample: Bool = false, pool: BufferPool,
+                            accumulateInto existing: Activation? = nil, level: KernelLevel = .best,
+                            threads: Int = 1) -> Activation {
+        let g = cGeometry(w.geometry, upsample: upsample)
+        precondition(x.channels == w.geometry.inChannels, "conv: input has \(x.channels) channels, needs \(w.geometry.inChannels)")
+        precondition(level.isSupported, "conv: kernel level \(level) not supported on this CPU")
+        let y = prepareOutput(x, w.geometry, bias: w.bias, upsample: upsample, pool: pool, existing: existing)
+        let c4 = (x.channels + 3) / 4, qCount = c4 * x.batch * x.pixels
+        // Activation codes [C4][N*H*W] (4 channels per word) and per-image (scale, zero point), from the pool.
+        let qBuffer = pool.acquire(qCount), params = pool.acquire(2 * x.batch)
+        defer { pool.release(qBuffer, count: qCount); pool.release(params, count: 2 * x.batch) }
+        nonisolated(unsafe) let xp = x.data, yp = y.data
+        nonisolated(unsafe) let xq = UnsafeMutableRawPointer(qBuffer).assumingMemoryBound(to: UInt32.self)
+        nonisolated(unsafe) let xs = params
+        nonisolated(unsafe) let xz = UnsafeMutableRawPointer(params + x.batch).assumingMemoryBound(to: Int32.self)
+        let c = Int32(x.channels), n = Int32(x.batch), h = Int32(x.height), wd = Int32(x.width), hw = Int32(x.pixels)
+        forEachRange(x.batch, granule: 1, threads: threads) { i0, i1 in
+            osk_q8_quantize(xp, c, n, hw, Int32(i0), Int32(i1), xq, xs, xz)
+        }
+        w.codes.withUnsafeBufferPointer { a in
+            w.rowSums.withUnsafeBufferPointer { rs in
+                w.scales.withUnsafeBufferPointer { sc in
+                    nonisolated(unsafe) let ap = a.baseAddress!, rsp = rs.baseAddress!, scp = sc.baseAddress!
+                    forEachColumnRange(y.columns, threads: threads) { n0, n1 in
+                        var gc = g
+                        osk_conv_q8(level.rawValue, &gc, ap, rsp, scp, xq, xs, xz, n, h, wd, yp, Int64(n0), Int64(n1))
+                    }
+                }
+            }
+        }
+        return y
+    }
+
+    /// C (M, cols) += A (M, K) * B (K, cols), all row-major, A packed by `PackedGemmF32`; columns n0..<n1.
+    public static func gemm(_ a: PackedGemmF32, b: UnsafePointer<Float>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int,
+                            columns: Range<Int>, level: KernelLevel = .best) {
+        precondition(level.isSupported, "gemm: kernel level \(level) not supported on this CPU")
+        a.panels.withUnsafeBufferPointer { ap in
+            osk_gemm_f32(level.rawValue, ap.baseAddress!, Int32(a.rows), Int32(a.depth), b, Int64(ldb), c, Int64(ldc),
+                         Int64(columns.lowerBound), Int64(columns.upperBound))
+        }
+    }
+
+    // MARK: - Helpers
+
+    static func cGeometry(_ g: ConvGeometry, upsample: Bool) -> osk_conv {
+        osk_conv(in_channels: Int32(g.inChannels), out_channels: Int32(g.outChannels), kernel_h: Int32(g.kernelH),
+                 kernel_w: Int32(g.kernelW), stride: Int32(g.stride), pad_top: Int32(g.padTop), pad_left: Int32(g.padLeft),
+                 pad_bottom: Int32(g.padBottom), pad_right: Int32(g.padRight), upsample: upsample ? 1 : 0)
+    }
+
+    /// The output activation holding bias (+ the existing residual), which the kernels accumulate onto.
+    static func prepareOutput(_ x: Activation, _ g: ConvGeometry, bias: [Float]?, upsample: Bool, pool: BufferPool,
+                              existing: Activation?) -> Activation {
+        let h = upsample ? 2 * x.height : x.height, w = upsample ? 2 * x.width : x.width
+        let ho = g.outputHeight(h), wo = g.outputWidth(w), cols = x.batch * ho * wo
+        var y = existing ?? Activation(pool: pool, channels: g.outChannels, batch: x.batch, height: ho, width: wo)
+        precondition(y.channels == g.outChannels && y.batch == x.batch && y.channels * y.batch * ho * wo == y.count || existing == nil,
+                     "conv: accumulate target has the wrong shape")
+        y.height = ho
+        y.width = wo
+        if let bias {
+            for co in 0..<g.outChannels {
+                let row = y.data + co * cols, bv = bias[co]
+                if existing == nil { row.update(repeating: bv, count: cols) } else { for j in 0..<cols { row[j] += bv } }
+            }
+        } else if existing == nil {
+            y.data.update(repeating: 0, count: g.outChannels * cols)
+        }
+        return y
+    }
+
+    static func forEachColumnRange(_ cols: Int, threads: Int, _ body: @Sendable (Int, Int) -> Void) {
+        forEachRange(cols, granule: tileColumns, threads: threads, body)
+    }
+
+    /// Splits 0..<count into `threads` contiguous ranges (multiples of `granule`) and runs them concurrently.
+    static func forEachRange(_ count: Int, granule: Int, threads: Int, _ body: @Sendable (Int, Int) -> Void) {
+        let units = (count + granule - 1) / granule, parts = max(1, min(threads, units))
+        if parts == 1 { body(0, count); return }
+        DispatchQueue.concurrentPerform(iterations: parts) { p in
+            let u0 = units * p / parts, u1 = units * (p + 1) / parts
+            body(min(count, u0 * granule), min(count, u1 * granule))
+        }
+    }
+}
+
+/// fp32 GEMM weights A (M, K) packed once for `FastConv.gemm`.
+public struct PackedGemmF32: Sendable {
+    public let rows: Int, depth: Int   // M, K
+    let panels: [Float]
+
+    public init(_ a: UnsafeBufferPointer<Float>, rows m: Int, depth k: Int) {
+        precondition(a.count == m * k, "gemm: A has \(a.count) values, needs \(m) x \(k)")
+        rows = m
+        depth = k
+        let count = osk_f32_packed_count(Int32(m), Int32(k))
+        panels = [Float](unsafeUninitializedCapacity: count) { buf, n in
+            osk_f32_pack(a.baseAddress!, Int32(m), Int32(k), buf.baseAddress!)
+            n = count
+        }
+    }
+}

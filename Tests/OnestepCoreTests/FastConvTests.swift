@@ -1,0 +1,212 @@
+import XCTest
+@testable import OnestepCore
+
+/// FastConv (CKernels: implicit-GEMM fp32 and int8 convolutions) against the double-precision reference, at
+/// every kernel level this CPU supports; bit-identity between levels; batch invariance.
+final class FastConvTests: XCTestCase {
+    /// fp32: one fma chain per output in fp32 vs a double sum (K up to ~600 here): relative L2 limit.
+    static let fp32RelativeL2 = 1e-6
+    /// int8 (per-channel symmetric weights, per-image affine uint8 activations) vs the fp32 reference on
+    /// Gaussian data: relative L2 limit. Measured 0.6-0.9% on these shapes (see testInt8Error output).
+    static let int8RelativeL2 = 1.5e-2
+
+    static let levels = KernelLevel.allCases.filter(\.isSupported)
+
+    struct Case {
+        var geometry: ConvGeometry
+        var batch: Int, height: Int, width: Int
+        var upsample = false
+        var name: String
+    }
+
+    /// All geometries of the model, with odd Cout / Cin / sizes so tiles and panels have ragged edges.
+    static let cases: [Case] = [
+        Case(geometry: ConvGeometry(inChannels: 8, outChannels: 16, kernel: 3, padding: 1), batch: 2, height: 8, width: 8, name: "3x3 s1 p1"),
+        Case(geometry: ConvGeometry(inChannels: 5, outChannels: 13, kernel: 3, padding: 1), batch: 3, height: 7, width: 5, name: "3x3 s1 p1 odd"),
+        Case(geometry: ConvGeometry(inChannels: 7, outChannels: 3, kernel: 3, padding: 1), batch: 1, height: 9, width: 11, name: "3x3 s1 p1 conv_out-like"),
+        Case(geometry: ConvGeometry(inChannels: 6, outChannels: 9, kernel: 3, stride: 2, padding: 1), batch: 3, height: 8, width: 8, name: "3x3 s2 p1"),
+        Case(geometry: ConvGeometry(inChannels: 6, outChannels: 9, kernel: 3, stride: 2, padding: 1), batch: 2, height: 7, width: 9, name: "3x3 s2 p1 odd"),
+        Case(geometry: ConvGeometry(inChannels: 4, outChannels: 10, kernelH: 3, kernelW: 3, stride: 2,
+                                    padTop: 0, padLeft: 0, padBottom: 1, padRight: 1), batch: 3, height: 8, width: 8, name: "3x3 s2 pad (0,0,1,1)"),
+        Case(geometry: ConvGeometry(inChannels: 12, outChannels: 17, kernel: 1, padding: 0), batch: 3, height: 5, width: 7, name: "1x1"),
+        Case(geometry: ConvGeometry(inChannels: 6, outChannels: 11, kernel: 3, padding: 1), batch: 2, height: 4, width: 5, upsample: true, name: "upsample + 3x3"),
+        Case(geometry: ConvGeometry(inChannels: 64, outChannels: 32, kernel: 3, padding: 1), batch: 2, height: 16, width: 16, name: "3x3 64->32 16x16"),
+    ]
+
+    // MARK: - Data
+
+    struct Rand {
+        var state: UInt64
+        mutating func gaussian() -> Float {
+            func u() -> Double {
+                state = state &* 6364136223846793005 &+ 1442695040888963407
+                return (Double(state >> 11) + 0.5) / Double(1 << 53)
+            }
+            return Float((-2 * log(u())).squareRoot() * cos(2 * .pi * u()))
+        }
+        mutating func values(_ n: Int, scale: Float = 1) -> [Float] { (0..<n).map { _ in gaussian() * scale } }
+    }
+
+    static func layer(_ g: ConvGeometry, seed: UInt64) -> Conv2DLayer {
+        var r = Rand(state: seed)
+        let w = r.values(g.outChannels * g.reduction, scale: 1 / Float(g.reduction).squareRoot())
+        let b = r.values(g.outChannels, scale: 0.1)
+        struct Source: WeightSource {
+            var w: [Float], b: [Float]
+            func tensor(_ key: String, shape: [Int]) throws -> Tensor {
+                Tensor(shape: shape, data: key.hasSuffix(".weight") ? w : b)
+            }
+            func contains(_ key: String) -> Bool { true }
+        }
+        return try! Conv2DLayer("test", Source(w: w, b: b), geometry: g)
+    }
+
+    static func activation(_ values: [Float], channels: Int, batch: Int, height: Int, width: Int, pool: BufferPool) -> Activation {
+        let a = Activation(pool: pool, channels: channels, batch: batch, height: height, width: width)
+        a.data.update(from: values, count: values.count)
+        return a
+    }
+
+    /// Runs one conv (fp32 or int8) with bias and, when `residual` is given, accumulation onto it.
+    static func run(_ c: Case, _ layer: Conv2DLayer, x: [Float], batch: Int, residual: [Float]?, int8: Bool,
+                    level: KernelLevel, threads: Int = 1) -> [Float] {
+        let pool = BufferPool()
+        let xa = activation(x, channels: c.geometry.inChannels, batch: batch, height: c.height, width: c.width, pool: pool)
+        let h = c.upsample ? 2 * c.height : c.height, w = c.upsample ? 2 * c.width : c.width
+        let ho = c.geometry.outputHeight(h), wo = c.geometry.outputWidth(w)
+        let existing = residual.map { activation($0, channels: c.geometry.outChannels, batch: batch, height: ho, width: wo, pool: pool) }
+        let y = int8
+            ? FastConv.conv(xa, PackedConvInt8(layer), upsample: c.upsample, pool: pool, accumulateInto: existing, level: level, threads: threads)
+            : FastConv.conv(xa, PackedConvF32(layer), upsample: c.upsample, pool: pool, accumulateInto: existing, level: level, threads: threads)
+        return Array(UnsafeBufferPointer(start: y.data, count: y.count))
+    }
+
+    static func reference(_ c: Case, _ layer: Conv2DLayer, x: [Float], batch: Int, residual: [Float]?) -> [Float] {
+        let h = c.upsample ? 2 * c.height : c.height, w = c.upsample ? 2 * c.width : c.width
+        let cols = batch * c.geometry.outputHeight(h) * c.geometry.outputWidth(w)
+        var initial = residual ?? [Float](repeating: 0, count: c.geometry.outChannels * cols)
+        for co in 0..<c.geometry.outChannels { for j in 0..<cols { initial[co * cols + j] += layer.bias!.data[co] } }
+        return Reference.convChannelMajor(x, batch: batch, height: c.height, width: c.width, upsample: c.upsample,
+                                          weight: layer.weight.data, geometry: c.geometry, initial: initial)
+    }
+
+    static func outputCount(_ c: Case, batch: Int) -> Int {
+        let h = c.upsample ? 2 * c.height : c.height, w = c.upsample ? 2 * c.width : c.width
+        return c.geometry.outChannels * batch * c.geometry.outputHeight(h) * c.geometry.outputWidth(w)
+    }
+
+    // MARK: - Tests
+
+    func testLevelsAvailable() {
+        XCTAssertTrue(KernelLevel.scalar.isSupported)
+        print("FastConv: best level \(KernelLevel.best), supported \(Self.levels)")
+    }
+
+    func testFP32MatchesReference() {
+        for (ci, c) in Self.cases.enumerated() {
+            let layer = Self.layer(c.geometry, seed: UInt64(ci + 1))
+            var r = Rand(state: UInt64(100 + ci))
+            let x = r.values(c.geometry.inChannels * c.batch * c.height * c.width)
+            let residual = r.values(Self.outputCount(c, batch: c.batch))
+            for res in [nil, residual] {
+                let ref = Self.reference(c, layer, x: x, batch: c.batch, residual: res)
+                var first: [Float]?
+                for level in Self.levels {
+                    for threads in [1, 2] {
+                        let y = Self.run(c, layer, x: x, batch: c.batch, residual: res, int8: false, level: level, threads: threads)
+                        XCTAssertLessThan(TensorError.relativeL2(y, ref), Self.fp32RelativeL2, "\(c.name) \(level)")
+                        // Every level and thread split: the same fma chain, the same bits.
+                        if let first { XCTAssertEqual(y, first, "\(c.name) \(level) threads \(threads) differs from \(Self.levels[0])") }
+                        else { first = y }
+                    }
+                }
+            }
+        }
+    }
+
+    func testInt8Error() {
+        var worst = 0.0
+        for (ci, c) in Self.cases.enumerated() {
+            let layer = Self.layer(c.geometry, seed: UInt64(ci + 1))
+            var r = Rand(state: UInt64(200 + ci))
+            let x = r.values(c.geometry.inChannels * c.batch * c.height * c.width)
+            let residual = r.values(Self.outputCount(c, batch: c.batch))
+            // Error of the conv term alone: compare y - residual - bias against the reference's.
+            let ref = Self.reference(c, layer, x: x, batch: c.batch, residual: residual)
+            let base = Self.reference(c, layer, x: [Float](repeating: 0, count: x.count), batch: c.batch, residual: residual)
+            var first: [Float]?
+            for level in Self.levels {
+                for threads in [1, 2] {
+                    let y = Self.run(c, layer, x: x, batch: c.batch, residual: residual, int8: true, level: level, threads: threads)
+                    let err = TensorError.relativeL2(zip(y, base).map { $0 - $1 }, zip(ref, base).map { $0 - $1 })
+                    worst = max(worst, err)
+                    XCTAssertLessThan(err, Self.int8RelativeL2, "\(c.name) \(level)")
+                    if let first { XCTAssertEqual(y, first, "\(c.name) \(level) threads \(threads) differs from \(Self.levels[0])") }
+                    else { first = y }
+                }
+            }
+            print(String(format: "FastConv int8 %@: relative L2 %.4f", c.name, worst))
+        }
+        print(String(format: "FastConv int8 worst relative L2 vs fp32 reference: %.4f", worst))
+    }
+
+    /// One image gives the same bits alone and at any position in batches of 2...16, at every level.
+    func testBatchInvariance() {
+        for (ci, c) in Self.cases.enumerated() where c.geometry.outChannels * c.geometry.reduction < 20_000 {
+            let layer = Self.layer(c.geometry, seed: UInt64(ci + 1))
+            let plane = c.height * c.width, g = c.geometry
+            var r = Rand(state: UInt64(300 + ci))
+            let target = r.values(g.inChannels * plane)
+            for int8 in [false, true] {
+                for level in Self.levels {
+                    let alone = Self.run(c, layer, x: target, batch: 1, residual: nil, int8: int8, level: level)
+                    let outPlane = alone.count / g.outChannels
+                    for batch in [2, 5, 16] {
+                        for position in Set([0, batch / 2, batch - 1]) {
+                            // (C, N, H, W): channel ch of image `position` is the target's channel ch.
+                            var x = r.values(g.inChannels * batch * plane, scale: 3)
+                            for ch in 0..<g.inChannels {
+                                x.replaceSubrange((ch * batch + position) * plane..<((ch * batch + position + 1) * plane),
+                                                  with: target[ch * plane..<((ch + 1) * plane)])
+                            }
+                            let y = Self.run(c, layer, x: x, batch: batch, residual: nil, int8: int8, level: level, threads: 2)
+                            for co in 0..<g.outChannels {
+                                let got = Array(y[(co * batch + position) * outPlane..<((co * batch + position + 1) * outPlane)])
+                                if got != Array(alone[co * outPlane..<((co + 1) * outPlane)]) {
+                                    XCTFail("\(c.name) \(int8 ? "int8" : "fp32") \(level): batch \(batch) position \(position) channel \(co) differs")
+                                    break
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The plain GEMM entry point on odd shapes, column sub-ranges included.
+    func testGemmMatchesReference() {
+        var r = Rand(state: 7)
+        for (m, k, n) in [(1, 1, 1), (13, 37, 45), (32, 288, 100), (9, 5, 33)] {
+            let a = r.values(m * k), b = r.values(k * n), c0 = r.values(m * n)
+            var ref = [Float](repeating: 0, count: m * n)
+            for i in 0..<m { for j in 0..<n {
+                var acc = Double(c0[i * n + j])
+                for kk in 0..<k { acc += Double(a[i * k + kk]) * Double(b[kk * n + j]) }
+                ref[i * n + j] = Float(acc)
+            } }
+            let packed = a.withUnsafeBufferPointer { PackedGemmF32($0, rows: m, depth: k) }
+            for level in Self.levels {
+                var c = c0
+                let split = n / 3
+                b.withUnsafeBufferPointer { bp in
+                    c.withUnsafeMutableBufferPointer { cp in
+                        FastConv.gemm(packed, b: bp.baseAddress!, ldb: n, c: cp.baseAddress!, ldc: n, columns: 0..<split, level: level)
+                        FastConv.gemm(packed, b: bp.baseAddress!, ldb: n, c: cp.baseAddress!, ldc: n, columns: split..<n, level: level)
+                    }
+                }
+                XCTAssertLessThan(TensorError.relativeL2(c, ref), Self.fp32RelativeL2, "gemm \(m)x\(k)x\(n) \(level)")
+            }
+        }
+    }
+}
