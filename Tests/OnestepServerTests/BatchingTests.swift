@@ -58,8 +58,10 @@ final class BatchingTests: XCTestCase {
         let batched = try (40..<48).map { _ in try XCTUnwrap(c.readResponse()) }
         XCTAssertEqual(batched.map(\.status), Array(repeating: 200, count: 8))
         XCTAssertEqual(batched.map { $0.headers["x-seed"] }, (40..<48).map { String($0) }, "answered in request order")
-        XCTAssertEqual(batched[2].headers["x-batch-images"], "8")
-        XCTAssertEqual(batched[2].body, alone.body, "seed 42 alone and inside a batch of 8 are the same bytes")
+        // All eight are dispatched from one read, well inside the 50 ms delay: one batch of 8 in practice; the
+        // property under test only needs the batch to hold more than this request.
+        XCTAssertGreaterThan(Int(batched[2].headers["x-batch-images"] ?? "") ?? 0, 1)
+        XCTAssertEqual(batched[2].body, alone.body, "seed 42 alone and inside a batch are the same bytes")
 
         // Inside one multi-image request, as the third of four (seeds 40...43).
         let openAI = try server.post("/v1/images/generations", json: #"{"seed": 40, "n": 4}"#)
@@ -71,7 +73,7 @@ final class BatchingTests: XCTestCase {
         let aloneTwoSteps = try server.get("/v1/generate?seed=42&label=7&steps=2")
         c.send((40..<48).map { HTTPTestClient.get("/v1/generate?seed=\($0)&label=7&steps=2") }.joined())
         let batchedTwoSteps = try (40..<48).map { _ in try XCTUnwrap(c.readResponse()) }
-        XCTAssertEqual(batchedTwoSteps[2].headers["x-batch-images"], "8")
+        XCTAssertGreaterThan(Int(batchedTwoSteps[2].headers["x-batch-images"] ?? "") ?? 0, 1)
         XCTAssertEqual(batchedTwoSteps[2].body, aloneTwoSteps.body)
     }
 
