@@ -20,7 +20,7 @@ func stderrLine(_ s: String) { FileHandle.standardError.write(Data((s + "\n").ut
 /// Progress lines go to stdout unbuffered (write(2)), so a log file or pipe sees each line as it happens.
 func stdoutLine(_ s: String) { FileHandle.standardOutput.write(Data((s + "\n").utf8)) }
 
-let commands: [Command] = [dataCommand, teacherCommand, benchCommand]
+let commands: [Command] = [dataCommand, teacherCommand, benchCommand, studentCommand, quantizeCommand, evalCommand, pipelineCommand]
 
 func topUsage() -> String {
     "usage: onestep-distill <command> [flags]\n\ncommands:\n"
@@ -47,9 +47,17 @@ do {
     case "data": try runData(flags)
     case "teacher": try runTeacher(flags)
     case "bench": try runBench(flags)
+    case "student": try runStudent(flags)
+    case "quantize": try runQuantize(flags)
+    case "eval": try runEval(flags)
+    case "pipeline": try runPipeline(flags)
     default: break
     }
 } catch let e as UsageError {
+    stderrLine("onestep-distill \(command.name): \(e.message)")
+    exit(2)
+} catch let e as DataError {
+    // A --data folder that is missing, empty or of the wrong kind is a bad flag value too.
     stderrLine("onestep-distill \(command.name): \(e.message)")
     exit(2)
 } catch {

@@ -1,5 +1,5 @@
 // The two pictures every long command writes: a loss curve and a sample grid. No fonts: the curve has a
-// light line per decade of loss and a grey line per tenth of the run, and the log says the numbers.
+// light line at 1, 2 and 5 times each power of ten of the loss and a grey line per tenth of the run, and the log says the numbers.
 import Foundation
 import OnestepCore
 import PNGCodec
@@ -19,9 +19,11 @@ public enum TrainingPlots {
             if i >= window, logs[i - window].isFinite { acc -= logs[i - window]; k -= 1 }
             smooth.append(k > 0 ? acc / Double(k) : .nan)
         }
-        let lo = (finite.map { Double(Foundation.log10($0)) }.min() ?? 0).rounded(.down)
-        let hi = (finite.map { Double(Foundation.log10($0)) }.max() ?? 1).rounded(.up)
-        let span = max(hi - lo, 1e-6), margin = 8
+        let minLog = finite.map { Double(Foundation.log10($0)) }.min() ?? 0
+        let maxLog = finite.map { Double(Foundation.log10($0)) }.max() ?? 1
+        let pad = max(maxLog - minLog, 0.1) * 0.05
+        let lo = minLog - pad, hi = maxLog + pad
+        let span = hi - lo, margin = 8
         let plotW = width - 2 * margin, plotH = height - 2 * margin
         func px(_ i: Int) -> Int { margin + Int(Double(i) / Double(max(losses.count - 1, 1)) * Double(plotW - 1)) }
         func py(_ v: Double) -> Int { margin + Int((hi - v) / span * Double(plotH - 1)) }
@@ -30,8 +32,12 @@ public enum TrainingPlots {
             let o = (y * width + x) * 3
             (img.pixels[o], img.pixels[o + 1], img.pixels[o + 2]) = c
         }
-        var d = lo
-        while d <= hi { for x in margin..<(width - margin) { set(x, py(d), (225, 225, 225)) }; d += 1 }
+        // Grid lines at 1, 2 and 5 times each power of ten inside the range.
+        var gridLogs: [Double] = []
+        for e in Int(lo.rounded(.down))...Int(hi.rounded(.up)) {
+            for m in [1.0, 2.0, 5.0] { gridLogs.append(Double(e) + Foundation.log10(m)) }
+        }
+        for d in gridLogs where d >= lo && d <= hi { for x in margin..<(width - margin) { set(x, py(d), (225, 225, 225)) } }
         for t in 0...10 { let x = margin + t * (plotW - 1) / 10; for y in margin..<(height - margin) { set(x, y, (235, 235, 235)) } }
         for (i, v) in logs.enumerated() where v.isFinite { set(px(i), py(v), (170, 200, 240)) }
         var last: (Int, Int)?
