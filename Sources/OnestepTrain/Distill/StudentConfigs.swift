@@ -1,0 +1,29 @@
+// Student model configs derived from a teacher's.
+import Foundation
+import OnestepCore
+
+public enum StudentConfigs {
+    /// The teacher's config with other block_out_channels (same depth and block types).
+    /// - Precondition: as many channel counts as the teacher has levels, each divisible by norm_num_groups.
+    public static func narrower(_ teacher: UNetConfig, channels: [Int]) throws -> UNetConfig {
+        guard channels.count == teacher.levels else {
+            throw DataError("student channels \(channels) need \(teacher.levels) levels like the teacher's \(teacher.blockOutChannels)")
+        }
+        guard channels.allSatisfy({ $0 % teacher.normNumGroups == 0 }) else {
+            throw DataError("student channels \(channels) must be multiples of norm_num_groups \(teacher.normNumGroups)")
+        }
+        var c = teacher
+        c.blockOutChannels = channels
+        return c
+    }
+
+    /// The "data" folder a teacher run's train.json records.
+    public static func teacherDataFolder(_ teacherDir: String) throws -> String {
+        let path = teacherDir + "/train.json"
+        guard let data = FileManager.default.contents(atPath: path),
+              let d = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any], let folder = d["data"] as? String else {
+            throw DataError("\(path) does not name the training data; pass --data")
+        }
+        return folder
+    }
+}
