@@ -175,6 +175,8 @@ AVX512 static void pack_f32_avx512(const geo_t *g, const tap_t *taps, const floa
             __mmask16 m0 = (__mmask16)tp->valid, m1 = (__mmask16)(tp->valid >> 16);
             if (tp->contiguous) {
                 const float *s = p + tp->base;  // masked lanes are never touched
+                _mm_prefetch((const char *)(s + 2 * NR), _MM_HINT_T0);  // this row of the tile after next
+                _mm_prefetch((const char *)(s + 2 * NR + 16), _MM_HINT_T0);
                 _mm512_store_ps(d, _mm512_maskz_loadu_ps(m0, s));
                 _mm512_store_ps(d + 16, _mm512_maskz_loadu_ps(m1, s + 16));
             } else {
@@ -356,36 +358,90 @@ void osk_q8_pack(const float *w, int32_t m, int32_t cin, int32_t taps, int32_t *
     }
 }
 
-void osk_q8_quantize(const float *x, int32_t c, int32_t n, int32_t hw, int32_t i0, int32_t i1,
-                     uint32_t *xq, float *scale, int32_t *zp) {
+/// Per-image range, widened to hold 0 (so 0 and the conv's zero padding are exactly the zero point).
+static void q8_params(float lo, float hi, float *scale, int32_t *zp, float *inv) {
+    float s = hi > lo ? (hi - lo) / 255.0f : 1.0f;
+    long z = lrintf(-lo / s);
+    *scale = s;
+    *zp = (int32_t)(z < 0 ? 0 : z > 255 ? 255 : z);
+    *inv = 1.0f / s;
+}
+
+/// code = clamp(round_to_nearest_even(v * inv) + zp, 0, 255), the same at every level.
+static inline uint32_t q8_code(float v, float inv, int32_t zp) {
+    long q = lrintf(v * inv) + zp;
+    return (uint32_t)(q < 0 ? 0 : q > 255 ? 255 : q);
+}
+
+static void quantize_scalar(const float *x, int32_t c, int32_t n, int32_t hw, int32_t i,
+                            uint32_t *xq, float *scale, int32_t *zp) {
+    float lo = 0, hi = 0, inv;
+    for (int ch = 0; ch < c; ch++) {
+        const float *p = x + ((size_t)ch * n + i) * hw;
+        for (int j = 0; j < hw; j++) { lo = p[j] < lo ? p[j] : lo; hi = p[j] > hi ? p[j] : hi; }
+    }
+    q8_params(lo, hi, &scale[i], &zp[i], &inv);
     const int c4 = (c + 3) / 4;
-    for (int i = i0; i < i1; i++) {
-        float lo = 0, hi = 0;  // the range always holds 0, so padding (0) is exactly the zero point
-        for (int ch = 0; ch < c; ch++) {
-            const float *p = x + ((size_t)ch * n + i) * hw;
-            for (int j = 0; j < hw; j++) { lo = fminf(lo, p[j]); hi = fmaxf(hi, p[j]); }
-        }
-        float s = hi > lo ? (hi - lo) / 255.0f : 1.0f, inv = 1.0f / s;
-        long z = lrintf(-lo * inv);
-        z = z < 0 ? 0 : z > 255 ? 255 : z;
-        scale[i] = s;
-        zp[i] = (int32_t)z;
-        for (int q = 0; q < c4; q++) {
-            uint32_t *d = xq + ((size_t)q * n + i) * hw;
-            for (int j = 0; j < hw; j++) {
-                uint32_t word = 0;
-                for (int b = 0; b < 4; b++) {
-                    int ch = 4 * q + b;
-                    long v = z;
-                    if (ch < c) {
-                        v = lrintf(x[((size_t)ch * n + i) * hw + j] * inv) + z;
-                        v = v < 0 ? 0 : v > 255 ? 255 : v;
-                    }
-                    word |= (uint32_t)v << (8 * b);
-                }
-                d[j] = word;
+    for (int q = 0; q < c4; q++) {
+        uint32_t *d = xq + ((size_t)q * n + i) * hw;
+        for (int j = 0; j < hw; j++) {
+            uint32_t word = 0;
+            for (int b = 0; b < 4; b++) {
+                int ch = 4 * q + b;
+                uint32_t v = ch < c ? q8_code(x[((size_t)ch * n + i) * hw + j], inv, zp[i]) : (uint32_t)zp[i];
+                word |= v << (8 * b);
             }
+            d[j] = word;
         }
+    }
+}
+
+#if OSK_X86
+AVX512 static void quantize_avx512(const float *x, int32_t c, int32_t n, int32_t hw, int32_t i,
+                                   uint32_t *xq, float *scale, int32_t *zp) {
+    __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps();
+    for (int ch = 0; ch < c; ch++) {
+        const float *p = x + ((size_t)ch * n + i) * hw;
+        for (int j = 0; j < hw; j += 16) {
+            __mmask16 m = (__mmask16)(hw - j >= 16 ? 0xffff : (1u << (hw - j)) - 1);
+            __m512 v = _mm512_maskz_loadu_ps(m, p + j);  // masked lanes read 0, which the range holds anyway
+            vlo = _mm512_min_ps(vlo, v);
+            vhi = _mm512_max_ps(vhi, v);
+        }
+    }
+    float inv;
+    q8_params(_mm512_reduce_min_ps(vlo), _mm512_reduce_max_ps(vhi), &scale[i], &zp[i], &inv);
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i vzp = _mm512_set1_epi32(zp[i]), v0 = _mm512_setzero_si512(), v255 = _mm512_set1_epi32(255);
+    const int c4 = (c + 3) / 4;
+    for (int q = 0; q < c4; q++) {
+        uint32_t *d = xq + ((size_t)q * n + i) * hw;
+        for (int j = 0; j < hw; j += 16) {
+            __mmask16 m = (__mmask16)(hw - j >= 16 ? 0xffff : (1u << (hw - j)) - 1);
+            __m512i word = _mm512_setzero_si512();
+            for (int b = 0; b < 4; b++) {
+                int ch = 4 * q + b;
+                __m512i code = vzp;
+                if (ch < c) {
+                    __m512 v = _mm512_maskz_loadu_ps(m, x + ((size_t)ch * n + i) * hw + j);
+                    code = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(v, vinv)), vzp);  // nearest-even, as lrintf
+                    code = _mm512_min_epi32(_mm512_max_epi32(code, v0), v255);
+                }
+                word = _mm512_or_si512(word, _mm512_slli_epi32(code, 8 * b));
+            }
+            _mm512_mask_storeu_epi32(d + j, m, word);
+        }
+    }
+}
+#endif
+
+void osk_q8_quantize(int level, const float *x, int32_t c, int32_t n, int32_t hw, int32_t i0, int32_t i1,
+                     uint32_t *xq, float *scale, int32_t *zp) {
+    for (int i = i0; i < i1; i++) {
+#if OSK_X86
+        if (level == OSK_AVX512) { quantize_avx512(x, c, n, hw, i, xq, scale, zp); continue; }
+#endif
+        quantize_scalar(x, c, n, hw, i, xq, scale, zp);
     }
 }
 
@@ -420,6 +476,8 @@ AVX512 static void pack_q8_avx512(const geo_t *g, const tap_t *taps, const qcols
             __mmask16 m0 = (__mmask16)tp->valid, m1 = (__mmask16)(tp->valid >> 16);
             if (tp->contiguous) {
                 const uint32_t *s = p + tp->base;
+                _mm_prefetch((const char *)(s + 2 * NR), _MM_HINT_T0);
+                _mm_prefetch((const char *)(s + 2 * NR + 16), _MM_HINT_T0);
                 _mm512_store_si512(d, _mm512_mask_loadu_epi32(z0, m0, s));
                 _mm512_store_si512(d + 16, _mm512_mask_loadu_epi32(z1, m1, s + 16));
             } else {

@@ -70,7 +70,8 @@ void osk_q8_pack(const float *w, int32_t m, int32_t cin, int32_t taps, int32_t *
 /// Quantizes images i0..<i1 of x (C, N, HW) to uint8 with one affine scale per image:
 /// code = clamp(round(v / s) + zp, 0, 255), s = (max - min) / 255 over the image (range widened to hold 0,
 /// so 0 and the conv's zero padding are exact: code zp). xq is [C4][N*HW] uint32 (4 channels per word).
-void osk_q8_quantize(const float *x, int32_t c, int32_t n, int32_t hw, int32_t i0, int32_t i1,
+/// Codes are identical at every level (round to nearest even, as lrintf).
+void osk_q8_quantize(int level, const float *x, int32_t c, int32_t n, int32_t hw, int32_t i0, int32_t i1,
                      uint32_t *xq, float *scale, int32_t *zp);
 
 /// y[:, n0..<n1] += dequant(conv(xq)) : y += s_w[m] * s_x[img] * (sum_k wq * xq - zp[img] * rowsum[m]).

@@ -114,7 +114,7 @@ public enum FastConv {
         nonisolated(unsafe) let xz = UnsafeMutableRawPointer(params + x.batch).assumingMemoryBound(to: Int32.self)
         let c = Int32(x.channels), n = Int32(x.batch), h = Int32(x.height), wd = Int32(x.width), hw = Int32(x.pixels)
         forEachRange(x.batch, granule: 1, threads: threads) { i0, i1 in
-            osk_q8_quantize(xp, c, n, hw, Int32(i0), Int32(i1), xq, xs, xz)
+            osk_q8_quantize(level.rawValue, xp, c, n, hw, Int32(i0), Int32(i1), xq, xs, xz)
         }
         w.codes.withUnsafeBufferPointer { a in
             w.rowSums.withUnsafeBufferPointer { rs in
@@ -169,7 +169,8 @@ public enum FastConv {
         return y
     }
 
-    static func forEachColumnRange(_ cols: Int, threads: Int, _ body: @Sendable (Int, Int) -> Void) {
+    /// Splits the output columns 0..<cols into `threads` tile-aligned ranges and runs `body` on them concurrently.
+    public static func forEachColumnRange(_ cols: Int, threads: Int, _ body: @Sendable (Int, Int) -> Void) {
         forEachRange(cols, granule: tileColumns, threads: threads, body)
     }
 
