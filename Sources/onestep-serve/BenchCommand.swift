@@ -9,6 +9,7 @@ enum BenchCommand {
         FlagSpec("batch", "comma-separated batch sizes", default: "1,16"),
         FlagSpec("seconds", "time to spend per row", default: "2"),
         FlagSpec("threads", "BLAS threads (default: OpenBLAS's own choice, usually the core count)"),
+        FlagSpec("precision", "comma-separated: fp32, int8, blas (im2col + OpenBLAS baseline)", default: "fp32,int8"),
         FlagSpec("json", "print one JSON object per row instead of the table", isSwitch: true),
         FlagSpec("help", "show this help", isSwitch: true),
     ]
@@ -28,12 +29,21 @@ enum BenchCommand {
         var models = f.all("model")
         if models.isEmpty { models = [try f.required("model")] }
         var rows: [Row] = []
+        // Every model runs with fp32 kernels and with int8 kernels (weights quantized per output channel at
+        // load if the file is float); --precision picks one, "blas" adds the im2col + OpenBLAS baseline.
+        let precisions = try (f.string("precision") ?? "fp32,int8").split(separator: ",").map { text -> ConvPrecision in
+            guard let p = ConvPrecision(rawValue: String(text)) else { throw FlagError("--precision \(text): expected blas, fp32 or int8") }
+            return p
+        }
         for path in models {
-            let p = try ImagePipeline.load(path: path)
-            for b in batches {
-                let row = measure(p, batch: b, seconds: seconds)
-                rows.append(row)
-                if f.isSet("json") { print(json(row)) }
+            let loaded = try ImagePipeline.load(path: path)
+            for precision in precisions {
+                let p = loaded.with(precision: precision)
+                for b in batches {
+                    let row = measure(p, batch: b, seconds: seconds)
+                    rows.append(row)
+                    if f.isSet("json") { print(json(row)) }
+                }
             }
         }
         if !f.isSet("json") { print(table(rows)) }
@@ -54,7 +64,7 @@ enum BenchCommand {
         let (geo, size) = p.model.dominantConvolution
         let m = geo.outChannels, k = geo.reduction, n = geo.outputHeight(size) * geo.outputWidth(size) * batch
         let sgemm = sgemmGflops(m: m, n: n, k: k, seconds: min(seconds, 1))
-        return Row(model: p.name, dtype: p.weightDType, batch: batch, imagesPerSecond: perSecond * Double(batch),
+        return Row(model: p.name, dtype: p.precision == .blas ? "fp32-blas" : (p.precision == .int8 ? "int8" : "float32"), batch: batch, imagesPerSecond: perSecond * Double(batch),
                    gflops: perSecond * flops / 1e9, sgemmGflops: sgemm)
     }
 

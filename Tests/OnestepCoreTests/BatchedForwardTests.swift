@@ -59,3 +59,40 @@ final class BatchedForwardTests: XCTestCase {
         XCTAssertLessThanOrEqual(TensorError.maxAbs(img.data, try io.floats("cm_image").data), GoldenTests.imageMaxAbs)
     }
 }
+
+/// The packed serving kernels (CKernels) inside the whole model.
+final class PackedModelTests: XCTestCase {
+    /// fp32 fast kernels vs the im2col + sgemm path on whole models: relative L2 limit.
+    static let fp32PackedVsBLAS = 2e-6
+    /// int8 convolutions (per-channel weights, per-image activations) vs fp32 on random-weight golden models.
+    static let int8VsFP32 = 0.05
+
+    func testPackedFP32MatchesBLASAndInt8StaysClose() throws {
+        for name in ["ddpm_tiny", "cd_tiny", "ddpm_gray"] {
+            let dir = try Fixtures.goldenCase(name)
+            let base = try ImagePipeline.load(path: dir, precision: .blas)
+            let io = try SafetensorsFile(path: dir + "/io.safetensors")
+            let x = try io.floats("x"), t = try io.floats("t")
+            let labels = io.entries["class_labels"] != nil ? try io.integers("class_labels").values.map { Int($0) } : nil
+            let ref = base.model.forwardBatched(x, timesteps: t.data, classLabels: labels, pool: BufferPool())
+            let fp32 = base.with(precision: .fp32).model.forwardBatched(x, timesteps: t.data, classLabels: labels, pool: BufferPool())
+            let int8 = base.with(precision: .int8).model.forwardBatched(x, timesteps: t.data, classLabels: labels, pool: BufferPool())
+            let e32 = TensorError.relativeL2(fp32.data, ref.data), e8 = TensorError.relativeL2(int8.data, ref.data)
+            XCTAssertLessThan(e32, Self.fp32PackedVsBLAS, name)
+            XCTAssertLessThan(TensorError.relativeL2(fp32.data, try io.floats("unet_out").data), GoldenTests.unetRelativeL2, name)
+            XCTAssertLessThan(e8, Self.int8VsFP32, name)
+            print("packed \(name): fp32 vs blas \(e32), int8 vs blas \(e8)")
+        }
+    }
+
+    func testInt8BatchInvariance() throws {
+        let p = try ImagePipeline.load(path: try Fixtures.goldenCase("cd_tiny"), precision: .int8)
+        let target = GenerationRequest(seed: 77, label: 4)
+        let alone = try ImagePipeline.pngs(p.generate([target], steps: 1))[0]
+        for batch in [3, 16] {
+            var reqs = (0..<batch).map { GenerationRequest(seed: UInt64(500 + $0), label: $0 % 10) }
+            reqs[batch - 1] = target
+            XCTAssertEqual(try ImagePipeline.pngs(p.generate(reqs, steps: 1))[batch - 1], alone, "batch \(batch)")
+        }
+    }
+}

@@ -75,6 +75,11 @@ public enum ChannelMajor {
                             accumulateInto existing: Activation? = nil) -> Activation {
         let g = layer.geometry
         precondition(x.channels == g.inChannels, "conv \(layer.prefix): input has \(x.channels) channels, needs \(g.inChannels)")
+        switch layer.packed {
+        case .f32(let w): return FastConv.conv(x, w, upsample: upsample, pool: pool, accumulateInto: existing)
+        case .int8(let w): return FastConv.conv(x, w, upsample: upsample, pool: pool, accumulateInto: existing)
+        case nil: break
+        }
         let h = upsample ? 2 * x.height : x.height, w = upsample ? 2 * x.width : x.width
         let ho = g.outputHeight(h), wo = g.outputWidth(w), cols = x.batch * ho * wo
         var y = existing ?? Activation(pool: pool, channels: g.outChannels, batch: x.batch, height: ho, width: wo)

@@ -10,11 +10,19 @@ public protocol WeightSource {
     func contains(_ key: String) -> Bool
 }
 
+/// Weights repacked for the serving kernels (Kernels/FastConv.swift), built once at load.
+public enum PackedConv: Sendable {
+    case f32(PackedConvF32)
+    case int8(PackedConvInt8)
+}
+
 public struct Conv2DLayer: Sendable {
     public var prefix: String
     public var weight: Tensor  // (Cout, Cin, KH, KW)
     public var bias: Tensor?   // (Cout)
     public var geometry: ConvGeometry
+    /// Set by UNet2DModel.packForServing; nil runs im2col + OpenBLAS sgemm.
+    public var packed: PackedConv?
 
     public init(_ prefix: String, _ src: WeightSource, geometry g: ConvGeometry, bias hasBias: Bool = true) throws {
         self.prefix = prefix

@@ -7,8 +7,10 @@ public struct ImagePipeline: Sendable {
     public let name: String
     public let model: UNet2DModel
     public let sampler: SamplerKind
-    /// "float32", or "int8" when the weights file was quantized.
+    /// "float32", or "int8" when the weights file was quantized (and then the convolutions run in int8).
     public let weightDType: String
+    /// How the convolutions run.
+    public let precision: ConvPrecision
 
     public var config: UNetConfig { model.config }
     public var imageSize: Int { config.sampleSize }
@@ -16,15 +18,25 @@ public struct ImagePipeline: Sendable {
     public var classNames: [String]? { config.classNames }
     public var numClasses: Int? { config.numClassEmbeds }
 
-    public init(name: String, model: UNet2DModel, sampler: SamplerKind, weightDType: String) {
+    /// Packs the model's convolutions for `precision` (default: int8 for an int8 file, else fp32).
+    public init(name: String, model: UNet2DModel, sampler: SamplerKind, weightDType: String, precision: ConvPrecision? = nil) {
+        let p = precision ?? (weightDType == "int8" ? .int8 : .fp32)
+        var m = model
+        m.packForServing(p)
         self.name = name
-        self.model = model
+        self.model = m
         self.sampler = sampler
         self.weightDType = weightDType
+        self.precision = p
+    }
+
+    /// The same model with its convolutions run at another precision (the bench compares them).
+    public func with(precision: ConvPrecision) -> ImagePipeline {
+        ImagePipeline(name: name, model: model, sampler: sampler, weightDType: weightDType, precision: precision)
     }
 
     /// Loads a model directory (see ModelDirectory for the layouts).
-    public static func load(path: String, name: String? = nil) throws -> ImagePipeline {
+    public static func load(path: String, name: String? = nil, precision: ConvPrecision? = nil) throws -> ImagePipeline {
         let dir = try ModelDirectory(path: path)
         let (model, file) = try dir.loadModel()
         let sampler = try dir.loadSampler()
@@ -32,7 +44,7 @@ public struct ImagePipeline: Sendable {
             throw ModelLoadError(path: dir.unetConfigPath, problem: "in_channels \(model.config.inChannels) != out_channels \(model.config.outChannels); an image generator needs them equal")
         }
         let dtype = file.metadata["onestep.quantization"] == nil ? "float32" : "int8"
-        return ImagePipeline(name: name ?? dir.name, model: model, sampler: sampler, weightDType: dtype)
+        return ImagePipeline(name: name ?? dir.name, model: model, sampler: sampler, weightDType: dtype, precision: precision)
     }
 
     /// Resolves a class given by index or name. nil input picks class 0 for conditional models.
