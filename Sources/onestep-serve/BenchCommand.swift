@@ -46,7 +46,7 @@ enum BenchCommand {
                 }
             }
         }
-        if !f.isSet("json") { print(table(rows)) }
+        if !f.isSet("json") { print(table(rows) + speedups(rows)) }
         FileHandle.standardError.write(Data("BLAS threads \(BLAS.threads); peak resident memory \(peakResidentMiB()) MiB\n".utf8))
     }
 
@@ -103,6 +103,17 @@ enum BenchCommand {
         for r in rows {
             s += r.model.padding(toLength: 22, withPad: " ", startingAt: 0) + r.dtype.padding(toLength: 8, withPad: " ", startingAt: 0)
             s += String(format: "%6d %10.1f %10.2f %15.2f %7.3f\n", r.batch, r.imagesPerSecond, r.gflops, r.sgemmGflops, r.ratio)
+        }
+        return s
+    }
+
+    /// int8 images/s over float32 images/s for each model and batch measured both ways.
+    static func speedups(_ rows: [Row]) -> String {
+        var s = ""
+        for r in rows where r.dtype == "int8" {
+            if let f = rows.first(where: { $0.model == r.model && $0.batch == r.batch && $0.dtype == "float32" }) {
+                s += "int8/fp32 speed-up \(r.model) batch \(r.batch): " + String(format: "%.2fx\n", r.imagesPerSecond / f.imagesPerSecond)
+            }
         }
         return s
     }

@@ -92,3 +92,23 @@ final class KernelTests: XCTestCase {
         XCTAssertLessThan(TensorError.relativeL2(Resample.averagePool2x(img).data, Reference.averagePool2x(img).data), Self.linearTolerance)
     }
 }
+
+final class ActivationKernelTests: XCTestCase {
+    /// Polynomial-exp SiLU (every kernel level) vs double-precision SiLU: relative L2 limit.
+    static let siluRelative = 1e-6
+
+    func testAffineSiLUMatchesReference() {
+        var r = TestRandom(9)
+        for n in [1, 15, 16, 17, 100, 256] {
+            let x = r.floats(n).map { $0 * 12 }
+            var y = [Float](repeating: 0, count: n)
+            let ref = Reference.silu(Tensor(shape: [n], data: x.map { $0 * 1.5 - 0.25 }))
+            for level in KernelLevel.allCases where level.isSupported {
+                x.withUnsafeBufferPointer { xp in y.withUnsafeMutableBufferPointer { yp in
+                    FastConv.affineSiLU(xp.baseAddress!, yp.baseAddress!, count: n, a: 1.5, b: -0.25, level: level)
+                } }
+                XCTAssertLessThan(TensorError.relativeL2(y, ref.data), Self.siluRelative, "n \(n) \(level)")
+            }
+        }
+    }
+}

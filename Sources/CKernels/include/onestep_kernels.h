@@ -82,4 +82,8 @@ void osk_conv_q8(int level, const osk_conv *g, const int32_t *packed, const int3
 #ifdef __cplusplus
 }
 #endif
+
+/// y[i] = silu(x[i] * a + b) for i < n (x and y may alias); polynomial exp, same arithmetic for every element.
+void osk_affine_silu(int level, const float *x, float *y, int64_t n, float a, float b);
+
 #endif

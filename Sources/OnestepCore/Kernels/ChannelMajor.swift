@@ -156,7 +156,7 @@ public enum ChannelMajor {
                             let fa = Float(a), fb = Float(b)
                             let src = x.data + ch * stride + i * hw, dst = y + ch * stride + i * hw
                             if silu {
-                                for j in 0..<hw { dst[j] = Activations.silu(src[j] * fa + fb) }
+                                Activations.affineSiLU(src, dst, count: hw, a: fa, b: fb)
                             } else {
                                 for j in 0..<hw { dst[j] = src[j] * fa + fb }
                             }
@@ -184,8 +184,12 @@ public enum ChannelMajor {
                     if accumulate { for j in 0..<cols { row[j] += bv } } else { row.update(repeating: bv, count: cols) }
                 }
             }
-            layer.weight.data.withUnsafeBufferPointer { wp in
-                BLAS.sgemm(m: c, n: cols, k: c, a: wp.baseAddress!, lda: c, b: x, ldb: cols, beta: 1, c: y, ldc: cols)
+            if let packed = layer.packed {
+                FastConv.gemm(packed, b: x, ldb: cols, c: y, ldc: cols, columns: 0..<cols)
+            } else {
+                layer.weight.data.withUnsafeBufferPointer { wp in
+                    BLAS.sgemm(m: c, n: cols, k: c, a: wp.baseAddress!, lda: c, b: x, ldb: cols, beta: 1, c: y, ldc: cols)
+                }
             }
         }
         project(block.toQ, h.data, into: q, accumulate: false)

@@ -140,6 +140,13 @@ public enum FastConv {
         }
     }
 
+    /// y[i] = silu(x[i] * a + b): the activation of every fused GroupNorm (onestep_activations.c).
+    @inline(__always)
+    public static func affineSiLU(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, count: Int, a: Float, b: Float,
+                                  level: KernelLevel = .best) {
+        osk_affine_silu(level.rawValue, x, y, Int64(count), a, b)
+    }
+
     // MARK: - Helpers
 
     static func cGeometry(_ g: ConvGeometry, upsample: Bool) -> osk_conv {

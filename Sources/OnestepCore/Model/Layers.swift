@@ -45,6 +45,8 @@ public struct LinearLayer: Sendable {
     public var prefix: String
     public var weight: Tensor  // (out, in)
     public var bias: Tensor    // (out)
+    /// Weight packed for FastConv.gemm (attention projections over all pixels); nil uses OpenBLAS.
+    public var packed: PackedGemmF32?
 
     public init(_ prefix: String, _ src: WeightSource, in inFeatures: Int, out outFeatures: Int) throws {
         self.prefix = prefix

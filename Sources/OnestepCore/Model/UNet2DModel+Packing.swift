@@ -41,8 +41,23 @@ extension UNet2DModel {
         body(&convOut, true)
     }
 
-    /// Repacks every convolution for `precision`.
+    /// Applies `body` to every attention projection (q, k, v, out of every attention block).
+    mutating func forEachAttentionProjection(_ body: (inout LinearLayer) -> Void) {
+        func block(_ a: inout AttentionBlock) {
+            body(&a.toQ); body(&a.toK); body(&a.toV); body(&a.toOut)
+        }
+        for i in downBlocks.indices { for j in downBlocks[i].attentions.indices { block(&downBlocks[i].attentions[j]) } }
+        if midBlock?.attention != nil { block(&midBlock!.attention!) }
+        for i in upBlocks.indices { for j in upBlocks[i].attentions.indices { block(&upBlocks[i].attentions[j]) } }
+    }
+
+    /// Repacks every convolution (and attention projection) for `precision`.
     public mutating func packForServing(_ precision: ConvPrecision) {
+        forEachAttentionProjection { layer in
+            layer.packed = precision == .blas ? nil : layer.weight.data.withUnsafeBufferPointer {
+                PackedGemmF32($0, rows: layer.weight.shape[0], depth: layer.weight.shape[1])
+            }
+        }
         forEachConvolution { layer, isEdge in
             switch precision {
             case .blas: layer.packed = nil
