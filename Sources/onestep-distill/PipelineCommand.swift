@@ -2,5 +2,18 @@ import Foundation
 import OnestepCore
 import OnestepTrain
 
-let pipelineCommand = Command(name: "pipeline", summary: "(in progress)", flags: [])
-func runPipeline(_ flags: Flags) throws { throw UsageError("pipeline: not built yet") }
+let pipelineCommand = Command(name: "pipeline", summary: "data -> teacher -> student -> small student -> quantize -> eval, resumable", flags: [
+    Flag(name: "out", help: "run folder (stages already finished there are skipped)"),
+    Flag(name: "quick", help: "tiny settings for every stage (~2 minutes; what the tests run)", isSwitch: true),
+    Flag(name: "threads", help: "OpenBLAS threads per worker", defaultValue: "1"),
+])
+
+func runPipeline(_ flags: Flags) throws {
+    let out = try flags.required("out")
+    BLAS.threads = try flags.int("threads", 1...64)
+    installInterruptHandler()
+    let settings = flags.isSet("quick") ? PipelineSettings.quick : PipelineSettings()
+    let p = try DistillPipeline(dir: out, settings: settings, shouldStop: { interruptRequested != 0 }, log: stdoutLine)
+    guard try p.run() != nil || FileManager.default.fileExists(atPath: out + "/report.md") else { return }
+    if let report = try? String(contentsOfFile: out + "/report.md", encoding: .utf8) { stdoutLine("\n" + report) }
+}

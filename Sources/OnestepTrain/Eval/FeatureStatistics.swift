@@ -72,6 +72,11 @@ public struct GaussianFit: Sendable {
     public var covariance: [Double] // (d, d), unbiased (n - 1)
     public var dimension: Int
 
+    public init(mean: [Double], covariance: [Double]) {
+        precondition(covariance.count == mean.count * mean.count, "covariance must be d x d")
+        (self.mean, self.covariance, dimension) = (mean, covariance, mean.count)
+    }
+
     /// Fits rows `rows` (default all) of features (n, d).
     public init(_ f: [Float], dimension d: Int, rows: [Int]? = nil) {
         let idx = rows ?? Array(0..<(f.count / d))

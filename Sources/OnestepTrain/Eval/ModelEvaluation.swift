@@ -142,9 +142,10 @@ public enum ModelEvaluation {
         return Tensor(shape: [reqs.count, p.channels, p.imageSize, p.imageSize], data: Array(out))
     }
 
-    /// One row per class, seeds 0..<columns.
-    static func writeGrid(_ p: ImagePipeline, steps: Int, classes: Int, columns: Int, to path: String) throws {
-        let reqs = (0..<classes).flatMap { r in (0..<columns).map { GenerationRequest(seed: UInt64($0), label: r) } }
+    /// One row per class (a plain grid when unconditional), seeds 0..<columns.
+    public static func writeGrid(_ p: ImagePipeline, steps: Int, classes: Int, columns: Int, to path: String) throws {
+        let conditional = p.numClasses != nil
+        let reqs = (0..<classes).flatMap { r in (0..<columns).map { GenerationRequest(seed: UInt64(conditional ? $0 : r * columns + $0), label: conditional ? r : nil) } }
         try TrainingPlots.write(TrainingPlots.grid(p.generate(reqs, steps: steps), columns: columns), to: path)
     }
 

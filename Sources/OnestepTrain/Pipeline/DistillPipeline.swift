@@ -1,0 +1,225 @@
+// `pipeline`: data -> teacher -> student -> small student -> quantize -> eval in one resumable run.
+//
+//   DIR/data/            shapes data set (PNG class folders)
+//   DIR/teacher/         EDM teacher run (model directory + checkpoint)
+//   DIR/student/         consistency-distilled student (initialised from the teacher)
+//   DIR/student-small/   narrower student, regression on cached teacher pairs (pairs.safetensors)
+//   DIR/student-int8/    int8 per-channel student + quantization.txt
+//   DIR/eval/            eval.md + grid-NAME.png
+//   DIR/pipeline.json    settings and, per finished stage, its wall-clock seconds
+//   DIR/report.md        time per stage + the eval table
+// A finished stage is recorded in pipeline.json and skipped on the next run; an interrupted training stage
+// resumes from its checkpoint.
+//
+// Sizing of the default run (2 cores, shared): 16x16 RGB shapes, 8000 images. The teacher is the
+// engine's default 3-level UNet (32, 64, 64 channels, attention at 4x4 and in the mid block, 1.1M parameters):
+// 16x16 is the smallest size at which the 8 classes are still told apart by shape, and at it a teacher step of 32
+// images costs ~0.2 s with two data-parallel workers, so 4000 steps fit in ~15 min. Distillation costs ~3x a
+// teacher step (two teacher calls, one target call, student forward + backward), so 1500 steps take ~15 min.
+import Foundation
+import OnestepCore
+
+public struct PipelineSettings: Sendable {
+    public var dataCount = 8000
+    public var size = 16
+    public var teacherChannels = [32, 64, 64]
+    public var teacherAttention = true
+    public var teacher = TeacherSettings()
+    public var distill = DistillSettings()
+    public var smallChannels = [16, 32, 32]
+    public var small = RegressionSettings()
+    public var eval = EvalSettings()
+    public var seed: UInt64 = 0
+
+    public init() {
+        teacher.steps = 4000
+        teacher.batch = 32
+        teacher.workers = 2
+        teacher.sampleEvery = 1000
+        distill.steps = 1500
+        distill.batch = 32
+        small.steps = 2000
+        small.pairs = 2048
+        eval.samples = 1000
+        eval.classifierSteps = 2000
+    }
+
+    /// Every stage on tiny settings: ~2 minutes on two cores. Used by the tests.
+    public static var quick: PipelineSettings {
+        var s = PipelineSettings()
+        s.dataCount = 800
+        s.teacherChannels = [16, 32]
+        s.teacherAttention = false
+        s.teacher.steps = 300
+        s.teacher.batch = 16
+        s.teacher.logEvery = 100
+        s.teacher.sampleEvery = 100_000
+        s.teacher.checkpointEvery = 100_000
+        s.teacher.optimizer.warmupSteps = 50
+        s.teacher.optimizer.learningRate = 2e-3
+        s.teacher.samplesPerClass = 4
+        s.distill.steps = 100
+        s.distill.batch = 16
+        s.distill.sigmas = 6
+        s.distill.optimizer.learningRate = 4e-4
+        s.distill.targetEMA = 0.9
+        s.distill.saveEMA = 0.9
+        s.distill.logEvery = 50
+        s.distill.checkpointEvery = 100_000
+        s.distill.sampleEvery = 100_000
+        s.smallChannels = [8, 16]
+        s.small.steps = 100
+        s.small.batch = 16
+        s.small.pairs = 128
+        s.small.heunSteps = 6
+        s.small.saveEMA = 0.9
+        s.small.logEvery = 50
+        s.small.checkpointEvery = 100_000
+        s.small.sampleEvery = 100_000
+        s.eval.samples = 100
+        s.eval.resamples = 50
+        s.eval.classifierSteps = 250
+        return s
+    }
+
+    /// The teacher's UNet config for `classNames`.
+    func teacherConfig(classNames: [String]) throws -> UNetConfig {
+        let levels = teacherChannels.count
+        var down = Array(repeating: "DownBlock2D", count: levels), up = Array(repeating: "UpBlock2D", count: levels)
+        if teacherAttention { down[levels - 1] = "AttnDownBlock2D"; up[0] = "AttnUpBlock2D" }
+        let json: [String: Any] = [
+            "sample_size": size, "in_channels": 3, "out_channels": 3, "block_out_channels": teacherChannels,
+            "layers_per_block": 1, "down_block_types": down, "up_block_types": up, "norm_num_groups": 8,
+            "attention_head_dim": 32, "add_attention": teacherAttention,
+            "num_class_embeds": classNames.count,
+            "id2label": Dictionary(uniqueKeysWithValues: classNames.enumerated().map { (String($0.offset), $0.element) }),
+        ]
+        return try UNetConfig(json: json)
+    }
+}
+
+public final class DistillPipeline {
+    public static let stages = ["data", "teacher", "student", "student-small", "quantize", "eval"]
+    public let dir: String
+    public let settings: PipelineSettings
+    public private(set) var seconds: [String: Double] = [:]
+    let shouldStop: () -> Bool
+    let log: (String) -> Void
+
+    public init(dir: String, settings: PipelineSettings, shouldStop: @escaping () -> Bool = { false }, log: @escaping (String) -> Void) throws {
+        (self.dir, self.settings, self.shouldStop, self.log) = (dir, settings, shouldStop, log)
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        if let data = FileManager.default.contents(atPath: dir + "/pipeline.json"),
+           let d = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any], let st = d["stage_seconds"] as? [String: Double] {
+            seconds = st
+        }
+    }
+
+    public var evalSpecs: [EvalSpec] {
+        [EvalSpec(name: "teacher-heun18", path: dir + "/teacher", steps: 18),
+         EvalSpec(name: "teacher-euler1", path: dir + "/teacher", steps: 1),
+         EvalSpec(name: "student-1step", path: dir + "/student", steps: 1),
+         EvalSpec(name: "student-2step", path: dir + "/student", steps: 2),
+         EvalSpec(name: "small-student-1step", path: dir + "/student-small", steps: 1),
+         EvalSpec(name: "int8-student-1step", path: dir + "/student-int8", steps: 1)]
+    }
+
+    /// Runs every unfinished stage; returns the evaluation, or nil when stopped early.
+    @discardableResult
+    public func run() throws -> EvalResult? {
+        var result: EvalResult?
+        for stage in Self.stages {
+            if seconds[stage] != nil && !(stage == "eval" && result == nil && !FileManager.default.fileExists(atPath: dir + "/eval/eval.md")) {
+                log("pipeline: \(stage) done earlier (\(String(format: "%.0f", seconds[stage]!))s), skipped")
+                continue
+            }
+            let start = Date()
+            log("pipeline: \(stage)")
+            let finished: Bool
+            switch stage {
+            case "data": finished = try runData()
+            case "teacher": finished = try runTeacher()
+            case "student": finished = try runStudent()
+            case "student-small": finished = try runSmall()
+            case "quantize":
+                let r = try StudentQuantization.run(model: dir + "/student", out: dir + "/student-int8")
+                log(String(format: "int8: image PSNR %.2f dB vs float on %d seeds", r.psnr, r.seeds.count))
+                finished = true
+            default:
+                result = try ModelEvaluation.run(specs: evalSpecs, dataDir: dir + "/data", outDir: dir + "/eval", settings: settings.eval, log: log)
+                finished = true
+            }
+            guard finished else { log("pipeline: stopped during \(stage); run again to resume"); return nil }
+            seconds[stage] = (seconds[stage] ?? 0) + Date().timeIntervalSince(start)
+            try record()
+        }
+        if result == nil, let md = try? String(contentsOfFile: dir + "/eval/eval.md", encoding: .utf8) {
+            try AtomicFile.write(report(evalMarkdown: md), to: dir + "/report.md")
+        } else if let r = result {
+            try AtomicFile.write(report(evalMarkdown: r.markdown), to: dir + "/report.md")
+        }
+        return result
+    }
+
+    func record() throws {
+        let d: [String: Any] = ["stage_seconds": seconds, "data_count": settings.dataCount, "size": settings.size,
+                                "teacher_channels": settings.teacherChannels, "teacher_steps": settings.teacher.steps,
+                                "distill_steps": settings.distill.steps, "distill_sigmas": settings.distill.sigmas,
+                                "small_channels": settings.smallChannels, "small_steps": settings.small.steps]
+        let data = try JSONSerialization.data(withJSONObject: d, options: [.prettyPrinted, .sortedKeys])
+        try AtomicFile.write(Array(data) + [0x0A], to: dir + "/pipeline.json")
+    }
+
+    public func report(evalMarkdown: String) -> String {
+        var s = "# Pipeline run \(dir)\n\n| stage | seconds |\n|---|---:|\n"
+        for st in Self.stages { s += "| \(st) | \(seconds[st].map { String(format: "%.0f", $0) } ?? "-") |\n" }
+        s += "| total | \(String(format: "%.0f", seconds.values.reduce(0, +))) |\n\n" + evalMarkdown
+        return s
+    }
+
+    func runData() throws -> Bool {
+        let out = dir + "/data"
+        if FileManager.default.fileExists(atPath: out) { try FileManager.default.removeItem(atPath: out) }
+        let per = try ShapesGenerator.write(count: settings.dataCount, size: settings.size, seed: settings.seed, to: out)
+        log("data: \(settings.dataCount) images in \(per.count) classes")
+        return true
+    }
+
+    func loadData() throws -> ImageDataset {
+        try ImageFolder.load(path: dir + "/data", size: settings.size, channels: 3, warn: { self.log("warning: " + $0) })
+    }
+
+    func runTeacher() throws -> Bool {
+        let data = try loadData()
+        let run = dir + "/teacher"
+        let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
+        let cfg = try settings.teacherConfig(classNames: data.classNames ?? [])
+        let t = try TeacherTrainer(config: cfg, dataset: data, settings: settings.teacher, runDir: run, resume: resume)
+        try AtomicFile.write("{\"data\": \"\(dir)/data\"}\n", to: run + "/train.json")
+        return try !t.run(shouldStop: shouldStop, log: log).interrupted
+    }
+
+    func runStudent() throws -> Bool {
+        let data = try loadData()
+        let teacher = try ImagePipeline.load(path: dir + "/teacher")
+        let run = dir + "/student"
+        let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
+        let t = try ConsistencyStudentTrainer(teacher: teacher.model, dataset: data, settings: settings.distill, runDir: run, resume: resume)
+        return try !t.run(shouldStop: shouldStop, log: log).interrupted
+    }
+
+    func runSmall() throws -> Bool {
+        let teacher = try ImagePipeline.load(path: dir + "/teacher")
+        let run = dir + "/student-small"
+        try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
+        let pairs = try TeacherPairs.loadOrGenerate(path: run + "/pairs.safetensors", teacher: teacher, count: settings.small.pairs,
+                                                    heunSteps: settings.small.heunSteps, workers: settings.small.workers, log: log)
+        let cfg = try StudentConfigs.narrower(teacher.config, channels: settings.smallChannels)
+        var s = settings.small
+        s.timesteps = settings.distill.sigmas
+        let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
+        let t = try RegressionStudentTrainer(config: cfg, pairs: pairs, settings: s, runDir: run, resume: resume)
+        log("small student: \(t.model.parameterCount) parameters (teacher \(teacher.model.parameterCount))")
+        return try !t.run(shouldStop: shouldStop, log: log).interrupted
+    }
+}
