@@ -9,6 +9,7 @@ enum BenchCommand {
         FlagSpec("batch", "comma-separated batch sizes", default: "1,16"),
         FlagSpec("seconds", "time to spend per row", default: "2"),
         FlagSpec("threads", "BLAS threads (default: OpenBLAS's own choice, usually the core count)"),
+        FlagSpec("workers", "forward passes run side by side, each on its own batch (as the server's workers do); images/s is their sum", default: "1"),
         FlagSpec("precision", "comma-separated: fp32, int8, blas (im2col + OpenBLAS baseline)", default: "fp32,int8"),
         FlagSpec("json", "print one JSON object per row instead of the table", isSwitch: true),
         FlagSpec("help", "show this help", isSwitch: true),
@@ -26,6 +27,7 @@ enum BenchCommand {
         if let t = try f.int("threads", range: 1...256) { BLAS.threads = t }
         let batches = try f.intList("batch", range: 1...256) ?? [1, 16]
         let seconds = try f.double("seconds", range: 0.05...600) ?? 2
+        let workers = try f.int("workers", range: 1...64) ?? 1
         var models = f.all("model")
         if models.isEmpty { models = [try f.required("model")] }
         var rows: [Row] = []
@@ -40,7 +42,7 @@ enum BenchCommand {
             for precision in precisions {
                 let p = loaded.with(precision: precision)
                 for b in batches {
-                    let row = measure(p, batch: b, seconds: seconds)
+                    let row = measure(p, batch: b, seconds: seconds, workers: workers)
                     rows.append(row)
                     if f.isSet("json") { print(json(row)) }
                 }
@@ -50,20 +52,33 @@ enum BenchCommand {
         FileHandle.standardError.write(Data("BLAS threads \(BLAS.threads); peak resident memory \(peakResidentMiB()) MiB\n".utf8))
     }
 
-    static func measure(_ p: ImagePipeline, batch: Int, seconds: Double) -> Row {
+    static func measure(_ p: ImagePipeline, batch: Int, seconds: Double, workers: Int = 1) -> Row {
         let s = p.imageSize, c = p.config.inChannels
         var g = TorchGenerator(seed: 1)
         let x = g.randn(shape: [batch, c, s, s])
         let labels = p.numClasses.map { n in (0..<batch).map { $0 % n } }
         let t = ConsistencySchedule(config: .init(), steps: 1).timesteps[0]
-        let pool = BufferPool()
-        let forward = { _ = p.model.forwardBatched(x, timesteps: Array(repeating: t, count: batch), classLabels: labels, pool: pool) }
-        let perSecond = rate(seconds: seconds, warmup: 1, forward)
+        // Each worker has its own buffer pool and runs whole batches, like the server's compute threads.
+        let rates = UnsafeMutableBufferPointer<Double>.allocate(capacity: workers)
+        defer { rates.deallocate() }
+        nonisolated(unsafe) let out = rates
+        DispatchQueue.concurrentPerform(iterations: workers) { w in
+            let pool = BufferPool()
+            out[w] = rate(seconds: seconds, warmup: 1) {
+                _ = p.model.forwardBatched(x, timesteps: Array(repeating: t, count: batch), classLabels: labels, pool: pool)
+            }
+        }
+        let perSecond = rates.reduce(0, +)
         let flops = p.model.flopsPerImage * Double(batch)
         // The sgemm a perfect conv would be: the dominant conv's (Cout, Cin*9) x (Cin*9, Ho*Wo*batch).
         let (geo, size) = p.model.dominantConvolution
         let m = geo.outChannels, k = geo.reduction, n = geo.outputHeight(size) * geo.outputWidth(size) * batch
-        let sgemm = sgemmGflops(m: m, n: n, k: k, seconds: min(seconds, 1))
+        // With several workers the baseline is as many sgemms side by side, summed: the same machine share.
+        let sg = UnsafeMutableBufferPointer<Double>.allocate(capacity: workers)
+        defer { sg.deallocate() }
+        nonisolated(unsafe) let sgOut = sg
+        DispatchQueue.concurrentPerform(iterations: workers) { w in sgOut[w] = sgemmGflops(m: m, n: n, k: k, seconds: min(seconds, 1)) }
+        let sgemm = sg.reduce(0, +)
         return Row(model: p.name, dtype: p.precision == .blas ? "fp32-blas" : (p.precision == .int8 ? "int8" : "float32"), batch: batch, imagesPerSecond: perSecond * Double(batch),
                    gflops: perSecond * flops / 1e9, sgemmGflops: sgemm)
     }
