@@ -2,7 +2,7 @@
 // cached) supplies features and predictions; each model generates a class-balanced set on fixed seeds and is
 // compared with held-out real images:
 //   FD-cls   Frechet distance in the classifier's penultimate features (not FID: different network)
-//   KID      polynomial-kernel MMD^2 in the same features (x 10^3 in the table)
+//   KID      polynomial-kernel MMD^2 in the same features (unnormalised features, so values are large)
 //   acc      conditional accuracy: generated images classified as the label they were asked for
 // each with a percentile-bootstrap 95% interval, plus the real-vs-real floor (a second held-out real set of the
 // same size; its accuracy is the classifier's held-out accuracy). The classifier never sees held-out images.
@@ -153,14 +153,14 @@ public enum ModelEvaluation {
         func ci(_ e: Estimate, _ f: String, scale: Double = 1) -> String {
             String(format: "\(f) [\(f), \(f)]", e.value * scale, e.low * scale, e.high * scale)
         }
-        var s = "| model | sampler | NFE | weights | FD-cls | KID x1e3 | cond. accuracy | ms/image |\n"
+        var s = "| model | sampler | NFE | weights | FD-cls | KID | cond. accuracy | ms/image |\n"
         s += "|---|---|---:|---|---:|---:|---:|---:|\n"
         for r in rows + [floor] {
-            s += "| \(r.name) | \(r.sampler) | \(r.nfe == 0 ? "-" : String(r.nfe)) | \(r.weights) | \(ci(r.fd, "%.2f")) | \(ci(r.kid, "%.2f", scale: 1000)) | \(ci(r.accuracy, "%.3f")) | \(r.msPerImage > 0 ? String(format: "%.2f", r.msPerImage) : "-") |\n"
+            s += "| \(r.name) | \(r.sampler) | \(r.nfe == 0 ? "-" : String(r.nfe)) | \(r.weights) | \(ci(r.fd, "%.2f")) | \(ci(r.kid, "%.2f")) | \(ci(r.accuracy, "%.3f")) | \(r.msPerImage > 0 ? String(format: "%.2f", r.msPerImage) : "-") |\n"
         }
         s += "\n\(samples) generated images per model (classes \(classNames.joined(separator: ", ")) in turn, seeds 7000000...), against \(samples) held-out real images; "
         s += "features: the \(ShapeClassifier.featureDimension)-d penultimate layer of a small classifier trained on the rest of the data. "
-        s += "Brackets: 95% percentile-bootstrap intervals. FD-cls is a Frechet distance in that classifier's features, not FID. "
+        s += "Brackets: 95% percentile-bootstrap intervals (FD is biased upward by the duplicates of resampling, so a small FD can sit below its interval). FD-cls is a Frechet distance in that classifier's features, not FID. "
         s += "ms/image: single-thread generation time per image (batches of 50).\n"
         return s
     }

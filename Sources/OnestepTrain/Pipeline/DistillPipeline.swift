@@ -11,11 +11,14 @@
 // A finished stage is recorded in pipeline.json and skipped on the next run; an interrupted training stage
 // resumes from its checkpoint.
 //
-// Sizing of the default run (2 cores, shared): 16x16 RGB shapes, 8000 images. The teacher is the
-// engine's default 3-level UNet (32, 64, 64 channels, attention at 4x4 and in the mid block, 1.1M parameters):
-// 16x16 is the smallest size at which the 8 classes are still told apart by shape, and at it a teacher step of 32
-// images costs ~0.2 s with two data-parallel workers, so 4000 steps fit in ~15 min. Distillation costs ~3x a
-// teacher step (two teacher calls, one target call, student forward + backward), so 1500 steps take ~15 min.
+// Sizing of the default run (2 cores, shared with other work): 16x16 RGB shapes, 8000 images. 16x16 is the
+// smallest size at which the 8 classes are still told apart by outline. The teacher is the engine's default
+// 3-level UNet (32, 64, 64 channels, attention at 4x4 and in the mid block, 1.1M parameters); a step of 32 images
+// takes ~0.17 s with two data-parallel workers, so 8000 steps are ~23 min (at 4000 steps rings and crosses are
+// formed but most classes are still blobs; by ~8000 crescents, stars and crosses are clear). Distillation
+// costs ~3x a teacher step (two teacher calls, one target call, student forward + backward): 1200 steps at
+// N = 12 are ~12 min. Pair generation (2048 x 35 teacher calls) plus 2000 small-student steps ~8 min; the
+// evaluation (classifier, 6 x 1000 images, 35-call teacher sampling dominating) ~8 min. ~55 min in all.
 import Foundation
 import OnestepCore
 
@@ -32,12 +35,16 @@ public struct PipelineSettings: Sendable {
     public var seed: UInt64 = 0
 
     public init() {
-        teacher.steps = 4000
+        teacher.steps = 8000
         teacher.batch = 32
         teacher.workers = 2
         teacher.sampleEvery = 1000
-        distill.steps = 1500
+        distill.steps = 1200
         distill.batch = 32
+        distill.sigmas = 12
+        distill.optimizer.learningRate = 2e-4
+        distill.saveEMA = 0.995
+        small.saveEMA = 0.995
         small.steps = 2000
         small.pairs = 2048
         eval.samples = 1000
