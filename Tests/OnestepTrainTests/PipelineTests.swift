@@ -22,8 +22,7 @@ final class PipelineTests: XCTestCase {
         for f in ["report.md", "eval/eval.md", "eval/grid-student-1step.png", "student-int8/quantization.txt", "student-small/pairs.safetensors"] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: dir + "/" + f), f)
         }
-        // ~2.5 minutes on two idle cores; the bound only catches a runaway stage on a shared, busy machine.
-        XCTAssertLessThan(seconds, 900, "pipeline --quick took \(Int(seconds))s")
+        // Time is reported, not asserted: a shared, busy machine makes any bound either loose or flaky.
         print(String(format: "pipeline --quick: %.0fs", seconds))
         var logged: [String] = []
         let again = try DistillPipeline(dir: dir, settings: .quick, log: { logged.append($0) })
