@@ -5,6 +5,7 @@
 #include "onestep_kernels.h"
 #include <immintrin.h>
 #include <math.h>
+#include <string.h>
 
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
 
@@ -60,4 +61,81 @@ AVX512 static void silu_avx512(const float *x, float *y, int64_t n, float a, flo
 void osk_affine_silu(int level, const float *x, float *y, int64_t n, float a, float b) {
     if (level >= OSK_AVX512) silu_avx512(x, y, n, a, b);
     else silu_scalar(x, y, n, a, b);
+}
+
+// One attention head of one image, channel-major: q, k, v are (D, L) with row stride ld (the activation's
+// N*L), out is (D, L) with the same stride. p is L*L scratch. scores = scale * Q^T K, softmax per query row
+// (max subtracted, polynomial exp), out = V P^T. Every (image, head) runs the same code whatever the batch, so
+// results are batch-invariant. Replaces three tiny OpenBLAS calls whose packing dominated at L = 16..256.
+static void attention_head_scalar(const float *q, const float *k, const float *v, int64_t ld, int l, int d,
+                                  float scale, float *out, float *p) {
+    for (int i = 0; i < l; i++) {
+        float *row = p + (int64_t)i * l;
+        for (int j = 0; j < l; j++) row[j] = 0;
+        for (int c = 0; c < d; c++) {
+            float qi = q[c * ld + i] * scale;
+            for (int j = 0; j < l; j++) row[j] += qi * k[c * ld + j];
+        }
+        float m = row[0];
+        for (int j = 1; j < l; j++) m = row[j] > m ? row[j] : m;
+        float s = 0;
+        for (int j = 0; j < l; j++) { row[j] = exp_poly(row[j] - m); s += row[j]; }
+        float inv = 1.0f / s;
+        for (int j = 0; j < l; j++) row[j] *= inv;
+        for (int c = 0; c < d; c++) {
+            float acc = 0;
+            for (int j = 0; j < l; j++) acc += v[c * ld + j] * row[j];
+            out[c * ld + i] = acc;
+        }
+    }
+}
+
+AVX512 static void attention_head_avx512(const float *q, const float *k, const float *v, int64_t ld, int l, int d,
+                                         float scale, float *out, float *p) {
+    for (int i = 0; i < l; i++) {
+        float *row = p + (int64_t)i * l;
+        __m512 vmax = _mm512_set1_ps(-INFINITY);
+        for (int j = 0; j < l; j += 16) {
+            __mmask16 mk = l - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (l - j)) - 1);
+            __m512 acc = _mm512_setzero_ps();
+            for (int c = 0; c < d; c++)
+                acc = _mm512_fmadd_ps(_mm512_set1_ps(q[c * ld + i] * scale), _mm512_maskz_loadu_ps(mk, k + c * ld + j), acc);
+            _mm512_mask_storeu_ps(row + j, mk, acc);
+            vmax = _mm512_mask_max_ps(vmax, mk, vmax, acc);
+        }
+        __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
+        __m512 vsum = _mm512_setzero_ps();
+        for (int j = 0; j < l; j += 16) {
+            __mmask16 mk = l - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (l - j)) - 1);
+            __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, row + j), m));
+            e = _mm512_maskz_mov_ps(mk, e);
+            _mm512_mask_storeu_ps(row + j, mk, e);
+            vsum = _mm512_add_ps(vsum, e);
+        }
+        __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
+        for (int c = 0; c < d; c++) {
+            __m512 acc = _mm512_setzero_ps();
+            for (int j = 0; j < l; j += 16) {
+                __mmask16 mk = l - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (l - j)) - 1);
+                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, v + c * ld + j), _mm512_maskz_loadu_ps(mk, row + j), acc);
+            }
+            out[c * ld + i] = _mm512_reduce_add_ps(_mm512_mul_ps(acc, inv));
+        }
+    }
+}
+
+void osk_attention_head(int level, const float *q, const float *k, const float *v, int64_t ld, int32_t l, int32_t d,
+                        float scale, float *out, float *scratch) {
+    // The head's rows sit ld floats apart (N*L for a batch): with ld*4 a multiple of 4 KiB they alias in L1, so
+    // they are first copied to contiguous (D, L) blocks, and the result is copied back — at the same cost for
+    // every batch size.
+    float *p = scratch, *qc = p + (int64_t)l * l, *kc = qc + (int64_t)d * l, *vc = kc + (int64_t)d * l, *oc = vc + (int64_t)d * l;
+    for (int c = 0; c < d; c++) {
+        memcpy(qc + (int64_t)c * l, q + c * ld, sizeof(float) * (size_t)l);
+        memcpy(kc + (int64_t)c * l, k + c * ld, sizeof(float) * (size_t)l);
+        memcpy(vc + (int64_t)c * l, v + c * ld, sizeof(float) * (size_t)l);
+    }
+    if (level >= OSK_AVX512) attention_head_avx512(qc, kc, vc, l, l, d, scale, oc, p);
+    else attention_head_scalar(qc, kc, vc, l, l, d, scale, oc, p);
+    for (int c = 0; c < d; c++) memcpy(out + c * ld, oc + (int64_t)c * l, sizeof(float) * (size_t)l);
 }

@@ -112,3 +112,36 @@ final class ActivationKernelTests: XCTestCase {
         }
     }
 }
+
+final class AttentionHeadKernelTests: XCTestCase {
+    /// The C attention head (every level) vs a double-precision softmax(QK^T)V on strided slices.
+    static let relative = 2e-6
+
+    func testAttentionHeadMatchesNaive() {
+        var r = TestRandom(11)
+        for (l, d, ld) in [(16, 8, 16), (64, 16, 192), (17, 5, 40), (1, 4, 3), (256, 32, 256)] {
+            let q = r.floats(d * ld), k = r.floats(d * ld), v = r.floats(d * ld)
+            let scale = Float(1 / Double(d).squareRoot())
+            var want = [Float](repeating: 0, count: d * l)
+            for i in 0..<l {
+                var s = (0..<l).map { j in (0..<d).reduce(0.0) { $0 + Double(q[$1 * ld + i]) * Double(k[$1 * ld + j]) } * Double(scale) }
+                let m = s.max()!
+                s = s.map { Foundation.exp($0 - m) }
+                let z = s.reduce(0, +)
+                for c in 0..<d { want[c * l + i] = Float((0..<l).reduce(0.0) { $0 + Double(v[c * ld + $1]) * s[$1] / z }) }
+            }
+            for level in KernelLevel.allCases where level.isSupported {
+                var out = [Float](repeating: 0, count: d * ld)
+                var scratch = [Float](repeating: 0, count: l * l + 4 * d * l)
+                q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in v.withUnsafeBufferPointer { vp in
+                    out.withUnsafeMutableBufferPointer { op in scratch.withUnsafeMutableBufferPointer { sp in
+                        FastConv.attentionHead(q: qp.baseAddress!, k: kp.baseAddress!, v: vp.baseAddress!, ld: ld, length: l,
+                                               headDim: d, scale: scale, out: op.baseAddress!, scratch: sp.baseAddress!, level: level)
+                    } }
+                } } }
+                let got = (0..<d).flatMap { c in out[(c * ld)..<(c * ld + l)] }
+                XCTAssertLessThan(TensorError.relativeL2(got, want), Self.relative, "l \(l) d \(d) ld \(ld) \(level)")
+            }
+        }
+    }
+}

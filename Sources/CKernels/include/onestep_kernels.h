@@ -86,4 +86,9 @@ void osk_conv_q8(int level, const osk_conv *g, const int32_t *packed, const int3
 /// y[i] = silu(x[i] * a + b) for i < n (x and y may alias); polynomial exp, same arithmetic for every element.
 void osk_affine_silu(int level, const float *x, float *y, int64_t n, float a, float b);
 
+/// One attention head of one image on channel-major (D, L) slices with row stride ld: out = V softmax(scale Q^T K)^T.
+/// scratch holds L*L + 4*D*L floats.
+void osk_attention_head(int level, const float *q, const float *k, const float *v, int64_t ld, int32_t l, int32_t d,
+                        float scale, float *out, float *scratch);
+
 #endif

@@ -172,10 +172,11 @@ public enum ChannelMajor {
     public static func attention(_ h: Activation, residual: Activation, _ block: AttentionBlock, pool: BufferPool) -> Activation {
         let c = h.channels, l = h.pixels, n = h.batch, cols = n * l, heads = block.heads, d = c / heads
         let q = pool.acquire(c * cols), k = pool.acquire(c * cols), v = pool.acquire(c * cols), o = pool.acquire(c * cols)
-        let p = pool.acquire(l * l)
+        let scratchCount = l * l + 4 * d * l
+        let p = pool.acquire(scratchCount)
         defer {
             for b in [q, k, v, o] { pool.release(b, count: c * cols) }
-            pool.release(p, count: l * l)
+            pool.release(p, count: scratchCount)
         }
         func project(_ layer: LinearLayer, _ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, accumulate: Bool) {
             layer.bias.data.withUnsafeBufferPointer { bp in
@@ -199,11 +200,9 @@ public enum ChannelMajor {
         for i in 0..<n {
             for hd in 0..<heads {
                 let off = hd * d * cols + i * l
-                // scores (Lq, Lk) = scale * Qh^T Kh
-                BLAS.sgemm(transA: true, m: l, n: l, k: d, alpha: scale, a: q + off, lda: cols, b: k + off, ldb: cols, c: p, ldc: l)
-                Attention.softmaxRows(p, rows: l, columns: l)
-                // Oh (D, Lq) = Vh (D, Lk) x P^T
-                BLAS.sgemm(transB: true, m: d, n: l, k: l, a: v + off, lda: cols, b: p, ldb: l, c: o + off, ldc: cols)
+                // Oh (D, Lq) = Vh softmax(scale Qh^T Kh)^T, one head of one image in C (no GEMM packing).
+                FastConv.attentionHead(q: q + off, k: k + off, v: v + off, ld: cols, length: l, headDim: d, scale: scale,
+                                       out: o + off, scratch: p)
             }
         }
         let y = Activation(pool: pool, channels: c, batch: n, height: h.height, width: h.width)

@@ -147,6 +147,15 @@ public enum FastConv {
         osk_affine_silu(level.rawValue, x, y, Int64(count), a, b)
     }
 
+    /// One attention head of one image (onestep_activations.c): out (D, L) = V softmax(scale Q^T K)^T, all
+    /// channel-major slices with row stride `ld`. `scratch` holds L*L + 4*D*L floats.
+    @inline(__always)
+    public static func attentionHead(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, ld: Int,
+                                     length l: Int, headDim d: Int, scale: Float, out: UnsafeMutablePointer<Float>,
+                                     scratch: UnsafeMutablePointer<Float>, level: KernelLevel = .best) {
+        osk_attention_head(level.rawValue, q, k, v, Int64(ld), Int32(l), Int32(d), scale, out, scratch)
+    }
+
     // MARK: - Helpers
 
     static func cGeometry(_ g: ConvGeometry, upsample: Bool) -> osk_conv {
