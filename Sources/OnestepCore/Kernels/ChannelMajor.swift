@@ -50,11 +50,7 @@ public enum ChannelMajor {
                             }
                             let src = plane + (iy >> shift) * srcW
                             if g.stride == 1 && !upsample {
-                                let ix0 = kx - g.padLeft
-                                let lo = max(0, -ix0), hi = min(wo, w - ix0)
-                                if lo > 0 { out.update(repeating: 0, count: min(lo, wo)) }
-                                if hi > lo { (out + lo).update(from: src + ix0 + lo, count: hi - lo) }
-                                if hi < wo { (out + max(hi, 0)).update(repeating: 0, count: wo - max(hi, 0)) }
+                                Conv2D.copyShiftedRow(src, width: w, offset: kx - g.padLeft, into: out, count: wo)
                             } else {
                                 for ox in 0..<wo {
                                     let ix = ox * g.stride - g.padLeft + kx

@@ -68,12 +68,7 @@ public enum Conv2D {
                         }
                         let src = plane + iy * w
                         if g.stride == 1 {
-                            // Contiguous run: zero the left/right halo, copy the middle.
-                            let ix0 = kx - g.padLeft
-                            let lo = max(0, -ix0), hi = min(wo, w - ix0)
-                            if lo > 0 { out.update(repeating: 0, count: min(lo, wo)) }
-                            if hi > lo { (out + lo).update(from: src + ix0 + lo, count: hi - lo) }
-                            if hi < wo { (out + max(hi, 0)).update(repeating: 0, count: wo - max(hi, 0)) }
+                            copyShiftedRow(src, width: w, offset: kx - g.padLeft, into: out, count: wo)
                         } else {
                             for ox in 0..<wo {
                                 let ix = ox * g.stride - g.padLeft + kx
@@ -85,6 +80,17 @@ public enum Conv2D {
                 }
             }
         }
+    }
+
+    /// out[j] = src[j + offset] where 0 <= j + offset < width, else 0: one stride-1 im2col row, as a copy of the
+    /// in-image run with the left and right halos zeroed.
+    @inline(__always)
+    static func copyShiftedRow(_ src: UnsafePointer<Float>, width w: Int, offset ix0: Int,
+                               into out: UnsafeMutablePointer<Float>, count wo: Int) {
+        let lo = max(0, -ix0), hi = min(wo, w - ix0)
+        if lo > 0 { out.update(repeating: 0, count: min(lo, wo)) }
+        if hi > lo { (out + lo).update(from: src + ix0 + lo, count: hi - lo) }
+        if hi < wo { (out + max(hi, 0)).update(repeating: 0, count: wo - max(hi, 0)) }
     }
 
     /// y (N, Cout, Ho, Wo) = conv(x (N, Cin, H, W), weight (Cout, Cin, KH, KW)) + bias (Cout).
