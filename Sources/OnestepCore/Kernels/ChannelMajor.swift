@@ -76,21 +76,9 @@ public enum ChannelMajor {
         case .int8(let w): return FastConv.conv(x, w, upsample: upsample, pool: pool, accumulateInto: existing)
         case nil: break
         }
-        let h = upsample ? 2 * x.height : x.height, w = upsample ? 2 * x.width : x.width
-        let ho = g.outputHeight(h), wo = g.outputWidth(w), cols = x.batch * ho * wo
-        var y = existing ?? Activation(pool: pool, channels: g.outChannels, batch: x.batch, height: ho, width: wo)
-        y.height = ho
-        y.width = wo
-        if let bias = layer.bias {
-            bias.data.withUnsafeBufferPointer { bp in
-                for co in 0..<g.outChannels {
-                    let row = y.data + co * cols, bv = bp[co]
-                    if existing == nil { row.update(repeating: bv, count: cols) } else { for j in 0..<cols { row[j] += bv } }
-                }
-            }
-        } else if existing == nil {
-            y.data.update(repeating: 0, count: g.outChannels * cols)
-        }
+        // Bias (and the residual already in `existing`) first; the GEMM accumulates onto it (beta = 1).
+        let y = FastConv.prepareOutput(x, g, bias: layer.bias?.data, upsample: upsample, pool: pool, existing: existing)
+        let cols = y.columns
         let k = g.reduction
         layer.weight.data.withUnsafeBufferPointer { wp in
             if g.isPointwise && !upsample {
