@@ -68,12 +68,12 @@ void osk_affine_silu(int level, const float *x, float *y, int64_t n, float a, fl
 // (max subtracted, polynomial exp), out = V P^T. Every (image, head) runs the same code whatever the batch, so
 // results are batch-invariant. Replaces three tiny OpenBLAS calls whose packing dominated at L = 16..256.
 static void attention_head_scalar(const float *q, const float *k, const float *v, int64_t ld, int l, int d,
-                                  float scale, float *out, float *p) {
+                                  float *out, float *p) {
     for (int i = 0; i < l; i++) {
         float *row = p + (int64_t)i * l;
         for (int j = 0; j < l; j++) row[j] = 0;
         for (int c = 0; c < d; c++) {
-            float qi = q[c * ld + i] * scale;
+            float qi = q[c * ld + i];
             for (int j = 0; j < l; j++) row[j] += qi * k[c * ld + j];
         }
         float m = row[0];
@@ -90,52 +90,79 @@ static void attention_head_scalar(const float *q, const float *k, const float *v
     }
 }
 
-AVX512 static void attention_head_avx512(const float *q, const float *k, const float *v, int64_t ld, int l, int d,
-                                         float scale, float *out, float *p) {
-    for (int i = 0; i < l; i++) {
-        float *row = p + (int64_t)i * l;
+// The AVX-512 head works on contiguous copies: q (D, L) already scaled, k (D, L), vt = V^T (L, D), and writes
+// ot = O^T (L, D). Rows of queries go in blocks of R so that R independent FMA chains hide the FMA latency and each
+// load of K or V^T is shared by R rows; both passes broadcast a scalar against a row (no horizontal sums).
+#define ATT_R 8
+
+AVX512 static inline __attribute__((always_inline)) void attention_rows_avx512(
+    const float *q, const float *k, const float *vt, int l, int d, int i0, const int rows, float *p, float *ot) {
+    __m512 acc[ATT_R];
+    // scores (rows, L) = Q[:, i0..]^T K
+    for (int j = 0; j < l; j += 16) {
+        __mmask16 mk = l - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (l - j)) - 1);
+        for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();
+        for (int c = 0; c < d; c++) {
+            __m512 kv = _mm512_maskz_loadu_ps(mk, k + (int64_t)c * l + j);
+            for (int r = 0; r < rows; r++) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(q[(int64_t)c * l + i0 + r]), kv, acc[r]);
+        }
+        for (int r = 0; r < rows; r++) _mm512_mask_storeu_ps(p + (int64_t)(i0 + r) * l + j, mk, acc[r]);
+    }
+    // softmax of each row (max subtracted, polynomial exp); 1/sum is applied to the output
+    float inv[ATT_R];
+    for (int r = 0; r < rows; r++) {
+        float *row = p + (int64_t)(i0 + r) * l;
         __m512 vmax = _mm512_set1_ps(-INFINITY);
         for (int j = 0; j < l; j += 16) {
             __mmask16 mk = l - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (l - j)) - 1);
-            __m512 acc = _mm512_setzero_ps();
-            for (int c = 0; c < d; c++)
-                acc = _mm512_fmadd_ps(_mm512_set1_ps(q[c * ld + i] * scale), _mm512_maskz_loadu_ps(mk, k + c * ld + j), acc);
-            _mm512_mask_storeu_ps(row + j, mk, acc);
-            vmax = _mm512_mask_max_ps(vmax, mk, vmax, acc);
+            vmax = _mm512_mask_max_ps(vmax, mk, vmax, _mm512_maskz_loadu_ps(mk, row + j));
         }
-        __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
-        __m512 vsum = _mm512_setzero_ps();
+        __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)), vsum = _mm512_setzero_ps();
         for (int j = 0; j < l; j += 16) {
             __mmask16 mk = l - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (l - j)) - 1);
-            __m512 e = exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, row + j), m));
-            e = _mm512_maskz_mov_ps(mk, e);
+            __m512 e = _mm512_maskz_mov_ps(mk, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, row + j), m)));
             _mm512_mask_storeu_ps(row + j, mk, e);
             vsum = _mm512_add_ps(vsum, e);
         }
-        __m512 inv = _mm512_set1_ps(1.0f / _mm512_reduce_add_ps(vsum));
-        for (int c = 0; c < d; c++) {
-            __m512 acc = _mm512_setzero_ps();
-            for (int j = 0; j < l; j += 16) {
-                __mmask16 mk = l - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (l - j)) - 1);
-                acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, v + c * ld + j), _mm512_maskz_loadu_ps(mk, row + j), acc);
-            }
-            out[c * ld + i] = _mm512_reduce_add_ps(_mm512_mul_ps(acc, inv));
-        }
+        inv[r] = 1.0f / _mm512_reduce_add_ps(vsum);
     }
+    // O^T[i0.., :] = P V^T, then scaled by 1/sum
+    for (int c = 0; c < d; c += 16) {
+        __mmask16 mk = d - c >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (d - c)) - 1);
+        for (int r = 0; r < rows; r++) acc[r] = _mm512_setzero_ps();
+        for (int j = 0; j < l; j++) {
+            __m512 vv = _mm512_maskz_loadu_ps(mk, vt + (int64_t)j * d + c);
+            for (int r = 0; r < rows; r++) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(p[(int64_t)(i0 + r) * l + j]), vv, acc[r]);
+        }
+        for (int r = 0; r < rows; r++)
+            _mm512_mask_storeu_ps(ot + (int64_t)(i0 + r) * d + c, mk, _mm512_mul_ps(acc[r], _mm512_set1_ps(inv[r])));
+    }
+}
+
+AVX512 static void attention_head_avx512(const float *q, const float *k, const float *vt, int l, int d, float *ot, float *p) {
+    int i = 0;
+    for (; i + ATT_R <= l; i += ATT_R) attention_rows_avx512(q, k, vt, l, d, i, ATT_R, p, ot);
+    for (; i < l; i++) attention_rows_avx512(q, k, vt, l, d, i, 1, p, ot);
 }
 
 void osk_attention_head(int level, const float *q, const float *k, const float *v, int64_t ld, int32_t l, int32_t d,
                         float scale, float *out, float *scratch) {
     // The head's rows sit ld floats apart (N*L for a batch): with ld*4 a multiple of 4 KiB they alias in L1, so
-    // they are first copied to contiguous (D, L) blocks, and the result is copied back — at the same cost for
-    // every batch size.
+    // they are first copied to contiguous blocks (q scaled on the way, V transposed for the AVX-512 path), and the
+    // result is copied back — at the same cost for every batch size.
     float *p = scratch, *qc = p + (int64_t)l * l, *kc = qc + (int64_t)d * l, *vc = kc + (int64_t)d * l, *oc = vc + (int64_t)d * l;
+    const int fast = level >= OSK_AVX512;
     for (int c = 0; c < d; c++) {
-        memcpy(qc + (int64_t)c * l, q + c * ld, sizeof(float) * (size_t)l);
+        for (int j = 0; j < l; j++) qc[(int64_t)c * l + j] = q[c * ld + j] * scale;
         memcpy(kc + (int64_t)c * l, k + c * ld, sizeof(float) * (size_t)l);
-        memcpy(vc + (int64_t)c * l, v + c * ld, sizeof(float) * (size_t)l);
+        if (fast) { for (int j = 0; j < l; j++) vc[(int64_t)j * d + c] = v[c * ld + j]; }
+        else memcpy(vc + (int64_t)c * l, v + c * ld, sizeof(float) * (size_t)l);
     }
-    if (level >= OSK_AVX512) attention_head_avx512(qc, kc, vc, l, l, d, scale, oc, p);
-    else attention_head_scalar(qc, kc, vc, l, l, d, scale, oc, p);
-    for (int c = 0; c < d; c++) memcpy(out + c * ld, oc + (int64_t)c * l, sizeof(float) * (size_t)l);
+    if (fast) {
+        attention_head_avx512(qc, kc, vc, l, d, oc, p);
+        for (int c = 0; c < d; c++) for (int i = 0; i < l; i++) out[c * ld + i] = oc[(int64_t)i * d + c];
+    } else {
+        attention_head_scalar(qc, kc, vc, l, l, d, oc, p);
+        for (int c = 0; c < d; c++) memcpy(out + c * ld, oc + (int64_t)c * l, sizeof(float) * (size_t)l);
+    }
 }

@@ -119,7 +119,7 @@ final class AttentionHeadKernelTests: XCTestCase {
 
     func testAttentionHeadMatchesNaive() {
         var r = TestRandom(11)
-        for (l, d, ld) in [(16, 8, 16), (64, 16, 192), (17, 5, 40), (1, 4, 3), (256, 32, 256)] {
+        for (l, d, ld) in [(16, 8, 16), (64, 16, 192), (17, 5, 40), (1, 4, 3), (256, 32, 256), (23, 40, 29), (9, 64, 9)] {
             let q = r.floats(d * ld), k = r.floats(d * ld), v = r.floats(d * ld)
             let scale = Float(1 / Double(d).squareRoot())
             var want = [Float](repeating: 0, count: d * l)
@@ -141,6 +141,44 @@ final class AttentionHeadKernelTests: XCTestCase {
                 } } }
                 let got = (0..<d).flatMap { c in out[(c * ld)..<(c * ld + l)] }
                 XCTAssertLessThan(TensorError.relativeL2(got, want), Self.relative, "l \(l) d \(d) ld \(ld) \(level)")
+            }
+        }
+    }
+}
+
+final class GroupMomentsKernelTests: XCTestCase {
+    /// float lanes per plane, double across planes, vs an all-double two-pass reference: relative error limits.
+    static let meanRelative = 1e-6
+    static let varianceRelative = 1e-5
+
+    func testGroupMomentsMatchNaiveAndAgreeAcrossLevels() {
+        var r = TestRandom(13)
+        for (planes, hw, stride) in [(1, 1, 1), (2, 15, 40), (4, 16, 16), (3, 17, 51), (8, 100, 300), (2, 256, 1024)] {
+            // An offset keeps the mean away from zero, where a relative error would mean little.
+            let x = r.floats(planes * stride).map { $0 * 3 + 0.75 }
+            for withShift in [false, true] {
+                let shift = withShift ? r.floats(planes) : [Float](repeating: 0, count: planes)
+                var values: [Double] = []
+                for p in 0..<planes { for j in 0..<hw { values.append(Double(x[p * stride + j]) + Double(shift[p])) } }
+                let mean = values.reduce(0, +) / Double(values.count)
+                let variance = values.reduce(0) { $0 + ($1 - mean) * ($1 - mean) } / Double(values.count)
+                var results: [KernelLevel: (mean: Double, variance: Double)] = [:]
+                for level in KernelLevel.allCases where level.isSupported {
+                    results[level] = x.withUnsafeBufferPointer { xp in shift.withUnsafeBufferPointer { sp in
+                        FastConv.groupMoments(xp.baseAddress!, planeStride: stride, planes: planes, count: hw,
+                                              shift: withShift ? sp.baseAddress! : nil, level: level)
+                    } }
+                    let got = results[level]!, label = "planes \(planes) hw \(hw) shift \(withShift) \(level)"
+                    XCTAssertLessThan(abs(got.mean - mean) / abs(mean), Self.meanRelative, label)
+                    XCTAssertLessThan(abs(got.variance - variance) / max(variance, 1e-30), Self.varianceRelative, label)
+                }
+                // Same lanes, same folds, no FMA: every level gives the same bits (a batch can mix none of them,
+                // but a machine without AVX-512 must serve the same images).
+                let reference = results[.scalar]!
+                for (level, got) in results {
+                    XCTAssertEqual(got.mean.bitPattern, reference.mean.bitPattern, "mean \(level)")
+                    XCTAssertEqual(got.variance.bitPattern, reference.variance.bitPattern, "variance \(level)")
+                }
             }
         }
     }

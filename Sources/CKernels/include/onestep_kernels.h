@@ -91,4 +91,10 @@ void osk_affine_silu(int level, const float *x, float *y, int64_t n, float a, fl
 void osk_attention_head(int level, const float *q, const float *k, const float *v, int64_t ld, int32_t l, int32_t d,
                         float scale, float *out, float *scratch);
 
+/// Mean and (biased) variance of one GroupNorm group of one image: `planes` planes of hw floats, plane p at
+/// x + p * plane_stride, each read as x + shift[p] when shift is not NULL (the time embedding added before the
+/// norm). Two passes (mean, then centred squares); identical bits on every level (onestep_norm.c).
+void osk_group_moments(int level, const float *x, int64_t plane_stride, int32_t planes, int32_t hw,
+                       const float *shift, double *mean, double *variance);
+
 #endif

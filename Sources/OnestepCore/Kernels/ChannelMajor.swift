@@ -109,24 +109,10 @@ public enum ChannelMajor {
             layer.beta.data.withUnsafeBufferPointer { beta in
                 for i in 0..<n {
                     for g in 0..<groups {
-                        var sum = 0.0
-                        for cc in 0..<cpg {
-                            let ch = g * cpg + cc, src = x.data + ch * stride + i * hw
-                            let pre = Double(preShift?[i * c + ch] ?? 0)
-                            var s: Float = 0
-                            for j in 0..<hw { s += src[j] }
-                            sum += Double(s) + pre * Double(hw)
-                        }
-                        let count = Double(cpg * hw), mean = sum / count
-                        var sq = 0.0
-                        for cc in 0..<cpg {
-                            let ch = g * cpg + cc, src = x.data + ch * stride + i * hw
-                            let off = Float(Double(preShift?[i * c + ch] ?? 0) - mean)
-                            var s: Float = 0
-                            for j in 0..<hw { let d = src[j] + off; s += d * d }
-                            sq += Double(s)
-                        }
-                        let rstd = 1 / (sq / count + Double(layer.eps)).squareRoot()
+                        let first = g * cpg
+                        let (mean, variance) = FastConv.groupMoments(x.data + first * stride + i * hw, planeStride: stride, planes: cpg,
+                                                                     count: hw, shift: preShift.map { $0 + i * c + first })
+                        let rstd = 1 / (variance + Double(layer.eps)).squareRoot()
                         for cc in 0..<cpg {
                             let ch = g * cpg + cc
                             let pre = Double(preShift?[i * c + ch] ?? 0)

@@ -156,6 +156,16 @@ public enum FastConv {
         osk_attention_head(level.rawValue, q, k, v, Int64(ld), Int32(l), Int32(d), scale, out, scratch)
     }
 
+    /// Mean and variance of one GroupNorm group of one image (onestep_norm.c): `planes` planes of `count` floats,
+    /// `planeStride` apart, plane p read as x + shift[p] when `shift` is given. Identical bits on every level.
+    @inline(__always)
+    public static func groupMoments(_ x: UnsafePointer<Float>, planeStride: Int, planes: Int, count: Int,
+                                    shift: UnsafePointer<Float>?, level: KernelLevel = .best) -> (mean: Double, variance: Double) {
+        var mean = 0.0, variance = 0.0
+        osk_group_moments(level.rawValue, x, Int64(planeStride), Int32(planes), Int32(count), shift, &mean, &variance)
+        return (mean, variance)
+    }
+
     // MARK: - Helpers
 
     static func cGeometry(_ g: ConvGeometry, upsample: Bool) -> osk_conv {
