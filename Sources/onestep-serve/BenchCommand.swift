@@ -18,6 +18,8 @@ enum BenchCommand {
     struct Row {
         var model: String, dtype: String, batch: Int
         var imagesPerSecond: Double, gflops: Double, sgemmGflops: Double
+        /// Mean time of one forward pass of the whole batch (the latency a request of this batch sees in compute).
+        var batchMilliseconds: Double
         var ratio: Double { gflops / sgemmGflops }
     }
 
@@ -69,6 +71,7 @@ enum BenchCommand {
             }
         }
         let perSecond = rates.reduce(0, +)
+        let batchMilliseconds = rates.reduce(0) { $0 + 1000 / $1 } / Double(workers)
         let flops = p.model.flopsPerImage * Double(batch)
         // The sgemm a perfect conv would be: the dominant conv's (Cout, Cin*9) x (Cin*9, Ho*Wo*batch).
         let (geo, size) = p.model.dominantConvolution
@@ -80,7 +83,7 @@ enum BenchCommand {
         DispatchQueue.concurrentPerform(iterations: workers) { w in sgOut[w] = sgemmGflops(m: m, n: n, k: k, seconds: min(seconds, 1)) }
         let sgemm = sg.reduce(0, +)
         return Row(model: p.name, dtype: p.precision == .blas ? "fp32-blas" : (p.precision == .int8 ? "int8" : "float32"), batch: batch, imagesPerSecond: perSecond * Double(batch),
-                   gflops: perSecond * flops / 1e9, sgemmGflops: sgemm)
+                   gflops: perSecond * flops / 1e9, sgemmGflops: sgemm, batchMilliseconds: batchMilliseconds)
     }
 
     /// Calls per second of `body`, after `warmup` calls, over at least `seconds`.
@@ -114,10 +117,10 @@ enum BenchCommand {
     }
 
     static func table(_ rows: [Row]) -> String {
-        var s = "model                 dtype    batch   images/s    GFLOP/s   sgemm GFLOP/s   ratio\n"
+        var s = "model                 dtype    batch  ms/batch   images/s    GFLOP/s   sgemm GFLOP/s   ratio\n"
         for r in rows {
             s += r.model.padding(toLength: 22, withPad: " ", startingAt: 0) + r.dtype.padding(toLength: 8, withPad: " ", startingAt: 0)
-            s += String(format: "%6d %10.1f %10.2f %15.2f %7.3f\n", r.batch, r.imagesPerSecond, r.gflops, r.sgemmGflops, r.ratio)
+            s += String(format: "%6d %9.3f %10.1f %10.2f %15.2f %7.3f\n", r.batch, r.batchMilliseconds, r.imagesPerSecond, r.gflops, r.sgemmGflops, r.ratio)
         }
         return s
     }
@@ -135,7 +138,7 @@ enum BenchCommand {
 
     static func json(_ r: Row) -> String {
         let d: [String: Any] = ["model": r.model, "dtype": r.dtype, "batch": r.batch,
-                                "images_per_s": r.imagesPerSecond, "gflops": r.gflops,
+                                "images_per_s": r.imagesPerSecond, "batch_ms": r.batchMilliseconds, "gflops": r.gflops,
                                 "sgemm_gflops": r.sgemmGflops, "ratio_to_sgemm": r.ratio]
         let data = (try? JSONSerialization.data(withJSONObject: d, options: [.sortedKeys])) ?? Data()
         return String(decoding: data, as: UTF8.self)
