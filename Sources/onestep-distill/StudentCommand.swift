@@ -31,9 +31,7 @@ func runStudent(_ flags: Flags) throws {
     let teacherDir = try flags.required("teacher"), out = try flags.required("out")
     BLAS.threads = try flags.int("threads", 1...64)
     let resume = flags.isSet("resume")
-    let hasCheckpoint = FileManager.default.fileExists(atPath: out + "/" + Checkpoint.fileName)
-    if resume && !hasCheckpoint { throw UsageError("--resume: \(out) has no \(Checkpoint.fileName) to resume from") }
-    if !resume && hasCheckpoint { throw UsageError("\(out) already holds a training run; pass --resume to continue it or choose another --out") }
+    try checkResumeFlag(resume, out: out)
     let teacher = try ImagePipeline.load(path: teacherDir)
     guard case .edmHeun(let schedule) = teacher.sampler else {
         throw UsageError("--teacher \(teacherDir): its scheduler is not EDMHeunScheduler; distillation needs an EDM teacher")
@@ -72,6 +70,7 @@ func runStudent(_ flags: Flags) throws {
                                                     count: s.pairs, heunSteps: s.heunSteps, workers: workers, log: stdoutLine)
         let trainer = try RegressionStudentTrainer(config: cfg, pairs: pairs, settings: s, runDir: out, resume: resume)
         stdoutLine("small student: \(trainer.model.parameterCount) parameters (teacher \(teacher.model.parameterCount)), channels \(cfg.blockOutChannels), regression on \(s.pairs) pairs, batch \(s.batch), steps \(trainer.step + 1)...\(s.steps)")
+        printResume(trainer, out: out, resume: resume)
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     } else {
         var s = DistillSettings()
@@ -92,10 +91,28 @@ func runStudent(_ flags: Flags) throws {
         let data = try ImageFolder.load(path: dataDir, size: teacher.imageSize, channels: teacher.channels, warn: { stderrLine("warning: " + $0) })
         let trainer = try ConsistencyStudentTrainer(teacher: teacher.model, dataset: data, settings: s, runDir: out, resume: resume)
         stdoutLine("consistency distillation: \(trainer.model.parameterCount) parameters from \(teacherDir), \(data.count) images from \(dataDir), N = \(s.sigmas), mu = \(s.targetEMA), batch \(s.batch), steps \(trainer.step + 1)...\(s.steps)")
+        printResume(trainer, out: out, resume: resume)
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     }
     stdoutLine(String(format: "%@ at step %d: loss %.5f, %.0fs; model, checkpoint, loss.png and samples.png in %@",
                       summary.interrupted ? "interrupted, saved" : "done", summary.steps, summary.finalLoss, summary.seconds, out))
+}
+
+/// --resume needs a checkpoint in --out; a run folder with one needs --resume (never silently overwritten).
+func checkResumeFlag(_ resume: Bool, out: String) throws {
+    let hasCheckpoint = FileManager.default.fileExists(atPath: out + "/" + Checkpoint.fileName)
+    if resume && !hasCheckpoint {
+        let previous = out + "/" + Checkpoint.previousName
+        let hint = FileManager.default.fileExists(atPath: previous)
+            ? " (\(Checkpoint.previousName) is there: `mv \(previous) \(out)/\(Checkpoint.fileName)` to resume from it)" : ""
+        throw UsageError("--resume: \(out) has no \(Checkpoint.fileName) to resume from" + hint)
+    }
+    if !resume && hasCheckpoint { throw UsageError("\(out) already holds a training run; pass --resume to continue it or choose another --out") }
+}
+
+func printResume(_ trainer: StudentLoop, out: String, resume: Bool) {
+    guard resume || !trainer.resumeNotes.isEmpty else { return }
+    Checkpoint.resumeLines(out, step: trainer.step, every: trainer.checkpointEvery, notes: trainer.resumeNotes).forEach(stdoutLine)
 }
 
 func parseChannels(_ s: String) throws -> [Int] {

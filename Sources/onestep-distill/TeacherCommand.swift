@@ -44,9 +44,7 @@ func runTeacher(_ flags: Flags) throws {
     BLAS.threads = try flags.int("threads", 1...64)
     s.workers = try flags.int("workers", 1...64)
     let resume = flags.isSet("resume")
-    let hasCheckpoint = FileManager.default.fileExists(atPath: out + "/" + Checkpoint.fileName)
-    if resume && !hasCheckpoint { throw UsageError("--resume: \(out) has no \(Checkpoint.fileName) to resume from") }
-    if !resume && hasCheckpoint { throw UsageError("\(out) already holds a training run; pass --resume to continue it or choose another --out") }
+    try checkResumeFlag(resume, out: out)
 
     // The model config: the checkpoint's on resume, else --config, else the default sized to --size.
     var config: UNetConfig?
@@ -72,7 +70,9 @@ func runTeacher(_ flags: Flags) throws {
         config = c
     }
     let trainer = try TeacherTrainer(config: config!, dataset: data, settings: s, runDir: out, resume: resume)
-    if resume { stdoutLine("resuming \(out) at step \(trainer.step)") }
+    if resume || !trainer.resumeNotes.isEmpty {
+        Checkpoint.resumeLines(out, step: trainer.step, every: s.checkpointEvery, notes: trainer.resumeNotes).forEach(stdoutLine)
+    }
     try AtomicFile.write(trainingRecord(s, data: dataDir), to: out + "/train.json")
     installInterruptHandler()
     let summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)

@@ -1,6 +1,7 @@
 // The training loops of the two students, sharing a run-folder layout with the teacher's:
 //   config.json, diffusion_pytorch_model.safetensors (saved-EMA weights), scheduler_config.json (consistency)
-//   checkpoint.safetensors  values, target, ema, adam.m, adam.v (P) + step, RNG state, elapsed, config
+//   checkpoint.safetensors  values, target, ema, adam.m, adam.v (P), losses + step, RNG state, elapsed, config
+//                           (Checkpoint.swift), with checkpoint.prev.safetensors the one before it
 //   losses.csv, loss.png, samples.png (1-step samples, one row per class)
 //
 //  - ConsistencyStudentTrainer: consistency distillation from an EDM teacher, student initialised from it.
@@ -43,53 +44,6 @@ public enum StudentExport {
     }
 }
 
-/// values / target / ema / adam moments of a student run, one safetensors file, written atomically.
-enum StudentCheckpoint {
-    static func write(model: TrainableUNet, target: UnsafePointer<Float>, ema: WeightAverage, optimizer: Optimizer,
-                      step: Int, rng: UInt64, elapsed: Double, losses: [Float], kind: String, to dir: String) throws {
-        let n = model.store.count
-        func flat(_ p: UnsafePointer<Float>) -> Tensor { Tensor(shape: [n], data: Array(UnsafeBufferPointer(start: p, count: n))) }
-        var w = SafetensorsWriter()
-        w.add("values", flat(model.store.values))
-        w.add("target", flat(target))
-        w.add("ema", flat(ema.shadow))
-        w.add("adam.m", flat(optimizer.m))
-        w.add("adam.v", flat(optimizer.v))
-        w.metadata = ["onestep.kind": kind, "step": String(step), "optimizer_step": String(optimizer.step),
-                      "ema_updates": String(ema.updates), "rng_state": String(rng), "elapsed_seconds": String(elapsed),
-                      "unet_config": model.config.jsonString()]
-        try w.write(to: dir + "/" + Checkpoint.fileName)
-        var csv = "step,loss\n"
-        for (i, l) in losses.enumerated() { csv += "\(i + 1),\(l)\n" }
-        try AtomicFile.write(csv, to: dir + "/" + Checkpoint.lossesName)
-    }
-
-    /// Restores into objects of the same layout; returns (step, rng, elapsed, losses).
-    static func read(from dir: String, model: TrainableUNet, target: UnsafeMutablePointer<Float>, ema: WeightAverage,
-                     optimizer: Optimizer) throws -> (Int, UInt64, Double, [Float]) {
-        let path = dir + "/" + Checkpoint.fileName
-        let file = try SafetensorsFile(path: path)
-        let n = model.store.count
-        for (key, p) in [("values", model.store.values), ("target", target), ("ema", ema.shadow), ("adam.m", optimizer.m), ("adam.v", optimizer.v)] {
-            let t = try file.floats(key)
-            guard t.count == n else { throw DataError("\(path): \(key) has \(t.count) values, the student has \(n) parameters") }
-            t.data.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: n) }
-        }
-        let md = file.metadata
-        guard let step = md["step"].flatMap({ Int($0) }), let os = md["optimizer_step"].flatMap({ Int($0) }),
-              let eu = md["ema_updates"].flatMap({ Int($0) }), let rng = md["rng_state"].flatMap({ UInt64($0) }) else {
-            throw DataError("\(path): metadata is missing step, optimizer_step, ema_updates or rng_state")
-        }
-        optimizer.step = os
-        ema.updates = eu
-        var losses: [Float] = []
-        if let csv = try? String(contentsOfFile: dir + "/" + Checkpoint.lossesName, encoding: .utf8) {
-            for line in csv.split(separator: "\n").dropFirst() { if let v = line.split(separator: ",").last.flatMap({ Float($0) }) { losses.append(v) } }
-        }
-        return (step, rng, md["elapsed_seconds"].flatMap { Double($0) } ?? 0, Array(losses.prefix(step)))
-    }
-}
-
 /// Shared loop: batches, optimizer, both EMAs, progress lines, checkpoints, samples, clean stop.
 public class StudentLoop {
     public let model: TrainableUNet
@@ -104,8 +58,12 @@ public class StudentLoop {
     var rng: TrainRandom
     public private(set) var step = 0
     public private(set) var losses: [Float] = []
+    /// Said once after init: stale temporary files removed, a checkpoint that predates checksums.
+    public private(set) var resumeNotes: [String] = []
     var elapsed = 0.0
-    let totalSteps: Int, logEvery: Int, checkpointEvery: Int, sampleEvery: Int
+    var checkpointedStep: Int?
+    public let totalSteps: Int, checkpointEvery: Int
+    let logEvery: Int, sampleEvery: Int
 
     init(model: TrainableUNet, runDir: String, optimizer: OptimizerConfig, saveEMA: Float, targetRate: Float, timesteps: Int,
          kind: String, seed: UInt64, steps: Int, logEvery: Int, checkpointEvery: Int, sampleEvery: Int, resume: Bool) throws {
@@ -121,8 +79,12 @@ public class StudentLoop {
         rng = TrainRandom(seed: seed ^ 0xD157_111)
         (totalSteps, self.logEvery, self.checkpointEvery, self.sampleEvery) = (steps, logEvery, checkpointEvery, sampleEvery)
         try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
+        resumeNotes = Checkpoint.cleanUpAfterKilledRun(runDir)
         if resume {
-            (step, rng.state, elapsed, losses) = try StudentCheckpoint.read(from: runDir, model: model, target: target, ema: ema, optimizer: self.optimizer)
+            let state = try Checkpoint.read(kind: kind, from: runDir, model: model, optimizer: self.optimizer, ema: ema, extra: ["target": target])
+            (step, rng.state, elapsed, losses) = (state.step, state.rngState, state.elapsedSeconds, state.losses)
+            resumeNotes += state.notes
+            checkpointedStep = step
         }
     }
 
@@ -156,8 +118,7 @@ public class StudentLoop {
                            TeacherTrainer.duration(elapsed), TeacherTrainer.duration(eta)))
                 (windowStart, windowSteps, windowLoss) = (now, 0, 0)
             }
-            if step % checkpointEvery == 0 { try save(samples: false) }
-            if step % sampleEvery == 0 { try save(samples: true) }
+            if step % sampleEvery == 0 { try save(samples: true) } else if step % checkpointEvery == 0 { try save(samples: false) }
         }
         elapsed += Date().timeIntervalSince(windowStart)
         try save(samples: true)
@@ -168,8 +129,12 @@ public class StudentLoop {
     }
 
     public func save(samples: Bool) throws {
-        try StudentCheckpoint.write(model: model, target: target, ema: ema, optimizer: optimizer, step: step, rng: rng.state,
-                                    elapsed: elapsed, losses: losses, kind: kind, to: runDir)
+        // The same step twice (a checkpoint step that is also the last) would make checkpoint.prev a copy of it.
+        if step != checkpointedStep {
+            try Checkpoint.write(kind: kind, model: model, optimizer: optimizer, ema: ema, extra: ["target": UnsafePointer(target)],
+                                 state: TrainingState(step: step, rngState: rng.state, elapsedSeconds: elapsed, losses: losses), to: runDir)
+            checkpointedStep = step
+        }
         try StudentExport.write(model, weights: ema.shadow, timesteps: timesteps, to: runDir,
                                 metadata: ["onestep.trained_steps": String(step), "onestep.weights": "ema \(ema.decay)", "onestep.kind": kind])
         try TrainingPlots.write(TrainingPlots.lossCurve(losses), to: runDir + "/loss.png")

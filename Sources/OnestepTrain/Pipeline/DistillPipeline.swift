@@ -8,8 +8,9 @@
 //   DIR/eval/            eval.md + grid-NAME.png
 //   DIR/pipeline.json    settings and, per finished stage, its wall-clock seconds
 //   DIR/report.md        time per stage + the eval table
-// A finished stage is recorded in pipeline.json and skipped on the next run; an interrupted training stage
-// resumes from its checkpoint.
+// A finished stage is recorded in pipeline.json and skipped on the next run; an interrupted or killed training
+// stage resumes from its checkpoint (Checkpoint/), losing at most one checkpoint interval. Every file is written
+// with AtomicFile, so a kill -9 never leaves a torn pipeline.json, checkpoint or model.
 //
 // Sizing of the default run (2 cores, shared with other work): 16x16 RGB shapes, 8000 images. 16x16 is the
 // smallest size at which the 8 classes are still told apart by outline. The teacher is the engine's default
@@ -87,6 +88,16 @@ public struct PipelineSettings: Sendable {
         s.eval.resamples = 50
         s.eval.classifierSteps = 250
         return s
+    }
+
+    /// Every training stage checkpoints every `steps` steps (the fault drill uses short intervals).
+    public mutating func setCheckpointInterval(_ steps: Int) {
+        (teacher.checkpointEvery, distill.checkpointEvery, small.checkpointEvery) = (steps, steps, steps)
+    }
+
+    /// Every training stage prints a progress line every `steps` steps.
+    public mutating func setLogInterval(_ steps: Int) {
+        (teacher.logEvery, distill.logEvery, small.logEvery) = (steps, steps, steps)
     }
 
     /// The teacher's UNet config for `classNames`.
@@ -202,6 +213,9 @@ public final class DistillPipeline {
         let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
         let cfg = try settings.teacherConfig(classNames: data.classNames ?? [])
         let t = try TeacherTrainer(config: cfg, dataset: data, settings: settings.teacher, runDir: run, resume: resume)
+        if resume || !t.resumeNotes.isEmpty {
+            Checkpoint.resumeLines(run, step: t.step, every: settings.teacher.checkpointEvery, notes: t.resumeNotes).forEach(log)
+        }
         try AtomicFile.write("{\"data\": \"\(dir)/data\"}\n", to: run + "/train.json")
         return try !t.run(shouldStop: shouldStop, log: log).interrupted
     }
@@ -212,6 +226,7 @@ public final class DistillPipeline {
         let run = dir + "/student"
         let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
         let t = try ConsistencyStudentTrainer(teacher: teacher.model, dataset: data, settings: settings.distill, runDir: run, resume: resume)
+        logResume(t, resume: resume)
         return try !t.run(shouldStop: shouldStop, log: log).interrupted
     }
 
@@ -227,6 +242,12 @@ public final class DistillPipeline {
         let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
         let t = try RegressionStudentTrainer(config: cfg, pairs: pairs, settings: s, runDir: run, resume: resume)
         log("small student: \(t.model.parameterCount) parameters (teacher \(teacher.model.parameterCount))")
+        logResume(t, resume: resume)
         return try !t.run(shouldStop: shouldStop, log: log).interrupted
+    }
+
+    func logResume(_ t: StudentLoop, resume: Bool) {
+        guard resume || !t.resumeNotes.isEmpty else { return }
+        Checkpoint.resumeLines(t.runDir, step: t.step, every: t.checkpointEvery, notes: t.resumeNotes).forEach(log)
     }
 }

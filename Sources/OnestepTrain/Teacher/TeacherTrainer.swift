@@ -3,7 +3,8 @@
 // clean stop (checkpoint + model) when `shouldStop` turns true (Ctrl-C).
 //
 // The run folder is itself a model directory (config.json, diffusion_pytorch_model.safetensors with the EMA
-// weights, scheduler_config.json), plus checkpoint.safetensors, losses.csv, loss.png and samples.png.
+// weights, scheduler_config.json), plus checkpoint.safetensors (and checkpoint.prev.safetensors, the one before
+// it; see Checkpoint/), losses.csv, loss.png and samples.png.
 import Foundation
 import OnestepCore
 
@@ -49,7 +50,10 @@ public final class TeacherTrainer {
     var rng: TrainRandom
     public private(set) var step = 0
     public private(set) var losses: [Float] = []
+    /// Said once after init: stale temporary files removed, a checkpoint that predates checksums.
+    public private(set) var resumeNotes: [String] = []
     var elapsed = 0.0
+    var checkpointedStep: Int?
     private let batchBuffer = Buffer()
 
     public init(config: UNetConfig, dataset: ImageDataset, settings: TeacherSettings, runDir: String, resume: Bool) throws {
@@ -71,9 +75,12 @@ public final class TeacherTrainer {
         replicas = (1..<max(1, settings.workers)).map { _ in model.clone() }
         rng = TrainRandom(seed: settings.seed ^ 0x5EED)
         try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
+        resumeNotes = Checkpoint.cleanUpAfterKilledRun(runDir)
         if resume {
             let state = try Checkpoint.read(from: runDir, model: model, optimizer: optimizer, ema: ema)
             (step, rng.state, elapsed, losses) = (state.step, state.rngState, state.elapsedSeconds, state.losses)
+            resumeNotes += state.notes
+            checkpointedStep = step
         }
     }
 
@@ -119,8 +126,12 @@ public final class TeacherTrainer {
 
     /// Checkpoint + model directory (EMA weights) + loss curve; samples too when asked.
     public func saveAll(withSamples: Bool) throws {
-        try Checkpoint.write(model: model, optimizer: optimizer, ema: ema,
-                             state: TrainingState(step: step, rngState: rng.state, elapsedSeconds: elapsed, losses: losses), to: runDir)
+        // The same step twice (a checkpoint step that is also the last) would make checkpoint.prev a copy of it.
+        if step != checkpointedStep {
+            try Checkpoint.write(model: model, optimizer: optimizer, ema: ema,
+                                 state: TrainingState(step: step, rngState: rng.state, elapsedSeconds: elapsed, losses: losses), to: runDir)
+            checkpointedStep = step
+        }
         try ModelExport.writeEDMTeacher(model, weights: ema.shadow, to: runDir,
                                         metadata: ["onestep.trained_steps": String(step), "onestep.weights": "ema \(settings.emaDecay)"])
         try TrainingPlots.write(TrainingPlots.lossCurve(losses), to: runDir + "/loss.png")
