@@ -75,8 +75,16 @@ public struct ModelDirectory: Sendable {
 
     public func loadSampler() throws -> SamplerKind {
         guard let p = schedulerConfigPath else { return .consistency(ConsistencySchedulerConfig()) }
-        guard let data = FileManager.default.contents(atPath: p),
-              let d = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+        guard let data = FileManager.default.contents(atPath: p) else {
+            throw ModelLoadError(path: p, problem: "cannot be read (is it a readable file?)")
+        }
+        return try Self.sampler(schedulerConfig: data, path: p)
+    }
+
+    /// Reads scheduler_config.json from memory; `p` names it in errors. Apart from loadSampler so that the parsing
+    /// can be tested and fuzzed (fuzz/) without writing files.
+    static func sampler(schedulerConfig data: Data, path p: String) throws -> SamplerKind {
+        guard let d = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
             throw ModelLoadError(path: p, problem: "is not a JSON object")
         }
         let cls = d["_class_name"] as? String ?? "CMStochasticIterativeScheduler"
