@@ -16,6 +16,11 @@ final class TestServer: Sendable {
         var body: [UInt8] = Array("ok\n".utf8)
         var contentType = "text/plain"
         var status = 200
+        /// Close each connection as soon as a request arrived, without answering (an "empty reply").
+        var closeWithoutResponse = false
+        /// Answer 408 and close when a request head is still incomplete this long after its first byte
+        /// (what onestep-serve's --header-timeout-ms does to slowloris clients).
+        var headTimeout: Double? = nil
     }
 
     private struct State {
@@ -95,14 +100,27 @@ final class TestServer: Sendable {
         var buffer: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 16384)
         let separator: [UInt8] = Array("\r\n\r\n".utf8)
+        if behavior.headTimeout != nil {
+            // Short reads, so the head's age is checked even while bytes keep trickling in.
+            var tv = timeval(tv_sec: 0, tv_usec: 20_000)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        }
         while true {
             // Headers.
             var headerEnd: Int?
+            var headStarted: Date?
             while headerEnd == nil {
                 headerEnd = find(separator, in: buffer)
                 if headerEnd != nil { break }
+                if let limit = behavior.headTimeout, let started = headStarted, Date().timeIntervalSince(started) > limit {
+                    let timeout = Array("HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".utf8)
+                    _ = timeout.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                    return
+                }
                 let n = read(fd, &chunk, chunk.count)
+                if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { continue }
                 if n <= 0 { return }
+                if headStarted == nil { headStarted = Date() }
                 buffer.append(contentsOf: chunk[0..<n])
             }
             guard let end = headerEnd else { return }
@@ -120,6 +138,7 @@ final class TestServer: Sendable {
             buffer.removeFirst(total)
 
             let number = state.withLock { s -> Int in s.requests += 1; return s.requests }
+            if behavior.closeWithoutResponse { return }
             if number == behavior.stallAtRequest { Thread.sleep(forTimeInterval: behavior.stallSeconds) }
             if behavior.delay > 0 { Thread.sleep(forTimeInterval: behavior.delay) }
             let response = "HTTP/1.1 \(behavior.status) X\r\nContent-Type: \(behavior.contentType)\r\n"

@@ -53,6 +53,16 @@ public enum Arguments {
       --raw FILE.csv         write one CSV line per request
       --plot FILE.png        write the percentile spectrum and latency-over-time plot
       --no-spectrum          leave the detailed percentile spectrum out of the text report
+      --min-sleep D          open loop: sleep at least D between passes instead of spinning (e.g. 1ms)
+    Fault injection (reported apart from the measured traffic):
+      --abort-after A[-B]    the client disconnects from each chosen request A..B after sending it
+                             (e.g. 5ms-300ms); such requests count as aborted, not as errors
+      --abort-fraction F     share of requests chosen for --abort-after, 0..1 or % (default 1)
+      --idle-connections N   open N keep-alive connections before the run and hold them idle throughout
+      --idle-path PATH       send one GET PATH on each idle connection first (default: connect only)
+      --slowloris N          N connections sending a never-ending request head, one byte per interval;
+                             each one the server cuts off reconnects
+      --slowloris-interval D pause between two slowloris bytes (default 1s)
       --quiet                no live progress line (it only shows when stderr is a terminal anyway)
       -h, --help             this text
     Exit codes: 0 ok, 1 a --fail-if threshold failed, 2 bad usage or unreadable input, 3 an output file
@@ -100,6 +110,8 @@ public enum Arguments {
         var seedStart = scenario.seed_start ?? 0
         var json: String?, raw: String?, plot: String?
         var quiet = false, spectrum = true
+        var abortWindow: (Double, Double)?, abortFraction: Double?, minSleep: Double = 0
+        var idleConnections = 0, idlePath: String?, slowloris = 0, slowlorisInterval: Double?
         var flagRate = false, flagConcurrency = false, flagDuration = false, flagRequests = false
 
         var i = 0
@@ -150,6 +162,34 @@ public enum Arguments {
             case "--plot": plot = try value(a)
             case "--quiet", "-q": quiet = true
             case "--no-spectrum": spectrum = false
+            case "--min-sleep":
+                minSleep = try seconds(try value(a), a)
+                guard minSleep <= 0.1 else { throw UsageError("--min-sleep must be at most 100ms, got '\(args[i])'") }
+            case "--abort-after":
+                let v = try value(a)
+                guard let w = AbortPlan.parseWindow(v) else {
+                    throw UsageError("--abort-after must be a duration or a range like 5ms-300ms (bare numbers are ms), got '\(v)'")
+                }
+                abortWindow = w
+            case "--abort-fraction":
+                let v = try value(a)
+                let f = v.hasSuffix("%") ? Double(v.dropLast()).map { $0 / 100 } : Double(v)
+                guard let f, f > 0, f <= 1 else { throw UsageError("--abort-fraction must be in (0, 1] or (0%, 100%], got '\(v)'") }
+                abortFraction = f
+            case "--idle-connections":
+                let v = try value(a)
+                guard let n = Int(v), n >= 0 else { throw UsageError("--idle-connections must be a count >= 0, got '\(v)'") }
+                idleConnections = n
+            case "--idle-path":
+                idlePath = try value(a)
+                guard idlePath!.hasPrefix("/") else { throw UsageError("--idle-path must start with /, got '\(idlePath!)'") }
+            case "--slowloris":
+                let v = try value(a)
+                guard let n = Int(v), n >= 0 else { throw UsageError("--slowloris must be a count >= 0, got '\(v)'") }
+                slowloris = n
+            case "--slowloris-interval":
+                slowlorisInterval = try seconds(try value(a), a)
+                guard slowlorisInterval! > 0 else { throw UsageError("--slowloris-interval must be more than 0") }
             default:
                 if a.hasPrefix("-") { throw UsageError("unknown flag \(a) (see --help)") }
                 urlsFromFlags.append(a)
@@ -220,6 +260,27 @@ public enum Arguments {
         config.plotPath = plot
         config.progress = !quiet
         config.spectrum = spectrum
+        config.minSleep = minSleep
+        if abortFraction != nil && abortWindow == nil { throw UsageError("--abort-fraction needs --abort-after") }
+        if let (earliest, latest) = abortWindow {
+            guard latest <= timeout else {
+                throw UsageError("--abort-after \(formatSeconds(latest)) is beyond --timeout \(formatSeconds(timeout)); raise --timeout")
+            }
+            config.abort = AbortPlan(earliest: earliest, latest: latest, fraction: abortFraction ?? 1)
+        }
+        if idlePath != nil && idleConnections == 0 { throw UsageError("--idle-path needs --idle-connections N") }
+        if slowlorisInterval != nil && slowloris == 0 { throw UsageError("--slowloris-interval needs --slowloris N") }
+        if idleConnections > 0 || slowloris > 0 {
+            guard let (host, port) = httpHostAndPort(urls[0]) else {
+                throw UsageError("--idle-connections and --slowloris need a plain http:// first URL, got '\(urls[0])'")
+            }
+            var plan = BackgroundPlan(host: host, port: port)
+            plan.idleConnections = idleConnections
+            plan.idlePath = idlePath
+            plan.slowloris = slowloris
+            plan.slowlorisInterval = slowlorisInterval ?? 1
+            config.background = plan
+        }
         if case .openLoop(let r) = mode, config.schedule?.totalCount == 0 {
             throw UsageError("--rate \(r) with this duration schedules no request; raise --rate or --duration")
         }
@@ -229,6 +290,25 @@ public enum Arguments {
     public enum Parsed: Equatable {
         case help
         case run(LoadConfig)
+    }
+
+    /// Host and port of a plain http:// URL (templated paths allowed, which URLComponents would refuse).
+    static func httpHostAndPort(_ url: String) -> (String, Int)? {
+        guard url.hasPrefix("http://") else { return nil }
+        let authority = url.dropFirst(7).prefix { $0 != "/" && $0 != "?" }
+        var host = Substring(authority), port = 80
+        if authority.hasPrefix("[") {  // [::1]:8080
+            guard let close = authority.firstIndex(of: "]") else { return nil }
+            host = authority[authority.index(after: authority.startIndex)..<close]
+            let rest = authority[authority.index(after: close)...]
+            if rest.hasPrefix(":") { guard let p = Int(rest.dropFirst()) else { return nil }; port = p }
+        } else if let colon = authority.lastIndex(of: ":") {
+            host = authority[..<colon]
+            guard let p = Int(authority[authority.index(after: colon)...]) else { return nil }
+            port = p
+        }
+        guard !host.isEmpty, (1...65535).contains(port) else { return nil }
+        return (String(host), port)
     }
 
     private static func seconds(_ text: String, _ flag: String) throws -> Double {

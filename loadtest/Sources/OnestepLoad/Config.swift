@@ -84,6 +84,14 @@ public struct LoadConfig: Sendable, Equatable {
     public var progress: Bool = true
     /// Print the long percentile spectrum in the text report.
     public var spectrum: Bool = true
+    /// `--abort-after` / `--abort-fraction`: requests the client abandons on purpose (disconnect tests).
+    public var abort: AbortPlan? = nil
+    /// `--min-sleep`: the shortest wait of the open-loop pacer between passes. 0 (default) spins when the next S_i
+    /// is under 1 ms away, which keeps a core busy at high rates; on a machine the server shares, 1ms gives that
+    /// core back at the price of requests leaving up to about 1 ms after S_i (visible as queueing).
+    public var minSleep: Double = 0
+    /// `--idle-connections`, `--slowloris`: raw-socket clients held open beside the measured traffic.
+    public var background: BackgroundPlan? = nil
 
     public init(request: RequestTemplate, mode: LoadMode, connections: Int) {
         self.request = request; self.mode = mode; self.connections = connections

@@ -17,6 +17,9 @@ final class CurlEasy {
     var body: [UInt8] = []
     var bodyBytes = 0
     let keepBody: Bool
+    /// The per-request timeout set at init, in ms; `prepare` restores it after a request that used its own.
+    private let defaultTimeoutMs: Int
+    private var currentTimeoutMs: Int
 
     /// - Precondition: libcurl can allocate a handle (it fails only when out of memory).
     init(slot: Int, method: String, headers: [String], timeout: Double, keepBody: Bool) {
@@ -26,6 +29,8 @@ final class CurlEasy {
         self.slot = slot
         self.keepBody = keepBody
         let ms = Swift.max(1, Int(timeout * 1000))
+        defaultTimeoutMs = ms
+        currentTimeoutMs = ms
         _ = onestep_easy_setopt_long(h, CURLOPT_NOSIGNAL, 1)
         _ = onestep_easy_setopt_long(h, CURLOPT_TCP_NODELAY, 1)
         _ = onestep_easy_setopt_long(h, CURLOPT_TIMEOUT_MS, ms)
@@ -65,8 +70,15 @@ final class CurlEasy {
         curl_slist_free_all(headerList)
     }
 
-    /// Sets the URL and (when not nil) the request body, and clears the previous response.
-    func prepare(url: String, body: [UInt8]?) {
+    /// Sets the URL and (when not nil) the request body, and clears the previous response. `timeoutMs`, when
+    /// given, replaces the usual timeout for this request only (`--abort-after`: libcurl gives up and closes the
+    /// connection at that moment, which is exactly a client that disconnects).
+    func prepare(url: String, body: [UInt8]?, timeoutMs: Int? = nil) {
+        let wanted = timeoutMs.map { Swift.max(1, $0) } ?? defaultTimeoutMs
+        if wanted != currentTimeoutMs {
+            _ = onestep_easy_setopt_long(handle, CURLOPT_TIMEOUT_MS, wanted)
+            currentTimeoutMs = wanted
+        }
         _ = onestep_easy_setopt_str(handle, CURLOPT_URL, url)
         if let body {
             _ = onestep_easy_setopt_off(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.count))
@@ -89,6 +101,8 @@ struct CurlCompletion {
     var slot: Int
     /// nil when libcurl reports success (the status code is judged by the caller).
     var error: ErrorClass?
+    /// The finer cause of `error` ("refused", "reset", "timeout"...), nil on success.
+    var kind: String?
     var message: String
 }
 
@@ -135,10 +149,45 @@ final class CurlMulti {
             _ = onestep_easy_getinfo_ptr(easy, CURLINFO_PRIVATE, &priv)
             guard let priv else { continue }
             let code = onestep_msg_result(msg)
-            let message = code == CURLE_OK ? "" : String(cString: curl_easy_strerror(code))
-            done.append(CurlCompletion(slot: Int(bitPattern: priv) - 1, error: classify(code), message: message))
+            var message = "", kind: String?
+            if code != CURLE_OK {
+                var osErrno = 0
+                _ = onestep_easy_getinfo_long(easy, CURLINFO_OS_ERRNO, &osErrno)
+                kind = Self.errorKind(code, osErrno: Int32(osErrno))
+                message = String(cString: curl_easy_strerror(code)) + (osErrno != 0 ? " (\(String(cString: strerror(Int32(osErrno)))))" : "")
+            }
+            done.append(CurlCompletion(slot: Int(bitPattern: priv) - 1, error: classify(code), kind: kind,
+                                       message: message))
         }
         return done
+    }
+
+    /// The cause of a failed transfer in one word, so a report can tell a server that refused connections
+    /// (not listening), reset them (closed with unread input, or crashed), closed them without an answer, or
+    /// never answered (timeout). `osErrno` is libcurl's CURLINFO_OS_ERRNO, 0 when it has none.
+    static func errorKind(_ code: CURLcode, osErrno: Int32) -> String {
+        switch code {
+        case CURLE_COULDNT_CONNECT:
+            switch osErrno {
+            case ECONNREFUSED: return "refused"
+            case ETIMEDOUT: return "connect_timeout"
+            case ECONNRESET: return "reset"
+            default: return "connect_failed"
+            }
+        case CURLE_COULDNT_RESOLVE_HOST, CURLE_COULDNT_RESOLVE_PROXY: return "dns"
+        case CURLE_SSL_CONNECT_ERROR: return "tls"
+        case CURLE_OPERATION_TIMEDOUT: return "timeout"
+        case CURLE_SEND_ERROR, CURLE_RECV_ERROR:
+            switch osErrno {
+            case ECONNRESET: return "reset"
+            case EPIPE: return "broken_pipe"
+            default: return code == CURLE_SEND_ERROR ? "send_failed" : "recv_failed"
+            }
+        case CURLE_GOT_NOTHING: return "empty_reply"
+        case CURLE_PARTIAL_FILE: return "short_body"
+        case CURLE_WEIRD_SERVER_REPLY: return "malformed"
+        default: return "curl_\(code.rawValue)"
+        }
     }
 
     private func classify(_ code: CURLcode) -> ErrorClass? {

@@ -43,8 +43,8 @@ private struct InFlight {
     var urlIndex: Int
     var intended: UInt64
     var sent: UInt64
-    /// Sent after sending had officially ended? (never: kept for the drain bookkeeping)
-    var afterEnd = false
+    /// `--abort-after` chose this request: a timeout is the planned disconnect, not an error.
+    var abortPlanned = false
 }
 
 public final class LoadDriver {
@@ -54,6 +54,8 @@ public final class LoadDriver {
     public private(set) var errorExamples: [ErrorClass: String] = [:]
     /// Called about once a second with the live figures.
     public var onProgress: ((ProgressSnapshot) -> Void)?
+    /// What the `--idle-connections` / `--slowloris` clients saw; nil when there were none.
+    public private(set) var backgroundReport: BackgroundReport?
 
     private let multi: CurlMulti
     private var slots: [CurlEasy] = []
@@ -66,6 +68,7 @@ public final class LoadDriver {
     private let fixedBody: [UInt8]?
     private let templated: Bool
     private var t0: UInt64 = 0
+    private let minSleepMs: Int
 
     /// - Precondition: the config was validated (`LoadConfig` from `Arguments.parse`).
     public init(config: LoadConfig, raw: RawWriter? = nil) {
@@ -90,12 +93,17 @@ public final class LoadDriver {
         templated = config.request.isTemplated
         fixedURLs = config.request.urls
         fixedBody = config.request.body
+        minSleepMs = Int((config.minSleep * 1000).rounded(.up))
     }
 
     private func now() -> UInt64 { monotonicNanos() &- t0 }
 
     /// Runs the whole test and returns what was recorded.
     public func run() -> RunResults {
+        // Idle connections are all open before T0, so the measured traffic runs beside every one of them.
+        let background = config.background.map { BackgroundClients(plan: $0) }
+        background?.start()
+        defer { backgroundReport = background?.stop() }
         t0 = monotonicNanos()
         switch config.mode {
         case .openLoop:
@@ -140,7 +148,7 @@ public final class LoadDriver {
                     let unsent = Array(queue[queueHead...]) + Array(pacer.next..<schedule.totalCount)
                     for i in unsent {
                         results.record(Outcome(index: i, phase: schedule.phase(of: i), intended: schedule.intendedOffset(i),
-                                               sent: t, done: t, status: 0, error: .unsent))
+                                               sent: t, done: t, status: 0, error: .unsent, errorKind: "unsent"))
                     }
                     beginDrain(at: t)
                 }
@@ -160,6 +168,7 @@ public final class LoadDriver {
             if !drainStarted, freeSlots.isEmpty == false || queueHead == queue.count, let dt = pacer.nanosUntilNext(from: t) {
                 waitMs = Int(dt / 1_000_000)  // round down: better to wake early than to send late
             }
+            waitMs = Swift.max(waitMs, minSleepMs)  // --min-sleep: give the core back instead of spinning
             if waitMs > 0 { multi.poll(timeoutMs: waitMs) }
         }
     }
@@ -210,15 +219,17 @@ public final class LoadDriver {
     private func start(index: Int, phase: Phase, intended: UInt64, slot: Int, at sent: UInt64) {
         let urlIndex = index % fixedURLs.count
         let easy = slots[slot]
+        let abortMs = config.abort?.abortMilliseconds(forIndex: index)
         if templated {
             let seed = config.request.seedStart + index
             let url = Template.render(fixedURLs[urlIndex], seed: seed, index: index)
             let body = fixedBody.map { Array(Template.render(String(decoding: $0, as: UTF8.self), seed: seed, index: index).utf8) }
-            easy.prepare(url: url, body: body)
+            easy.prepare(url: url, body: body, timeoutMs: abortMs)
         } else {
-            easy.prepare(url: fixedURLs[urlIndex], body: fixedBody)
+            easy.prepare(url: fixedURLs[urlIndex], body: fixedBody, timeoutMs: abortMs)
         }
-        inFlight[slot] = InFlight(index: index, phase: phase, urlIndex: urlIndex, intended: intended, sent: sent)
+        inFlight[slot] = InFlight(index: index, phase: phase, urlIndex: urlIndex, intended: intended, sent: sent,
+                                  abortPlanned: abortMs != nil)
         inFlightCount += 1
         multi.add(easy)
     }
@@ -237,14 +248,24 @@ public final class LoadDriver {
             freeSlots.append(c.slot)
             var status = 0
             var error = c.error
+            var kind = c.kind
             var message = c.message
-            if error == nil {
+            var aborted: AbortStage?
+            if error == .timeout && f.abortPlanned {
+                // The planned disconnect: classify by how far the response had got, and count it apart.
+                aborted = easy.responseCode != 0 || easy.bodyBytes > 0 ? .duringResponse : .beforeResponse
+                error = nil
+                kind = nil
+                status = easy.responseCode
+            } else if error == nil {
                 status = easy.responseCode
                 if !(200...399).contains(status) {
                     error = .status
+                    kind = "http_\(status)"
                     message = "HTTP \(status)"
                 } else if let problem = check(easy.body) {
                     error = .invalid
+                    kind = "bad_body"
                     message = problem
                 }
             } else {
@@ -252,9 +273,10 @@ public final class LoadDriver {
             }
             if let error, errorExamples[error] == nil { errorExamples[error] = message }
             let outcome = Outcome(index: f.index, phase: f.phase, urlIndex: f.urlIndex, intended: f.intended,
-                                  sent: f.sent, done: done, status: status, error: error, bytes: easy.bodyBytes)
+                                  sent: f.sent, done: done, status: status, error: error, bytes: easy.bodyBytes,
+                                  errorKind: error == nil ? nil : kind, aborted: aborted)
             results.record(outcome)
-            if drainStarted, outcome.error == nil || outcome.error == .status || outcome.error == .invalid {
+            if drainStarted, aborted == nil, outcome.error == nil || outcome.error == .status || outcome.error == .invalid {
                 results.completedAfterEnd += 1
             }
             raw?.write(outcome)
@@ -289,7 +311,7 @@ public final class LoadDriver {
             multi.remove(slots[s])
             inFlight[s] = nil
             let o = Outcome(index: f.index, phase: f.phase, urlIndex: f.urlIndex, intended: f.intended, sent: f.sent,
-                            done: t, status: 0, error: .timeout)
+                            done: t, status: 0, error: .timeout, errorKind: "timeout")
             results.record(o)
             raw?.write(o)
         }
@@ -325,7 +347,7 @@ public final class RawWriter {
         func ms(_ ns: UInt64) -> String { String(format: "%.3f", Double(ns) / 1e6) }
         func msMicros(_ us: Int64) -> String { String(format: "%.3f", Double(us) / 1e3) }
         let line = "\(o.index),\(o.phase.rawValue),\(o.urlIndex),\(ms(o.intended)),\(ms(o.sent)),\(ms(o.done)),"
-            + "\(o.status),\(o.error?.rawValue ?? ""),\(o.bytes),\(msMicros(o.correctedMicros)),"
+            + "\(o.status),\(o.error?.rawValue ?? o.aborted.map { "aborted_" + $0.rawValue } ?? ""),\(o.bytes),\(msMicros(o.correctedMicros)),"
             + "\(msMicros(o.uncorrectedMicros)),\(msMicros(o.queueingMicros))\n"
         fputs(line, file)
     }

@@ -54,11 +54,12 @@ public enum LoadTool {
         if live { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
 
         let checked = evaluate(config.thresholds, on: results)
-        output(TextReport.render(config: config, results: results, thresholds: checked, errorExamples: driver.errorExamples))
+        output(TextReport.render(config: config, results: results, thresholds: checked, errorExamples: driver.errorExamples,
+                                   background: driver.backgroundReport))
         var code = ExitCode.ok
         if let path = config.jsonPath {
             do {
-                try JSONReport(config: config, results: results, thresholds: checked).encoded()
+                try JSONReport(config: config, results: results, thresholds: checked, background: driver.backgroundReport).encoded()
                     .write(to: URL(fileURLWithPath: path), options: .atomic)
             } catch {
                 printError("onestep-load: --json: cannot write \(path): \(error)")

@@ -20,6 +20,14 @@ public enum ErrorClass: String, Sendable, CaseIterable, Codable {
     case other
 }
 
+/// How far a request had got when the client abandoned it on purpose (`--abort-after`).
+public enum AbortStage: String, Sendable, CaseIterable, Codable {
+    /// No byte of the response had arrived: the server still had it queued or computing.
+    case beforeResponse = "before_response"
+    /// The status line (or part of the body) had arrived.
+    case duringResponse = "during_response"
+}
+
 /// One finished request. Times are nanoseconds since the run's T0 (monotonic clock).
 public struct Outcome: Sendable, Equatable {
     public var index: Int
@@ -36,11 +44,18 @@ public struct Outcome: Sendable, Equatable {
     public var error: ErrorClass?
     /// Body bytes received.
     public var bytes: Int
+    /// What exactly went wrong at the transport level ("refused", "reset", "empty_reply"...), for `error`s that
+    /// libcurl reported; nil otherwise. See `CurlMulti.errorKind`.
+    public var errorKind: String?
+    /// Set when the client abandoned the request on purpose; such a request is neither ok nor an error.
+    public var aborted: AbortStage?
 
     public init(index: Int, phase: Phase, urlIndex: Int = 0, intended: UInt64, sent: UInt64, done: UInt64,
-                status: Int, error: ErrorClass? = nil, bytes: Int = 0) {
+                status: Int, error: ErrorClass? = nil, bytes: Int = 0, errorKind: String? = nil,
+                aborted: AbortStage? = nil) {
         self.index = index; self.phase = phase; self.urlIndex = urlIndex; self.intended = intended
         self.sent = sent; self.done = done; self.status = status; self.error = error; self.bytes = bytes
+        self.errorKind = errorKind; self.aborted = aborted
     }
 
     /// Intended send -> done, microseconds.
@@ -67,7 +82,14 @@ public struct PhaseStats: Sendable {
     public var late = 0
     public var bytes = 0
     public var statusCounts: [Int: Int] = [:]
+    /// Corrected latency of the complete responses of each status, so that fast rejections (429/503) and slow
+    /// successes (200) each get their own percentiles instead of blending into one.
+    public var latencyByStatus: [Int: Histogram] = [:]
     public var errorCounts: [ErrorClass: Int] = [:]
+    /// Transport errors by what libcurl and the OS said ("refused", "reset", "timeout"...).
+    public var errorKindCounts: [String: Int] = [:]
+    /// Requests the client abandoned on purpose (`--abort-after`), by how far they had got.
+    public var abortedCounts: [AbortStage: Int] = [:]
     /// Earliest intended send and latest completion seen, ns since T0.
     public var firstIntended: UInt64 = .max
     public var lastSent: UInt64 = 0
@@ -76,8 +98,16 @@ public struct PhaseStats: Sendable {
     public init() {}
 
     public var errors: Int { errorCounts.values.reduce(0, +) }
-    /// Requests that ended one way or another.
+    public var aborted: Int { abortedCounts.values.reduce(0, +) }
+    /// Requests that ended one way or another (deliberate aborts are not counted: they are neither).
     public var finished: Int { ok + errors }
+
+    /// Corrected latency of the responses whose status is in `statuses`, merged.
+    public func latency(ofStatuses statuses: [Int]) -> Histogram {
+        var merged = Histogram()
+        for s in statuses { if let h = latencyByStatus[s] { merged.add(h) } }
+        return merged
+    }
 }
 
 /// Latency samples kept for the over-time plot: at most `capacity`, thinned evenly (every k-th request, k doubling
@@ -125,7 +155,8 @@ public struct RunResults: Sendable {
 
     public mutating func record(_ o: Outcome) {
         let late = isLate(intended: o.intended, sent: o.sent, lateAfterNanos: lateAfterNanos)
-        let gotResponse = o.status > 0 && (o.error == nil || o.error == .invalid || o.error == .status)
+        let gotResponse = o.aborted == nil && o.status > 0
+            && (o.error == nil || o.error == .invalid || o.error == .status)
         func apply(_ s: inout PhaseStats) {
             if o.error != .unsent { s.sent += 1 }
             if late && o.error != .unsent { s.late += 1 }
@@ -133,10 +164,16 @@ public struct RunResults: Sendable {
             s.firstIntended = Swift.min(s.firstIntended, o.intended)
             if o.error != .unsent { s.lastSent = Swift.max(s.lastSent, o.sent) }
             s.lastDone = Swift.max(s.lastDone, o.done)
+            if let stage = o.aborted {
+                s.abortedCounts[stage, default: 0] += 1
+                return
+            }
             if o.status > 0 { s.statusCounts[o.status, default: 0] += 1 }
             if let e = o.error { s.errorCounts[e, default: 0] += 1 } else { s.ok += 1 }
+            if let kind = o.errorKind { s.errorKindCounts[kind, default: 0] += 1 }
             if gotResponse {
                 s.responses += 1
+                s.latencyByStatus[o.status, default: Histogram()].record(o.correctedMicros)
                 s.corrected.record(o.correctedMicros)
                 s.uncorrected.record(o.uncorrectedMicros)
                 s.queueing.record(o.queueingMicros)
@@ -146,7 +183,7 @@ public struct RunResults: Sendable {
         case .warmup: apply(&warmup)
         case .measured:
             apply(&measured)
-            if gotResponse {
+            if gotResponse && o.aborted == nil {
                 let t = Double(o.intended &- Swift.min(o.intended, measuredStart)) / 1e9
                 timeline.add(t: t, corrected: Double(o.correctedMicros) / 1e6,
                              uncorrected: Double(o.uncorrectedMicros) / 1e6)

@@ -34,7 +34,7 @@ func formatBytes(_ b: Double) -> String {
 
 public enum TextReport {
     public static func render(config: LoadConfig, results r: RunResults, thresholds: [ThresholdResult],
-                              errorExamples: [ErrorClass: String] = [:]) -> String {
+                              errorExamples: [ErrorClass: String] = [:], background: BackgroundReport? = nil) -> String {
         var out = ""
         func line(_ s: String = "") { out += s + "\n" }
         let m = r.measured
@@ -89,11 +89,27 @@ public enum TextReport {
         line("  In flight at end: \(r.inFlightAtEnd) (completed while draining: \(r.completedAfterEnd))")
         let statuses = m.statusCounts.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }
         line("  Status codes: " + (statuses.isEmpty ? "none" : statuses.joined(separator: ", ")))
+        if m.latencyByStatus.count > 1 {
+            line("  Corrected latency by status:")
+            for (status, h) in m.latencyByStatus.sorted(by: { $0.key < $1.key }) {
+                line("    \(status): \(h.totalCount) responses, p50 \(formatMicros(h.value(atPercentile: 50))), "
+                     + "p99 \(formatMicros(h.value(atPercentile: 99))), max \(formatMicros(h.max))")
+            }
+        }
         let errs = ErrorClass.allCases.map { "\($0.rawValue) \(m.errorCounts[$0, default: 0])" }
         line(String(format: "  Errors: %d (%.3f%%) — ", m.errors, r.errorRate * 100) + errs.joined(separator: ", "))
+        if !m.errorKindCounts.isEmpty {
+            line("  Errors by kind: " + m.errorKindCounts.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }
+                .joined(separator: ", "))
+        }
         for (cls, msg) in errorExamples.sorted(by: { $0.key.rawValue < $1.key.rawValue }) {
             line("    first \(cls.rawValue) error: \(msg)")
         }
+        if config.abort != nil {
+            line("  Aborted by the client (--abort-after, not errors): \(m.aborted) — before any response byte "
+                 + "\(m.abortedCounts[.beforeResponse, default: 0]), during the response \(m.abortedCounts[.duringResponse, default: 0])")
+        }
+        if let background { describe(background, config: config, line: line) }
         if r.warmup.sent > 0 {
             line(String(format: "  Warmup (not in results): %d requests, %d errors, corrected p50 %@, p99 %@",
                         r.warmup.sent, r.warmup.errors, formatMicros(r.warmup.corrected.value(atPercentile: 50)),
@@ -105,6 +121,28 @@ public enum TextReport {
             line("threshold \(t.failed ? "FAILED" : "ok"): \(t.threshold.text) (measured \(t.threshold.format(t.measured)))")
         }
         return out
+    }
+}
+
+extension TextReport {
+    static func describe(_ b: BackgroundReport, config: LoadConfig, line: (String) -> Void) {
+        if b.idle_requested > 0 {
+            let answered = config.background?.idlePath.map { ", answered GET \($0): \(b.idle_answered)" } ?? ""
+            line(String(format: "  Idle connections: %d of %d opened in %.2fs%@ (failed %d); closed by the server while held: %d; still open at end: %d",
+                        b.idle_opened, b.idle_requested, b.idle_open_seconds, answered, b.idle_open_failed,
+                        b.idle_closed_by_server, b.idle_still_open))
+        }
+        if b.slowloris_requested > 0 {
+            let how = b.slowloris_cut_off_by.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+            let after = b.slowloris_cut_off_after_s["p50"].map { p50 in
+                " after p50 " + formatSeconds(p50) + ", max " + formatSeconds(b.slowloris_cut_off_after_s["max"] ?? 0)
+            } ?? ""
+            let interval = formatSeconds(config.background?.slowlorisInterval ?? 0)
+            line("  Slowloris: \(b.slowloris_requested) clients, 1 byte every \(interval): \(b.slowloris_connections) connections, "
+                 + "\(b.slowlorisCutOff) cut off by the server (\(how.isEmpty ? "none" : how))\(after); still open at end "
+                 + "\(b.slowloris_still_open) (oldest \(formatSeconds(b.slowloris_oldest_open_s))); connect failures "
+                 + "\(b.slowloris_connect_failed)")
+        }
     }
 }
 
@@ -135,7 +173,14 @@ public struct JSONReport: Codable, Sendable {
         public var bytes: Int
         public var status_codes: [String: Int]
         public var errors_by_class: [String: Int]
+        /// Every error by kind: transport causes ("refused", "reset", "empty_reply", "timeout"...), "http_NNN",
+        /// "bad_body", "unsent". Sums to `errors`.
+        public var errors_by_kind: [String: Int]
+        /// Deliberate client disconnects (`--abort-after`): "before_response", "during_response".
+        public var aborted: [String: Int]
         public var latency: [String: LatencySummary]
+        /// Corrected latency of the responses of each status code.
+        public var latency_by_status: [String: LatencySummary]
     }
     public struct ConfigReport: Codable, Sendable {
         public var mode: String
@@ -172,8 +217,11 @@ public struct JSONReport: Codable, Sendable {
     public var spectrum: [String: [SpectrumPoint]]
     public var thresholds: [ThresholdReport]
     public var passed: Bool
+    /// `--idle-connections` / `--slowloris` figures; absent when neither was used.
+    public var background: BackgroundReport?
 
-    public init(config c: LoadConfig, results r: RunResults, thresholds: [ThresholdResult]) {
+    public init(config c: LoadConfig, results r: RunResults, thresholds: [ThresholdResult],
+                background: BackgroundReport? = nil) {
         func summary(_ h: Histogram) -> LatencySummary {
             var ps: [String: Double] = [:]
             for p in reportPercentiles {
@@ -188,8 +236,11 @@ public struct JSONReport: Codable, Sendable {
                         bytes: s.bytes,
                         status_codes: Dictionary(uniqueKeysWithValues: s.statusCounts.map { (String($0.key), $0.value) }),
                         errors_by_class: Dictionary(uniqueKeysWithValues: ErrorClass.allCases.map { ($0.rawValue, s.errorCounts[$0, default: 0]) }),
+                        errors_by_kind: s.errorKindCounts,
+                        aborted: Dictionary(uniqueKeysWithValues: AbortStage.allCases.map { ($0.rawValue, s.abortedCounts[$0, default: 0]) }),
                         latency: ["corrected": summary(s.corrected), "uncorrected": summary(s.uncorrected),
-                                  "queueing": summary(s.queueing)])
+                                  "queueing": summary(s.queueing)],
+                        latency_by_status: Dictionary(uniqueKeysWithValues: s.latencyByStatus.map { (String($0.key), summary($0.value)) }))
         }
         func spectrum(_ h: Histogram) -> [SpectrumPoint] {
             h.percentileSpectrum().map { SpectrumPoint(value_ms: ms($0.value), percentile: $0.percentile, count: $0.totalCount) }
@@ -216,6 +267,7 @@ public struct JSONReport: Codable, Sendable {
         self.spectrum = ["corrected": spectrum(r.measured.corrected), "uncorrected": spectrum(r.measured.uncorrected)]
         self.thresholds = thresholds.map { ThresholdReport(expression: $0.threshold.text, measured: $0.measured, failed: $0.failed) }
         passed = !thresholds.contains(where: \.failed)
+        self.background = background
     }
 
     public func encoded() throws -> Data {

@@ -2,6 +2,7 @@
 //
 // Grammar:  metric op value
 //   metric  p50 | p75 | p90 | p95 | p99 | p99.9 | p99.99 | p<any 0..100> | max | mean   (corrected latency)
+//           any of these with [S,S...]: only responses with those status codes, e.g. p99[429,503]
 //           error_rate (also errors)          achieved fraction of requests that failed, 0...1 or "%"
 //           rate       (also achieved_rate, rps) achieved throughput, responses/s
 //   op      >  >=  <  <=
@@ -31,6 +32,8 @@ public struct Threshold: Sendable, Equatable, CustomStringConvertible {
     }
 
     public var metric: Metric
+    /// Latency metrics only: look at the responses with these status codes (nil: every response).
+    public var statuses: [Int]?
     public var comparison: Comparison
     /// Seconds for latencies, a fraction for the error rate, requests/s for the rate.
     public var value: Double
@@ -47,10 +50,22 @@ public struct Threshold: Sendable, Equatable, CustomStringConvertible {
               let range = t.range(of: op.rawValue) else {
             throw UsageError("--fail-if '\(text)': no comparison; write e.g. 'p99>250ms', 'error_rate>1%', 'rate<95'")
         }
-        let name = t[..<range.lowerBound].lowercased()
+        var name = t[..<range.lowerBound].lowercased()
         let valueText = String(t[range.upperBound...])
+        if let open = name.firstIndex(of: "["), name.hasSuffix("]") {
+            let list = name[name.index(after: open)..<name.index(before: name.endIndex)].split(separator: ",")
+            let codes = list.compactMap { Int($0) }
+            guard !codes.isEmpty, codes.count == list.count, codes.allSatisfy({ (100...599).contains($0) }) else {
+                throw UsageError("--fail-if '\(text)': [..] must list status codes, e.g. p99[429,503]>20ms")
+            }
+            statuses = codes
+            name = String(name[..<open])
+        }
         self.comparison = op
         self.text = text
+        if statuses != nil, ["error_rate", "errors", "error-rate", "rate", "achieved_rate", "rps"].contains(name) {
+            throw UsageError("--fail-if '\(text)': a status list [..] only applies to latency metrics")
+        }
         switch name {
         case "error_rate", "errors", "error-rate":
             metric = .errorRate
@@ -88,7 +103,7 @@ public struct Threshold: Sendable, Equatable, CustomStringConvertible {
 
     /// The measured figure this threshold looks at, in the threshold's unit.
     public func measured(in results: RunResults) -> Double {
-        let h = results.measured.corrected
+        let h = statuses.map { results.measured.latency(ofStatuses: $0) } ?? results.measured.corrected
         switch metric {
         case .latencyPercentile(let p): return Double(h.value(atPercentile: p)) / 1e6
         case .latencyMax: return Double(h.max) / 1e6
