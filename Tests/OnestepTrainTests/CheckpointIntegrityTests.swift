@@ -76,6 +76,19 @@ final class CheckpointIntegrityTests: XCTestCase {
         XCTAssertEqual(try resume().step, 2)
     }
 
+    /// Starting over after deleting a damaged checkpoint: the old run's previous checkpoint goes with the new
+    /// run's first checkpoint, so it is never offered as this run's.
+    func testFirstCheckpointOfANewRunDropsAnAbandonedRunsPrevious() throws {
+        try trainFourSteps()
+        try FileManager.default.removeItem(atPath: checkpoint)
+        var s = settings(steps: 2)
+        s.checkpointEvery = 100
+        let t = try TeacherTrainer(config: try TinyData.config(classes: data.classNames!), dataset: data, settings: s, runDir: dir, resume: false)
+        _ = try t.run(shouldStop: { false }, log: { _ in })
+        XCTAssertEqual(try SafetensorsFile(path: checkpoint).metadata["step"], "2")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: previous))
+    }
+
     func testBitFlipInTheStepMetadataIsRefused() throws {
         try trainFourSteps()
         var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: checkpoint)))

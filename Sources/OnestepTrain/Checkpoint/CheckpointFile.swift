@@ -85,7 +85,13 @@ enum CheckpointFile {
         for (name, values) in tensors { w.add(name, Tensor(shape: [values.count], data: values)) }
         w.metadata = metadata
         w.metadata[checksumKey] = checksum(tensors: tensors, metadata: metadata)
-        if FileManager.default.fileExists(atPath: path) { try keepPrevious(path, as: previous) }
+        if FileManager.default.fileExists(atPath: path) {
+            try keepPrevious(path, as: previous)
+        } else {
+            // A first checkpoint: a `previous` here is from an abandoned run (its damaged checkpoint deleted to
+            // start over) and must not be offered later as this run's previous state.
+            unlink(previous)
+        }
         // AtomicFile fsyncs the folder after its rename, which also makes the rename of `previous` durable.
         try w.write(to: path)
     }
