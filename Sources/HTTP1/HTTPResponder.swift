@@ -32,7 +32,7 @@ public final class HTTPResponder: Sendable {
         case cancelled
     }
 
-    private let state = Mutex<State>(.pending(onCancel: []))
+    private let state = Locked<State>(.pending(onCancel: []))
     private let mailbox: LoopMailbox
     let connectionID: UInt64
     let sequence: UInt64
@@ -125,7 +125,7 @@ final class LoopMailbox: Sendable {
         var closed = false
     }
 
-    private let inbox = Mutex<Inbox>(Inbox())
+    private let inbox = Locked<Inbox>(Inbox())
     private let wakeFD: Int32
     /// `pthread_self()` of the loop thread, so completions posted from inside a handler skip the eventfd write:
     /// the loop empties the mailbox before it sleeps again anyway.

@@ -46,7 +46,7 @@ public final class HTTPServer: Sendable {
         var port = 0
         var started = false
     }
-    private let lifecycle = Mutex<Lifecycle>(Lifecycle())
+    private let lifecycle = Locked<Lifecycle>(Lifecycle())
     private let drainRequested = Atomic<Bool>(false)
     private let stopRequested = Atomic<Bool>(false)
 

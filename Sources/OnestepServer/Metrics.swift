@@ -1,7 +1,7 @@
 // Server metrics in the Prometheus text exposition format (version 0.0.4): counters, gauges and cumulative
 // histograms with labels. One lock guards the registry: updates are a few per request, far below contention.
 import Foundation
-import Synchronization
+import HTTP1
 
 public final class Metrics: Sendable {
     struct Histogram {
@@ -29,9 +29,9 @@ public final class Metrics: Sendable {
         var histograms: [String: Histogram] = [:]   // label string -> histogram
     }
 
-    private let families = Mutex<[String: Family]>([:])
+    private let families = Locked<[String: Family]>([:])
     /// Gauges read at scrape time (queue depth, open connections).
-    private let callbacks = Mutex<[(String, String, @Sendable () -> Double)]>([])
+    private let callbacks = Locked<[(String, String, @Sendable () -> Double)]>([])
 
     public static let latencyBuckets: [Double] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
     public static let batchBuckets: [Double] = [1, 2, 4, 8, 12, 16, 24, 32, 64]

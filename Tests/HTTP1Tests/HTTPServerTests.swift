@@ -161,7 +161,7 @@ final class HTTPServerTests: XCTestCase {
 
     func testDisconnectWhilePendingCancelsTheRequest() throws {
         let cancelled = expectation(description: "onCancel called")
-        let captured = Mutex<HTTPResponder?>(nil)
+        let captured = Locked<HTTPResponder?>(nil)
         let server = try startServer(handler: { _, responder in
             captured.withLock { $0 = responder }
             responder.onCancel { cancelled.fulfill() }
@@ -243,7 +243,7 @@ final class HTTPServerTests: XCTestCase {
     }
 
     func testResponseWrittenHookReportsStatusAndBytes() throws {
-        let records = Mutex<[HTTPExchangeRecord]>([])
+        let records = Locked<[HTTPExchangeRecord]>([])
         let server = try startServer(onResponseWritten: { record in records.withLock { $0.append(record) } })
         let client = try TestClient(port: server.port)
         XCTAssertEqual(client.roundTrip(get("/hook"))?.status, 200)

@@ -3,7 +3,7 @@
 
 import Foundation
 import OnestepCore
-import Synchronization
+import HTTP1
 import XCTest
 @testable import OnestepServer
 
@@ -24,7 +24,7 @@ final class DrainTests: XCTestCase {
         try server.waitForMetrics { $0["onestep_queue_depth_images"] == 1 }
         XCTAssertEqual(try server.get("/readyz").status, 200)
 
-        let drained = Mutex<Bool?>(nil)
+        let drained = Locked<Bool?>(nil)
         let onestep = server.server
         let drainer = Thread {
             let clean = onestep.drainAndStop()
@@ -68,7 +68,7 @@ final class DrainTests: XCTestCase {
         process.standardOutput = out
         process.standardError = out
         try process.run()
-        let output = Mutex<String>("")
+        let output = Locked<String>("")
         let reader = Thread {
             while true {
                 let data = out.fileHandleForReading.availableData

@@ -5,7 +5,7 @@
 import Glibc
 #endif
 import Foundation
-import Synchronization
+import HTTP1
 
 struct TestResponse {
     var status: Int
@@ -164,7 +164,7 @@ final class HTTPTestClient {
 /// Runs `body(i)` for i in 0..<count on `count` threads at once (not a thread pool: every client is really
 /// concurrent) and returns the results in index order.
 func concurrently<T: Sendable>(_ count: Int, _ body: @escaping @Sendable (Int) -> T) -> [T] {
-    let results = Mutex<[Int: T]>([:])
+    let results = Locked<[Int: T]>([:])
     let group = DispatchGroup()
     for i in 0..<count {
         group.enter()
