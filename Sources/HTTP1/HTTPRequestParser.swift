@@ -174,7 +174,9 @@ public struct HTTPRequestParser: Sendable {
             if requestLineEnd > limits.maxRequestLineBytes { try fail(.requestLineTooLong) }
             // The header section runs from the end of the request line to the blank line (exclusive).
             if (headLength ?? position) - requestLineEnd > limits.maxHeaderBytes + 4 { try fail(.headersTooLarge) }
-        } else if position > limits.maxRequestLineBytes {
+        } else if position - (position > 0 && buffer[readIndex + position - 1] == 13 ? 1 : 0) > limits.maxRequestLineBytes {
+            // A CR scanned last may be the first half of the line's CRLF, which a complete line does not count;
+            // counting it here refused a line of exactly the limit when its CR and LF came in separate reads.
             try fail(.requestLineTooLong)
         }
         if let headLength { return headLength }

@@ -154,6 +154,47 @@ final class HTTPRequestParserTests: XCTestCase {
         XCTAssertEqual(refusal("GET / HTTP/0.9\r\n\r\n"), 505)
     }
 
+    /// Feeds `bytes` in two reads cut at `split`, as a connection does: the targets parsed, or the error.
+    private func parseInTwoReads(_ bytes: [UInt8], split: Int, limits: HTTPRequestParser.Limits)
+        -> Result<[String], HTTPParseError> {
+        var parser = HTTPRequestParser(limits: limits)
+        var targets: [String] = []
+        do {
+            for part in [bytes[0..<split], bytes[split...]] {
+                parser.append(part)
+                while let request = try parser.nextRequest() { targets.append(request.target) }
+            }
+            return .success(targets)
+        } catch {
+            return .failure(error)
+        }
+    }
+
+    /// Found by fuzz/ (http_parser): a request line of exactly the limit was refused with 414 when its CR arrived
+    /// in one read and its LF in the next, but parsed when both came together. The verdict must not depend on
+    /// how the bytes were split.
+    func testRequestLineOfExactlyTheLimitGetsTheSameVerdictWhateverTheSplit() {
+        let limits = HTTPRequestParser.Limits(maxRequestLineBytes: 40, maxHeaderBytes: 96, maxHeaderCount: 4,
+                                              maxBodyBytes: 64)
+        // The fuzzer's input (fuzz/corpus/http_parser/regression-request-line-cr-lf-split without its control
+        // byte): a 40-byte request line with a garbage version is a 400, never a 414.
+        let crashing: [UInt8] = Array("EGT =1 HTTP/1.1|||||".utf8) + [1, 0, 0, 0]
+            + Array("||||||||||||||||\r\n\r\n\r\n".utf8)
+        for split in 0...crashing.count {
+            XCTAssertEqual(parseInTwoReads(crashing, split: split, limits: limits),
+                           .failure(.malformed("invalid HTTP version")), "split at \(split)")
+        }
+        // A valid request line of exactly 40 bytes is accepted at every split.
+        let path = "/" + String(repeating: "a", count: 26)
+        let valid = Array("GET \(path) HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
+        XCTAssertEqual(valid.firstIndex(of: 13), 40)
+        for split in 0...valid.count {
+            XCTAssertEqual(parseInTwoReads(valid, split: split, limits: limits), .success([path]), "split at \(split)")
+        }
+        XCTAssertEqual(refusal("GET \(path)a HTTP/1.1\r", limits: limits), 414,
+                       "one byte over the limit is still refused before the line ends")
+    }
+
     func testFailureIsSticky() {
         var parser = HTTPRequestParser()
         parser.append(Array("BROKEN\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
