@@ -113,6 +113,26 @@ final class WeightFileTests: XCTestCase {
         }
     }
 
+    /// Found with fuzz/ (model_config's "accepted config is sane" check): norm_eps 1e300 was accepted as an
+    /// infinite Float and 1e-50 as 0 (GroupNorm then divides by zero), since only the Double was range-checked.
+    func testConfigFloatsOutsideFloatRangeAreRefused() throws {
+        let base = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: try Fixtures.goldenCase("ddpm_gray") + "/config.json"))) as! [String: Any]
+        for key in ["norm_eps", "mid_block_scale_factor"] {
+            for value in [1e300, 1e-50] {
+                var cfg = base
+                cfg[key] = value
+                XCTAssertThrowsError(try UNetConfig(json: cfg), "\(key) = \(value)") { error in
+                    let configError = error as? ConfigError
+                    XCTAssertEqual(configError?.key, key)
+                    XCTAssertTrue(configError?.problem.contains("Float range") ?? false, "\(error)")
+                }
+            }
+            var cfg = base
+            cfg[key] = 1e-6
+            XCTAssertNoThrow(try UNetConfig(json: cfg), "\(key) = 1e-6 is an ordinary value")
+        }
+    }
+
     func testWriterRoundTripAllDTypes() throws {
         var w = SafetensorsWriter()
         w.add("f", Tensor(shape: [2, 3], data: [1, -2, 3.5, 0, 1e-8, -7]))

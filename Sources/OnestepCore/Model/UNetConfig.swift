@@ -244,8 +244,9 @@ struct ConfigReader {
 
     func float(_ key: String, default def: Float) throws -> Float {
         guard let v = present(key) else { return def }
-        guard let n = JSONValues.number(v), n.doubleValue.isFinite, n.doubleValue > 0 else {
-            throw ConfigError(key: key, problem: "\(v) is not a positive number")
+        // Checked after the conversion to Float: 1e300 is a finite Double but an infinite Float, 1e-50 a zero one.
+        guard let n = JSONValues.number(v), n.floatValue.isFinite, n.floatValue > 0 else {
+            throw ConfigError(key: key, problem: "\(v) is not a positive number within Float range (about 1e-45 to 3e38)")
         }
         return n.floatValue
     }
