@@ -1,7 +1,6 @@
 // A small HTTP/1.1 server for the loopback tests: Glibc sockets, one thread per connection, keep-alive,
 // a fixed delay before every response and an optional one-time stall (the coordinated-omission demonstration).
 import Foundation
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -32,9 +31,17 @@ final class TestServer: Sendable {
     let port: UInt16
     private let listener: Int32
     private let behavior: Behavior
-    private let state = Mutex(State())
+    // An NSLock (a pthread mutex underneath), not Synchronization.Mutex: ThreadSanitizer (scripts/sanitize) sees
+    // pthread locking but not the standard library's futex-based Mutex on Linux.
+    private let lock = NSLock()
+    nonisolated(unsafe) private var stateStorage = State()
+    private func withState<R>(_ body: (inout State) -> R) -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        return body(&stateStorage)
+    }
 
-    var requestCount: Int { state.withLock { $0.requests } }
+    var requestCount: Int { withState { $0.requests } }
 
     init(_ behavior: Behavior = Behavior()) throws {
         self.behavior = behavior
@@ -63,9 +70,9 @@ final class TestServer: Sendable {
     var url: String { "http://127.0.0.1:\(port)" }
 
     func stop() {
-        let clients = state.withLock { s -> Set<Int32> in
+        let clients = withState { s -> [Int32] in
             s.stopped = true
-            return s.clients
+            return Array(s.clients)  // a copy of the elements made under the lock, not a shared set buffer
         }
         shutdown(listener, Int32(SHUT_RDWR))
         close(listener)
@@ -81,7 +88,7 @@ final class TestServer: Sendable {
             }
             var one: Int32 = 1
             setsockopt(c, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-            let stopped = state.withLock { s -> Bool in
+            let stopped = withState { s -> Bool in
                 if !s.stopped { s.clients.insert(c) }
                 return s.stopped
             }
@@ -94,7 +101,7 @@ final class TestServer: Sendable {
     /// Reads requests off one connection and answers each (keep-alive until the client closes).
     private func serve(_ fd: Int32) {
         defer {
-            state.withLock { _ = $0.clients.remove(fd) }
+            withState { _ = $0.clients.remove(fd) }
             close(fd)
         }
         var buffer: [UInt8] = []
@@ -137,7 +144,7 @@ final class TestServer: Sendable {
             }
             buffer.removeFirst(total)
 
-            let number = state.withLock { s -> Int in s.requests += 1; return s.requests }
+            let number = withState { s -> Int in s.requests += 1; return s.requests }
             if behavior.closeWithoutResponse { return }
             if number == behavior.stallAtRequest { Thread.sleep(forTimeInterval: behavior.stallSeconds) }
             if behavior.delay > 0 { Thread.sleep(forTimeInterval: behavior.delay) }
