@@ -19,20 +19,24 @@ public enum AtomicFile {
         let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         guard fd >= 0 else { throw WriteError(path: path, reason: String(cString: strerror(errno))) }
         var written = 0
-        let ok: Bool = bytes.withUnsafeBytes { raw in
+        // The reason is taken from errno right where a call fails, before close() can overwrite it.
+        var failure: String?
+        bytes.withUnsafeBytes { raw in
             while written < raw.count {
                 let r = Glibc.write(fd, raw.baseAddress! + written, raw.count - written)
-                if r < 0 { if errno == EINTR { continue }; return false }
+                if r < 0 {
+                    if errno == EINTR { continue }
+                    failure = String(cString: strerror(errno))
+                    return
+                }
                 written += r
             }
-            return true
         }
-        let synced = fsync(fd) == 0
+        if failure == nil && fsync(fd) != 0 { failure = "fsync: " + String(cString: strerror(errno)) }
         close(fd)
-        guard ok, synced else {
-            let reason = String(cString: strerror(errno))
+        if let failure {
             unlink(tmp)
-            throw WriteError(path: path, reason: reason)
+            throw WriteError(path: path, reason: failure)
         }
         guard rename(tmp, path) == 0 else {
             let reason = String(cString: strerror(errno))
