@@ -6,7 +6,7 @@
 //
 // The loader's promise is that a config it accepts runs, and anything else is refused with the key named. So a
 // small accepted UNet config is also built (weights drawn deterministically from the input, as a real file would
-// supply them) and packed for serving, and a tiny one generates an image through the server's path (batched
+// supply them) and packed for serving, and a tiny one generates two images as the server does (batched
 // forward, sampler, PNG encoding). "Small" is enforced by the weight source: past a parameter budget it refuses
 // the next tensor, which keeps the fuzzer away from configs whose weights alone would be gigabytes (a real
 // weights file that large is bounded by its own size).
@@ -84,8 +84,17 @@ private func checkUNetConfig(_ input: [UInt8]) {
     let pipeline = ImagePipeline(name: "fuzz", model: model, sampler: .consistency(ConsistencySchedulerConfig()),
                                  weightDType: int8 ? "int8" : "float32")
     let labels = config.numClassEmbeds.map { [0, $0 - 1] } ?? [nil, nil]
-    let images = pipeline.generate(labels.enumerated().map { GenerationRequest(seed: UInt64($0.offset), label: $0.element) },
-                                   steps: 1)
+    let requests = labels.enumerated().map { GenerationRequest(seed: UInt64($0.offset), label: $0.element) }
+    // ImagePipeline.generate with a pool of this config's own: the thread's pool (BufferPool.forCurrentThread)
+    // keeps a buffer of every size it has served, right for a server whose sizes are fixed, but every fuzzed config
+    // has sizes of its own and memory would grow over a long run. (A short-lived thread per config would drop its
+    // pool too, but the C kernels' thread-local workspace is not freed at thread exit: compute threads never exit.)
+    let pool = BufferPool()
+    let images = ConsistencySampler(config: ConsistencySchedulerConfig()).sample(
+        requests, steps: 1, channels: config.inChannels, size: config.sampleSize) { x, t, labels in
+        pipeline.model.forwardBatched(x, timesteps: Array(repeating: t, count: x.shape[0]), classLabels: labels,
+                                      pool: pool)
+    }
     fuzzInvariant(images.shape == [2, config.outChannels, config.sampleSize, config.sampleSize],
                   "generated \(images.shape)")
     do { _ = try ImagePipeline.pngs(images) } catch { fuzzInvariant(false, "PNG encoding failed: \(error)") }
