@@ -13,7 +13,8 @@ final class HTTPConnection {
     /// below (output, exchanges, parser) by `updatePhase`; `since` is when the connection entered the phase.
     enum Phase: Equatable {
         /// Nothing in flight and no byte of a next request: a kept-alive (or fresh) connection waiting to be
-        /// reused. Closed quietly after `idleTimeout`, or at once when draining.
+        /// reused. Closed quietly after `idleTimeout`; when draining, a kept-alive one at once and a fresh one
+        /// (no request yet) after `lingerTimeout`, since its client is likely sending its first request right now.
         case idle(since: ContinuousClock.Instant)
         /// Part of a request head has arrived. `headerReadTimeout` → 408 and close.
         case readingHead(since: ContinuousClock.Instant)
@@ -343,7 +344,7 @@ final class HTTPConnection {
         } else if parser.hasPartialRequest {
             current = .readingHead(since: now)
         } else {
-            if loop.draining {
+            if loop.draining && nextSequence > 0 {
                 close()
                 return
             }
@@ -355,7 +356,7 @@ final class HTTPConnection {
     func expireDeadlines(now: ContinuousClock.Instant) {
         let configuration = loop.configuration
         switch phase {
-        case .idle(let since) where now - since >= configuration.idleTimeout:
+        case .idle(let since) where now - since >= (loop.draining ? configuration.lingerTimeout : configuration.idleTimeout):
             close()
         case .readingHead(let since) where now - since >= configuration.headerReadTimeout,
              .readingBody(let since) where now - since >= configuration.bodyReadTimeout:
@@ -374,14 +375,19 @@ final class HTTPConnection {
     // MARK: - Ending
 
     /// The server is draining: finish what was received, then close. A partly received request is still served
-    /// (its response will carry `Connection: close`); an idle connection is closed now.
+    /// (its response will carry `Connection: close`); so is a request that is in the socket but not read yet,
+    /// rather than being reset by a close with unread input. An idle kept-alive connection is closed now; a fresh
+    /// one (accepted, no request yet) waits up to `lingerTimeout` for its first request.
     func beginDrain() {
         guard !isLingering else { return }
-        if exchanges.isEmpty && !parser.hasPartialRequest && output.isEmpty {
+        readAvailable()
+        guard !isClosed else { return }
+        let fresh = nextSequence == 0
+        if exchanges.isEmpty && !parser.hasPartialRequest && output.isEmpty && !fresh {
             close()
             return
         }
-        if !parser.hasPartialRequest { acceptsRequests = false }
+        if !parser.hasPartialRequest && !fresh { acceptsRequests = false }
         advance()
     }
 
