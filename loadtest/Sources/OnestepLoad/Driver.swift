@@ -105,6 +105,7 @@ public final class LoadDriver {
         background?.start()
         defer { backgroundReport = background?.stop() }
         t0 = monotonicNanos()
+        results.startedAtUnix = Date().timeIntervalSince1970
         switch config.mode {
         case .openLoop:
             guard let schedule = config.schedule else { preconditionFailure("open loop without a schedule") }

@@ -147,6 +147,9 @@ public struct RunResults: Sendable {
     /// Of those, how many finished with a response during the drain.
     public var completedAfterEnd = 0
     public var timeline = TimelineSamples()
+    /// Wall-clock time of T0 (seconds since 1970), so scripts can place their own events (a signal sent to the
+    /// server) on the run's time axis and in the `--raw` CSV.
+    public var startedAtUnix: Double = 0
 
     public init(lateAfterNanos: UInt64, requestedRate: Double?) {
         self.lateAfterNanos = lateAfterNanos

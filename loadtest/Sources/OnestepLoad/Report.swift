@@ -209,6 +209,8 @@ public struct JSONReport: Codable, Sendable {
     public var sent_rate: Double
     public var achieved_rate: Double
     public var measured_duration_s: Double
+    /// Wall-clock time of T0, seconds since 1970 (the `--raw` CSV's times are ms after it).
+    public var started_unix_s: Double
     public var error_rate: Double
     public var in_flight_at_end: Int
     public var completed_after_end: Int
@@ -259,6 +261,7 @@ public struct JSONReport: Codable, Sendable {
         sent_rate = r.sentRate
         achieved_rate = r.achievedRate
         measured_duration_s = r.measuredSeconds
+        started_unix_s = r.startedAtUnix
         error_rate = r.errorRate
         in_flight_at_end = r.inFlightAtEnd
         completed_after_end = r.completedAfterEnd
