@@ -17,6 +17,7 @@
 #include "onestep_kernels.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -129,8 +130,25 @@ static void tile_taps(const geo_t *g, int64_t j0, int nc, tap_t *taps) {
 typedef struct { void *p; size_t cap; } ws_t;
 static _Thread_local ws_t ws_tile, ws_taps;
 
+// The workspace lives as long as its thread: a pthread key's destructor frees it when the thread exits (server
+// compute threads live for the process, but test servers and Dispatch's pool threads come and go).
+static pthread_key_t ws_key;
+static pthread_once_t ws_key_once = PTHREAD_ONCE_INIT;
+
+static void ws_free_thread(void *unused) {
+    (void)unused;
+    free(ws_tile.p); ws_tile = (ws_t){0};
+    free(ws_taps.p); ws_taps = (ws_t){0};
+}
+
+static void ws_make_key(void) { pthread_key_create(&ws_key, ws_free_thread); }
+
 static void *ws_get(ws_t *ws, size_t bytes) {
     if (ws->cap < bytes) {
+        if (ws_tile.p == NULL && ws_taps.p == NULL) {  // this thread's first workspace: register the destructor
+            pthread_once(&ws_key_once, ws_make_key);
+            pthread_setspecific(ws_key, (void *)1);
+        }
         free(ws->p);
         size_t cap = (bytes + 4095) & ~(size_t)4095;
         ws->p = aligned_alloc(64, cap);

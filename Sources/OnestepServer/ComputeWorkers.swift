@@ -10,7 +10,6 @@ public final class ComputeWorkers: @unchecked Sendable {
     let models: ModelRegistry
     let metrics: Metrics
     let count: Int
-    private var threads: [Thread] = []
     private let group = DispatchGroup()
     private let reaperStop = DispatchSemaphore(value: 0)
 
@@ -30,8 +29,7 @@ public final class ComputeWorkers: @unchecked Sendable {
             }
             t.name = "onestep-compute-\(i)"
             t.stackSize = 8 << 20
-            t.start()
-            threads.append(t)
+            t.start()  // not kept: a Thread holds its closure, which holds self, so keeping it would be a cycle
         }
         group.enter()
         let reaper = Thread { [self] in

@@ -47,10 +47,12 @@ public final class OnestepServer: Sendable {
         metrics.describe("onestep_compute_seconds", help: "Time to compute one batch (sampling + PNG)", type: "histogram", bounds: Metrics.latencyBuckets)
         metrics.describe("onestep_images_generated_total", help: "Images generated, by model", type: "counter")
         metrics.describe("onestep_rejected_total", help: "Generation requests not computed, by reason", type: "counter")
-        metrics.gauge("onestep_queue_depth_images", help: "Images waiting for a batch") { [queue] in Double(queue.depth) }
-        metrics.gauge("onestep_running_batches", help: "Batches being computed") { [queue] in Double(queue.runningBatches) }
-        metrics.gauge("onestep_open_connections", help: "Open HTTP connections") { [http] in Double(http.openConnections) }
-        metrics.gauge("onestep_pending_responses", help: "Requests accepted and not yet answered") { [http] in Double(http.pendingResponses) }
+        // Weak captures: the HTTP server's callbacks hold the router and the metrics, so strong ones here would
+        // make a cycle and a stopped server (every test server) would never be freed.
+        metrics.gauge("onestep_queue_depth_images", help: "Images waiting for a batch") { [weak queue] in Double(queue?.depth ?? 0) }
+        metrics.gauge("onestep_running_batches", help: "Batches being computed") { [weak queue] in Double(queue?.runningBatches ?? 0) }
+        metrics.gauge("onestep_open_connections", help: "Open HTTP connections") { [weak http] in Double(http?.openConnections ?? 0) }
+        metrics.gauge("onestep_pending_responses", help: "Requests accepted and not yet answered") { [weak http] in Double(http?.pendingResponses ?? 0) }
     }
 
     /// Starts workers and the HTTP loop. Returns once the port is bound.
