@@ -79,6 +79,21 @@ start_server() {
 }
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$SERVER_PID/status"; }
+
+# server_cpu_ticks: CPU time (user + system, clock ticks) of the server's threads so far, as "compute other":
+# the threads named onestep-compute, and all the others (the HTTP event loop above all).
+server_cpu_ticks() {
+    local compute=0 other=0 task ticks
+    for task in /proc/"$SERVER_PID"/task/*; do
+        ticks=$(awk '{sub(/^.*\) /, ""); print $12 + $13}' "$task/stat" 2>/dev/null) || continue
+        if [[ $(cat "$task/comm" 2>/dev/null) == onestep-compute ]]; then
+            compute=$((compute + ticks))
+        else
+            other=$((other + ticks))
+        fi
+    done
+    echo "$compute $other"
+}
 fd_count() { ls "/proc/$SERVER_PID/fd" | wc -l; }
 
 # start_rss_sampler FILE SECONDS: "epoch_seconds rss_kb" lines every SECONDS until stop_rss_sampler.

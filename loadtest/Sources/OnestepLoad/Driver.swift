@@ -1,9 +1,9 @@
 // The I/O loop: one thread, one libcurl multi handle, one reusable easy handle per connection slot.
 //
 // Open loop: every pass releases the requests whose intended time S_i has come (OpenLoopPacer), sends as many as
-// there are free slots, lets libcurl work, records completions, and sleeps in curl_multi_poll until the next S_i
-// (or socket activity). A request that finds every slot busy waits in a FIFO queue; it keeps its S_i, so the wait
-// shows in its corrected latency and, past `lateAfter`, in the "not sent on time" count.
+// there are free slots, lets libcurl work, records completions, and sleeps (epoll, in CurlMulti.poll) until the
+// next S_i (or socket activity). A request that finds every slot busy waits in a FIFO queue; it keeps its S_i, so
+// the wait shows in its corrected latency and, past `lateAfter`, in the "not sent on time" count.
 // Closed loop: each free slot sends the next request at once (intended = actual send).
 //
 // End of run: sending stops when the schedule is exhausted (or, with a stalled server, `timeout` after its last
