@@ -133,6 +133,25 @@ final class WeightFileTests: XCTestCase {
         }
     }
 
+    /// Found by fuzz/ (model_config): a first block width of 2 with freq_shift 1 was accepted, and the sinusoidal
+    /// time embedding then divides by width/2 - freq_shift = 0, so every output was NaN. The fuzzer's input
+    /// (fuzz/corpus/model_config/regression-freq-shift-width-2-config.json, mangled keys and all) is now refused.
+    func testConfigWhoseTimeEmbeddingDividesByZeroIsRefused() throws {
+        let crashing = """
+            {"_class_name": "UNet2DModel", "sample_size": 8, "in_channels": 1, "out_channels": 1,
+             "block_out_channels": [2, 16], "layers_p-CSblock-TP": 1, "norm_num_groups": 2, "attention_head_dim": 8,
+             "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+             "mid_block_typ1e": null, "flip_sin_to_cos": false, "freq_shift": 1, "center_input_samp-0le": true}
+            """
+        var json = try JSONSerialization.jsonObject(with: Data(crashing.utf8)) as! [String: Any]
+        XCTAssertThrowsError(try UNetConfig(json: json)) { error in
+            XCTAssertEqual((error as? ConfigError)?.key, "freq_shift")
+            XCTAssertTrue("\(error)".contains("at least 4"), "\(error)")
+        }
+        json["freq_shift"] = 0
+        XCTAssertNoThrow(try UNetConfig(json: json), "width 2 without the shift divides by 1")
+    }
+
     func testWriterRoundTripAllDTypes() throws {
         var w = SafetensorsWriter()
         w.add("f", Tensor(shape: [2, 3], data: [1, -2, 3.5, 0, 1e-8, -7]))

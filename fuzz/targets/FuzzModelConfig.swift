@@ -97,6 +97,9 @@ private func checkUNetConfig(_ input: [UInt8]) {
     }
     fuzzInvariant(images.shape == [2, config.outChannels, config.sampleSize, config.sampleSize],
                   "generated \(images.shape)")
+    // Weights here are small and finite, so a NaN output means the config itself is degenerate (as a first width
+    // of 2 with freq_shift 1 was) and the loader should have refused it.
+    fuzzInvariant(images.data.allSatisfy { !$0.isNaN }, "an accepted config generates NaN")
     do { _ = try ImagePipeline.pngs(images) } catch { fuzzInvariant(false, "PNG encoding failed: \(error)") }
 }
 

@@ -177,6 +177,10 @@ public struct UNetConfig: Sendable, Equatable {
         if blockOutChannels[0] % 2 != 0 {
             throw ConfigError(key: "block_out_channels", problem: "first width \(blockOutChannels[0]) must be even (sinusoidal embedding)")
         }
+        // The sinusoidal embedding divides by width/2 - freq_shift: at zero every timestep embeds as NaN.
+        if blockOutChannels[0] / 2 <= freqShift {
+            throw ConfigError(key: "freq_shift", problem: "\(freqShift) with a first block width of \(blockOutChannels[0]) leaves the time embedding no frequencies (it divides by width/2 - freq_shift = 0); use a first width of at least \(2 * (freqShift + 1))")
+        }
     }
 
     /// The dictionary diffusers writes for this config (plus id2label when there are class names).
