@@ -1,4 +1,5 @@
 import XCTest
+import OnestepCore
 import PNGCodec
 
 final class PNGTests: XCTestCase {
@@ -21,5 +22,14 @@ final class PNGTests: XCTestCase {
         let img = PixelImage(width: 4, height: 4, channels: 3, fill: 9)
         let bytes = try! PNG.encode(img)
         XCTAssertThrowsError(try PNG.decode(Array(bytes.prefix(bytes.count / 2))))
+    }
+
+    /// Found by fuzz/ (model_config): a model whose output was NaN trapped in the conversion to UInt8 (in checked
+    /// builds; under -Ounchecked the result was undefined). NaN now becomes 0; infinities clamp like any value.
+    func testNaNAndInfiniteModelOutputsBecomePixels() throws {
+        let images = Tensor(shape: [1, 1, 2, 2], data: [.nan, .infinity, -.infinity, 0])
+        XCTAssertEqual(ImageQuantizer.toUInt8(images), [0, 255, 0, 128])
+        let pngs = try ImagePipeline.pngs(images)
+        XCTAssertEqual(try PNG.decode(pngs[0], channels: 1).pixels, [0, 255, 0, 128])
     }
 }
