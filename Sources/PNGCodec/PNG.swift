@@ -103,6 +103,7 @@ public enum PNG {
     public static func decode(_ bytes: [UInt8], channels: Int? = nil,
                               maxPixels: Int = defaultMaxPixels) throws -> PixelImage {
         guard bytes.count >= 8 else { throw PNGError.decodeFailed("only \(bytes.count) bytes") }
+        try checkChunkLengths(bytes)
         var image = png_image()
         image.version = UInt32(PNG_IMAGE_VERSION)
         let begun = bytes.withUnsafeBytes { src in
@@ -132,6 +133,29 @@ public enum PNG {
             throw PNGError.decodeFailed(m)
         }
         return PixelImage(width: width, height: height, channels: outChannels, pixels: pixels)
+    }
+
+    private static let signature: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]
+
+    /// Refuses a chunk that declares more bytes than the file has left. libpng allocates and zeroes a chunk's buffer
+    /// from its declared length before reading it, so an 81-byte file declaring a 1.9 GB zTXt chunk made it touch
+    /// 1.9 GB (found by fuzz/ png_dataset). Files without the PNG signature are left to libpng to name.
+    static func checkChunkLengths(_ bytes: [UInt8]) throws {
+        guard bytes.starts(with: signature) else { return }
+        var offset = signature.count
+        // Each chunk: 4-byte big-endian length, 4-byte type, data, 4-byte CRC.
+        while offset + 12 <= bytes.count {
+            let length = bytes[offset..<(offset + 4)].reduce(0) { $0 << 8 | Int($1) }
+            let typeBytes = bytes[(offset + 4)..<(offset + 8)]
+            let type = typeBytes.allSatisfy { (65...90).contains($0) || (97...122).contains($0) }
+                ? String(decoding: typeBytes, as: UTF8.self) : "with a non-letter type"
+            let left = bytes.count - offset - 12
+            guard length <= left else {
+                throw PNGError.decodeFailed("chunk \(type) at byte \(offset) declares \(length) bytes but only \(left) follow; the file is truncated or corrupt")
+            }
+            if type == "IEND" { return }
+            offset += 12 + length
+        }
     }
 
     /// Reads and decodes a PNG file.

@@ -87,6 +87,24 @@ final class DataTests: XCTestCase {
         XCTAssertEqual(w[0].map(\.1).reduce(0, +), 1, accuracy: 1e-12)
     }
 
+    /// Found by fuzz/ (png_dataset): this 81-byte PNG declares a 1.9 GB zTXt chunk, and libpng allocated and zeroed
+    /// that much before finding the file too short. It is now skipped with a warning naming the chunk.
+    func testPNGDeclaringAChunkLargerThanTheFileIsSkippedWithoutAllocatingIt() throws {
+        let dir = makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        // fuzz/corpus/png_dataset/regression-zTXt-declares-1.9GB.png
+        let crashing = Data(base64Encoded: "iVBORw0KGgoAAAANSUhEUgAAAAUAAAADAgMAAAFSiR9mAAAADFBMVEX6+qQAAC5YHBIYc64wRTUwc64CAHpUWHT9xWUL+/8AAElFTkSuQmCC")!
+        try crashing.write(to: URL(fileURLWithPath: dir + "/huge-chunk.png"))
+        try PNG.write(PixelImage(width: 4, height: 4, channels: 3, fill: 200), path: dir + "/fine.png")
+        var warnings: [String] = []
+        let data = try ImageFolder.load(path: dir, size: 4, warn: { warnings.append($0) })
+        XCTAssertEqual(data.count, 1)
+        XCTAssertEqual(data.skipped, 1)
+        XCTAssertEqual(warnings.count, 1)
+        XCTAssertTrue(warnings[0].contains("huge-chunk.png") && warnings[0].contains("chunk zTXt")
+                      && warnings[0].contains("declares 1940783616 bytes"), warnings[0])
+    }
+
     func testBadFoldersAreClearErrors() throws {
         let dir = makeTempDir()
         defer { try? FileManager.default.removeItem(atPath: dir) }
