@@ -90,6 +90,22 @@ final class WeightFileTests: XCTestCase {
         XCTAssertTrue(loadError(try modelDir(weights: extra.serialized())).contains("mystery.weight"))
     }
 
+    /// A NaN or an infinity in the weights would make every image black without an error: refused at load, naming
+    /// the tensor and the value.
+    func testNonFiniteWeightsAreRefused() throws {
+        let file = try SafetensorsFile(bytes: try goldenBytes())
+        for (bad, spelled) in [(Float.nan, "nan"), (-Float.infinity, "-inf")] {
+            var w = SafetensorsWriter()
+            for name in file.names {
+                var t = try file.floats(name)
+                if name == "conv_out.weight" { t.data[t.data.count / 2] = bad }
+                w.add(name, t)
+            }
+            let msg = loadError(try modelDir(weights: w.serialized()))
+            XCTAssertTrue(msg.contains("conv_out.weight") && msg.contains(spelled) && msg.contains("re-export"), msg)
+        }
+    }
+
     func testUnsupportedConfigsNameKeyAndValue() throws {
         let base = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: try Fixtures.goldenCase("ddpm_gray") + "/config.json"))) as! [String: Any]
         let cases: [(String, Any, String)] = [

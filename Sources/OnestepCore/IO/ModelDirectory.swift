@@ -160,11 +160,18 @@ public final class SafetensorsWeights: WeightSource, @unchecked Sendable {
             throw SafetensorsError(file: file.path, tensor: key, problem: "has shape \(e.shape) but config.json needs \(shape); the weights do not match the config")
         }
         used.insert(key)
+        let t: Tensor
         if e.dtype == .I8 {
             used.insert(key + Int8Weights.scaleSuffix)
-            return try Int8Weights.dequantize(file: file, key: key)
+            t = try Int8Weights.dequantize(file: file, key: key)
+        } else {
+            t = try file.floats(key)
         }
-        return try file.floats(key)
+        // A NaN or infinity would turn every image into black pixels without any error; refuse it at load.
+        if let bad = t.data.firstIndex(where: { !$0.isFinite }) {
+            throw SafetensorsError(file: file.path, tensor: key, problem: "holds \(t.data[bad]) at flat index \(bad); the weights are damaged or came from a diverged run — re-export them from a good checkpoint")
+        }
+        return t
     }
 
     public func unusedKeys() -> [String] { file.names.filter { !used.contains($0) } }
