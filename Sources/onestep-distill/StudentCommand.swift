@@ -70,7 +70,7 @@ func runStudent(_ flags: Flags) throws {
                                                     count: s.pairs, heunSteps: s.heunSteps, workers: workers, log: stdoutLine)
         let trainer = try RegressionStudentTrainer(config: cfg, pairs: pairs, settings: s, runDir: out, resume: resume)
         stdoutLine("small student: \(trainer.model.parameterCount) parameters (teacher \(teacher.model.parameterCount)), channels \(cfg.blockOutChannels), regression on \(s.pairs) pairs, batch \(s.batch), steps \(trainer.step + 1)...\(s.steps)")
-        printResume(trainer, out: out, resume: resume)
+        Checkpoint.resumeLines(out, resumed: resume, step: trainer.step, every: trainer.checkpointEvery, notes: trainer.resumeNotes).forEach(stdoutLine)
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     } else {
         var s = DistillSettings()
@@ -91,7 +91,7 @@ func runStudent(_ flags: Flags) throws {
         let data = try ImageFolder.load(path: dataDir, size: teacher.imageSize, channels: teacher.channels, warn: { stderrLine("warning: " + $0) })
         let trainer = try ConsistencyStudentTrainer(teacher: teacher.model, dataset: data, settings: s, runDir: out, resume: resume)
         stdoutLine("consistency distillation: \(trainer.model.parameterCount) parameters from \(teacherDir), \(data.count) images from \(dataDir), N = \(s.sigmas), mu = \(s.targetEMA), batch \(s.batch), steps \(trainer.step + 1)...\(s.steps)")
-        printResume(trainer, out: out, resume: resume)
+        Checkpoint.resumeLines(out, resumed: resume, step: trainer.step, every: trainer.checkpointEvery, notes: trainer.resumeNotes).forEach(stdoutLine)
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     }
     stdoutLine(String(format: "%@ at step %d: loss %.5f, %.0fs; model, checkpoint, loss.png and samples.png in %@",
@@ -108,11 +108,6 @@ func checkResumeFlag(_ resume: Bool, out: String) throws {
         throw UsageError("--resume: \(out) has no \(Checkpoint.fileName) to resume from" + hint)
     }
     if !resume && hasCheckpoint { throw UsageError("\(out) already holds a training run; pass --resume to continue it or choose another --out") }
-}
-
-func printResume(_ trainer: StudentLoop, out: String, resume: Bool) {
-    guard resume || !trainer.resumeNotes.isEmpty else { return }
-    Checkpoint.resumeLines(out, step: trainer.step, every: trainer.checkpointEvery, notes: trainer.resumeNotes).forEach(stdoutLine)
 }
 
 func parseChannels(_ s: String) throws -> [Int] {

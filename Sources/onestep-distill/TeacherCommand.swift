@@ -70,9 +70,7 @@ func runTeacher(_ flags: Flags) throws {
         config = c
     }
     let trainer = try TeacherTrainer(config: config!, dataset: data, settings: s, runDir: out, resume: resume)
-    if resume || !trainer.resumeNotes.isEmpty {
-        Checkpoint.resumeLines(out, step: trainer.step, every: s.checkpointEvery, notes: trainer.resumeNotes).forEach(stdoutLine)
-    }
+    Checkpoint.resumeLines(out, resumed: resume, step: trainer.step, every: s.checkpointEvery, notes: trainer.resumeNotes).forEach(stdoutLine)
     try AtomicFile.write(trainingRecord(s, data: dataDir), to: out + "/train.json")
     installInterruptHandler()
     let summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)

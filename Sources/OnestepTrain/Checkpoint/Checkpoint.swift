@@ -46,10 +46,12 @@ public enum Checkpoint {
         return try UNetConfig(json: json)
     }
 
-    /// "resuming DIR at step N (checkpoint every K steps)", the line the CLI and the pipeline print (and
-    /// scripts/fault-distill reads), then one line per note.
-    public static func resumeLines(_ dir: String, step: Int, every: Int, notes: [String]) -> [String] {
-        ["resuming \(dir) at step \(step) (checkpoint every \(every) steps)"] + notes.map { "note: " + $0 }
+    /// What the CLI and the pipeline print as a run starts: nothing for a fresh run with nothing to report; else
+    /// "resuming DIR at step N (checkpoint every K steps)" (the line scripts/fault-distill reads), then one line
+    /// per note.
+    public static func resumeLines(_ dir: String, resumed: Bool, step: Int, every: Int, notes: [String]) -> [String] {
+        guard resumed || !notes.isEmpty else { return [] }
+        return ["resuming \(dir) at step \(step) (checkpoint every \(every) steps)"] + notes.map { "note: " + $0 }
     }
 
     static func write(kind: String, model: TrainableUNet, optimizer: Optimizer, ema: WeightAverage,

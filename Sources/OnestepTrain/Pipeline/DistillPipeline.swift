@@ -213,9 +213,7 @@ public final class DistillPipeline {
         let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
         let cfg = try settings.teacherConfig(classNames: data.classNames ?? [])
         let t = try TeacherTrainer(config: cfg, dataset: data, settings: settings.teacher, runDir: run, resume: resume)
-        if resume || !t.resumeNotes.isEmpty {
-            Checkpoint.resumeLines(run, step: t.step, every: settings.teacher.checkpointEvery, notes: t.resumeNotes).forEach(log)
-        }
+        Checkpoint.resumeLines(run, resumed: resume, step: t.step, every: settings.teacher.checkpointEvery, notes: t.resumeNotes).forEach(log)
         try AtomicFile.write("{\"data\": \"\(dir)/data\"}\n", to: run + "/train.json")
         return try !t.run(shouldStop: shouldStop, log: log).interrupted
     }
@@ -226,7 +224,7 @@ public final class DistillPipeline {
         let run = dir + "/student"
         let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
         let t = try ConsistencyStudentTrainer(teacher: teacher.model, dataset: data, settings: settings.distill, runDir: run, resume: resume)
-        logResume(t, resume: resume)
+        Checkpoint.resumeLines(run, resumed: resume, step: t.step, every: t.checkpointEvery, notes: t.resumeNotes).forEach(log)
         return try !t.run(shouldStop: shouldStop, log: log).interrupted
     }
 
@@ -242,12 +240,7 @@ public final class DistillPipeline {
         let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
         let t = try RegressionStudentTrainer(config: cfg, pairs: pairs, settings: s, runDir: run, resume: resume)
         log("small student: \(t.model.parameterCount) parameters (teacher \(teacher.model.parameterCount))")
-        logResume(t, resume: resume)
+        Checkpoint.resumeLines(run, resumed: resume, step: t.step, every: t.checkpointEvery, notes: t.resumeNotes).forEach(log)
         return try !t.run(shouldStop: shouldStop, log: log).interrupted
-    }
-
-    func logResume(_ t: StudentLoop, resume: Bool) {
-        guard resume || !t.resumeNotes.isEmpty else { return }
-        Checkpoint.resumeLines(t.runDir, step: t.step, every: t.checkpointEvery, notes: t.resumeNotes).forEach(log)
     }
 }
