@@ -1,5 +1,5 @@
-// Training speed beside the inference forward on the same model and batch, measured in one run. GFLOP/s uses
-// UNet2DModel.flopsPerImage for the forward and counts a training step as 3x the forward (forward, input
+// Training speed beside the inference forward (the serving path, fp32 kernels) on the same model and batch,
+// measured in one run. GFLOP/s uses UNet2DModel.flopsPerImage for the forward and counts a training step as 3x the forward (forward, input
 // gradients, weight gradients: the three GEMMs of every layer).
 import Foundation
 import OnestepCore
@@ -35,7 +35,9 @@ func runBench(_ flags: Flags) throws {
                                                        classNames: k == 0 ? nil : (0..<k).map { "class\($0)" })
         trainable = TrainableUNet(config: cfg, seed: 0)
     }
-    let inference = try trainable.inferenceModel()
+    var inference = try trainable.inferenceModel()
+    inference.packForServing(.fp32)
+    let pool = BufferPool()
     let cfg = trainable.config, per = cfg.inChannels * cfg.sampleSize * cfg.sampleSize
     let flops = inference.flopsPerImage
     stdoutLine(String(format: "model: %d parameters, %dx%d, %.1f MFLOP per image forward; batch %d", trainable.parameterCount,
@@ -48,9 +50,9 @@ func runBench(_ flags: Flags) throws {
     for th in threads { for workers in workerCounts {
         let replicas = (1..<workers).map { _ in trainable.clone() }
         BLAS.threads = th
-        _ = inference.forward(x, timesteps: t, classLabels: labels)
+        _ = inference.forwardBatched(x, timesteps: t, classLabels: labels, pool: pool)
         var start = Date()
-        for _ in 0..<steps { _ = inference.forward(x, timesteps: t, classLabels: labels) }
+        for _ in 0..<steps { _ = inference.forwardBatched(x, timesteps: t, classLabels: labels, pool: pool) }
         let fwd = Date().timeIntervalSince(start) / Double(steps)
         let step: Double = x.data.withUnsafeBufferPointer { xp in
             trainable.store.zeroGrads()

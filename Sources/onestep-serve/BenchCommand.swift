@@ -74,8 +74,8 @@ enum BenchCommand {
         let batchMilliseconds = rates.reduce(0) { $0 + 1000 / $1 } / Double(workers)
         let flops = p.model.flopsPerImage * Double(batch)
         // The sgemm a perfect conv would be: the dominant conv's (Cout, Cin*9) x (Cin*9, Ho*Wo*batch).
-        let (geo, size) = p.model.dominantConvolution
-        let m = geo.outChannels, k = geo.reduction, n = geo.outputHeight(size) * geo.outputWidth(size) * batch
+        let dominant = p.model.dominantConvolution, geo = dominant.convGeometry!
+        let m = geo.outChannels, k = geo.reduction, n = dominant.pixels * batch
         // With several workers the baseline is as many sgemms side by side, summed: the same machine share.
         let sg = UnsafeMutableBufferPointer<Double>.allocate(capacity: workers)
         defer { sg.deallocate() }

@@ -74,7 +74,8 @@ enum Commands {
             throw FlagError("this model has no class embedding; remove class_labels from the inputs")
         }
         var writer = SafetensorsWriter()
-        writer.add("unet_out", pipeline.model.forward(x, timesteps: timesteps, classLabels: labels))
+        // The serving path (packed kernels, the precision the server would use for this model).
+        writer.add("unet_out", pipeline.model.forwardBatched(x, timesteps: timesteps, classLabels: labels, pool: .forCurrentThread))
         if inputs.entries["cm_noise"] != nil {
             guard case .consistency(let c) = pipeline.sampler else { throw FlagError("cm_noise given but the model is not a consistency model") }
             let noise = try inputs.floats("cm_noise")

@@ -10,13 +10,14 @@ final class BatchedForwardTests: XCTestCase {
     func testMatchesReferenceAndGolden() throws {
         for name in ["ddpm_tiny", "cd_tiny", "ddpm_gray"] {
             let dir = try Fixtures.goldenCase(name)
-            let (model, _) = try ModelDirectory(path: dir).loadModel()
+            var model = try ModelDirectory(path: dir).loadModel().0
+            model.packForServing(.fp32)
             let io = try SafetensorsFile(path: dir + "/io.safetensors")
             let x = try io.floats("x"), t = try io.floats("t")
             let labels = io.entries["class_labels"] != nil ? try io.integers("class_labels").values.map { Int($0) } : nil
             let pool = BufferPool()
             let fast = model.forwardBatched(x, timesteps: t.data, classLabels: labels, pool: pool)
-            let ref = model.forward(x, timesteps: t.data, classLabels: labels)
+            let ref = model.referenceForward(x, timesteps: t.data, classLabels: labels)
             XCTAssertLessThan(TensorError.relativeL2(fast.data, ref.data), Self.matchesReference, name)
             XCTAssertLessThan(TensorError.relativeL2(fast.data, try io.floats("unet_out").data), GoldenTests.unetRelativeL2, name)
             // A second pass reuses the pool: no new memory, same answer.

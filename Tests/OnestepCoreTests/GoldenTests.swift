@@ -10,11 +10,13 @@ final class GoldenTests: XCTestCase {
 
     func check(_ name: String) throws {
         let dir = try Fixtures.goldenCase(name)
-        let (model, _) = try ModelDirectory(path: dir).loadModel()
+        // The serving path, packed as the server packs a float model (fp32 kernels).
+        var model = try ModelDirectory(path: dir).loadModel().0
+        model.packForServing(.fp32)
         let io = try SafetensorsFile(path: dir + "/io.safetensors")
         let x = try io.floats("x"), t = try io.floats("t")
         let labels = io.entries["class_labels"] != nil ? try io.integers("class_labels").values.map { Int($0) } : nil
-        let y = model.forward(x, timesteps: t.data, classLabels: labels)
+        let y = model.forwardBatched(x, timesteps: t.data, classLabels: labels, pool: BufferPool())
         let expected = try io.floats("unet_out")
         XCTAssertEqual(y.shape, expected.shape)
         let rel = TensorError.relativeL2(y.data, expected.data)
@@ -51,11 +53,12 @@ final class GoldenTests: XCTestCase {
     /// The full sampler path (noise from the seed) reproduces the stored-noise path for the same noise.
     func testSamplerUsesTorchNoise() throws {
         let dir = try Fixtures.goldenCase("cd_tiny")
-        let (model, _) = try ModelDirectory(path: dir).loadModel()
+        var model = try ModelDirectory(path: dir).loadModel().0
+        model.packForServing(.fp32)
         let sampler = ConsistencySampler()
         let reqs = [GenerationRequest(seed: 7, label: 3)]
         let img = sampler.sample(reqs, steps: 1, channels: 3, size: 16) { x, t, l in
-            model.forward(x, timesteps: Array(repeating: t, count: x.shape[0]), classLabels: l)
+            model.forwardBatched(x, timesteps: Array(repeating: t, count: x.shape[0]), classLabels: l, pool: BufferPool())
         }
         var g = TorchGenerator(seed: 7)
         let noise = g.randn(shape: [1, 3, 16, 16])
@@ -71,8 +74,9 @@ extension ConsistencySampler {
         let sample = noise.data.map { $0 * sigma }
         let scale = (sigma * sigma + sd * sd).squareRoot()
         let t = ConsistencySchedule(config: .init(), steps: 1).timesteps[0]
-        let out = model.forward(Tensor(shape: noise.shape, data: sample.map { $0 / scale }),
-                                timesteps: Array(repeating: t, count: noise.shape[0]), classLabels: labels)
+        let out = model.forwardBatched(Tensor(shape: noise.shape, data: sample.map { $0 / scale }),
+                                timesteps: Array(repeating: t, count: noise.shape[0]), classLabels: labels,
+                                       pool: BufferPool())
         let cSkip = sd * sd / ((sigma - smin) * (sigma - smin) + sd * sd)
         let cOut = (sigma - smin) * sd / (sigma * sigma + sd * sd).squareRoot()
         return Tensor(shape: noise.shape, data: zip(out.data, sample).map { min(max(cOut * $0 + cSkip * $1, -1), 1) })

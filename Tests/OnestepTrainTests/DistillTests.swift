@@ -53,7 +53,7 @@ final class DistillTests: XCTestCase {
         let x = Tensor(shape: [2, 3, 8, 8], data: (0..<(2 * per)).map { _ in rng.normal() * 10 })
         var out = [Float](repeating: 0, count: 2 * per)
         teacher.heunStep(x.data, from: [10, 10], to: [5, 5], labels: [0, 2], into: &out)
-        let den: (Tensor, Float, [Int]?) -> Tensor = { t, ts, l in model.forward(t, timesteps: Array(repeating: ts, count: t.shape[0]), classLabels: l) }
+        let den: (Tensor, Float, [Int]?) -> Tensor = { t, ts, l in model.referenceForward(t, timesteps: Array(repeating: ts, count: t.shape[0]), classLabels: l) }
         let d0 = EDM.denoise(x, sigma: 10, sigmaData: 0.5, labels: [0, 2], model: den)
         let e = Tensor(shape: x.shape, data: zip(x.data, d0.data).map { $0 - 5 * ($0 - $1) / 10 })
         let d1 = EDM.denoise(e, sigma: 5, sigmaData: 0.5, labels: [0, 2], model: den)

@@ -35,14 +35,18 @@ final class UNetTests: XCTestCase {
         let reference = try model.inferenceModel()
         XCTAssertEqual(reference.parameterCount, model.parameterCount)
         XCTAssertEqual(Set(reference.parameters.map(\.0)), Set(model.parameters.map(\.0)))
+        // Both models are built from one plan: the trainable store registers exactly its tensors and shapes.
+        let plan = UNet2DPlan(config: cfg).tensors
+        XCTAssertEqual(model.parameters.map(\.0), plan.map(\.key))
+        XCTAssertEqual(model.parameters.map(\.1.shape), plan.map(\.shape))
         let n = 3, per = cfg.inChannels * cfg.sampleSize * cfg.sampleSize
         let x = Tensor(shape: [n, cfg.inChannels, cfg.sampleSize, cfg.sampleSize], data: GradientCheck.random(n * per, seed: 5))
         let t: [Float] = [-1100, 0, 1095]  // 250 ln(sigma) for sigma 0.012, 1, 80
         let labels = cfg.numClassEmbeds.map { k in (0..<n).map { $0 % k } }
         let y = model.forward(x, timesteps: t, classLabels: labels)
-        let expected = reference.forward(x, timesteps: t, classLabels: labels)
+        let expected = reference.referenceForward(x, timesteps: t, classLabels: labels)
         let rel = TensorError.relativeL2(y.data, expected.data)
-        XCTAssertLessThanOrEqual(rel, Self.forwardRelativeL2, "training forward differs from UNet2DModel.forward by \(rel)")
+        XCTAssertLessThanOrEqual(rel, Self.forwardRelativeL2, "training forward differs from UNet2DModel.referenceForward by \(rel)")
     }
 
     func testForwardMatchesInferenceModel() throws {

@@ -126,13 +126,20 @@ public struct ModelDirectory: Sendable {
         return .edmHeun(edm)
     }
 
-    /// Loads config and weights; int8 tensors are dequantized. Refuses weights that do not match the config.
+    /// Loads config and weights; int8 tensors are dequantized and their codes kept for packing, and the file's
+    /// int8 policy becomes the model's. Refuses weights that do not match the config.
     public func loadModel() throws -> (UNet2DModel, SafetensorsFile) {
         let cfg = try loadConfig()
         let file = try SafetensorsFile(path: weightsPath)
         let source = SafetensorsWeights(file: file)
-        let model: UNet2DModel
-        do { model = try UNet2DModel(config: cfg, weights: source) } catch let e as SafetensorsError {
+        var model: UNet2DModel
+        do {
+            model = try UNet2DModel(config: cfg, weights: source)
+            if let policy = try Int8Weights.policy(of: file) {
+                try Int8Weights.checkPolicy(policy, file: file, layers: model.plan.layers)
+                model.int8Policy = policy
+            }
+        } catch let e as SafetensorsError {
             throw ModelLoadError(path: weightsPath, problem: "\(e.tensor.map { "tensor '\($0)' " } ?? "")\(e.problem)")
         }
         let unused = source.unusedKeys()
@@ -143,8 +150,8 @@ public struct ModelDirectory: Sendable {
     }
 }
 
-/// Reads tensors from a safetensors file, dequantizing Onestep's int8 format (see Quant/Int8Weights.swift),
-/// and records which keys were used so a file with extra tensors can be refused.
+/// Reads tensors from a safetensors file, dequantizing Onestep's int8 format (see Quant/Int8Weights.swift) and
+/// handing out its stored codes for packing, and records which keys were used so a file with extra tensors can be refused.
 public final class SafetensorsWeights: WeightSource, @unchecked Sendable {
     // Only used during single-threaded model construction.
     public let file: SafetensorsFile
@@ -172,6 +179,11 @@ public final class SafetensorsWeights: WeightSource, @unchecked Sendable {
             throw SafetensorsError(file: file.path, tensor: key, problem: "holds \(t.data[bad]) at flat index \(bad); the weights are damaged or came from a diverged run — re-export them from a good checkpoint")
         }
         return t
+    }
+
+    public func int8(_ key: String, shape: [Int]) throws -> Int8Tensor? {
+        guard let e = file.entries[key], e.dtype == .I8, e.shape == shape else { return nil }
+        return try Int8Weights.stored(file: file, key: key)
     }
 
     public func unusedKeys() -> [String] { file.names.filter { !used.contains($0) } }

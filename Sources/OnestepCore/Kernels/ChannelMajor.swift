@@ -70,7 +70,7 @@ public enum ChannelMajor {
     public static func conv(_ x: Activation, _ layer: Conv2DLayer, upsample: Bool = false, pool: BufferPool,
                             accumulateInto existing: Activation? = nil) -> Activation {
         let g = layer.geometry
-        precondition(x.channels == g.inChannels, "conv \(layer.prefix): input has \(x.channels) channels, needs \(g.inChannels)")
+        precondition(x.channels == g.inChannels, "conv \(layer.key): input has \(x.channels) channels, needs \(g.inChannels)")
         switch layer.packed {
         case .f32(let w): return FastConv.conv(x, w, upsample: upsample, pool: pool, accumulateInto: existing)
         case .int8(let w): return FastConv.conv(x, w, upsample: upsample, pool: pool, accumulateInto: existing)

@@ -29,7 +29,7 @@ public struct PackedConvF32: Sendable {
 
     public init(_ layer: Conv2DLayer) {
         let g = layer.geometry
-        precondition(layer.weight.count == g.outChannels * g.reduction, "conv \(layer.prefix): weight size")
+        precondition(layer.weight.count == g.outChannels * g.reduction, "conv \(layer.key): weight size")
         geometry = g
         bias = layer.bias?.data
         let count = osk_f32_packed_count(Int32(g.outChannels), Int32(g.reduction))
@@ -42,31 +42,64 @@ public struct PackedConvF32: Sendable {
     }
 }
 
-/// int8 conv weights: per-output-channel symmetric codes (scale = max|w| / 127), packed as 4 codes per
+/// int8 conv weights: per-output-channel symmetric codes (w ≈ code * scale[cout]), packed as 4 codes per
 /// Int32 for vpdpbusd, with each row's code sum (for the activation zero-point correction).
 public struct PackedConvInt8: Sendable {
     public let geometry: ConvGeometry
     public let bias: [Float]?        // (Cout)
-    let codes: [Int32]               // [ceil(M/8)][C4*KH*KW][8], 4 x Int8 per word
+    let codes: [Int32]               // [ceil(M/8)][C4*KH*KW][8], 4 x Int8 per word (channels 4q..4q+3 at one tap)
     let rowSums: [Int32]             // (ceil(M/8)*8)
     let scales: [Float]              // (ceil(M/8)*8)
 
+    /// Packs `layer` for the int8 kernels: from the codes and scales its weight file stores when it stores
+    /// them (kept bit for bit), else from its float weights quantized by Int8Weights.quantize, the same rule
+    /// `quantize` writes files with.
     public init(_ layer: Conv2DLayer) {
-        let g = layer.geometry
-        precondition(layer.weight.count == g.outChannels * g.reduction, "conv \(layer.prefix): weight size")
+        self.init(geometry: layer.geometry, bias: layer.bias?.data, weights: layer.stored8 ?? Int8Weights.quantize(layer.weight))
+    }
+
+    /// Packs int8 weights (Cout, Cin, KH, KW) in the layout osk_conv_q8 reads (onestep_kernels.h, A8).
+    public init(geometry g: ConvGeometry, bias: [Float]?, weights q: Int8Tensor) {
+        precondition(q.shape == [g.outChannels, g.inChannels, g.kernelH, g.kernelW], "int8 conv: weights \(q.shape) do not match \(g)")
         geometry = g
-        bias = layer.bias?.data
-        let m = Int32(g.outChannels), taps = Int32(g.kernelH * g.kernelW)
-        let count = osk_q8_packed_count(m, Int32(g.inChannels), taps), rows = (g.outChannels + 7) / 8 * 8
-        var codes = [Int32](repeating: 0, count: count)
+        self.bias = bias
+        let mr = Int(OSK_MR), m = g.outChannels, cin = g.inChannels, taps = g.kernelH * g.kernelW
+        let c4 = (cin + 3) / 4, k4 = c4 * taps, rows = (m + mr - 1) / mr * mr
+        var words = [Int32](repeating: 0, count: osk_q8_packed_count(Int32(m), Int32(cin), Int32(taps)))
         var rowSums = [Int32](repeating: 0, count: rows)
         var scales = [Float](repeating: 0, count: rows)
-        layer.weight.data.withUnsafeBufferPointer { w in
-            osk_q8_pack(w.baseAddress!, m, Int32(g.inChannels), taps, &codes, &rowSums, &scales)
+        words.withUnsafeMutableBytes { bytes in
+            for row in 0..<m {
+                var sum: Int32 = 0
+                for c in 0..<cin {
+                    for t in 0..<taps {
+                        let code = q.codes[(row * cin + c) * taps + t]
+                        sum += Int32(code)
+                        let word = ((row / mr) * k4 + (c / 4) * taps + t) * mr + row % mr
+                        bytes[word * 4 + c % 4] = UInt8(bitPattern: code)  // little-endian: byte j = channel 4q+j
+                    }
+                }
+                rowSums[row] = sum
+                scales[row] = q.scales[row]
+            }
         }
-        self.codes = codes
+        codes = words
         self.rowSums = rowSums
         self.scales = scales
+    }
+
+    /// The packed weights read back as (Cout, Cin, KH, KW) codes and (Cout) scales: what the kernels multiply by.
+    public func unpacked() -> Int8Tensor {
+        let g = geometry, mr = Int(OSK_MR), m = g.outChannels, cin = g.inChannels, taps = g.kernelH * g.kernelW
+        let k4 = (cin + 3) / 4 * taps
+        var out = [Int8](repeating: 0, count: m * cin * taps)
+        codes.withUnsafeBytes { bytes in
+            for row in 0..<m { for c in 0..<cin { for t in 0..<taps {
+                let word = ((row / mr) * k4 + (c / 4) * taps + t) * mr + row % mr
+                out[(row * cin + c) * taps + t] = Int8(bitPattern: bytes[word * 4 + c % 4])
+            } } }
+        }
+        return Int8Tensor(shape: [m, cin, g.kernelH, g.kernelW], codes: out, scales: Array(scales.prefix(m)))
     }
 }
 

@@ -34,7 +34,7 @@ public enum Quantizer {
         if let sched = dir.schedulerConfigPath, let data = FileManager.default.contents(atPath: sched) {
             try AtomicFile.write([UInt8](data), to: destination + "/scheduler_config.json")
         }
-        let errors = try Int8Weights.write(parameters: float.model.parameters,
+        let errors = try Int8Weights.write(parameters: float.model.parameters, layers: float.model.plan.layers,
                                            to: destination + "/diffusion_pytorch_model.safetensors")
         let int8 = try ImagePipeline.load(path: destination)
         let (rel, psnr) = compare(float, int8, seeds: reportSeeds)

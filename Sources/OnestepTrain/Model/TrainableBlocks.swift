@@ -1,6 +1,6 @@
-// Down, mid and up blocks of UNet2DModel, trainable. Same construction rules and checkpoint keys as
-// OnestepCore's UNetBlocks.swift (DownBlock2D, AttnDownBlock2D, ResnetDownsampleBlock2D, UNetMidBlock2D,
-// UpBlock2D, AttnUpBlock2D, ResnetUpsampleBlock2D); the skip tensors are handled by TrainableUNet.
+// Down, mid and up blocks of UNet2DModel, trainable, built from the same UNet2DPlan as OnestepCore's
+// UNetBlocks.swift (so the keys, shapes and block rules cannot differ); the skip tensors are handled by
+// TrainableUNet.
 import OnestepCore
 
 /// The resampler at the end of a block: a stride-2 conv, nearest 2x + conv, or a resnet with up/down.
@@ -11,7 +11,14 @@ public final class TrainableResampler {
     private let upsampled = Buffer(), inputGradient = Buffer()
     private var n = 0, h = 0, w = 0
 
-    init(_ kind: Kind, channels: Int) { (self.kind, self.channels) = (kind, channels) }
+    init(_ plan: UNet2DPlan.Resampler, channels: Int, _ store: ParameterStore) {
+        switch plan {
+        case .strideConv(let c): kind = .strideConv(TrainableConv2D(c, store))
+        case .upsampleConv(let c): kind = .upsampleConv(TrainableConv2D(c, store))
+        case .resnet(let r): kind = .resnet(TrainableResnet(r, store))
+        }
+        self.channels = channels
+    }
 
     func outputSize(height: Int, width: Int) -> (Int, Int) {
         switch kind {
@@ -50,30 +57,16 @@ public final class TrainableDownBlock {
     public let attentions: [TrainableAttention]
     public let downsampler: TrainableResampler?
 
-    init(index i: Int, config cfg: UNetConfig, in cin: Int, out cout: Int, isFinal: Bool, _ store: ParameterStore) {
-        let prefix = "down_blocks.\(i)", type = cfg.downBlockTypes[i]
+    init(_ plan: UNet2DPlan.Block, _ store: ParameterStore) {
+        // Registered resnet j then its attention, as before the plan existed: the keys do not depend on it, but
+        // the store layout (and so existing checkpoints' optimizer state) does.
         var res: [TrainableResnet] = [], att: [TrainableAttention] = []
-        for j in 0..<cfg.layersPerBlock {
-            res.append(TrainableResnet("\(prefix).resnets.\(j)", store, in: j == 0 ? cin : cout, out: cout, temb: cfg.timeEmbedDim,
-                                       groups: cfg.normNumGroups, eps: cfg.normEps, conditioning: cfg.timeConditioning))
-            if type == .attnDown {
-                att.append(TrainableAttention("\(prefix).attentions.\(j)", store, channels: cout, headDim: cfg.attentionHeadDim,
-                                              normGroups: cfg.normNumGroups, eps: cfg.normEps))
-            }
+        for (j, r) in plan.resnets.enumerated() {
+            res.append(TrainableResnet(r, store))
+            if j < plan.attentions.count { att.append(TrainableAttention(plan.attentions[j], store)) }
         }
         (resnets, attentions) = (res, att)
-        guard !isFinal else { downsampler = nil; return }
-        let useResnet = type == .resnetDownsample || (type == .attnDown && cfg.downsampleType == .resnet)
-        if useResnet {
-            downsampler = TrainableResampler(.resnet(TrainableResnet("\(prefix).downsamplers.0", store, in: cout, out: cout,
-                temb: cfg.timeEmbedDim, groups: cfg.normNumGroups, eps: cfg.normEps, conditioning: cfg.timeConditioning,
-                resample: .down)), channels: cout)
-        } else {
-            let p = cfg.downsamplePadding
-            let g = ConvGeometry(inChannels: cout, outChannels: cout, kernelH: 3, kernelW: 3, stride: 2,
-                                 padTop: p, padLeft: p, padBottom: p == 0 ? 1 : p, padRight: p == 0 ? 1 : p)
-            downsampler = TrainableResampler(.strideConv(TrainableConv2D("\(prefix).downsamplers.0.conv", store, geometry: g)), channels: cout)
-        }
+        downsampler = plan.resampler.map { TrainableResampler($0, channels: plan.resnets.last!.outChannels, store) }
     }
 }
 
@@ -81,20 +74,10 @@ public final class TrainableMidBlock {
     public let resnets: [TrainableResnet]
     public let attention: TrainableAttention?
 
-    init(config cfg: UNetConfig, _ store: ParameterStore) {
-        let c = cfg.blockOutChannels.last!
-        let r0 = TrainableResnet("mid_block.resnets.0", store, in: c, out: c, temb: cfg.timeEmbedDim, groups: cfg.normNumGroups,
-                                 eps: cfg.normEps, conditioning: cfg.timeConditioning, outputScaleFactor: cfg.midBlockScaleFactor)
-        // Same rule as OnestepCore's MidBlock: the attention norm exists only with "default" time conditioning
-        // unless attn_norm_num_groups says otherwise.
-        let attnGroups = cfg.attnNormNumGroups ?? (cfg.timeConditioning == .default ? cfg.normNumGroups : nil)
-        attention = cfg.addAttention
-            ? TrainableAttention("mid_block.attentions.0", store, channels: c, headDim: cfg.attentionHeadDim, normGroups: attnGroups,
-                                 eps: cfg.normEps, rescaleOutputFactor: cfg.midBlockScaleFactor)
-            : nil
-        let r1 = TrainableResnet("mid_block.resnets.1", store, in: c, out: c, temb: cfg.timeEmbedDim, groups: cfg.normNumGroups,
-                                 eps: cfg.normEps, conditioning: cfg.timeConditioning, outputScaleFactor: cfg.midBlockScaleFactor)
-        resnets = [r0, r1]
+    init(_ plan: UNet2DPlan.Mid, _ store: ParameterStore) {
+        let r0 = TrainableResnet(plan.resnets[0], store)
+        attention = plan.attention.map { TrainableAttention($0, store) }
+        resnets = [r0, TrainableResnet(plan.resnets[1], store)]
     }
 }
 
@@ -107,31 +90,45 @@ public final class TrainableUpBlock {
     /// One concatenation buffer per resnet (its input must outlive the forward) and one for the split gradient.
     let concatenated: [Buffer], hiddenGradient = Buffer()
 
-    init(index i: Int, config cfg: UNetConfig, in cin: Int, prev: Int, out cout: Int, isFinal: Bool, _ store: ParameterStore) {
-        let prefix = "up_blocks.\(i)", layers = cfg.layersPerBlock + 1, type = cfg.upBlockTypes[i]
-        var res: [TrainableResnet] = [], att: [TrainableAttention] = [], skips: [Int] = []
-        for j in 0..<layers {
-            let skip = j == layers - 1 ? cin : cout
-            skips.append(skip)
-            res.append(TrainableResnet("\(prefix).resnets.\(j)", store, in: (j == 0 ? prev : cout) + skip, out: cout,
-                                       temb: cfg.timeEmbedDim, groups: cfg.normNumGroups, eps: cfg.normEps,
-                                       conditioning: cfg.timeConditioning))
-            if type == .attnUp {
-                att.append(TrainableAttention("\(prefix).attentions.\(j)", store, channels: cout, headDim: cfg.attentionHeadDim,
-                                              normGroups: cfg.normNumGroups, eps: cfg.normEps))
-            }
+    init(_ plan: UNet2DPlan.Block, _ store: ParameterStore) {
+        var res: [TrainableResnet] = [], att: [TrainableAttention] = []
+        for (j, r) in plan.resnets.enumerated() {
+            res.append(TrainableResnet(r, store))
+            if j < plan.attentions.count { att.append(TrainableAttention(plan.attentions[j], store)) }
         }
-        (resnets, attentions, skipChannels) = (res, att, skips)
-        concatenated = (0..<layers).map { _ in Buffer() }
-        guard !isFinal else { upsampler = nil; return }
-        let useResnet = type == .resnetUpsample || (type == .attnUp && cfg.upsampleType == .resnet)
-        if useResnet {
-            upsampler = TrainableResampler(.resnet(TrainableResnet("\(prefix).upsamplers.0", store, in: cout, out: cout,
-                temb: cfg.timeEmbedDim, groups: cfg.normNumGroups, eps: cfg.normEps, conditioning: cfg.timeConditioning,
-                resample: .up)), channels: cout)
-        } else {
-            let g = ConvGeometry(inChannels: cout, outChannels: cout, kernel: 3, padding: 1)
-            upsampler = TrainableResampler(.upsampleConv(TrainableConv2D("\(prefix).upsamplers.0.conv", store, geometry: g)), channels: cout)
-        }
+        (resnets, attentions, skipChannels) = (res, att, plan.skipChannels)
+        concatenated = plan.resnets.map { _ in Buffer() }
+        upsampler = plan.resampler.map { TrainableResampler($0, channels: plan.resnets.last!.outChannels, store) }
+    }
+}
+
+// Layers from their LayerSpec: the plan fixes keys and shapes, the trainable layer adds values and gradients.
+extension TrainableConv2D {
+    convenience init(_ spec: LayerSpec, _ store: ParameterStore) {
+        self.init(spec.key, store, geometry: spec.convGeometry!)
+    }
+}
+
+extension TrainableLinear {
+    convenience init(_ spec: LayerSpec, _ store: ParameterStore) {
+        guard case .linear(let i, let o) = spec.kind else { preconditionFailure("\(spec.key) is not a linear layer") }
+        self.init(spec.key, store, in: i, out: o)
+    }
+}
+
+extension TrainableGroupNorm {
+    convenience init(_ spec: LayerSpec, _ store: ParameterStore, silu: Bool) {
+        guard case .groupNorm(let c, let g, let eps) = spec.kind else { preconditionFailure("\(spec.key) is not a GroupNorm") }
+        self.init(spec.key, store, channels: c, groups: g, eps: eps, silu: silu)
+    }
+}
+
+extension TrainableAttention {
+    convenience init(_ plan: UNet2DPlan.Attention, _ store: ParameterStore) {
+        var normGroups: Int?
+        var eps: Float = 1e-5
+        if let n = plan.norm, case .groupNorm(_, let g, let e) = n.kind { (normGroups, eps) = (g, e) }
+        self.init(plan.key, store, channels: plan.channels, headDim: plan.channels / plan.heads, normGroups: normGroups, eps: eps,
+                  rescaleOutputFactor: plan.rescaleOutputFactor)
     }
 }

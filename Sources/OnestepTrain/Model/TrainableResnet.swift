@@ -1,4 +1,4 @@
-// ResnetBlock2D, trainable (same structure and keys as OnestepCore's ResnetBlock):
+// ResnetBlock2D, trainable, built from the same UNet2DPlan.Resnet as OnestepCore's ResnetBlock:
 //   a = silu(norm1(x)); [resample x and a]; h = conv1(a) + proj(silu(temb)); h = silu(norm2(h))  ("default")
 //                                                  or h = silu(norm2(h) * (1 + scale) + shift)   ("scale_shift")
 //   out = (shortcut(x) + conv2(h)) / output_scale_factor
@@ -15,18 +15,24 @@ public final class TrainableResnet {
     private var n = 0, h = 0, w = 0, ho = 0, wo = 0
     private var timeOut: UnsafePointer<Float>?, normed2: UnsafePointer<Float>?
 
-    public init(_ prefix: String, _ store: ParameterStore, in cin: Int, out cout: Int, temb: Int, groups: Int, eps: Float,
-                conditioning: TimeConditioning, resample: ResnetResample = .none, outputScaleFactor: Float = 1) {
-        (inChannels, outChannels) = (cin, cout)
-        norm1 = TrainableGroupNorm(prefix + ".norm1", store, channels: cin, groups: groups, eps: eps, silu: true)
-        conv1 = TrainableConv2D(prefix + ".conv1", store, geometry: ConvGeometry(inChannels: cin, outChannels: cout, kernel: 3, padding: 1))
-        timeProjection = TrainableLinear(prefix + ".time_emb_proj", store, in: temb, out: conditioning == .scaleShift ? 2 * cout : cout)
-        norm2 = TrainableGroupNorm(prefix + ".norm2", store, channels: cout, groups: groups, eps: eps, silu: conditioning == .default)
-        conv2 = TrainableConv2D(prefix + ".conv2", store, geometry: ConvGeometry(inChannels: cout, outChannels: cout, kernel: 3, padding: 1))
-        shortcut = cin != cout
-            ? TrainableConv2D(prefix + ".conv_shortcut", store, geometry: ConvGeometry(inChannels: cin, outChannels: cout, kernel: 1, padding: 0))
-            : nil
-        (self.conditioning, self.resample, self.outputScaleFactor) = (conditioning, resample, outputScaleFactor)
+    /// The block UNet2DPlan describes, registering its tensors under the plan's keys.
+    public init(_ plan: UNet2DPlan.Resnet, _ store: ParameterStore) {
+        (inChannels, outChannels) = (plan.inChannels, plan.outChannels)
+        norm1 = TrainableGroupNorm(plan.norm1, store, silu: true)
+        conv1 = TrainableConv2D(plan.conv1, store)
+        timeProjection = TrainableLinear(plan.timeProjection, store)
+        // With scale_shift the SiLU comes after the modulation, so norm2 leaves it out.
+        norm2 = TrainableGroupNorm(plan.norm2, store, silu: plan.conditioning == .default)
+        conv2 = TrainableConv2D(plan.conv2, store)
+        shortcut = plan.shortcut.map { TrainableConv2D($0, store) }
+        (conditioning, resample, outputScaleFactor) = (plan.conditioning, plan.resample, plan.outputScaleFactor)
+    }
+
+    /// A stand-alone block (layer tests).
+    public convenience init(_ prefix: String, _ store: ParameterStore, in cin: Int, out cout: Int, temb: Int, groups: Int, eps: Float,
+                            conditioning: TimeConditioning, resample: ResnetResample = .none, outputScaleFactor: Float = 1) {
+        self.init(UNet2DPlan.resnet(prefix, in: cin, out: cout, temb: temb, groups: groups, eps: eps, conditioning: conditioning,
+                                    side: 0, resample: resample, outputScaleFactor: outputScaleFactor), store)
     }
 
     public func outputSize(height: Int, width: Int) -> (Int, Int) {

@@ -1,5 +1,5 @@
 // UNet2DModel with a backward pass: the training twin of OnestepCore's UNet2DModel, built from the same
-// UNetConfig and registering the same checkpoint keys, so its parameters load into (and from) the inference
+// UNet2DPlan and registering the same checkpoint keys, so its parameters load into (and from) the inference
 // model unchanged. The forward keeps what the backward needs inside each layer's own buffers, which grow to
 // the largest batch seen and are then reused: a training step allocates nothing per layer.
 //
@@ -26,38 +26,22 @@ public final class TrainableUNet {
     private var labels: [Int]? = nil
     private var n = 0
 
-    /// A freshly initialised model (PyTorch's default initialisers, from `seed`).
+    /// A freshly initialised model (PyTorch's default initialisers, from `seed`), with the layers of
+    /// UNet2DPlan(config:) — the same description the inference model is built from.
     public init(config cfg: UNetConfig, seed: UInt64 = 0) {
         config = cfg
-        let store = self.store
-        let ch = cfg.blockOutChannels, t = cfg.timeEmbedDim
-        convIn = TrainableConv2D("conv_in", store, geometry: ConvGeometry(inChannels: cfg.inChannels, outChannels: ch[0], kernel: 3, padding: 1))
+        let store = self.store, plan = UNet2DPlan(config: cfg)
+        convIn = TrainableConv2D(plan.convIn, store)
         convIn.needsInputGradient = false
-        timeLinear1 = TrainableLinear("time_embedding.linear_1", store, in: ch[0], out: t)
+        timeLinear1 = TrainableLinear(plan.timeLinear1, store)
         timeLinear1.needsInputGradient = false
-        timeLinear2 = TrainableLinear("time_embedding.linear_2", store, in: t, out: t)
-        classEmbedding = cfg.numClassEmbeds.map { store.add("class_embedding.weight", shape: [$0, t], initializer: .normal) }
-        var down: [TrainableDownBlock] = []
-        var out = ch[0]
-        for i in 0..<cfg.levels {
-            let cin = out
-            out = ch[i]
-            down.append(TrainableDownBlock(index: i, config: cfg, in: cin, out: out, isFinal: i == cfg.levels - 1, store))
-        }
-        downBlocks = down
-        midBlock = cfg.midBlock ? TrainableMidBlock(config: cfg, store) : nil
-        let rev = Array(ch.reversed())
-        var up: [TrainableUpBlock] = []
-        out = rev[0]
-        for i in 0..<cfg.levels {
-            let prev = out
-            out = rev[i]
-            up.append(TrainableUpBlock(index: i, config: cfg, in: rev[min(i + 1, cfg.levels - 1)], prev: prev, out: out,
-                                       isFinal: i == cfg.levels - 1, store))
-        }
-        upBlocks = up
-        normOut = TrainableGroupNorm("conv_norm_out", store, channels: ch[0], groups: cfg.normNumGroups, eps: cfg.normEps, silu: true)
-        convOut = TrainableConv2D("conv_out", store, geometry: ConvGeometry(inChannels: ch[0], outChannels: cfg.outChannels, kernel: 3, padding: 1))
+        timeLinear2 = TrainableLinear(plan.timeLinear2, store)
+        classEmbedding = plan.classEmbedding.map { store.add($0.key + ".weight", shape: $0.tensors[0].shape, initializer: .normal) }
+        downBlocks = plan.down.map { TrainableDownBlock($0, store) }
+        midBlock = plan.mid.map { TrainableMidBlock($0, store) }
+        upBlocks = plan.up.map { TrainableUpBlock($0, store) }
+        normOut = TrainableGroupNorm(plan.normOut, store, silu: true)
+        convOut = TrainableConv2D(plan.convOut, store)
         store.seal(seed: seed)
     }
 
@@ -78,7 +62,8 @@ public final class TrainableUNet {
     public var parameters: [(String, Tensor)] { store.tensors() }
     public var parameterCount: Int { store.count }
 
-    /// The inference model with these weights (for serving, and for checking the two forwards agree).
+    /// The inference model with these weights, unpacked (call packForServing before timing it; the tests compare
+    /// its referenceForward with this model's forward).
     public func inferenceModel() throws -> UNet2DModel { try UNet2DModel(config: config, weights: TensorDictionary(parameters)) }
 
     /// sample (N, Cin, S, S) -> (N, Cout, S, S), one timestep per image, one label per image when conditional.

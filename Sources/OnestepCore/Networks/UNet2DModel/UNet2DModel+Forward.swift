@@ -1,10 +1,20 @@
-// The serving forward pass: the same maths as UNet2DModel.forward (the reference, kept simple), run on
-// channel-major activations from a BufferPool, so each layer is one GEMM over the whole batch and steady-state
-// passes allocate nothing. Tested against the reference and the diffusers golden vectors.
+// The serving forward pass, the one path the server, the samplers, `onestep-serve run-unet` and the benches
+// run: the maths of diffusers UNet2DModel.forward on channel-major activations from a BufferPool, so each
+// layer is one GEMM over the whole batch and steady-state passes allocate no activation memory. Layers run on
+// the kernels packForServing chose for them. Tested against referenceForward (UNet2DModel+Reference.swift) and
+// the diffusers golden vectors.
 
 extension UNet2DModel {
-    /// sample (N, Cin, S, S) -> (N, Cout, S, S), like forward(_:timesteps:classLabels:).
+    /// sample (N, Cin, S, S), one timestep per image, one class label per image exactly when the model has a
+    /// class embedding -> (N, Cout, S, S).
+    /// - Precondition: labels are given (one per image, in range) on a class-conditional model and nil on an
+    ///   unconditional one; a missing label is never silently replaced by "no class". Callers facing user
+    ///   input check first (ImagePipeline.resolveLabel, run-unet).
     public func forwardBatched(_ sample: Tensor, timesteps: [Float], classLabels: [Int]?, pool: BufferPool) -> Tensor {
+        let n = sample.shape[0]
+        precondition(sample.rank == 4 && sample.shape[1] == config.inChannels, "sample \(sample.shape) does not match in_channels \(config.inChannels)")
+        precondition(timesteps.count == n, "\(timesteps.count) timesteps for \(n) images")
+        checkLabels(classLabels, batch: n)
         var input = sample
         if config.centerInputSample { input.data = input.data.map { 2 * $0 - 1 } }
         let activated = timeEmbedding(timesteps: timesteps, classLabels: classLabels)  // silu(emb) (N, T)
@@ -55,14 +65,24 @@ extension UNet2DModel {
         return out
     }
 
+    /// Stops on labels that do not fit the model: the same rule for the serving and the reference forward.
+    func checkLabels(_ labels: [Int]?, batch n: Int) {
+        if let k = config.numClassEmbeds {
+            guard let labels else { preconditionFailure("class-conditional model (\(k) classes) called without class labels") }
+            precondition(labels.count == n, "\(labels.count) class labels for \(n) images")
+            for l in labels { precondition(l >= 0 && l < k, "class label \(l) out of range 0..<\(k)") }
+        } else {
+            precondition(labels == nil, "unconditional model called with class labels")
+        }
+    }
+
     /// silu(time MLP(sinusoid(t)) + class embedding): what every resnet's time projection consumes. (N, T)
     func timeEmbedding(timesteps: [Float], classLabels: [Int]?) -> Tensor {
-        var emb = timeLinear2(Activations.silu(timeLinear1(TimestepEmbedding.sinusoidal(
+        var emb = timeLinear2.serve(Activations.silu(timeLinear1.serve(TimestepEmbedding.sinusoidal(
             timesteps, dim: config.blockOutChannels[0], flipSinToCos: config.flipSinToCos, freqShift: config.freqShift))))
         if let table = classEmbedding, let labels = classLabels {
             let t = config.timeEmbedDim
             for (i, row) in labels.enumerated() {
-                precondition(row >= 0 && row < table.shape[0], "class label \(row) out of range")
                 for j in 0..<t { emb.data[i * t + j] += table.data[row * t + j] }
             }
         }
@@ -101,7 +121,7 @@ extension ResnetBlock {
         }
         let h1 = ChannelMajor.conv(h, conv1, pool: pool)
         h.release(to: pool)
-        let t = timeProjection(activatedTemb)  // (N, Cout) or (N, 2*Cout)
+        let t = timeProjection.serve(activatedTemb)  // (N, Cout) or (N, 2*Cout)
         t.data.withUnsafeBufferPointer { tp in
             switch conditioning {
             case .default: ChannelMajor.groupNorm(h1, norm2, silu: true, preShift: tp.baseAddress!, into: h1.data)

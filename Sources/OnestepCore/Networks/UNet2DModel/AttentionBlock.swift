@@ -1,0 +1,31 @@
+// The spatial self-attention block of AttnDownBlock2D / AttnUpBlock2D / UNetMidBlock2D (matches diffusers
+// Attention(_from_deprecated_attn_block=True, residual_connection=True, bias=True) with AttnProcessor2_0 on a
+// 4-D input): optional GroupNorm, q/k/v projections, softmax(QK^T/sqrt(d))V per head, to_out.0, + residual,
+// / rescale_output_factor. Structure only: the serving forward is ChannelMajor.attention, the NCHW reference
+// is in UNet2DModel+Reference.swift.
+
+public struct AttentionBlock: Sendable {
+    public var norm: GroupNormLayer?
+    public var toQ: LinearLayer, toK: LinearLayer, toV: LinearLayer, toOut: LinearLayer
+    public var heads: Int
+    public var rescaleOutputFactor: Float
+
+    public init(_ plan: UNet2DPlan.Attention, _ src: WeightSource) throws {
+        norm = try plan.norm.map { try GroupNormLayer($0, src) }
+        toQ = try LinearLayer(plan.toQ, src)
+        toK = try LinearLayer(plan.toK, src)
+        toV = try LinearLayer(plan.toV, src)
+        toOut = try LinearLayer(plan.toOut, src)
+        heads = plan.heads
+        rescaleOutputFactor = plan.rescaleOutputFactor
+    }
+
+    /// Checkpoint order, as UNet2DPlan.Attention.layers.
+    mutating func visitLayers<V: LayerVisitor>(_ v: inout V) {
+        if norm != nil { v.visit(&norm!) }
+        v.visit(&toQ)
+        v.visit(&toK)
+        v.visit(&toV)
+        v.visit(&toOut)
+    }
+}

@@ -1,0 +1,39 @@
+// Preparing a loaded model for serving: one walk over the model's layers (visitLayers, the same walk that lists
+// its parameters) repacks every convolution and every linear layer for the fast kernels (CKernels via
+// Kernels/FastConv.swift). At `.int8`, the layers the model's Int8Policy selects run in int8 (vpdpbusd), packed
+// straight from the codes the weight file stores; the others run fp32.
+
+public enum ConvPrecision: String, Sendable {
+    /// im2col + OpenBLAS sgemm, no repacking (the path before the fast kernels; kept as a baseline).
+    case blas
+    case fp32
+    case int8
+}
+
+/// Packs each layer it visits for one precision (see UNet2DModel.packForServing).
+struct ServingPacker: LayerVisitor {
+    let precision: ConvPrecision
+    let policy: Int8Policy
+
+    mutating func visit(_ layer: inout Conv2DLayer) {
+        switch precision {
+        case .blas: layer.packed = nil
+        case .fp32: layer.packed = .f32(PackedConvF32(layer))
+        case .int8: layer.packed = policy.selects(layer.spec) ? .int8(PackedConvInt8(layer)) : .f32(PackedConvF32(layer))
+        }
+    }
+
+    mutating func visit(_ layer: inout LinearLayer) {
+        layer.packed = precision == .blas ? nil : layer.weight.data.withUnsafeBufferPointer {
+            PackedGemmF32($0, rows: layer.outFeatures, depth: layer.inFeatures)
+        }
+    }
+}
+
+extension UNet2DModel {
+    /// Repacks every convolution and linear layer for `precision`; at `.int8`, `int8Policy` picks the int8 layers.
+    public mutating func packForServing(_ precision: ConvPrecision) {
+        var packer = ServingPacker(precision: precision, policy: int8Policy)
+        visitLayers(&packer)
+    }
+}
