@@ -47,7 +47,6 @@ extension BlockResampler {
         case .resnet(let block): return block(x, activatedTemb: activatedTemb)
         }
     }
-
 }
 
 extension DownBlock {
@@ -66,7 +65,6 @@ extension DownBlock {
         }
         return (h, skips)
     }
-
 }
 
 extension MidBlock {
