@@ -39,13 +39,16 @@ let package = Package(
         // HTTP/1.1 parsing, response writing and the epoll connection loop; knows nothing of models.
         .target(name: "HTTP1"),
 
+        // The executables' flag parser and sub-command dispatch (did-you-mean, --help, exit statuses 0/1/2).
+        .target(name: "CommandLineKit"),
+
         // Routes, batching, metrics, lifecycle of the server.
-        .target(name: "OnestepServer", dependencies: ["OnestepCore", "HTTP1"]),
-        .executableTarget(name: "onestep-serve", dependencies: ["OnestepServer", "OnestepCore"]),
+        .target(name: "OnestepServer", dependencies: ["OnestepCore", "HTTP1", "CommandLineKit"]),
+        .executableTarget(name: "onestep-serve", dependencies: ["OnestepServer", "OnestepCore", "CommandLineKit"]),
 
         // Training engine, data, teacher, distillation, evaluation: linked only into onestep-distill.
         .target(name: "OnestepTrain", dependencies: ["OnestepCore", "PNGCodec"]),
-        .executableTarget(name: "onestep-distill", dependencies: ["OnestepTrain", "OnestepCore"]),
+        .executableTarget(name: "onestep-distill", dependencies: ["OnestepTrain", "OnestepCore", "CommandLineKit"]),
 
         // The load tester lives in the top-level loadtest/ folder.
         .target(name: "OnestepLoad", dependencies: ["CCurl", "PNGCodec"], path: "loadtest/Sources/OnestepLoad"),
@@ -53,6 +56,7 @@ let package = Package(
 
         .testTarget(name: "OnestepCoreTests", dependencies: ["OnestepCore", "PNGCodec"]),
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1"]),
+        .testTarget(name: "CommandLineKitTests", dependencies: ["CommandLineKit"]),
         .testTarget(name: "OnestepServerTests", dependencies: ["OnestepServer", "OnestepCore", "HTTP1", "PNGCodec"], exclude: ["png_decode.py"]),
         .testTarget(name: "OnestepTrainTests", dependencies: ["OnestepTrain", "OnestepCore", "PNGCodec"]),
         .testTarget(name: "OnestepLoadTests", dependencies: ["OnestepLoad"]),

@@ -52,7 +52,10 @@ final class KillResumeTests: XCTestCase {
 
         // Bit-identical: the checkpoint carries everything the next step depends on.
         let a = try checkpointTensors(straight), b = try checkpointTensors(killed)
-        for key in ["values", "ema", "adam.m", "adam.v", "losses"] { XCTAssertEqual(a[key], b[key], key) }
+        for key in ["teacher/values", "teacher/ema", "teacher/adam.m", "teacher/adam.v", "losses"] {
+            XCTAssertNotNil(a[key], key)
+            XCTAssertEqual(a[key], b[key], key)
+        }
         XCTAssertEqual(b["losses"]?.count, Self.steps)
         XCTAssertEqual(FileManager.default.contents(atPath: straight + "/" + ModelExport.weightsFile),
                        FileManager.default.contents(atPath: killed + "/" + ModelExport.weightsFile), "exported teacher weights differ")
@@ -77,7 +80,10 @@ final class KillResumeTests: XCTestCase {
         try assertResumedWithinOneInterval(killedAt: killedAt, output: resumed.output)
 
         let a = try checkpointTensors(straight), b = try checkpointTensors(killed)
-        for key in ["values", "target", "ema", "adam.m", "adam.v", "losses"] { XCTAssertEqual(a[key], b[key], key) }
+        for key in ["student/values", "student/target", "student/ema", "student/adam.m", "student/adam.v", "losses"] {
+            XCTAssertNotNil(a[key], key)
+            XCTAssertEqual(a[key], b[key], key)
+        }
         XCTAssertEqual(FileManager.default.contents(atPath: straight + "/" + ModelExport.weightsFile),
                        FileManager.default.contents(atPath: killed + "/" + ModelExport.weightsFile), "exported student weights differ")
     }
