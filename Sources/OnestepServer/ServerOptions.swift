@@ -56,10 +56,6 @@ public struct ServerOptions: Sendable {
         ]
     }()
 
-    public static var usage: String {
-        "usage: onestep-serve [serve] [flags]\nServes every model under --models over HTTP/1.1.\n" + ParsedFlags.usage(specs)
-    }
-
     /// Flags first, then ONESTEP_* variables, then defaults.
     public static func parse(_ args: [String], environment env: [String: String]) throws -> (ServerOptions, help: Bool) {
         let f = try ParsedFlags(args, specs: specs)
