@@ -8,7 +8,10 @@
 # The models under ./models are baked into the image at /app/models; mount another folder over it to serve
 # different ones (-v "$PWD/mymodels:/app/models:ro").
 
-# The code is built and tested with Swift 6.3.1; the image tag follows the toolchain.
+# The code is built and tested with Swift 6.3.1; the image tag follows the toolchain. For arm64 hosts (ARM servers,
+# Apple silicon) the C kernels' x86 code sits behind OSK_X86 and the scalar paths are compiled instead;
+# scripts/check-aarch64 compiles them for aarch64 in every scripts/test run (an arm64 image build itself has not
+# been run by us yet).
 ARG SWIFT_IMAGE=swift:6.3-bookworm
 
 # ---- build ----

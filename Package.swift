@@ -3,8 +3,11 @@
 // No package dependencies: the toolchain plus three system C libraries (OpenBLAS, libpng, libcurl).
 import PackageDescription
 
-/// Release builds of the kernels drop bounds checks in hot loops; debug builds keep them.
-let fastMath: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+// Every Swift module builds with SwiftPM's own settings (-O and whole-module optimisation in release): no
+// -Ounchecked, so `precondition`s (shapes, label ranges, loader bounds) fire in the binaries that ship, the tests
+// and sanitizer runs see them, and the fuzzers (swiftc -O) build the same configuration. The hot loops that
+// would want unchecked arithmetic are in the C target CKernels (-O3) and OpenBLAS; `onestep-serve bench` and
+// `onestep-distill bench` measured the change as within noise (docs/ARCHITECTURE-training.md, "Build configuration").
 
 let package = Package(
     name: "Onestep",
@@ -25,22 +28,27 @@ let package = Package(
         // PNG encode/decode on libpng's simplified API: the only importer of CPNG (used by the core and the load tester).
         .target(name: "PNGCodec", dependencies: ["CPNG"]),
 
-        // Hand-written fp32/int8 convolution kernels (AVX-512, AVX2, scalar; chosen at run time).
+        // Hand-written fp32/int8 convolution, GroupNorm-statistics, SiLU and attention kernels (AVX-512, AVX2,
+        // scalar; chosen at run time). x86 code sits behind OSK_X86 (onestep_isa.h), so aarch64 builds the scalar
+        // paths (scripts/check-aarch64).
         .target(name: "CKernels", path: "Sources/CKernels", cSettings: [.unsafeFlags(["-O3"])]),
 
         // Tensors, kernels, model, sampling, weight IO: shared by the server and the distiller.
-        .target(name: "OnestepCore", dependencies: ["COpenBLAS", "CKernels", "PNGCodec"], swiftSettings: fastMath),
+        .target(name: "OnestepCore", dependencies: ["COpenBLAS", "CKernels", "PNGCodec"]),
 
         // HTTP/1.1 parsing, response writing and the epoll connection loop; knows nothing of models.
         .target(name: "HTTP1"),
 
+        // The executables' flag parser and sub-command dispatch (did-you-mean, --help, exit statuses 0/1/2).
+        .target(name: "CommandLineKit"),
+
         // Routes, batching, metrics, lifecycle of the server.
-        .target(name: "OnestepServer", dependencies: ["OnestepCore", "HTTP1"]),
-        .executableTarget(name: "onestep-serve", dependencies: ["OnestepServer", "OnestepCore"]),
+        .target(name: "OnestepServer", dependencies: ["OnestepCore", "HTTP1", "CommandLineKit"]),
+        .executableTarget(name: "onestep-serve", dependencies: ["OnestepServer", "OnestepCore", "CommandLineKit"]),
 
         // Training engine, data, teacher, distillation, evaluation: linked only into onestep-distill.
-        .target(name: "OnestepTrain", dependencies: ["OnestepCore", "PNGCodec"], swiftSettings: fastMath),
-        .executableTarget(name: "onestep-distill", dependencies: ["OnestepTrain", "OnestepCore"]),
+        .target(name: "OnestepTrain", dependencies: ["OnestepCore", "PNGCodec"]),
+        .executableTarget(name: "onestep-distill", dependencies: ["OnestepTrain", "OnestepCore", "CommandLineKit"]),
 
         // The load tester lives in the top-level loadtest/ folder.
         .target(name: "OnestepLoad", dependencies: ["CCurl", "PNGCodec"], path: "loadtest/Sources/OnestepLoad"),
@@ -48,6 +56,7 @@ let package = Package(
 
         .testTarget(name: "OnestepCoreTests", dependencies: ["OnestepCore", "PNGCodec"]),
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1"]),
+        .testTarget(name: "CommandLineKitTests", dependencies: ["CommandLineKit"]),
         .testTarget(name: "OnestepServerTests", dependencies: ["OnestepServer", "OnestepCore", "HTTP1", "PNGCodec"], exclude: ["png_decode.py"]),
         .testTarget(name: "OnestepTrainTests", dependencies: ["OnestepTrain", "OnestepCore", "PNGCodec"]),
         .testTarget(name: "OnestepLoadTests", dependencies: ["OnestepLoad"]),

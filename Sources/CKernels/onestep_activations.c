@@ -3,11 +3,13 @@
 // polynomial, 2^n from the exponent bits; relative error < 2e-7 over [-87.3, 88.7]. The AVX-512 path handles the
 // tail with a mask, so every element of a row gets the same arithmetic wherever it sits.
 #include "onestep_kernels.h"
-#include <immintrin.h>
+#include "onestep_isa.h"
 #include <math.h>
 #include <string.h>
 
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
+#if OSK_X86
+#define AVX512 OSK_AVX512_TARGET
+#endif
 
 static inline float exp_poly(float x) {
     x = fminf(fmaxf(x, -87.3f), 88.7f);
@@ -32,6 +34,7 @@ static void silu_scalar(const float *x, float *y, int64_t n, float a, float b) {
     }
 }
 
+#if OSK_X86
 AVX512 static inline __m512 exp512(__m512 x) {
     x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -58,9 +61,13 @@ AVX512 static void silu_avx512(const float *x, float *y, int64_t n, float a, flo
     }
 }
 
+#endif
+
 void osk_affine_silu(int level, const float *x, float *y, int64_t n, float a, float b) {
-    if (level >= OSK_AVX512) silu_avx512(x, y, n, a, b);
-    else silu_scalar(x, y, n, a, b);
+#if OSK_X86
+    if (level >= OSK_AVX512) { silu_avx512(x, y, n, a, b); return; }
+#endif
+    silu_scalar(x, y, n, a, b);
 }
 
 // One attention head of one image, channel-major: q, k, v are (D, L) with row stride ld (the activation's
@@ -95,6 +102,7 @@ static void attention_head_scalar(const float *q, const float *k, const float *v
 // load of K or V^T is shared by R rows; both passes broadcast a scalar against a row (no horizontal sums).
 #define ATT_R 8
 
+#if OSK_X86
 AVX512 static inline __attribute__((always_inline)) void attention_rows_avx512(
     const float *q, const float *k, const float *vt, int l, int d, int i0, const int rows, float *p, float *ot) {
     __m512 acc[ATT_R];
@@ -144,6 +152,7 @@ AVX512 static void attention_head_avx512(const float *q, const float *k, const f
     for (; i + ATT_R <= l; i += ATT_R) attention_rows_avx512(q, k, vt, l, d, i, ATT_R, p, ot);
     for (; i < l; i++) attention_rows_avx512(q, k, vt, l, d, i, 1, p, ot);
 }
+#endif
 
 void osk_attention_head(int level, const float *q, const float *k, const float *v, int64_t ld, int32_t l, int32_t d,
                         float scale, float *out, float *scratch) {
@@ -151,17 +160,20 @@ void osk_attention_head(int level, const float *q, const float *k, const float *
     // they are first copied to contiguous blocks (q scaled on the way, V transposed for the AVX-512 path), and the
     // result is copied back — at the same cost for every batch size.
     float *p = scratch, *qc = p + (int64_t)l * l, *kc = qc + (int64_t)d * l, *vc = kc + (int64_t)d * l, *oc = vc + (int64_t)d * l;
-    const int fast = level >= OSK_AVX512;
+    const int fast = OSK_X86 && level >= OSK_AVX512;
     for (int c = 0; c < d; c++) {
         for (int j = 0; j < l; j++) qc[(int64_t)c * l + j] = q[c * ld + j] * scale;
         memcpy(kc + (int64_t)c * l, k + c * ld, sizeof(float) * (size_t)l);
         if (fast) { for (int j = 0; j < l; j++) vc[(int64_t)j * d + c] = v[c * ld + j]; }
         else memcpy(vc + (int64_t)c * l, v + c * ld, sizeof(float) * (size_t)l);
     }
+#if OSK_X86
     if (fast) {
         attention_head_avx512(qc, kc, vc, l, d, oc, p);
         for (int c = 0; c < d; c++) for (int i = 0; i < l; i++) out[c * ld + i] = oc[(int64_t)i * d + c];
-    } else {
+    } else
+#endif
+    {
         attention_head_scalar(qc, kc, vc, l, l, d, oc, p);
         for (int c = 0; c < d; c++) memcpy(out + c * ld, oc + (int64_t)c * l, sizeof(float) * (size_t)l);
     }

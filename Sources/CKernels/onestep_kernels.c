@@ -21,17 +21,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define OSK_X86 1
-#else
-#define OSK_X86 0
-#endif
+#include "onestep_isa.h"
 
 #define MR OSK_MR
 #define NR OSK_NR
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
-#define AVX2 __attribute__((target("avx2,fma")))
+#if OSK_X86
+#define AVX512 OSK_AVX512_TARGET
+#define AVX2 OSK_AVX2_TARGET
+#endif
 #define INLINE static inline __attribute__((always_inline))
 
 // MARK: - Levels

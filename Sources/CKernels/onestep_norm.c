@@ -4,9 +4,7 @@
 // scalar code in an array, with the same additions in the same order (no FMA), so both give identical bits and a
 // plane's statistics never depend on where it sits in the batch. Planes are combined in double, as before.
 #include "onestep_kernels.h"
-#include <immintrin.h>
-
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,fma")))
+#include "onestep_isa.h"
 
 /// Folds 16 lanes: s[j] += s[j + w] for w = 8, 4, 2, 1.
 static float fold16(float *s) {
@@ -31,7 +29,8 @@ static float plane_centered_squares_scalar(const float *x, int32_t n, float offs
     return fold16(s);
 }
 
-AVX512 static float plane_sum_avx512(const float *x, int32_t n) {
+#if OSK_X86
+OSK_AVX512_TARGET static float plane_sum_avx512(const float *x, int32_t n) {
     __m512 acc = _mm512_setzero_ps();
     for (int32_t i = 0; i < n; i += 16) {
         __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
@@ -42,7 +41,7 @@ AVX512 static float plane_sum_avx512(const float *x, int32_t n) {
     return fold16(s);
 }
 
-AVX512 static float plane_centered_squares_avx512(const float *x, int32_t n, float offset) {
+OSK_AVX512_TARGET static float plane_centered_squares_avx512(const float *x, int32_t n, float offset) {
     __m512 acc = _mm512_setzero_ps(), off = _mm512_set1_ps(offset);
     for (int32_t i = 0; i < n; i += 16) {
         __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
@@ -53,14 +52,31 @@ AVX512 static float plane_centered_squares_avx512(const float *x, int32_t n, flo
     _mm512_storeu_ps(s, acc);
     return fold16(s);
 }
+#endif
+
+static float plane_sum(int fast, const float *x, int32_t n) {
+#if OSK_X86
+    if (fast) return plane_sum_avx512(x, n);
+#endif
+    (void)fast;
+    return plane_sum_scalar(x, n);
+}
+
+static float plane_centered_squares(int fast, const float *x, int32_t n, float offset) {
+#if OSK_X86
+    if (fast) return plane_centered_squares_avx512(x, n, offset);
+#endif
+    (void)fast;
+    return plane_centered_squares_scalar(x, n, offset);
+}
 
 void osk_group_moments(int level, const float *x, int64_t plane_stride, int32_t planes, int32_t hw,
                        const float *shift, double *mean, double *variance) {
-    const int fast = level >= OSK_AVX512;
+    const int fast = OSK_X86 && level >= OSK_AVX512;
     double sum = 0;
     for (int32_t p = 0; p < planes; p++) {
         const float *plane = x + p * plane_stride;
-        float s = fast ? plane_sum_avx512(plane, hw) : plane_sum_scalar(plane, hw);
+        float s = plane_sum(fast, plane, hw);
         sum += (double)s + (shift ? (double)shift[p] * hw : 0.0);
     }
     const double count = (double)planes * hw, m = sum / count;
@@ -68,7 +84,7 @@ void osk_group_moments(int level, const float *x, int64_t plane_stride, int32_t 
     for (int32_t p = 0; p < planes; p++) {
         const float *plane = x + p * plane_stride;
         float offset = (float)((shift ? (double)shift[p] : 0.0) - m);
-        squares += fast ? plane_centered_squares_avx512(plane, hw, offset) : plane_centered_squares_scalar(plane, hw, offset);
+        squares += plane_centered_squares(fast, plane, hw, offset);
     }
     *mean = m;
     *variance = squares / count;

@@ -61,7 +61,7 @@ public final class OnestepServer: Sendable {
         do { try http.start() } catch {
             for job in queue.stop() { job.complete(.failed("server failed to start")) }
             _ = workers.join(timeout: .seconds(5))
-            throw FlagError("cannot listen on \(options.host):\(options.port): \(error)")
+            throw ServerStartError(host: options.host, port: options.port, cause: error)
         }
         log("onestep-serve listening on http://\(options.host):\(http.port) with \(models.names.count) model(s) [\(models.names.joined(separator: ", "))], default \(models.defaultName); \(options.workers) worker(s) x \(options.blasThreads) BLAS thread(s), max batch \(options.maxBatch), max delay \(options.maxDelayMs) ms, queue \(options.maxQueuedImages) images")
     }
@@ -120,3 +120,23 @@ nonisolated(unsafe) private let terminationSignal: UnsafeMutablePointer<sem_t> =
     sem_init(s, 0, 0)
     return s
 }()
+
+/// The server could not start listening: the port is in use, the address is not this host's, or not allowed.
+/// Not a usage error (onestep-serve exits 1): the flags were well formed, the machine said no.
+public struct ServerStartError: Error, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+    public var cause: Error
+    public var description: String {
+        var advice = ""
+        if let e = cause as? HTTPServerError {
+            switch e.errno {
+            case EADDRINUSE: advice = "; another process is listening on port \(port): stop it, or choose another --port (0 picks a free one)"
+            case EADDRNOTAVAIL: advice = "; \(host) is not an address of this machine: use --host 127.0.0.1 or 0.0.0.0"
+            case EACCES: advice = "; ports below 1024 need privileges: choose a --port of 1024 or more"
+            default: break
+            }
+        }
+        return "cannot listen on \(host):\(port): \(cause)\(advice)"
+    }
+}

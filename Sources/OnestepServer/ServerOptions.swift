@@ -1,4 +1,5 @@
 // Everything an operator can set, as flags or ONESTEP_* environment variables (flags win), with defaults.
+import CommandLineKit
 import Foundation
 import HTTP1
 import OnestepCore
@@ -31,7 +32,7 @@ public struct ServerOptions: Sendable {
     public init() {}
 
     /// name, help, environment variable, default (as text).
-    static let specs: [FlagSpec] = {
+    public static let specs: [FlagSpec] = {
         let d = ServerOptions()
         return [
             FlagSpec("host", "address to bind [ONESTEP_HOST]", default: d.host),
@@ -52,17 +53,17 @@ public struct ServerOptions: Sendable {
             FlagSpec("idle-timeout-ms", "keep-alive idle limit [ONESTEP_IDLE_TIMEOUT_MS]", default: String(d.idleTimeoutMs)),
             FlagSpec("drain-timeout-ms", "on SIGTERM, time to finish queued work [ONESTEP_DRAIN_TIMEOUT_MS]", default: String(d.drainTimeoutMs)),
             FlagSpec("no-access-log", "do not print a line per request [ONESTEP_ACCESS_LOG=0]", isSwitch: true),
-            FlagSpec("help", "show this help", isSwitch: true),
         ]
     }()
-
-    public static var usage: String {
-        "usage: onestep-serve [serve] [flags]\nServes every model under --models over HTTP/1.1.\n" + ParsedFlags.usage(specs)
-    }
 
     /// Flags first, then ONESTEP_* variables, then defaults.
     public static func parse(_ args: [String], environment env: [String: String]) throws -> (ServerOptions, help: Bool) {
         let f = try ParsedFlags(args, specs: specs)
+        return (try parse(f, environment: env), f.wantsHelp)
+    }
+
+    /// The options from flags already parsed against `specs`, then ONESTEP_* variables, then defaults.
+    public static func parse(_ f: ParsedFlags, environment env: [String: String]) throws -> ServerOptions {
         var o = ServerOptions()
         func text(_ name: String) -> String? {
             if f.has(name) { return f.string(name) }
@@ -99,7 +100,7 @@ public struct ServerOptions: Sendable {
         guard o.defaultDeadlineMs <= o.maxDeadlineMs else {
             throw FlagError("--default-deadline-ms \(o.defaultDeadlineMs) is above --max-deadline-ms \(o.maxDeadlineMs)")
         }
-        return (o, f.isSet("help"))
+        return o
     }
 
     var httpConfiguration: HTTPServer.Configuration {

@@ -1,28 +1,29 @@
 // Training speed beside the inference forward (the serving path, fp32 kernels) on the same model and batch,
 // measured in one run. GFLOP/s uses UNet2DModel.flopsPerImage for the forward and counts a training step as 3x the forward (forward, input
 // gradients, weight gradients: the three GEMMs of every layer).
+import CommandLineKit
 import Foundation
 import OnestepCore
 import OnestepTrain
 
-let benchCommand = Command(name: "bench", summary: "training images/s and GFLOP/s next to the inference forward rate", flags: [
-    Flag(name: "model", help: "model directory to measure (default: the default teacher config)"),
-    Flag(name: "size", help: "image side of the default teacher config", defaultValue: "16"),
-    Flag(name: "classes", help: "classes of the default teacher config (0 = unconditional)", defaultValue: "8"),
-    Flag(name: "batch", help: "images per step", defaultValue: "32"),
-    Flag(name: "steps", help: "timed steps per measurement", defaultValue: "10"),
-    Flag(name: "threads", help: "comma-separated OpenBLAS thread counts to compare", defaultValue: "1,2"),
-    Flag(name: "workers", help: "comma-separated data-parallel worker counts to compare (training)", defaultValue: "1,2"),
-])
+let benchCommand = Subcommand("bench", summary: "training images/s and GFLOP/s next to the inference forward rate", flags: [
+    FlagSpec("model", "model directory to measure (default: the default teacher config)"),
+    FlagSpec("size", "image side of the default teacher config", default: "16"),
+    FlagSpec("classes", "classes of the default teacher config (0 = unconditional)", default: "8"),
+    FlagSpec("batch", "images per step", default: "32"),
+    FlagSpec("steps", "timed steps per measurement", default: "10"),
+    FlagSpec("threads", "comma-separated OpenBLAS thread counts to compare", default: "1,2"),
+    FlagSpec("workers", "comma-separated data-parallel worker counts to compare (training)", default: "1,2"),
+], run: runBench)
 
-func runBench(_ flags: Flags) throws {
-    let batch = try flags.int("batch", 1...4096), steps = try flags.int("steps", 1...100_000)
+func runBench(_ flags: ParsedFlags) throws {
+    let batch = try flags.requiredInt("batch", 1...4096), steps = try flags.requiredInt("steps", 1...100_000)
     let threads = try (flags.string("threads") ?? "1").split(separator: ",").map { s -> Int in
-        guard let t = Int(s), (1...64).contains(t) else { throw UsageError("--threads \(s): expected integers 1...64, comma-separated") }
+        guard let t = Int(s), (1...64).contains(t) else { throw FlagError("--threads \(s): expected integers 1...64, comma-separated") }
         return t
     }
     let workerCounts = try (flags.string("workers") ?? "1").split(separator: ",").map { s -> Int in
-        guard let w = Int(s), (1...64).contains(w) else { throw UsageError("--workers \(s): expected integers 1...64, comma-separated") }
+        guard let w = Int(s), (1...64).contains(w) else { throw FlagError("--workers \(s): expected integers 1...64, comma-separated") }
         return w
     }
     let trainable: TrainableUNet
@@ -30,7 +31,7 @@ func runBench(_ flags: Flags) throws {
         let (model, _) = try ModelDirectory(path: dir).loadModel()
         trainable = try TrainableUNet(config: model.config, weights: TensorDictionary(model.parameters))
     } else {
-        let k = try flags.int("classes", 0...1000)
+        let k = try flags.requiredInt("classes", 0...1000)
         let cfg = try ModelExport.defaultTeacherConfig(size: Int(try flags.choice("size", ["8", "16", "32", "64"]))!, channels: 3,
                                                        classNames: k == 0 ? nil : (0..<k).map { "class\($0)" })
         trainable = TrainableUNet(config: cfg, seed: 0)

@@ -1,22 +1,23 @@
+import CommandLineKit
 import Foundation
 import OnestepCore
 import OnestepTrain
 
-let dataCommand = Command(name: "data", summary: "write a synthetic class-conditional data set as PNG folders", flags: [
-    Flag(name: "kind", help: "data set kind: shapes", defaultValue: "shapes"),
-    Flag(name: "size", help: "image side in pixels: 16 or 32", defaultValue: "16"),
-    Flag(name: "count", help: "number of images (split evenly over the 8 classes)", defaultValue: "8000"),
-    Flag(name: "out", help: "output folder (one sub-folder per class)"),
-    Flag(name: "seed", help: "data set seed", defaultValue: "0"),
-    Flag(name: "preview", help: "also write a PNG grid of the first 64 images (8 per class) to this file"),
-])
+let dataCommand = Subcommand("data", summary: "write a synthetic class-conditional data set as PNG folders", flags: [
+    FlagSpec("kind", "data set kind: shapes", default: "shapes"),
+    FlagSpec("size", "image side in pixels: 16 or 32", default: "16"),
+    FlagSpec("count", "number of images (split evenly over the 8 classes)", default: "8000"),
+    FlagSpec("out", "output folder (one sub-folder per class)"),
+    FlagSpec("seed", "data set seed", default: "0"),
+    FlagSpec("preview", "also write a PNG grid of the first 64 images (8 per class) to this file"),
+], run: runData)
 
-func runData(_ flags: Flags) throws {
+func runData(_ flags: ParsedFlags) throws {
     _ = try flags.choice("kind", ["shapes"])
     let size = Int(try flags.choice("size", ["16", "32"]))!
-    let count = try flags.int("count", 1...10_000_000)
+    let count = try flags.requiredInt("count", 1...10_000_000)
     let out = try flags.required("out")
-    let seed = UInt64(try flags.int("seed", 0...Int(Int32.max)))
+    let seed = UInt64(try flags.requiredInt("seed", 0...Int(Int32.max)))
     let start = Date()
     let perClass = try ShapesGenerator.write(count: count, size: size, seed: seed, to: out)
     stdoutLine(String(format: "wrote %d %dx%d images in %d classes to %@ (%.1fs): ", count, size, size, perClass.count, out,

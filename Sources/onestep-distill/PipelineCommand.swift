@@ -1,22 +1,23 @@
+import CommandLineKit
 import Foundation
 import OnestepCore
 import OnestepTrain
 
-let pipelineCommand = Command(name: "pipeline", summary: "data -> teacher -> student -> small student -> quantize -> eval, resumable", flags: [
-    Flag(name: "out", help: "run folder (stages already finished there are skipped)"),
-    Flag(name: "quick", help: "tiny settings for every stage (~2 minutes; what the tests run)", isSwitch: true),
-    Flag(name: "threads", help: "OpenBLAS threads per worker", defaultValue: "1"),
-    Flag(name: "checkpoint-every", help: "steps between checkpoints in every training stage (default: each stage's own)"),
-    Flag(name: "log-every", help: "steps between progress lines in every training stage (default: each stage's own)"),
-])
+let pipelineCommand = Subcommand("pipeline", summary: "data -> teacher -> student -> small student -> quantize -> eval, resumable", flags: [
+    FlagSpec("out", "run folder (stages already finished there are skipped)"),
+    FlagSpec("quick", "tiny settings for every stage (~2 minutes; what the tests run)", isSwitch: true),
+    FlagSpec("threads", "OpenBLAS threads per worker", default: "1"),
+    FlagSpec("checkpoint-every", "steps between checkpoints in every training stage (default: each stage's own)"),
+    FlagSpec("log-every", "steps between progress lines in every training stage (default: each stage's own)"),
+], run: runPipeline)
 
-func runPipeline(_ flags: Flags) throws {
+func runPipeline(_ flags: ParsedFlags) throws {
     let out = try flags.required("out")
-    BLAS.threads = try flags.int("threads", 1...64)
+    BLAS.threads = try flags.requiredInt("threads", 1...64)
     installInterruptHandler()
     var settings = flags.isSet("quick") ? PipelineSettings.quick : PipelineSettings()
-    if flags.given("checkpoint-every") { settings.setCheckpointInterval(try flags.int("checkpoint-every", 1...10_000_000)) }
-    if flags.given("log-every") { settings.setLogInterval(try flags.int("log-every", 1...1_000_000)) }
+    if flags.has("checkpoint-every") { settings.setCheckpointInterval(try flags.requiredInt("checkpoint-every", 1...10_000_000)) }
+    if flags.has("log-every") { settings.setLogInterval(try flags.requiredInt("log-every", 1...1_000_000)) }
     let p = try DistillPipeline(dir: out, settings: settings, shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     guard try p.run() != nil || FileManager.default.fileExists(atPath: out + "/report.md") else { return }
     if let report = try? String(contentsOfFile: out + "/report.md", encoding: .utf8) { stdoutLine("\n" + report) }

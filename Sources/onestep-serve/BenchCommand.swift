@@ -1,9 +1,14 @@
 // `onestep-serve bench`: forward-pass speed of a model at several batch sizes, next to a plain cblas_sgemm of the
 // model's dominant convolution shape measured in the same run (so the ratio survives a noisy, shared machine).
+import CommandLineKit
 import Foundation
 import OnestepCore
 
 enum BenchCommand {
+    static let command = Subcommand("bench", summary: "forward-pass speed at several batch sizes, next to an OpenBLAS sgemm of the same run",
+                                    synopsis: "bench --model DIR [--model DIR2] [--batch 1,16] [--precision fp32,int8,blas] [--json]",
+                                    flags: flags, run: run)
+
     static let flags = [
         FlagSpec("model", "model directory (repeatable)"),
         FlagSpec("batch", "comma-separated batch sizes", default: "1,16"),
@@ -12,7 +17,6 @@ enum BenchCommand {
         FlagSpec("workers", "forward passes run side by side, each on its own batch (as the server's workers do); images/s is their sum", default: "1"),
         FlagSpec("precision", "comma-separated: fp32, int8, blas (im2col + OpenBLAS baseline)", default: "fp32,int8"),
         FlagSpec("json", "print one JSON object per row instead of the table", isSwitch: true),
-        FlagSpec("help", "show this help", isSwitch: true),
     ]
 
     struct Row {
@@ -23,9 +27,7 @@ enum BenchCommand {
         var ratio: Double { gflops / sgemmGflops }
     }
 
-    static func run(_ args: [String]) throws {
-        let f = try ParsedFlags(args, specs: flags)
-        if f.isSet("help") { print("usage: onestep-serve bench --model DIR [--model DIR2] [--batch 1,16] [--json]\n" + ParsedFlags.usage(flags)); return }
+    static func run(_ f: ParsedFlags) throws {
         if let t = try f.int("threads", range: 1...256) { BLAS.threads = t }
         let batches = try f.intList("batch", range: 1...256) ?? [1, 16]
         let seconds = try f.double("seconds", range: 0.05...600) ?? 2

@@ -1,22 +1,24 @@
 // The offline subcommands of onestep-serve: generate, run-unet, bench, quantize.
+import CommandLineKit
 import Foundation
 import OnestepCore
 import PNGCodec
 
 enum Commands {
+    static let generate = Subcommand("generate", summary: "write images of a model to a PNG (several: tiled into a grid)",
+                                     synopsis: "generate --model DIR --seed S [--label L] [--steps K] [-n N] --out FILE.png",
+                                     flags: generateFlags, run: generate)
+
     static let generateFlags = [
         FlagSpec("model", "model directory", default: "models/" + ServeDefaults.defaultModelName),
         FlagSpec("seed", "seed of the first image (images i > 0 use seed + i)", default: "0"),
         FlagSpec("label", "class index or class name (class-conditional models)"),
         FlagSpec("steps", "sampling steps (default: the model's: 1 for a consistency model, 18 for an EDM teacher)"),
-        FlagSpec("n", "number of images; more than one are tiled into a grid in --out", default: "1"),
+        FlagSpec("n", "number of images; more than one are tiled into a grid in --out (also -n N)", default: "1"),
         FlagSpec("out", "output PNG file"),
-        FlagSpec("help", "show this help", isSwitch: true),
     ]
 
-    static func generate(_ args: [String]) throws {
-        let f = try ParsedFlags(args, specs: generateFlags)
-        if f.isSet("help") { print("usage: onestep-serve generate --model DIR --seed S [--label L] [--steps K] [-n N] --out FILE.png\n" + ParsedFlags.usage(generateFlags)); return }
+    static func generate(_ f: ParsedFlags) throws {
         let out = try f.required("out")
         let pipeline = try ImagePipeline.load(path: try f.required("model"))
         guard let seedText = f.string("seed"), let seed = UInt64(seedText) else {
@@ -43,16 +45,17 @@ enum Commands {
         print("wrote \(out): \(n) image(s) \(pipeline.imageSize)x\(pipeline.imageSize), seeds \(seed)...\(seed &+ UInt64(n - 1))\(classText), \(steps) step(s), \(String(format: "%.3f", seconds)) s")
     }
 
+    static let runUNet = Subcommand("run-unet", summary: "run a model's UNet on saved inputs (checks a port against PyTorch)",
+                                    synopsis: "run-unet --model DIR --inputs IN.safetensors --out OUT.safetensors",
+                                    flags: runUNetFlags, run: runUNet)
+
     static let runUNetFlags = [
         FlagSpec("model", "model directory"),
         FlagSpec("inputs", "safetensors with x (N,C,H,W), t (N) and optional class_labels (N) int64, cm_noise (N,C,H,W)"),
         FlagSpec("out", "safetensors to write: unet_out, and cm_image + cm_uint8 when cm_noise is given"),
-        FlagSpec("help", "show this help", isSwitch: true),
     ]
 
-    static func runUNet(_ args: [String]) throws {
-        let f = try ParsedFlags(args, specs: runUNetFlags)
-        if f.isSet("help") { print("usage: onestep-serve run-unet --model DIR --inputs IN.safetensors --out OUT.safetensors\n" + ParsedFlags.usage(runUNetFlags)); return }
+    static func runUNet(_ f: ParsedFlags) throws {
         let pipeline = try ImagePipeline.load(path: try f.required("model"))
         let inputs = try SafetensorsFile(path: try f.required("inputs"))
         let x = try inputs.floats("x"), t = try inputs.floats("t")
@@ -90,15 +93,15 @@ enum Commands {
         print("wrote \(out): \(writer.metadata.isEmpty ? "" : "")unet_out\(inputs.entries["cm_noise"] != nil ? ", cm_image, cm_uint8" : "")")
     }
 
+    static let quantize = Subcommand("quantize", summary: "write the int8 form of a float model",
+                                     synopsis: "quantize --model DIR --out DIR", flags: quantizeFlags, run: quantize)
+
     static let quantizeFlags = [
         FlagSpec("model", "float32 model directory"),
         FlagSpec("out", "directory to write the int8 model into"),
-        FlagSpec("help", "show this help", isSwitch: true),
     ]
 
-    static func quantize(_ args: [String]) throws {
-        let f = try ParsedFlags(args, specs: quantizeFlags)
-        if f.isSet("help") { print("usage: onestep-serve quantize --model DIR --out DIR\n" + ParsedFlags.usage(quantizeFlags)); return }
+    static func quantize(_ f: ParsedFlags) throws {
         let report = try Quantizer.quantizeDirectory(source: try f.required("model"), destination: try f.required("out"))
         print(report.text, terminator: "")
     }

@@ -1,11 +1,15 @@
+import CommandLineKit
 import Foundation
 import OnestepCore
 import OnestepServer
 
 enum ServeCommand {
-    static func run(_ args: [String]) throws {
-        let (options, help) = try ServerOptions.parse(args, environment: ProcessInfo.processInfo.environment)
-        if help { print(ServerOptions.usage); return }
+    static let command = Subcommand("serve", summary: "serve every model under --models over HTTP/1.1 (the default command)",
+                                    synopsis: "[serve] [flags]   (every flag also reads an ONESTEP_* environment variable)",
+                                    flags: ServerOptions.specs, run: run)
+
+    static func run(_ flags: ParsedFlags) throws {
+        let options = try ServerOptions.parse(flags, environment: ProcessInfo.processInfo.environment)
         // Unbuffered line writes: the access log must reach a pipe or file as it happens.
         let log: @Sendable (String) -> Void = { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
         let models = try ModelRegistry.load(directory: options.modelsDirectory,

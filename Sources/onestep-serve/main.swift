@@ -1,39 +1,15 @@
-// onestep-serve: serves the one-step image models under ./models over HTTP, and offers offline subcommands.
+// onestep-serve: serves the one-step image models under ./models over HTTP (the default command), and offers
+// offline sub-commands. Flags and dispatch: CommandLineKit (exit 2 for a bad command line, 1 for a failure).
+import CommandLineKit
 import Foundation
 import OnestepCore
+import OnestepServer
 
 enum ServeDefaults {
     static let defaultModelName = "shapes16-cd-int8"
 }
 
-let usage = """
-usage: onestep-serve [serve] [flags]       serve every model under ./models over HTTP (see serve --help)
-       onestep-serve generate --model DIR --seed S [--label L] [--steps K] [-n N] --out FILE.png
-       onestep-serve run-unet --model DIR --inputs IN.safetensors --out OUT.safetensors
-       onestep-serve bench --model DIR [--batch 1,16] [--json]
-       onestep-serve quantize --model DIR --out DIR
-"""
-
-var arguments = Array(CommandLine.arguments.dropFirst())
-let command = arguments.first.flatMap { $0.hasPrefix("-") ? nil : $0 } ?? "serve"
-if arguments.first == command { arguments.removeFirst() }
-
-do {
-    switch command {
-    case "generate": try Commands.generate(arguments)
-    case "run-unet": try Commands.runUNet(arguments)
-    case "bench": try BenchCommand.run(arguments)
-    case "quantize": try Commands.quantize(arguments)
-    case "serve": try ServeCommand.run(arguments)
-    case "help": print(usage)
-    default:
-        FileHandle.standardError.write(Data("onestep-serve: unknown command '\(command)'\n\(usage)\n".utf8))
-        exit(2)
-    }
-} catch let e as FlagError {
-    FileHandle.standardError.write(Data("onestep-serve \(command): \(e.message)\n".utf8))
-    exit(2)
-} catch {
-    FileHandle.standardError.write(Data("onestep-serve \(command): \(error)\n".utf8))
-    exit(1)
-}
+let tool = CommandLineTool(name: "onestep-serve", summary: "serves one-step image generators over HTTP; offline generate, run-unet, bench, quantize",
+                           commands: [ServeCommand.command, Commands.generate, Commands.runUNet, BenchCommand.command, Commands.quantize],
+                           defaultCommand: "serve")
+exit(tool.main(Array(CommandLine.arguments.dropFirst())))

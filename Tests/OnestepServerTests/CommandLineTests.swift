@@ -1,11 +1,15 @@
 import Foundation
 import XCTest
 import OnestepCore
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The offline subcommands of onestep-serve, run as a user runs them: the built binary in a subprocess.
 final class CommandLineTests: XCTestCase {
     static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-    static let golden = Fixtures.golden  // honours ONESTEP_GOLDEN like the other suites
+    /// ../shared/golden beside the repository, or ONESTEP_GOLDEN (as Fixtures).
+    static var golden: String { Fixtures.golden }
 
     /// The onestep-serve binary built beside the test bundle.
     static var binary: String {
@@ -92,6 +96,57 @@ final class CommandLineTests: XCTestCase {
             XCTAssertNotEqual(r.status, 0, "\(args)")
             XCTAssertTrue(r.err.contains(expected), "\(args): \(r.err)")
         }
+    }
+
+    /// --help at the top lists every sub-command (and serve's flags, the default command); a sub-command's --help
+    /// lists its flags; both exit 0.
+    func testHelpListsSubcommands() throws {
+        for args in [["--help"], ["help"], ["-h"]] {
+            let r = try run(Self.binary, args)
+            XCTAssertEqual(r.status, 0, "\(args) \(r.err)")
+            for command in ["serve", "generate", "run-unet", "bench", "quantize"] {
+                XCTAssertTrue(r.out.contains("\n  \(command) "), "\(args) does not list \(command):\n\(r.out)")
+            }
+            XCTAssertTrue(r.out.contains("--max-batch"), r.out)
+        }
+        let g = try run(Self.binary, ["generate", "--help"])
+        XCTAssertEqual(g.status, 0, g.err)
+        XCTAssertTrue(g.out.contains("usage: onestep-serve generate") && g.out.contains("--seed"), g.out)
+    }
+
+    /// An unknown flag or command is a usage error (exit 2) that names the closest known one.
+    func testUnknownFlagSuggestsTheClosest() throws {
+        let cases: [([String], String)] = [
+            (["--modles", "models"], "unknown flag --modles; did you mean --models?"),
+            (["serve", "--max-bacth", "4"], "did you mean --max-batch?"),
+            (["bench", "--modle", "x"], "did you mean --model?"),
+            (["genrate"], "unknown command 'genrate'; did you mean 'generate'?"),
+        ]
+        for (args, expected) in cases {
+            let r = try run(Self.binary, args)
+            XCTAssertEqual(r.status, 2, "\(args): \(r.err)")
+            XCTAssertTrue(r.err.contains(expected), "\(args): \(r.err)")
+        }
+    }
+
+    /// A port another process listens on: exit 1 (the command line was fine), naming the port and what to do.
+    func testPortInUseExitsOneWithAClearMessage() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        defer { close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        addr.sin_port = 0
+        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && listen(fd, 1) == 0 && getsockname(fd, $0, &len) == 0 }
+        }
+        XCTAssertTrue(bound)
+        let port = Int(UInt16(bigEndian: addr.sin_port))
+        let r = try run(Self.binary, ["--port", String(port), "--models", Self.golden + "/cd_tiny", "--no-access-log"])
+        XCTAssertEqual(r.status, 1, r.err)
+        XCTAssertTrue(r.err.contains("cannot listen on 127.0.0.1:\(port)") && r.err.contains("another process is listening on port \(port)"), r.err)
     }
 
     func testQuantizeCommandWritesInt8Model() throws {

@@ -143,6 +143,52 @@ final class CheckpointIntegrityTests: XCTestCase {
         XCTAssertTrue(t.resumeNotes.contains { $0.contains("predates checkpoint checksums") }, "\(t.resumeNotes)")
     }
 
+    /// A checkpoint of the format before named groups (values, ema, adam.m, adam.v at the top level,
+    /// optimizer_step and ema_updates in the metadata) resumes into the teacher group, with a note.
+    func testFormatOneCheckpointIsReadIntoTheOnlyGroup() throws {
+        try trainFourSteps()
+        let current = try resume()
+        let f = try SafetensorsFile(path: checkpoint)
+        var tensors: [String: [Float]] = ["losses": try f.floats("losses").data]
+        for piece in ["values", "ema", "adam.m", "adam.v"] { tensors[piece] = try f.floats("teacher/" + piece).data }
+        var md = f.metadata.filter { !$0.key.contains("/") && $0.key != Checkpoint.formatKey && $0.key != Checkpoint.groupsKey && $0.key != CheckpointFile.checksumKey }
+        md["optimizer_step"] = f.metadata["teacher/optimizer_step"]
+        md["ema_updates"] = f.metadata["teacher/ema/updates"]
+        try CheckpointFile.write(tensors: tensors, metadata: md, to: checkpoint, previous: previous)
+        let old = try resume()
+        XCTAssertEqual(old.step, 4)
+        XCTAssertEqual(old.losses, current.losses)
+        XCTAssertTrue(old.resumeNotes.contains { $0.contains("format before named network groups (format 1)") }, "\(old.resumeNotes)")
+        let (a, b) = (old.objective.teacher, current.objective.teacher), n = a.model.store.count
+        XCTAssertEqual(Array(UnsafeBufferPointer(start: a.model.store.values, count: n)), Array(UnsafeBufferPointer(start: b.model.store.values, count: n)))
+        XCTAssertEqual(Array(UnsafeBufferPointer(start: a.optimizer.v, count: n)), Array(UnsafeBufferPointer(start: b.optimizer.v, count: n)))
+        XCTAssertEqual(Array(UnsafeBufferPointer(start: a.ema.shadow, count: n)), Array(UnsafeBufferPointer(start: b.ema.shadow, count: n)))
+        XCTAssertEqual(a.optimizer.step, b.optimizer.step)
+        XCTAssertEqual(a.ema.updates, b.ema.updates)
+    }
+
+    func testUnknownCheckpointFormatIsRefused() throws {
+        try trainFourSteps()
+        let f = try SafetensorsFile(path: checkpoint)
+        var md = f.metadata.filter { $0.key != CheckpointFile.checksumKey }
+        md[Checkpoint.formatKey] = "3"
+        let tensors = try Dictionary(uniqueKeysWithValues: f.names.map { ($0, try f.floats($0).data) })
+        try CheckpointFile.write(tensors: tensors, metadata: md, to: checkpoint, previous: previous)
+        assertRefused(problem: "checkpoint format 3, which this onestep-distill does not know", advice: "with the onestep-distill that wrote it")
+    }
+
+    /// Resuming with another model config is a checkpoint error (not a data error), saying what to do.
+    func testCheckpointOfAnotherModelConfigIsACheckpointError() throws {
+        try trainFourSteps()
+        var wider = try TinyData.config(classes: data.classNames!)
+        wider.blockOutChannels = wider.blockOutChannels.map { $0 * 2 }
+        XCTAssertThrowsError(try TeacherTrainer(config: wider, dataset: data, settings: settings(steps: 4), runDir: dir, resume: true)) { error in
+            guard let e = error as? CheckpointError else { return XCTFail("not a CheckpointError: \(error)") }
+            XCTAssertTrue(e.problem.contains("belongs to another model config"), e.problem)
+            XCTAssertTrue(e.advice.contains("config the run was started with"), e.advice)
+        }
+    }
+
     func testStaleTemporaryFilesOfAKilledRunAreRemovedAndNotMistakenForACheckpoint() throws {
         // A process id above pid_max cannot be running: the file is what a kill -9 mid-write leaves behind.
         let deadPid = (try? String(contentsOfFile: "/proc/sys/kernel/pid_max", encoding: .utf8))

@@ -81,7 +81,7 @@ final class DistillTests: XCTestCase {
         s.logEvery = 1
         let t = try ConsistencyStudentTrainer(teacher: teacher, dataset: data, settings: s, runDir: dir, resume: false)
         let teacherWeights = Dictionary(uniqueKeysWithValues: teacher.parameters.map { ($0.0, $0.1.data) })
-        for (name, tensor) in t.model.store.tensors() { XCTAssertEqual(tensor.data, teacherWeights[name], name) }
+        for (name, tensor) in t.objective.model.store.tensors() { XCTAssertEqual(tensor.data, teacherWeights[name], name) }
         let summary = try t.run(shouldStop: { false }, log: { _ in })
         XCTAssertEqual(summary.steps, 3)
         XCTAssertTrue(summary.finalLoss.isFinite && summary.finalLoss > 0)

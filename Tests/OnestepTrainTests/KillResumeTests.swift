@@ -52,7 +52,10 @@ final class KillResumeTests: XCTestCase {
 
         // Bit-identical: the checkpoint carries everything the next step depends on.
         let a = try checkpointTensors(straight), b = try checkpointTensors(killed)
-        for key in ["values", "ema", "adam.m", "adam.v", "losses"] { XCTAssertEqual(a[key], b[key], key) }
+        for key in ["teacher/values", "teacher/ema", "teacher/adam.m", "teacher/adam.v", "losses"] {
+            XCTAssertNotNil(a[key], key)
+            XCTAssertEqual(a[key], b[key], key)
+        }
         XCTAssertEqual(b["losses"]?.count, Self.steps)
         XCTAssertEqual(FileManager.default.contents(atPath: straight + "/" + ModelExport.weightsFile),
                        FileManager.default.contents(atPath: killed + "/" + ModelExport.weightsFile), "exported teacher weights differ")
@@ -77,7 +80,10 @@ final class KillResumeTests: XCTestCase {
         try assertResumedWithinOneInterval(killedAt: killedAt, output: resumed.output)
 
         let a = try checkpointTensors(straight), b = try checkpointTensors(killed)
-        for key in ["values", "target", "ema", "adam.m", "adam.v", "losses"] { XCTAssertEqual(a[key], b[key], key) }
+        for key in ["student/values", "student/target", "student/ema", "student/adam.m", "student/adam.v", "losses"] {
+            XCTAssertNotNil(a[key], key)
+            XCTAssertEqual(a[key], b[key], key)
+        }
         XCTAssertEqual(FileManager.default.contents(atPath: straight + "/" + ModelExport.weightsFile),
                        FileManager.default.contents(atPath: killed + "/" + ModelExport.weightsFile), "exported student weights differ")
     }
@@ -138,9 +144,33 @@ final class KillResumeTests: XCTestCase {
         try flipBit(in: out + "/" + Checkpoint.fileName, atFraction: 0.5)
         let r = try DistillProcess.run(args + ["--resume"])
         XCTAssertEqual(r.status, 1, r.output)
-        XCTAssertTrue(r.output.contains("cannot resume from \(out)/\(Checkpoint.fileName)"), r.output)
+        XCTAssertTrue(r.output.contains("onestep-distill teacher: checkpoint error: cannot resume from \(out)/\(Checkpoint.fileName)"), r.output)
         XCTAssertTrue(r.output.contains("checksum"), r.output)
         XCTAssertTrue(r.output.contains("\(Checkpoint.previousName) is intact (step 40)"), r.output)
+    }
+}
+
+extension KillResumeTests {
+    /// A checkpoint of another model config (resumed with --config of other widths) is a checkpoint error, exit 1,
+    /// not a data or usage error.
+    func testBinaryReportsACheckpointOfAnotherConfigAsACheckpointError() throws {
+        let out = dir + "/run"
+        var args = teacherArgs(out)
+        args[args.firstIndex(of: "--steps")! + 1] = "2"
+        XCTAssertEqual(try DistillProcess.run(args).status, 0)
+        // The teacher reads the config from the checkpoint on resume; make the checkpoint's config disagree with
+        // its tensors by rewriting it as another (wider) model's, keeping the file's checksum valid.
+        let f = try SafetensorsFile(path: out + "/" + Checkpoint.fileName)
+        var md = f.metadata.filter { $0.key != CheckpointFile.checksumKey }
+        var json = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(md["unet_config"]!.utf8)) as? [String: Any])
+        json["block_out_channels"] = [16, 32]
+        md["unet_config"] = String(decoding: try JSONSerialization.data(withJSONObject: json), as: UTF8.self)
+        let tensors = try Dictionary(uniqueKeysWithValues: f.names.map { ($0, try f.floats($0).data) })
+        try CheckpointFile.write(tensors: tensors, metadata: md, to: out + "/" + Checkpoint.fileName, previous: out + "/" + Checkpoint.previousName)
+        let r = try DistillProcess.run(args + ["--resume"])
+        XCTAssertEqual(r.status, 1, r.output)
+        XCTAssertTrue(r.output.contains("checkpoint error: cannot resume from"), r.output)
+        XCTAssertTrue(r.output.contains("belongs to another model config"), r.output)
     }
 }
 

@@ -74,8 +74,8 @@ final class TeacherTests: XCTestCase {
         XCTAssertEqual(sched.sigmaData, 0.5)
         let requests = [GenerationRequest(seed: 1, label: 0), GenerationRequest(seed: 2, label: 2)]
         let served = pipeline.generate(requests, steps: 4)
-        trainer.ema.copy(into: trainer.sampler.store)
-        let ours = trainer.sampler.sampleEDM(requests, steps: 4, scheduler: sched)
+        trainer.objective.ema.copy(into: trainer.objective.sampler.store)
+        let ours = trainer.objective.sampler.sampleEDM(requests, steps: 4, scheduler: sched)
         XCTAssertLessThanOrEqual(TensorError.maxAbs(served.data, ours.data), Self.samplerMaxAbs)
     }
 
@@ -117,9 +117,10 @@ final class TeacherTests: XCTestCase {
         XCTAssertEqual(c.step, 3)
         _ = try c.run(shouldStop: { false }, log: { _ in })
         XCTAssertEqual(c.losses, a.losses)
-        XCTAssertEqual(Array(UnsafeBufferPointer(start: c.model.store.values, count: c.model.store.count)),
-                       Array(UnsafeBufferPointer(start: a.model.store.values, count: a.model.store.count)))
-        XCTAssertEqual(Array(UnsafeBufferPointer(start: c.ema.shadow, count: c.ema.count)),
-                       Array(UnsafeBufferPointer(start: a.ema.shadow, count: a.ema.count)))
+        let (cm, am) = (c.objective.model, a.objective.model), (ce, ae) = (c.objective.ema, a.objective.ema)
+        XCTAssertEqual(Array(UnsafeBufferPointer(start: cm.store.values, count: cm.store.count)),
+                       Array(UnsafeBufferPointer(start: am.store.values, count: am.store.count)))
+        XCTAssertEqual(Array(UnsafeBufferPointer(start: ce.shadow, count: ce.count)),
+                       Array(UnsafeBufferPointer(start: ae.shadow, count: ae.count)))
     }
 }

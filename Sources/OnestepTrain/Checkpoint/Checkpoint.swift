@@ -1,13 +1,19 @@
-// A resumable training state (teacher or student) in one safetensors file; CheckpointFile.swift says how it is
-// kept crash-safe (atomic replace, previous one kept) and verified (checksum):
-//   values, ema, adam.m, adam.v   (P) flat, laid out as the model's ParameterStore
-//   target                        (P) consistency distillation's theta^- (students only)
-//   losses                        (S) the loss of each of the S steps so far, so the curve survives a resume
-//   __metadata__                  onestep.kind, step, optimizer_step, ema_updates, rng_state, elapsed_seconds,
-//                                 unet_config, onestep.checksum
-// losses.csv beside it holds the same history for people and plotting tools. It is written after the
-// checkpoint, so a kill between the two can leave it one interval short; it is read back only for checkpoints
-// from before the losses tensor.
+// A resumable training state in one safetensors file, for any TrainingObjective: each of its TrainingGroups
+// (network, optimizer, weight averages) under the group's name, plus the loop's own state. CheckpointFile.swift
+// says how the file is kept crash-safe (atomic replace, previous one kept) and verified (checksum).
+//
+// Format 2 (written since the training loops were unified):
+//   GROUP/values, GROUP/adam.m, GROUP/adam.v    (P_GROUP) flat, laid out as the group's ParameterStore
+//   GROUP/AVERAGE                               (P_GROUP) each weight average, e.g. teacher/ema, student/target
+//   losses                                      (S) the loss of each of the S steps so far
+//   __metadata__  onestep.kind, onestep.checkpoint_format "2", onestep.groups "NAME,NAME", step, rng_state,
+//                 elapsed_seconds, unet_config (the first group's), and per group GROUP/unet_config,
+//                 GROUP/optimizer_step, GROUP/AVERAGE/updates; onestep.checksum
+// Format 1 (before; no onestep.checkpoint_format): one network, tensors values, ema, adam.m, adam.v, and target
+//   for consistency distillation; metadata optimizer_step, ema_updates. Still read, into an objective with one
+//   group (what every format-1 run was), with a note; a format the reader does not know is refused.
+// losses.csv beside the file holds the same history for people and plotting tools; it is read back only for
+// format-1 checkpoints that predate the losses tensor.
 import Foundation
 import OnestepCore
 
@@ -26,24 +32,22 @@ public enum Checkpoint {
     public static let previousName = "checkpoint.prev.safetensors"
     public static let lossesName = "losses.csv"
     public static let teacherKind = "teacher-checkpoint"
+    static let formatKey = "onestep.checkpoint_format"
+    static let groupsKey = "onestep.groups"
+    static let format = "2"
 
-    public static func write(model: TrainableUNet, optimizer: Optimizer, ema: WeightAverage, state: TrainingState, to dir: String) throws {
-        try write(kind: teacherKind, model: model, optimizer: optimizer, ema: ema, extra: [:], state: state, to: dir)
-    }
-
-    /// Restores values, EMA and optimizer moments into objects built for the same config.
-    public static func read(from dir: String, model: TrainableUNet, optimizer: Optimizer, ema: WeightAverage) throws -> TrainingState {
-        try read(kind: teacherKind, from: dir, model: model, optimizer: optimizer, ema: ema, extra: [:])
-    }
-
-    /// The UNet config a checkpoint (of any kind) was written with; the file is verified first.
+    /// The UNet config a checkpoint (of any kind) was written with (its first group's); the file is verified first.
     public static func config(in dir: String) throws -> UNetConfig {
-        let contents = try CheckpointFile.read(dir + "/" + fileName, previous: dir + "/" + previousName, kinds: nil)
-        guard let text = contents.metadata["unet_config"],
-              let json = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] else {
-            throw DataError("\(dir)/\(fileName) has no unet_config; it is not an onestep-distill checkpoint")
+        let path = dir + "/" + fileName, previous = dir + "/" + previousName
+        let contents = try CheckpointFile.read(path, previous: previous, kinds: nil)
+        func refuse(_ problem: String) -> CheckpointError {
+            CheckpointError(path: path, problem: problem, advice: CheckpointFile.advice(for: path, previous: previous, kinds: nil))
         }
-        return try UNetConfig(json: json)
+        guard let text = contents.metadata["unet_config"],
+              let json = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: Any] else {
+            throw refuse("it has no readable unet_config in its metadata")
+        }
+        do { return try UNetConfig(json: json) } catch { throw refuse("its unet_config is not a valid config: \(error)") }
     }
 
     /// What the CLI and the pipeline print as a run starts: nothing for a fresh run with nothing to report; else
@@ -54,54 +58,101 @@ public enum Checkpoint {
         return ["resuming \(dir) at step \(step) (checkpoint every \(every) steps)"] + notes.map { "note: " + $0 }
     }
 
-    static func write(kind: String, model: TrainableUNet, optimizer: Optimizer, ema: WeightAverage,
-                      extra: [String: UnsafePointer<Float>], state: TrainingState, to dir: String) throws {
-        let n = model.store.count
-        func flat(_ p: UnsafePointer<Float>) -> [Float] { Array(UnsafeBufferPointer(start: p, count: n)) }
-        var tensors = ["values": flat(model.store.values), "ema": flat(ema.shadow), "adam.m": flat(optimizer.m),
-                       "adam.v": flat(optimizer.v), "losses": state.losses]
-        for (name, p) in extra { tensors[name] = flat(p) }
-        let metadata = [
-            CheckpointFile.kindKey: kind, "step": String(state.step), "optimizer_step": String(optimizer.step),
-            "ema_updates": String(ema.updates), "rng_state": String(state.rngState),
-            "elapsed_seconds": String(state.elapsedSeconds), "unet_config": model.config.jsonString(),
+    /// Writes every group and the loop state to DIR/checkpoint.safetensors (the previous one kept), then losses.csv.
+    static func write(kind: String, groups: [TrainingGroup], state: TrainingState, to dir: String) throws {
+        var tensors: [String: [Float]] = ["losses": state.losses]
+        var metadata = [
+            CheckpointFile.kindKey: kind, formatKey: format, groupsKey: groups.map(\.name).joined(separator: ","),
+            "step": String(state.step), "rng_state": String(state.rngState), "elapsed_seconds": String(state.elapsedSeconds),
+            "unet_config": groups[0].model.config.jsonString(),
         ]
+        for g in groups {
+            let n = g.model.store.count
+            func flat(_ p: UnsafePointer<Float>) -> [Float] { Array(UnsafeBufferPointer(start: p, count: n)) }
+            tensors[g.name + "/values"] = flat(g.model.store.values)
+            tensors[g.name + "/adam.m"] = flat(g.optimizer.m)
+            tensors[g.name + "/adam.v"] = flat(g.optimizer.v)
+            metadata[g.name + "/unet_config"] = g.model.config.jsonString()
+            metadata[g.name + "/optimizer_step"] = String(g.optimizer.step)
+            for a in g.averages {
+                tensors[g.name + "/" + a.name] = flat(a.average.shadow)
+                metadata[g.name + "/" + a.name + "/updates"] = String(a.average.updates)
+            }
+        }
         try CheckpointFile.write(tensors: tensors, metadata: metadata, to: dir + "/" + fileName, previous: dir + "/" + previousName)
         var csv = "step,loss\n"
         for (i, l) in state.losses.enumerated() { csv += "\(i + 1),\(l)\n" }
         try AtomicFile.write(csv, to: dir + "/" + lossesName)
     }
 
-    static func read(kind: String, from dir: String, model: TrainableUNet, optimizer: Optimizer, ema: WeightAverage,
-                     extra: [String: UnsafeMutablePointer<Float>]) throws -> TrainingState {
+    /// Restores every group (values, optimizer moments and step, averages) into objects built for the same
+    /// configs, and returns the loop state. Throws CheckpointError naming the file, the problem and what to do.
+    static func read(kind: String, groups: [TrainingGroup], from dir: String) throws -> TrainingState {
         let path = dir + "/" + fileName, previous = dir + "/" + previousName
         let contents = try CheckpointFile.read(path, previous: previous, kinds: [kind])
-        func refuse(_ problem: String) -> CheckpointError {
-            CheckpointError(path: path, problem: problem, advice: CheckpointFile.advice(for: path, previous: previous, kinds: [kind]))
+        func refuse(_ problem: String, advice: String? = nil) -> CheckpointError {
+            CheckpointError(path: path, problem: problem, advice: advice ?? CheckpointFile.advice(for: path, previous: previous, kinds: [kind]))
         }
-        let n = model.store.count
-        var targets = ["values": model.store.values, "ema": ema.shadow, "adam.m": optimizer.m, "adam.v": optimizer.v]
-        targets.merge(extra) { a, _ in a }
-        for (key, p) in targets {
-            guard let t = contents.tensors[key] else { throw refuse("tensor '\(key)' is missing") }
-            guard t.count == n else {
-                throw DataError("\(path): \(key) has \(t.count) values but the model has \(n) parameters; the checkpoint belongs to another model config")
-            }
-            t.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: n) }
-        }
-        guard let step = contents.integer("step"), let optimizerStep = contents.integer("optimizer_step"),
-              let emaUpdates = contents.integer("ema_updates"), let rng = contents.metadata["rng_state"].flatMap({ UInt64($0) }) else {
-            throw refuse("its metadata lacks step, optimizer_step, ema_updates or rng_state")
-        }
-        optimizer.step = optimizerStep
-        ema.updates = emaUpdates
         var notes: [String] = []
-        let losses: [Float]
-        if let saved = contents.tensors["losses"] {
-            losses = saved
-        } else {
-            losses = lossesFromCSV(dir + "/" + lossesName, upTo: step)
+        // Where each group's pieces are in this file: format 2 names them GROUP/..., format 1 had one unnamed network.
+        let layout: (String, TrainingGroup) -> (tensor: String, counter: String)
+        switch contents.metadata[formatKey] {
+        case format?:
+            let names = (contents.metadata[groupsKey] ?? "").split(separator: ",").map(String.init)
+            guard names == groups.map(\.name) else {
+                throw refuse("it holds the networks [\(names.joined(separator: ", "))] but this run trains [\(groups.map(\.name).joined(separator: ", "))]")
+            }
+            layout = { piece, g in
+                switch piece {
+                case "optimizer_step": return ("", g.name + "/optimizer_step")
+                default: return (g.name + "/" + piece, g.name + "/" + piece + "/updates")
+                }
+            }
+        case nil:
+            guard groups.count == 1 else {
+                throw refuse("it is a format-1 checkpoint (one network) but this run trains \(groups.count) networks")
+            }
+            notes.append("\(path) is in the format before named network groups (format 1); read as the \(groups[0].name) network, the next checkpoint is written in format \(format)")
+            layout = { piece, _ in
+                switch piece {
+                case "optimizer_step": return ("", "optimizer_step")
+                case "ema": return ("ema", "ema_updates")
+                default: return (piece, "")  // format 1 had no counter for the target network (it needs none)
+                }
+            }
+        case let other?:
+            throw refuse("it is in checkpoint format \(other), which this onestep-distill does not know (it reads 1 and \(format))",
+                         advice: "Resume it with the onestep-distill that wrote it, or delete \(path) to train this run from step 0.")
         }
+
+        for g in groups {
+            let n = g.model.store.count
+            var targets = [("values", g.model.store.values), ("adam.m", g.optimizer.m), ("adam.v", g.optimizer.v)]
+            targets += g.averages.map { ($0.name, $0.average.shadow) }
+            for (piece, p) in targets {
+                let key = layout(piece, g).tensor
+                guard let t = contents.tensors[key] else { throw refuse("tensor '\(key)' is missing") }
+                guard t.count == n else {
+                    throw refuse("\(key) has \(t.count) values but the \(g.name) network has \(n) parameters: the checkpoint belongs to another model config",
+                                 advice: "Resume with the config the run was started with, or choose another --out to start a new run.")
+                }
+                t.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: n) }
+            }
+            guard let optimizerStep = contents.integer(layout("optimizer_step", g).counter) else {
+                throw refuse("its metadata lacks \(layout("optimizer_step", g).counter)")
+            }
+            g.optimizer.step = optimizerStep
+            for a in g.averages {
+                let counter = layout(a.name, g).counter
+                if counter.isEmpty { a.average.updates = optimizerStep; continue }
+                guard let updates = contents.integer(counter) else { throw refuse("its metadata lacks \(counter)") }
+                a.average.updates = updates
+            }
+        }
+        guard let step = contents.integer("step"), let rng = contents.metadata["rng_state"].flatMap({ UInt64($0) }) else {
+            throw refuse("its metadata lacks step or rng_state")
+        }
+        let losses = contents.tensors["losses"] ?? lossesFromCSV(dir + "/" + lossesName, upTo: step)
         if !contents.verified {
             notes.append("\(path) predates checkpoint checksums, so its contents cannot be verified; resuming anyway (the next checkpoint carries one)")
         }

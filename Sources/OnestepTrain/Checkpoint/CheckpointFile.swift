@@ -18,12 +18,18 @@ import OnestepCore
 import Glibc
 #endif
 
-/// A checkpoint that cannot be resumed from: which file, what is wrong with it, and what to do.
+/// A checkpoint that cannot be resumed from (or written): which file, what is wrong with it, and what to do.
+/// onestep-distill reports it as a checkpoint error (exit 1), never as a problem with the data or the flags.
 public struct CheckpointError: Error, CustomStringConvertible {
     public var path: String
     public var problem: String
     public var advice: String
-    public var description: String { "cannot resume from \(path): \(problem)\n\(advice)" }
+    /// "resume from" or "write".
+    public var action = "resume from"
+    public init(path: String, problem: String, advice: String, action: String = "resume from") {
+        (self.path, self.problem, self.advice, self.action) = (path, problem, advice, action)
+    }
+    public var description: String { "cannot \(action) \(path): \(problem)\n\(advice)" }
 }
 
 /// FNV-1a, 64-bit (Fowler, Noll, Vo): offset basis 0xcbf29ce484222325, prime 0x100000001b3.
@@ -109,7 +115,8 @@ enum CheckpointFile {
         guard rename(tmp, previous) == 0 else {
             let reason = String(cString: strerror(errno))
             unlink(tmp)
-            throw DataError("cannot keep \(path) as \(previous): \(reason)")
+            throw CheckpointError(path: previous, problem: "cannot keep \(path) under this name: \(reason)",
+                                  advice: "Check the run folder's permissions and free space, then run the same command with --resume.", action: "write")
         }
     }
 

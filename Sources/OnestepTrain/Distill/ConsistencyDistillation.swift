@@ -12,7 +12,6 @@
 // and weight_schedule="uniform".
 //
 // Legend: B batch, C channels, S side, P = C*S*S values per image, N number of sigmas.
-import Dispatch
 import Foundation
 import OnestepCore
 
@@ -36,6 +35,11 @@ public struct DistillSettings: Sendable {
         optimizer.learningRate = 1e-4
         optimizer.warmupSteps = 0
         optimizer.gradientClip = 1
+    }
+
+    /// The loop's part (the batch and noise stream, seeded apart from the data set's seed).
+    public var loop: LoopSettings {
+        LoopSettings(steps: steps, logEvery: logEvery, checkpointEvery: checkpointEvery, sampleEvery: sampleEvery, seed: seed ^ 0xD157_111)
     }
 }
 
@@ -107,7 +111,8 @@ func consistencyOutput(_ m: TrainableUNet, _ x: UnsafePointer<Float>, sigmas: [D
     }
 }
 
-/// The consistency-distillation objective for one batch, data parallel over `workers` student replicas.
+/// The consistency-distillation loss for one batch, data parallel (DataParallel.swift): worker 0 runs on the
+/// student itself, each further worker on a replica; every worker has its own copy of theta^-.
 public final class ConsistencyDistillationLoss {
     public let teacher: EDMTeacher
     public let settings: DistillSettings
@@ -116,8 +121,7 @@ public final class ConsistencyDistillationLoss {
 
     final class Worker {
         let student: TrainableUNet, target: TrainableUNet
-        let noisy = Buffer(), heun = Buffer(), targetOut = Buffer(), studentOut = Buffer(), grad = Buffer(), scratch = Buffer()
-        var loss = 0.0
+        let heun = Buffer(), targetOut = Buffer(), studentOut = Buffer(), grad = Buffer(), scratch = Buffer()
         init(student: TrainableUNet, target: TrainableUNet) { (self.student, self.target) = (student, target) }
     }
 
@@ -125,13 +129,14 @@ public final class ConsistencyDistillationLoss {
         self.teacher = teacher
         self.settings = settings
         karras = Array(settings.schedule.karrasSigmas(settings.sigmas).prefix(settings.sigmas))
-        for _ in 0..<max(1, settings.workers) { workers.append(Worker(student: student.clone(), target: student.clone())) }
+        for k in 0..<max(1, settings.workers) { workers.append(Worker(student: k == 0 ? student : student.clone(), target: student.clone())) }
     }
 
     /// Adds d(loss)/d(theta) into `student.store.grads` (zero them first) and returns the mean pseudo-Huber loss.
     /// `target` holds theta^- laid out like the student's store. x0 (B, P) clean images.
     public func step(student: TrainableUNet, target: UnsafePointer<Float>, clean x0: UnsafePointer<Float>, batch b: Int,
                      labels: [Int]?, rng: inout TrainRandom) -> Double {
+        precondition(workers[0].student === student, "the loss was built for another student")
         let cfg = student.config, per = cfg.inChannels * cfg.sampleSize * cfg.sampleSize
         let c = PseudoHuber.constant(dimension: per)
         // All randomness drawn here, in image order, so the stream does not depend on the worker count.
@@ -142,23 +147,19 @@ public final class ConsistencyDistillationLoss {
             let s = Float(karras[n[i]])
             for j in (i * per)..<((i + 1) * per) { noisy[j] = x0[j] + s * rng.normal() }
         }
-        let active = Array(workers.prefix(max(1, min(workers.count, b))))
-        for w in active {
-            w.student.store.copyValues(from: student.store)
-            w.student.store.zeroGrads()
-            w.target.store.values.update(from: target, count: student.store.count)
-        }
-        let bounds = (0...active.count).map { $0 * b / active.count }
-        let job = DistillJob(loss: self, workers: active, bounds: bounds, n: n, noisy: UnsafePointer(noisy), labels: labels,
-                             per: per, c: c, scale: 1 / Float(b))
-        if active.count == 1 { job.run(0) } else { DispatchQueue.concurrentPerform(iterations: active.count) { job.run($0) } }
-        for w in active { addInPlace(student.store.grads, w.student.store.grads, count: student.store.count) }
-        return active.reduce(0) { $0 + $1.loss } / Double(b)
+        let active = Array(workers.prefix(DataParallel.activeWorkers(count: b, available: workers.count)))
+        DataParallel.broadcast(student.store, to: active.dropFirst().map(\.student.store))
+        for w in active { w.target.store.values.update(from: target, count: student.store.count) }
+        let job = DistillJob(loss: self, workers: active, n: n, noisy: UnsafePointer(noisy), labels: labels, per: per, c: c, scale: 1 / Float(b))
+        let losses = DataParallel.map(count: b, workers: active.count) { k, chunk in job.run(k, chunk) }
+        DataParallel.reduceGradients(active.dropFirst().map(\.student.store), into: student.store)
+        return losses.reduce(0, +) / Double(b)
     }
 
-    func runChunk(_ w: Worker, lo: Int, hi: Int, n: [Int], noisy: UnsafePointer<Float>, labels: [Int]?, per: Int, c: Double, scale: Float) {
+    /// Images lo..<hi on worker w: Heun step of the teacher, target output, student forward and backward.
+    func runChunk(_ w: Worker, lo: Int, hi: Int, n: [Int], noisy: UnsafePointer<Float>, labels: [Int]?, per: Int, c: Double, scale: Float) -> Double {
         let m = hi - lo
-        guard m > 0 else { w.loss = 0; return }
+        guard m > 0 else { return 0 }
         let x = noisy + lo * per
         let from = (lo..<hi).map { karras[n[$0]] }, to = (lo..<hi).map { karras[n[$0] + 1] }
         let lab = labels.map { Array($0[lo..<hi]) }
@@ -176,19 +177,88 @@ public final class ConsistencyDistillationLoss {
             loss += PseudoHuber.lossAndGradient(out + i * per, tgt + i * per, count: per, c: c, gradScale: scale * cOut, grad: g + i * per)
         }
         w.student.backward(g)
-        w.loss = loss
+        return loss
     }
 }
 
-/// Workers touch disjoint replicas and buffers; `noisy` is read-only while they run.
-private struct DistillJob: @unchecked Sendable {
+/// Workers touch disjoint networks and buffers; `noisy` is read-only while they run.
+private struct DistillJob {
     let loss: ConsistencyDistillationLoss
     let workers: [ConsistencyDistillationLoss.Worker]
-    let bounds: [Int], n: [Int]
+    let n: [Int]
     let noisy: UnsafePointer<Float>
     let labels: [Int]?
     let per: Int, c: Double, scale: Float
-    func run(_ k: Int) {
-        loss.runChunk(workers[k], lo: bounds[k], hi: bounds[k + 1], n: n, noisy: noisy, labels: labels, per: per, c: c, scale: scale)
+    func run(_ k: Int, _ chunk: Range<Int>) -> Double {
+        loss.runChunk(workers[k], lo: chunk.lowerBound, hi: chunk.upperBound, n: n, noisy: noisy, labels: labels, per: per, c: c, scale: scale)
+    }
+}
+
+/// Consistency distillation as a TrainingObjective: one network ("student", initialised as a copy of the EDM
+/// teacher) with Adam, the saved EMA ("ema", the weights that ship) and the target network theta^- ("target", an
+/// average at the constant rate mu), both checkpointed with it.
+public final class ConsistencyDistillationObjective: TrainingObjective {
+    public let kind = "consistency-distillation"
+    public let label = "consistency-distillation"
+    public let student: TrainingGroup
+    public let dataset: ImageDataset
+    public let settings: DistillSettings
+    let loss: ConsistencyDistillationLoss
+    private let batchBuffer = Buffer()
+
+    public var groups: [TrainingGroup] { [student] }
+    public var model: TrainableUNet { student.model }
+    public var imagesPerStep: Int { settings.batch }
+    public var summary: String {
+        "\(model.parameterCount) parameters from the teacher, \(dataset.count) images, N = \(settings.sigmas), mu = \(settings.targetEMA), batch \(settings.batch)"
+    }
+
+    /// `teacher` is the teacher's inference model; the student is its copy (same config and weights).
+    public init(teacher: UNet2DModel, dataset: ImageDataset, settings: DistillSettings) throws {
+        guard dataset.size == teacher.config.sampleSize, dataset.channels == teacher.config.inChannels else {
+            throw DataError("the teacher makes \(teacher.config.inChannels)x\(teacher.config.sampleSize)x\(teacher.config.sampleSize) images, the data is \(dataset.channels)x\(dataset.size)x\(dataset.size)")
+        }
+        if let k = teacher.config.numClassEmbeds, dataset.classNames?.count != k {
+            throw DataError("the teacher has \(k) classes but the data has \(dataset.classNames?.count ?? 0) class folders")
+        }
+        let model = try TrainableUNet(config: teacher.config, weights: TensorDictionary(teacher.parameters))
+        student = TrainingGroup(name: "student", model: model, optimizer: settings.optimizer, averages: [
+            ("ema", WeightAverage(decay: settings.saveEMA, of: model.store)),
+            ("target", WeightAverage(decay: settings.targetEMA, of: model.store, warmup: false)),
+        ])
+        (self.dataset, self.settings) = (dataset, settings)
+        loss = ConsistencyDistillationLoss(teacher: EDMTeacher(model: teacher, sigmaData: settings.schedule.sigmaData),
+                                           student: model, settings: settings)
+    }
+
+    public func step(number: Int, rng: inout TrainRandom) -> Double {
+        let b = settings.batch
+        let x = batchBuffer.ensure(b * dataset.imageFloats)
+        let indices = (0..<b).map { _ in rng.int(dataset.count) }
+        dataset.gather(indices, into: x)
+        let labels = dataset.labels.map { l in indices.map { l[$0] } }
+        student.zeroGradients()
+        let value = loss.step(student: model, target: student.average("target").shadow, clean: x, batch: b, labels: labels, rng: &rng)
+        student.applyUpdate()
+        return value
+    }
+
+    public func export(to dir: String, step: Int) throws {
+        try StudentExport.write(model, weights: student.ema.shadow, timesteps: settings.sigmas, schedule: settings.schedule, to: dir,
+                                metadata: ["onestep.trained_steps": String(step), "onestep.weights": "ema \(student.ema.decay)", "onestep.kind": kind])
+    }
+
+    public func writeSamples(to dir: String) throws {
+        try StudentExport.writeSamples(model, weights: student.ema.shadow, timesteps: settings.sigmas, to: dir + "/samples.png")
+    }
+}
+
+/// TrainingLoop of a consistency-distilled student.
+public typealias ConsistencyStudentTrainer = TrainingLoop<ConsistencyDistillationObjective>
+
+extension TrainingLoop where Objective == ConsistencyDistillationObjective {
+    public convenience init(teacher: UNet2DModel, dataset: ImageDataset, settings: DistillSettings, runDir: String, resume: Bool) throws {
+        try self.init(objective: ConsistencyDistillationObjective(teacher: teacher, dataset: dataset, settings: settings), runDir: runDir,
+                      settings: settings.loop, resume: resume)
     }
 }

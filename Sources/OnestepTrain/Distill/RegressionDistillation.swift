@@ -91,44 +91,60 @@ public struct RegressionSettings: Sendable {
         optimizer.learningRate = 1e-3
         optimizer.warmupSteps = 100
     }
+
+    /// The loop's part (the pair-index stream, seeded apart from the initialisation's seed).
+    public var loop: LoopSettings {
+        LoopSettings(steps: steps, logEvery: logEvery, checkpointEvery: checkpointEvery, sampleEvery: sampleEvery, seed: seed ^ 0xD157_111)
+    }
 }
 
-public final class RegressionStudentTrainer: StudentLoop {
+/// Regression onto teacher pairs as a TrainingObjective: one network ("student", a fresh init of `config`) with
+/// Adam and the saved EMA; data parallel over `settings.workers` (worker 0 is the student itself).
+public final class RegressionObjective: TrainingObjective {
+    public let kind = "regression"
+    public let label = "regression"
+    public let student: TrainingGroup
     public let pairs: TeacherPairs
     public let settings: RegressionSettings
-    private var replicas: [TrainableUNet] = []
-    private let buffers = (0..<2).map { _ in (Buffer(), Buffer(), Buffer(), Buffer()) }
+    private let replicas: [TrainableUNet]
+    private let buffers: [(x: Buffer, out: Buffer, grad: Buffer, scratch: Buffer)]
 
-    public init(config: UNetConfig, pairs: TeacherPairs, settings: RegressionSettings, runDir: String, resume: Bool) throws {
+    public var groups: [TrainingGroup] { [student] }
+    public var model: TrainableUNet { student.model }
+    public var imagesPerStep: Int { settings.batch }
+    public var summary: String {
+        "\(model.parameterCount) parameters, channels \(model.config.blockOutChannels), regression on \(pairs.count) pairs, batch \(settings.batch)"
+    }
+
+    public init(config: UNetConfig, pairs: TeacherPairs, settings: RegressionSettings) throws {
         guard config.inChannels * config.sampleSize * config.sampleSize == pairs.per else {
             throw DataError("the student config makes \(config.inChannels)x\(config.sampleSize)x\(config.sampleSize) images, the pairs have \(pairs.per) values each")
         }
-        self.pairs = pairs
-        self.settings = settings
+        (self.pairs, self.settings) = (pairs, settings)
         let model = TrainableUNet(config: config, seed: settings.seed)
-        try super.init(model: model, runDir: runDir, optimizer: settings.optimizer, saveEMA: settings.saveEMA, targetRate: 0,
-                       timesteps: settings.timesteps, kind: "regression", seed: settings.seed, steps: settings.steps,
-                       logEvery: settings.logEvery, checkpointEvery: settings.checkpointEvery, sampleEvery: settings.sampleEvery,
-                       resume: resume)
-        replicas = (0..<max(1, min(2, settings.workers))).map { _ in model.clone() }
+        student = TrainingGroup(name: "student", model: model, optimizer: settings.optimizer,
+                                averages: [("ema", WeightAverage(decay: settings.saveEMA, of: model.store))])
+        let workers = max(1, settings.workers)
+        replicas = (1..<workers).map { _ in model.clone() }
+        buffers = (0..<workers).map { _ in (Buffer(), Buffer(), Buffer(), Buffer()) }
     }
 
-    override func lossAndGradient() -> Double {
+    public func step(number: Int, rng: inout TrainRandom) -> Double {
         let b = settings.batch, per = pairs.per
         let idx = (0..<b).map { _ in rng.int(pairs.count) }
-        let active = Array(replicas.prefix(max(1, min(replicas.count, b))))
-        for r in active { r.store.copyValues(from: model.store); r.store.zeroGrads() }
-        let bounds = (0...active.count).map { $0 * b / active.count }
+        student.zeroGradients()
+        let models = [model] + replicas.prefix(DataParallel.activeWorkers(count: b, available: 1 + replicas.count) - 1)
+        DataParallel.broadcast(model.store, to: models.dropFirst().map(\.store))
         let sigma = settings.schedule.sigmaMax, sm = settings.schedule.sigmaMin, sd = settings.schedule.sigmaData
-        let c = PseudoHuber.constant(dimension: per)
-        let losses = UnsafeMutableBufferPointer<Double>.allocate(capacity: active.count)
-        defer { losses.deallocate() }
-        let job = RegressionJob(trainer: self, active: active, bounds: bounds, idx: idx, sigma: sigma, sm: sm, sd: sd, c: c, scale: 1 / Float(b), losses: losses)
-        if active.count == 1 { job.run(0) } else { DispatchQueue.concurrentPerform(iterations: active.count) { job.run($0) } }
-        for r in active { addInPlace(model.store.grads, r.store.grads, count: model.store.count) }
+        let job = RegressionJob(objective: self, models: models, idx: idx, sigma: sigma, sm: sm, sd: sd,
+                                c: PseudoHuber.constant(dimension: per), scale: 1 / Float(b))
+        let losses = DataParallel.map(count: b, workers: models.count) { k, chunk in job.run(k, chunk) }
+        DataParallel.reduceGradients(models.dropFirst().map(\.store), into: model.store)
+        student.applyUpdate()
         return losses.reduce(0, +) / Double(b)
     }
 
+    /// Pairs `idx` on worker k's network m: forward at sigma_max, pseudo-Huber against the teacher samples, backward.
     func runChunk(_ k: Int, _ m: TrainableUNet, idx: ArraySlice<Int>, sigma: Double, sm: Double, sd: Double, c: Double, scale: Float) -> Double {
         let per = pairs.per, n = idx.count
         guard n > 0 else { return 0 }
@@ -147,13 +163,31 @@ public final class RegressionStudentTrainer: StudentLoop {
         m.backward(g)
         return loss
     }
+
+    public func export(to dir: String, step: Int) throws {
+        try StudentExport.write(model, weights: student.ema.shadow, timesteps: settings.timesteps, schedule: settings.schedule, to: dir,
+                                metadata: ["onestep.trained_steps": String(step), "onestep.weights": "ema \(student.ema.decay)", "onestep.kind": kind])
+    }
+
+    public func writeSamples(to dir: String) throws {
+        try StudentExport.writeSamples(model, weights: student.ema.shadow, timesteps: settings.timesteps, to: dir + "/samples.png")
+    }
 }
 
-private struct RegressionJob: @unchecked Sendable {
-    let trainer: RegressionStudentTrainer, active: [TrainableUNet], bounds: [Int], idx: [Int]
+private struct RegressionJob {
+    let objective: RegressionObjective, models: [TrainableUNet], idx: [Int]
     let sigma: Double, sm: Double, sd: Double, c: Double, scale: Float
-    let losses: UnsafeMutableBufferPointer<Double>
-    func run(_ k: Int) {
-        losses[k] = trainer.runChunk(k, active[k], idx: idx[bounds[k]..<bounds[k + 1]], sigma: sigma, sm: sm, sd: sd, c: c, scale: scale)
+    func run(_ k: Int, _ chunk: Range<Int>) -> Double {
+        objective.runChunk(k, models[k], idx: idx[chunk], sigma: sigma, sm: sm, sd: sd, c: c, scale: scale)
+    }
+}
+
+/// TrainingLoop of a student regressed onto teacher pairs.
+public typealias RegressionStudentTrainer = TrainingLoop<RegressionObjective>
+
+extension TrainingLoop where Objective == RegressionObjective {
+    public convenience init(config: UNetConfig, pairs: TeacherPairs, settings: RegressionSettings, runDir: String, resume: Bool) throws {
+        try self.init(objective: RegressionObjective(config: config, pairs: pairs, settings: settings), runDir: runDir,
+                      settings: settings.loop, resume: resume)
     }
 }

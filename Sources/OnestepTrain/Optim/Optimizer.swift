@@ -90,15 +90,18 @@ public final class Optimizer {
 }
 
 /// Exponential moving average of a model's weights: shadow = d * shadow + (1 - d) * values after every update,
-/// with d warmed up as min(decay, (1 + t) / (10 + t)) so early averages are not dominated by the random init.
+/// with d warmed up as min(decay, (1 + t) / (10 + t)) so early averages are not dominated by the random init
+/// (`warmup: false`: d = decay from the first update, as consistency distillation's target network theta^-).
 public final class WeightAverage {
     public let decay: Float
+    public let warmup: Bool
     public let shadow: UnsafeMutablePointer<Float>
     public let count: Int
     public var updates = 0
 
-    public init(decay: Float, of store: ParameterStore) {
+    public init(decay: Float, of store: ParameterStore, warmup: Bool = true) {
         self.decay = decay
+        self.warmup = warmup
         count = store.count
         shadow = .allocate(capacity: max(count, 1))
         shadow.initialize(from: store.values, count: count)
@@ -106,7 +109,7 @@ public final class WeightAverage {
 
     deinit { shadow.deallocate() }
 
-    public var currentDecay: Float { min(decay, Float(1 + updates) / Float(10 + updates)) }
+    public var currentDecay: Float { warmup ? min(decay, Float(1 + updates) / Float(10 + updates)) : decay }
 
     public func update(from store: ParameterStore) {
         let d = currentDecay, s = store.values

@@ -213,7 +213,7 @@ public final class DistillPipeline {
         let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
         let cfg = try settings.teacherConfig(classNames: data.classNames ?? [])
         let t = try TeacherTrainer(config: cfg, dataset: data, settings: settings.teacher, runDir: run, resume: resume)
-        Checkpoint.resumeLines(run, resumed: resume, step: t.step, every: settings.teacher.checkpointEvery, notes: t.resumeNotes).forEach(log)
+        t.resumeLines.forEach(log)
         try AtomicFile.write("{\"data\": \"\(dir)/data\"}\n", to: run + "/train.json")
         return try !t.run(shouldStop: shouldStop, log: log).interrupted
     }
@@ -224,7 +224,7 @@ public final class DistillPipeline {
         let run = dir + "/student"
         let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
         let t = try ConsistencyStudentTrainer(teacher: teacher.model, dataset: data, settings: settings.distill, runDir: run, resume: resume)
-        Checkpoint.resumeLines(run, resumed: resume, step: t.step, every: t.checkpointEvery, notes: t.resumeNotes).forEach(log)
+        t.resumeLines.forEach(log)
         return try !t.run(shouldStop: shouldStop, log: log).interrupted
     }
 
@@ -239,8 +239,8 @@ public final class DistillPipeline {
         s.timesteps = settings.distill.sigmas
         let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
         let t = try RegressionStudentTrainer(config: cfg, pairs: pairs, settings: s, runDir: run, resume: resume)
-        log("small student: \(t.model.parameterCount) parameters (teacher \(teacher.model.parameterCount))")
-        Checkpoint.resumeLines(run, resumed: resume, step: t.step, every: t.checkpointEvery, notes: t.resumeNotes).forEach(log)
+        log("small student: \(t.objective.model.parameterCount) parameters (teacher \(teacher.model.parameterCount))")
+        t.resumeLines.forEach(log)
         return try !t.run(shouldStop: shouldStop, log: log).interrupted
     }
 }

@@ -5,7 +5,6 @@
 // Since lambda c_out^2 = 1, the weighted loss equals ||F - F*||^2 with the effective target
 //   F* = (x0 - c_skip x) / c_out,
 // which is what is computed: mean over all elements, gradient dL/dF = 2 (F - F*) / (N C S S).
-import Dispatch
 import Foundation
 import OnestepCore
 
@@ -18,9 +17,7 @@ public struct EDMTrainingConfig: Sendable, Equatable {
 
 /// Buffers for one batch of the EDM objective; sized once, reused every step.
 ///
-/// Data parallel: with replicas, the batch is split into contiguous chunks, one per model, run on separate
-/// threads (OpenBLAS single-threaded inside each: on these small GEMMs two BLAS threads gain nothing, two
-/// images streams nearly double the rate). The noise is drawn for the whole batch first, so the random
+/// Data parallel with replicas (DataParallel.swift). The noise is drawn for the whole batch first, so the random
 /// stream is the same whatever the number of workers.
 public final class EDMDenoiserLoss {
     public let config: EDMTrainingConfig
@@ -49,36 +46,30 @@ public final class EDMDenoiserLoss {
                 tgt[j] = (x0[j] - cSkip * x) * invOut
             }
         }
-        let models = [model] + replicas.prefix(max(0, n - 1))
+        // Data parallel (DataParallel.swift): the model is worker 0, each replica one more.
+        let models = [model] + replicas.prefix(DataParallel.activeWorkers(count: n, available: 1 + replicas.count) - 1)
         while gradients.count < models.count { gradients.append(Buffer()) }
-        for r in models.dropFirst() {
-            r.store.copyValues(from: model.store)
-            r.store.zeroGrads()
-        }
-        // Chunk w holds images [bounds[w], bounds[w + 1]).
-        let bounds = (0...models.count).map { $0 * n / models.count }
+        DataParallel.broadcast(model.store, to: models.dropFirst().map(\.store))
         let scale = 2 / Float(total)
-        let partial = UnsafeMutableBufferPointer<Double>.allocate(capacity: models.count)
-        defer { partial.deallocate() }
         let work = ChunkWork(models: models, gradients: gradients, input: UnsafePointer(input), target: UnsafePointer(tgt),
-                             timesteps: timesteps, labels: labels, bounds: bounds, per: per, scale: scale, partial: partial)
-        if models.count == 1 { work.run(0) } else { DispatchQueue.concurrentPerform(iterations: models.count) { work.run($0) } }
-        for r in models.dropFirst() { addInPlace(model.store.grads, r.store.grads, count: model.store.count) }
+                             timesteps: timesteps, labels: labels, per: per, scale: scale)
+        let partial = DataParallel.map(count: n, workers: models.count) { w, chunk in work.run(w, chunk) }
+        DataParallel.reduceGradients(models.dropFirst().map(\.store), into: model.store)
         return partial.reduce(0, +) / Double(total)
     }
 }
 
-/// What one worker needs for its chunk. Workers touch disjoint models, gradient buffers and output slots;
-/// input and target are read-only here, hence the unchecked Sendable.
-private struct ChunkWork: @unchecked Sendable {
+/// What one worker needs for its chunk. Workers touch disjoint models and gradient buffers; input and target
+/// are read-only here.
+private struct ChunkWork {
     let models: [TrainableUNet], gradients: [Buffer]
     let input: UnsafePointer<Float>, target: UnsafePointer<Float>
-    let timesteps: [Float], labels: [Int]?, bounds: [Int], per: Int, scale: Float
-    let partial: UnsafeMutableBufferPointer<Double>
+    let timesteps: [Float], labels: [Int]?, per: Int, scale: Float
 
-    func run(_ w: Int) {
-        let lo = bounds[w], hi = bounds[w + 1], m = hi - lo, count = m * per
-        guard m > 0 else { partial[w] = 0; return }
+    /// Forward and backward of images `chunk` on worker w's model; returns the chunk's summed squared error.
+    func run(_ w: Int, _ chunk: Range<Int>) -> Double {
+        let lo = chunk.lowerBound, hi = chunk.upperBound, m = hi - lo, count = m * per
+        guard m > 0 else { return 0 }
         let f = models[w].forward(input + lo * per, batch: m, timesteps: Array(timesteps[lo..<hi]),
                                   classLabels: labels.map { Array($0[lo..<hi]) })
         let grad = gradients[w].ensure(count), tgt = target + lo * per
@@ -89,7 +80,7 @@ private struct ChunkWork: @unchecked Sendable {
             grad[j] = scale * d
         }
         models[w].backward(grad)
-        partial[w] = loss
+        return loss
     }
 }
 

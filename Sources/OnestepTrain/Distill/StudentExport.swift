@@ -1,0 +1,41 @@
+// What a student run folder holds besides TrainingLoop's checkpoint and plots: a consistency model directory
+//   config.json, diffusion_pytorch_model.safetensors (saved-EMA weights), scheduler_config.json
+//   (CMStochasticIterativeScheduler), and samples.png (1-step samples, one row per class).
+// Shared by the two student objectives: ConsistencyDistillationObjective (ConsistencyDistillation.swift) and
+// RegressionObjective (RegressionDistillation.swift).
+import Foundation
+import OnestepCore
+
+public enum StudentExport {
+    /// Writes config, weights (from `values`, default the model's own) and a CMStochasticIterativeScheduler
+    /// config with num_train_timesteps = `timesteps`, so ImagePipeline samples it in 1 (or 2-4) steps.
+    public static func write(_ model: TrainableUNet, weights values: UnsafePointer<Float>? = nil, timesteps: Int,
+                             schedule: EDMSchedulerConfig = .init(), to dir: String, metadata: [String: String] = [:]) throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try AtomicFile.write(model.config.jsonString(), to: dir + "/config.json")
+        var w = SafetensorsWriter()
+        w.metadata = metadata.merging(["format": "pt"], uniquingKeysWith: { a, _ in a })
+        for (name, t) in model.store.tensors(from: values) { w.add(name, t) }
+        try w.write(to: dir + "/" + ModelExport.weightsFile)
+        let sched: [String: Any] = [
+            "_class_name": "CMStochasticIterativeScheduler", "num_train_timesteps": timesteps,
+            "sigma_min": schedule.sigmaMin, "sigma_max": schedule.sigmaMax, "sigma_data": schedule.sigmaData,
+            "s_noise": 1.0, "rho": schedule.rho, "clip_denoised": true,
+        ]
+        let data = try JSONSerialization.data(withJSONObject: sched, options: [.prettyPrinted, .sortedKeys])
+        try AtomicFile.write(Array(data) + [0x0A], to: dir + "/scheduler_config.json")
+    }
+
+    /// One-step samples of `weights` (one row per class, seeds 0..<columns) as a PNG grid.
+    public static func writeSamples(_ model: TrainableUNet, weights: UnsafePointer<Float>, timesteps: Int, to path: String, columns: Int = 8) throws {
+        let inference = try UNet2DModel(config: model.config, weights: TensorDictionary(model.store.tensors(from: weights)))
+        var c = ConsistencySchedulerConfig()
+        c.numTrainTimesteps = timesteps
+        let rows = model.config.numClassEmbeds ?? columns
+        let reqs = (0..<rows).flatMap { r in (0..<columns).map { GenerationRequest(seed: UInt64($0), label: model.config.numClassEmbeds == nil ? nil : r) } }
+        let images = ConsistencySampler(config: c).sample(reqs, steps: 1, channels: model.config.inChannels, size: model.config.sampleSize) { x, t, l in
+            inference.forwardBatched(x, timesteps: Array(repeating: t, count: x.shape[0]), classLabels: l, pool: .forCurrentThread)
+        }
+        try TrainingPlots.write(TrainingPlots.grid(images, columns: columns), to: path)
+    }
+}

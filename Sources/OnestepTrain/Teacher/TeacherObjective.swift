@@ -1,0 +1,112 @@
+// The EDM teacher as a TrainingObjective: one network ("teacher") with Adam/RAdam and an EMA, trained with the EDM
+// denoiser loss (EDMDenoiserLoss.swift) on random batches of an image folder. TrainingLoop runs it; the run folder
+// is itself a model directory (config.json, diffusion_pytorch_model.safetensors with the EMA weights,
+// scheduler_config.json for EDMHeunScheduler), plus the loop's checkpoint, losses.csv, loss.png and samples.png
+// (one row per class, Heun on `sampleSteps` Karras sigmas, seeds 0..<columns so successive grids are comparable).
+import Foundation
+import OnestepCore
+
+public struct TeacherSettings: Sendable {
+    public var steps = 4000
+    public var batch = 32
+    public var optimizer = OptimizerConfig()
+    public var emaDecay: Float = 0.999
+    public var seed: UInt64 = 0
+    public var logEvery = 50
+    public var sampleEvery = 1000
+    public var checkpointEvery = 500
+    /// Heun steps (Karras sigmas) for the sample grids.
+    public var sampleSteps = 18
+    public var samplesPerClass = 8
+    public var edm = EDMTrainingConfig()
+    /// Threads that split each batch (data parallel, one model replica per extra thread).
+    public var workers = 1
+    public init() {
+        optimizer.learningRate = 1e-3
+        optimizer.warmupSteps = 200
+    }
+
+    /// The loop's part. The random stream's seed differs from the initialisation's (`seed`).
+    public var loop: LoopSettings {
+        LoopSettings(steps: steps, logEvery: logEvery, checkpointEvery: checkpointEvery, sampleEvery: sampleEvery, seed: seed ^ 0x5EED)
+    }
+}
+
+public final class EDMTeacherObjective: TrainingObjective {
+    public let kind = Checkpoint.teacherKind
+    public let label = "teacher"
+    public let teacher: TrainingGroup
+    public let dataset: ImageDataset
+    public let settings: TeacherSettings
+    let loss: EDMDenoiserLoss
+    /// Replicas for the data-parallel workers after the first, and the network the sample grids run on.
+    let replicas: [TrainableUNet]
+    public let sampler: TrainableUNet
+    private let batchBuffer = Buffer()
+
+    public var groups: [TrainingGroup] { [teacher] }
+    public var model: TrainableUNet { teacher.model }
+    public var ema: WeightAverage { teacher.ema }
+    public var imagesPerStep: Int { settings.batch }
+    public var summary: String {
+        "\(model.parameterCount) parameters, \(dataset.count) images\(dataset.classNames.map { " in \($0.count) classes" } ?? ""), batch \(settings.batch)"
+    }
+
+    /// A fresh network for `config` (initialised from `settings.seed`); throws DataError when the data does not fit it.
+    public init(config: UNetConfig, dataset: ImageDataset, settings: TeacherSettings) throws {
+        guard config.sampleSize == dataset.size, config.inChannels == dataset.channels, config.outChannels == dataset.channels else {
+            throw DataError("the model takes \(config.inChannels)x\(config.sampleSize)x\(config.sampleSize) images but the data is \(dataset.channels)x\(dataset.size)x\(dataset.size)")
+        }
+        if let k = config.numClassEmbeds {
+            guard let names = dataset.classNames, names.count == k else {
+                throw DataError("the model has \(k) classes but the data has \(dataset.classNames?.count ?? 0) class folders")
+            }
+        }
+        (self.dataset, self.settings) = (dataset, settings)
+        let model = TrainableUNet(config: config, seed: settings.seed)
+        teacher = TrainingGroup(name: "teacher", model: model, optimizer: settings.optimizer,
+                                averages: [("ema", WeightAverage(decay: settings.emaDecay, of: model.store))])
+        loss = EDMDenoiserLoss(config: settings.edm)
+        replicas = (1..<max(1, settings.workers)).map { _ in model.clone() }
+        sampler = model.clone()
+    }
+
+    public func step(number: Int, rng: inout TrainRandom) -> Double {
+        let b = settings.batch
+        let x = batchBuffer.ensure(b * dataset.imageFloats)
+        let indices = (0..<b).map { _ in rng.int(dataset.count) }
+        dataset.gather(indices, into: x)
+        let labels = dataset.labels.map { l in indices.map { l[$0] } }
+        teacher.zeroGradients()
+        let value = loss.step(model: model, replicas: replicas, clean: x, batch: b, labels: labels, rng: &rng)
+        teacher.applyUpdate()
+        return value
+    }
+
+    public func export(to dir: String, step: Int) throws {
+        try ModelExport.writeEDMTeacher(model, weights: ema.shadow, to: dir,
+                                        metadata: ["onestep.trained_steps": String(step), "onestep.weights": "ema \(settings.emaDecay)"])
+    }
+
+    public func writeSamples(to dir: String) throws {
+        ema.copy(into: sampler.store)
+        let cols = settings.samplesPerClass
+        let rows = model.config.numClassEmbeds ?? cols
+        let requests = (0..<rows).flatMap { r in
+            (0..<cols).map { c in GenerationRequest(seed: UInt64(c), label: model.config.numClassEmbeds == nil ? nil : r) }
+        }
+        let images = sampler.sampleEDM(requests, steps: settings.sampleSteps)
+        try TrainingPlots.write(TrainingPlots.grid(images, columns: cols), to: dir + "/samples.png")
+    }
+}
+
+/// TrainingLoop of an EDM teacher.
+public typealias TeacherTrainer = TrainingLoop<EDMTeacherObjective>
+
+extension TrainingLoop where Objective == EDMTeacherObjective {
+    /// A teacher run in `runDir`: a fresh network for `config`, or on `resume` the one in its checkpoint.
+    public convenience init(config: UNetConfig, dataset: ImageDataset, settings: TeacherSettings, runDir: String, resume: Bool) throws {
+        try self.init(objective: EDMTeacherObjective(config: config, dataset: dataset, settings: settings), runDir: runDir,
+                      settings: settings.loop, resume: resume)
+    }
+}
