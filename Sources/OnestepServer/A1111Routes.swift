@@ -108,11 +108,8 @@ extension Router {
                                  fields: { declared[$0] ?? nil }, maxImages: options.maxImagesPerRequest)
             params = try RawGenerationFields.fromJSON(t.generationBody)
                 .validate(models: models, maxImages: options.maxImagesPerRequest, randomSeed: { UInt64.random(in: 0...UInt64.max) })
-        } catch let e as RequestError {
-            respond(responder, Self.a1111Error(e.type == "not_found_error" ? .notFound : .badRequest, e))
-            return
-        } catch {
-            respond(responder, Self.a1111Error(.badRequest, RequestError("\(error)")))
+        } catch {  // both steps throw RequestError only
+            respond(responder, Self.a1111Error(error.type == "not_found_error" ? .notFound : .badRequest, error))
             return
         }
         let classes = models[params.model]?.classNames

@@ -31,6 +31,7 @@ enum PlaygroundPage {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Onestep playground</title>
+<link rel="icon" href="data:,">
 <style>
 :root { color-scheme: light dark; --fg: #1c1c1c; --bg: #f6f6f4; --panel: #fff; --muted: #5d5d5d; --accent: #2150b8;
         --err: #a3001b; --border: #d6d6d0; }
