@@ -66,3 +66,9 @@ class Server:
                 self.proc.wait()
         os.unlink(self.log.name)
         return False
+
+
+def read(*parts):
+    """A repository file's text."""
+    with open(os.path.join(REPO, *parts)) as f:
+        return f.read()
