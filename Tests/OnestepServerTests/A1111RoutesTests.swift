@@ -3,10 +3,19 @@
 // chosen with POST /sdapi/v1/options, the connect-time listings, 405s, metrics route labels.
 
 import Foundation
+import OnestepCore
 import XCTest
 @testable import OnestepServer
 
 final class A1111RoutesTests: XCTestCase {
+    /// The three pixel models of the golden folder by name (the folder also holds text-to-image pipelines,
+    /// which are not what these tests are about): cd_tiny (default, 16x16 RGB, 10 classes), ddpm_gray (8x8 gray),
+    /// ddpm_tiny.
+    static let pixelModels: Result<ModelRegistry, Error> = Result {
+        try ModelRegistry(pipelines: ["cd_tiny", "ddpm_gray", "ddpm_tiny"].map { try ImagePipeline.load(path: Fixtures.golden + "/" + $0) },
+                          preferred: "cd_tiny")
+    }
+
     /// `info` is a JSON document inside a string, as A1111 sends it.
     func info(_ r: TestResponse) throws -> [String: Any] {
         let text = try XCTUnwrap(r.json?["info"] as? String, r.text)
@@ -94,7 +103,7 @@ final class A1111RoutesTests: XCTestCase {
     }
 
     func testOptionsChooseTheModelOfLaterRequests() throws {
-        let server = try RunningServer()  // cd_tiny (default), ddpm_gray (8x8 gray), ddpm_tiny
+        let server = try RunningServer(models: Self.pixelModels)
         let c = try server.client()
         let models = try XCTUnwrap(c.get("/sdapi/v1/sd-models"))
         XCTAssertEqual((models.jsonArray as? [[String: Any]])?.compactMap { $0["title"] as? String }, ["cd_tiny", "ddpm_gray", "ddpm_tiny"])
@@ -124,7 +133,7 @@ final class A1111RoutesTests: XCTestCase {
     }
 
     func testConnectTimeListings() throws {
-        let server = try RunningServer()
+        let server = try RunningServer(models: Self.pixelModels)
         let c = try server.client()
         let samplers = try XCTUnwrap(c.get("/sdapi/v1/samplers")?.jsonArray as? [[String: Any]])
         let names = samplers.compactMap { $0["name"] as? String }
@@ -143,7 +152,7 @@ final class A1111RoutesTests: XCTestCase {
     }
 
     func testPlaygroundPage() throws {
-        let server = try RunningServer()
+        let server = try RunningServer(models: Self.pixelModels)
         let c = try server.client()
         let page = try XCTUnwrap(c.get("/"))
         XCTAssertEqual(page.status, 200)
