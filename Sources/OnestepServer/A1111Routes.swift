@@ -2,8 +2,9 @@
 //   GET  /                          the playground (PlaygroundPage.swift)
 //   POST /sdapi/v1/txt2img          AUTOMATIC1111's generation call -> {"images": [base64 PNG], "parameters", "info"}
 //   GET|POST /sdapi/v1/options      the model in force (sd_model_checkpoint); clients read it to check the server
-//   GET  /sdapi/v1/sd-models, samplers, schedulers, progress, scripts, and empty lists for sd-vae, upscalers,
-//        loras, embeddings: what Open WebUI, SillyTavern and the webuiapi client call when they connect.
+//   GET  /sdapi/v1/sd-models, samplers, schedulers, progress, scripts, and empty lists for sd-vae, sd-modules,
+//        upscalers, latent-upscale-modes, loras, embeddings: what Open WebUI, SillyTavern and the webuiapi client
+//        call when they connect.
 // Generation goes through the same validator, queue and batcher as /v1/images/generations, so an A1111 request
 // gives the same PNG bytes as the native request with the same model, seed, class and steps.
 import Foundation
@@ -38,6 +39,8 @@ extension Router {
         "/sdapi/v1/upscalers": [.GET],
         "/sdapi/v1/loras": [.GET],
         "/sdapi/v1/embeddings": [.GET],
+        "/sdapi/v1/latent-upscale-modes": [.GET],
+        "/sdapi/v1/sd-modules": [.GET],
     ]
 
     func handleEcosystem(_ path: String, _ request: HTTPRequest, _ responder: HTTPResponder) {
@@ -69,7 +72,7 @@ extension Router {
                                                   "current_image": NSNull(), "textinfo": NSNull()] as [String: Any])))
         case "/sdapi/v1/scripts":
             respond(responder, .json(Self.encode(["txt2img": [String](), "img2img": [String]()])))
-        default:  // sd-vae, upscalers, loras, embeddings: none here, said with an empty answer clients accept
+        default:  // sd-vae, sd-modules, upscalers, latent-upscale-modes, loras, embeddings: none here, said with an empty answer clients accept
             respond(responder, .json(Array((path.hasSuffix("embeddings") ? "{\"loaded\":{},\"skipped\":{}}" : "[]").utf8)))
         }
     }

@@ -142,7 +142,7 @@ final class A1111RoutesTests: XCTestCase {
         XCTAssertEqual((try XCTUnwrap(c.get("/sdapi/v1/schedulers")?.jsonArray as? [[String: Any]])).first?["name"] as? String, "automatic")
         XCTAssertEqual(try XCTUnwrap(c.get("/sdapi/v1/scripts")).json?["txt2img"] as? [String], [])
         XCTAssertNotNil(try XCTUnwrap(c.get("/sdapi/v1/progress")).json?["state"] as? [String: Any])
-        for empty in ["sd-vae", "upscalers", "loras"] {
+        for empty in ["sd-vae", "sd-modules", "upscalers", "latent-upscale-modes", "loras"] {
             let r = try XCTUnwrap(c.get("/sdapi/v1/" + empty))
             XCTAssertEqual(r.status, 200)
             XCTAssertEqual(r.text, "[]")
