@@ -151,6 +151,33 @@ final class A1111RoutesTests: XCTestCase {
         XCTAssertEqual(m[#"onestep_http_requests_total{route="/sdapi/v1/samplers",status="200"}"#], 1)
     }
 
+    /// For a model whose /v1/models entry lists prompt, negative_prompt, guidance_scale and size in `fields` (the
+    /// text-to-image models to come), the A1111 fields become the native request's fields instead of notes.
+    func testTranslationForAModelThatTakesPromptsGuidanceAndSizes() throws {
+        let models = try Fixtures.namedModels.get()
+        let body = Array(#"{"prompt": "a red circle", "negative_prompt": "blurry", "cfg_scale": 2.5, "width": 512, "height": 768, "steps": 2, "seed": 11, "batch_size": 3}"#.utf8)
+        let takesText = try A1111Txt2Img(body: body, models: models, model: "shapes",
+                                         fields: { _ in ["prompt", "negative_prompt", "guidance_scale", "size", "seed", "steps", "n"] },
+                                         maxImages: 16)
+        let gen = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(takesText.generationBody)) as? [String: Any])
+        XCTAssertEqual(gen["prompt"] as? String, "a red circle")
+        XCTAssertEqual(gen["negative_prompt"] as? String, "blurry")
+        XCTAssertEqual(gen["guidance_scale"] as? Double, 2.5)
+        XCTAssertEqual(gen["size"] as? String, "512x768")
+        XCTAssertEqual(gen["n"] as? Int, 3)
+        XCTAssertEqual(gen["seed"] as? Int, 11)
+        XCTAssertEqual(gen["steps"] as? Int, 2)
+        XCTAssertEqual(gen["model"] as? String, "shapes")
+        XCTAssertEqual([takesText.width, takesText.height], [512, 768])
+        XCTAssertEqual(takesText.notes.filter { !$0.hasPrefix("sampler") }, [])
+        // The same body for a class model (no `fields`): only what it can use goes through, the rest is noted.
+        let classModel = try A1111Txt2Img(body: body, models: models, model: "shapes", fields: { _ in nil }, maxImages: 16)
+        let plain = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(classModel.generationBody)) as? [String: Any])
+        XCTAssertEqual(Set(plain.keys), ["model", "prompt", "n", "seed", "steps"])
+        XCTAssertEqual(classModel.notes.count, 3, "\(classModel.notes)")  // negative_prompt, cfg_scale, size
+        XCTAssertEqual([classModel.width, classModel.height], [16, 16])
+    }
+
     func testPlaygroundPage() throws {
         let server = try RunningServer(models: Self.pixelModels)
         let c = try server.client()
