@@ -13,6 +13,7 @@ final class Router: Sendable {
     let metrics: Metrics
     let options: ServerOptions
     let draining = Atomic<Bool>(false)
+    let a1111 = A1111Settings()  // A1111Routes.swift
     private let nextJobID = Atomic<UInt64>(1)
 
     init(models: ModelRegistry, queue: BatchQueue, metrics: Metrics, options: ServerOptions) {
@@ -30,7 +31,7 @@ final class Router: Sendable {
         "/healthz": [.GET],
         "/readyz": [.GET],
         "/metrics": [.GET],
-    ]
+    ].merging(ecosystemRoutes) { core, _ in core }  // playground and A1111 routes: A1111Routes.swift
 
     /// The route label used in metrics: a known path, or "other" (so scanners cannot blow up label cardinality).
     static func routeLabel(_ target: String?) -> String {
@@ -65,6 +66,7 @@ final class Router: Sendable {
             respond(responder, HTTPResponse(status: .ok, contentType: "text/plain; version=0.0.4; charset=utf-8", body: Array(metrics.render().utf8)))
         case "/v1/models": respond(responder, .json(modelsJSON()))
         case "/v1/images/generations": generate(request, responder, openAI: true)
+        case _ where Self.ecosystemRoutes[path] != nil: handleEcosystem(path, request, responder)
         default: generate(request, responder, openAI: false)
         }
     }
