@@ -42,6 +42,8 @@ public final class ModelRegistry: Sendable {
             let start = Date()
             let p = try ImagePipeline.load(path: path)
             log("loaded model \(p.name): \(p.imageSize)x\(p.imageSize)x\(p.channels), \(p.weightDType), \(p.model.parameterCount) parameters, \(p.numClasses.map { "\($0) classes" } ?? "unconditional") in \(String(format: "%.2f", Date().timeIntervalSince(start))) s")
+            log("model \(p.name) sampler: \(p.sampler.description), steps \(p.sampler.stepRange.lowerBound)...\(p.sampler.stepRange.upperBound), default \(p.sampler.defaultSteps)")
+            if let note = p.samplerAssumption { log("model \(p.name): \(note)") }
             loaded.append(p)
         }
         guard !loaded.isEmpty else {

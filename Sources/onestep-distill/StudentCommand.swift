@@ -3,7 +3,7 @@ import OnestepCore
 import OnestepTrain
 
 let studentCommand = Command(name: "student", summary: "distil an EDM teacher into a one-step consistency student", flags: [
-    Flag(name: "teacher", help: "teacher run folder (a model directory with an EDMHeunScheduler config)"),
+    Flag(name: "teacher", help: "teacher run folder (a model directory with an OnestepEDMHeunScheduler config)"),
     Flag(name: "out", help: "student run folder: becomes a consistency model directory plus checkpoint, losses, samples"),
     Flag(name: "data", help: "training images (default: the \"data\" of the teacher's train.json)"),
     Flag(name: "student-config", help: "UNet config.json of a smaller student: trained by regression on cached teacher pairs"),
@@ -33,8 +33,8 @@ func runStudent(_ flags: Flags) throws {
     let resume = flags.isSet("resume")
     try checkResumeFlag(resume, out: out)
     let teacher = try ImagePipeline.load(path: teacherDir)
-    guard case .edmHeun(let schedule) = teacher.sampler else {
-        throw UsageError("--teacher \(teacherDir): its scheduler is not EDMHeunScheduler; distillation needs an EDM teacher")
+    guard let schedule = (teacher.sampler as? EDMHeunSampler)?.config else {
+        throw UsageError("--teacher \(teacherDir): its scheduler is \(type(of: teacher.sampler).className), not OnestepEDMHeunScheduler; distillation needs an EDM teacher written by onestep-distill teacher")
     }
     let small = flags.given("student-config") || flags.given("student-channels")
     let workers = try flags.int("workers", 1...64)
