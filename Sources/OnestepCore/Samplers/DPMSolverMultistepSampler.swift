@@ -40,7 +40,9 @@ public struct DPMSolverMultistepSampler: Sampler {
                   "use_flow_sigmas", "use_dynamic_shifting"] {
             try c.requireFalse(k, advice: advice)
         }
-        try c.requireDefault("variance_type", { _ in false }, advice: "learned variance is not supported")
+        // DDPM configs carry variance_type "fixed_small" into from_config; only the learned kinds change DPM-Solver.
+        try c.requireDefault("variance_type", { !["learned", "learned_range"].contains($0 as? String ?? "") },
+                             advice: "learned variance needs a 2C-channel UNet, which is not supported")
         try c.requireDefault("lambda_min_clipped", { ($0 as? String) == "-Infinity" }, advice: advice)
     }
 
