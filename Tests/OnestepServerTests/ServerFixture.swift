@@ -28,7 +28,13 @@ enum Fixtures {
         guard FileManager.default.fileExists(atPath: golden + "/cd_tiny/config.json") else {
             throw TestClientError(description: "golden models not found at \(golden); set ONESTEP_GOLDEN to the shared/golden folder")
         }
-        return try ModelRegistry.load(directory: golden, preferred: "cd_tiny", log: { _ in })
+        // Only the three pixel models: shared/golden also holds text-to-image pipelines (cfg_v_tiny, ...), which
+        // this server refuses by their component classes, and one refused folder stops a models folder loading.
+        let dir = tempDir("golden")
+        for name in ["cd_tiny", "ddpm_gray", "ddpm_tiny"] {
+            try FileManager.default.createSymbolicLink(atPath: dir + "/" + name, withDestinationPath: golden + "/" + name)
+        }
+        return try ModelRegistry.load(directory: dir, preferred: "cd_tiny", log: { _ in })
     }
 
     /// A models folder with one model, "shapes": cd_tiny's weights with class names in config.json

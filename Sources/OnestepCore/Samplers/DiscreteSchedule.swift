@@ -78,6 +78,10 @@ public struct DiscreteSchedule: Sendable {
             default: b = Self.cosineBetas(t)
             }
         }
+        // A zero beta gives a zero sigma, which Euler and DPM-Solver divide by (NaN images); diffusers would run it.
+        guard b.allSatisfy({ $0 > 0 && $0 < 1 }) else {
+            throw ModelLoadError(path: c.path, problem: "the betas (beta_start, beta_end, beta_schedule or trained_betas) must all lie in (0, 1)")
+        }
         let rescale = try c.bool("rescale_betas_zero_snr", default: false)
         if rescale { b = Self.rescaleZeroTerminalSNR(b) }
         numTrainTimesteps = t
