@@ -5,7 +5,7 @@ import OnestepCore
 /// The offline subcommands of onestep-serve, run as a user runs them: the built binary in a subprocess.
 final class CommandLineTests: XCTestCase {
     static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-    static let golden = URL(fileURLWithPath: repoRoot + "/../shared/golden").standardizedFileURL.path
+    static var golden: String { Fixtures.golden }  // ../shared/golden, or ONESTEP_GOLDEN
 
     /// The onestep-serve binary built beside the test bundle.
     static var binary: String {
