@@ -23,6 +23,7 @@ enum Commands {
             throw FlagError("--seed \(f.string("seed") ?? ""): expected a non-negative integer")
         }
         let n = try f.int("n", range: 1...256) ?? 1
+        if let note = pipeline.samplerAssumption { FileHandle.standardError.write(Data("note: \(note)\n".utf8)) }
         let steps = try f.int("steps", range: pipeline.sampler.stepRange) ?? pipeline.sampler.defaultSteps
         let label: Int?
         switch pipeline.resolveLabel(f.string("label")) {

@@ -58,9 +58,7 @@ public struct LCMSampler: Sampler {
             let s = sampler, ac = s.schedule.alphasCumprod
             let t = ints[k], prev = k + 1 < ints.count ? ints[k + 1] : t
             let aT = ac[t], aPrev = prev >= 0 ? ac[prev] : (s.setAlphaToOne ? 1 : ac[0])
-            // get_scalings_for_boundary_condition_discrete, sigma_data 0.5, in float32 (timestep tensor * scaling).
-            let scaled = Float(t) * s.timestepScaling
-            let cSkip = 0.25 / (scaled * scaled + 0.25), cOut = scaled / (scaled * scaled + 0.25).squareRoot()
+            let (cSkip, cOut) = Preconditioning.lcm(timestep: t, scaling: s.timestepScaling)
             let x0 = s.clipping.apply(s.prediction.split(out, sample: sample, alphaProd: aT).x0)
             let denoised = Tensor(shape: sample.shape, data: zip(x0.data, sample.data).map { cOut * $0 + cSkip * $1 })
             guard k != ints.count - 1 else { return denoised }

@@ -28,10 +28,26 @@ public enum Preconditioning {
     /// Consistency-model timestep 1000 * 0.25 * ln(sigma + 1e-44) (diffusers sigma_to_t), computed in double.
     public static func timestep(sigma: Double) -> Double { 1000 * 0.25 * Foundation.log(sigma + 1e-44) }
 
+    /// Consistency-model coefficients in double (the trainers' form): the boundary-condition c_skip/c_out and EDM's
+    /// c_in/c_noise, so f(x, sigma_min) = x.
+    public static func consistency(sigma: Double, sigmaMin: Double, sigmaData sd: Double) -> Scalings {
+        let sm = sigma - sigmaMin, v = sigma * sigma + sd * sd
+        return Scalings(cSkip: sd * sd / (sm * sm + sd * sd), cOut: sm * sd / v.squareRoot(), cIn: 1 / v.squareRoot(),
+                        cNoise: timestep(sigma: sigma))
+    }
+
     /// Consistency boundary condition in float32, as diffusers computes it on the 0-d sigma tensor.
     public static func consistency(sigma: Float, sigmaMin: Float, sigmaData sd: Float) -> (cSkip: Float, cOut: Float) {
         let sm = sigma - sigmaMin
         return (sd * sd / (sm * sm + sd * sd), sm * sd / (sigma * sigma + sd * sd).squareRoot())
+    }
+
+    /// LCM's discrete boundary condition (diffusers LCMScheduler.get_scalings_for_boundary_condition_discrete):
+    /// sigma_data 0.5 and timestep * timestep_scaling in place of sigma; unlike the consistency form, c_out has no
+    /// sigma_data factor. float32, as diffusers computes it on the timestep tensor.
+    public static func lcm(timestep t: Int, scaling: Float) -> (cSkip: Float, cOut: Float) {
+        let s = Float(t) * scaling, sd: Float = 0.5
+        return (sd * sd / (s * s + sd * sd), s / (s * s + sd * sd).squareRoot())
     }
 
     /// The input scale 1/sqrt(sigma^2 + sd^2) is applied as a division by this, as diffusers scale_model_input does.
