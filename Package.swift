@@ -54,7 +54,7 @@ let package = Package(
         .target(name: "OnestepLoad", dependencies: ["CCurl", "PNGCodec"], path: "loadtest/Sources/OnestepLoad"),
         .executableTarget(name: "onestep-load", dependencies: ["OnestepLoad"], path: "loadtest/Sources/onestep-load"),
 
-        .testTarget(name: "OnestepCoreTests", dependencies: ["OnestepCore", "PNGCodec"]),
+        .testTarget(name: "OnestepCoreTests", dependencies: ["OnestepCore", "PNGCodec"], exclude: ["Golden"]),
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1"]),
         .testTarget(name: "CommandLineKitTests", dependencies: ["CommandLineKit"]),
         .testTarget(name: "OnestepServerTests", dependencies: ["OnestepServer", "OnestepCore", "HTTP1", "PNGCodec"], exclude: ["png_decode.py"]),

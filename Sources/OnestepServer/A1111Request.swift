@@ -99,9 +99,9 @@ struct A1111Txt2Img: Sendable {
         if !prompt.isEmpty { gen["prompt"] = prompt }
 
         // steps: a one-step model's maximum is small; A1111 clients default to 20.
-        if let s = steps, s > p.sampler.maxSteps {
-            notes.append("steps \(s) lowered to \(p.sampler.maxSteps), the most model \(model) takes (its default is \(p.sampler.defaultSteps))")
-            steps = p.sampler.maxSteps
+        if let s = steps, s > p.sampler.stepRange.upperBound {
+            notes.append("steps \(s) lowered to \(p.sampler.stepRange.upperBound), the most model \(model) takes (its default is \(p.sampler.defaultSteps))")
+            steps = p.sampler.stepRange.upperBound
         }
         if let steps { gen["steps"] = steps }
 
@@ -165,19 +165,22 @@ struct A1111Txt2Img: Sendable {
 
 /// The names A1111 clients list and pick from.
 enum A1111Catalog {
-    /// The sampler name shown for a model: what its scheduler config selects.
-    static func samplerName(_ s: SamplerKind) -> String {
-        switch s {
-        case .consistency: return "Consistency"
-        case .edmHeun: return "Heun Karras (EDM)"
+    /// The sampler name shown for a model: what its scheduler config selects (A1111's names where one exists).
+    static func samplerName(_ s: any Sampler) -> String {
+        switch type(of: s).className {
+        case "CMStochasticIterativeScheduler": return "Consistency"
+        case "OnestepEDMHeunScheduler": return "Heun Karras (EDM)"
+        case "EulerDiscreteScheduler": return "Euler"
+        case "EulerAncestralDiscreteScheduler": return "Euler a"
+        case "DDIMScheduler": return "DDIM"
+        case "DPMSolverMultistepScheduler": return "DPM++ 2M"
+        case "LCMScheduler": return "LCM"
+        case "TCDScheduler": return "TCD"
+        case "DDPMScheduler": return "DDPM"
+        case let other: return other
         }
     }
 
     /// The diffusers scheduler class behind each sampler name (A1111 lists these as `aliases`).
-    static func schedulerClass(_ s: SamplerKind) -> String {
-        switch s {
-        case .consistency: return "CMStochasticIterativeScheduler"
-        case .edmHeun: return "EDMHeunScheduler"
-        }
-    }
+    static func schedulerClass(_ s: any Sampler) -> String { type(of: s).className }
 }

@@ -101,7 +101,7 @@ struct RawGenerationFields {
             }
         }
         let n = try Self.integer(self.n, field: "n", range: 1...maxImages) ?? 1
-        let steps = try Self.integer(self.steps, field: "steps", range: 1...p.sampler.maxSteps) ?? p.sampler.defaultSteps
+        let steps = try Self.integer(self.steps, field: "steps", range: p.sampler.stepRange) ?? p.sampler.defaultSteps
         let deadline = try Self.integer(deadlineMs, field: "deadline_ms", range: 1...3_600_000)
         var seed: UInt64
         if let s = self.seed, !(s is NSNull) {

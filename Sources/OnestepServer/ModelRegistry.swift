@@ -25,6 +25,12 @@ public final class ModelRegistry: Sendable {
     /// Loads every sub-folder of `dir` that holds a model (config.json or model_index.json). A folder that
     /// looks like a model but fails to load stops the server with the reason: serving a partial set silently
     /// would hide the problem.
+    /// Which sampler a model got, and what was assumed when its folder had no scheduler config.
+    static func logSampler(_ p: ImagePipeline, _ log: (String) -> Void) {
+        log("model \(p.name) sampler: \(p.sampler.description), steps \(p.sampler.stepRange.lowerBound)...\(p.sampler.stepRange.upperBound), default \(p.sampler.defaultSteps)")
+        if let note = p.samplerAssumption { log("model \(p.name): \(note)") }
+    }
+
     public static func load(directory dir: String, preferred: String?, log: (String) -> Void) throws -> ModelRegistry {
         let fm = FileManager.default
         var isDir: ObjCBool = false
@@ -33,7 +39,9 @@ public final class ModelRegistry: Sendable {
         }
         // A model directory given directly also works.
         if fm.fileExists(atPath: dir + "/config.json") || fm.fileExists(atPath: dir + "/model_index.json") {
-            return try ModelRegistry(pipelines: [try ImagePipeline.load(path: dir)], preferred: preferred)
+            let p = try ImagePipeline.load(path: dir)
+            logSampler(p, log)
+            return try ModelRegistry(pipelines: [p], preferred: preferred)
         }
         var loaded: [ImagePipeline] = []
         for entry in (try fm.contentsOfDirectory(atPath: dir)).sorted() {
@@ -42,6 +50,7 @@ public final class ModelRegistry: Sendable {
             let start = Date()
             let p = try ImagePipeline.load(path: path)
             log("loaded model \(p.name): \(p.imageSize)x\(p.imageSize)x\(p.channels), \(p.weightDType), \(p.model.parameterCount) parameters, \(p.numClasses.map { "\($0) classes" } ?? "unconditional") in \(String(format: "%.2f", Date().timeIntervalSince(start))) s")
+            logSampler(p, log)
             loaded.append(p)
         }
         guard !loaded.isEmpty else {

@@ -77,13 +77,13 @@ final class Router: Sendable {
             var d: [String: Any] = [
                 "id": name, "object": "model", "owned_by": "onestep",
                 "image_size": p.imageSize, "channels": p.channels, "dtype": p.weightDType,
-                "default_steps": p.sampler.defaultSteps, "max_steps": p.sampler.maxSteps,
+                "default_steps": p.sampler.defaultSteps, "min_steps": p.sampler.stepRange.lowerBound,
+                "max_steps": p.sampler.stepRange.upperBound, "scheduler": type(of: p.sampler).className,
+                "sampler_description": p.sampler.description,
                 "parameters": p.model.parameterCount, "default": name == models.defaultName,
             ]
-            switch p.sampler {
-            case .consistency: d["sampler"] = "consistency"
-            case .edmHeun: d["sampler"] = "edm_heun"
-            }
+            d["sampler"] = p.sampler is ConsistencySampler ? "consistency" : p.sampler is EDMHeunSampler ? "edm_heun" : type(of: p.sampler).className
+            if let note = p.samplerAssumption { d["sampler_assumed"] = note }
             d["classes"] = p.classNames ?? (p.numClasses.map { n in (0..<n).map(String.init) } ?? [])
             return d
         }

@@ -4,7 +4,7 @@ import OnestepCore
 import OnestepTrain
 
 let studentCommand = Subcommand("student", summary: "distil an EDM teacher into a one-step consistency student", flags: [
-    FlagSpec("teacher", "teacher run folder (a model directory with an EDMHeunScheduler config)"),
+    FlagSpec("teacher", "teacher run folder (a model directory with an OnestepEDMHeunScheduler config)"),
     FlagSpec("out", "student run folder: becomes a consistency model directory plus checkpoint, losses, samples"),
     FlagSpec("data", "training images (default: the \"data\" of the teacher's train.json)"),
     FlagSpec("student-config", "UNet config.json of a smaller student: trained by regression on cached teacher pairs"),
@@ -34,8 +34,8 @@ func runStudent(_ flags: ParsedFlags) throws {
     let resume = flags.isSet("resume")
     try checkResumeFlag(resume, out: out)
     let teacher = try ImagePipeline.load(path: teacherDir)
-    guard case .edmHeun(let schedule) = teacher.sampler else {
-        throw FlagError("--teacher \(teacherDir): its scheduler is not EDMHeunScheduler; distillation needs an EDM teacher")
+    guard let schedule = (teacher.sampler as? EDMHeunSampler)?.config else {
+        throw FlagError("--teacher \(teacherDir): its scheduler is \(type(of: teacher.sampler).className), not OnestepEDMHeunScheduler; distillation needs an EDM teacher written by onestep-distill teacher")
     }
     let small = flags.has("student-config") || flags.has("student-channels")
     let workers = try flags.requiredInt("workers", 1...64)

@@ -25,7 +25,8 @@ enum Commands {
             throw FlagError("--seed \(f.string("seed") ?? ""): expected a non-negative integer")
         }
         let n = try f.int("n", range: 1...256) ?? 1
-        let steps = try f.int("steps", range: 1...pipeline.sampler.maxSteps) ?? pipeline.sampler.defaultSteps
+        if let note = pipeline.samplerAssumption { FileHandle.standardError.write(Data("note: \(note)\n".utf8)) }
+        let steps = try f.int("steps", range: pipeline.sampler.stepRange) ?? pipeline.sampler.defaultSteps
         let label: Int?
         switch pipeline.resolveLabel(f.string("label")) {
         case .success(let l): label = l
@@ -80,10 +81,10 @@ enum Commands {
         // The serving path (packed kernels, the precision the server would use for this model).
         writer.add("unet_out", pipeline.model.forwardBatched(x, timesteps: timesteps, classLabels: labels, pool: .forCurrentThread))
         if inputs.entries["cm_noise"] != nil {
-            guard case .consistency(let c) = pipeline.sampler else { throw FlagError("cm_noise given but the model is not a consistency model") }
+            guard let cm = pipeline.sampler as? ConsistencySampler else { throw FlagError("cm_noise given but the model's sampler is \(type(of: pipeline.sampler).className), not a consistency model") }
             let noise = try inputs.floats("cm_noise")
             guard noise.shape == x.shape else { throw FlagError("cm_noise has shape \(noise.shape); expected \(x.shape)") }
-            let image = ConsistencySampler(config: c).sampleOneStep(noise: noise, labels: labels, denoise: pipeline.denoise)
+            let image = cm.sampleOneStep(noise: noise, labels: labels, denoise: pipeline.denoise)
             writer.add("cm_image", image)
             let n = image.shape[0]
             writer.add("cm_uint8", uint8: ImageQuantizer.toUInt8(image), shape: [n, image.shape[2], image.shape[3], image.shape[1]])

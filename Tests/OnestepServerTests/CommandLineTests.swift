@@ -8,8 +8,7 @@ import Glibc
 /// The offline subcommands of onestep-serve, run as a user runs them: the built binary in a subprocess.
 final class CommandLineTests: XCTestCase {
     static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-    /// ../shared/golden beside the repository, or ONESTEP_GOLDEN (as Fixtures).
-    static var golden: String { Fixtures.golden }
+    static var golden: String { Fixtures.golden }  // ../shared/golden, or ONESTEP_GOLDEN
 
     /// The onestep-serve binary built beside the test bundle.
     static var binary: String {

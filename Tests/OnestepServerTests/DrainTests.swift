@@ -62,7 +62,7 @@ final class DrainTests: XCTestCase {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: binary)
         // A 10 s batching delay and a batch of 64 keep every request queued until the signal.
-        process.arguments = ["--models", Fixtures.golden, "--port", "0", "--workers", "1", "--threads", "1",
+        process.arguments = ["--models", try Fixtures.pixelModels.get(), "--port", "0", "--workers", "1", "--threads", "1",
                              "--max-batch", "64", "--max-delay-ms", "10000", "--drain-timeout-ms", "20000"]
         let out = Pipe()
         process.standardOutput = out

@@ -28,7 +28,18 @@ enum Fixtures {
         guard FileManager.default.fileExists(atPath: golden + "/cd_tiny/config.json") else {
             throw TestClientError(description: "golden models not found at \(golden); set ONESTEP_GOLDEN to the shared/golden folder")
         }
-        return try ModelRegistry.load(directory: golden, preferred: "cd_tiny", log: { _ in })
+        return try ModelRegistry.load(directory: try pixelModels.get(), preferred: "cd_tiny", log: { _ in })
+    }
+
+    /// A models folder linking only the three pixel golden models: shared/golden also holds text-to-image pipelines
+    /// (cfg_v_tiny, ...), which this server refuses by their component classes, and one refused folder stops a
+    /// models folder loading.
+    static let pixelModels: Result<String, Error> = Result {
+        let dir = tempDir("golden")
+        for name in ["cd_tiny", "ddpm_gray", "ddpm_tiny"] {
+            try FileManager.default.createSymbolicLink(atPath: dir + "/" + name, withDestinationPath: golden + "/" + name)
+        }
+        return dir
     }
 
     /// A models folder with one model, "shapes": cd_tiny's weights with class names in config.json

@@ -70,7 +70,7 @@ final class TeacherTests: XCTestCase {
         }
         let pipeline = try ImagePipeline.load(path: dir)
         XCTAssertEqual(pipeline.classNames, data.classNames)
-        guard case .edmHeun(let sched) = pipeline.sampler else { return XCTFail("scheduler is not EDM Heun: \(pipeline.sampler)") }
+        guard let sched = (pipeline.sampler as? EDMHeunSampler)?.config else { return XCTFail("scheduler is not EDM Heun: \(pipeline.sampler)") }
         XCTAssertEqual(sched.sigmaData, 0.5)
         let requests = [GenerationRequest(seed: 1, label: 0), GenerationRequest(seed: 2, label: 2)]
         let served = pipeline.generate(requests, steps: 4)

@@ -21,7 +21,7 @@ private struct ZeroWeights: WeightSource {
     func contains(_ key: String) -> Bool { true }
 }
 
-private func tinyPipeline(name: String, classes: [String: Any], sampler: SamplerKind) -> ImagePipeline {
+private func tinyPipeline(name: String, classes: [String: Any], sampler: any Sampler) -> ImagePipeline {
     var json: [String: Any] = [
         "sample_size": 8, "block_out_channels": [8, 8], "norm_num_groups": 4, "attention_head_dim": 8,
         "layers_per_block": 1, "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
@@ -46,9 +46,9 @@ private let registry: ModelRegistry = {
         tinyPipeline(name: "shapes",
                      classes: ["num_class_embeds": 4,
                                "id2label": ["0": "circle", "1": "square", "2": "triangle", "3": "Ring"]],
-                     sampler: .consistency(ConsistencySchedulerConfig())),
-        tinyPipeline(name: "teacher", classes: ["num_class_embeds": 3], sampler: .edmHeun(EDMSchedulerConfig())),
-        tinyPipeline(name: "unconditional", classes: [:], sampler: .consistency(fewSteps)),
+                     sampler: ConsistencySampler()),
+        tinyPipeline(name: "teacher", classes: ["num_class_embeds": 3], sampler: EDMHeunSampler()),
+        tinyPipeline(name: "unconditional", classes: [:], sampler: ConsistencySampler(config: fewSteps)),
     ]
     do { return try ModelRegistry(pipelines: pipelines, preferred: "shapes") } catch {
         fatalError("fuzz set-up: registry: \(error)")
@@ -72,8 +72,8 @@ private func checkAccepted(_ params: GenerationParams) {
         return
     }
     fuzzInvariant((1...maxImages).contains(params.images.count), "accepted \(params.images.count) images")
-    fuzzInvariant((1...pipeline.sampler.maxSteps).contains(params.steps),
-                  "accepted \(params.steps) steps; \(params.model) allows 1...\(pipeline.sampler.maxSteps)")
+    fuzzInvariant(pipeline.sampler.stepRange.contains(params.steps),
+                  "accepted \(params.steps) steps; \(params.model) allows \(pipeline.sampler.stepRange)")
     if let deadline = params.deadlineMs { fuzzInvariant(deadline >= 1, "accepted deadline_ms \(deadline)") }
     for (index, image) in params.images.enumerated() {
         fuzzInvariant(image.seed == params.images[0].seed &+ UInt64(index), "seeds do not follow each other")

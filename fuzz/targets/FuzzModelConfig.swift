@@ -1,7 +1,7 @@
 // Fuzz target: model configuration files, as a model directory is loaded (Sources/OnestepCore/IO/ModelDirectory.swift):
 //   config.json            -> UNetConfig (Sources/OnestepCore/Model/UNetConfig.swift), parsed as UNetConfig.load
 //                             does: JSONSerialization, then UNetConfig(json:);
-//   scheduler_config.json  -> SamplerKind (ModelDirectory.sampler(schedulerConfig:path:)).
+//   scheduler_config.json  -> a Sampler (ModelDirectory.sampler(schedulerConfig:path:), SamplerRegistry).
 // Every input is tried as both.
 //
 // The loader's promise is that a config it accepts runs, and anything else is refused with the key named. So a
@@ -81,7 +81,7 @@ private func checkUNetConfig(_ input: [UInt8]) {
     // ImagePipeline.load refuses these with a clear error before serving.
     guard config.inChannels == config.outChannels, config.sampleSize <= maxGeneratedSize else { return }
     let int8 = fuzzHash(input) & 1 == 1
-    let pipeline = ImagePipeline(name: "fuzz", model: model, sampler: .consistency(ConsistencySchedulerConfig()),
+    let pipeline = ImagePipeline(name: "fuzz", model: model, sampler: ConsistencySampler(),
                                  weightDType: int8 ? "int8" : "float32")
     let labels = config.numClassEmbeds.map { [0, $0 - 1] } ?? [nil, nil]
     let requests = labels.enumerated().map { GenerationRequest(seed: UInt64($0.offset), label: $0.element) }
@@ -105,15 +105,13 @@ private func checkUNetConfig(_ input: [UInt8]) {
 
 private func checkSchedulerConfig(_ input: [UInt8]) {
     do {
-        switch try ModelDirectory.sampler(schedulerConfig: Data(input), path: "scheduler_config.json") {
-        case .consistency(let c):
-            fuzzInvariant(c.sigmaMin > 0 && c.sigmaMax > c.sigmaMin && c.sigmaData > 0 && c.rho > 0,
-                          "consistency scheduler \(c) accepted")
-            fuzzInvariant((2...10_000).contains(c.numTrainTimesteps), "num_train_timesteps \(c.numTrainTimesteps)")
-        case .edmHeun(let c):
-            fuzzInvariant(c.sigmaMin > 0 && c.sigmaMax > c.sigmaMin && c.sigmaData > 0 && c.rho > 0,
-                          "EDM scheduler \(c) accepted")
-            fuzzInvariant((1...64).contains(c.defaultSteps), "num_inference_steps \(c.defaultSteps)")
+        let sampler = try ModelDirectory.sampler(schedulerConfig: Data(input), path: "scheduler_config.json")
+        // An accepted config runs: its default and extreme step counts give finite timesteps and noise scale.
+        fuzzInvariant(sampler.stepRange.contains(sampler.defaultSteps), "\(sampler): default steps outside \(sampler.stepRange)")
+        for steps in Set([sampler.stepRange.lowerBound, sampler.defaultSteps, min(sampler.stepRange.upperBound, 64)]) {
+            let run = sampler.start(steps: steps)
+            fuzzInvariant(!run.timesteps.isEmpty && run.timesteps.allSatisfy(\.isFinite), "\(sampler): \(steps) steps give timesteps \(run.timesteps)")
+            fuzzInvariant(run.initNoiseSigma.isFinite && run.initNoiseSigma > 0, "\(sampler): init_noise_sigma \(run.initNoiseSigma)")
         }
     } catch let error as ModelLoadError {
         fuzzInvariant(!error.problem.isEmpty, "a ModelLoadError without a problem")

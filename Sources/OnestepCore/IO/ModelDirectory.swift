@@ -1,10 +1,9 @@
 // A model on disk in diffusers' layout, either
-//   DIR/config.json + DIR/diffusion_pytorch_model.safetensors   (a bare UNet2DModel; sampled as a consistency
-//                                                                 model with the default scheduler values), or
-//   DIR/model_index.json + DIR/unet/{config.json, diffusion_pytorch_model.safetensors}
-//       + DIR/scheduler/scheduler_config.json                    (a pipeline as diffusers saves it; the
-//                                                                 scheduler's values then apply).
-// A bare directory may also hold scheduler_config.json beside config.json (Onestep writes one).
+//   DIR/config.json + DIR/diffusion_pytorch_model.safetensors   (a bare UNet2DModel component folder), or
+//   DIR/model_index.json + DIR/<folder>/...                      (a pipeline as diffusers saves it: model_index.json
+//                                                                 maps each folder to its class, see ModelIndex).
+// A bare folder may hold scheduler_config.json beside config.json (Onestep writes one). Without any scheduler config
+// a bare UNet is sampled as a consistency model, and the load says so (LoadedSampler.assumption).
 import Foundation
 
 public struct ModelLoadError: Error, CustomStringConvertible {
@@ -17,28 +16,11 @@ public struct ModelLoadError: Error, CustomStringConvertible {
     public var description: String { "\(path): \(problem)" }
 }
 
-/// How a model is sampled, from its scheduler config.
-public enum SamplerKind: Sendable, Equatable {
-    /// A consistency model (CMStochasticIterativeScheduler): 1 step, or a few with re-noising.
-    case consistency(ConsistencySchedulerConfig)
-    /// An EDM teacher denoiser ("EDMHeunScheduler", written by onestep-distill): Heun on K Karras sigmas.
-    case edmHeun(EDMSchedulerConfig)
-
-    /// Steps used when a request does not say.
-    public var defaultSteps: Int {
-        switch self {
-        case .consistency: return 1
-        case .edmHeun(let c): return c.defaultSteps
-        }
-    }
-
-    /// Largest step count a request may ask for.
-    public var maxSteps: Int {
-        switch self {
-        case .consistency(let c): return min(4, c.numTrainTimesteps)
-        case .edmHeun: return 64
-        }
-    }
+/// The sampler a model directory asked for, and whether it was assumed for want of a scheduler config.
+public struct LoadedSampler: Sendable {
+    public let sampler: any Sampler
+    /// Set when no scheduler config was found: what was assumed and how to choose another (load log, /v1/models).
+    public let assumption: String?
 }
 
 public struct ModelDirectory: Sendable {
@@ -47,6 +29,8 @@ public struct ModelDirectory: Sendable {
     public let unetConfigPath: String
     public let weightsPath: String
     public let schedulerConfigPath: String?
+    /// model_index.json's component table for a pipeline folder; nil for a bare component folder.
+    public let index: ModelIndex?
 
     public init(path: String) throws {
         let fm = FileManager.default
@@ -57,13 +41,19 @@ public struct ModelDirectory: Sendable {
         self.path = path
         name = URL(fileURLWithPath: path).standardizedFileURL.lastPathComponent
         let isPipeline = fm.fileExists(atPath: path + "/model_index.json")
-        let unetDir = isPipeline ? path + "/unet" : path
+        index = isPipeline ? try ModelIndex(path: path + "/model_index.json") : nil
+        let unetFolder = try index?.unetFolder() ?? ""
+        let unetDir = isPipeline ? path + "/" + unetFolder : path
         unetConfigPath = unetDir + "/config.json"
         weightsPath = unetDir + "/diffusion_pytorch_model.safetensors"
-        let sched = isPipeline ? path + "/scheduler/scheduler_config.json" : path + "/scheduler_config.json"
+        let schedulerFolder = index?.folder(for: .scheduler)
+        let sched = isPipeline ? path + "/" + (schedulerFolder ?? "scheduler") + "/scheduler_config.json" : path + "/scheduler_config.json"
         schedulerConfigPath = fm.fileExists(atPath: sched) ? sched : nil
+        if isPipeline, schedulerFolder != nil, schedulerConfigPath == nil {
+            throw ModelLoadError(path: sched, problem: "is missing; model_index.json lists a scheduler, so its folder needs scheduler_config.json")
+        }
         for f in [unetConfigPath, weightsPath] where !fm.fileExists(atPath: f) {
-            throw ModelLoadError(path: path, problem: "\(f) is missing; a model folder needs config.json and diffusion_pytorch_model.safetensors" + (isPipeline ? " under unet/" : ""))
+            throw ModelLoadError(path: path, problem: "\(f) is missing; a model folder needs config.json and diffusion_pytorch_model.safetensors" + (isPipeline ? " under \(unetFolder)/" : ""))
         }
     }
 
@@ -73,57 +63,28 @@ public struct ModelDirectory: Sendable {
         }
     }
 
-    public func loadSampler() throws -> SamplerKind {
-        guard let p = schedulerConfigPath else { return .consistency(ConsistencySchedulerConfig()) }
+    /// What a bare UNet folder without scheduler_config.json is sampled with, and the words saying so.
+    public static let assumedSamplerNote = "no scheduler config found: assumed CMStochasticIterativeScheduler (a one-step consistency model, sigma_min 0.002, sigma_max 80, sigma_data 0.5); if this is a DDPM-family model (e.g. google/ddpm-cifar10-32) it will give noise: put a scheduler_config.json beside config.json with \"_class_name\" one of \(SamplerRegistry.classNames.joined(separator: ", ")) (DDIMScheduler with the model's betas is a good start)"
+
+    public func loadSampler() throws -> LoadedSampler {
+        guard let p = schedulerConfigPath else {
+            return LoadedSampler(sampler: ConsistencySampler(), assumption: Self.assumedSamplerNote)
+        }
         guard let data = FileManager.default.contents(atPath: p) else {
             throw ModelLoadError(path: p, problem: "cannot be read (is it a readable file?)")
         }
-        return try Self.sampler(schedulerConfig: data, path: p)
+        // diffusers picks the scheduler class from model_index.json and reads only the values from the file.
+        return LoadedSampler(sampler: try Self.sampler(schedulerConfig: data, path: p, className: index?.className(for: .scheduler)),
+                             assumption: nil)
     }
 
     /// Reads scheduler_config.json from memory; `p` names it in errors. Apart from loadSampler so that the parsing
-    /// can be tested and fuzzed (fuzz/) without writing files.
-    static func sampler(schedulerConfig data: Data, path p: String) throws -> SamplerKind {
-        guard let d = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
-            throw ModelLoadError(path: p, problem: "is not a JSON object")
-        }
-        let cls = d["_class_name"] as? String ?? "CMStochasticIterativeScheduler"
-        guard cls == "CMStochasticIterativeScheduler" || cls == "EDMHeunScheduler" else {
-            throw ModelLoadError(path: p, problem: "scheduler \(cls) is not supported; use CMStochasticIterativeScheduler (or EDMHeunScheduler for an Onestep teacher)")
-        }
-        var c = ConsistencySchedulerConfig()
-        var edm = EDMSchedulerConfig()
-        func num(_ k: String) throws -> Double? {
-            guard let v = d[k], !(v is NSNull) else { return nil }
-            guard let n = JSONValues.number(v), n.doubleValue.isFinite else {
-                throw ModelLoadError(path: p, problem: "key '\(k)': \(v) is not a number")
-            }
-            return n.doubleValue
-        }
-        if let v = try num("num_train_timesteps") {
-            guard v >= 2, v <= 10_000, v == v.rounded() else {
-                throw ModelLoadError(path: p, problem: "key 'num_train_timesteps': \(v) must be an integer 2...10000")
-            }
-            c.numTrainTimesteps = Int(v)
-        }
-        if let v = try num("sigma_min") { c.sigmaMin = v }
-        if let v = try num("sigma_max") { c.sigmaMax = v }
-        if let v = try num("sigma_data") { c.sigmaData = v }
-        if let v = try num("s_noise") { c.sNoise = v }
-        if let v = try num("rho") { c.rho = v }
-        if let v = d["clip_denoised"], let b = JSONValues.bool(v) { c.clipDenoised = b }
-        guard c.sigmaMin > 0, c.sigmaMax > c.sigmaMin, c.sigmaData > 0, c.rho > 0 else {
-            throw ModelLoadError(path: p, problem: "needs 0 < sigma_min < sigma_max, sigma_data > 0 and rho > 0")
-        }
-        guard cls == "EDMHeunScheduler" else { return .consistency(c) }
-        (edm.sigmaMin, edm.sigmaMax, edm.sigmaData, edm.rho) = (c.sigmaMin, c.sigmaMax, c.sigmaData, c.rho)
-        if let v = try num("num_inference_steps") {
-            guard v >= 1, v <= 64, v == v.rounded() else {
-                throw ModelLoadError(path: p, problem: "key 'num_inference_steps': \(v) must be an integer 1...64")
-            }
-            edm.defaultSteps = Int(v)
-        }
-        return .edmHeun(edm)
+    /// can be tested and fuzzed (fuzz/) without writing files. A file without `_class_name` is read as
+    /// CMStochasticIterativeScheduler, as Onestep's first students were written.
+    public static func sampler(schedulerConfig data: Data, path p: String, className: String? = nil) throws -> any Sampler {
+        let parsed = try SchedulerConfig(json: data, path: p)
+        let name = className ?? parsed.className ?? ConsistencySampler.className
+        return try SamplerRegistry.sampler(config: SchedulerConfig(values: parsed.values, path: p, className: name))
     }
 
     /// Loads config and weights; int8 tensors are dequantized and their codes kept for packing, and the file's

@@ -12,13 +12,14 @@
 //   d(a, b) = sqrt(||a - b||^2 + c^2) - c,   c = 0.00054 sqrt(d),
 //   dd/da = (a - b) / sqrt(||a - b||^2 + c^2).
 import Foundation
+import OnestepCore
 
 public enum ConsistencyParameterization {
-    /// Boundary-condition scalings at one sigma, in double precision.
+    /// Boundary-condition scalings at one sigma, in double precision (OnestepCore's Preconditioning, shared with
+    /// the samplers).
     public static func scalings(sigma: Double, sigmaMin: Double, sigmaData sd: Double) -> (cSkip: Double, cOut: Double, cIn: Double, cNoise: Double) {
-        let sm = sigma - sigmaMin
-        let v = sigma * sigma + sd * sd
-        return (sd * sd / (sm * sm + sd * sd), sm * sd / v.squareRoot(), 1 / v.squareRoot(), 250 * Foundation.log(sigma))
+        let s = Preconditioning.consistency(sigma: sigma, sigmaMin: sigmaMin, sigmaData: sd)
+        return (s.cSkip, s.cOut, s.cIn, s.cNoise)
     }
 }
 

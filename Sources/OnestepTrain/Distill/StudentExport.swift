@@ -17,13 +17,9 @@ public enum StudentExport {
         w.metadata = metadata.merging(["format": "pt"], uniquingKeysWith: { a, _ in a })
         for (name, t) in model.store.tensors(from: values) { w.add(name, t) }
         try w.write(to: dir + "/" + ModelExport.weightsFile)
-        let sched: [String: Any] = [
-            "_class_name": "CMStochasticIterativeScheduler", "num_train_timesteps": timesteps,
-            "sigma_min": schedule.sigmaMin, "sigma_max": schedule.sigmaMax, "sigma_data": schedule.sigmaData,
-            "s_noise": 1.0, "rho": schedule.rho, "clip_denoised": true,
-        ]
-        let data = try JSONSerialization.data(withJSONObject: sched, options: [.prettyPrinted, .sortedKeys])
-        try AtomicFile.write(Array(data) + [0x0A], to: dir + "/scheduler_config.json")
+        var c = ConsistencySchedulerConfig()
+        (c.numTrainTimesteps, c.sigmaMin, c.sigmaMax, c.sigmaData, c.rho) = (timesteps, schedule.sigmaMin, schedule.sigmaMax, schedule.sigmaData, schedule.rho)
+        try AtomicFile.write(try SamplerRegistry.json(for: ConsistencySampler(config: c)), to: dir + "/scheduler_config.json")
     }
 
     /// One-step samples of `weights` (one row per class, seeds 0..<columns) as a PNG grid.

@@ -112,9 +112,12 @@ public enum ModelEvaluation {
             let dist = FeatureBootstrap.distances(out.features, refFeatures, dimension: d, resamples: settings.resamples, seed: settings.seed + 3)
             let acc = FeatureBootstrap.proportion(zip(out.predictions, reqs).map { $0 == $1.label! }, resamples: settings.resamples, seed: settings.seed + 4)
             let (sampler, nfe): (String, Int)
-            switch p.sampler {
-            case .consistency: (sampler, nfe) = (steps == 1 ? "consistency, 1 step" : "consistency, \(steps) steps", steps)
-            case .edmHeun: (sampler, nfe) = (steps == 1 ? "Euler, 1 step" : "Heun, \(steps) sigmas", 2 * steps - 1)
+            if p.sampler is EDMHeunSampler {
+                (sampler, nfe) = (steps == 1 ? "Euler, 1 step" : "Heun, \(steps) sigmas", 2 * steps - 1)
+            } else if p.sampler is ConsistencySampler {
+                (sampler, nfe) = (steps == 1 ? "consistency, 1 step" : "consistency, \(steps) steps", steps)
+            } else {
+                (sampler, nfe) = ("\(type(of: p.sampler).className), \(steps) steps", p.sampler.start(steps: steps).timesteps.count)
             }
             let row = EvalRow(name: spec.name, sampler: sampler, nfe: nfe, weights: p.weightDType, fd: dist.fd, kid: dist.kid,
                               accuracy: acc, msPerImage: 1000 * seconds / Double(n) * Double(settings.workers))

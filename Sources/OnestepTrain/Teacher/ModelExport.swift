@@ -2,7 +2,7 @@
 // ImagePipeline load as-is:
 //   config.json                          UNetConfig.jsonString() (id2label + num_class_embeds when conditional)
 //   diffusion_pytorch_model.safetensors  F32, diffusers key names
-//   scheduler_config.json                {"_class_name": "EDMHeunScheduler", ...} for an EDM teacher
+//   scheduler_config.json                {"_class_name": "OnestepEDMHeunScheduler", ...} for an EDM teacher (EDMHeunSampler)
 import Foundation
 import OnestepCore
 
@@ -19,12 +19,7 @@ public enum ModelExport {
         w.metadata = metadata.merging(["format": "pt"], uniquingKeysWith: { a, _ in a })
         for (name, t) in model.store.tensors(from: values) { w.add(name, t) }
         try w.write(to: dir + "/" + weightsFile)
-        let sched: [String: Any] = [
-            "_class_name": "EDMHeunScheduler", "sigma_min": scheduler.sigmaMin, "sigma_max": scheduler.sigmaMax,
-            "sigma_data": scheduler.sigmaData, "rho": scheduler.rho, "num_inference_steps": scheduler.defaultSteps,
-        ]
-        let data = try JSONSerialization.data(withJSONObject: sched, options: [.prettyPrinted, .sortedKeys])
-        try AtomicFile.write(Array(data) + [0x0A], to: dir + "/scheduler_config.json")
+        try AtomicFile.write(try SamplerRegistry.json(for: EDMHeunSampler(config: scheduler)), to: dir + "/scheduler_config.json")
     }
 
     /// The small teacher the `teacher` command trains when no --config is given: three levels, one resnet per

@@ -1,12 +1,15 @@
-// A loaded model ready to generate: UNet + how it is sampled + its name and class names. This is what the
-// server keeps resident and the commands use; it hides which sampler a model directory asked for.
+// A loaded pixel-space pipeline ready to generate: denoiser (UNet2DModel) + sampler + its name and class names.
+// This is what the server keeps resident and the commands use. It owns the model call the sampler runs (the
+// conditioning goes in there, see Conditioning.swift); the sampler owns the timesteps, scaling and steps.
 import Foundation
 import PNGCodec
 
 public struct ImagePipeline: Sendable {
     public let name: String
     public let model: UNet2DModel
-    public let sampler: SamplerKind
+    public let sampler: any Sampler
+    /// Set when the directory had no scheduler config and a sampler was assumed: says which and how to choose another.
+    public let samplerAssumption: String?
     /// "float32", or "int8" when the weights file was quantized (and then the convolutions run in int8).
     public let weightDType: String
     /// How the convolutions run.
@@ -19,32 +22,36 @@ public struct ImagePipeline: Sendable {
     public var numClasses: Int? { config.numClassEmbeds }
 
     /// Packs the model's convolutions for `precision` (default: int8 for an int8 file, else fp32).
-    public init(name: String, model: UNet2DModel, sampler: SamplerKind, weightDType: String, precision: ConvPrecision? = nil) {
+    public init(name: String, model: UNet2DModel, sampler: any Sampler, weightDType: String, precision: ConvPrecision? = nil,
+                samplerAssumption: String? = nil) {
         let p = precision ?? (weightDType == "int8" ? .int8 : .fp32)
         var m = model
         m.packForServing(p)
         self.name = name
         self.model = m
         self.sampler = sampler
+        self.samplerAssumption = samplerAssumption
         self.weightDType = weightDType
         self.precision = p
     }
 
     /// The same model with its convolutions run at another precision (the bench compares them).
     public func with(precision: ConvPrecision) -> ImagePipeline {
-        ImagePipeline(name: name, model: model, sampler: sampler, weightDType: weightDType, precision: precision)
+        ImagePipeline(name: name, model: model, sampler: sampler, weightDType: weightDType, precision: precision,
+                      samplerAssumption: samplerAssumption)
     }
 
     /// Loads a model directory (see ModelDirectory for the layouts).
     public static func load(path: String, name: String? = nil, precision: ConvPrecision? = nil) throws -> ImagePipeline {
         let dir = try ModelDirectory(path: path)
         let (model, file) = try dir.loadModel()
-        let sampler = try dir.loadSampler()
+        let loaded = try dir.loadSampler()
         guard model.config.inChannels == model.config.outChannels else {
             throw ModelLoadError(path: dir.unetConfigPath, problem: "in_channels \(model.config.inChannels) != out_channels \(model.config.outChannels); an image generator needs them equal")
         }
         let dtype = file.metadata["onestep.quantization"] == nil ? "float32" : "int8"
-        return ImagePipeline(name: name ?? dir.name, model: model, sampler: sampler, weightDType: dtype, precision: precision)
+        return ImagePipeline(name: name ?? dir.name, model: model, sampler: loaded.sampler, weightDType: dtype, precision: precision,
+                             samplerAssumption: loaded.assumption)
     }
 
     /// Resolves a class given by index or name. nil input picks class 0 for conditional models.
@@ -83,14 +90,15 @@ public struct ImagePipeline: Sendable {
         model.forwardBatched(x, timesteps: Array(repeating: t, count: x.shape[0]), classLabels: labels, pool: .forCurrentThread)
     }
 
-    /// Images in model space (N, C, S, S) for the requests, all with the same step count.
+    /// The model call a sampler runs for this batch's conditioning. x (N, C, S, S) -> raw UNet output (N, C, S, S).
+    public func modelCall(_ conditioning: Conditioning) -> ModelCall {
+        { x, t in conditioning.apply(x, t, denoise: self.denoise) }
+    }
+
+    /// Images in model space (N, C, S, S) for the requests, all with the same step count (in sampler.stepRange).
     public func generate(_ requests: [GenerationRequest], steps: Int) -> Tensor {
-        switch sampler {
-        case .consistency(let c):
-            return ConsistencySampler(config: c).sample(requests, steps: steps, channels: config.inChannels, size: imageSize, denoise: denoise)
-        case .edmHeun(let c):
-            return EDMHeunSampler(config: c).sample(requests, steps: steps, channels: config.inChannels, size: imageSize, denoise: denoise)
-        }
+        let conditioning: Conditioning = GenerationRequest.labels(of: requests).map { .classLabels($0) } ?? .none
+        return sampler.sample(requests, steps: steps, channels: config.inChannels, size: imageSize, model: modelCall(conditioning))
     }
 
     /// PNG bytes for each image of a batch (N, C, S, S) in model space: 1 channel is gray, 2 gray + alpha,
