@@ -94,32 +94,20 @@ public enum Checkpoint {
             CheckpointError(path: path, problem: problem, advice: advice ?? CheckpointFile.advice(for: path, previous: previous, kinds: [kind]))
         }
         var notes: [String] = []
-        // Where each group's pieces are in this file: format 2 names them GROUP/..., format 1 had one unnamed network.
-        let layout: (String, TrainingGroup) -> (tensor: String, counter: String)
+        let layout: Layout
         switch contents.metadata[formatKey] {
         case format?:
             let names = (contents.metadata[groupsKey] ?? "").split(separator: ",").map(String.init)
             guard names == groups.map(\.name) else {
                 throw refuse("it holds the networks [\(names.joined(separator: ", "))] but this run trains [\(groups.map(\.name).joined(separator: ", "))]")
             }
-            layout = { piece, g in
-                switch piece {
-                case "optimizer_step": return ("", g.name + "/optimizer_step")
-                default: return (g.name + "/" + piece, g.name + "/" + piece + "/updates")
-                }
-            }
+            layout = .format2
         case nil:
             guard groups.count == 1 else {
                 throw refuse("it is a format-1 checkpoint (one network) but this run trains \(groups.count) networks")
             }
             notes.append("\(path) is in the format before named network groups (format 1); read as the \(groups[0].name) network, the next checkpoint is written in format \(format)")
-            layout = { piece, _ in
-                switch piece {
-                case "optimizer_step": return ("", "optimizer_step")
-                case "ema": return ("ema", "ema_updates")
-                default: return (piece, "")  // format 1 had no counter for the target network (it needs none)
-                }
-            }
+            layout = .format1
         case let other?:
             throw refuse("it is in checkpoint format \(other), which this onestep-distill does not know (it reads 1 and \(format))",
                          advice: "Resume it with the onestep-distill that wrote it, or delete \(path) to train this run from step 0.")
@@ -130,7 +118,7 @@ public enum Checkpoint {
             var targets = [("values", g.model.store.values), ("adam.m", g.optimizer.m), ("adam.v", g.optimizer.v)]
             targets += g.averages.map { ($0.name, $0.average.shadow) }
             for (piece, p) in targets {
-                let key = layout(piece, g).tensor
+                let key = layout.tensor(g, piece)
                 guard let t = contents.tensors[key] else { throw refuse("tensor '\(key)' is missing") }
                 guard t.count == n else {
                     throw refuse("\(key) has \(t.count) values but the \(g.name) network has \(n) parameters: the checkpoint belongs to another model config",
@@ -138,13 +126,11 @@ public enum Checkpoint {
                 }
                 t.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: n) }
             }
-            guard let optimizerStep = contents.integer(layout("optimizer_step", g).counter) else {
-                throw refuse("its metadata lacks \(layout("optimizer_step", g).counter)")
-            }
+            guard let optimizerStep = contents.integer(layout.optimizerStep(g)) else { throw refuse("its metadata lacks \(layout.optimizerStep(g))") }
             g.optimizer.step = optimizerStep
             for a in g.averages {
-                let counter = layout(a.name, g).counter
-                if counter.isEmpty { a.average.updates = optimizerStep; continue }
+                // Format 1 kept no counter for theta^- (an average without warm-up, which needs none).
+                guard let counter = layout.updates(g, a.name) else { a.average.updates = optimizerStep; continue }
                 guard let updates = contents.integer(counter) else { throw refuse("its metadata lacks \(counter)") }
                 a.average.updates = updates
             }
@@ -158,6 +144,18 @@ public enum Checkpoint {
         }
         return TrainingState(step: step, rngState: rng, elapsedSeconds: contents.metadata["elapsed_seconds"].flatMap { Double($0) } ?? 0,
                              losses: losses, notes: notes)
+    }
+
+    /// Where a group's pieces sit in a file of each format. A piece is "values", "adam.m", "adam.v" or an average's name.
+    struct Layout {
+        let tensor: (TrainingGroup, String) -> String
+        let optimizerStep: (TrainingGroup) -> String
+        /// The metadata key of an average's update count; nil where the format kept none.
+        let updates: (TrainingGroup, String) -> String?
+
+        static var format2: Layout { Layout(tensor: { "\($0.name)/\($1)" }, optimizerStep: { "\($0.name)/optimizer_step" },
+                                                updates: { "\($0.name)/\($1)/updates" }) }
+        static var format1: Layout { Layout(tensor: { $1 }, optimizerStep: { _ in "optimizer_step" }, updates: { $1 == "ema" ? "ema_updates" : nil }) }
     }
 
     static func lossesFromCSV(_ path: String, upTo step: Int) -> [Float] {
