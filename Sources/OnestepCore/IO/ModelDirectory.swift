@@ -5,6 +5,8 @@
 //       + DIR/scheduler/scheduler_config.json                    (a pipeline as diffusers saves it; the
 //                                                                 scheduler's values then apply).
 // A bare directory may also hold scheduler_config.json beside config.json (Onestep writes one).
+// The weights may carry a diffusers variant in their name (`diffusion_pytorch_model.fp16.safetensors`, as
+// `save_pretrained(variant="fp16")` writes them); see `ModelDirectory.weightsFile`.
 import Foundation
 
 public struct ModelLoadError: Error, CustomStringConvertible {
@@ -48,7 +50,9 @@ public struct ModelDirectory: Sendable {
     public let weightsPath: String
     public let schedulerConfigPath: String?
 
-    public init(path: String) throws {
+    /// `variant` picks `diffusion_pytorch_model.<variant>.safetensors` (diffusers' `variant=` argument); nil takes
+    /// the plain file, or the only variant file when there is no plain one.
+    public init(path: String, variant: String? = nil) throws {
         let fm = FileManager.default
         var isDir: ObjCBool = false
         guard fm.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
@@ -59,12 +63,41 @@ public struct ModelDirectory: Sendable {
         let isPipeline = fm.fileExists(atPath: path + "/model_index.json")
         let unetDir = isPipeline ? path + "/unet" : path
         unetConfigPath = unetDir + "/config.json"
-        weightsPath = unetDir + "/diffusion_pytorch_model.safetensors"
+        guard fm.fileExists(atPath: unetConfigPath) else {
+            throw ModelLoadError(path: path, problem: "\(unetConfigPath) is missing; a model folder needs config.json and diffusion_pytorch_model.safetensors" + (isPipeline ? " under unet/" : ""))
+        }
+        weightsPath = try Self.weightsFile(in: unetDir, base: "diffusion_pytorch_model", variant: variant)
         let sched = isPipeline ? path + "/scheduler/scheduler_config.json" : path + "/scheduler_config.json"
         schedulerConfigPath = fm.fileExists(atPath: sched) ? sched : nil
-        for f in [unetConfigPath, weightsPath] where !fm.fileExists(atPath: f) {
-            throw ModelLoadError(path: path, problem: "\(f) is missing; a model folder needs config.json and diffusion_pytorch_model.safetensors" + (isPipeline ? " under unet/" : ""))
+    }
+
+    /// The weights file of a diffusers component folder: `DIR/BASE.safetensors`, or with a variant
+    /// `DIR/BASE.VARIANT.safetensors` (diffusers' `_add_variant`: the variant goes before the extension; BASE is
+    /// `diffusion_pytorch_model` for UNets and VAEs, `model` for transformers' text encoders). With no variant
+    /// asked and no plain file, a single variant file is taken; several are refused, naming them.
+    /// Throws `ModelLoadError` saying which files exist and what to pass.
+    public static func weightsFile(in dir: String, base: String, variant: String? = nil) throws -> String {
+        let fm = FileManager.default
+        let plain = "\(dir)/\(base).safetensors"
+        let present = ((try? fm.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix(".safetensors") }.sorted()
+        let variants = present.compactMap { f -> String? in
+            guard f.hasPrefix(base + "."), f != base + ".safetensors" else { return nil }
+            let v = String(f.dropFirst(base.count + 1).dropLast(".safetensors".count))
+            return v.isEmpty || v.contains(".") ? nil : v
         }
+        if let variant {
+            let p = "\(dir)/\(base).\(variant).safetensors"
+            guard fm.fileExists(atPath: p) else {
+                throw ModelLoadError(path: dir, problem: "has no \(base).\(variant).safetensors for variant '\(variant)' (variants here: \(variants.isEmpty ? "none" : variants.joined(separator: ", "))\(fm.fileExists(atPath: plain) ? "; the plain \(base).safetensors is there" : ""))")
+            }
+            return p
+        }
+        if fm.fileExists(atPath: plain) { return plain }
+        if variants.count == 1 { return "\(dir)/\(base).\(variants[0]).safetensors" }
+        if variants.isEmpty {
+            throw ModelLoadError(path: dir, problem: "\(plain) is missing; a model folder needs config.json and \(base).safetensors (or a variant such as \(base).fp16.safetensors)")
+        }
+        throw ModelLoadError(path: dir, problem: "holds several weight variants (\(variants.joined(separator: ", "))) and no plain \(base).safetensors; say which variant to load")
     }
 
     public func loadConfig() throws -> UNetConfig {
