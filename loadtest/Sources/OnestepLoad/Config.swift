@@ -77,6 +77,10 @@ public struct LoadConfig: Sendable, Equatable {
     /// Lag past the intended send time after which a request is "not sent on time"; nil = one interval, >= 1 ms.
     public var lateAfter: Double? = nil
     public var thresholds: [Threshold] = []
+    /// Most failed share of the measured requests before the run fails (exit 1); nil = no budget. Only applied
+    /// when no `--fail-if` names error_rate. Default 1%: a run whose requests all failed is never green.
+    public var errorBudget: Double? = LoadConfig.defaultErrorBudget
+    public static let defaultErrorBudget: Double? = 0.01
     public var jsonPath: String? = nil
     public var rawPath: String? = nil
     public var plotPath: String? = nil
