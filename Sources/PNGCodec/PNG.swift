@@ -22,6 +22,20 @@ public struct PixelImage: Sendable, Equatable {
         self.pixels = pixels
     }
 
+    /// The image enlarged `factor` times by nearest neighbour (each pixel becomes a factor x factor block), so
+    /// 16x16 samples can be looked at without blur. Precondition: factor >= 1.
+    public func scaled(by factor: Int) -> PixelImage {
+        precondition(factor >= 1, "scale factor must be at least 1")
+        guard factor > 1 else { return self }
+        let w = width * factor, h = height * factor, c = channels
+        var out = [UInt8](repeating: 0, count: w * h * c)
+        for y in 0..<h {
+            let src = (y / factor) * width
+            for x in 0..<w { for k in 0..<c { out[(y * w + x) * c + k] = pixels[(src + x / factor) * c + k] } }
+        }
+        return PixelImage(width: w, height: h, channels: c, pixels: out)
+    }
+
     /// A blank image filled with one value.
     public init(width: Int, height: Int, channels: Int, fill: UInt8 = 0) {
         self.init(width: width, height: height, channels: channels,
