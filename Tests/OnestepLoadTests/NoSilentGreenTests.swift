@@ -157,3 +157,56 @@ final class NoSilentGreenTests: XCTestCase {
         return words
     }
 }
+
+/// Issue 16 item 8: `--threads T` spreads the connections over T libcurl loops and merges their results into one
+/// report: every request once, its own S_i, one histogram.
+final class ThreadsTests: XCTestCase {
+    private func run(_ args: [String]) throws -> (LoadConfig, RunResults) {
+        guard case .run(let c) = try Arguments.parse(args + ["--quiet"]) else { throw UsageError("help") }
+        return (c, LoadDriver(config: c, raw: c.rawPath.flatMap { RawWriter(path: $0) }).run())
+    }
+
+    private func rawIndices(_ path: String) throws -> [(index: Int, intendedMs: Double)] {
+        try String(contentsOfFile: path, encoding: .utf8).split(separator: "\n").dropFirst().map {
+            let f = $0.split(separator: ",", omittingEmptySubsequences: false)
+            return (Int(f[0])!, Double(f[3])!)
+        }
+    }
+
+    func testOpenLoopThreadsShareTheScheduleAndMerge() throws {
+        let server = try TestServer(.init(delay: 0.002))
+        defer { server.stop() }
+        let raw = NSTemporaryDirectory() + "threads-\(UUID().uuidString.prefix(8)).csv"
+        let (c, r) = try run(["--rate", "200", "--requests", "100", "--warmup", "0.1s", "--connections", "5", "--threads", "3",
+                              "--raw", raw, server.url + "/x?seed={{seed}}"])
+        XCTAssertEqual(c.effectiveThreads, 3)
+        XCTAssertEqual(r.measured.sent, 100)
+        XCTAssertEqual(r.warmup.sent, 20)
+        XCTAssertEqual(r.measured.corrected.totalCount, 100, "one merged histogram")
+        XCTAssertEqual(r.measured.ok, 100)
+        XCTAssertEqual(server.requestCount, 120)
+        // Every request once, at its own S_i = i / R.
+        let rows = try rawIndices(raw)
+        XCTAssertEqual(rows.map(\.index).sorted(), Array(0..<120))
+        for row in rows { XCTAssertEqual(row.intendedMs, Double(row.index) * 5, accuracy: 0.001) }
+    }
+
+    func testClosedLoopThreadsSplitConcurrencyAndRequests() throws {
+        let server = try TestServer(.init(delay: 0.001))
+        defer { server.stop() }
+        let raw = NSTemporaryDirectory() + "threads-\(UUID().uuidString.prefix(8)).csv"
+        let (c, r) = try run(["--concurrency", "4", "--requests", "101", "--threads", "2", "--raw", raw, server.url + "/x"])
+        XCTAssertEqual(c.effectiveThreads, 2)
+        XCTAssertEqual(r.measured.sent, 101)
+        XCTAssertEqual(r.measured.corrected.totalCount, 101)
+        XCTAssertEqual(Set(try rawIndices(raw).map(\.index)).count, 101, "indices are unique over the threads")
+        // Never more threads than connections; 1 thread keeps the single loop.
+        XCTAssertEqual(try run(["--concurrency", "1", "--requests", "3", "--threads", "8", server.url + "/x"]).0.effectiveThreads, 1)
+        guard case .run(let defaults) = try Arguments.parse(["--rate", "10", "http://h:1/x"]) else { return XCTFail() }
+        XCTAssertEqual(defaults.threads, ProcessInfo.processInfo.activeProcessorCount)
+        for bad in ["0", "-1", "x", "1025"] {
+            XCTAssertThrowsError(try Arguments.parse(["--rate", "10", "--threads", bad, "http://h:1/x"]), bad)
+        }
+        XCTAssertNoThrow(try Arguments.parse(["--rate", "10", "--threads", "1024", "http://h:1/x"]))
+    }
+}

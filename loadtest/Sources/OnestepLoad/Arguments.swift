@@ -54,6 +54,8 @@ public enum Arguments {
                              rate OP req/s; OP is > >= < <=  (repeatable), e.g. --fail-if 'p99>250ms'
       --error-budget F       fail (exit 1) when more than F of the measured requests fail, 0..1 or % (default 1%;
                              `off` to allow any); not added when a --fail-if names error_rate
+      --threads T            I/O threads (default: the core count), connections spread over them, one merged
+                             report; at most --connections
       --json FILE            write the full report as JSON
       --raw FILE.csv         write one CSV line per request
       --plot FILE.png        write the percentile spectrum and latency-over-time plot
@@ -114,6 +116,7 @@ public enum Arguments {
         var expectText = scenario.expect
         var failIf = scenario.fail_if ?? []
         var seedStart = scenario.seed_start ?? 0
+        var threads = scenario.threads
         var errorBudget: Double? = try scenario.error_budget.map { try budget($0, "error_budget") } ?? LoadConfig.defaultErrorBudget
         var json: String?, raw: String?, plot: String?
         var quiet = false, spectrum = true
@@ -165,6 +168,7 @@ public enum Arguments {
                 expectText = "png:\(v)"
             case "--fail-if": failIf.append(try value(a))
             case "--error-budget": errorBudget = try budget(try value(a), a)
+            case "--threads": threads = try positiveInt(a)
             case "--json": json = try value(a)
             case "--raw": raw = try value(a)
             case "--plot": plot = try value(a)
@@ -264,6 +268,10 @@ public enum Arguments {
         }
         config.thresholds = try failIf.map { try Threshold(parsing: $0) }
         config.errorBudget = errorBudget
+        if let t = threads {
+            guard t >= 1, t <= 1024 else { throw UsageError("--threads must be 1...1024, got \(t)") }
+            config.threads = t
+        }
         config.jsonPath = json
         config.rawPath = raw
         config.plotPath = plot

@@ -94,6 +94,20 @@ public struct LoadConfig: Sendable, Equatable {
     /// is under 1 ms away, which keeps a core busy at high rates; on a machine the server shares, 1ms gives that
     /// core back at the price of requests leaving up to about 1 ms after S_i (visible as queueing).
     public var minSleep: Double = 0
+    /// `--threads`: I/O threads, each with its own libcurl multi handle and a share of the connections (and of
+    /// the open-loop schedule, request i going to thread i mod T); their histograms are merged into one report.
+    /// Never more than the connections.
+    public var threads: Int = LoadConfig.defaultThreads
+    public static var defaultThreads: Int { Swift.max(1, ProcessInfo.processInfo.activeProcessorCount) }
+    /// The threads a run uses: `threads`, but no more than there are connection slots.
+    public var effectiveThreads: Int {
+        let slots: Int
+        switch mode {
+        case .openLoop: slots = connections
+        case .closedLoop(let c): slots = c
+        }
+        return Swift.max(1, Swift.min(threads, slots, connections))
+    }
     /// `--idle-connections`, `--slowloris`: raw-socket clients held open beside the measured traffic.
     public var background: BackgroundPlan? = nil
 

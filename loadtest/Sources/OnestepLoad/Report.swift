@@ -59,7 +59,7 @@ public enum TextReport {
         case .closedLoop(let c):
             line("  closed loop, \(c) in flight, warmup \(formatSeconds(config.warmup)), timeout \(formatSeconds(config.timeout))")
         }
-        line("  \(config.request.method), expect \(config.expect)")
+        line("  \(config.request.method), expect \(config.expect), \(config.effectiveThreads) thread\(config.effectiveThreads == 1 ? "" : "s")")
         line()
         line("  Latency Distribution (HdrHistogram, 1us..1h, 3 significant digits)")
         line("  corrected = from intended send time; uncorrected = from actual send; queueing = intended -> actual send")
@@ -198,6 +198,8 @@ public struct JSONReport: Codable, Sendable {
         public var rate: Double?
         public var concurrency: Int?
         public var connections: Int
+        /// I/O threads actually used (`--threads`, at most the connections).
+        public var threads: Int
         public var duration_s: Double?
         public var requests: Int?
         public var warmup_s: Double
@@ -265,7 +267,7 @@ public struct JSONReport: Codable, Sendable {
         case .closedLoop(let n): concurrency = n
         }
         config = ConfigReport(mode: rate == nil ? "closed" : "open", rate: rate, concurrency: concurrency,
-                              connections: c.connections, duration_s: c.requests == nil ? c.duration : nil,
+                              connections: c.connections, threads: c.effectiveThreads, duration_s: c.requests == nil ? c.duration : nil,
                               requests: c.requests, warmup_s: c.warmup, timeout_s: c.timeout,
                               late_after_ms: Double(r.lateAfterNanos) / 1e6, urls: c.request.urls,
                               method: c.request.method, expect: c.expect.description)
