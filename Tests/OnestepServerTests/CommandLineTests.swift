@@ -6,7 +6,10 @@ import PNGCodec
 /// The offline subcommands of onestep-serve, run as a user runs them: the built binary in a subprocess.
 final class CommandLineTests: XCTestCase {
     static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
-    static let golden = URL(fileURLWithPath: repoRoot + "/../shared/golden").standardizedFileURL.path
+    /// ../shared/golden beside the repository, or ONESTEP_GOLDEN (as Fixtures.golden: this suite ignored it, so a
+    /// worktree elsewhere failed here and crashed the whole run on the empty bench output below).
+    static let golden = ProcessInfo.processInfo.environment["ONESTEP_GOLDEN"]
+        ?? URL(fileURLWithPath: repoRoot + "/../shared/golden").standardizedFileURL.path
 
     /// The onestep-serve binary built beside the test bundle.
     static var binary: String {
@@ -72,7 +75,8 @@ final class CommandLineTests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.err)
         XCTAssertTrue(r.out.contains("images/s") && r.out.contains("ddpm_gray"), r.out)
         let j = try run(Self.binary, ["bench", "--model", Self.golden + "/ddpm_gray", "--batch", "2", "--seconds", "0.1", "--json"])
-        let obj = try JSONSerialization.jsonObject(with: Data(j.out.split(separator: "\n")[0].utf8)) as! [String: Any]
+        let firstLine = try XCTUnwrap(j.out.split(separator: "\n").first, "bench --json printed nothing: \(j.err)")
+        let obj = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(firstLine.utf8)) as? [String: Any])
         for key in ["model", "dtype", "batch", "images_per_s", "gflops", "sgemm_gflops", "ratio_to_sgemm"] {
             XCTAssertNotNil(obj[key], "bench --json lacks \(key)")
         }
