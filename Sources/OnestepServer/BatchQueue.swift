@@ -160,7 +160,7 @@ public final class BatchQueue: @unchecked Sendable {
                     return (Batch(model: key.model, steps: key.steps, jobs: taken), [])
                 }
                 let earliestDeadline = groups.values.flatMap { $0 }.map(\.deadline).min() ?? due
-                condition.wait(until: Date(timeIntervalSinceNow: seconds(min(due, earliestDeadline) - now) + 0.0002))
+                _ = condition.wait(until: Date(timeIntervalSinceNow: seconds(min(due, earliestDeadline) - now) + 0.0002))
             } else {
                 condition.wait()
             }

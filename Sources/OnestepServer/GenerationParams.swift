@@ -19,10 +19,28 @@ public struct GenerationParams: Sendable, Equatable {
     public var images: [GenerationRequest]
     /// The client's own deadline in ms, if it gave one (clamped by the server's maximum).
     public var deadlineMs: Int?
+    /// The model's class names (nil: classes are indices only), to name labels in responses.
+    public var labelNames: [String]? = nil
+    /// The class a prompt resolved to, echoed as `revised_prompt` (nil when no prompt chose the class).
+    public var resolvedFromPrompt: String? = nil
+
+    /// The name of a class index, or the index as text.
+    public func labelName(_ label: Int) -> String {
+        guard let names = labelNames, names.indices.contains(label) else { return String(label) }
+        return names[label]
+    }
 }
 
 /// Raw fields before validation; strings stay strings so JSON and query share one validator.
+/// Fields are the same on every route and in both forms (query string, JSON body): a name not listed in
+/// `knownFields` or `ignoredOpenAIFields` is refused with 400 naming it, so a typo (`sead`) is never silently
+/// ignored; OpenAI Images API fields that do not apply here are accepted and ignored.
 struct RawGenerationFields {
+    static let knownFields = ["model", "prompt", "n", "seed", "label", "steps", "size", "response_format", "deadline_ms"]
+    /// OpenAI Images API fields (images.generate) that have no meaning for a one-step class/unconditional model.
+    static let ignoredOpenAIFields = ["user", "quality", "style", "background", "moderation", "output_format",
+                                      "output_compression", "partial_images", "stream", "negative_prompt"]
+
     var model: String?
     var n: Any?
     var seed: Any?
@@ -32,6 +50,10 @@ struct RawGenerationFields {
     var responseFormat: Any?
     var size: Any?
     var deadlineMs: Any?
+    /// Field names that are neither known nor ignored OpenAI fields.
+    var unknown: [String] = []
+    /// Problems found while reading the fields (reported with the others by `validate`).
+    var problems: [String] = []
 
     /// Highest seed accepted: JSON numbers are exact only up to 2^53.
     static let maxSeed: UInt64 = (1 << 53) - 1
@@ -46,9 +68,9 @@ struct RawGenerationFields {
             throw RequestError("body must be a JSON object such as {\"seed\": 1}")
         }
         var r = RawGenerationFields()
+        r.unknown = d.keys.filter { !knownFields.contains($0) && !ignoredOpenAIFields.contains($0) }.sorted()
         if let m = d["model"], !(m is NSNull) {
-            guard let s = m as? String else { throw RequestError("model must be a string naming a model from GET /v1/models") }
-            r.model = s
+            if let s = m as? String { r.model = s } else { r.problems.append("model must be a string naming a model from GET /v1/models") }
         }
         r.n = d["n"]; r.seed = d["seed"]; r.label = d["label"]; r.prompt = d["prompt"]; r.steps = d["steps"]
         r.responseFormat = d["response_format"]; r.size = d["size"]; r.deadlineMs = d["deadline_ms"]
@@ -57,7 +79,6 @@ struct RawGenerationFields {
 
     static func fromQuery(_ items: [(name: String, value: String)]) throws(RequestError) -> RawGenerationFields {
         var r = RawGenerationFields()
-        let known = ["model", "seed", "label", "prompt", "steps", "n", "deadline_ms"]
         for (k, v) in items {
             switch k {
             case "model": r.model = v
@@ -67,7 +88,9 @@ struct RawGenerationFields {
             case "steps": r.steps = v
             case "n": r.n = v
             case "deadline_ms": r.deadlineMs = v
-            default: throw RequestError("unknown query parameter '\(k)'; known: \(known.joined(separator: ", "))")
+            case "size": r.size = v
+            case "response_format": r.responseFormat = v
+            default: if !ignoredOpenAIFields.contains(k), !r.unknown.contains(k) { r.unknown.append(k) }
             }
         }
         return r
@@ -84,45 +107,78 @@ struct RawGenerationFields {
         return i
     }
 
-    func validate(models: ModelRegistry, maxImages: Int, randomSeed: () -> UInt64) throws(RequestError) -> GenerationParams {
+    /// Checks every field and reports every problem of the request in one error (an OpenAI client's first
+    /// request often has several: size, response_format, an unknown field), each saying what to send instead.
+    /// `route` names the route in messages; `allowsN` is false on /v1/generate (one PNG per request).
+    func validate(models: ModelRegistry, maxImages: Int, allowsN: Bool = true,
+                  randomSeed: () -> UInt64) throws(RequestError) -> GenerationParams {
+        var problems = self.problems
+        if !unknown.isEmpty {
+            problems.append("unknown field\(unknown.count > 1 ? "s" : "") \(unknown.map { "'\($0)'" }.joined(separator: ", ")); known: \(Self.knownFields.joined(separator: ", ")) (OpenAI fields \(Self.ignoredOpenAIFields.joined(separator: ", ")) are accepted and ignored)")
+        }
         let name = model ?? models.defaultName
         guard let p = models[name] else {
-            throw RequestError("model '\(name)' is not loaded; available: \(models.names.joined(separator: ", "))", type: "not_found_error")
+            let notFound = "model '\(name)' is not loaded; available: \(models.names.joined(separator: ", "))"
+            if problems.isEmpty { throw RequestError(notFound, type: "not_found_error") }
+            throw Self.combined(problems + [notFound])
         }
         if let f = responseFormat, !(f is NSNull) {
-            guard let s = f as? String, s == "b64_json" else {
-                throw RequestError("response_format must be \"b64_json\" (images are returned inline; there are no URLs)")
+            if (f as? String) != "b64_json" {
+                problems.append("response_format must be \"b64_json\", got \(Self.show(f)) (images are returned inline; there are no URLs)")
             }
         }
         if let sz = size, !(sz is NSNull) {
             let want = "\(p.imageSize)x\(p.imageSize)"
-            guard let s = sz as? String, s == want else {
-                throw RequestError("size must be \"\(want)\" for model \(name) (it generates one size only)")
+            if (sz as? String) != want {
+                problems.append("size must be \"\(want)\" for model \(name), got \(Self.show(sz)) (it generates one size only; leave size out)")
             }
         }
-        let n = try Self.integer(self.n, field: "n", range: 1...maxImages) ?? 1
-        let steps = try Self.integer(self.steps, field: "steps", range: p.sampler.stepRange) ?? p.sampler.defaultSteps
-        let deadline = try Self.integer(deadlineMs, field: "deadline_ms", range: 1...3_600_000)
-        var seed: UInt64
-        if let s = self.seed, !(s is NSNull) {
-            guard let v = try Self.integer(s, field: "seed", range: 0...Int(Self.maxSeed)) else { throw RequestError("seed is invalid") }
-            seed = UInt64(v)
-        } else {
-            seed = randomSeed() & 0xFFFF_FFFF
+        func check<T>(_ f: () throws(RequestError) -> T?) -> T? {
+            do { return try f() } catch { problems.append(error.message); return nil }
         }
-        let label = try resolveLabel(p)
+        var n = 1
+        if !allowsN, self.n != nil {
+            problems.append("n is not supported on /v1/generate (one PNG per request); use /v1/images/generations")
+        } else {
+            n = check { () throws(RequestError) in try Self.integer(self.n, field: "n", range: 1...maxImages) } ?? 1
+        }
+        let steps = check { () throws(RequestError) in try Self.integer(self.steps, field: "steps", range: p.sampler.stepRange) } ?? p.sampler.defaultSteps
+        let deadline = check { () throws(RequestError) in try Self.integer(deadlineMs, field: "deadline_ms", range: 1...Self.maxDeadlineMs) }
+        var seed = randomSeed() & 0xFFFF_FFFF
+        if let s = self.seed, !(s is NSNull) {
+            if let v = check({ () throws(RequestError) in try Self.integer(s, field: "seed", range: 0...Int(Self.maxSeed)) }) { seed = UInt64(v) }
+        }
+        let resolved = check { () throws(RequestError) in try resolveLabel(p) }
+        guard problems.isEmpty else { throw Self.combined(problems) }
+        let label = resolved?.index
         let images = (0..<n).map { i -> GenerationRequest in
             let s = seed &+ UInt64(i)
             // A conditional model asked for no class: the class follows the seed, so the answer is deterministic.
             let l = p.numClasses.map { label ?? Int(s % UInt64($0)) }
             return GenerationRequest(seed: s, label: l)
         }
-        seed = images[0].seed
-        return GenerationParams(model: name, steps: steps, images: images, deadlineMs: deadline)
+        return GenerationParams(model: name, steps: steps, images: images, deadlineMs: deadline,
+                                labelNames: p.classNames, resolvedFromPrompt: resolved?.fromPrompt)
     }
 
-    /// label may be an index or a class name; prompt (OpenAI clients) names a class.
-    func resolveLabel(_ p: ImagePipeline) throws(RequestError) -> Int? {
+    /// Largest deadline_ms a request may send (one hour); the server's --max-deadline-ms then caps it.
+    static let maxDeadlineMs = 3_600_000
+
+    static func combined(_ problems: [String]) -> RequestError {
+        problems.count == 1 ? RequestError(problems[0])
+            : RequestError("\(problems.count) problems: " + problems.enumerated().map { "(\($0 + 1)) \($1)" }.joined(separator: "; "))
+    }
+
+    /// A value as the client sent it, for messages.
+    static func show(_ v: Any) -> String {
+        if let s = v as? String { return "\"\(s.prefix(64))\"" }
+        return "\(v)"
+    }
+
+    /// label may be an index or a class name; prompt (OpenAI clients) names a class: the whole prompt, or the one
+    /// class name it contains as a word (plural -s/-es allowed): "a red star" and "stars" resolve to "star".
+    /// `fromPrompt` is the class name a prompt resolved to, echoed in the response.
+    func resolveLabel(_ p: ImagePipeline) throws(RequestError) -> (index: Int, fromPrompt: String?)? {
         var text: String?
         if let l = label, !(l is NSNull) {
             if let s = l as? String { text = s } else if let i = JSONValues.integer(l) { text = String(i) } else {
@@ -131,12 +187,42 @@ struct RawGenerationFields {
         } else if let pr = prompt, !(pr is NSNull), p.numClasses != nil {
             // An unconditional model ignores prompts, so OpenAI clients that always send one still work.
             guard let s = pr as? String else { throw RequestError("prompt must be a string naming a class") }
-            text = s.trimmingCharacters(in: .whitespacesAndNewlines)
+            let whole = s.trimmingCharacters(in: .whitespacesAndNewlines)
+            if case .success(let l?) = p.resolveLabel(whole) { return (l, p.classNames?[l] ?? String(l)) }
+            let names = p.classNames ?? []
+            let found = Self.classesNamed(in: whole, names: names)
+            if found.count == 1 { return (found[0], names[found[0]]) }
+            if found.count > 1 {
+                throw RequestError("prompt '\(whole.prefix(80))' names several classes (\(found.map { names[$0] }.joined(separator: ", "))); name one of: \(names.joined(separator: ", "))")
+            }
+            throw RequestError(names.isEmpty
+                ? "prompt '\(whole.prefix(80))' is not a class index and this model has no class names"
+                : "prompt '\(whole.prefix(80))' names no class of this model; it must contain one of: \(names.joined(separator: ", "))")
         }
         guard let text else { return nil }
         switch p.resolveLabel(text) {
-        case .success(let l): return l
+        case .success(let l): return l.map { ($0, nil) }
         case .failure(let e): throw RequestError(e.description)
+        }
+    }
+
+    /// Indices of the class names that occur in `prompt` as whole words (case-insensitive; a plural -s or -es
+    /// counts; multi-word names match as phrases).
+    static func classesNamed(in prompt: String, names: [String]) -> [Int] {
+        func words(_ s: String) -> [String] {
+            s.lowercased().split(whereSeparator: { !$0.isLetter && !$0.isNumber }).map(String.init)
+        }
+        let w = words(prompt)
+        return names.indices.filter { i in
+            let n = words(names[i])
+            guard !n.isEmpty, n.count <= w.count else { return false }
+            return (0...(w.count - n.count)).contains { start in
+                zip(n.indices, n).allSatisfy { k, part in
+                    let word = w[start + k]
+                    if word == part { return true }
+                    return k == n.count - 1 && (word == part + "s" || word == part + "es")
+                }
+            }
         }
     }
 }

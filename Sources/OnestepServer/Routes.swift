@@ -1,7 +1,7 @@
 // The HTTP API: routes, methods, and the translation between HTTP requests and generation jobs.
 //   POST /v1/images/generations   OpenAI-shaped JSON in and out (b64_json images)
 //   GET|POST /v1/generate         one PNG, seed in X-Seed (GET works from a browser address bar)
-//   GET /v1/models, /healthz, /readyz, /metrics
+//   GET /v1/models, /v1/models/{id}, /healthz, /readyz, /metrics
 import Foundation
 import HTTP1
 import OnestepCore
@@ -37,11 +37,27 @@ final class Router: Sendable {
     static func routeLabel(_ target: String?) -> String {
         guard let t = target else { return "unparsed" }
         let path = String(t.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first ?? "")
+        if path.hasPrefix(modelPrefix) { return modelPrefix + "{id}" }
         return routes[path] != nil ? path : "other"
     }
 
+    /// `GET /v1/models/{id}`: one model, as the OpenAI API's models.retrieve answers.
+    static let modelPrefix = "/v1/models/"
+
     func handle(_ request: HTTPRequest, _ responder: HTTPResponder) {
         let path = String(request.path)
+        if path.hasPrefix(Self.modelPrefix) {
+            guard request.method == .GET || request.method == .HEAD else {
+                var r = HTTPResponse.error(.methodNotAllowed, message: "\(request.method) is not allowed on \(path); use GET")
+                r.headers.add(name: "Allow", value: "GET, HEAD")
+                return respond(responder, r)
+            }
+            let id = String(path.dropFirst(Self.modelPrefix.count)).removingPercentEncoding ?? ""
+            guard let model = modelObject(id) else {
+                return respond(responder, .error(.notFound, message: "The model '\(id)' does not exist; loaded: \(models.names.joined(separator: ", "))", type: "not_found_error"))
+            }
+            return respond(responder, .json(Array((try? JSONSerialization.data(withJSONObject: model, options: [.sortedKeys])) ?? Data())))
+        }
         guard let allowed = Self.routes[path] else {
             respond(responder, .error(.notFound, message: "no route \(path); routes: \(Self.routes.keys.sorted().joined(separator: ", "))", type: "not_found_error"))
             return
@@ -72,22 +88,26 @@ final class Router: Sendable {
     }
 
     func modelsJSON() -> [UInt8] {
-        let data: [[String: Any]] = models.names.map { name in
-            let p = models[name]!
-            var d: [String: Any] = [
-                "id": name, "object": "model", "owned_by": "onestep",
-                "image_size": p.imageSize, "channels": p.channels, "dtype": p.weightDType,
-                "default_steps": p.sampler.defaultSteps, "min_steps": p.sampler.stepRange.lowerBound,
-                "max_steps": p.sampler.stepRange.upperBound, "scheduler": type(of: p.sampler).className,
-                "sampler_description": p.sampler.description,
-                "parameters": p.model.parameterCount, "default": name == models.defaultName,
-            ]
-            d["sampler"] = p.sampler is ConsistencySampler ? "consistency" : p.sampler is EDMHeunSampler ? "edm_heun" : type(of: p.sampler).className
-            if let note = p.samplerAssumption { d["sampler_assumed"] = note }
-            d["classes"] = p.classNames ?? (p.numClasses.map { n in (0..<n).map(String.init) } ?? [])
-            return d
-        }
+        let data: [[String: Any]] = models.names.compactMap(modelObject)
         return Array((try? JSONSerialization.data(withJSONObject: ["object": "list", "data": data], options: [.sortedKeys])) ?? Data())
+    }
+
+    /// One entry of GET /v1/models (OpenAI's Model object: id, object, created, owned_by; then ours).
+    func modelObject(_ name: String) -> [String: Any]? {
+        guard let p = models[name] else { return nil }
+        var d: [String: Any] = [
+            "created": 0,
+            "id": name, "object": "model", "owned_by": "onestep",
+            "image_size": p.imageSize, "channels": p.channels, "dtype": p.weightDType,
+            "default_steps": p.sampler.defaultSteps, "min_steps": p.sampler.stepRange.lowerBound,
+            "max_steps": p.sampler.stepRange.upperBound, "scheduler": type(of: p.sampler).className,
+            "sampler_description": p.sampler.description,
+            "parameters": p.model.parameterCount, "default": name == models.defaultName,
+        ]
+        d["sampler"] = p.sampler is ConsistencySampler ? "consistency" : p.sampler is EDMHeunSampler ? "edm_heun" : type(of: p.sampler).className
+        if let note = p.samplerAssumption { d["sampler_assumed"] = note }
+        d["classes"] = p.classNames ?? (p.numClasses.map { n in (0..<n).map(String.init) } ?? [])
+        return d
     }
 
     func generate(_ request: HTTPRequest, _ responder: HTTPResponder, openAI: Bool) {
@@ -97,19 +117,14 @@ final class Router: Sendable {
             if request.method == .POST {
                 // The body is read as JSON whatever Content-Type says: `curl -d '{...}'` sends form-urlencoded.
                 raw = try RawGenerationFields.fromJSON(request.body)
-                if !openAI, raw.n != nil { throw RequestError("n is not supported on /v1/generate (one PNG per request); use /v1/images/generations") }
             } else {
                 raw = try RawGenerationFields.fromQuery(request.query.items)
-                if raw.n != nil { throw RequestError("n is not supported on /v1/generate (one PNG per request); use /v1/images/generations") }
             }
-            params = try raw.validate(models: models, maxImages: options.maxImagesPerRequest,
+            params = try raw.validate(models: models, maxImages: options.maxImagesPerRequest, allowsN: openAI,
                                       randomSeed: { UInt64.random(in: 0...UInt64.max) })
-        } catch let e as RequestError {
-            let status: HTTPStatus = e.type == "not_found_error" ? .notFound : .badRequest
-            respond(responder, .error(status, message: e.message, type: e.type))
-            return
         } catch {
-            respond(responder, .error(.badRequest, message: "\(error)"))
+            let status: HTTPStatus = error.type == "not_found_error" ? .notFound : .badRequest
+            respond(responder, .error(status, message: error.message, type: error.type))
             return
         }
         if draining.load(ordering: .acquiring) {
@@ -126,15 +141,21 @@ final class Router: Sendable {
                 var r: HTTPResponse
                 if openAI {
                     let data: [[String: Any]] = zip(pngs, params.images).map { png, img in
-                        ["b64_json": Data(png).base64EncodedString(), "seed": img.seed]
-                            .merging(img.label.map { ["label": $0] } ?? [:]) { a, _ in a }
+                        var item: [String: Any] = ["b64_json": Data(png).base64EncodedString(), "seed": img.seed]
+                        if let l = img.label { item["label"] = l; item["label_name"] = params.labelName(l) }
+                        if let r = params.resolvedFromPrompt { item["revised_prompt"] = r }
+                        return item
                     }
                     let body: [String: Any] = ["created": Int(Date().timeIntervalSince1970), "data": data]
                     r = .json(Array((try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])) ?? Data()))
                 } else {
                     r = HTTPResponse(status: .ok, contentType: "image/png", body: pngs[0])
                     r.headers.add(name: "X-Seed", value: String(params.images[0].seed))
-                    if let l = params.images[0].label { r.headers.add(name: "X-Label", value: String(l)) }
+                    if let l = params.images[0].label {
+                        r.headers.add(name: "X-Label", value: String(l))
+                        r.headers.add(name: "X-Label-Name", value: params.labelName(l))
+                    }
+                    if let p = params.resolvedFromPrompt { r.headers.add(name: "X-Prompt-Resolved-To", value: p) }
                 }
                 r.headers.add(name: "X-Queue-Ms", value: String(format: "%.2f", seconds(wait) * 1000))
                 r.headers.add(name: "X-Compute-Ms", value: String(format: "%.2f", seconds(compute) * 1000))

@@ -38,7 +38,7 @@ public struct ServerOptions: Sendable {
             FlagSpec("host", "address to bind [ONESTEP_HOST]", default: d.host),
             FlagSpec("port", "TCP port, 0 picks a free one [ONESTEP_PORT]", default: String(d.port)),
             FlagSpec("models", "folder of model folders, or one model folder [ONESTEP_MODELS]", default: d.modelsDirectory),
-            FlagSpec("default-model", "model used when a request names none [ONESTEP_DEFAULT_MODEL]", default: "first by name"),
+            FlagSpec("default-model", "model used when a request names none [ONESTEP_DEFAULT_MODEL]", default: "shapes16-cd-int8 if loaded, else the first by name"),
             FlagSpec("workers", "compute threads, each running whole batches [ONESTEP_WORKERS]", default: String(d.workers)),
             FlagSpec("threads", "OpenBLAS threads per GEMM [ONESTEP_THREADS]", default: String(d.blasThreads)),
             FlagSpec("max-batch", "images per batch [ONESTEP_MAX_BATCH]", default: String(d.maxBatch)),

@@ -1,6 +1,6 @@
-// PNG encoding and decoding through libpng's simplified API (png_image_*).
-// This is the only file that imports CPNG. The simplified API reports failures in `png_image.message`
-// instead of longjmp-ing, so no setjmp ever crosses into Swift.
+// PNG encoding through libpng's simplified API (png_image_*), decoding through the low-level API wrapped in C
+// in CPNG/shim.h (onestep_png_*), which keeps every setjmp/longjmp inside C.
+// This is the only file that imports CPNG.
 import CPNG
 import Foundation
 
@@ -20,6 +20,20 @@ public struct PixelImage: Sendable, Equatable {
         self.height = height
         self.channels = channels
         self.pixels = pixels
+    }
+
+    /// The image enlarged `factor` times by nearest neighbour (each pixel becomes a factor x factor block), so
+    /// 16x16 samples can be looked at without blur. Precondition: factor >= 1.
+    public func scaled(by factor: Int) -> PixelImage {
+        precondition(factor >= 1, "scale factor must be at least 1")
+        guard factor > 1 else { return self }
+        let w = width * factor, h = height * factor, c = channels
+        var out = [UInt8](repeating: 0, count: w * h * c)
+        for y in 0..<h {
+            let src = (y / factor) * width
+            for x in 0..<w { for k in 0..<c { out[(y * w + x) * c + k] = pixels[(src + x / factor) * c + k] } }
+        }
+        return PixelImage(width: w, height: h, channels: c, pixels: out)
     }
 
     /// A blank image filled with one value.
@@ -98,41 +112,75 @@ public enum PNG {
         return out
     }
 
-    /// Decodes PNG bytes. `channels` picks the output layout (1 gray, 3 RGB, 4 RGBA; nil keeps the file's own
-    /// gray/RGB choice and drops alpha by compositing on black, as libpng's simplified API does).
+    /// Decodes PNG bytes to 8-bit samples as the PNG spec defines them: palette entries looked up, grey of 1, 2 or
+    /// 4 bits scaled to 0...255, 16-bit samples rounded to round(v * 255 / 65535), tRNS made an alpha channel,
+    /// interlacing undone; gAMA / sRGB / cHRM / iCCP are not applied (they say how to display the samples, and
+    /// every other decoder we compare with, pypng and Pillow, returns the samples as stored).
+    /// `channels` picks the output layout: 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA; nil keeps the file's own
+    /// grey/RGB choice without alpha. Alpha dropped is composited on black (v * a / 255, rounded); alpha added is
+    /// 255; RGB to grey is Rec. 709 luma on the stored values (round(0.2126 R + 0.7152 G + 0.0722 B)).
+    /// Throws `PNGError` naming the problem; images over `maxPixels` are refused before pixels are allocated.
     public static func decode(_ bytes: [UInt8], channels: Int? = nil,
                               maxPixels: Int = defaultMaxPixels) throws -> PixelImage {
         guard bytes.count >= 8 else { throw PNGError.decodeFailed("only \(bytes.count) bytes") }
+        guard bytes.starts(with: signature) else {
+            throw PNGError.decodeFailed("the file does not start with the PNG signature")
+        }
+        if let channels, !(1...4).contains(channels) {
+            throw PNGError.decodeFailed("\(channels) output channels asked; 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA)")
+        }
         try checkChunkLengths(bytes)
-        var image = png_image()
-        image.version = UInt32(PNG_IMAGE_VERSION)
-        let begun = bytes.withUnsafeBytes { src in
-            png_image_begin_read_from_memory(&image, src.baseAddress, src.count)
+        return try bytes.withUnsafeBufferPointer { src -> PixelImage in
+            var r = onestep_png_reader()
+            r.data = src.baseAddress
+            r.size = src.count
+            defer { onestep_png_end(&r) }
+            guard onestep_png_begin(&r) != 0 else { throw PNGError.decodeFailed(readerMessage(&r)) }
+            let width = Int(r.width), height = Int(r.height), native = Int(r.channels)
+            guard width > 0, height > 0, width.multipliedReportingOverflow(by: height).overflow == false,
+                  width * height <= maxPixels else {
+                throw PNGError.tooLarge(width: width, height: height, limit: maxPixels)
+            }
+            var pixels = [UInt8](repeating: 0, count: width * height * native)
+            let ok = pixels.withUnsafeMutableBufferPointer { onestep_png_finish(&r, $0.baseAddress) }
+            guard ok != 0 else { throw PNGError.decodeFailed(readerMessage(&r)) }
+            let decoded = PixelImage(width: width, height: height, channels: native, pixels: pixels)
+            let want = channels ?? (native >= 3 ? 3 : 1)
+            return want == native ? decoded : convert(decoded, to: want)
         }
-        guard begun != 0 else {
-            let m = message(image)
-            png_image_free(&image)
-            throw PNGError.decodeFailed(m)
+    }
+
+    private static func readerMessage(_ r: inout onestep_png_reader) -> String {
+        withUnsafeBytes(of: &r.message) { raw in
+            let m = String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            return m.isEmpty ? "libpng could not read it" : m
         }
-        let width = Int(image.width), height = Int(image.height)
-        guard width > 0, height > 0, width.multipliedReportingOverflow(by: height).overflow == false,
-              width * height <= maxPixels else {
-            png_image_free(&image)
-            throw PNGError.tooLarge(width: width, height: height, limit: maxPixels)
+    }
+
+    /// Changes the channel layout of an 8-bit image (rules in `decode`).
+    static func convert(_ img: PixelImage, to channels: Int) -> PixelImage {
+        let n = img.width * img.height, c = img.channels
+        let hasAlpha = c == 2 || c == 4, wantAlpha = channels == 2 || channels == 4
+        var out = [UInt8](repeating: 0, count: n * channels)
+        img.pixels.withUnsafeBufferPointer { src in
+            for i in 0..<n {
+                let p = i * c
+                var r = Int(src[p]), g = r, b = r
+                if c >= 3 { g = Int(src[p + 1]); b = Int(src[p + 2]) }
+                let a = hasAlpha ? Int(src[p + c - 1]) : 255
+                if !wantAlpha && a != 255 {
+                    r = (r * a + 127) / 255; g = (g * a + 127) / 255; b = (b * a + 127) / 255
+                }
+                let q = i * channels
+                if channels <= 2 {
+                    out[q] = c >= 3 ? UInt8((2126 * r + 7152 * g + 722 * b + 5000) / 10000) : UInt8(r)
+                } else {
+                    out[q] = UInt8(r); out[q + 1] = UInt8(g); out[q + 2] = UInt8(b)
+                }
+                if wantAlpha { out[q + channels - 1] = UInt8(a) }
+            }
         }
-        let fileIsColor = (image.format & UInt32(PNG_FORMAT_FLAG_COLOR)) != 0
-        let outChannels = channels ?? (fileIsColor ? 3 : 1)
-        image.format = format(forChannels: outChannels)
-        var pixels = [UInt8](repeating: 0, count: width * height * outChannels)
-        let ok = pixels.withUnsafeMutableBytes { dst in
-            png_image_finish_read(&image, nil, dst.baseAddress, Int32(width * outChannels), nil)
-        }
-        guard ok != 0 else {
-            let m = message(image)
-            png_image_free(&image)
-            throw PNGError.decodeFailed(m)
-        }
-        return PixelImage(width: width, height: height, channels: outChannels, pixels: pixels)
+        return PixelImage(width: img.width, height: img.height, channels: channels, pixels: out)
     }
 
     private static let signature: [UInt8] = [0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]

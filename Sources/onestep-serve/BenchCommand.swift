@@ -119,10 +119,14 @@ enum BenchCommand {
     }
 
     static func table(_ rows: [Row]) -> String {
-        var s = "model                 dtype    batch  ms/batch   images/s    GFLOP/s   sgemm GFLOP/s   ratio\n"
+        // Columns as wide as their longest entry: padding(toLength:) truncates, which printed "fp32-bla" for
+        // "fp32-blas" and would cut long model names.
+        func pad(_ s: String, _ w: Int) -> String { s + String(repeating: " ", count: max(0, w - s.count)) }
+        let mw = max(22, (rows.map(\.model.count).max() ?? 0) + 1), dw = max(10, (rows.map(\.dtype.count).max() ?? 0) + 1)
+        var s = pad("model", mw) + pad("dtype", dw) + "batch  ms/batch   images/s    GFLOP/s   sgemm GFLOP/s   ratio\n"
         for r in rows {
-            s += r.model.padding(toLength: 22, withPad: " ", startingAt: 0) + r.dtype.padding(toLength: 8, withPad: " ", startingAt: 0)
-            s += String(format: "%6d %9.3f %10.1f %10.2f %15.2f %7.3f\n", r.batch, r.batchMilliseconds, r.imagesPerSecond, r.gflops, r.sgemmGflops, r.ratio)
+            s += pad(r.model, mw) + pad(r.dtype, dw)
+            s += String(format: "%5d %9.3f %10.1f %10.2f %15.2f %7.3f\n", r.batch, r.batchMilliseconds, r.imagesPerSecond, r.gflops, r.sgemmGflops, r.ratio)
         }
         return s
     }

@@ -15,6 +15,8 @@ enum Commands {
         FlagSpec("label", "class index or class name (class-conditional models)"),
         FlagSpec("steps", "sampling steps (default: the model's: 1 for a consistency model, 18 for an EDM teacher)"),
         FlagSpec("n", "number of images; more than one are tiled into a grid in --out (also -n N)", default: "1"),
+        FlagSpec("per-class", "one row per class (class-conditional models): n images per row, seeds S..S+n-1", isSwitch: true),
+        FlagSpec("scale", "enlarge the PNG N times, nearest neighbour (1...64), so small images can be seen", default: "1"),
         FlagSpec("out", "output PNG file"),
     ]
 
@@ -26,24 +28,35 @@ enum Commands {
         }
         let n = try f.int("n", range: 1...256) ?? 1
         if let note = pipeline.samplerAssumption { FileHandle.standardError.write(Data("note: \(note)\n".utf8)) }
+        let scale = try f.int("scale", range: 1...64) ?? 1
+        let perClass = f.isSet("per-class")
+        if perClass {
+            guard let classes = pipeline.numClasses else { throw FlagError("--per-class: this model is unconditional; leave it out") }
+            guard f.string("label") == nil else { throw FlagError("--per-class draws every class; leave out --label") }
+            guard classes * n <= 4096 else { throw FlagError("--per-class: \(classes) classes x -n \(n) is more than 4096 images; lower -n") }
+        }
         let steps = try f.int("steps", range: pipeline.sampler.stepRange) ?? pipeline.sampler.defaultSteps
         let label: Int?
         switch pipeline.resolveLabel(f.string("label")) {
         case .success(let l): label = l
         case .failure(let e): throw FlagError("--label: \(e)")
         }
-        let reqs = (0..<n).map { GenerationRequest(seed: seed &+ UInt64($0), label: label) }
+        // --per-class: row r is class r, column i seed S + i (the model card's samples.png layout).
+        let rows = perClass ? (pipeline.numClasses ?? 1) : 1
+        let reqs = (0..<rows).flatMap { r in
+            (0..<n).map { GenerationRequest(seed: seed &+ UInt64($0), label: perClass ? r : label) }
+        }
         let start = Date()
         let images = pipeline.generate(reqs, steps: steps)
         let seconds = Date().timeIntervalSince(start)
-        if n == 1 {
+        if reqs.count == 1 && scale == 1 {
             try AtomicFile.write(try ImagePipeline.pngs(images)[0], to: out)
         } else {
-            let cols = Int(Double(n).squareRoot().rounded(.up))
-            try AtomicFile.write(try PNG.encode(ImagePipeline.grid(images, columns: cols)), to: out)
+            let cols = perClass ? n : Int(Double(n).squareRoot().rounded(.up))
+            try AtomicFile.write(try PNG.encode(ImagePipeline.grid(images, columns: cols).scaled(by: scale)), to: out)
         }
-        let classText = label.map { l in " class \(pipeline.classNames?[l] ?? String(l))" } ?? ""
-        print("wrote \(out): \(n) image(s) \(pipeline.imageSize)x\(pipeline.imageSize), seeds \(seed)...\(seed &+ UInt64(n - 1))\(classText), \(steps) step(s), \(String(format: "%.3f", seconds)) s")
+        let classText = perClass ? " one row per class" : label.map { l in " class \(pipeline.classNames?[l] ?? String(l))" } ?? ""
+        print("wrote \(out): \(reqs.count) image(s) \(pipeline.imageSize)x\(pipeline.imageSize)\(scale > 1 ? " shown \(scale)x" : ""), seeds \(seed)...\(seed &+ UInt64(n - 1))\(classText), \(steps) step(s), \(String(format: "%.3f", seconds)) s")
     }
 
     static let runUNet = Subcommand("run-unet", summary: "run a model's UNet on saved inputs (checks a port against PyTorch)",

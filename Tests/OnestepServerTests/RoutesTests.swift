@@ -171,7 +171,7 @@ final class RoutesTests: XCTestCase {
 
         let cases: [(String, TestResponse, String)] = [
             ("label out of range", try server.get("/v1/generate?label=10"), "out of range"),
-            ("unknown parameter", try server.get("/v1/generate?colour=red"), "unknown query parameter"),
+            ("unknown parameter", try server.get("/v1/generate?colour=red"), "unknown field 'colour'"),
             ("bad seed", try server.get("/v1/generate?seed=-1"), "seed"),
             ("too many steps", try server.get("/v1/generate?steps=99"), "steps"),
             ("n on /v1/generate", try server.get("/v1/generate?n=2"), "n is not supported"),

@@ -4,6 +4,8 @@
 //                                                                 maps each folder to its class, see ModelIndex).
 // A bare folder may hold scheduler_config.json beside config.json (Onestep writes one). Without any scheduler config
 // a bare UNet is sampled as a consistency model, and the load says so (LoadedSampler.assumption).
+// The weights may carry a diffusers variant in their name (`diffusion_pytorch_model.fp16.safetensors`, as
+// `save_pretrained(variant="fp16")` writes them); see `ModelDirectory.weightsFile`.
 import Foundation
 
 public struct ModelLoadError: Error, CustomStringConvertible {
@@ -32,7 +34,9 @@ public struct ModelDirectory: Sendable {
     /// model_index.json's component table for a pipeline folder; nil for a bare component folder.
     public let index: ModelIndex?
 
-    public init(path: String) throws {
+    /// `variant` picks `diffusion_pytorch_model.<variant>.safetensors` (diffusers' `variant=` argument); nil takes
+    /// the plain file, or the only variant file when there is no plain one.
+    public init(path: String, variant: String? = nil) throws {
         let fm = FileManager.default
         var isDir: ObjCBool = false
         guard fm.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
@@ -45,16 +49,45 @@ public struct ModelDirectory: Sendable {
         let unetFolder = try index?.unetFolder() ?? ""
         let unetDir = isPipeline ? path + "/" + unetFolder : path
         unetConfigPath = unetDir + "/config.json"
-        weightsPath = unetDir + "/diffusion_pytorch_model.safetensors"
+        guard fm.fileExists(atPath: unetConfigPath) else {
+            throw ModelLoadError(path: path, problem: "\(unetConfigPath) is missing; a model folder needs config.json and diffusion_pytorch_model.safetensors" + (isPipeline ? " under \(unetFolder)/" : ""))
+        }
+        weightsPath = try Self.weightsFile(in: unetDir, base: "diffusion_pytorch_model", variant: variant)
         let schedulerFolder = index?.folder(for: .scheduler)
         let sched = isPipeline ? path + "/" + (schedulerFolder ?? "scheduler") + "/scheduler_config.json" : path + "/scheduler_config.json"
         schedulerConfigPath = fm.fileExists(atPath: sched) ? sched : nil
         if isPipeline, schedulerFolder != nil, schedulerConfigPath == nil {
             throw ModelLoadError(path: sched, problem: "is missing; model_index.json lists a scheduler, so its folder needs scheduler_config.json")
         }
-        for f in [unetConfigPath, weightsPath] where !fm.fileExists(atPath: f) {
-            throw ModelLoadError(path: path, problem: "\(f) is missing; a model folder needs config.json and diffusion_pytorch_model.safetensors" + (isPipeline ? " under \(unetFolder)/" : ""))
+    }
+
+    /// The weights file of a diffusers component folder: `DIR/BASE.safetensors`, or with a variant
+    /// `DIR/BASE.VARIANT.safetensors` (diffusers' `_add_variant`: the variant goes before the extension; BASE is
+    /// `diffusion_pytorch_model` for UNets and VAEs, `model` for transformers' text encoders). With no variant
+    /// asked and no plain file, a single variant file is taken; several are refused, naming them.
+    /// Throws `ModelLoadError` saying which files exist and what to pass.
+    public static func weightsFile(in dir: String, base: String, variant: String? = nil) throws -> String {
+        let fm = FileManager.default
+        let plain = "\(dir)/\(base).safetensors"
+        let present = ((try? fm.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasSuffix(".safetensors") }.sorted()
+        let variants = present.compactMap { f -> String? in
+            guard f.hasPrefix(base + "."), f != base + ".safetensors" else { return nil }
+            let v = String(f.dropFirst(base.count + 1).dropLast(".safetensors".count))
+            return v.isEmpty || v.contains(".") ? nil : v
         }
+        if let variant {
+            let p = "\(dir)/\(base).\(variant).safetensors"
+            guard fm.fileExists(atPath: p) else {
+                throw ModelLoadError(path: dir, problem: "has no \(base).\(variant).safetensors for variant '\(variant)' (variants here: \(variants.isEmpty ? "none" : variants.joined(separator: ", "))\(fm.fileExists(atPath: plain) ? "; the plain \(base).safetensors is there" : ""))")
+            }
+            return p
+        }
+        if fm.fileExists(atPath: plain) { return plain }
+        if variants.count == 1 { return "\(dir)/\(base).\(variants[0]).safetensors" }
+        if variants.isEmpty {
+            throw ModelLoadError(path: dir, problem: "\(plain) is missing; a model folder needs config.json and \(base).safetensors (or a variant such as \(base).fp16.safetensors)")
+        }
+        throw ModelLoadError(path: dir, problem: "holds several weight variants (\(variants.joined(separator: ", "))) and no plain \(base).safetensors; say which variant to load")
     }
 
     public func loadConfig() throws -> UNetConfig {

@@ -88,35 +88,48 @@ public struct SafetensorsFile: Sendable {
         self.payload = Array(bytes[(8 + headerLength)...])
     }
 
+    /// The reference reader's limit (safetensors/src/tensor.rs MAX_HEADER_SIZE).
+    static let referenceMaxHeader = 100_000_000
+
     static func checkHeaderLength(_ b: [UInt8], fileSize: Int, path: String) throws -> Int {
         var n: UInt64 = 0
         for i in 0..<8 { n |= UInt64(b[i]) << (8 * UInt64(i)) }
-        guard n > 2, n <= UInt64(fileSize - 8), n <= UInt64(maxHeaderBytes) else {
+        guard n <= UInt64(min(maxHeaderBytes, referenceMaxHeader)) else {
+            throw SafetensorsError(file: path, problem: "header length \(n) is over the format's \(referenceMaxHeader)-byte limit; the file is corrupt or not safetensors")
+        }
+        // "{}" (2 bytes) is the smallest header: a file with no tensors.
+        guard n >= 2, n <= UInt64(fileSize - 8) else {
             throw SafetensorsError(file: path, problem: "header length \(n) does not fit a \(fileSize)-byte file; the file is truncated or not safetensors")
         }
         return Int(n)
     }
 
+    /// Parses the header and checks every rule of the format (as the reference reader's `Metadata::validate`):
+    /// a JSON object starting with `{`, no key twice, `__metadata__` a string-to-string map, each tensor a known
+    /// dtype with a shape of non-negative integers and integer `data_offsets` whose length is the shape's byte
+    /// count, and the tensors, sorted by offset, back to back from 0 to the end of the data section: no byte
+    /// owned by two tensors, none owned by no tensor. Zero-size tensors (`[k, k]`) are allowed.
     static func parseHeader(_ header: [UInt8], dataSize: Int, path: String) throws -> ([String: TensorEntry], [String: String]) {
-        let json: Any
-        do {
-            json = try JSONSerialization.jsonObject(with: Data(header))
-        } catch {
-            throw SafetensorsError(file: path, problem: "header is not valid JSON (\(error.localizedDescription)); the file is corrupt")
+        guard header.first == UInt8(ascii: "{") else {
+            throw SafetensorsError(file: path, problem: "header does not start with '{'; the file is corrupt or not safetensors")
         }
-        guard let top = json as? [String: Any] else {
+        let json: HeaderJSON
+        do { json = try HeaderJSONParser.parse(header) } catch let e as HeaderJSONError {
+            throw SafetensorsError(file: path, problem: "header is not valid JSON at byte \(e.offset): \(e.problem); the file is corrupt")
+        }
+        guard case .object(let top) = json else {
             throw SafetensorsError(file: path, problem: "header is not a JSON object")
         }
         var entries: [String: TensorEntry] = [:]
         var metadata: [String: String] = [:]
         for (name, value) in top {
             if name == "__metadata__" {
-                guard let m = value as? [String: Any] else {
-                    throw SafetensorsError(file: path, problem: "__metadata__ is not an object")
+                guard case .object(let m) = value else {
+                    throw SafetensorsError(file: path, problem: "__metadata__ is \(value.shortText), not an object of strings")
                 }
                 for (k, v) in m {
-                    guard let s = v as? String else {
-                        throw SafetensorsError(file: path, problem: "__metadata__ value for '\(k)' is not a string")
+                    guard case .string(let s) = v else {
+                        throw SafetensorsError(file: path, problem: "__metadata__ value for '\(k)' is \(v.shortText), not a string")
                     }
                     metadata[k] = s
                 }
@@ -124,34 +137,62 @@ public struct SafetensorsFile: Sendable {
             }
             entries[name] = try parseEntry(name: name, value: value, dataSize: dataSize, path: path)
         }
+        try checkCoverage(entries.values, dataSize: dataSize, path: path)
         return (entries, metadata)
     }
 
-    static func parseEntry(name: String, value: Any, dataSize: Int, path: String) throws -> TensorEntry {
+    /// The data section must be tiled exactly by the tensors in offset order (reference: `Metadata::validate`,
+    /// errors InvalidOffset and MetadataIncompleteBuffer).
+    static func checkCoverage<S: Sequence>(_ entries: S, dataSize: Int, path: String) throws where S.Element == TensorEntry {
+        let sorted = entries.sorted { ($0.begin, $0.end, $0.name) < ($1.begin, $1.end, $1.name) }
+        var end = 0
+        var previous: String?
+        for e in sorted {
+            if e.begin < end {
+                throw SafetensorsError(file: path, tensor: e.name, problem: "data_offsets [\(e.begin), \(e.end)] overlap tensor '\(previous ?? "")' (which ends at \(end)); every byte belongs to one tensor, so the header is corrupt")
+            }
+            if e.begin > end {
+                let after = previous.map { "after tensor '\($0)' " } ?? "at the start of the data section "
+                throw SafetensorsError(file: path, tensor: e.name, problem: "data_offsets [\(e.begin), \(e.end)] leave bytes \(end)..<\(e.begin) \(after)owned by no tensor; tensors must be back to back, so the header is corrupt")
+            }
+            end = e.end
+            previous = e.name
+        }
+        guard end == dataSize else {
+            let last = previous.map { "the last tensor '\($0)' ends at byte \(end)" } ?? "there are no tensors"
+            throw SafetensorsError(file: path, problem: "the data section is \(dataSize) bytes but \(last); \(dataSize - end) bytes are owned by no tensor (appended data or a corrupt header)")
+        }
+    }
+
+    static func parseEntry(name: String, value: HeaderJSON, dataSize: Int, path: String) throws -> TensorEntry {
         func fail(_ p: String) -> SafetensorsError { SafetensorsError(file: path, tensor: name, problem: p) }
-        guard let obj = value as? [String: Any] else { throw fail("entry is not an object") }
-        guard let dtypeName = obj["dtype"] as? String else { throw fail("has no dtype") }
+        guard case .object(let members) = value else { throw fail("entry is \(value.shortText), not an object") }
+        let obj = Dictionary(members, uniquingKeysWith: { a, _ in a })
+        guard case .string(let dtypeName)? = obj["dtype"] else { throw fail("has no dtype string") }
         guard let dtype = SafetensorsDType(rawValue: dtypeName) else {
             throw fail("dtype \(dtypeName) is not supported (supported: \(SafetensorsDType.allCases.map(\.rawValue).joined(separator: ", ")))")
         }
-        guard let shapeAny = obj["shape"] as? [Any] else { throw fail("has no shape array") }
+        guard case .array(let shapeItems)? = obj["shape"] else { throw fail("has no shape array") }
+        let shapeText = HeaderJSON.array(shapeItems).shortText
         var shape: [Int] = []
         var count = 1
-        for d in shapeAny {
-            guard let v = JSONValues.integer(d), v >= 0 else {
-                throw fail("shape \(shapeAny) has an entry that is not a non-negative integer")
+        for d in shapeItems {
+            guard case .integer(let iv, _) = d, let v = iv, v >= 0 else {
+                throw fail("shape \(shapeText) has an entry that is not a non-negative integer")
             }
             let (m, overflow) = count.multipliedReportingOverflow(by: v)
-            guard !overflow, m <= dataSize else { throw fail("shape \(shapeAny) is larger than the file") }
+            guard !overflow, m <= dataSize else { throw fail("shape \(shapeText) is larger than the file") }
             count = m
             shape.append(v)
         }
-        guard let offs = obj["data_offsets"] as? [Any], offs.count == 2,
-              let b = JSONValues.integer(offs[0]), let e = JSONValues.integer(offs[1]) else {
+        guard case .array(let offs)? = obj["data_offsets"], offs.count == 2 else {
             throw fail("data_offsets is not a pair of integers")
         }
-        guard b >= 0, b <= e, e <= dataSize else {
-            throw fail("data_offsets [\(b), \(e)] fall outside the \(dataSize)-byte data section; the file is truncated or corrupt")
+        guard case .integer(let bv, _) = offs[0], case .integer(let ev, _) = offs[1] else {
+            throw fail("data_offsets \(HeaderJSON.array(offs).shortText) are not integers; byte offsets are written without a fraction or exponent")
+        }
+        guard let b = bv, let e = ev, b >= 0, b <= e, e <= dataSize else {
+            throw fail("data_offsets \(HeaderJSON.array(offs).shortText) fall outside the \(dataSize)-byte data section; the file is truncated or corrupt")
         }
         guard e - b == count * dtype.byteSize else {
             throw fail("holds \(e - b) bytes but shape \(shape) of \(dtype.rawValue) needs \(count * dtype.byteSize)")

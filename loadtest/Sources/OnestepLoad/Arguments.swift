@@ -21,6 +21,9 @@ public struct Scenario: Codable, Sendable, Equatable {
     public var fail_if: [String]?
     public var seed_start: Int?
     public var late_after: String?
+    /// "1%", "0.05" or "off" (see --error-budget).
+    public var error_budget: String?
+    public var threads: Int?
 }
 
 public enum Arguments {
@@ -49,6 +52,10 @@ public enum Arguments {
       --expect-size WxH      shorthand for --expect png:WxH
       --fail-if EXPR         fail (exit 1) when EXPR holds: p50..p99.99|max|mean OP latency, error_rate OP 1%,
                              rate OP req/s; OP is > >= < <=  (repeatable), e.g. --fail-if 'p99>250ms'
+      --error-budget F       fail (exit 1) when more than F of the measured requests fail, 0..1 or % (default 1%;
+                             `off` to allow any); not added when a --fail-if names error_rate
+      --threads T            I/O threads (default: the core count), connections spread over them, one merged
+                             report; at most --connections
       --json FILE            write the full report as JSON
       --raw FILE.csv         write one CSV line per request
       --plot FILE.png        write the percentile spectrum and latency-over-time plot
@@ -65,7 +72,8 @@ public enum Arguments {
       --slowloris-interval D pause between two slowloris bytes (default 1s)
       --quiet                no live progress line (it only shows when stderr is a terminal anyway)
       -h, --help             this text
-    Exit codes: 0 ok, 1 a --fail-if threshold failed, 2 bad usage or unreadable input, 3 an output file
+    Exit codes: 0 ok, 1 a --fail-if threshold or the error budget failed (a threshold on a metric with no
+    samples fails as "no data"), 2 bad usage or unreadable input, 3 an output file
     could not be written.
     """
 
@@ -108,6 +116,8 @@ public enum Arguments {
         var expectText = scenario.expect
         var failIf = scenario.fail_if ?? []
         var seedStart = scenario.seed_start ?? 0
+        var threads = scenario.threads
+        var errorBudget: Double? = try scenario.error_budget.map { try budget($0, "error_budget") } ?? LoadConfig.defaultErrorBudget
         var json: String?, raw: String?, plot: String?
         var quiet = false, spectrum = true
         var abortWindow: (Double, Double)?, abortFraction: Double?, minSleep: Double = 0
@@ -157,6 +167,8 @@ public enum Arguments {
                 guard parseSize(v) != nil else { throw UsageError("--expect-size must look like 32x32, got '\(v)'") }
                 expectText = "png:\(v)"
             case "--fail-if": failIf.append(try value(a))
+            case "--error-budget": errorBudget = try budget(try value(a), a)
+            case "--threads": threads = try positiveInt(a)
             case "--json": json = try value(a)
             case "--raw": raw = try value(a)
             case "--plot": plot = try value(a)
@@ -255,6 +267,11 @@ public enum Arguments {
             config.expect = .png(width: nil, height: nil)
         }
         config.thresholds = try failIf.map { try Threshold(parsing: $0) }
+        config.errorBudget = errorBudget
+        if let t = threads {
+            guard t >= 1, t <= 1024 else { throw UsageError("--threads must be 1...1024, got \(t)") }
+            config.threads = t
+        }
         config.jsonPath = json
         config.rawPath = raw
         config.plotPath = plot
@@ -309,6 +326,16 @@ public enum Arguments {
         }
         guard !host.isEmpty, (1...65535).contains(port) else { return nil }
         return (String(host), port)
+    }
+
+    /// "off" (nil), a fraction 0...1 or a percentage 0%...100%.
+    private static func budget(_ text: String, _ flag: String) throws -> Double? {
+        if text.lowercased() == "off" { return nil }
+        let f = text.hasSuffix("%") ? Double(text.dropLast()).map { $0 / 100 } : Double(text)
+        guard let f, f >= 0, f <= 1 else {
+            throw UsageError("\(flag) must be a fraction 0..1, a percentage 0%..100% or off, got '\(text)'")
+        }
+        return f
     }
 
     private static func seconds(_ text: String, _ flag: String) throws -> Double {

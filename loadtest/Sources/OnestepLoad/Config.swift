@@ -77,6 +77,10 @@ public struct LoadConfig: Sendable, Equatable {
     /// Lag past the intended send time after which a request is "not sent on time"; nil = one interval, >= 1 ms.
     public var lateAfter: Double? = nil
     public var thresholds: [Threshold] = []
+    /// Most failed share of the measured requests before the run fails (exit 1); nil = no budget. Only applied
+    /// when no `--fail-if` names error_rate. Default 1%: a run whose requests all failed is never green.
+    public var errorBudget: Double? = LoadConfig.defaultErrorBudget
+    public static let defaultErrorBudget: Double? = 0.01
     public var jsonPath: String? = nil
     public var rawPath: String? = nil
     public var plotPath: String? = nil
@@ -90,6 +94,20 @@ public struct LoadConfig: Sendable, Equatable {
     /// is under 1 ms away, which keeps a core busy at high rates; on a machine the server shares, 1ms gives that
     /// core back at the price of requests leaving up to about 1 ms after S_i (visible as queueing).
     public var minSleep: Double = 0
+    /// `--threads`: I/O threads, each with its own libcurl multi handle and a share of the connections (and of
+    /// the open-loop schedule, request i going to thread i mod T); their histograms are merged into one report.
+    /// Never more than the connections.
+    public var threads: Int = LoadConfig.defaultThreads
+    public static var defaultThreads: Int { Swift.max(1, ProcessInfo.processInfo.activeProcessorCount) }
+    /// The threads a run uses: `threads`, but no more than there are connection slots.
+    public var effectiveThreads: Int {
+        let slots: Int
+        switch mode {
+        case .openLoop: slots = connections
+        case .closedLoop(let c): slots = c
+        }
+        return Swift.max(1, Swift.min(threads, slots, connections))
+    }
     /// `--idle-connections`, `--slowloris`: raw-socket clients held open beside the measured traffic.
     public var background: BackgroundPlan? = nil
 

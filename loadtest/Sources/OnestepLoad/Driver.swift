@@ -1,4 +1,7 @@
-// The I/O loop: one thread, one libcurl multi handle, one reusable easy handle per connection slot.
+// The I/O loop: one libcurl multi handle, one reusable easy handle per connection slot, per thread. With
+// `--threads T` (default: the core count) T such loops run side by side, each with its share of the connections
+// (and, open loop, the requests i with i mod T == its lane, each at its own S_i); their results are merged into
+// one set of histograms after the run.
 //
 // Open loop: every pass releases the requests whose intended time S_i has come (OpenLoopPacer), sends as many as
 // there are free slots, lets libcurl work, records completions, and sleeps (epoll, in CurlMulti.poll) until the
@@ -57,7 +60,12 @@ public final class LoadDriver {
     /// What the `--idle-connections` / `--slowloris` clients saw; nil when there were none.
     public private(set) var backgroundReport: BackgroundReport?
 
-    private let multi: CurlMulti
+    private let multi: CurlMulti?
+    /// This loop's lane of `lanes` (see the header); a coordinator of several threads has lanes == 1 and no slots.
+    private let lane: Int
+    private let lanes: Int
+    /// Threads `run()` starts: 1 runs the loop here.
+    private let threadCount: Int
     private var slots: [CurlEasy] = []
     private var freeSlots: [Int] = []
     private var inFlight: [InFlight?]
@@ -71,17 +79,31 @@ public final class LoadDriver {
     private let minSleepMs: Int
 
     /// - Precondition: the config was validated (`LoadConfig` from `Arguments.parse`).
-    public init(config: LoadConfig, raw: RawWriter? = nil) {
+    public convenience init(config: LoadConfig, raw: RawWriter? = nil) {
+        self.init(config: config, raw: raw, lane: 0, lanes: 1)
+    }
+
+    /// `lanes > 1`: one of the threads of a threaded run, owning its share of the slots and requests.
+    init(config: LoadConfig, raw: RawWriter?, lane: Int, lanes: Int) {
         precondition(!config.request.urls.isEmpty, "need at least one URL")
         self.config = config
+        self.lane = lane
+        self.lanes = lanes
         let rate: Double? = { if case .openLoop(let r) = config.mode { return r } else { return nil } }()
         results = RunResults(lateAfterNanos: config.lateAfterNanos, requestedRate: rate)
-        let slotCount: Int
+        let totalSlots: Int
         switch config.mode {
-        case .openLoop: slotCount = config.connections
-        case .closedLoop(let c): slotCount = c
+        case .openLoop: totalSlots = config.connections
+        case .closedLoop(let c): totalSlots = c
         }
-        multi = CurlMulti(maxConnections: Swift.min(slotCount, config.connections))
+        threadCount = lanes == 1 ? config.effectiveThreads : 1
+        let slotCount = threadCount > 1 ? 0 : Self.share(totalSlots, lane: lane, of: lanes)
+        if slotCount > 0 {
+            let connections = Swift.max(1, Self.share(config.connections, lane: lane, of: lanes))
+            multi = CurlMulti(maxConnections: Swift.min(slotCount, connections))
+        } else {
+            multi = nil
+        }
         let keepBody = config.expect != .none
         for s in 0..<slotCount {
             slots.append(CurlEasy(slot: s, method: config.request.method, headers: config.request.headers,
@@ -96,6 +118,11 @@ public final class LoadDriver {
         minSleepMs = Int((config.minSleep * 1000).rounded(.up))
     }
 
+    /// `total` split over `lanes`: the first `total mod lanes` lanes take one more.
+    static func share(_ total: Int, lane: Int, of lanes: Int) -> Int {
+        total / lanes + (lane < total % lanes ? 1 : 0)
+    }
+
     private func now() -> UInt64 { monotonicNanos() &- t0 }
 
     /// Runs the whole test and returns what was recorded.
@@ -106,6 +133,12 @@ public final class LoadDriver {
         defer { backgroundReport = background?.stop() }
         t0 = monotonicNanos()
         results.startedAtUnix = Date().timeIntervalSince1970
+        if threadCount > 1 { runThreads() } else { runLoop() }
+        raw?.close()
+        return results
+    }
+
+    private func runLoop() {
         switch config.mode {
         case .openLoop:
             guard let schedule = config.schedule else { preconditionFailure("open loop without a schedule") }
@@ -113,14 +146,36 @@ public final class LoadDriver {
         case .closedLoop:
             runClosedLoop()
         }
-        raw?.close()
-        return results
+    }
+
+    /// Runs `threadCount` loops on their own threads from the same T0 and merges what they recorded.
+    private func runThreads() {
+        struct Lane: @unchecked Sendable { let driver: LoadDriver }  // each driver is touched by one thread at a time
+        let drivers = (0..<threadCount).map { LoadDriver(config: config, raw: raw, lane: $0, lanes: threadCount) }
+        for d in drivers { d.t0 = t0 }
+        let group = DispatchGroup()
+        for d in drivers {
+            let lane = Lane(driver: d)
+            group.enter()
+            let thread = Thread {
+                lane.driver.runLoop()
+                group.leave()
+            }
+            thread.name = "onestep-load-\(d.lane)"
+            thread.start()
+        }
+        group.wait()
+        for d in drivers {
+            if results.measuredStart == 0 { results.measuredStart = d.results.measuredStart }
+            results.merge(d.results)
+            errorExamples.merge(d.errorExamples) { first, _ in first }
+        }
     }
 
     // MARK: Open loop
 
     private func runOpenLoop(_ schedule: OpenLoopSchedule) {
-        var pacer = OpenLoopPacer(schedule: schedule)
+        var pacer = OpenLoopPacer(schedule: schedule, lane: lane, lanes: lanes)
         var queue: [Int] = []  // due, waiting for a free slot (FIFO: queueHead is the oldest)
         var queueHead = 0
         results.measuredStart = schedule.measuredStartOffset
@@ -133,7 +188,7 @@ public final class LoadDriver {
             if !drainStarted {
                 let stop = interruptRequested.load(ordering: .relaxed) || t > sendDeadline
                 if !stop {
-                    queue.append(contentsOf: pacer.release(upTo: t))
+                    queue.append(contentsOf: pacer.releaseLane(upTo: t))
                     while queueHead < queue.count, let slot = freeSlots.popLast() {
                         let i = queue[queueHead]
                         queueHead += 1
@@ -146,7 +201,7 @@ public final class LoadDriver {
                 }
                 if stop || (pacer.isFinished && queueHead == queue.count) {
                     // Whatever is still scheduled or queued will not go out.
-                    let unsent = Array(queue[queueHead...]) + Array(pacer.next..<schedule.totalCount)
+                    let unsent = Array(queue[queueHead...]) + Array(pacer.unreleased)
                     for i in unsent {
                         results.record(Outcome(index: i, phase: schedule.phase(of: i), intended: schedule.intendedOffset(i),
                                                sent: t, done: t, status: 0, error: .unsent, errorKind: "unsent"))
@@ -154,7 +209,7 @@ public final class LoadDriver {
                     beginDrain(at: t)
                 }
             }
-            multi.perform()
+            multi!.perform()
             let finished = collect()
             if drainStarted && inFlightCount == 0 { break }
             t = now()
@@ -170,7 +225,7 @@ public final class LoadDriver {
                 waitMs = Int(dt / 1_000_000)  // round down: better to wake early than to send late
             }
             waitMs = Swift.max(waitMs, minSleepMs)  // --min-sleep: give the core back instead of spinning
-            if waitMs > 0 { multi.poll(timeoutMs: waitMs) }
+            if waitMs > 0 { multi!.poll(timeoutMs: waitMs) }
         }
     }
 
@@ -179,30 +234,31 @@ public final class LoadDriver {
     private func runClosedLoop() {
         let warmupNanos = UInt64(config.warmup * 1e9)
         let endNanos: UInt64? = config.requests == nil ? warmupNanos + UInt64((config.duration ?? 0) * 1e9) : nil
-        var nextIndex = 0
+        var nextIndex = lane  // request indices of this lane: lane, lane + lanes, ... (unique over the threads)
         var measuredSent = 0
+        let requests = config.requests.map { Self.share($0, lane: lane, of: lanes) }
         results.measuredStart = warmupNanos
         var nextProgress: UInt64 = 1_000_000_000
         while true {
             var t = now()
             if !drainStarted {
-                let limitReached = config.requests.map { measuredSent >= $0 } ?? false
+                let limitReached = requests.map { measuredSent >= $0 } ?? false
                 if interruptRequested.load(ordering: .relaxed) || limitReached || (endNanos.map { t >= $0 } ?? false) {
                     beginDrain(at: t)
                 } else {
                     while let slot = freeSlots.popLast() {
                         let phase: Phase = t < warmupNanos ? .warmup : .measured
-                        if phase == .measured, let n = config.requests, measuredSent >= n {
+                        if phase == .measured, let n = requests, measuredSent >= n {
                             freeSlots.append(slot); break
                         }
                         if phase == .measured { measuredSent += 1 }
                         start(index: nextIndex, phase: phase, intended: t, slot: slot, at: t)
-                        nextIndex += 1
+                        nextIndex += lanes
                         t = now()
                     }
                 }
             }
-            multi.perform()
+            multi!.perform()
             let finished = collect()
             if drainStarted && inFlightCount == 0 { break }
             t = now()
@@ -211,7 +267,7 @@ public final class LoadDriver {
             var waitMs = 100
             if let endNanos, !drainStarted, endNanos > t { waitMs = Swift.min(waitMs, Int((endNanos - t) / 1_000_000)) }
             if !drainStarted, t < warmupNanos { waitMs = Swift.min(waitMs, Int((warmupNanos - t) / 1_000_000)) }
-            multi.poll(timeoutMs: waitMs)
+            multi!.poll(timeoutMs: waitMs)
         }
     }
 
@@ -232,18 +288,18 @@ public final class LoadDriver {
         inFlight[slot] = InFlight(index: index, phase: phase, urlIndex: urlIndex, intended: intended, sent: sent,
                                   abortPlanned: abortMs != nil)
         inFlightCount += 1
-        multi.add(easy)
+        multi!.add(easy)
     }
 
     /// Records every finished transfer and frees its slot; returns how many finished.
     private func collect() -> Int {
-        let completions = multi.completions()
+        let completions = multi!.completions()
         guard !completions.isEmpty else { return 0 }
         let done = now()
         for c in completions {
             guard let f = inFlight[c.slot] else { continue }
             let easy = slots[c.slot]
-            multi.remove(easy)
+            multi!.remove(easy)
             inFlight[c.slot] = nil
             inFlightCount -= 1
             freeSlots.append(c.slot)
@@ -309,7 +365,7 @@ public final class LoadDriver {
     private func abandonInFlight(at t: UInt64) {
         for s in inFlight.indices {
             guard let f = inFlight[s] else { continue }
-            multi.remove(slots[s])
+            multi!.remove(slots[s])
             inFlight[s] = nil
             let o = Outcome(index: f.index, phase: f.phase, urlIndex: f.urlIndex, intended: f.intended, sent: f.sent,
                             done: t, status: 0, error: .timeout, errorKind: "timeout")
@@ -332,8 +388,10 @@ public final class LoadDriver {
 }
 
 /// `--raw FILE.csv`: one line per request, written as requests finish.
-public final class RawWriter {
+public final class RawWriter: @unchecked Sendable {
     private let file: UnsafeMutablePointer<FILE>
+    /// Several `--threads` write lines; each line goes out whole.
+    private let lock = NSLock()
 
     public static let header = "index,phase,url_index,intended_ms,sent_ms,done_ms,status,error,bytes,corrected_ms,uncorrected_ms,queueing_ms\n"
 
@@ -350,7 +408,9 @@ public final class RawWriter {
         let line = "\(o.index),\(o.phase.rawValue),\(o.urlIndex),\(ms(o.intended)),\(ms(o.sent)),\(ms(o.done)),"
             + "\(o.status),\(o.error?.rawValue ?? o.aborted.map { "aborted_" + $0.rawValue } ?? ""),\(o.bytes),\(msMicros(o.correctedMicros)),"
             + "\(msMicros(o.uncorrectedMicros)),\(msMicros(o.queueingMicros))\n"
+        lock.lock()
         fputs(line, file)
+        lock.unlock()
     }
 
     func close() { fflush(file) }

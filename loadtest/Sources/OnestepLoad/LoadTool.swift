@@ -3,7 +3,7 @@ import Foundation
 
 public enum ExitCode {
     public static let ok: Int32 = 0
-    /// At least one `--fail-if` condition held.
+    /// At least one `--fail-if` condition held, had no data, or the error budget was exceeded.
     public static let thresholdFailed: Int32 = 1
     /// Bad flag, bad value, unreadable scenario or body file.
     public static let usage: Int32 = 2
@@ -53,7 +53,7 @@ public enum LoadTool {
         let results = driver.run()
         if live { FileHandle.standardError.write(Data("\r\u{1B}[K".utf8)) }
 
-        let checked = evaluate(config.thresholds, on: results)
+        let checked = evaluate(config.thresholds, errorBudget: config.errorBudget, on: results)
         output(TextReport.render(config: config, results: results, thresholds: checked, errorExamples: driver.errorExamples,
                                    background: driver.backgroundReport))
         var code = ExitCode.ok
@@ -81,7 +81,7 @@ public enum LoadTool {
         }
         let failed = checked.filter(\.failed)
         for f in failed {
-            printError("onestep-load: threshold failed: \(f.threshold.text) (measured \(f.threshold.format(f.measured)))")
+            printError("onestep-load: threshold failed: \(f.threshold.text) (measured \(f.measuredText))")
         }
         if !failed.isEmpty { return ExitCode.thresholdFailed }
         return code

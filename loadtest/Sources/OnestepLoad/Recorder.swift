@@ -102,6 +102,20 @@ public struct PhaseStats: Sendable {
     /// Requests that ended one way or another (deliberate aborts are not counted: they are neither).
     public var finished: Int { ok + errors }
 
+    /// Adds another thread's figures of the same phase (histograms merged, counts summed, extremes kept).
+    public mutating func merge(_ o: PhaseStats) {
+        corrected.add(o.corrected); uncorrected.add(o.uncorrected); queueing.add(o.queueing)
+        sent += o.sent; responses += o.responses; ok += o.ok; late += o.late; bytes += o.bytes
+        statusCounts.merge(o.statusCounts, uniquingKeysWith: +)
+        for (k, h) in o.latencyByStatus { latencyByStatus[k, default: Histogram()].add(h) }
+        errorCounts.merge(o.errorCounts, uniquingKeysWith: +)
+        errorKindCounts.merge(o.errorKindCounts, uniquingKeysWith: +)
+        abortedCounts.merge(o.abortedCounts, uniquingKeysWith: +)
+        firstIntended = Swift.min(firstIntended, o.firstIntended)
+        lastSent = Swift.max(lastSent, o.lastSent)
+        lastDone = Swift.max(lastDone, o.lastDone)
+    }
+
     /// Corrected latency of the responses whose status is in `statuses`, merged.
     public func latency(ofStatuses statuses: [Int]) -> Histogram {
         var merged = Histogram()
@@ -119,6 +133,17 @@ public struct TimelineSamples: Sendable {
     public let capacity: Int
 
     public init(capacity: Int = 200_000) { self.capacity = capacity }
+
+    /// Adds another thread's samples (kept in time order of their intended sends by the plot's x axis).
+    mutating func merge(_ o: TimelineSamples) {
+        points += o.points
+        stride = Swift.max(stride, o.stride)
+        seen += o.seen
+        while points.count >= capacity {
+            points = points.enumerated().filter { $0.offset % 2 == 0 }.map(\.element)
+            stride *= 2
+        }
+    }
 
     mutating func add(t: Double, corrected: Double, uncorrected: Double) {
         defer { seen += 1 }
@@ -154,6 +179,16 @@ public struct RunResults: Sendable {
     public init(lateAfterNanos: UInt64, requestedRate: Double?) {
         self.lateAfterNanos = lateAfterNanos
         self.requestedRate = requestedRate
+    }
+
+    /// Adds the results of another thread of the same run (same T0 and schedule).
+    public mutating func merge(_ o: RunResults) {
+        warmup.merge(o.warmup)
+        measured.merge(o.measured)
+        sendingEnded = Swift.max(sendingEnded, o.sendingEnded)
+        inFlightAtEnd += o.inFlightAtEnd
+        completedAfterEnd += o.completedAfterEnd
+        timeline.merge(o.timeline)
     }
 
     public mutating func record(_ o: Outcome) {

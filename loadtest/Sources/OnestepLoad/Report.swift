@@ -7,12 +7,23 @@ public let reportPercentiles: [Double] = [50, 75, 90, 99, 99.9, 99.99, 99.999, 1
 /// Result of checking every `--fail-if`.
 public struct ThresholdResult: Sendable {
     public var threshold: Threshold
-    public var measured: Double
+    /// nil: no data (which fails the threshold).
+    public var measured: Double?
     public var failed: Bool
+    /// "0.0123s", or "no data: ..." when nothing could be measured.
+    public var measuredText: String
 }
 
-public func evaluate(_ thresholds: [Threshold], on results: RunResults) -> [ThresholdResult] {
-    thresholds.map { ThresholdResult(threshold: $0, measured: $0.measured(in: results), failed: $0.fails(results)) }
+/// Checks the `--fail-if` thresholds, plus the error budget when one is set and no threshold names error_rate.
+public func evaluate(_ thresholds: [Threshold], errorBudget: Double? = nil, on results: RunResults) -> [ThresholdResult] {
+    var all = thresholds
+    if let b = errorBudget, !thresholds.contains(where: { $0.metric == .errorRate }) {
+        all.append(.errorBudget(b))
+    }
+    return all.map {
+        let m = $0.measured(in: results)
+        return ThresholdResult(threshold: $0, measured: m, failed: $0.fails(results), measuredText: $0.format(m, results))
+    }
 }
 
 /// Right-aligns `s` in `width` columns.
@@ -48,7 +59,7 @@ public enum TextReport {
         case .closedLoop(let c):
             line("  closed loop, \(c) in flight, warmup \(formatSeconds(config.warmup)), timeout \(formatSeconds(config.timeout))")
         }
-        line("  \(config.request.method), expect \(config.expect)")
+        line("  \(config.request.method), expect \(config.expect), \(config.effectiveThreads) thread\(config.effectiveThreads == 1 ? "" : "s")")
         line()
         line("  Latency Distribution (HdrHistogram, 1us..1h, 3 significant digits)")
         line("  corrected = from intended send time; uncorrected = from actual send; queueing = intended -> actual send")
@@ -118,7 +129,7 @@ public enum TextReport {
         line(String(format: "Requests/sec: %10.2f", r.achievedRate))
         line("Transfer/sec: \(formatBytes(r.measuredSeconds > 0 ? Double(m.bytes) / r.measuredSeconds : 0))")
         for t in thresholds {
-            line("threshold \(t.failed ? "FAILED" : "ok"): \(t.threshold.text) (measured \(t.threshold.format(t.measured)))")
+            line("threshold \(t.failed ? "FAILED" : "ok"): \(t.threshold.text) (measured \(t.measuredText))")
         }
         return out
     }
@@ -187,6 +198,8 @@ public struct JSONReport: Codable, Sendable {
         public var rate: Double?
         public var concurrency: Int?
         public var connections: Int
+        /// I/O threads actually used (`--threads`, at most the connections).
+        public var threads: Int
         public var duration_s: Double?
         public var requests: Int?
         public var warmup_s: Double
@@ -198,7 +211,8 @@ public struct JSONReport: Codable, Sendable {
     }
     public struct ThresholdReport: Codable, Sendable {
         public var expression: String
-        public var measured: Double
+        /// null when nothing could be measured (the threshold then failed as "no data").
+        public var measured: Double?
         public var failed: Bool
     }
 
@@ -253,7 +267,7 @@ public struct JSONReport: Codable, Sendable {
         case .closedLoop(let n): concurrency = n
         }
         config = ConfigReport(mode: rate == nil ? "closed" : "open", rate: rate, concurrency: concurrency,
-                              connections: c.connections, duration_s: c.requests == nil ? c.duration : nil,
+                              connections: c.connections, threads: c.effectiveThreads, duration_s: c.requests == nil ? c.duration : nil,
                               requests: c.requests, warmup_s: c.warmup, timeout_s: c.timeout,
                               late_after_ms: Double(r.lateAfterNanos) / 1e6, urls: c.request.urls,
                               method: c.request.method, expect: c.expect.description)

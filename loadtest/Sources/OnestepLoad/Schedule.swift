@@ -72,15 +72,39 @@ public struct OpenLoopSchedule: Sendable, Equatable {
 /// intended time.
 public struct OpenLoopPacer: Sendable {
     public let schedule: OpenLoopSchedule
-    /// The next request index not yet released.
+    /// With `--threads T`, thread `lane` of `lanes` owns the requests i with i mod lanes == lane; every request
+    /// keeps its own S_i, so the threads together follow the one schedule.
+    public let lane: Int
+    public let lanes: Int
+    /// The next request index of this lane not yet released.
     public private(set) var next = 0
 
-    public init(schedule: OpenLoopSchedule) { self.schedule = schedule }
+    /// - Precondition: 0 <= lane < lanes.
+    public init(schedule: OpenLoopSchedule, lane: Int = 0, lanes: Int = 1) {
+        precondition(lanes >= 1 && (0..<lanes).contains(lane), "lane must be in 0..<lanes")
+        self.schedule = schedule
+        self.lane = lane
+        self.lanes = lanes
+        next = lane
+    }
+
+    /// Releases this lane's requests intended at or before `offset` that have not been released yet.
+    public mutating func releaseLane(upTo offset: UInt64) -> StrideTo<Int> {
+        let due = schedule.dueCount(atOffset: offset)
+        guard due > next else { return stride(from: next, to: next, by: lanes) }
+        let released = stride(from: next, to: due, by: lanes)
+        next += (due - next + lanes - 1) / lanes * lanes
+        return released
+    }
+
+    /// This lane's requests not released yet.
+    public var unreleased: StrideTo<Int> { stride(from: next, to: Swift.max(next, schedule.totalCount), by: lanes) }
 
     public var isFinished: Bool { next >= schedule.totalCount }
 
-    /// Releases every request intended at or before `offset` that has not been released yet.
+    /// Releases every request intended at or before `offset` that has not been released yet (one lane only).
     public mutating func release(upTo offset: UInt64) -> Range<Int> {
+        precondition(lanes == 1, "release(upTo:) is for a single lane; use releaseLane(upTo:)")
         let due = schedule.dueCount(atOffset: offset)
         guard due > next else { return next..<next }
         defer { next = due }

@@ -101,9 +101,23 @@ public struct Threshold: Sendable, Equatable, CustomStringConvertible {
         return v
     }
 
-    /// The measured figure this threshold looks at, in the threshold's unit.
-    public func measured(in results: RunResults) -> Double {
+    /// The measured figure this threshold looks at, in the threshold's unit; nil when there is nothing to
+    /// measure (no response with a latency, or with one of the statuses asked; no finished request for the
+    /// error rate). A latency of a run where nothing answered is not 0 s.
+    public func measured(in results: RunResults) -> Double? {
         let h = statuses.map { results.measured.latency(ofStatuses: $0) } ?? results.measured.corrected
+        switch metric {
+        case .latencyPercentile, .latencyMax, .latencyMean:
+            guard h.totalCount > 0 else { return nil }
+        case .errorRate:
+            // Requests abandoned on purpose (--abort-after) are neither ok nor errors: a run of only those has
+            // no failure to count, which is data (0), not its absence.
+            let aborted = results.measured.abortedCounts.values.reduce(0, +)
+            guard results.measured.finished > 0 || aborted > 0 else { return nil }
+            if results.measured.finished == 0 { return 0 }
+        case .achievedRate:
+            break
+        }
         switch metric {
         case .latencyPercentile(let p): return Double(h.value(atPercentile: p)) / 1e6
         case .latencyMax: return Double(h.max) / 1e6
@@ -113,8 +127,35 @@ public struct Threshold: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    /// True when the condition holds, i.e. the run fails on this threshold.
-    public func fails(_ results: RunResults) -> Bool { comparison.holds(measured(in: results), value) }
+    /// True when the condition holds, i.e. the run fails on this threshold. No data fails too: a threshold that
+    /// cannot be checked must not pass silently.
+    public func fails(_ results: RunResults) -> Bool {
+        guard let m = measured(in: results) else { return true }
+        return comparison.holds(m, value)
+    }
+
+    /// Why `measured` is nil, for the report.
+    public func noDataReason(_ results: RunResults) -> String {
+        switch metric {
+        case .errorRate: return "no data: no measured request finished"
+        case .achievedRate: return "no data"
+        default:
+            let which = statuses.map { " with status " + $0.map(String.init).joined(separator: ",") } ?? ""
+            return "no data: no measured response\(which) (\(results.measured.responses) responses, \(results.measured.errors) errors)"
+        }
+    }
+
+    /// The implicit `--error-budget` threshold: error_rate > budget.
+    public static func errorBudget(_ budget: Double) -> Threshold {
+        var t = try! Threshold(parsing: "error_rate>\(budget)")
+        t.text = String(format: "error_rate>%g%% (error budget; --error-budget to change, off to allow any)", budget * 100)
+        return t
+    }
+
+    /// The measured figure, or the no-data reason.
+    public func format(_ v: Double?, _ results: RunResults) -> String {
+        v.map(format) ?? noDataReason(results)
+    }
 
     /// The measured figure formatted in the threshold's unit.
     public func format(_ v: Double) -> String {

@@ -77,26 +77,26 @@ public struct UNetConfig: Sendable, Equatable {
         try r.require("time_embedding_type", oneOf: ["positional"], default: "positional")
         try r.require("act_fn", oneOf: ["silu", "swish"], default: "silu")
         try r.requireNull("class_embed_type")
-        sampleSize = try r.int("sample_size", default: nil, range: 1...4096)
+        sampleSize = try r.squareSize("sample_size", range: 1...4096)
         inChannels = try r.int("in_channels", default: 3, range: 1...4)
         outChannels = try r.int("out_channels", default: 3, range: 1...4)
         centerInputSample = try r.bool("center_input_sample", default: false)
         flipSinToCos = try r.bool("flip_sin_to_cos", default: true)
         freqShift = try r.int("freq_shift", default: 0, range: 0...1)
-        downBlockTypes = try r.strings("down_block_types", default: ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"]).map { v in
+        downBlockTypes = try r.strings("down_block_types", default: ["DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"]).map(ConfigReader.blockName).map { v in
             guard let t = DownBlockType(rawValue: v) else {
                 throw ConfigError(key: "down_block_types", problem: "block type \(v) is not supported (supported: \(DownBlockType.allCases.map(\.rawValue).joined(separator: ", ")))")
             }
             return t
         }
-        upBlockTypes = try r.strings("up_block_types", default: ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"]).map { v in
+        upBlockTypes = try r.strings("up_block_types", default: ["AttnUpBlock2D", "AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"]).map(ConfigReader.blockName).map { v in
             guard let t = UpBlockType(rawValue: v) else {
                 throw ConfigError(key: "up_block_types", problem: "block type \(v) is not supported (supported: \(UpBlockType.allCases.map(\.rawValue).joined(separator: ", ")))")
             }
             return t
         }
-        let mid = d["mid_block_type"]
-        if mid == nil || mid is NSNull { midBlock = d.keys.contains("mid_block_type") ? false : true } else {
+        let mid = r.d["mid_block_type"]
+        if mid == nil || mid is NSNull { midBlock = r.d.keys.contains("mid_block_type") ? false : true } else {
             guard let m = mid as? String, m == "UNetMidBlock2D" else {
                 throw ConfigError(key: "mid_block_type", problem: "\(mid!) is not supported; use UNetMidBlock2D or null")
             }
@@ -115,8 +115,9 @@ public struct UNetConfig: Sendable, Equatable {
         timeConditioning = try r.enumValue("resnet_time_scale_shift", default: .default)
         addAttention = try r.bool("add_attention", default: true)
         numClassEmbeds = try r.optionalInt("num_class_embeds", default: nil)
-        timeEmbeddingDim = try r.optionalInt("time_embedding_dim", default: nil)
-        classNames = try Self.parseLabels(d["id2label"], count: numClassEmbeds)
+        // diffusers: `time_embedding_dim or block_out_channels[0] * 4`, so 0 also means the default.
+        timeEmbeddingDim = JSONValues.integer(r.d["time_embedding_dim"] as Any) == 0 ? nil : try r.optionalInt("time_embedding_dim", default: nil)
+        classNames = try Self.parseLabels(r.d["id2label"], count: numClassEmbeds)
         try validate()
     }
 
@@ -216,10 +217,43 @@ public struct UNetConfig: Sendable, Equatable {
     }
 }
 
-/// Typed access to config values with the key named in every error.
+/// Typed access to config values with the key named in every error, reading each value in the forms diffusers
+/// accepts (ConfigMixin.extract_init_dict and UNet2DModel.__init__).
 struct ConfigReader {
     let d: [String: Any]
-    init(_ d: [String: Any]) { self.d = d }
+    /// Keys listed in `_use_default_values` are dropped: diffusers writes that list for the values it filled in
+    /// from `__init__` defaults and, on loading, ignores those keys so the current default applies
+    /// (configuration_utils.py extract_init_dict).
+    init(_ d: [String: Any]) {
+        var d = d
+        if let defaults = d["_use_default_values"] as? [Any] {
+            for case let k as String in defaults { d[k] = nil }
+        }
+        d["_use_default_values"] = nil
+        self.d = d
+    }
+
+    /// diffusers' get_down_block / get_up_block drop a legacy "UNetRes" prefix ("UNetResDownBlock2D").
+    static func blockName(_ s: String) -> String { s.hasPrefix("UNetRes") ? String(s.dropFirst(7)) : s }
+
+    /// `sample_size`: an int, or a pair [height, width] (diffusers: `int | tuple[int, int]`); Onestep generates
+    /// square images, so a pair must be square.
+    func squareSize(_ key: String, range: ClosedRange<Int>) throws -> Int {
+        guard let v = present(key) else {
+            throw ConfigError(key: key, problem: "is required (the image size; diffusers allows null but its pipelines then cannot pick a size)")
+        }
+        if let pair = v as? [Any] {
+            guard pair.count == 2, let h = JSONValues.integer(pair[0]), let w = JSONValues.integer(pair[1]) else {
+                throw ConfigError(key: key, problem: "\(pair) is not an integer or a [height, width] pair of integers")
+            }
+            guard h == w else { throw ConfigError(key: key, problem: "[\(h), \(w)] is not square; Onestep generates square images only") }
+            guard range.contains(h) else {
+                throw ConfigError(key: key, problem: "\(h) is outside the supported range \(range.lowerBound)...\(range.upperBound)")
+            }
+            return h
+        }
+        return try int(key, default: nil, range: range)
+    }
 
     private func present(_ key: String) -> Any? {
         guard let v = d[key], !(v is NSNull) else { return nil }
