@@ -12,6 +12,7 @@ usage: onestep-serve [serve] [flags]       serve every model under ./models over
        onestep-serve run-unet --model DIR --inputs IN.safetensors --out OUT.safetensors
        onestep-serve bench --model DIR [--batch 1,16] [--json]
        onestep-serve quantize --model DIR --out DIR
+       onestep-serve bench-text [--tokenizer DIR] [--batch 1,2]
 """
 
 var arguments = Array(CommandLine.arguments.dropFirst())
@@ -24,6 +25,7 @@ do {
     case "run-unet": try Commands.runUNet(arguments)
     case "bench": try BenchCommand.run(arguments)
     case "quantize": try Commands.quantize(arguments)
+    case "bench-text": try BenchTextCommand.run(arguments)
     case "serve": try ServeCommand.run(arguments)
     case "help": print(usage)
     default:
