@@ -9,6 +9,7 @@ enum BenchTextCommand {
         FlagSpec("batch", "comma-separated batch sizes", default: "1,2"),
         FlagSpec("seconds", "time to spend per measurement", default: "2"),
         FlagSpec("threads", "BLAS threads", default: "1"),
+        FlagSpec("tokenizer-only", "skip the text encoder figures", isSwitch: true),
         FlagSpec("help", "show this help", isSwitch: true),
     ]
 
@@ -17,7 +18,8 @@ enum BenchTextCommand {
         if f.isSet("help") { print("usage: onestep-serve bench-text [--tokenizer DIR] [--batch 1,2]\n" + ParsedFlags.usage(flags)); return }
         BLAS.threads = try f.int("threads", range: 1...256) ?? 1
         let report = try CLIPTextBench.run(tokenizerFolder: f.string("tokenizer"), batches: try f.intList("batch", range: 1...64) ?? [1, 2],
-                                           seconds: try f.double("seconds", range: 0.05...600) ?? 2)
+                                           seconds: try f.double("seconds", range: 0.05...600) ?? 2,
+                                           encoder: !f.isSet("tokenizer-only"))
         print(report.text)
         FileHandle.standardError.write(Data("BLAS threads \(BLAS.threads)\n".utf8))
     }

@@ -40,7 +40,7 @@ final class CLIPLoadErrorTests: XCTestCase {
         d = try T.makeFolder(config: Self.config, specialMap: nil, merges: "#version: 0.2\n")
         assertRefused("merges.txt", "holds no merges") { _ = try CLIPTokenizer(folder: d) }
         d = try T.makeFolder(config: Self.config, specialMap: nil, merges: "#version: 0.2\ni n\nqq zz\n")
-        assertRefused("merges.txt", "merge 2 (qq zz)") { _ = try CLIPTokenizer(folder: d) }
+        assertRefused("merges.txt", "line 3 (qq zz)") { _ = try CLIPTokenizer(folder: d) }
 
         d = try T.makeFolder(config: ["model_max_length": 77, "pad_token": "<|pad|>"], specialMap: nil)
         assertRefused("tokenizer_config.json", "special token \"<|pad|>\" is not in vocab.json") { _ = try CLIPTokenizer(folder: d) }

@@ -39,37 +39,24 @@ final class BytePairEncoding: Sendable {
 
     /// - Parameters:
     ///   - vocab: token (UTF-8 bytes of its byte-level spelling) -> id.
-    ///   - merges: ranked pairs, rank = index. A later duplicate of a pair replaces the earlier rank (as tokenizers'
-    ///     HashMap collect does).
+    ///   - merges: (left id << 32 | right id) -> (rank << 32 | merged id), from TokenizerFiles.readMerges.
     ///   - unknownToken: used for a byte whose symbol is not in the vocabulary (never with CLIP's full alphabet).
-    /// - Throws: ModelLoadError naming `mergesPath` when a merge's symbols or result are not in the vocabulary
-    ///   (tokenizers refuses these too: MergeTokenOutOfVocabulary), or `vocabPath` when the unknown token is absent.
-    init(vocab: [[UInt8]: Int32], merges pairs: [(left: [UInt8], right: [UInt8])], unknownToken: [UInt8],
-         endOfWordSuffix: [UInt8] = Array("</w>".utf8), vocabPath: String, mergesPath: String) throws {
-        guard let unk = vocab[unknownToken] else {
+    /// - Throws: ModelLoadError naming `vocabPath` when the unknown token is not in the vocabulary.
+    init(vocab: ByteStringTable, merges: [UInt64: UInt64], unknownToken: [UInt8],
+         endOfWordSuffix: [UInt8] = Array("</w>".utf8), vocabPath: String) throws {
+        guard let unk = vocab.find(unknownToken) else {
             throw ModelLoadError(path: vocabPath, problem: "has no unknown token \(String(decoding: unknownToken, as: UTF8.self).debugDescription)")
         }
         unknownId = unk
         var single = [Int32](repeating: unk, count: 256), last = [Int32](repeating: unk, count: 256)
         for b in 0..<256 {
             let ch = Array(String(Self.byteCharacters[b]).utf8)
-            single[b] = vocab[ch] ?? unk
-            last[b] = vocab[ch + endOfWordSuffix] ?? unk
+            single[b] = vocab.find(ch) ?? unk
+            last[b] = vocab.find(ch + endOfWordSuffix) ?? unk
         }
         byteSymbol = single
         byteSymbolEnd = last
-        var table = [UInt64: UInt64](minimumCapacity: pairs.count)
-        for (rank, pair) in pairs.enumerated() {
-            func id(_ s: [UInt8]) throws -> Int32 {
-                guard let v = vocab[s] else {
-                    throw ModelLoadError(path: mergesPath, problem: "merge \(rank + 1) (\(String(decoding: pair.left, as: UTF8.self)) \(String(decoding: pair.right, as: UTF8.self))) uses or makes \(String(decoding: s, as: UTF8.self).debugDescription), which is not in vocab.json; vocab.json and merges.txt do not belong together")
-                }
-                return v
-            }
-            let a = try id(pair.left), b = try id(pair.right), merged = try id(pair.left + pair.right)
-            table[Self.key(a, b)] = UInt64(rank) << 32 | UInt64(UInt32(bitPattern: merged))
-        }
-        merges = table
+        self.merges = merges
     }
 
     @inline(__always)

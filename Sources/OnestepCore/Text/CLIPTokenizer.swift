@@ -42,10 +42,8 @@ public final class CLIPTokenizer: Sendable {
         guard let config = try TokenizerFiles.readJSONObject(path: configPath) else {
             throw ModelLoadError(path: configPath, problem: "is missing; a CLIP tokenizer folder needs tokenizer_config.json (model_max_length, special tokens)")
         }
-        let entries = try TokenizerFiles.readVocab(path: vocabPath)
-        var vocab = [[UInt8]: Int32](minimumCapacity: entries.count)
-        for e in entries { vocab[e.token] = e.id }
-        vocabularySize = Int(entries.map(\.id).max()!) + 1
+        let vocab = try TokenizerFiles.readVocab(path: vocabPath)
+        vocabularySize = vocab.idLimit
 
         guard let lengthValue = config["model_max_length"], let length = JSONValues.integer(lengthValue), (2...4096).contains(length) else {
             throw ModelLoadError(path: configPath, problem: "model_max_length \(config["model_max_length"].map { "\($0)" } ?? "is missing"); it must be an integer from 2 to 4096 (77 for CLIP)")
@@ -81,7 +79,7 @@ public final class CLIPTokenizer: Sendable {
         // pad in that order and the last AddedToken of a content wins).
         var added: [AddedToken] = []
         for t in declared {
-            guard let id = vocab[Array(t.content.utf8)] else {
+            guard let id = vocab.find(Array(t.content.utf8)) else {
                 throw ModelLoadError(path: configPath, problem: "special token \(t.content.debugDescription) is not in vocab.json; only tokens of the vocabulary are supported")
             }
             if let given = t.id, given != Int(id) {
@@ -99,9 +97,9 @@ public final class CLIPTokenizer: Sendable {
         rawPatterns = added.filter { !$0.normalized }.map { (Array($0.content.utf8), $0.id) }
         normalizedPatterns = added.filter(\.normalized).map { (CLIPTextSplitter.normalize($0.content), $0.id) }
 
-        let merges = try TokenizerFiles.readMerges(path: mergesPath)
-        bpe = try BytePairEncoding(vocab: vocab, merges: merges, unknownToken: Array(specials["unk_token"]!.content.utf8),
-                                   vocabPath: vocabPath, mergesPath: mergesPath)
+        let merges = try TokenizerFiles.readMerges(path: mergesPath, vocab: vocab)
+        bpe = try BytePairEncoding(vocab: vocab, merges: merges.table, unknownToken: Array(specials["unk_token"]!.content.utf8),
+                                   vocabPath: vocabPath)
     }
 
     /// A special token value: a string, or an AddedToken dict {"content", "normalized", "lstrip", ...}.

@@ -7,25 +7,29 @@
 import Foundation
 
 enum TokenizerFiles {
-    /// vocab.json: a JSON object of string keys and non-negative integer ids, as (token UTF-8 bytes, id) pairs
-    /// in file order. Refuses duplicate tokens, ids outside 0..<2^31, trailing data and empty vocabularies.
-    static func readVocab(path: String) throws -> [(token: [UInt8], id: Int32)] {
+    /// vocab.json: a JSON object of string keys and non-negative integer ids. Refuses duplicate tokens, ids
+    /// outside 0..<2^31, trailing data and empty vocabularies.
+    static func readVocab(path: String) throws -> ByteStringTable {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ModelLoadError(path: path, problem: "cannot be read; a CLIP tokenizer folder needs vocab.json (token -> id map)")
         }
-        var parser = FlatJSONObjectParser(bytes: [UInt8](data), path: path)
-        let entries = try parser.parseStringToIntObject()
-        guard !entries.isEmpty else { throw ModelLoadError(path: path, problem: "holds no tokens") }
-        var seen = Set<[UInt8]>(minimumCapacity: entries.count)
-        for e in entries where !seen.insert(e.token).inserted {
-            throw ModelLoadError(path: path, problem: "token \(String(decoding: e.token, as: UTF8.self).debugDescription) appears twice")
+        let bytes = [UInt8](data)
+        // Checked once for the whole file; \u escapes are turned into valid UTF-8 by the parser (no lone surrogates).
+        guard String(validating: bytes, as: UTF8.self) != nil else {
+            throw ModelLoadError(path: path, problem: "is not valid UTF-8")
         }
-        return entries
+        var parser = FlatJSONObjectParser(bytes: bytes, path: path)
+        let table = try parser.parseStringToIntObject()
+        guard table.count > 0 else { throw ModelLoadError(path: path, problem: "holds no tokens") }
+        return table
     }
 
-    /// merges.txt: an optional "#version" first line, then one merge per line, two space-separated symbols.
-    /// Blank lines are skipped (as transformers does); a line with another number of fields is refused.
-    static func readMerges(path: String) throws -> [(left: [UInt8], right: [UInt8])] {
+    /// merges.txt: an optional "#version" first line, then one merge per line, two space-separated symbols, rank =
+    /// order. Blank lines are skipped (as transformers does); a line with another number of fields is refused, and
+    /// so is a merge whose symbols or result are not in the vocabulary (tokenizers refuses these too:
+    /// MergeTokenOutOfVocabulary). A later duplicate of a pair replaces the earlier rank (tokenizers' HashMap collect).
+    /// - Returns: (left id << 32 | right id) -> (rank << 32 | merged id), and the number of merge lines.
+    static func readMerges(path: String, vocab: ByteStringTable) throws -> (table: [UInt64: UInt64], count: Int) {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw ModelLoadError(path: path, problem: "cannot be read; a CLIP tokenizer folder needs merges.txt (ranked BPE merges)")
         }
@@ -33,27 +37,51 @@ enum TokenizerFiles {
         guard String(validating: bytes, as: UTF8.self) != nil else {
             throw ModelLoadError(path: path, problem: "is not valid UTF-8")
         }
-        var merges: [(left: [UInt8], right: [UInt8])] = []
-        merges.reserveCapacity(bytes.count / 10)
-        var lineNumber = 0
-        var start = 0
-        while start < bytes.count {
-            var end = start
-            while end < bytes.count && bytes[end] != 0x0A { end += 1 }
-            lineNumber += 1
-            var line = bytes[start..<end]
-            start = end + 1
-            if line.last == 0x0D { line = line.dropLast() }
-            if lineNumber == 1 && line.starts(with: Array("#version".utf8)) { continue }
-            if line.isEmpty { continue }
-            let fields = line.split(separator: 0x20, omittingEmptySubsequences: true)
-            guard fields.count == 2 else {
-                throw ModelLoadError(path: path, problem: "line \(lineNumber) has \(fields.count) fields; each merge line is two symbols separated by a space (\"t h\")")
+        var table = [UInt64: UInt64](minimumCapacity: bytes.count / 10)
+        var rank = 0, lineNumber = 0, start = 0
+        var joined: [UInt8] = []
+        try bytes.withUnsafeBufferPointer { all in
+            while start < all.count {
+                var end = start
+                while end < all.count && all[end] != 0x0A { end += 1 }
+                lineNumber += 1
+                var lineEnd = end
+                if lineEnd > start && all[lineEnd - 1] == 0x0D { lineEnd -= 1 }
+                let line = UnsafeBufferPointer(rebasing: all[start..<lineEnd])
+                start = end + 1
+                if lineNumber == 1 && line.starts(with: "#version".utf8) { continue }
+                if line.isEmpty { continue }
+                // Fields separated by runs of spaces (str.split() in transformers); the first two kept.
+                var fields = (0..<0, 0..<0), fieldCount = 0
+                var i = 0
+                while i < line.count {
+                    while i < line.count && line[i] == 0x20 { i += 1 }
+                    let f = i
+                    while i < line.count && line[i] != 0x20 { i += 1 }
+                    guard i > f else { continue }
+                    if fieldCount == 0 { fields.0 = f..<i } else if fieldCount == 1 { fields.1 = f..<i }
+                    fieldCount += 1
+                }
+                guard fieldCount == 2 else {
+                    throw ModelLoadError(path: path, problem: "line \(lineNumber) has \(fieldCount) fields; each merge line is two symbols separated by a space (\"t h\")")
+                }
+                let left = UnsafeBufferPointer(rebasing: line[fields.0]), right = UnsafeBufferPointer(rebasing: line[fields.1])
+                joined.removeAll(keepingCapacity: true)
+                joined.append(contentsOf: left)
+                joined.append(contentsOf: right)
+                func id(_ p: UnsafeBufferPointer<UInt8>) throws -> Int32 {
+                    guard let v = vocab.find(p) else {
+                        throw ModelLoadError(path: path, problem: "line \(lineNumber) (\(String(decoding: line, as: UTF8.self))) uses or makes \(String(decoding: p, as: UTF8.self).debugDescription), which is not in vocab.json; vocab.json and merges.txt do not belong together")
+                    }
+                    return v
+                }
+                let a = try id(left), b = try id(right), merged = try joined.withUnsafeBufferPointer { try id($0) }
+                table[BytePairEncoding.key(a, b)] = UInt64(rank) << 32 | UInt64(UInt32(bitPattern: merged))
+                rank += 1
             }
-            merges.append((Array(fields[0]), Array(fields[1])))
         }
-        guard !merges.isEmpty else { throw ModelLoadError(path: path, problem: "holds no merges") }
-        return merges
+        guard rank > 0 else { throw ModelLoadError(path: path, problem: "holds no merges") }
+        return (table, rank)
     }
 
     /// A JSON file as a dictionary; nil when the file does not exist.
@@ -97,20 +125,26 @@ struct FlatJSONObjectParser {
         i += 1
     }
 
-    mutating func parseStringToIntObject() throws -> [(token: [UInt8], id: Int32)] {
+    mutating func parseStringToIntObject() throws -> ByteStringTable {
         if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { i = 3 }  // a UTF-8 byte order mark
         try expect(UInt8(ascii: "{"), "'{'")
-        var out: [(token: [UInt8], id: Int32)] = []
-        out.reserveCapacity(bytes.count / 16)
+        var table = ByteStringTable(expectedCount: bytes.count / 16, expectedBytes: bytes.count / 2)
+        var key: [UInt8] = []
         skipSpace()
         if i < bytes.count, bytes[i] == UInt8(ascii: "}") { i += 1 } else {
             while true {
                 skipSpace()
-                let key = try parseString()
+                let keyStart = i
+                key.removeAll(keepingCapacity: true)
+                try parseString(into: &key)
                 try expect(UInt8(ascii: ":"), "':' after a key")
                 skipSpace()
                 let value = try parseId()
-                out.append((key, value))
+                let fresh = key.withUnsafeBufferPointer { table.insert($0, id: value) }
+                guard fresh else {
+                    i = keyStart
+                    throw ModelLoadError(path: path, problem: "token \(String(decoding: key, as: UTF8.self).debugDescription) appears twice (second at byte \(keyStart))")
+                }
                 skipSpace()
                 guard i < bytes.count else { throw fail("unexpected end of file") }
                 if bytes[i] == UInt8(ascii: ",") { i += 1; continue }
@@ -120,7 +154,7 @@ struct FlatJSONObjectParser {
         }
         skipSpace()
         guard i == bytes.count else { throw fail("unexpected data after the object") }
-        return out
+        return table
     }
 
     mutating func parseId() throws -> Int32 {
@@ -138,10 +172,9 @@ struct FlatJSONObjectParser {
         return Int32(v)
     }
 
-    mutating func parseString() throws -> [UInt8] {
+    mutating func parseString(into out: inout [UInt8]) throws {
         guard i < bytes.count, bytes[i] == UInt8(ascii: "\"") else { throw fail("expected a string key") }
         i += 1
-        var out: [UInt8] = []
         while true {
             guard i < bytes.count else { throw fail("unterminated string") }
             let c = bytes[i]
@@ -176,8 +209,6 @@ struct FlatJSONObjectParser {
             default: throw fail("unknown escape \\\(Character(Unicode.Scalar(e)))")
             }
         }
-        guard String(validating: out, as: UTF8.self) != nil else { throw fail("string is not valid UTF-8") }
-        return out
     }
 
     mutating func hex4() throws -> UInt32 {
