@@ -25,6 +25,7 @@ final class CLIPTextModelTests: XCTestCase {
             XCTAssertLessThanOrEqual(TensorError.relativeL2(yWhole.data, expected.data), Self.goldenRelativeL2, "\(name): one sgemm over the batch")
             let rel = TensorError.relativeL2(y.data, expected.data)
             XCTAssertLessThanOrEqual(rel, Self.goldenRelativeL2, "\(name): prompt_embeds relative L2 \(rel)")
+            print("\(name): prompt_embeds relative L2 \(rel) (limit \(Self.goldenRelativeL2))")
             // Each prompt on its own too (the error of a short prompt is not hidden by the others).
             let per = y.count / ids.count
             for i in 0..<ids.count {
@@ -66,6 +67,7 @@ final class CLIPTextModelTests: XCTestCase {
             let ref = Self.reference(model, ids: ids)
             let rel = TensorError.relativeL2(y.data, ref)
             XCTAssertLessThanOrEqual(rel, Self.referenceRelativeL2, "\(act): relative L2 to the naive forward \(rel)")
+            print("\(act): relative L2 to the naive double forward \(rel) (limit \(Self.referenceRelativeL2))")
             // The causal mask: changing the last token leaves every earlier position's output unchanged.
             var changed = ids
             changed[0][12] = (ids[0][12] + 1) % 120
