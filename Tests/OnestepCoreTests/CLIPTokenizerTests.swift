@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import XCTest
 @testable import OnestepCore
 
@@ -69,7 +70,7 @@ final class CLIPTokenizerTests: XCTestCase {
         let golden = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
         let texts = golden["texts"] as! [String]
         let variants = golden["variants"] as! [[String: Any]]
-        XCTAssertGreaterThanOrEqual(texts.count, 30)
+        XCTAssertGreaterThanOrEqual(texts.count, 40)
         XCTAssertGreaterThanOrEqual(variants.count, 8)
         for v in variants {
             let name = v["name"] as! String
@@ -99,6 +100,24 @@ final class CLIPTokenizerTests: XCTestCase {
         XCTAssertEqual(Set(ids[1..<76]).count, 1, "75 copies of the same word token")
         // contentIds stops early but gives the same prefix as an untruncated run.
         XCTAssertEqual(tok.contentIds(String(repeating: "cat ", count: 200), limit: 75), Array(tok.contentIds(String(repeating: "cat ", count: 200)).prefix(75)))
+    }
+
+    /// One tokenizer shared by several threads (the BPE cache behind a Mutex) gives every thread the ids a fresh
+    /// tokenizer gives, while the cache fills and after.
+    func testConcurrentEncodingMatchesSerial() throws {
+        let dir = try Self.pipelineFolder("sd_turbo_tiny") + "/tokenizer"
+        let shared = try CLIPTokenizer(folder: dir)
+        let prompts = CLIPTextBench.prompts(count: 400)
+        let expected = try CLIPTokenizer(folder: dir).encode(prompts)
+        let results = Mutex<[Int: [[Int]]]>([:])
+        DispatchQueue.concurrentPerform(iterations: 4) { t in
+            // Each thread walks the prompts from another starting point so they race on different pieces.
+            let order = (0..<prompts.count).map { ($0 + t * 97) % prompts.count }
+            var got = [[Int]](repeating: [], count: prompts.count)
+            for i in order { got[i] = shared.encode(prompts[i]) }
+            results.withLock { $0[t] = got }
+        }
+        for t in 0..<4 { XCTAssertEqual(results.withLock { $0[t] }, expected, "thread \(t)") }
     }
 
     /// The BPE merge loop against the original CLIP algorithm (openai/CLIP simple_tokenizer.py bpe(): merge every

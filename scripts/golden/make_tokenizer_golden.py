@@ -59,8 +59,11 @@ TEXTS = [
     "tab\tnew\nline\r\nret",
     "nbsp\u00a0ideo\u3000em\u2003nel\u0085end",
     "zwsp\u200bjoin mvs\u180esep bom\ufeffx",
-    # control characters and odd bytes
+    # control characters and odd bytes; information separators (Python isspace, not Unicode White_Space); line and
+    # paragraph separators; soft hyphen; private use; a noncharacter
     "bell\x07null\x00del\x7f",
+    "fs\x1cgs\x1drs\x1eus\x1fend",
+    "line\u2028para\u2029soft\u00adhyphen\ue000pua\uffffnon",
     # long single word, long text (truncated to 75 content tokens), mixed
     "a" * 200,
     "supercalifragilisticexpialidocious antidisestablishmentarianism",
