@@ -10,6 +10,6 @@ enum ServeDefaults {
 }
 
 let tool = CommandLineTool(name: "onestep-serve", summary: "serves one-step image generators over HTTP; offline generate, run-unet, bench, quantize",
-                           commands: [ServeCommand.command, Commands.generate, Commands.runUNet, BenchCommand.command, Commands.quantize],
+                           commands: [ServeCommand.command, Commands.generate, Commands.runUNet, BenchCommand.command, Commands.quantize, BenchTextCommand.command],
                            defaultCommand: "serve")
 exit(tool.main(Array(CommandLine.arguments.dropFirst())))

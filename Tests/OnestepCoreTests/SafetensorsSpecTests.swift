@@ -192,7 +192,7 @@ final class SafetensorsSpecTests: XCTestCase {
         // Same network; weights within half precision (relative 2^-11, plus F16's subnormal step).
         let x = Tensor(shape: [1, full.config.inChannels, full.config.sampleSize, full.config.sampleSize],
                        data: (0..<(full.config.inChannels * full.config.sampleSize * full.config.sampleSize)).map { Float(($0 * 37) % 17) / 8 - 1 })
-        let a = full.forward(x, timesteps: [10]), b = half.forward(x, timesteps: [10])
+        let a = full.referenceForward(x, timesteps: [10], classLabels: nil), b = half.referenceForward(x, timesteps: [10], classLabels: nil)
         let maxDiff = zip(a.data, b.data).map { abs($0 - $1) }.max()!
         XCTAssertLessThan(maxDiff, 0.05, "fp16 weights should change outputs only slightly")
         XCTAssertGreaterThan(maxDiff, 0, "fp16 weights read as if they were the fp32 ones?")
