@@ -10,6 +10,17 @@ public struct RequestError: Error, Equatable {
         self.message = message
         self.type = type
     }
+
+    /// Longest piece of client input an error message quotes.
+    static let maxQuoted = 64
+
+    /// Client input as an error message quotes it: whole when short, else its first ``maxQuoted`` characters and
+    /// its size, so a 10 MB prompt does not come back as a 10 MB error (issue 17).
+    public static func quote(_ input: Any) -> String {
+        let text = input as? String ?? "\(input)"
+        guard text.count > maxQuoted else { return text }
+        return "\(text.prefix(maxQuoted))... (\(text.utf8.count) bytes)"
+    }
 }
 
 /// A validated request: the model, the images (seed + label each) and the step count.
@@ -67,7 +78,7 @@ struct RawGenerationFields {
             case "steps": r.steps = v
             case "n": r.n = v
             case "deadline_ms": r.deadlineMs = v
-            default: throw RequestError("unknown query parameter '\(k)'; known: \(known.joined(separator: ", "))")
+            default: throw RequestError("unknown query parameter '\(RequestError.quote(k))'; known: \(known.joined(separator: ", "))")
             }
         }
         return r
@@ -79,7 +90,7 @@ struct RawGenerationFields {
         var i: Int?
         if let s = v as? String { i = Int(s.trimmingCharacters(in: .whitespaces)) } else if !JSONValues.isBool(v) { i = JSONValues.integer(v) }
         guard let i, range.contains(i) else {
-            throw RequestError("\(field) must be an integer in \(range.lowerBound)...\(range.upperBound), got \(v)")
+            throw RequestError("\(field) must be an integer in \(range.lowerBound)...\(range.upperBound), got \(RequestError.quote(v))")
         }
         return i
     }
@@ -87,7 +98,7 @@ struct RawGenerationFields {
     func validate(models: ModelRegistry, maxImages: Int, randomSeed: () -> UInt64) throws(RequestError) -> GenerationParams {
         let name = model ?? models.defaultName
         guard let p = models[name] else {
-            throw RequestError("model '\(name)' is not loaded; available: \(models.names.joined(separator: ", "))", type: "not_found_error")
+            throw RequestError("model '\(RequestError.quote(name))' is not loaded; available: \(models.names.joined(separator: ", "))", type: "not_found_error")
         }
         if let f = responseFormat, !(f is NSNull) {
             guard let s = f as? String, s == "b64_json" else {
@@ -136,7 +147,10 @@ struct RawGenerationFields {
         guard let text else { return nil }
         switch p.resolveLabel(text) {
         case .success(let l): return l
-        case .failure(let e): throw RequestError(e.description)
+        case .failure(let e):
+            // The core's message quotes the text it was given; quote only a prefix of a long one.
+            let quoted = RequestError.quote(text)
+            throw RequestError(quoted == text ? e.description : e.description.replacingOccurrences(of: text, with: quoted))
         }
     }
 }

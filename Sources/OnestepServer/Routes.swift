@@ -42,7 +42,7 @@ final class Router: Sendable {
     func handle(_ request: HTTPRequest, _ responder: HTTPResponder) {
         let path = String(request.path)
         guard let allowed = Self.routes[path] else {
-            respond(responder, .error(.notFound, message: "no route \(path); routes: \(Self.routes.keys.sorted().joined(separator: ", "))", type: "not_found_error"))
+            respond(responder, .error(.notFound, message: "no route \(RequestError.quote(path)); routes: \(Self.routes.keys.sorted().joined(separator: ", "))", type: "not_found_error"))
             return
         }
         let method = request.method == .HEAD ? HTTPMethod.GET : request.method
