@@ -91,6 +91,8 @@ final class HTTPConnection {
     private var outputBlocked = false
     /// When a write last moved bytes (or the output was first queued): the write timeout runs from here.
     private var lastWriteProgress: ContinuousClock.Instant = .now
+    /// The socket's send queue (bytes not yet acknowledged by the client) when write progress was last noted.
+    private var lastSendQueue: Int?
 
     /// False once no further request will be read: after `Connection: close`, an error, or a drain.
     private var acceptsRequests = true
@@ -343,6 +345,7 @@ final class HTTPConnection {
             case .wouldBlock:
                 if !outputBlocked { lastWriteProgress = .now }
                 outputBlocked = true
+                lastSendQueue = Socket.unsentBytes(fd)
                 return
             case .endOfStream, .failed:
                 abort()
@@ -431,7 +434,17 @@ final class HTTPConnection {
             queueServerResponse(.error(.requestTimeout, message: "timed out reading the request"))
             advance()
         case .writing(let since) where now - since >= configuration.writeTimeout:
-            abort()
+            // The kernel wakes us for writing only once a third of a send buffer (megabytes, after autotuning) is
+            // free, so a client reading slowly but steadily can go a long time without a write of ours succeeding.
+            // Its progress shows in the socket's send queue shrinking: that counts as progress too.
+            let queued = Socket.unsentBytes(fd)
+            if let queued, let last = lastSendQueue, queued < last {
+                lastSendQueue = queued
+                lastWriteProgress = now
+                phase = .writing(since: now)
+            } else {
+                abort()
+            }
         case .lingering(let since) where now - since >= configuration.lingerTimeout:
             close()
         default:
@@ -467,7 +480,7 @@ final class HTTPConnection {
         for exchange in exchanges where exchange.response == nil {
             guard let responder = exchange.responder else { continue }
             loop.gauges.pendingResponses.subtract(1, ordering: .relaxed)
-            if responder.cancel() { loop.gauges.cancelledRequests.add(1, ordering: .relaxed) }
+            responder.cancel(beforeCallbacks: { loop.gauges.cancelledRequests.add(1, ordering: .relaxed) })
         }
         exchanges.removeAll()
     }

@@ -7,8 +7,8 @@ import Foundation
 import OnestepCore
 
 enum ModelFolderScan {
-    /// Entries whose presence makes a folder look like a model (diffusers / transformers save these). Checked
-    /// with lstat, so a dangling symlink counts as present.
+    /// Entries whose presence makes a folder look like a model (the names diffusers' and transformers'
+    /// save_pretrained write). Checked by name (lstat level), so a dangling symlink counts as present.
     static let markerFiles: Set<String> = [
         "config.json", "model_index.json", "scheduler_config.json", "diffusion_pytorch_model.safetensors",
         "diffusion_pytorch_model.bin", "model.safetensors", "pytorch_model.bin",
@@ -79,10 +79,9 @@ enum ModelFolderScan {
 
     /// Whether a folder holds any of the files or folders a model folder holds (hidden entries aside).
     static func looksLikeModel(_ dir: String) throws -> Bool {
-        try list(dir).contains { name in
-            markerFiles.contains(name) || markerFolders.contains(name)
-                || weightExtensions.contains { name.hasSuffix($0) } && !name.hasPrefix(".")
-        }
+        // Weights under other names (a test's torch_randn.safetensors) do not make a model folder; the names
+        // diffusers and transformers save do.
+        try list(dir).contains { name in markerFiles.contains(name) || markerFolders.contains(name) }
     }
 
     /// Throws, naming the file and the reason, unless every file the loader may read in `dir` (and in its

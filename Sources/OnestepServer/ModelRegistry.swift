@@ -38,9 +38,7 @@ public final class ModelRegistry: Sendable {
         // A model directory given directly also works: it holds model files itself, where a folder of models
         // holds folders (and perhaps a README).
         let names = try ModelFolderScan.list(dir)
-        let isModel = names.contains { name in
-            ModelFolderScan.markerFiles.contains(name) || ModelFolderScan.weightExtensions.contains { name.hasSuffix($0) }
-        }
+        let isModel = names.contains { ModelFolderScan.markerFiles.contains($0) }
         let folders = isModel ? [dir] : try ModelFolderScan.modelFolders(under: dir)
         var loaded: [ImagePipeline] = []
         for path in folders {

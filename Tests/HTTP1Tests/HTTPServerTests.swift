@@ -210,6 +210,7 @@ final class HTTPServerTests: XCTestCase {
         XCTAssertEqual(refused.headers["connection"], "close")
         XCTAssertTrue(third.isClosedByServer())
         XCTAssertEqual(server.openConnections, 2)
+        withExtendedLifetime((first, second)) {}  // -O ends a local's life at its last use: keep them open
     }
 
     func testDrainFinishesInFlightRequestsThenStops() throws {

@@ -7,6 +7,16 @@ import XCTest
 @testable import OnestepServer
 
 final class HostileInputTests: XCTestCase {
+    /// cd_tiny alone: the shared golden folder also holds text-to-image pipelines this server does not load.
+    static let cdTiny: Result<ModelRegistry, Error> = Result {
+        let dir = Fixtures.tempDir("cdtiny"), fm = FileManager.default
+        try fm.createDirectory(atPath: dir + "/cd_tiny", withIntermediateDirectories: true)
+        for file in ["config.json", "diffusion_pytorch_model.safetensors"] {
+            try fm.copyItem(atPath: Fixtures.golden + "/cd_tiny/" + file, toPath: dir + "/cd_tiny/" + file)
+        }
+        return try ModelRegistry.load(directory: dir, preferred: nil, log: { _ in })
+    }
+
     /// A models folder holding a good copy of cd_tiny (named "good") and one broken folder made by `breakIt`.
     private func modelsFolder(_ tag: String, _ breakIt: (String) throws -> Void) throws -> String {
         let dir = Fixtures.tempDir(tag), fm = FileManager.default
@@ -98,7 +108,7 @@ final class HostileInputTests: XCTestCase {
 
     /// A 60 KB label comes back as a short prefix and its size, not as a 60 KB error.
     func testErrorsQuoteAShortPrefixOfTheInput() throws {
-        let server = try RunningServer()
+        let server = try RunningServer(models: Self.cdTiny)
         let long = String(repeating: "z", count: 60_000)
         for (target, json) in [("/v1/generate", "{\"label\":\"\(long)\"}"), ("/v1/generate", "{\"seed\":\"\(long)\"}"),
                                ("/v1/generate", "{\"model\":\"\(long)\"}")] {
@@ -118,7 +128,7 @@ final class HostileInputTests: XCTestCase {
     /// curl sends `Transfer-Encoding: chunked` when it reads a body from a pipe without knowing its size: the
     /// image comes back as for a Content-Length body.
     func testChunkedBodyFromRealCurl() throws {
-        let server = try RunningServer()
+        let server = try RunningServer(models: Self.cdTiny)
         let base = "http://127.0.0.1:\(server.port)"
         let json = "{\"seed\":7,\"label\":3}"
         let reference = try server.post("/v1/generate", json: json)
