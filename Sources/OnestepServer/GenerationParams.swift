@@ -133,8 +133,17 @@ struct RawGenerationFields {
     }
 
     /// label may be an index or a class name; prompt (OpenAI clients) names a class.
+    /// Longest label or prompt accepted, in UTF-8 bytes (OpenAI's own prompt limit is 4,000 characters). Checked
+    /// before any work on the text, which runs on the event loop: a 10 MB prompt used to hold it for 1.4 s.
+    static let maxTextBytes = 4000
+
     func resolveLabel(_ p: ImagePipeline) throws(RequestError) -> Int? {
         var text: String?
+        for (field, value) in [("label", label), ("prompt", prompt)] {
+            if let s = value as? String, s.utf8.count > Self.maxTextBytes {
+                throw RequestError("\(field) is \(s.utf8.count) bytes; at most \(Self.maxTextBytes) are accepted")
+            }
+        }
         if let l = label, !(l is NSNull) {
             if let s = l as? String { text = s } else if let i = JSONValues.integer(l) { text = String(i) } else {
                 throw RequestError("label must be a class index or a class name")
