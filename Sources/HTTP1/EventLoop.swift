@@ -39,6 +39,12 @@ final class EventLoop {
     private var spareFD: Int32 = -1
     /// Connections whose responses arrived in this batch; advanced once each after the batch.
     private var scheduled: [HTTPConnection] = []
+    /// Loop iterations so far: a connection is handed a bounded number of requests per turn.
+    private(set) var turn: UInt64 = 0
+    /// Connections that used their turn's share and have more requests: resumed next turn (epoll polled at once).
+    private var deferred: [HTTPConnection] = []
+    /// Connections waiting for their client to read earlier answers: rechecked every few milliseconds.
+    private var throttled: [HTTPConnection] = []
     private(set) var draining = false
     /// The listener is out of epoll after EMFILE; re-armed at the next deadline sweep.
     private var acceptPaused = false
@@ -76,10 +82,13 @@ final class EventLoop {
         var nextSweep = ContinuousClock.now + sweepInterval
 
         while true {
-            epoll.wait(buffer: eventBuffer, timeoutMilliseconds: max(1, waitMilliseconds)) { events, token in
+            turn &+= 1
+            let timeout = !deferred.isEmpty ? 0 : !throttled.isEmpty ? min(10, max(1, waitMilliseconds)) : max(1, waitMilliseconds)
+            epoll.wait(buffer: eventBuffer, timeoutMilliseconds: timeout) { events, token in
                 handle(events: events, token: token)
             }
             deliverCompletions()
+            resumeWaiting()
             if server.isStopRequested {
                 stopAll()
                 break
@@ -244,6 +253,26 @@ final class EventLoop {
 
     func schedule(_ connection: HTTPConnection) {
         scheduled.append(connection)
+    }
+
+    func deferToNextTurn(_ connection: HTTPConnection) {
+        deferred.append(connection)
+    }
+
+    func throttle(_ connection: HTTPConnection) {
+        throttled.append(connection)
+    }
+
+    /// Gives deferred and throttled connections their next chance (each re-registers itself if it must wait
+    /// again), then delivers what their handlers answered at once.
+    private func resumeWaiting() {
+        guard !deferred.isEmpty || !throttled.isEmpty else { return }
+        let waiting = deferred + throttled
+        deferred.removeAll(keepingCapacity: true)
+        throttled.removeAll(keepingCapacity: true)
+        var seen = Set<UInt64>()
+        for connection in waiting where seen.insert(connection.token).inserted { connection.resume() }
+        deliverCompletions()
     }
 
     // MARK: - Drain and stop

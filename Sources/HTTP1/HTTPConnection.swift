@@ -103,6 +103,11 @@ final class HTTPConnection {
     private var isLingering = false
     private(set) var isClosed = false
     private var isScheduled = false
+    /// The loop turn `dispatchedThisTurn` counts for.
+    private var dispatchTurn: UInt64 = 0
+    private var dispatchedThisTurn = 0
+    /// Waiting for the client to read earlier answers out of the kernel's send buffer.
+    private(set) var isThrottled = false
     private var interest: UInt32
 
     init(token: UInt64, fd: Int32, remoteAddress: String, clientHost: String, loop: EventLoop, isReserve: Bool) {
@@ -194,8 +199,34 @@ final class HTTPConnection {
     // MARK: - Requests
 
     /// Dispatches the next complete request, if the previous one is answered and its answer written.
+    ///
+    /// Two more gates keep one client from taking the loop or the compute: a connection is handed at most
+    /// `dispatchesPerTurn` requests per loop iteration (then it waits for the next, after other sockets were
+    /// polled), and a next request waits while more than `sendQueueHighWater` bytes of earlier answers sit unread
+    /// in the kernel's send buffer (which autotunes to 4 MB: a non-reading client could otherwise get hundreds of
+    /// answers computed).
     private func processInput() {
         while acceptsRequests && !closeAfterFlush && exchanges.isEmpty && !outputBlocked && outputSent == output.count {
+            if parser.bufferedByteCount > 0 && nextSequence > 0 {
+                if dispatchTurn != loop.turn {
+                    dispatchTurn = loop.turn
+                    dispatchedThisTurn = 0
+                }
+                if dispatchedThisTurn >= Self.dispatchesPerTurn {
+                    loop.deferToNextTurn(self)
+                    return
+                }
+                if let queued = Socket.unsentBytes(fd), queued > Self.sendQueueHighWater {
+                    if !isThrottled {
+                        isThrottled = true
+                        lastSendQueue = queued
+                        lastWriteProgress = .now
+                    }
+                    loop.throttle(self)
+                    return
+                }
+                isThrottled = false
+            }
             let request: HTTPRequest
             do {
                 guard let next = try parser.nextRequest(now: .now) else { return }
@@ -205,7 +236,17 @@ final class HTTPConnection {
                 return
             }
             dispatch(request)
+            dispatchedThisTurn += 1
         }
+    }
+
+    static let dispatchesPerTurn = 4
+    static let sendQueueHighWater = 64 * 1024
+
+    /// Called by the loop for a connection deferred to this turn or throttled: tries to dispatch again.
+    func resume() {
+        guard !isClosed else { return }
+        advance()
     }
 
     private func dispatch(_ request: HTTPRequest) {
@@ -396,8 +437,9 @@ final class HTTPConnection {
     private func updatePhase(now: ContinuousClock.Instant) {
         guard !isLingering else { return }
         let current: Phase
-        if outputBlocked {
-            // Always replaced: `since` follows write progress.
+        if outputBlocked || (isThrottled && exchanges.isEmpty) {
+            // Always replaced: `since` follows write progress (a throttled connection waits on the client's reading
+            // just the same).
             phase = .writing(since: lastWriteProgress)
             return
         } else if !exchanges.isEmpty {

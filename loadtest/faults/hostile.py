@@ -171,6 +171,25 @@ def silent(host, port, n, seconds, src=None):
             "silent_still_open": still_open}
 
 
+def open_connections(host, port):
+    """onestep_open_connections from /metrics (its own scrape included)."""
+    s = connect(host, port, timeout=5)
+    try:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    for line in data.decode("latin-1").splitlines():
+        if line.startswith("onestep_open_connections "):
+            return float(line.split()[1])
+    return -1
+
+
 def slowread(host, port, rate, seconds, requests):
     s = connect(host, port, rcvbuf=4096, timeout=1)
     s.sendall("".join(r.replace("\\r\\n", "\r\n") for r in requests).encode())
@@ -193,24 +212,14 @@ def slowread(host, port, rate, seconds, requests):
     reading_stopped = time.monotonic() - start
     stalled_cut = None
     if not eof:
-        # Stop reading; wait for the server to give up (EOF or reset shows once we peek).
-        s.setblocking(False)
+        # Stop reading (reading, even to see the close, would be progress for the server): watch the server's
+        # own count of open connections instead, until only the scrape's connection is left.
         wait_start = time.monotonic()
         while time.monotonic() - wait_start < 120:
-            try:
-                ready = select.select([s], [], [], 0.2)[0]
-                if ready:
-                    # Read only to detect the close: discard whatever is in flight, count it.
-                    chunk = s.recv(1 << 20)
-                    if not chunk:
-                        stalled_cut = time.monotonic() - wait_start
-                        break
-                    received += len(chunk)
-                    # Each drain gives the server progress; only look again after a pause.
-                    time.sleep(1.0)
-            except OSError:
+            if open_connections(host, port) <= 1:
                 stalled_cut = time.monotonic() - wait_start
                 break
+            time.sleep(0.25)
     s.close()
     return {"received_bytes": received, "cut_while_reading_s": None if cut_at is None else round(cut_at, 2),
             "read_for_s": round(reading_stopped, 2),
