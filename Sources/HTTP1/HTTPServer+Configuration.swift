@@ -51,7 +51,7 @@ extension HTTPServer {
         public init(
             host: String = "127.0.0.1",
             port: Int = 8080,
-            backlog: Int = 1024,
+            backlog: Int = 4096,
             maxConnections: Int = 512,
             reserveConnections: Int = 64,
             reservedPaths: Set<String> = [],

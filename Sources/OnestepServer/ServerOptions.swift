@@ -30,7 +30,9 @@ public struct ServerOptions: Sendable {
     public var graceMs = 3_000
     /// Time without write progress before a connection whose client reads nothing is dropped.
     public var writeTimeoutMs = 30_000
-    public var backlog = 1024
+    /// As Go does (it reads net.core.somaxconn, 4096 on current kernels): a burst of connects waits in the queue
+    /// instead of having its SYNs dropped and retried a second later.
+    public var backlog = 4096
     /// Requests per connection before it is closed (nginx's keepalive_requests).
     public var maxRequestsPerConnection = 1000
     /// Connections one client address may hold; 0 means no cap.

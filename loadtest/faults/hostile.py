@@ -70,7 +70,11 @@ def pipeline(host, port, n, seconds, request):
         if not writable:
             time.sleep(0.1)
             continue
-        _, ready, _ = select.select([], writable, [], 0.2)
+        poller = select.poll()
+        by_fd = {s.fileno(): s for s in writable}
+        for s in writable:
+            poller.register(s, select.POLLOUT)
+        ready = [by_fd[fd] for fd, _ in poller.poll(200)]
         for s in ready:
             i = socks.index(s)
             try:
@@ -123,11 +127,15 @@ def silent(host, port, n, seconds, src=None):
             continue
         socks.append(s)
     # Wait until the handshakes are done (writable) or fail.
-    pending = list(socks)
+    # (poll, not select: select takes descriptors below 1024 only.)
+    poller = select.poll()
+    for s in socks:
+        poller.register(s, select.POLLOUT)
+    pending = len(socks)
     while pending and time.monotonic() - opened_at < 10:
-        _, ready, _ = select.select([], pending[:1000], [], 0.5)
-        for s in ready:
-            pending.remove(s)
+        for fd, _ in poller.poll(500):
+            poller.unregister(fd)
+            pending -= 1
     open_seconds = time.monotonic() - opened_at
     # Time until /healthz answers 200 beside them (1 s timeout per try).
     healthz_start = time.monotonic()
