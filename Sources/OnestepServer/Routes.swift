@@ -47,7 +47,7 @@ final class Router: Sendable {
         }
         let method = request.method == .HEAD ? HTTPMethod.GET : request.method
         guard allowed.contains(method) else {
-            var r = HTTPResponse.error(.methodNotAllowed, message: "\(request.method) is not allowed on \(path); use \(allowed.map(\.rawValue).joined(separator: " or "))")
+            var r = HTTPResponse.error(.methodNotAllowed, message: "\(RequestError.quote(request.method.rawValue)) is not allowed on \(RequestError.quote(path)); use \(allowed.map(\.rawValue).joined(separator: " or "))")
             let allow = allowed.contains(.GET) ? allowed.map(\.rawValue) + ["HEAD"] : allowed.map(\.rawValue)
             r.headers.add(name: "Allow", value: allow.joined(separator: ", "))
             respond(responder, r)
