@@ -64,23 +64,42 @@ public final class BufferPool {
         return mantissa << shift
     }
 
+    /// The class of each buffer handed out (it may be larger than its request's class).
+    private var handedOut: [UnsafeMutablePointer<Float>: Int] = [:]
+
     /// A buffer of at least `count` floats, uninitialised. Give it back with the same `count`.
+    ///
+    /// Its own size class if one is free, else the smallest free buffer of at most twice that: a smaller batch
+    /// then runs in the buffers of a larger one instead of allocating its own set (which, under a mix of batch
+    /// sizes, would push the pool over its budget and make it unmap and map buffers on every batch).
     public func acquire(_ count: Int) -> UnsafeMutablePointer<Float> {
-        let size = Self.sizeClass(count)
+        let wanted = Self.sizeClass(count)
+        var size = wanted
+        if free[wanted] == nil {
+            var best: Int?
+            for candidate in free.keys where candidate > wanted && candidate <= 2 * wanted {
+                if best == nil || candidate < best! { best = candidate }
+            }
+            if let best { size = best }
+        }
         let bytes = size * 4
         bytesInUse += bytes
         peakBytesInUse = max(peakBytesInUse, bytesInUse)
+        let pointer: UnsafeMutablePointer<Float>
         if var list = free[size], let buffer = list.popLast() {
             free[size] = list.isEmpty ? nil : list
             bytesFree -= bytes
-            return buffer.pointer
+            pointer = buffer.pointer
+        } else {
+            bytesAllocated += bytes
+            pointer = allocate(floats: size)
         }
-        bytesAllocated += bytes
-        return allocate(floats: size)
+        handedOut[pointer] = size
+        return pointer
     }
 
     public func release(_ p: UnsafeMutablePointer<Float>, count: Int) {
-        let size = Self.sizeClass(count)
+        let size = handedOut.removeValue(forKey: p) ?? Self.sizeClass(count)
         let bytes = size * 4
         bytesInUse -= bytes
         tick &+= 1
