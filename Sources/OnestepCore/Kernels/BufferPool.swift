@@ -2,8 +2,9 @@
 // back when a tensor dies; after the first pass at a batch size every request is served from the free lists, so
 // a steady-state forward does no malloc/mmap and takes no page faults. One pool per compute thread (not shared).
 //
-// Memory budget (issue 17): sizes are rounded up to size classes (4 per octave, at most 25% over), so batch
-// sizes 1...64 share a few dozen classes instead of each keeping its own exact-size set; and the free buffers a
+// Memory budget (issue 17): sizes are rounded up to size classes (4 per octave, at most 25% over), and a missing
+// class is served from a free buffer of up to twice its size, so batch sizes 1...64 share buffers instead of each
+// keeping its own exact-size set; and the free buffers a
 // pool keeps are capped at `retainLimitBytes` (by default twice the most it ever had in use at once, i.e. two
 // forwards at the largest batch it has run), the least recently used given back to the kernel first. A pool
 // therefore holds at most (in use now) + (retain limit) ≤ 3 × its largest forward, whatever the mix of batch
