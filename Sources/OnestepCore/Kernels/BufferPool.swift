@@ -65,8 +65,14 @@ public final class BufferPool {
         return mantissa << shift
     }
 
-    /// The class of each buffer handed out (it may be larger than its request's class).
-    private var handedOut: [UnsafeMutablePointer<Float>: Int] = [:]
+    /// The class of each buffer handed out (it may be larger than its request's class) and its request's class.
+    private var handedOut: [UnsafeMutablePointer<Float>: (size: Int, wanted: Int)] = [:]
+    /// Requests of each class being held now, and the most ever held at once. A free buffer of class Y is lent to a
+    /// smaller request only when it is surplus: more Y buffers are free than Y's own requests may still want
+    /// (their peak minus those held). Without that rule a second forward at the same batch size could lend a Y
+    /// buffer early in the pass that a Y request needs later, and allocate: no longer a steady state.
+    private var held: [Int: Int] = [:]
+    private var peakHeld: [Int: Int] = [:]
 
     /// A buffer of at least `count` floats, uninitialised. Give it back with the same `count`.
     ///
@@ -78,7 +84,9 @@ public final class BufferPool {
         var size = wanted
         if free[wanted] == nil {
             var best: Int?
-            for candidate in free.keys where candidate > wanted && candidate <= 2 * wanted {
+            for (candidate, list) in free where candidate > wanted && candidate <= 2 * wanted {
+                let reserved = (peakHeld[candidate] ?? 0) - (held[candidate] ?? 0)
+                guard list.count > reserved else { continue }
                 if best == nil || candidate < best! { best = candidate }
             }
             if let best { size = best }
@@ -95,12 +103,17 @@ public final class BufferPool {
             bytesAllocated += bytes
             pointer = allocate(floats: size)
         }
-        handedOut[pointer] = size
+        handedOut[pointer] = (size, wanted)
+        let h = (held[wanted] ?? 0) + 1
+        held[wanted] = h
+        peakHeld[wanted] = max(peakHeld[wanted] ?? 0, h)
         return pointer
     }
 
     public func release(_ p: UnsafeMutablePointer<Float>, count: Int) {
-        let size = handedOut.removeValue(forKey: p) ?? Self.sizeClass(count)
+        let entry = handedOut.removeValue(forKey: p) ?? (Self.sizeClass(count), Self.sizeClass(count))
+        let size = entry.size
+        held[entry.wanted, default: 1] -= 1
         let bytes = size * 4
         bytesInUse -= bytes
         tick &+= 1
