@@ -134,19 +134,21 @@ void osk_lq8_gemm(int level, const uint32_t *xq, const float *xscale, const int3
     const int32_t k4 = (k + 3) / 4, panels = (n + LNR - 1) / LNR;
     (void)rows;
     int32_t acc[LMR][LNR];
-    for (int32_t rb = r0; rb < r1; rb += LMR) {
-        int mr = r1 - rb < LMR ? r1 - rb : LMR;
-        const uint32_t *xr[LMR];
-        for (int r = 0; r < LMR; r++) xr[r] = xq + (size_t)(rb + (r < mr ? r : 0)) * k4;  // short blocks repeat a row
-        for (int32_t p = 0; p < panels; p++) {
-            const int32_t *wp = packed + (size_t)p * k4 * LNR;
+    // Panel outer, rows inner: a panel (K * 32 bytes, 32 KiB at K = 1024) stays in L1 while the rows' codes
+    // stream past it, instead of every row block streaming all of W from L2.
+    for (int32_t p = 0; p < panels; p++) {
+        const int32_t *wp = packed + (size_t)p * k4 * LNR;
+        int nc = n - p * LNR < LNR ? n - p * LNR : LNR;
+        for (int32_t rb = r0; rb < r1; rb += LMR) {
+            int mr = r1 - rb < LMR ? r1 - rb : LMR;
+            const uint32_t *xr[LMR];
+            for (int r = 0; r < LMR; r++) xr[r] = xq + (size_t)(rb + (r < mr ? r : 0)) * k4;  // short blocks repeat a row
 #if OSK_X86
             if (level == OSK_AVX512) block_avx512(k4, xr, wp, acc);
             else if (level == OSK_AVX2) block_avx2(k4, xr, wp, acc);
             else
 #endif
                 block_scalar(k4, xr, wp, acc);
-            int nc = n - p * LNR < LNR ? n - p * LNR : LNR;
             for (int r = 0; r < mr; r++) {
                 float *out = y + (size_t)(rb + r) * ldy + p * LNR;
                 float sx = xscale[rb + r];

@@ -2,14 +2,19 @@
 //
 // Why not DispatchQueue.concurrentPerform or a thread per layer: a UNet forward runs a few hundred layers of
 // 0.1-10 ms; creating threads or going through libdispatch's queues for each costs tens of microseconds and
-// wakes threads through the kernel every time. The team's helpers spin briefly on a generation counter after
-// each job (the next layer usually follows within microseconds) and then park on a condition variable, so an
-// idle server costs no CPU and a busy forward pays no wake-up between layers.
+// wakes threads through the kernel every time. The team's helpers spin briefly after each job (the next layer
+// usually follows within microseconds) and then park on a condition variable, so an idle server costs no CPU
+// and a busy forward pays no wake-up between layers.
 //
-// Protocol (Dekker-style, all atomics sequentially consistent):
-//   run:    publish job, generation++ ; if sleepers > 0: lock, broadcast, unlock ; do part 0 ; wait pending == 0
-//   helper: spin while generation == seen ; else lock, sleepers++, wait while generation == seen, sleepers--
-// A helper that increments `sleepers` after run read it then reads the new generation, so no wake-up is lost.
+// Chunks are claimed, not assigned: a job is cut into more chunks than threads and every thread (the caller
+// too) claims the next chunk until none is left, so a helper the OS has descheduled (a shared machine) delays
+// nothing: the caller runs the chunks it would have run. A chunk's result depends only on its index, never on
+// which thread ran it, so the output bytes are the same on any team size.
+//
+// The ticket packs (job id, chunks, next index) in one atomic word; a thread claims index i of job j by a CAS
+// from (j, n, i) to (j, n, i + 1) with i < n. A successful claim means job j is not finished (its chunk i has
+// not run), so the job's fn and ctx, read after the claim, are still job j's. Helpers that wake late see a
+// newer job id, or no index left, and claim nothing.
 #include "onestep_kernels.h"
 
 #include <pthread.h>
@@ -19,20 +24,24 @@
 
 #include "onestep_isa.h"
 
-/// Spin iterations before a helper parks (about 20-50 microseconds): long enough to bridge the serial work
-/// between two layers of one forward, short enough not to burn a shared core between batches.
+/// Spin iterations before a helper parks (tens of microseconds): long enough to bridge the serial work between
+/// two layers of one forward, short enough not to burn a shared core between batches.
 #define SPIN_ITERATIONS 4000
+
+#define ID_SHIFT 40
+#define COUNT_SHIFT 20
+#define FIELD_MASK ((1ull << COUNT_SHIFT) - 1)
 
 struct osk_team {
     int32_t threads;
-    pthread_t *helpers;            // threads - 1 of them; the caller of osk_team_run is part 0
-    _Atomic uint64_t generation;
-    _Atomic int32_t pending;       // helpers that have not finished (or acknowledged) the current job
+    pthread_t *helpers;            // threads - 1 of them; the caller of osk_team_run is worker 0
+    _Atomic uint64_t generation;   // job id of the latest job (low 24 bits go into the ticket)
+    _Atomic uint64_t ticket;       // (job id << 40) | (chunks << 20) | next index
+    _Atomic int32_t done;          // chunks of the current job finished
     _Atomic int32_t sleepers;
     _Atomic int32_t stop;
-    osk_task fn;                   // the current job, written before generation++ (release by seq_cst)
+    osk_task fn;                   // the current job, written before the ticket and generation (seq_cst)
     void *ctx;
-    int32_t parts;
     pthread_mutex_t mutex;
     pthread_cond_t wake;
 };
@@ -43,6 +52,19 @@ static inline void cpu_relax(void) {
 #if OSK_X86
     _mm_pause();
 #endif
+}
+
+/// Claims and runs chunks of job `id` until none is left.
+static void work(osk_team *t, uint64_t id, int32_t worker) {
+    id &= (1ull << (64 - ID_SHIFT)) - 1;
+    for (;;) {
+        uint64_t tk = atomic_load(&t->ticket);
+        uint64_t chunks = (tk >> COUNT_SHIFT) & FIELD_MASK, next = tk & FIELD_MASK;
+        if ((tk >> ID_SHIFT) != id || next >= chunks) return;
+        if (!atomic_compare_exchange_weak(&t->ticket, &tk, tk + 1)) continue;
+        t->fn(t->ctx, (int32_t)next, worker);
+        atomic_fetch_add(&t->done, 1);
+    }
 }
 
 static void *helper_main(void *p) {
@@ -66,10 +88,7 @@ static void *helper_main(void *p) {
         }
         if (atomic_load(&t->stop)) return NULL;
         seen = g;
-        // Every helper acknowledges every job, even one with fewer parts than helpers, so none can lag a
-        // generation behind and read the next job's fields half written.
-        if (arg.index < t->parts) t->fn(t->ctx, arg.index);
-        atomic_fetch_sub(&t->pending, 1);
+        work(t, g, arg.index);
     }
 }
 
@@ -98,26 +117,29 @@ osk_team *osk_team_create(int32_t threads) {
 
 int32_t osk_team_threads(const osk_team *t) { return t->threads; }
 
-void osk_team_run(osk_team *t, int32_t parts, osk_task fn, void *ctx) {
-    if (parts > t->threads) parts = t->threads;
-    if (parts <= 1) {
-        if (parts == 1) fn(ctx, 0);
+void osk_team_run(osk_team *t, int32_t chunks, osk_task fn, void *ctx) {
+    if (chunks <= 0) return;
+    if (chunks > (int32_t)FIELD_MASK) abort();
+    if (t->threads == 1 || chunks == 1) {
+        for (int32_t c = 0; c < chunks; c++) fn(ctx, c, 0);
         return;
     }
+    uint64_t id = (atomic_load(&t->generation) + 1) & ((1ull << (64 - ID_SHIFT)) - 1);
+    if (id == 0) id = 1;  // 0 is the helpers' initial "seen"
     t->fn = fn;
     t->ctx = ctx;
-    t->parts = parts;
-    atomic_store(&t->pending, t->threads - 1);
-    atomic_fetch_add(&t->generation, 1);
+    atomic_store(&t->done, 0);
+    atomic_store(&t->ticket, (id << ID_SHIFT) | ((uint64_t)chunks << COUNT_SHIFT));
+    atomic_store(&t->generation, id);
     if (atomic_load(&t->sleepers) > 0) {
         pthread_mutex_lock(&t->mutex);
         pthread_cond_broadcast(&t->wake);
         pthread_mutex_unlock(&t->mutex);
     }
-    fn(ctx, 0);
-    // The caller waits for its helpers; it yields after a while, since on a shared machine a helper may be
-    // waiting for this very core.
-    for (int i = 0; atomic_load(&t->pending) > 0; i++) {
+    work(t, id, 0);
+    // Chunks claimed by helpers may still run; yield after a while, since on a shared machine a helper may
+    // be waiting for this very core.
+    for (int i = 0; atomic_load(&t->done) < chunks; i++) {
         if (i < SPIN_ITERATIONS) cpu_relax();
         else sched_yield();
     }

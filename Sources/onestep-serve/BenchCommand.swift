@@ -38,7 +38,7 @@ enum BenchCommand {
         let seconds = try f.double("seconds", range: 0.05...600) ?? 2
         let workers = try f.int("workers", range: 1...64) ?? 1
         let models = f.all("model"), configs = f.all("config")
-        if models.isEmpty && configs.isEmpty { _ = try f.required("model") }
+        if models.isEmpty && configs.isEmpty && !f.isSet("peak") { _ = try f.required("model") }
         var rows: [Row] = []
         // Every model runs with fp32 kernels and with int8 kernels (weights quantized per output channel at
         // load if the file is float); --precision picks one, "blas" adds the im2col + OpenBLAS baseline.
@@ -58,6 +58,9 @@ enum BenchCommand {
                 if t == threadCounts[0], let v = FastConv.vnniPeakGops(seconds: 1) {
                     FileHandle.standardError.write(Data(String(format: "VNNI peak (12 dependent vpdpbusd chains, one core): %.1f GOP/s\n", v).utf8))
                 }
+                let linear = BenchModels.int8LinearGops(team: team, seconds: min(seconds, 2))
+                FileHandle.standardError.write(Data(String(format: "int8 linear (2048x1024 x 1024x1024, per-row u8, %@) on %d core(s): %.1f GOP/s\n",
+                                                           KernelLevel.best.description, t, linear).utf8))
                 peaks[t] = (BenchModels.sgemmPeak(threads: t, seconds: min(seconds, 2)), BenchModels.int8Peak(team: team, seconds: min(seconds, 2)))
                 FileHandle.standardError.write(Data(String(format: "peak on %d core(s): sgemm 2048^3 %.1f GFLOP/s, int8 GEMM (1024x2048x4096, %@) %.1f GOP/s\n",
                                                            t, peaks[t]!.f32, KernelLevel.best.description, peaks[t]!.int8).utf8))

@@ -56,6 +56,23 @@ enum BenchModels {
     }
 }
 
+extension BenchModels {
+    /// GOP/s of the int8 linear kernel (FastConv.linear: per-row u8 quantization included) on (rows, K) x (K, N).
+    static func int8LinearGops(rows: Int = 2048, k: Int = 1024, n: Int = 1024, team: ThreadTeam?, seconds: Double) -> Double {
+        var r = TorchGenerator(seed: 5)
+        let w = Int8Weights.quantize(Tensor(shape: [n, k], data: r.randn(count: n * k)))
+        let packed = PackedLinearInt8(weights: w, bias: [Float](repeating: 0, count: n))
+        let x = r.randn(count: rows * k)
+        var y = [Float](repeating: 0, count: rows * n)
+        let perSecond = x.withUnsafeBufferPointer { xp in
+            y.withUnsafeMutableBufferPointer { yp in
+                BenchCommand.rate(seconds: seconds, warmup: 1) { FastConv.linear(xp.baseAddress!, rows: rows, packed, into: yp.baseAddress!, team: team) }
+            }
+        }
+        return perSecond * 2 * Double(rows * k * n) / 1e9
+    }
+}
+
 /// Weights drawn at random, scaled like PyTorch's default init (std 1/sqrt(fan in)) so activations stay finite
 /// through a deep network; GroupNorm weights are 1. Deterministic for a seed.
 struct RandomWeights: WeightSource {

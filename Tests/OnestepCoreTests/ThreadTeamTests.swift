@@ -4,19 +4,24 @@ import XCTest
 /// One forward split over a thread team gives the same bytes as on one thread, on every golden UNet and the
 /// shipped default model, fp32 and int8; and the team itself runs every part exactly once.
 final class ThreadTeamTests: XCTestCase {
-    func testTeamRunsEveryPartOnceAndIsReusable() {
+    func testTeamRunsEveryChunkOnceOnAValidWorker() {
         for threads in [1, 2, 3, 5] {
             let team = ThreadTeam(threads: threads)
-            for parts in [1, 2, threads, threads + 2] {
+            for chunks in [1, 2, threads, 4 * threads + 3] {
                 for round in 0..<200 {
-                    let counts = UnsafeMutableBufferPointer<Int>.allocate(capacity: parts)
+                    let counts = UnsafeMutableBufferPointer<Int>.allocate(capacity: chunks)
+                    let workers = UnsafeMutableBufferPointer<Int>.allocate(capacity: chunks)
                     counts.initialize(repeating: 0)
-                    nonisolated(unsafe) let c = counts
-                    team.run(parts: parts) { p in c[p] += 1 }
-                    let ran = min(parts, threads)
-                    XCTAssertEqual(Array(counts.prefix(ran)), Array(repeating: 1, count: ran), "threads \(threads) parts \(parts) round \(round)")
-                    XCTAssertEqual(Array(counts.dropFirst(ran)), Array(repeating: 0, count: parts - ran))
+                    workers.initialize(repeating: -1)
+                    nonisolated(unsafe) let c = counts, w = workers
+                    team.run(chunks: chunks) { chunk, worker in
+                        c[chunk] += 1
+                        w[chunk] = worker
+                    }
+                    XCTAssertEqual(Array(counts), Array(repeating: 1, count: chunks), "threads \(threads) chunks \(chunks) round \(round)")
+                    XCTAssertTrue(workers.allSatisfy { (0..<threads).contains($0) }, "worker index out of 0..<\(threads)")
                     counts.deallocate()
+                    workers.deallocate()
                 }
                 usleep(2_000)  // let the helpers park between some jobs: the wake-up path is tested too
             }

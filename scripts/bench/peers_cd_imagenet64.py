@@ -110,12 +110,13 @@ def main():
             ov_model = core.read_model(onnx_path)
             for n in threads:
                 compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": n, "PERFORMANCE_HINT": "LATENCY"})
-                precision = compiled.get_property("INFERENCE_PRECISION_HINT")
+                hint = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+                precision = hint.split("'")[1] if "'" in hint else hint  # "<Type: 'bfloat16'>" -> bfloat16
                 req = compiled.create_infer_request()
                 for b in batches:
                     x, t, y = inputs(b)
                     feed = {"x": x.numpy(), "t": t.numpy(), "y": y.numpy()}
-                    row("openvino", str(precision)[:6], n, b, best_ms(lambda: req.infer(feed), a.runs))
+                    row("openvino", precision[:6], n, b, best_ms(lambda: req.infer(feed), a.runs))
 
 
 def cpu_model():

@@ -79,16 +79,17 @@ void osk_conv_q8(int level, const osk_conv *g, const int32_t *packed, const int3
                  const float *wscale, const uint32_t *xq, const float *xscale, const int32_t *xzp,
                  int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1);
 
-/// A persistent team of threads splitting one job into parts (onestep_team.c): the caller runs part 0 and
-/// threads - 1 helpers the rest; helpers spin briefly after a job, then park. One caller at a time per team.
+/// A persistent team of threads splitting one job into chunks (onestep_team.c): every thread, the caller
+/// included, claims the next chunk until none is left; helpers spin briefly after a job, then park. One caller
+/// at a time per team.
 typedef struct osk_team osk_team;
-/// A job's part `part` (0 <= part < parts).
-typedef void (*osk_task)(void *ctx, int32_t part);
+/// Chunk `chunk` of a job, run by team thread `worker` (0 = the caller; < threads: index per-thread scratch).
+typedef void (*osk_task)(void *ctx, int32_t chunk, int32_t worker);
 /// A team of `threads` (>= 1) including the calling thread; NULL when out of memory.
 osk_team *osk_team_create(int32_t threads);
 int32_t osk_team_threads(const osk_team *team);
-/// Runs fn(ctx, 0..<parts) on the team (parts capped at its size) and returns when every part has finished.
-void osk_team_run(osk_team *team, int32_t parts, osk_task fn, void *ctx);
+/// Runs fn(ctx, 0..<chunks, worker) on the team and returns when every chunk has finished (chunks < 2^20).
+void osk_team_run(osk_team *team, int32_t chunks, osk_task fn, void *ctx);
 /// Stops and joins the helpers.
 void osk_team_destroy(osk_team *team);
 

@@ -144,9 +144,9 @@ public enum ChannelMajor {
     /// `residual` the block input; y is a new activation.
     public static func attention(_ h: Activation, residual: Activation, _ block: AttentionBlock, pool: BufferPool) -> Activation {
         let c = h.channels, l = h.pixels, n = h.batch, cols = n * l, heads = block.heads, d = c / heads
-        let team = pool.team, parts = min(team?.threads ?? 1, n * heads)
+        let team = pool.team, parts = team?.threads ?? 1
         let q = pool.acquire(c * cols), k = pool.acquire(c * cols), v = pool.acquire(c * cols), o = pool.acquire(c * cols)
-        let scratchCount = l * l + 4 * d * l   // per thread: each runs whole heads
+        let scratchCount = l * l + 4 * d * l   // per team thread: each runs whole heads
         let p = pool.acquire(scratchCount * parts)
         defer {
             for b in [q, k, v, o] { pool.release(b, count: c * cols) }
@@ -182,8 +182,8 @@ public enum ChannelMajor {
         nonisolated(unsafe) let qp = q, kp = k, vp = v, op = o, pp = p
         // (image, head) pairs split into one contiguous range per thread, each with its own scratch; each pair
         // is one C call, Oh (D, Lq) = Vh softmax(scale Qh^T Kh)^T, computed the same way on any thread.
-        FastConv.forEachPart(n * heads, granule: 1, team: team) { part, u0, u1 in
-            let scratch = pp + scratchCount * part
+        FastConv.forEachPart(n * heads, granule: 1, team: team) { worker, u0, u1 in
+            let scratch = pp + scratchCount * worker
             for u in u0..<u1 {
                 let off = (u % heads) * d * cols + (u / heads) * l
                 FastConv.attentionHead(q: qp + off, k: kp + off, v: vp + off, ld: cols, length: l, headDim: d, scale: scale,

@@ -244,13 +244,19 @@ public enum FastConv {
         forEachPart(count, granule: granule, team: team) { _, lo, hi in body(lo, hi) }
     }
 
-    /// forEachRange that also gives each range its part index, 0..<min(team threads, units) (for per-thread scratch).
-    public static func forEachPart(_ count: Int, granule: Int, team: ThreadTeam?, _ body: @Sendable (Int, Int, Int) -> Void) {
-        let units = (count + granule - 1) / granule, parts = max(1, min(team?.threads ?? 1, units))
-        guard parts > 1, let team else { body(0, 0, count); return }
-        team.run(parts: parts) { p in
+    /// Chunks per team thread: more chunks than threads, so a thread the OS deschedules on a shared machine
+    /// leaves its share to the others instead of stalling the layer.
+    public static let chunksPerThread = 4
+
+    /// forEachRange that also gives the team thread running each range (0..<threads, for per-thread scratch).
+    /// The ranges depend only on `count`, `granule` and the team size, never on which thread runs them.
+    public static func forEachPart(_ count: Int, granule: Int, team: ThreadTeam?, _ body: @Sendable (_ worker: Int, Int, Int) -> Void) {
+        let units = (count + granule - 1) / granule
+        let parts = max(1, min(units, (team?.threads ?? 1) * chunksPerThread))
+        guard let team, team.threads > 1, parts > 1 else { body(0, 0, count); return }
+        team.run(chunks: parts) { p, worker in
             let u0 = units * p / parts, u1 = units * (p + 1) / parts
-            body(p, min(count, u0 * granule), min(count, u1 * granule))
+            body(worker, min(count, u0 * granule), min(count, u1 * granule))
         }
     }
 }
@@ -291,14 +297,15 @@ public final class ThreadTeam: @unchecked Sendable {
 
     deinit { osk_team_destroy(handle) }
 
-    /// Runs body(0..<parts) with parts capped at `threads`, part 0 on the caller; returns when all have finished.
-    public func run(parts: Int, _ body: @Sendable (Int) -> Void) {
-        if parts <= 1 { if parts == 1 { body(0) }; return }
+    /// Runs body(chunk, worker) for chunk in 0..<chunks, each chunk once, on whichever team thread claims it
+    /// (worker 0..<threads identifies the thread, for per-thread scratch); returns when all have finished.
+    public func run(chunks: Int, _ body: @Sendable (_ chunk: Int, _ worker: Int) -> Void) {
+        if chunks <= 0 { return }
         withoutActuallyEscaping(body) { b in
             var box = b
             withUnsafeMutablePointer(to: &box) { p in
-                osk_team_run(handle, Int32(min(parts, threads)), { ctx, part in
-                    ctx!.assumingMemoryBound(to: (@Sendable (Int) -> Void).self).pointee(Int(part))
+                osk_team_run(handle, Int32(chunks), { ctx, chunk, worker in
+                    ctx!.assumingMemoryBound(to: (@Sendable (Int, Int) -> Void).self).pointee(Int(chunk), Int(worker))
                 }, p)
             }
         }
