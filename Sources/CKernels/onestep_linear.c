@@ -10,7 +10,8 @@
 //
 // Packing: W in panels of 32 output channels, [ceil(N/32)][K4][32] int32 words, each word 4 codes (k = 4q..4q+3),
 // pad outputs and pad k zero. X codes [rows][K4] words, pad k = the row's zero point (times a zero weight).
-// AVX-512 microkernel: 4 rows x 32 outputs, 8 accumulators, per k quad 2 weight loads + 4 broadcasts + 8 vpdpbusd.
+// AVX-512 microkernel: 6 rows x 32 outputs, 12 accumulators (enough independent chains to cover the
+// vpdpbusd latency), per k quad 2 weight loads + 6 broadcasts + 12 vpdpbusd.
 #include "onestep_kernels.h"
 
 #include <math.h>
@@ -20,7 +21,7 @@
 #include "onestep_isa.h"
 
 #define LNR 32  // output channels per panel
-#define LMR 4   // rows per microkernel
+#define LMR 6   // rows per microkernel
 
 size_t osk_lq8_packed_count(int32_t n, int32_t k) { return (size_t)((n + LNR - 1) / LNR) * LNR * (size_t)((k + 3) / 4); }
 
@@ -41,11 +42,50 @@ void osk_lq8_pack(const int8_t *w, int32_t n, int32_t k, int32_t *packed, int32_
     }
 }
 
+#if OSK_X86
+/// Row minimum and maximum (with 0) and the codes of one row: the same values as the scalar loops (min/max are
+/// exact; cvtps rounds to nearest even under the default MXCSR, as lrintf does).
+OSK_AVX512_TARGET static void row_range_avx512(const float *row, int32_t k, float *lo, float *hi) {
+    __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps();
+    for (int32_t kk = 0; kk < k; kk += 16) {
+        __mmask16 m = (__mmask16)(k - kk >= 16 ? 0xffff : (1u << (k - kk)) - 1);
+        __m512 v = _mm512_maskz_loadu_ps(m, row + kk);  // masked lanes read 0, which the range holds anyway
+        vlo = _mm512_min_ps(vlo, v);
+        vhi = _mm512_max_ps(vhi, v);
+    }
+    *lo = _mm512_reduce_min_ps(vlo);
+    *hi = _mm512_reduce_max_ps(vhi);
+}
+
+OSK_AVX512_TARGET static void row_codes_avx512(const float *row, int32_t k, float inv, int32_t z, uint8_t *q) {
+    const __m512 vinv = _mm512_set1_ps(inv);
+    const __m512i vz = _mm512_set1_epi32(z), zero = _mm512_setzero_si512(), top = _mm512_set1_epi32(255);
+    int32_t kk = 0;
+    for (; kk + 16 <= k; kk += 16) {
+        __m512i c = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(row + kk), vinv)), vz);
+        c = _mm512_min_epi32(_mm512_max_epi32(c, zero), top);
+        _mm_storeu_si128((__m128i *)(q + kk), _mm512_cvtepi32_epi8(c));
+    }
+    for (; kk < k; kk++) {
+        int32_t c = (int32_t)lrintf(row[kk] * inv) + z;
+        q[kk] = (uint8_t)(c < 0 ? 0 : c > 255 ? 255 : c);
+    }
+}
+#endif
+
 void osk_lq8_quantize(const float *x, int32_t rows, int32_t k, int64_t ldx, uint32_t *xq, float *scale, int32_t *zp) {
     const int32_t k4 = (k + 3) / 4;
+#if OSK_X86
+    const int fast = osk_level_supported(OSK_AVX512);
+#endif
     for (int32_t r = 0; r < rows; r++) {
         const float *row = x + (size_t)r * ldx;
         float lo = 0, hi = 0;  // the range holds 0, so 0 is exact
+#if OSK_X86
+        if (fast) {
+            row_range_avx512(row, k, &lo, &hi);
+        } else
+#endif
         for (int32_t kk = 0; kk < k; kk++) { lo = fminf(lo, row[kk]); hi = fmaxf(hi, row[kk]); }
         float s = (hi - lo) / 255.0f;
         if (!(s > 0)) s = 1;
@@ -56,6 +96,13 @@ void osk_lq8_quantize(const float *x, int32_t rows, int32_t k, int64_t ldx, uint
         scale[r] = s;
         zp[r] = z;
         uint8_t *q = (uint8_t *)(xq + (size_t)r * k4);
+#if OSK_X86
+        if (fast) {
+            row_codes_avx512(row, k, inv, z, q);
+            for (int32_t kk = k; kk < 4 * k4; kk++) q[kk] = (uint8_t)z;
+            continue;
+        }
+#endif
         for (int32_t kk = 0; kk < 4 * k4; kk++) {
             int32_t c = z;
             if (kk < k) {
@@ -87,22 +134,40 @@ static void block_scalar(int32_t k4, const uint32_t *const xr[LMR], const int32_
 
 #if OSK_X86
 OSK_AVX512_TARGET static void block_avx512(int32_t k4, const uint32_t *const xr[LMR], const int32_t *wp, int32_t acc[LMR][LNR]) {
-    __m512i c00 = _mm512_setzero_si512(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-    const uint32_t *x0 = xr[0], *x1 = xr[1], *x2 = xr[2], *x3 = xr[3];
+#define ZERO(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = _mm512_setzero_si512();
+    ZERO(0) ZERO(1) ZERO(2) ZERO(3) ZERO(4) ZERO(5)
+    const uint32_t *x0 = xr[0], *x1 = xr[1], *x2 = xr[2], *x3 = xr[3], *x4 = xr[4], *x5 = xr[5];
     for (int32_t q = 0; q < k4; q++) {
         __m512i w0 = _mm512_loadu_si512(wp), w1 = _mm512_loadu_si512(wp + 16);
-        __m512i a0 = _mm512_set1_epi32((int32_t)x0[q]), a1 = _mm512_set1_epi32((int32_t)x1[q]);
-        __m512i a2 = _mm512_set1_epi32((int32_t)x2[q]), a3 = _mm512_set1_epi32((int32_t)x3[q]);
-        c00 = _mm512_dpbusd_epi32(c00, a0, w0); c01 = _mm512_dpbusd_epi32(c01, a0, w1);
-        c10 = _mm512_dpbusd_epi32(c10, a1, w0); c11 = _mm512_dpbusd_epi32(c11, a1, w1);
-        c20 = _mm512_dpbusd_epi32(c20, a2, w0); c21 = _mm512_dpbusd_epi32(c21, a2, w1);
-        c30 = _mm512_dpbusd_epi32(c30, a3, w0); c31 = _mm512_dpbusd_epi32(c31, a3, w1);
+#define STEP(r) { __m512i a = _mm512_set1_epi32((int32_t)x##r[q]); \
+                  c##r##0 = _mm512_dpbusd_epi32(c##r##0, a, w0); c##r##1 = _mm512_dpbusd_epi32(c##r##1, a, w1); }
+        STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5)
         wp += LNR;
     }
-    _mm512_storeu_si512(acc[0], c00); _mm512_storeu_si512(acc[0] + 16, c01);
-    _mm512_storeu_si512(acc[1], c10); _mm512_storeu_si512(acc[1] + 16, c11);
-    _mm512_storeu_si512(acc[2], c20); _mm512_storeu_si512(acc[2] + 16, c21);
-    _mm512_storeu_si512(acc[3], c30); _mm512_storeu_si512(acc[3] + 16, c31);
+#define STORE(r) _mm512_storeu_si512(acc[r], c##r##0); _mm512_storeu_si512(acc[r] + 16, c##r##1);
+    STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5)
+#undef ZERO
+#undef STEP
+#undef STORE
+}
+
+/// The dequantization of one block in vector form: the same fused multiply-add as dequant() (one rounding), so
+/// identical bits; a scalar fmaf here would be a libm call per output (this file is compiled for baseline x86-64).
+OSK_AVX512_TARGET static void store_avx512(int32_t acc[LMR][LNR], int mr, int nc, const int32_t *rowsum, const float *wscale,
+                                           const float *bias, const float *xscale, const int32_t *xzp, float *const out[LMR]) {
+    for (int h = 0; h < 2; h++) {
+        int cnt = nc - 16 * h;
+        if (cnt <= 0) break;
+        __mmask16 m = (__mmask16)(cnt >= 16 ? 0xffff : (1u << cnt) - 1);
+        __m512i rs = _mm512_maskz_loadu_epi32(m, rowsum + 16 * h);
+        __m512 ws = _mm512_maskz_loadu_ps(m, wscale + 16 * h);
+        __m512 b = bias ? _mm512_maskz_loadu_ps(m, bias + 16 * h) : _mm512_setzero_ps();
+        for (int r = 0; r < mr; r++) {
+            __m512i a = _mm512_loadu_si512(acc[r] + 16 * h);
+            __m512 f = _mm512_cvtepi32_ps(_mm512_sub_epi32(a, _mm512_mullo_epi32(_mm512_set1_epi32(xzp[r]), rs)));
+            _mm512_mask_storeu_ps(out[r] + 16 * h, m, _mm512_fmadd_ps(f, _mm512_mul_ps(_mm512_set1_ps(xscale[r]), ws), b));
+        }
+    }
 }
 
 /// Exact without vpdpbusd: codes widened to 16 bits, vpmaddwd sums pairs into int32 (no saturation).
@@ -149,6 +214,15 @@ void osk_lq8_gemm(int level, const uint32_t *xq, const float *xscale, const int3
             else
 #endif
                 block_scalar(k4, xr, wp, acc);
+#if OSK_X86
+            if (level == OSK_AVX512) {
+                float *out[LMR];
+                for (int r = 0; r < LMR; r++) out[r] = y + (size_t)(rb + (r < mr ? r : 0)) * ldy + p * LNR;
+                store_avx512(acc, mr, nc, rowsum + p * LNR, wscale + p * LNR, bias ? bias + p * LNR : NULL,
+                             xscale + rb, xzp + rb, out);
+                continue;
+            }
+#endif
             for (int r = 0; r < mr; r++) {
                 float *out = y + (size_t)(rb + r) * ldy + p * LNR;
                 float sx = xscale[rb + r];

@@ -56,7 +56,8 @@ enum BenchCommand {
             for t in threadCounts {
                 let team = t > 1 ? ThreadTeam(threads: t) : nil
                 if t == threadCounts[0], let v = FastConv.vnniPeakGops(seconds: 1) {
-                    FileHandle.standardError.write(Data(String(format: "VNNI peak (12 dependent vpdpbusd chains, one core): %.1f GOP/s\n", v).utf8))
+                    let inner = BenchModels.int8LinearInnerLoopGops(seconds: 1)
+                    FileHandle.standardError.write(Data(String(format: "VNNI peak (12 dependent vpdpbusd chains, one core): %.1f GOP/s; int8 linear inner loop (2048x1024 x 1024x1024, one core): %.1f GOP/s = %.0f%% of it\n", v, inner, 100 * inner / v).utf8))
                 }
                 let linear = BenchModels.int8LinearGops(team: team, seconds: min(seconds, 2))
                 FileHandle.standardError.write(Data(String(format: "int8 linear (2048x1024 x 1024x1024, per-row u8, %@) on %d core(s): %.1f GOP/s\n",

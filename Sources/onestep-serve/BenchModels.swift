@@ -73,6 +73,14 @@ extension BenchModels {
     }
 }
 
+extension BenchModels {
+    static func int8LinearInnerLoopGops(rows: Int = 2048, k: Int = 1024, n: Int = 1024, seconds: Double) -> Double {
+        var r = TorchGenerator(seed: 6)
+        let w = Int8Weights.quantize(Tensor(shape: [n, k], data: r.randn(count: n * k)))
+        return FastConv.linearInnerLoopGops(rows: rows, PackedLinearInt8(weights: w, bias: nil), seconds: seconds)
+    }
+}
+
 /// Weights drawn at random, scaled like PyTorch's default init (std 1/sqrt(fan in)) so activations stay finite
 /// through a deep network; GroupNorm weights are 1. Deterministic for a seed.
 struct RandomWeights: WeightSource {

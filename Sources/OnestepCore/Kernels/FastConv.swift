@@ -384,3 +384,28 @@ extension FastConv {
         return checksum == 0x7fff_ffff_ffff ? nil : best  // checksum read so the chains cannot be dropped
     }
 }
+
+extension FastConv {
+    /// GOP/s of the int8 linear kernel's inner loop alone on one thread: `rows` random rows quantized once, then
+    /// only osk_lq8_gemm (integer sums + dequantization) timed, best call over about `seconds` (the figure to hold against
+    /// the VNNI peak; FastConv.linear adds the per-row quantization).
+    public static func linearInnerLoopGops(rows: Int, _ w: PackedLinearInt8, level: KernelLevel = .best, seconds: Double) -> Double {
+        let k = w.inFeatures, k4 = (k + 3) / 4, n = w.outFeatures
+        var x = [Float](repeating: 0, count: rows * k)
+        var state: UInt32 = 12345
+        for i in x.indices { state = state &* 1_664_525 &+ 1_013_904_223; x[i] = Float(Int32(bitPattern: state >> 8) - (1 << 23)) / Float(1 << 23) }
+        var codes = [UInt32](repeating: 0, count: rows * k4), scale = [Float](repeating: 0, count: rows), zp = [Int32](repeating: 0, count: rows)
+        osk_lq8_quantize(x, Int32(rows), Int32(k), Int64(k), &codes, &scale, &zp)
+        var y = [Float](repeating: 0, count: rows * n)
+        // Best single call, as the peak is a best interval: on a shared machine both see the least preempted run.
+        var best = Double.infinity, calls = 0
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
+        repeat {
+            let start = DispatchTime.now().uptimeNanoseconds
+            osk_lq8_gemm(level.rawValue, codes, scale, zp, Int32(rows), Int32(k), w.words, w.rowSums, w.scales, nil, Int32(n), &y, Int64(n), 0, Int32(rows))
+            best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+            calls += 1
+        } while DispatchTime.now().uptimeNanoseconds < deadline || calls < 3
+        return 2 * Double(rows * k * n) / best / 1e9
+    }
+}
