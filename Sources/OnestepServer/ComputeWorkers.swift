@@ -10,11 +10,14 @@ public final class ComputeWorkers: @unchecked Sendable {
     let models: ModelRegistry
     let metrics: Metrics
     let count: Int
+    /// Threads splitting each batch's layers (1: the worker computes alone).
+    let coresPerBatch: Int
     private let group = DispatchGroup()
     private let reaperStop = DispatchSemaphore(value: 0)
 
-    public init(count: Int, queue: BatchQueue, models: ModelRegistry, metrics: Metrics) {
+    public init(count: Int, coresPerBatch: Int = 1, queue: BatchQueue, models: ModelRegistry, metrics: Metrics) {
         self.count = max(1, count)
+        self.coresPerBatch = max(1, coresPerBatch)
         self.queue = queue
         self.models = models
         self.metrics = metrics
@@ -82,6 +85,8 @@ public final class ComputeWorkers: @unchecked Sendable {
 
     private func workerLoop() {
         Self.becomeComputeThread()
+        // The team's helpers are created by this thread after its nice change, so they inherit it.
+        if coresPerBatch > 1 { BufferPool.forCurrentThread.team = ThreadTeam(threads: coresPerBatch) }
         while true {
             let (batch, expired) = queue.nextBatch()
             for job in expired { expire(job) }

@@ -23,7 +23,10 @@ public final class OnestepServer: Sendable {
         BLAS.threads = options.blasThreads
         queue = BatchQueue(maxBatch: options.maxBatch, maxDelay: .microseconds(Int(options.maxDelayMs * 1000)),
                            maxQueuedImages: options.maxQueuedImages)
-        workers = ComputeWorkers(count: options.workers, queue: queue, models: models, metrics: metrics)
+        let split = CoreSplit.choose(models: models, cores: options.workers, fixed: options.coresPerBatch)
+        log(split.description)
+        workers = ComputeWorkers(count: max(1, options.workers / split.coresPerBatch), coresPerBatch: split.coresPerBatch,
+                                 queue: queue, models: models, metrics: metrics)
         router = Router(models: models, queue: queue, metrics: metrics, options: options)
         let metrics = self.metrics, accessLog = options.accessLog
         let router = self.router
@@ -63,7 +66,7 @@ public final class OnestepServer: Sendable {
             _ = workers.join(timeout: .seconds(5))
             throw ServerStartError(host: options.host, port: options.port, cause: error)
         }
-        log("onestep-serve listening on http://\(options.host):\(http.port) with \(models.names.count) model(s) [\(models.names.joined(separator: ", "))], default \(models.defaultName); \(options.workers) worker(s) x \(options.blasThreads) BLAS thread(s), max batch \(options.maxBatch), max delay \(options.maxDelayMs) ms, queue \(options.maxQueuedImages) images")
+        log("onestep-serve listening on http://\(options.host):\(http.port) with \(models.names.count) model(s) [\(models.names.joined(separator: ", "))], default \(models.defaultName); \(workers.count) worker(s) x \(workers.coresPerBatch) core(s) per batch x \(options.blasThreads) BLAS thread(s), max batch \(options.maxBatch), max delay \(options.maxDelayMs) ms, queue \(options.maxQueuedImages) images")
     }
 
     public var port: Int { http.port }

@@ -15,6 +15,9 @@ public struct ServerOptions: Sendable {
     public var workers = max(1, ProcessInfo.processInfo.activeProcessorCount)
     /// OpenBLAS threads per GEMM call.
     public var blasThreads = 1
+    /// Cores that split each batch's layers between them (a thread team per worker; workers become
+    /// workers / this). nil: chosen at start-up by timing one forward both ways (CoreSplit.swift).
+    public var coresPerBatch: Int? = nil
     public var maxBatch = 16
     public var maxDelayMs = 2.0
     public var maxQueuedImages = 256
@@ -54,6 +57,7 @@ public struct ServerOptions: Sendable {
             FlagSpec("default-model", "model used when a request names none [ONESTEP_DEFAULT_MODEL]", default: "shapes16-cd-int8 if loaded, else the first by name"),
             FlagSpec("workers", "compute threads, each running whole batches [ONESTEP_WORKERS]", default: String(d.workers)),
             FlagSpec("threads", "OpenBLAS threads per GEMM [ONESTEP_THREADS]", default: String(d.blasThreads)),
+            FlagSpec("cores-per-batch", "cores splitting one batch, or auto: measured at start-up [ONESTEP_CORES_PER_BATCH]", default: "auto"),
             FlagSpec("max-batch", "images per batch [ONESTEP_MAX_BATCH]", default: String(d.maxBatch)),
             FlagSpec("max-delay-ms", "longest wait to fill a batch [ONESTEP_MAX_DELAY_MS]", default: String(d.maxDelayMs)),
             FlagSpec("max-queue", "images queued before 429 [ONESTEP_MAX_QUEUE]", default: String(d.maxQueuedImages)),
@@ -101,6 +105,7 @@ public struct ServerOptions: Sendable {
         o.defaultModel = text("default-model")
         o.workers = try int("workers", 1...64) ?? o.workers
         o.blasThreads = try int("threads", 1...256) ?? o.blasThreads
+        if text("cores-per-batch") != "auto" { o.coresPerBatch = try int("cores-per-batch", 1...256) }
         o.maxBatch = try int("max-batch", 1...256) ?? o.maxBatch
         if let s = text("max-delay-ms") {
             guard let v = Double(s), v >= 0, v <= 10_000 else { throw FlagError("--max-delay-ms \(s): expected 0...10000") }

@@ -24,6 +24,11 @@ public final class BufferPool {
         return p
     }
 
+    /// The threads this compute thread splits each layer between (nil: it computes alone). Set by whoever owns
+    /// the compute thread (a server worker, `bench --threads`); the forward pass reads it from the pool it is
+    /// given, so the output bytes are the same with or without it.
+    public var team: ThreadTeam?
+
     private struct FreeBuffer {
         let pointer: UnsafeMutablePointer<Float>
         /// When it was given back (a counter), for least-recently-used eviction.
@@ -185,6 +190,15 @@ public struct Activation {
         self.height = height
         self.width = width
         data = pool.acquire(channels * batch * height * width)
+    }
+
+    /// A view of memory owned elsewhere (never released through it).
+    init(viewing data: UnsafeMutablePointer<Float>, channels: Int, batch: Int, height: Int, width: Int) {
+        self.data = data
+        self.channels = channels
+        self.batch = batch
+        self.height = height
+        self.width = width
     }
 
     public func release(to pool: BufferPool) { pool.release(data, count: count) }

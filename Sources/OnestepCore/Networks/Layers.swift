@@ -82,6 +82,9 @@ public struct LinearLayer: Sendable {
     public var bias: Tensor    // (out)
     /// Weight packed for FastConv.gemm by packForServing; nil uses OpenBLAS (the `blas` baseline).
     public var packed: PackedGemmF32?
+    /// Set instead when the int8 policy selects this layer (attention projections): the weight as a 1x1 int8
+    /// convolution, run over channel-major activations by ChannelMajor.attention.
+    public var packed8: PackedConvInt8?
 
     public var key: String { spec.key }
     public var inFeatures: Int { weight.shape[1] }
