@@ -43,7 +43,7 @@ let package = Package(
         .target(name: "CommandLineKit"),
 
         // Routes, batching, metrics, lifecycle of the server.
-        .target(name: "OnestepServer", dependencies: ["OnestepCore", "HTTP1", "CommandLineKit"]),
+        .target(name: "OnestepServer", dependencies: ["OnestepCore", "HTTP1", "CommandLineKit", "PNGCodec"]),
         .executableTarget(name: "onestep-serve", dependencies: ["OnestepServer", "OnestepCore", "CommandLineKit"]),
 
         // Training engine, data, teacher, distillation, evaluation: linked only into onestep-distill.

@@ -3,6 +3,13 @@
 // A reaper answers queued work whose deadline passed while every worker was busy.
 import Foundation
 import OnestepCore
+import PNGCodec
+
+/// A text embedding cache key: the same prompt gives different embeddings under different text encoders.
+public struct EmbeddingKey: Hashable, Sendable {
+    public var model: String
+    public var prompt: String
+}
 
 public final class ComputeWorkers: @unchecked Sendable {
     // Immutable after init; threads are only started and joined.
@@ -10,11 +17,14 @@ public final class ComputeWorkers: @unchecked Sendable {
     let models: ModelRegistry
     let metrics: Metrics
     let count: Int
+    /// Prompt embeddings (1, L, D) by (model, prompt), shared by every worker; LRU-bounded by --text-embedding-cache.
+    let embeddings: LRUCache<EmbeddingKey, Tensor>
     private let group = DispatchGroup()
     private let reaperStop = DispatchSemaphore(value: 0)
 
-    public init(count: Int, queue: BatchQueue, models: ModelRegistry, metrics: Metrics) {
+    public init(count: Int, queue: BatchQueue, models: ModelRegistry, metrics: Metrics, embeddingCacheSize: Int = 256) {
         self.count = max(1, count)
+        self.embeddings = LRUCache(capacity: embeddingCacheSize)
         self.queue = queue
         self.models = models
         self.metrics = metrics
@@ -103,18 +113,28 @@ public final class ComputeWorkers: @unchecked Sendable {
         let images = live.reduce(0) { $0 + $1.images.count }
         defer { queue.finished(images: images, elapsed: .now - start) }
         guard !live.isEmpty else { return }
-        guard let pipeline = models[batch.model] else {
-            for job in live { job.complete(.failed("model \(batch.model) is not loaded")) }
-            return
-        }
         for job in live {
             metrics.observe("onestep_queue_wait_seconds", [], seconds(start - job.enqueuedAt))
         }
-        let requests = live.flatMap(\.images)
-        let output = pipeline.generate(requests, steps: batch.steps)
         let pngs: [[UInt8]]
-        do { pngs = try ImagePipeline.pngs(output) } catch {
-            for job in live { job.complete(.failed("PNG encoding failed: \(error)")) }
+        switch models.model(batch.model) {
+        case nil:
+            for job in live { job.complete(.failed("model \(batch.model) is not loaded")) }
+            return
+        case .pixel(let pipeline)?:
+            let output = pipeline.generate(live.flatMap(\.images), steps: batch.steps)
+            do { pngs = try ImagePipeline.pngs(output) } catch {
+                for job in live { job.complete(.failed("PNG encoding failed: \(error)")) }
+                return
+            }
+        case .text(let model)?:
+            do { pngs = try generateText(model, batch, live) } catch {
+                for job in live { job.complete(.failed("text-to-image generation failed: \(error)")) }
+                return
+            }
+        }
+        guard pngs.count == images else {  // a pipeline bug: answered as a 500, never a crash
+            for job in live { job.complete(.failed("model \(batch.model) answered \(pngs.count) images for \(images) requests")) }
             return
         }
         let compute = ContinuousClock.now - start
@@ -127,5 +147,32 @@ public final class ComputeWorkers: @unchecked Sendable {
             offset += job.images.count
             job.complete(.done(pngs: mine, queueWait: start - job.enqueuedAt, compute: compute, batchImages: images))
         }
+    }
+
+    /// Prompt embeddings through the cache, then one sampler run for the whole batch. Negative-prompt embeddings
+    /// are made only under classifier-free guidance with scale > 1 (diffusers' `do_classifier_free_guidance`).
+    func generateText(_ model: any TextToImageModel, _ batch: Batch, _ live: [GenerationJob]) throws -> [[UInt8]] {
+        let requests = live.flatMap(\.text)
+        let prompts = try requests.map { try embedding(model, $0.prompt) }
+        var negatives: [Tensor]? = nil
+        if case .classifierFree = model.guidance, batch.guidanceScale > 1 {
+            negatives = try requests.map { try embedding(model, $0.negativePrompt) }
+        }
+        let images = try model.generate(requests, prompts: prompts, negatives: negatives, steps: batch.steps,
+                                        size: batch.size ?? model.defaultSize, guidanceScale: batch.guidanceScale)
+        return try images.map { try PNG.encode($0) }
+    }
+
+    /// One prompt's (1, L, D) embedding, from the cache or the text encoder; counts hits and misses by model.
+    func embedding(_ model: any TextToImageModel, _ prompt: String) throws -> Tensor {
+        let key = EmbeddingKey(model: model.name, prompt: prompt)
+        if let e = embeddings.lookup(key) {
+            metrics.increment("onestep_text_embedding_cache_hits_total", [("model", model.name)])
+            return e
+        }
+        metrics.increment("onestep_text_embedding_cache_misses_total", [("model", model.name)])
+        let e = try model.encodePrompt(prompt)
+        embeddings.insert(key, e)
+        return e
     }
 }

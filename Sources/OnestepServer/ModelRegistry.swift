@@ -2,25 +2,64 @@
 import Foundation
 import OnestepCore
 
-public final class ModelRegistry: Sendable {
-    public let pipelines: [String: ImagePipeline]
-    /// The model used when a request names none: the only one, or `preferred` when it is loaded.
-    public let defaultName: String
+/// A served model: a pixel UNet2DModel pipeline (class or unconditional) or a text-to-image pipeline.
+public enum ServedModel: Sendable {
+    case pixel(ImagePipeline)
+    case text(any TextToImageModel)
 
-    public init(pipelines: [ImagePipeline], preferred: String? = nil) throws {
-        guard !pipelines.isEmpty else { throw ModelLoadError(path: "models", problem: "no models to serve") }
-        var map: [String: ImagePipeline] = [:]
-        for p in pipelines { map[p.name] = p }
-        self.pipelines = map
-        if let preferred, map[preferred] != nil {
-            defaultName = preferred
-        } else {
-            defaultName = pipelines.map(\.name).sorted()[0]
+    public var sampler: any Sampler {
+        switch self {
+        case .pixel(let p): return p.sampler
+        case .text(let t): return t.sampler
         }
     }
 
+    /// The size generated when a request sends none.
+    public var defaultSize: ImageSize {
+        switch self {
+        case .pixel(let p): return ImageSize(width: p.imageSize, height: p.imageSize)
+        case .text(let t): return t.defaultSize
+        }
+    }
+}
+
+public final class ModelRegistry: Sendable {
+    /// Pixel models by name.
+    public let pipelines: [String: ImagePipeline]
+    /// Text-to-image models by name (names are unique across both maps).
+    public let textModels: [String: any TextToImageModel]
+    /// The model used when a request names none: the only one, or `preferred` when it is loaded.
+    public let defaultName: String
+
+    public init(pipelines: [ImagePipeline], textModels: [any TextToImageModel] = [], preferred: String? = nil) throws {
+        guard !pipelines.isEmpty || !textModels.isEmpty else { throw ModelLoadError(path: "models", problem: "no models to serve") }
+        var map: [String: ImagePipeline] = [:]
+        for p in pipelines { map[p.name] = p }
+        var text: [String: any TextToImageModel] = [:]
+        for t in textModels {
+            guard map[t.name] == nil, text[t.name] == nil else {
+                throw ModelLoadError(path: t.name, problem: "two models are named \(t.name); rename one folder")
+            }
+            text[t.name] = t
+        }
+        self.pipelines = map
+        self.textModels = text
+        let all = (Array(map.keys) + Array(text.keys)).sorted()
+        if let preferred, all.contains(preferred) {
+            defaultName = preferred
+        } else {
+            defaultName = all[0]
+        }
+    }
+
+    /// The pixel pipeline of that name (nil for text models and unknown names).
     public subscript(name: String) -> ImagePipeline? { pipelines[name] }
-    public var names: [String] { pipelines.keys.sorted() }
+    /// Any model of that name.
+    public func model(_ name: String) -> ServedModel? {
+        if let p = pipelines[name] { return .pixel(p) }
+        return textModels[name].map { .text($0) }
+    }
+    public var names: [String] { (Array(pipelines.keys) + Array(textModels.keys)).sorted() }
 
     /// Loads every sub-folder of `dir` that holds a model (config.json or model_index.json). A folder that
     /// looks like a model but fails to load stops the server with the reason: serving a partial set silently

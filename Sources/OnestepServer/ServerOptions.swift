@@ -28,6 +28,9 @@ public struct ServerOptions: Sendable {
     public var idleTimeoutMs = 60_000
     public var drainTimeoutMs = 30_000
     public var accessLog = true
+    /// Prompt embeddings kept by (model, prompt), least recently used evicted; 0 disables the cache.
+    /// One SD embedding is 77 x 1024 floats (308 KB), so the default 256 holds about 80 MB at most.
+    public var textEmbeddingCacheEntries = 256
 
     public init() {}
 
@@ -52,6 +55,7 @@ public struct ServerOptions: Sendable {
             FlagSpec("body-timeout-ms", "time to send a body, 408 after [ONESTEP_BODY_TIMEOUT_MS]", default: String(d.bodyTimeoutMs)),
             FlagSpec("idle-timeout-ms", "keep-alive idle limit [ONESTEP_IDLE_TIMEOUT_MS]", default: String(d.idleTimeoutMs)),
             FlagSpec("drain-timeout-ms", "on SIGTERM, time to finish queued work [ONESTEP_DRAIN_TIMEOUT_MS]", default: String(d.drainTimeoutMs)),
+            FlagSpec("text-embedding-cache", "prompt embeddings kept, LRU; 0 disables [ONESTEP_TEXT_EMBEDDING_CACHE]", default: String(d.textEmbeddingCacheEntries)),
             FlagSpec("no-access-log", "do not print a line per request [ONESTEP_ACCESS_LOG=0]", isSwitch: true),
         ]
     }()
@@ -96,6 +100,7 @@ public struct ServerOptions: Sendable {
         o.bodyTimeoutMs = try int("body-timeout-ms", 10...3_600_000) ?? o.bodyTimeoutMs
         o.idleTimeoutMs = try int("idle-timeout-ms", 10...3_600_000) ?? o.idleTimeoutMs
         o.drainTimeoutMs = try int("drain-timeout-ms", 0...3_600_000) ?? o.drainTimeoutMs
+        o.textEmbeddingCacheEntries = try int("text-embedding-cache", 0...1_000_000) ?? o.textEmbeddingCacheEntries
         o.accessLog = !(f.isSet("no-access-log") || env["ONESTEP_ACCESS_LOG"] == "0")
         guard o.defaultDeadlineMs <= o.maxDeadlineMs else {
             throw FlagError("--default-deadline-ms \(o.defaultDeadlineMs) is above --max-deadline-ms \(o.maxDeadlineMs)")
