@@ -16,8 +16,10 @@ extension RawGenerationFields {
 
     /// The fields a pixel model takes (`label` only for class models; their `prompt` names a class, see
     /// `resolveLabel`, and is listed separately as `prompt_selects: "class"` so pages show a class picker).
+    /// `size` is not listed: a pixel model makes its own size only (a size equal to it is accepted, for OpenAI
+    /// clients), and a listed `size` would tell the A1111 route to forward a client's 512x512 default.
     static func fields(of p: ImagePipeline) -> [String] {
-        (p.numClasses == nil ? [] : ["label"]) + ["size", "steps", "seed", "n", "deadline_ms", "response_format"]
+        (p.numClasses == nil ? [] : ["label"]) + ["steps", "seed", "n", "deadline_ms", "response_format"]
     }
 
     /// "WxH" (also "W x H", "WXH") -> size, or nil when the text is not two positive integers.

@@ -65,10 +65,10 @@ final class TextRequestTests: XCTestCase {
         let list = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any])?["data"] as? [[String: Any]])
         let byID = Dictionary(uniqueKeysWithValues: list.map { ($0["id"] as! String, $0) })
         let cd = try XCTUnwrap(byID["cd_tiny"]), ddpm = try XCTUnwrap(byID["ddpm_tiny"])
-        XCTAssertEqual(cd["fields"] as? [String], ["label", "size", "steps", "seed", "n", "deadline_ms", "response_format"])
+        XCTAssertEqual(cd["fields"] as? [String], ["label", "steps", "seed", "n", "deadline_ms", "response_format"])
         XCTAssertEqual(cd["prompt_selects"] as? String, "class")
         XCTAssertEqual(cd["kind"] as? String, "pixel")
-        XCTAssertEqual(ddpm["fields"] as? [String], ["size", "steps", "seed", "n", "deadline_ms", "response_format"])
+        XCTAssertEqual(ddpm["fields"] as? [String], ["steps", "seed", "n", "deadline_ms", "response_format"])
         XCTAssertNil(ddpm["prompt_selects"])
         // The A1111 side reads the same lists.
         let a = try server.post("/sdapi/v1/txt2img", json: #"{"prompt": "3", "seed": 4, "steps": 1}"#)
