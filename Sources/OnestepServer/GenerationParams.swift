@@ -10,6 +10,17 @@ public struct RequestError: Error, Equatable {
         self.message = message
         self.type = type
     }
+
+    /// Longest piece of client input an error message quotes.
+    static let maxQuoted = 64
+
+    /// Client input as an error message quotes it: whole when short, else its first ``maxQuoted`` characters and
+    /// its size, so a 10 MB prompt does not come back as a 10 MB error (issue 17).
+    public static func quote(_ input: Any) -> String {
+        let text = input as? String ?? "\(input)"
+        guard text.count > maxQuoted else { return text }
+        return "\(text.prefix(maxQuoted))... (\(text.utf8.count) bytes)"
+    }
 }
 
 /// A validated request: the model, the images (seed + label each) and the step count.
@@ -106,7 +117,7 @@ struct RawGenerationFields {
             case "deadline_ms": r.deadlineMs = v
             case "size": r.size = v
             case "response_format": r.responseFormat = v
-            default: if !ignoredOpenAIFields.contains(k), !r.unknown.contains(k) { r.unknown.append(k) }
+            default: if !ignoredOpenAIFields.contains(k), !r.unknown.contains(k) { r.unknown.append(RequestError.quote(k)) }
             }
         }
         return r
@@ -118,7 +129,7 @@ struct RawGenerationFields {
         var i: Int?
         if let s = v as? String { i = Int(s.trimmingCharacters(in: .whitespaces)) } else if !JSONValues.isBool(v) { i = JSONValues.integer(v) }
         guard let i, range.contains(i) else {
-            throw RequestError("\(field) must be an integer in \(range.lowerBound)...\(range.upperBound), got \(v)")
+            throw RequestError("\(field) must be an integer in \(range.lowerBound)...\(range.upperBound), got \(RequestError.quote(v))")
         }
         return i
     }
@@ -134,7 +145,7 @@ struct RawGenerationFields {
         }
         let name = model ?? models.defaultName
         guard let served = models.model(name) else {
-            let notFound = "model '\(name)' is not loaded; available: \(models.names.joined(separator: ", "))"
+            let notFound = "model '\(RequestError.quote(name))' is not loaded; available: \(models.names.joined(separator: ", "))"
             if problems.isEmpty { throw RequestError(notFound, type: "not_found_error") }
             throw Self.combined(problems + [notFound])
         }
@@ -201,11 +212,20 @@ struct RawGenerationFields {
         return "\(v)"
     }
 
+    /// Longest label or prompt accepted, in UTF-8 bytes (OpenAI's own prompt limit is 4,000 characters). Checked
+    /// before any work on the text, which runs on the event loop: a 10 MB prompt used to hold it for 1.4 s.
+    static let maxTextBytes = 4000
+
     /// label may be an index or a class name; prompt (OpenAI clients) names a class: the whole prompt, or the one
     /// class name it contains as a word (plural -s/-es allowed): "a red star" and "stars" resolve to "star".
     /// `fromPrompt` is the class name a prompt resolved to, echoed in the response.
     func resolveLabel(_ p: ImagePipeline) throws(RequestError) -> (index: Int, fromPrompt: String?)? {
         var text: String?
+        for (field, value) in [("label", label), ("prompt", prompt)] {
+            if let s = value as? String, s.utf8.count > Self.maxTextBytes {
+                throw RequestError("\(field) is \(s.utf8.count) bytes; at most \(Self.maxTextBytes) are accepted")
+            }
+        }
         if let l = label, !(l is NSNull) {
             if let s = l as? String { text = s } else if let i = JSONValues.integer(l) { text = String(i) } else {
                 throw RequestError("label must be a class index or a class name")
@@ -228,7 +248,10 @@ struct RawGenerationFields {
         guard let text else { return nil }
         switch p.resolveLabel(text) {
         case .success(let l): return l.map { ($0, nil) }
-        case .failure(let e): throw RequestError(e.description)
+        case .failure(let e):
+            // The core's message quotes the text it was given; quote only a prefix of a long one.
+            let quoted = RequestError.quote(text)
+            throw RequestError(quoted == text ? e.description : e.description.replacingOccurrences(of: text, with: quoted))
         }
     }
 

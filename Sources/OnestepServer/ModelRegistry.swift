@@ -61,31 +61,33 @@ public final class ModelRegistry: Sendable {
     }
     public var names: [String] { (Array(pipelines.keys) + Array(textModels.keys)).sorted() }
 
-    /// Loads every sub-folder of `dir` that holds a model (config.json or model_index.json). A folder that
-    /// looks like a model but fails to load stops the server with the reason: serving a partial set silently
-    /// would hide the problem.
     /// Which sampler a model got, and what was assumed when its folder had no scheduler config.
     static func logSampler(_ p: ImagePipeline, _ log: (String) -> Void) {
         log("model \(p.name) sampler: \(p.sampler.description), steps \(p.sampler.stepRange.lowerBound)...\(p.sampler.stepRange.upperBound), default \(p.sampler.defaultSteps)")
         if let note = p.samplerAssumption { log("model \(p.name): \(note)") }
     }
 
+    /// Loads every sub-folder of `dir` that looks like a model (holds any file or folder a model folder holds:
+    /// config.json, model_index.json, weights, unet/...), or `dir` itself if it is one. A folder that looks like a
+    /// model but cannot be loaded — a dangling or looping symlink, a FIFO or other non-regular file, weights
+    /// without config.json, a folder or file the server's user cannot read — stops the server with the file and
+    /// the reason: serving a partial set silently would hide the problem. Only regular files are opened.
     public static func load(directory dir: String, preferred: String?, log: (String) -> Void) throws -> ModelRegistry {
-        let fm = FileManager.default
-        var isDir: ObjCBool = false
-        guard fm.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+        switch ModelFolderScan.entry(dir) {
+        case .directory: break
+        case .missing:
             throw ModelLoadError(path: dir, problem: "models folder not found; pass --models DIR (a folder of model folders)")
+        default:
+            throw ModelLoadError(path: dir, problem: "is not a folder; pass --models DIR (a folder of model folders, or one model folder)")
         }
-        // A model directory given directly also works.
-        if fm.fileExists(atPath: dir + "/config.json") || fm.fileExists(atPath: dir + "/model_index.json") {
-            let p = try ImagePipeline.load(path: dir)
-            logSampler(p, log)
-            return try ModelRegistry(pipelines: [p], preferred: preferred)
-        }
+        // A model directory given directly also works: it holds model files itself, where a folder of models
+        // holds folders (and perhaps a README).
+        let names = try ModelFolderScan.list(dir)
+        let isModel = names.contains { ModelFolderScan.markerFiles.contains($0) }
+        let folders = isModel ? [dir] : try ModelFolderScan.modelFolders(under: dir)
         var loaded: [ImagePipeline] = []
-        for entry in (try fm.contentsOfDirectory(atPath: dir)).sorted() {
-            let path = dir + "/" + entry
-            guard fm.fileExists(atPath: path + "/config.json") || fm.fileExists(atPath: path + "/model_index.json") else { continue }
+        for path in folders {
+            try ModelFolderScan.check(path)
             let start = Date()
             let p = try ImagePipeline.load(path: path)
             log("loaded model \(p.name): \(p.imageSize)x\(p.imageSize)x\(p.channels), \(p.weightDType), \(p.model.parameterCount) parameters, \(p.numClasses.map { "\($0) classes" } ?? "unconditional") in \(String(format: "%.2f", Date().timeIntervalSince(start))) s")

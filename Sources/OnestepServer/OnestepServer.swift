@@ -76,8 +76,12 @@ public final class OnestepServer: Sendable {
 
     public var port: Int { http.port }
 
+    /// What the last ``drainAndStop()`` could not deliver within the grace period (empty when all was written).
+    public var droppedAtStop: HTTPServer.DropReport { http.dropped }
+
     /// Graceful drain: readiness off, refuse new work, finish queued and running work (bounded by the drain
-    /// timeout), then close. Returns true if everything finished in time.
+    /// timeout), then give answers being written the grace period, then close. Returns true if the queued work
+    /// finished in time; ``droppedAtStop`` says what the close cut off.
     @discardableResult
     public func drainAndStop() -> Bool {
         router.draining.store(true, ordering: .releasing)
@@ -88,7 +92,7 @@ public final class OnestepServer: Sendable {
         // Answer anything still queued (only when the drain timed out) before closing connections.
         for job in queue.stop() { job.complete(.expired(queueWait: .now - job.enqueuedAt)) }
         // Responses just handed to the loop are written before connections close.
-        http.shutdown(gracePeriod: .milliseconds(max(1000, options.drainTimeoutMs / 10)))
+        http.shutdown(gracePeriod: .milliseconds(options.graceMs))
         _ = workers.join(timeout: .seconds(10))
         return finished
     }
@@ -117,7 +121,13 @@ public final class OnestepServer: Sendable {
         while sem_wait(terminationSignal) != 0 {}  // EINTR: wait again
         log("signal received: draining (\(queue.depth) images queued, up to \(options.drainTimeoutMs) ms)")
         let clean = drainAndStop()
-        log(clean ? "drained; exiting" : "drain timeout: queued work was answered 503; exiting")
+        let dropped = droppedAtStop
+        if !clean { log("drain timeout: queued work was answered 503") }
+        if dropped.isEmpty {
+            log(clean ? "drained; exiting" : "exiting")
+        } else {
+            log("grace period (\(options.graceMs) ms, --grace-ms) over: dropped \(dropped.connections) connection(s) with \(dropped.responses) answer(s) unanswered or unwritten, \(dropped.bytes) bytes unsent (clients not reading); exiting")
+        }
         return 0
     }
 }

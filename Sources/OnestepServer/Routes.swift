@@ -59,12 +59,12 @@ final class Router: Sendable {
             return respond(responder, .json(Array((try? JSONSerialization.data(withJSONObject: model, options: [.sortedKeys])) ?? Data())))
         }
         guard let allowed = Self.routes[path] else {
-            respond(responder, .error(.notFound, message: "no route \(path); routes: \(Self.routes.keys.sorted().joined(separator: ", "))", type: "not_found_error"))
+            respond(responder, .error(.notFound, message: "no route \(RequestError.quote(path)); routes: \(Self.routes.keys.sorted().joined(separator: ", "))", type: "not_found_error"))
             return
         }
         let method = request.method == .HEAD ? HTTPMethod.GET : request.method
         guard allowed.contains(method) else {
-            var r = HTTPResponse.error(.methodNotAllowed, message: "\(request.method) is not allowed on \(path); use \(allowed.map(\.rawValue).joined(separator: " or "))")
+            var r = HTTPResponse.error(.methodNotAllowed, message: "\(RequestError.quote(request.method.rawValue)) is not allowed on \(RequestError.quote(path)); use \(allowed.map(\.rawValue).joined(separator: " or "))")
             let allow = allowed.contains(.GET) ? allowed.map(\.rawValue) + ["HEAD"] : allowed.map(\.rawValue)
             r.headers.add(name: "Allow", value: allow.joined(separator: ", "))
             respond(responder, r)

@@ -95,6 +95,11 @@ public struct LinearLayer: Sendable {
         bias = try src.tensor(spec.key + ".bias", shape: [o])
     }
 
+    /// A linear layer of a network that has no layer plan yet (the CLIP text encoder): role `.other`, no pixels.
+    public init(_ key: String, _ src: WeightSource, in inFeatures: Int, out outFeatures: Int) throws {
+        try self.init(LayerSpec(key, .linear(inFeatures: inFeatures, outFeatures: outFeatures), role: .other, pixels: 0), src)
+    }
+
     /// (N, in) -> (N, out), NCHW reference path (OpenBLAS).
     public func callAsFunction(_ x: Tensor) -> Tensor { Linear.forward(x, weight: weight, bias: bias) }
 
