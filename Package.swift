@@ -46,7 +46,7 @@ let package = Package(
         .target(name: "OnestepLoad", dependencies: ["CCurl", "PNGCodec"], path: "loadtest/Sources/OnestepLoad"),
         .executableTarget(name: "onestep-load", dependencies: ["OnestepLoad"], path: "loadtest/Sources/onestep-load"),
 
-        .testTarget(name: "OnestepCoreTests", dependencies: ["OnestepCore", "PNGCodec"]),
+        .testTarget(name: "OnestepCoreTests", dependencies: ["OnestepCore", "PNGCodec"], exclude: ["Golden"]),
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1"]),
         .testTarget(name: "OnestepServerTests", dependencies: ["OnestepServer", "OnestepCore", "HTTP1", "PNGCodec"], exclude: ["png_decode.py"]),
         .testTarget(name: "OnestepTrainTests", dependencies: ["OnestepTrain", "OnestepCore", "PNGCodec"]),
