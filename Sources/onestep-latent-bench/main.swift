@@ -1,7 +1,7 @@
 // onestep-latent-bench: one forward pass of the full-size text-to-image latent networks with random weights,
 // at 512x512 pixels (64x64 latents), batch 1: SD-Turbo's UNet (SD 2.1-base), the SD AutoencoderKL decoder,
 // SDXS-512-DreamShaper's UNet and the TAESD decoder. Prints load time, forward ms (first and best of --runs),
-// GFLOP/s from the plan's FLOP walk, the ratio to an OpenBLAS sgemm of the UNet's level-0 convolution shape
+// GFLOP per CPU second from the plan's FLOP walk (the machine may be shared: wall time includes waiting), the ratio to an OpenBLAS sgemm of the UNet's level-0 convolution shape
 // measured in the same run, and the process's peak RSS. scripts/bench/t2i_pytorch.py times the same configs in
 // PyTorch/diffusers. Run one network per process so the peak RSS is that network's:
 //   .build/release/onestep-latent-bench sd-turbo-unet [--runs 2] [--threads 1] [--size 64]
@@ -56,14 +56,16 @@ func seconds(_ body: () throws -> Void) rethrows -> Double {
     return Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
 }
 
-/// GFLOP/s of an OpenBLAS sgemm (320 x 2880) x (2880 x S*S): the im2col GEMM of a 3x3 320->320 conv at level 0.
+/// GFLOP/s (per CPU second) of an OpenBLAS sgemm (320 x 2880) x (2880 x S*S): the im2col GEMM of a 3x3 320->320 conv at level 0.
 func sgemmGFLOPs(size s: Int) -> Double {
     let m = 320, k = 2880, n = s * s
     let a = [Float](repeating: 0.01, count: m * k), b = [Float](repeating: 0.02, count: k * n)
     var c = [Float](repeating: 0, count: m * n)
     var best = Double.infinity
     for _ in 0..<3 {
-        best = min(best, seconds { BLAS.sgemm(m: m, n: n, k: k, a: a, lda: k, b: b, ldb: n, c: &c, ldc: n) })
+        let c0 = cpuSeconds()
+        BLAS.sgemm(m: m, n: n, k: k, a: a, lda: k, b: b, ldb: n, c: &c, ldc: n)
+        best = min(best, cpuSeconds() - c0)
     }
     return 2 * Double(m * n * k) / best / 1e9
 }
@@ -86,6 +88,7 @@ guard let name = networkName, let json = configs[name] else {
 }
 BLAS.threads = threads
 let pool = BufferPool()
+let profile = LatentProfile()
 var forward: () throws -> Void = {}
 var flops = 0.0
 let loadSeconds = try seconds {
@@ -97,19 +100,19 @@ let loadSeconds = try seconds {
         let x = Tensor(shape: [1, 4, size, size], data: (0..<(16 * size * size / 4)).map { _ in r.next() })
         let ehs = Tensor(shape: [1, 77, cfg.crossAttentionDim[0]], data: (0..<(77 * cfg.crossAttentionDim[0])).map { _ in r.next() })
         flops = unet.flops(batch: 1, height: size, width: size)
-        forward = { _ = try unet.forward(x, timesteps: [999], encoderHiddenStates: ehs, pool: pool, threads: threads) }
+        forward = { _ = try unet.forward(x, timesteps: [999], encoderHiddenStates: ehs, pool: pool, threads: threads, profile: profile) }
     case "AutoencoderKL":
         let vae = try AutoencoderKLDecoder(config: try AutoencoderKLConfig(json: json), weights: RandomWeights())
         var r = TestlessRandom(seed: 2)
         let z = Tensor(shape: [1, 4, size, size], data: (0..<(4 * size * size)).map { _ in r.next() })
         flops = vae.flops(batch: 1, height: size, width: size)
-        forward = { _ = try vae.decode(z, pool: pool, threads: threads) }
+        forward = { _ = try vae.decode(z, pool: pool, threads: threads, profile: profile) }
     default:
         let vae = try AutoencoderTinyDecoder(config: try AutoencoderTinyConfig(json: json), weights: RandomWeights())
         var r = TestlessRandom(seed: 3)
         let z = Tensor(shape: [1, 4, size, size], data: (0..<(4 * size * size)).map { _ in r.next() })
         flops = vae.flops(batch: 1, height: size, width: size)
-        forward = { _ = try vae.decode(z, pool: pool, threads: threads) }
+        forward = { _ = try vae.decode(z, pool: pool, threads: threads, profile: profile) }
     }
 }
 let rssAfterLoad = peakRSSMiB()
@@ -121,10 +124,12 @@ for _ in 0..<max(1, runs) {
 }
 let best = times.min()!
 let gemm = sgemmGFLOPs(size: size)
-let rate = flops / best / 1e9
-print(String(format: "%@ latent %dx%d batch 1 threads %d: load+pack %.1f s, forward first %.0f ms, best of %d %.0f ms (CPU %.0f ms), %.1f GFLOP (plan walk), %.1f GFLOP/s = %.2fx OpenBLAS sgemm (%.1f GFLOP/s, level-0 conv shape, same run), peak RSS %.0f MiB (after load %.0f MiB)",
-             name, size, size, threads, loadSeconds, times[0] * 1000, times.count, best * 1000, cpu[times.firstIndex(of: best)!] * 1000, flops / 1e9, rate, rate / gemm, gemm,
+let bestCPU = cpu[times.firstIndex(of: best)!]
+let rate = flops / bestCPU / 1e9
+print(String(format: "%@ latent %dx%d batch 1 threads %d: load+pack %.1f s, forward first %.0f ms, best of %d %.0f ms (CPU %.0f ms), %.1f GFLOP (plan walk), %.1f GFLOP per CPU second = %.2fx OpenBLAS sgemm (%.1f, level-0 conv shape, same run), peak RSS %.0f MiB (after load %.0f MiB)",
+             name, size, size, threads, loadSeconds, times[0] * 1000, times.count, best * 1000, bestCPU * 1000, flops / 1e9, rate, rate / gemm, gemm,
              peakRSSMiB(), rssAfterLoad))
+print("thread CPU time over all \(times.count) runs by part (threads 1 only): " + profile.summary)
 
 /// Inputs for the bench: uniform [-1, 1) from a 64-bit LCG.
 struct TestlessRandom {

@@ -64,11 +64,12 @@ public struct AutoencoderTinyDecoder: Sendable {
 
     /// `vae.decode(latents).sample`: latents (N, latent_channels, h, w) -> images (N, out_channels,
     /// 2^(levels-1) h, 2^(levels-1) w) in about [-1, 1]. Throws LatentInputError on a wrong shape.
-    public func decode(_ latents: Tensor, pool: BufferPool = .forCurrentThread, threads: Int = 1) throws -> Tensor {
+    public func decode(_ latents: Tensor, pool: BufferPool = .forCurrentThread, threads: Int = 1,
+                        profile: LatentProfile? = nil) throws -> Tensor {
         guard latents.rank == 4, latents.shape[0] >= 1, latents.shape[1] == config.latentChannels, latents.shape[2] >= 1, latents.shape[3] >= 1 else {
             throw LatentInputError(problem: "latents have shape \(latents.shape); the TAESD decoder needs (N, \(config.latentChannels), h, w)")
         }
-        let y = LatentRunner(plan: plan, weights: weights, threads: threads).run(ChannelMajor.fromNCHW(latents, pool: pool), pool: pool)
+        let y = LatentRunner(plan: plan, weights: weights, threads: threads, profile: profile).run(ChannelMajor.fromNCHW(latents, pool: pool), pool: pool)
         defer { y.release(to: pool) }
         return ChannelMajor.toNCHW(y)
     }

@@ -20,16 +20,43 @@ public struct LatentContext {
     }
 }
 
+/// CPU time of the calling thread per part of the forward pass (for benchmarks; exact only with threads 1).
+public final class LatentProfile: @unchecked Sendable {
+    public private(set) var seconds: [String: Double] = [:]
+    public init() {}
+
+    static func threadCPU() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
+    func measure<T>(_ part: String, _ body: () -> T) -> T {
+        let t0 = Self.threadCPU()
+        let r = body()
+        seconds[part, default: 0] += Self.threadCPU() - t0
+        return r
+    }
+
+    /// "part ms, ..." sorted by time.
+    public var summary: String {
+        seconds.sorted { $0.value > $1.value }.map { String(format: "%@ %.0f ms", $0.key, $0.value * 1000) }.joined(separator: ", ")
+    }
+}
+
 public struct LatentRunner {
     public let plan: LatentPlan
     public let weights: LatentWeights
     /// Threads for convolutions, projections and attention heads (results are identical for any count).
     public var threads: Int
+    /// When set, each part of the walk adds its CPU time here.
+    public var profile: LatentProfile?
 
-    public init(plan: LatentPlan, weights: LatentWeights, threads: Int = 1) {
+    public init(plan: LatentPlan, weights: LatentWeights, threads: Int = 1, profile: LatentProfile? = nil) {
         self.plan = plan
         self.weights = weights
         self.threads = max(1, threads)
+        self.profile = profile
     }
 
     /// x (Cin, N, H, W), consumed (released to the pool) -> the plan's output (Cout, N, Ho, Wo), owned by the
@@ -61,6 +88,11 @@ private struct Walk {
     var temb: (UnsafeMutablePointer<Float>, Int, Int)?   // silu(temb) (T, N)
     var context: LatentContext?
     var w: LatentWeights { runner.weights }
+
+    func timed<T>(_ part: String, _ body: () -> T) -> T {
+        guard let p = runner.profile else { return body() }
+        return p.measure(part, body)
+    }
     var threads: Int { runner.threads }
 
     init(runner: LatentRunner, pool: BufferPool, current: Activation) {
@@ -101,18 +133,18 @@ private struct Walk {
 
     mutating func step(_ step: LatentStep) {
         switch step {
-        case .conv(let s, let up): replace(with: conv(current, s, up))
-        case .resnet(let r): replace(with: resnet(current, r))
+        case .conv(let s, let up): replace(with: timed("conv") { conv(current, s, up) })
+        case .resnet(let r): replace(with: timed("resnet") { resnet(current, r) })
         case .transformer(let t): replace(with: transformer(current, t))
         case .spatialAttention(let s):
             let hn = like(current)
             ChannelMajor.groupNorm(current, w.norm(s.norm), silu: false, into: hn.data)
             let out = copy(current)
-            attention(s.attention, input: hn.data, batch: hn.batch, length: hn.pixels, into: out.data)
+            timed("spatial attention") { attention(s.attention, input: hn.data, batch: hn.batch, length: hn.pixels, into: out.data) }
             hn.release(to: pool)
             if s.rescaleOutputFactor != 1 { scale(out, by: 1 / s.rescaleOutputFactor, shift: 0) }
             replace(with: out)
-        case .tinyBlock(let b): replace(with: tinyBlock(current, b))
+        case .tinyBlock(let b): replace(with: timed("tiny block") { tinyBlock(current, b) })
         case .pushSkip:
             skips.append(current)
             holders[current.data, default: 0] += 1
@@ -197,18 +229,18 @@ private struct Walk {
         project(w.linear(t.projIn), tmp.data, columns: cols, into: h.data, accumulate: false)
         let stats = pool.acquire(4 * cols)
         for b in t.blocks {
-            layerNorm(h.data, b.norm1, columns: cols, into: tmp.data, scratch: stats)
-            attention(b.attn1, input: tmp.data, batch: n, length: l, into: h.data)
-            layerNorm(h.data, b.norm2, columns: cols, into: tmp.data, scratch: stats)
-            attention(b.attn2, input: tmp.data, batch: n, length: l, into: h.data)
-            layerNorm(h.data, b.norm3, columns: cols, into: tmp.data, scratch: stats)
+            timed("layer norm") { layerNorm(h.data, b.norm1, columns: cols, into: tmp.data, scratch: stats) }
+            timed("attn1") { attention(b.attn1, input: tmp.data, batch: n, length: l, into: h.data) }
+            timed("layer norm") { layerNorm(h.data, b.norm2, columns: cols, into: tmp.data, scratch: stats) }
+            timed("attn2") { attention(b.attn2, input: tmp.data, batch: n, length: l, into: h.data) }
+            timed("layer norm") { layerNorm(h.data, b.norm3, columns: cols, into: tmp.data, scratch: stats) }
             // ff: net.2(GEGLU(net.0.proj(x))), added onto h.
             let inner = b.ffOut.inFeatures
             let proj = pool.acquire(2 * inner * cols), gated = pool.acquire(inner * cols)
-            project(w.linear(b.ffIn), tmp.data, columns: cols, into: proj, accumulate: false)
-            LatentKernels.geglu(proj, inner: inner, columns: cols, out: gated)
+            timed("ff projections") { project(w.linear(b.ffIn), tmp.data, columns: cols, into: proj, accumulate: false) }
+            timed("geglu") { LatentKernels.geglu(proj, inner: inner, columns: cols, out: gated) }
             pool.release(proj, count: 2 * inner * cols)
-            project(w.linear(b.ffOut), gated, columns: cols, into: h.data, accumulate: true)
+            timed("ff projections") { project(w.linear(b.ffOut), gated, columns: cols, into: h.data, accumulate: true) }
             pool.release(gated, count: inner * cols)
         }
         pool.release(stats, count: 4 * cols)
@@ -285,7 +317,7 @@ private struct Walk {
         let units = n * heads, parts = max(1, min(threads, units))
         let scratch = pool.acquire(scratchCount * parts)
         nonisolated(unsafe) let qp = q, kp = k, vp = v, op = o, sp = scratch
-        DispatchQueue.concurrentPerform(iterations: parts) { part in
+        timed(selfAttention ? "self-attention heads" : "cross-attention heads") { DispatchQueue.concurrentPerform(iterations: parts) { part in
             let p = sp + part * scratchCount
             for unit in (units * part / parts)..<(units * (part + 1) / parts) {
                 let i = unit / heads, hd = unit % heads
@@ -298,7 +330,7 @@ private struct Walk {
                                                      keys: lk, headDim: d, scale: scale, out: op + qo, scratch: p)
                 }
             }
-        }
+        } }
         pool.release(scratch, count: scratchCount * parts)
         pool.release(k, count: c * kvCols)
         pool.release(v, count: c * kvCols)

@@ -128,7 +128,8 @@ public struct UNet2DConditionModel: Sendable {
     ///   timestepCond (N, time_cond_proj_dim), only for a config with time_cond_proj_dim (LCM), optional there.
     /// - Returns (N, out_channels, H, W). Throws LatentInputError on a shape that does not fit the config.
     public func forward(_ sample: Tensor, timesteps: [Float], encoderHiddenStates ehs: Tensor, timestepCond: Tensor? = nil,
-                        pool: BufferPool = .forCurrentThread, threads: Int = 1) throws -> Tensor {
+                        pool: BufferPool = .forCurrentThread, threads: Int = 1,
+                        profile: LatentProfile? = nil) throws -> Tensor {
         try checkInputs(sample, timesteps: timesteps, encoderHiddenStates: ehs, timestepCond: timestepCond)
         let n = sample.shape[0], lc = ehs.shape[1], dc = ehs.shape[2]
         var input = sample
@@ -139,7 +140,7 @@ public struct UNet2DConditionModel: Sendable {
         defer { pool.release(ctx, count: dc * n * lc) }
         for i in 0..<n { for t in 0..<lc { for d in 0..<dc { ctx[d * n * lc + i * lc + t] = ehs.data[(i * lc + t) * dc + d] } } }
         let x = ChannelMajor.fromNCHW(input, pool: pool)
-        let y = LatentRunner(plan: plan, weights: weights, threads: threads)
+        let y = LatentRunner(plan: plan, weights: weights, threads: threads, profile: profile)
             .run(x, timeEmbedding: temb, context: LatentContext(data: ctx, channels: dc, batch: n, length: lc), pool: pool)
         defer { y.release(to: pool) }
         return ChannelMajor.toNCHW(y)
