@@ -41,6 +41,9 @@ final class LatentConfigTests: XCTestCase {
         assertRefused(with("some_new_setting", 1), key: "some_new_setting", make)
         assertRefused(with("_class_name", "UNet2DModel"), key: "_class_name", make)
         assertRefused(with("norm_num_groups", 7), key: "norm_num_groups", make)
+        assertRefused(with("norm_num_groups", NSNull()), key: "norm_num_groups", make)   // diffusers: no conv_norm_out
+        assertRefused(with("attention_head_dim", NSNull()), key: "attention_head_dim", make)
+        assertRefused(with("layers_per_block", [2, 2]), key: "layers_per_block", make)
         // num_attention_heads, when given, is the head count (diffusers: num_attention_heads or attention_head_dim).
         XCTAssertEqual(try make(with("num_attention_heads", 8)).heads, [8, 8, 8])
     }
@@ -54,6 +57,7 @@ final class LatentConfigTests: XCTestCase {
         assertRefused(with(kl, "up_block_types", ["UpDecoderBlock2D"]), key: "up_block_types", makeKL)
         assertRefused(with(kl, "act_fn", "gelu"), key: "act_fn", makeKL)
         assertRefused(with(kl, "norm_type", "spatial"), key: "norm_type", makeKL)
+        assertRefused(with(kl, "block_out_channels", NSNull()), key: "block_out_channels", makeKL)
         let tiny = try json("sdxs_tiny/vae/config.json")
         let makeTiny = { (d: [String: Any]) in try AutoencoderTinyConfig(json: d) }
         XCTAssertEqual(try makeTiny(tiny).numDecoderBlocks, [3, 3, 3, 1])

@@ -30,6 +30,8 @@ public struct AutoencoderKLConfig: Sendable, Equatable {
         typealias R = LatentConfigReading
         let r = ConfigReader(d)
         try R.checkKeys(d, className: "AutoencoderKL", known: Self.knownKeys)
+        try R.refuseNulls(d, ["out_channels", "up_block_types", "block_out_channels", "layers_per_block", "act_fn", "latent_channels",
+                              "norm_num_groups", "scaling_factor", "use_post_quant_conv", "mid_block_add_attention"])
         try r.require("act_fn", oneOf: ["silu", "swish"], default: "silu")
         try R.requireNull(d, "latents_mean", why: "per-channel latent statistics are not supported")
         try R.requireNull(d, "latents_std", why: "per-channel latent statistics are not supported")

@@ -29,6 +29,8 @@ public struct AutoencoderTinyConfig: Sendable, Equatable {
         typealias R = LatentConfigReading
         let r = ConfigReader(d)
         try R.checkKeys(d, className: "AutoencoderTiny", known: Self.knownKeys)
+        try R.refuseNulls(d, ["out_channels", "decoder_block_out_channels", "act_fn", "upsample_fn", "latent_channels",
+                              "upsampling_scaling_factor", "num_decoder_blocks", "scaling_factor", "shift_factor"])
         try r.require("act_fn", oneOf: ["relu"], default: "relu")
         try r.require("upsample_fn", oneOf: ["nearest"], default: "nearest")
         _ = try r.int("upsampling_scaling_factor", default: 2, range: 2...2)

@@ -30,6 +30,14 @@ enum LatentConfigReading {
         }
     }
 
+    /// Refuses an explicit null for keys whose diffusers default is not null: ConfigReader reads null as "use
+    /// the default", but diffusers would pass None on (and fail, or build another network).
+    static func refuseNulls(_ d: [String: Any], _ keys: [String]) throws {
+        for key in keys where d[key] is NSNull {
+            throw ConfigError(key: key, problem: "is null; give a value (diffusers' default is not null)")
+        }
+    }
+
     static func isNull(_ d: [String: Any], _ key: String) -> Bool { d[key] == nil || d[key] is NSNull }
 
     /// Refuses any value but null (or absent) for `key`.

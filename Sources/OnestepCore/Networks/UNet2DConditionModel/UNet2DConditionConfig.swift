@@ -61,6 +61,11 @@ public struct UNet2DConditionConfig: Sendable, Equatable {
         typealias R = LatentConfigReading
         let r = ConfigReader(d)
         try R.checkKeys(d, className: "UNet2DConditionModel", known: Self.knownKeys)
+        try R.refuseNulls(d, ["in_channels", "out_channels", "center_input_sample", "flip_sin_to_cos", "freq_shift", "down_block_types",
+                              "up_block_types", "only_cross_attention", "block_out_channels", "layers_per_block", "downsample_padding",
+                              "mid_block_scale_factor", "act_fn", "norm_num_groups", "norm_eps", "cross_attention_dim",
+                              "transformer_layers_per_block", "attention_head_dim", "use_linear_projection", "conv_in_kernel",
+                              "conv_out_kernel", "resnet_time_scale_shift", "time_embedding_type", "attention_type"])
         // Settings whose only supported value is diffusers' default (SD 1.x / 2.x have no other).
         try r.require("act_fn", oneOf: ["silu", "swish"], default: "silu")
         try r.require("time_embedding_type", oneOf: ["positional"], default: "positional")
