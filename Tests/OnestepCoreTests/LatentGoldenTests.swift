@@ -118,5 +118,8 @@ final class LatentGoldenTests: XCTestCase {
         XCTAssertThrowsError(try unet.forward(x, timesteps: [1, 2], encoderHiddenStates: ehs, timestepCond: Tensor(zeros: [2, 8])))
         let vae = try AutoencoderKLDecoder.load(directory: dir + "/vae")
         XCTAssertThrowsError(try vae.decode(Tensor(zeros: [1, 3, 8, 8])))
+        // Too many positions for attention over all of them: refused before any allocation.
+        XCTAssertThrowsError(try vae.decode(Tensor(zeros: [1, 4, 129, 128]))) { e in XCTAssertTrue("\(e)".contains("129x128"), "\(e)") }
+        XCTAssertThrowsError(try unet.forward(Tensor(zeros: [2, 4, 1, 16385]), timesteps: [1, 2], encoderHiddenStates: ehs))
     }
 }

@@ -69,6 +69,7 @@ public struct AutoencoderTinyDecoder: Sendable {
         guard latents.rank == 4, latents.shape[0] >= 1, latents.shape[1] == config.latentChannels, latents.shape[2] >= 1, latents.shape[3] >= 1 else {
             throw LatentInputError(problem: "latents have shape \(latents.shape); the TAESD decoder needs (N, \(config.latentChannels), h, w)")
         }
+        try LatentRunner.checkLatentSize(height: latents.shape[2], width: latents.shape[3])
         let y = LatentRunner(plan: plan, weights: weights, threads: threads, profile: profile).run(ChannelMajor.fromNCHW(latents, pool: pool), pool: pool)
         defer { y.release(to: pool) }
         return ChannelMajor.toNCHW(y)

@@ -45,6 +45,17 @@ public final class LatentProfile: @unchecked Sendable {
 }
 
 public struct LatentRunner {
+    /// Most latent positions (h * w) a forward accepts: 128x128 latents, 1024x1024 pixels. Attention over all
+    /// positions needs (h*w)^2 floats of scratch (1 GiB here), so larger inputs are refused, not attempted.
+    public static let maxLatentPositions = 128 * 128
+
+    /// Throws LatentInputError when latents of h x w exceed `maxLatentPositions`.
+    public static func checkLatentSize(height h: Int, width w: Int) throws {
+        guard h * w <= maxLatentPositions else {
+            throw LatentInputError(problem: "latents of \(h)x\(w) exceed \(maxLatentPositions) positions (128x128, i.e. 1024x1024 pixels); request a smaller image")
+        }
+    }
+
     public let plan: LatentPlan
     public let weights: LatentWeights
     /// Threads for convolutions, projections and attention heads (results are identical for any count).

@@ -151,6 +151,7 @@ public struct UNet2DConditionModel: Sendable {
         guard sample.rank == 4, sample.shape[0] >= 1, sample.shape[1] == cfg.inChannels, sample.shape[2] >= 1, sample.shape[3] >= 1 else {
             throw LatentInputError(problem: "sample has shape \(sample.shape); the UNet needs (N, \(cfg.inChannels), H, W)")
         }
+        try LatentRunner.checkLatentSize(height: sample.shape[2], width: sample.shape[3])
         let n = sample.shape[0]
         guard timesteps.count == n, timesteps.allSatisfy({ $0.isFinite }) else {
             throw LatentInputError(problem: "\(timesteps.count) timesteps for \(n) samples; give one finite timestep per sample")
