@@ -95,6 +95,11 @@ public struct LinearLayer: Sendable {
         bias = try src.tensor(spec.key + ".bias", shape: [o])
     }
 
+    /// A linear layer of a network without a layer plan (CLIPTextModel): `key`.weight (out, in) and `key`.bias (out).
+    public init(_ key: String, _ src: WeightSource, in i: Int, out o: Int) throws {
+        try self.init(LayerSpec(key, .linear(inFeatures: i, outFeatures: o), role: .other, pixels: 1), src)
+    }
+
     /// (N, in) -> (N, out), NCHW reference path (OpenBLAS).
     public func callAsFunction(_ x: Tensor) -> Tensor { Linear.forward(x, weight: weight, bias: bias) }
 
@@ -138,6 +143,11 @@ public struct GroupNormLayer: Sendable {
         self.eps = eps
         gamma = try src.tensor(spec.key + ".weight", shape: [channels])
         beta = try src.tensor(spec.key + ".bias", shape: [channels])
+    }
+
+    /// A GroupNorm of a network without a layer plan (the latent networks): `key`.weight and `key`.bias (C).
+    public init(_ key: String, _ src: WeightSource, channels: Int, groups: Int, eps: Float) throws {
+        try self.init(LayerSpec(key, .groupNorm(channels: channels, groups: groups, eps: eps), role: .other, pixels: 1), src)
     }
 
     /// (N, C, ...) -> same shape; `silu` fuses the activation that follows every norm but the attention one.
