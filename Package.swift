@@ -43,7 +43,7 @@ let package = Package(
         .target(name: "CommandLineKit"),
 
         // Routes, batching, metrics, lifecycle of the server.
-        .target(name: "OnestepServer", dependencies: ["OnestepCore", "HTTP1", "CommandLineKit", "PNGCodec"]),
+        .target(name: "OnestepServer", dependencies: ["OnestepCore", "HTTP1", "CommandLineKit"]),
         .executableTarget(name: "onestep-serve", dependencies: ["OnestepServer", "OnestepCore", "CommandLineKit"]),
         // Forward-pass timing of the full-size text-to-image latent networks (random weights).
         .executableTarget(name: "onestep-latent-bench", dependencies: ["OnestepCore"]),

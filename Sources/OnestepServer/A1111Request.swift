@@ -99,7 +99,7 @@ struct A1111Txt2Img: Sendable {
         if !prompt.isEmpty { gen["prompt"] = prompt }
 
         // steps: a one-step model's maximum is small; A1111 clients default to 20.
-        let own = p.defaultSize
+        let own = p.defaultImageSize
         if let s = steps, s > p.sampler.stepRange.upperBound {
             notes.append("steps \(s) lowered to \(p.sampler.stepRange.upperBound), the most model \(model) takes (its default is \(p.sampler.defaultSteps))")
             steps = p.sampler.stepRange.upperBound

@@ -14,7 +14,7 @@ public final class GenerationJob: Sendable {
     public let steps: Int
     public let images: [GenerationRequest]
     /// Text-to-image models: prompt and negative prompt per image, parallel to `images` (empty for pixel models).
-    public let text: [TextImageRequest]
+    public let text: [TextGenerationRequest]
     /// Text-to-image models: the size every image of the job has (nil: a pixel model's own size).
     public let size: ImageSize?
     /// Text-to-image models: the guidance scale (0 for pixel models and models without guidance).
@@ -26,7 +26,7 @@ public final class GenerationJob: Sendable {
     /// True once nobody waits for the answer (client gone): checked again just before compute.
     let isCancelled: @Sendable () -> Bool
 
-    public init(id: UInt64, model: String, steps: Int, images: [GenerationRequest], text: [TextImageRequest] = [],
+    public init(id: UInt64, model: String, steps: Int, images: [GenerationRequest], text: [TextGenerationRequest] = [],
                 size: ImageSize? = nil, guidanceScale: Double = 0, deadline: ContinuousClock.Instant,
                 enqueuedAt: ContinuousClock.Instant = .now, isCancelled: @escaping @Sendable () -> Bool = { false },
                 complete: @escaping @Sendable (JobOutcome) -> Void) {

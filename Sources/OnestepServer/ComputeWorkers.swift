@@ -3,7 +3,6 @@
 // A reaper answers queued work whose deadline passed while every worker was busy.
 import Foundation
 import OnestepCore
-import PNGCodec
 
 /// A text embedding cache key: the same prompt gives different embeddings under different text encoders.
 public struct EmbeddingKey: Hashable, Sendable {
@@ -149,30 +148,35 @@ public final class ComputeWorkers: @unchecked Sendable {
         }
     }
 
-    /// Prompt embeddings through the cache, then one sampler run for the whole batch. Negative-prompt embeddings
-    /// are made only under classifier-free guidance with scale > 1 (diffusers' `do_classifier_free_guidance`).
-    func generateText(_ model: any TextToImageModel, _ batch: Batch, _ live: [GenerationJob]) throws -> [[UInt8]] {
+    /// One sampler run for the whole batch, with prompt embeddings from the cache. Each prompt is encoded alone
+    /// (1, 77, D) and the batch's (N, 77, D) is stacked from those rows, so an image's conditioning never depends
+    /// on which other prompts share its batch.
+    func generateText(_ model: TextToImagePipeline, _ batch: Batch, _ live: [GenerationJob]) throws -> [[UInt8]] {
         let requests = live.flatMap(\.text)
-        let prompts = try requests.map { try embedding(model, $0.prompt) }
-        var negatives: [Tensor]? = nil
-        if case .classifierFree = model.guidance, batch.guidanceScale > 1 {
-            negatives = try requests.map { try embedding(model, $0.negativePrompt) }
-        }
-        let images = try model.generate(requests, prompts: prompts, negatives: negatives, steps: batch.steps,
-                                        size: batch.size ?? model.defaultSize, guidanceScale: batch.guidanceScale)
-        return try images.map { try PNG.encode($0) }
+        let size = batch.size ?? model.defaultImageSize
+        let images = try model.generate(requests, steps: batch.steps, width: size.width, height: size.height,
+                                        textEmbeddings: { try self.promptEmbeddings(model, $0) })
+        return try ImagePipeline.pngs(images)
     }
 
-    /// One prompt's (1, L, D) embedding, from the cache or the text encoder; counts hits and misses by model.
-    func embedding(_ model: any TextToImageModel, _ prompt: String) throws -> Tensor {
-        let key = EmbeddingKey(model: model.name, prompt: prompt)
-        if let e = embeddings.lookup(key) {
-            metrics.increment("onestep_text_embedding_cache_hits_total", [("model", model.name)])
-            return e
+    /// (N, 77, D) for `prompts`: each row from the cache or the text encoder; counts hits and misses by model.
+    func promptEmbeddings(_ model: TextToImagePipeline, _ prompts: [String]) throws -> Tensor {
+        var rows: [Tensor] = []
+        for prompt in prompts {
+            let key = EmbeddingKey(model: model.name, prompt: prompt)
+            if let e = embeddings.lookup(key) {
+                metrics.increment("onestep_text_embedding_cache_hits_total", [("model", model.name)])
+                rows.append(e)
+                continue
+            }
+            metrics.increment("onestep_text_embedding_cache_misses_total", [("model", model.name)])
+            let e = try model.encode([prompt])  // (1, 77, D)
+            embeddings.insert(key, e)
+            rows.append(e)
         }
-        metrics.increment("onestep_text_embedding_cache_misses_total", [("model", model.name)])
-        let e = try model.encodePrompt(prompt)
-        embeddings.insert(key, e)
-        return e
+        var data: [Float] = []
+        data.reserveCapacity(rows.reduce(0) { $0 + $1.count })
+        for r in rows { data += r.data }
+        return Tensor(shape: [rows.count] + Array(rows[0].shape.dropFirst()), data: data)
     }
 }

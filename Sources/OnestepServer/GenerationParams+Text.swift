@@ -5,23 +5,6 @@ import Foundation
 import OnestepCore
 
 extension RawGenerationFields {
-    /// The fields a text model takes, as /v1/models lists them (`fields`): negative_prompt only under
-    /// classifier-free guidance, guidance_scale only when the model uses a scale at all.
-    static func fields(of t: any TextToImageModel) -> [String] {
-        var f = ["prompt"]
-        if case .classifierFree = t.guidance { f.append("negative_prompt") }
-        if t.guidance != .none { f.append("guidance_scale") }
-        return f + ["size", "steps", "seed", "n", "deadline_ms", "response_format"]
-    }
-
-    /// The fields a pixel model takes (`label` only for class models; their `prompt` names a class, see
-    /// `resolveLabel`, and is listed separately as `prompt_selects: "class"` so pages show a class picker).
-    /// `size` is not listed: a pixel model makes its own size only (a size equal to it is accepted, for OpenAI
-    /// clients), and a listed `size` would tell the A1111 route to forward a client's 512x512 default.
-    static func fields(of p: ImagePipeline) -> [String] {
-        (p.numClasses == nil ? [] : ["label"]) + ["steps", "seed", "n", "deadline_ms", "response_format"]
-    }
-
     /// "WxH" (also "W x H", "WXH") -> size, or nil when the text is not two positive integers.
     static func parseSize(_ text: String) -> ImageSize? {
         let parts = text.lowercased().split(separator: "x", omittingEmptySubsequences: false)
@@ -40,7 +23,7 @@ extension RawGenerationFields {
         return ["size \(size): \(bad.map { "\($0.0) \($0.1)" }.joined(separator: " and ")) not allowed for model \(model); each side must be \(rule.describe)"]
     }
 
-    func validateText(_ t: any TextToImageModel, problems initial: [String], maxImages: Int, allowsN: Bool,
+    func validateText(_ t: TextToImagePipeline, problems initial: [String], maxImages: Int, allowsN: Bool,
                       randomSeed: () -> UInt64) throws(RequestError) -> GenerationParams {
         var problems = initial
         let name = t.name
@@ -67,7 +50,7 @@ extension RawGenerationFields {
         if let f = responseFormat, !(f is NSNull), (f as? String) != "b64_json" {
             problems.append("response_format must be \"b64_json\", got \(Self.show(f)) (images are returned inline; there are no URLs)")
         }
-        var size = t.defaultSize
+        var size = t.defaultImageSize
         if let sz = self.size, !(sz is NSNull) {
             let found = Self.sizeProblems(sz, rule: t.sizeRule, model: name)
             if found.isEmpty, let s = sz as? String, let parsed = Self.parseSize(s) { size = parsed }
@@ -111,7 +94,7 @@ extension RawGenerationFields {
         let seeds = (0..<n).map { seed &+ UInt64($0) }
         return GenerationParams(model: name, steps: steps, images: seeds.map { GenerationRequest(seed: $0) },
                                 deadlineMs: deadline,
-                                text: seeds.map { TextImageRequest(seed: $0, prompt: prompt, negativePrompt: negative) },
+                                text: seeds.map { TextGenerationRequest(prompt: prompt, negativePrompt: negative, seed: $0, guidanceScale: guidance) },
                                 size: size, guidanceScale: guidance)
     }
 }

@@ -35,7 +35,7 @@ public struct GenerationParams: Sendable, Equatable {
     /// The class a prompt resolved to, echoed as `revised_prompt` (nil when no prompt chose the class).
     public var resolvedFromPrompt: String? = nil
     /// Text-to-image models: prompt and negative prompt per image, parallel to `images` (empty for pixel models).
-    public var text: [TextImageRequest] = []
+    public var text: [TextGenerationRequest] = []
     /// Text-to-image models: the size asked for (or the model's own); nil for pixel models.
     public var size: ImageSize? = nil
     /// Text-to-image models: the guidance scale asked for (or the model's default).

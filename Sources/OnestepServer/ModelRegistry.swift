@@ -2,40 +2,19 @@
 import Foundation
 import OnestepCore
 
-/// A served model: a pixel UNet2DModel pipeline (class or unconditional) or a text-to-image pipeline.
-public enum ServedModel: Sendable {
-    case pixel(ImagePipeline)
-    case text(any TextToImageModel)
-
-    public var sampler: any Sampler {
-        switch self {
-        case .pixel(let p): return p.sampler
-        case .text(let t): return t.sampler
-        }
-    }
-
-    /// The size generated when a request sends none.
-    public var defaultSize: ImageSize {
-        switch self {
-        case .pixel(let p): return ImageSize(width: p.imageSize, height: p.imageSize)
-        case .text(let t): return t.defaultSize
-        }
-    }
-}
-
 public final class ModelRegistry: Sendable {
     /// Pixel models by name.
     public let pipelines: [String: ImagePipeline]
     /// Text-to-image models by name (names are unique across both maps).
-    public let textModels: [String: any TextToImageModel]
+    public let textModels: [String: TextToImagePipeline]
     /// The model used when a request names none: the only one, or `preferred` when it is loaded.
     public let defaultName: String
 
-    public init(pipelines: [ImagePipeline], textModels: [any TextToImageModel] = [], preferred: String? = nil) throws {
+    public init(pipelines: [ImagePipeline], textModels: [TextToImagePipeline] = [], preferred: String? = nil) throws {
         guard !pipelines.isEmpty || !textModels.isEmpty else { throw ModelLoadError(path: "models", problem: "no models to serve") }
         var map: [String: ImagePipeline] = [:]
         for p in pipelines { map[p.name] = p }
-        var text: [String: any TextToImageModel] = [:]
+        var text: [String: TextToImagePipeline] = [:]
         for t in textModels {
             guard map[t.name] == nil, text[t.name] == nil else {
                 throw ModelLoadError(path: t.name, problem: "two models are named \(t.name); rename one folder")
@@ -55,7 +34,7 @@ public final class ModelRegistry: Sendable {
     /// The pixel pipeline of that name (nil for text models and unknown names).
     public subscript(name: String) -> ImagePipeline? { pipelines[name] }
     /// Any model of that name.
-    public func model(_ name: String) -> ServedModel? {
+    public func model(_ name: String) -> GenerationPipeline? {
         if let p = pipelines[name] { return .pixel(p) }
         return textModels[name].map { .text($0) }
     }
@@ -86,17 +65,26 @@ public final class ModelRegistry: Sendable {
         let isModel = names.contains { ModelFolderScan.markerFiles.contains($0) }
         let folders = isModel ? [dir] : try ModelFolderScan.modelFolders(under: dir)
         var loaded: [ImagePipeline] = []
+        var text: [TextToImagePipeline] = []
         for path in folders {
             try ModelFolderScan.check(path)
             let start = Date()
-            let p = try ImagePipeline.load(path: path)
+            let p: ImagePipeline
+            switch try GenerationPipeline.load(path: path) {
+            case .text(let t):
+                log("loaded text-to-image model \(t.name): \(t.defaultSize)x\(t.defaultSize) (latent \(t.latentSize)x\(t.latentSize)), \(t.usesGuidanceEmbedding ? "guidance embedding" : "classifier-free guidance when guidance_scale > 1") in \(String(format: "%.2f", Date().timeIntervalSince(start))) s")
+                log("model \(t.name) sampler: \(t.sampler.description), steps \(t.sampler.stepRange.lowerBound)...\(t.sampler.stepRange.upperBound), default \(t.sampler.defaultSteps)")
+                text.append(t)
+                continue
+            case .pixel(let pixel): p = pixel
+            }
             log("loaded model \(p.name): \(p.imageSize)x\(p.imageSize)x\(p.channels), \(p.weightDType), \(p.model.parameterCount) parameters, \(p.numClasses.map { "\($0) classes" } ?? "unconditional") in \(String(format: "%.2f", Date().timeIntervalSince(start))) s")
             logSampler(p, log)
             loaded.append(p)
         }
-        guard !loaded.isEmpty else {
-            throw ModelLoadError(path: dir, problem: "holds no model folders (each needs config.json + diffusion_pytorch_model.safetensors)")
+        guard !loaded.isEmpty || !text.isEmpty else {
+            throw ModelLoadError(path: dir, problem: "holds no model folders (each needs config.json + diffusion_pytorch_model.safetensors, or a diffusers pipeline's model_index.json)")
         }
-        return try ModelRegistry(pipelines: loaded, preferred: preferred)
+        return try ModelRegistry(pipelines: loaded, textModels: text, preferred: preferred)
     }
 }

@@ -114,18 +114,17 @@ final class Router: Sendable {
             d["sampler"] = p.sampler is ConsistencySampler ? "consistency" : p.sampler is EDMHeunSampler ? "edm_heun" : type(of: p.sampler).className
             if let note = p.samplerAssumption { d["sampler_assumed"] = note }
             d["classes"] = p.classNames ?? (p.numClasses.map { n in (0..<n).map(String.init) } ?? [])
-            d["fields"] = RawGenerationFields.fields(of: p)
+            d["fields"] = p.fields
             if p.numClasses != nil { d["prompt_selects"] = "class" }
         case .text(let t):
             d["kind"] = "text-to-image"
-            d["default_size"] = t.defaultSize.description
-            d["image_size"] = t.defaultSize.width
+            d["default_size"] = t.defaultImageSize.description
+            d["image_size"] = t.defaultSize
             d["channels"] = 3
             d["sizes"] = t.sizeRule.describe
-            d["parameters"] = t.parameterCount
             d["sampler"] = type(of: t.sampler).className
             d["classes"] = [String]()
-            d["fields"] = RawGenerationFields.fields(of: t)
+            d["fields"] = t.fields
             switch t.guidance {
             case .none: d["guidance"] = "none"
             case .classifierFree(let g): d["guidance"] = "classifier_free"; d["default_guidance_scale"] = g

@@ -1,10 +1,8 @@
-// What the server needs of a text-to-image pipeline (tokenizer + CLIP text encoder + UNet2DConditionModel +
-// sampler + VAE/TAESD decoder, loaded from a diffusers StableDiffusionPipeline folder). The pipeline lives in
-// OnestepCore/Pipelines; this protocol is the seam the server batches through, so the HTTP layer never sees
-// networks. The two calls are separate because prompt embeddings are cached across requests (`LRUCache`, keyed by
-// (model, prompt)) while the denoising runs per batch.
+// How the server describes text-to-image pipelines (OnestepCore's TextToImagePipeline: tokenizer + CLIP text
+// encoder + UNet2DConditionModel + sampler + VAE/TAESD decoder from a diffusers StableDiffusionPipeline folder):
+// the sizes a request may ask for and how guidance_scale acts. Validation (GenerationParams+Text.swift) and
+// /v1/models read these, so the two cannot disagree.
 import OnestepCore
-import PNGCodec
 
 /// A size in pixels, width x height.
 public struct ImageSize: Sendable, Hashable, CustomStringConvertible {
@@ -57,39 +55,27 @@ public struct SizeRule: Sendable, Equatable {
     }
 }
 
-/// One image of a text-to-image batch.
-public struct TextImageRequest: Sendable, Hashable {
-    public var seed: UInt64
-    public var prompt: String
-    /// The unconditional branch's text under classifier-free guidance ("" when the client sent none, as diffusers).
-    public var negativePrompt: String
-    public init(seed: UInt64, prompt: String, negativePrompt: String = "") {
-        (self.seed, self.prompt, self.negativePrompt) = (seed, prompt, negativePrompt)
+extension TextToImagePipeline {
+    /// The size generated when a request sends none: unet sample_size x the decoder's scale factor.
+    var defaultImageSize: ImageSize { ImageSize(width: defaultSize, height: defaultSize) }
+
+    /// SD-family sizes in multiples of the decoder's scale factor, plus the model's own size.
+    var sizeRule: SizeRule { .stableDiffusion(ownSide: defaultSize, latentScale: decoder.scaleFactor) }
+
+    /// How guidance_scale acts here, and the scale used when a request sends none: 0 (no guidance, one UNet call
+    /// per step) for CFG-capable models, since the models served are distilled to run without it (SD-Turbo, SDXS,
+    /// TCD); 8.5 for LCM's guidance embedding (diffusers' LatentConsistencyModelPipeline default).
+    var guidance: GuidanceSupport {
+        usesGuidanceEmbedding ? .embedding(default: 8.5) : .classifierFree(default: 0)
     }
 }
 
-/// A loaded text-to-image pipeline as the server drives it.
-///
-/// Implementations must be batch invariant: image i of `generate` depends only on request i (its seed, prompt
-/// embeddings) and the batch's shared settings, never on the other images or their count, so one request answers
-/// the same bytes alone or inside any batch.
-public protocol TextToImageModel: Sendable {
-    var name: String { get }
-    /// Chosen by scheduler/scheduler_config.json `_class_name`; gives step range and default.
-    var sampler: any Sampler { get }
-    /// The size generated when a request sends none: unet sample_size x the VAE's scale factor.
-    var defaultSize: ImageSize { get }
-    var sizeRule: SizeRule { get }
-    var guidance: GuidanceSupport { get }
-    /// Parameters of all components (for /v1/models).
-    var parameterCount: Int { get }
-    /// (1, L, D) last hidden state of the text encoder for one prompt (tokenized, padded/truncated to L).
-    func encodePrompt(_ prompt: String) throws -> Tensor
-    /// One 8-bit RGB image per request (diffusers' `output_type="np"` image rounded as `round(x * 255)`).
-    /// - Parameters:
-    ///   - prompts: (1, L, D) per request, from `encodePrompt`.
-    ///   - negatives: (1, L, D) per request under classifier-free guidance, else nil.
-    ///   - steps: in `sampler.stepRange`; size: allowed by `sizeRule`; guidanceScale: the batch's one scale.
-    func generate(_ requests: [TextImageRequest], prompts: [Tensor], negatives: [Tensor]?, steps: Int,
-                  size: ImageSize, guidanceScale: Double) throws -> [PixelImage]
+extension GenerationPipeline {
+    /// The size generated when a request sends none.
+    var defaultImageSize: ImageSize {
+        switch self {
+        case .pixel(let p): return ImageSize(width: p.imageSize, height: p.imageSize)
+        case .text(let t): return t.defaultImageSize
+        }
+    }
 }

@@ -1,6 +1,7 @@
 // Text-to-image request fields without a text model loaded: the size rule and parser, BatchKey grouping in the
 // real BatchQueue, /v1/models `fields` on the pixel golden models, and the new fields on pixel models over HTTP.
 import Foundation
+import OnestepCore
 import XCTest
 @testable import OnestepServer
 
@@ -31,7 +32,7 @@ final class TextRequestTests: XCTestCase {
         let far = ContinuousClock.now + .seconds(3600)
         func job(_ size: ImageSize?, _ g: Double, _ prompt: String, steps: Int = 1) -> GenerationJob {
             GenerationJob(id: 0, model: "m", steps: steps, images: [.init(seed: 1)],
-                          text: [TextImageRequest(seed: 1, prompt: prompt)], size: size, guidanceScale: g,
+                          text: [TextGenerationRequest(prompt: prompt, seed: 1, guidanceScale: g)], size: size, guidanceScale: g,
                           deadline: far) { _ in }
         }
         let s512 = ImageSize(width: 512, height: 512), s768 = ImageSize(width: 512, height: 768)
@@ -65,10 +66,10 @@ final class TextRequestTests: XCTestCase {
         let list = try XCTUnwrap((try JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any])?["data"] as? [[String: Any]])
         let byID = Dictionary(uniqueKeysWithValues: list.map { ($0["id"] as! String, $0) })
         let cd = try XCTUnwrap(byID["cd_tiny"]), ddpm = try XCTUnwrap(byID["ddpm_tiny"])
-        XCTAssertEqual(cd["fields"] as? [String], ["label", "steps", "seed", "n", "deadline_ms", "response_format"])
+        XCTAssertEqual(cd["fields"] as? [String], ["label", "seed", "steps", "n"])
         XCTAssertEqual(cd["prompt_selects"] as? String, "class")
         XCTAssertEqual(cd["kind"] as? String, "pixel")
-        XCTAssertEqual(ddpm["fields"] as? [String], ["steps", "seed", "n", "deadline_ms", "response_format"])
+        XCTAssertEqual(ddpm["fields"] as? [String], ["seed", "steps", "n"])
         XCTAssertNil(ddpm["prompt_selects"])
         // The A1111 side reads the same lists.
         let a = try server.post("/sdapi/v1/txt2img", json: #"{"prompt": "3", "seed": 4, "steps": 1}"#)

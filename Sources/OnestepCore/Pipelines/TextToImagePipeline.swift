@@ -105,12 +105,15 @@ public struct TextToImagePipeline: Sendable {
     /// Final latents (N, latent_channels, h, w) for the requests, all with the same step count and size.
     /// - Parameters: width/height in pixels (nil: defaultSize); eta as in `sampler(eta:)`.
     /// - Throws: TextGenerationError for a size, step count or guidance this pipeline cannot run.
+    ///   - textEmbeddings: prompts -> (N, 77, D) in place of `encode` (the server's cache of (model, prompt)
+    ///     embeddings); nil encodes here.
     public func latents(_ requests: [TextGenerationRequest], steps: Int, width: Int? = nil, height: Int? = nil,
-                        eta: Double? = nil) throws -> Tensor {
+                        eta: Double? = nil, textEmbeddings: (([String]) throws -> Tensor)? = nil) throws -> Tensor {
         guard !requests.isEmpty else { throw TextGenerationError(problem: "no requests") }
         let (h, w) = try validate(width: width ?? defaultSize, height: height ?? defaultSize, steps: steps,
                                   guidanceScales: requests.map(\.guidanceScale))
         let n = requests.count
+        let encode = textEmbeddings ?? self.encode
         let cond = try encode(requests.map(\.prompt))                                   // (N, 77, D)
         // Images that run classifier-free guidance, and their unconditional embeddings (M, 77, D).
         let cfg = usesGuidanceEmbedding ? [] : requests.indices.filter { requests[$0].guidanceScale > 1 }
@@ -150,8 +153,9 @@ public struct TextToImagePipeline: Sendable {
 
     /// Images (N, 3, H, W) in model space (about [-1, 1]); ImagePipeline.pngs / ImageQuantizer turn them into bytes.
     public func generate(_ requests: [TextGenerationRequest], steps: Int, width: Int? = nil, height: Int? = nil,
-                         eta: Double? = nil) throws -> Tensor {
-        try decoder.decodeScaled(try latents(requests, steps: steps, width: width, height: height, eta: eta), threads: threads)
+                         eta: Double? = nil, textEmbeddings: (([String]) throws -> Tensor)? = nil) throws -> Tensor {
+        try decoder.decodeScaled(try latents(requests, steps: steps, width: width, height: height, eta: eta,
+                                             textEmbeddings: textEmbeddings), threads: threads)
     }
 }
 
