@@ -1,6 +1,7 @@
-// The text-to-image fixture: a models folder linking two golden diffusers pipelines (cfg_v_tiny: DDIM
+// The text-to-image fixture: a models folder linking the five golden diffusers pipelines (cfg_v_tiny: DDIM
 // v-prediction with classifier-free guidance and a negative prompt; sdxs_tiny: one-step Euler with the TAESD
-// decoder), loaded once, and the diffusers cases of their io.safetensors. Kept apart from the pixel fixture
+// decoder; sd_turbo_tiny: Euler trailing, 1-2 steps; lcm_tiny: LCM with the guidance-scale embedding; tcd_tiny:
+// TCD with eta 0.3), loaded once, and the diffusers cases of their io.safetensors. Kept apart from the pixel fixture
 // (ServerFixture.swift), whose tests count models and defaults.
 import Foundation
 import OnestepCore
@@ -9,7 +10,7 @@ import XCTest
 @testable import OnestepServer
 
 enum TextFixtures {
-    static let names = ["cfg_v_tiny", "sdxs_tiny"]
+    static let names = ["cfg_v_tiny", "lcm_tiny", "sd_turbo_tiny", "sdxs_tiny", "tcd_tiny"]
 
     static let models: Result<ModelRegistry, Error> = Result {
         guard FileManager.default.fileExists(atPath: Fixtures.golden + "/cfg_v_tiny/model_index.json") else {

@@ -16,9 +16,15 @@ final class TextServingTests: XCTestCase {
         for name in TextFixtures.names {
             let m = try XCTUnwrap(byID[name], name)
             XCTAssertEqual(m["kind"] as? String, "text-to-image")
-            XCTAssertEqual(m["fields"] as? [String], ["prompt", "negative_prompt", "guidance_scale", "size", "seed", "steps", "n"])
             XCTAssertEqual(m["default_size"] as? String, "64x64")
-            XCTAssertEqual(m["guidance"] as? String, "classifier_free")
+            if name == "lcm_tiny" {  // guidance-scale embedding: no negative prompt, w defaults to 8.5
+                XCTAssertEqual(m["fields"] as? [String], ["prompt", "guidance_scale", "size", "seed", "steps", "n"])
+                XCTAssertEqual(m["guidance"] as? String, "embedding")
+                XCTAssertEqual(m["default_guidance_scale"] as? Double, 8.5)
+            } else {
+                XCTAssertEqual(m["fields"] as? [String], ["prompt", "negative_prompt", "guidance_scale", "size", "seed", "steps", "n"])
+                XCTAssertEqual(m["guidance"] as? String, "classifier_free")
+            }
         }
     }
 
@@ -26,7 +32,7 @@ final class TextServingTests: XCTestCase {
     /// (max batch 16, 300 ms to fill): same bytes both ways, equal to diffusers, and the burst really batched.
     func testPromptsGiveDiffusersBytesAloneAndInConcurrentBursts() throws {
         let cases = try allCases()
-        XCTAssertGreaterThanOrEqual(cases.count, 8)
+        XCTAssertGreaterThanOrEqual(cases.count, 20)
         var alone: [String: [UInt8]] = [:]
         do {
             let server = try RunningServer(models: TextFixtures.models) { $0.maxBatch = 1 }
@@ -44,7 +50,7 @@ final class TextServingTests: XCTestCase {
         }
         let server = try RunningServer(models: TextFixtures.models) { o in
             o.maxBatch = 16
-            o.maxDelayMs = 300
+            o.maxDelayMs = 500
             o.workers = 2
         }
         let port = server.port
@@ -80,8 +86,10 @@ final class TextServingTests: XCTestCase {
             hits += m[#"onestep_text_embedding_cache_hits_total{model="\#(name)"}"#] ?? -1
             misses += m[#"onestep_text_embedding_cache_misses_total{model="\#(name)"}"#] ?? -1
         }
-        let distinct = Set(burst.flatMap { c in [c.model + "\u{0}" + c.prompt] + (c.guidance > 1 ? [c.model + "\u{0}" + c.negativePrompt] : []) }).count
-        let lookups = burst.reduce(0) { $0 + ($1.guidance > 1 ? 2 : 1) }
+        // Classifier-free guidance (scale > 1, not LCM's embedding) also looks up the negative prompt.
+        func cfg(_ c: TextFixtures.Case) -> Bool { c.guidance > 1 && c.model != "lcm_tiny" }
+        let distinct = Set(burst.flatMap { c in [c.model + "\u{0}" + c.prompt] + (cfg(c) ? [c.model + "\u{0}" + c.negativePrompt] : []) }).count
+        let lookups = burst.reduce(0) { $0 + (cfg($1) ? 2 : 1) }
         XCTAssertEqual(hits + misses, Double(lookups), "one lookup per prompt and per negative prompt under CFG")
         XCTAssertGreaterThanOrEqual(misses, Double(distinct))
         XCTAssertLessThanOrEqual(misses, Double(distinct * 2), "two workers may both miss one prompt at once, no more")
@@ -97,9 +105,15 @@ final class TextServingTests: XCTestCase {
             XCTAssertEqual(r.status, 200, r.text)
             if let m = TextFixtures.mismatch(r.body, c) { XCTFail(m) }
         }
+        // The comparison can fail: another seed's image is not this case's.
+        var other = c
+        other.seed += 1
+        let r = try server.post("/v1/generate", json: other.body)
+        XCTAssertEqual(r.status, 200, r.text)
+        XCTAssertNotNil(TextFixtures.mismatch(r.body, c))
         let m = try server.metrics()
         XCTAssertEqual(m[#"onestep_text_embedding_cache_hits_total{model="sdxs_tiny"}"#], 0)
-        XCTAssertEqual(m[#"onestep_text_embedding_cache_misses_total{model="sdxs_tiny"}"#], 2)
+        XCTAssertEqual(m[#"onestep_text_embedding_cache_misses_total{model="sdxs_tiny"}"#], 3)
     }
 
     func testBadTextRequestsReportEveryProblemAtOnce() throws {
