@@ -116,6 +116,32 @@ final class TextServingTests: XCTestCase {
         XCTAssertEqual(m[#"onestep_text_embedding_cache_misses_total{model="sdxs_tiny"}"#], 3)
     }
 
+    /// --text-embedding-cache bounds the cache: with 2 entries, a third prompt evicts the least recently used one,
+    /// which is then encoded again (a miss), while the recently used one is still a hit.
+    func testCacheIsBoundedLeastRecentlyUsedOverHTTP() throws {
+        let server = try RunningServer(models: TextFixtures.models) { $0.textEmbeddingCacheEntries = 2 }
+        func ask(_ prompt: String) throws {
+            let r = try server.post("/v1/generate", json: #"{"model": "sdxs_tiny", "prompt": "\#(prompt)", "seed": 3, "steps": 1}"#)
+            XCTAssertEqual(r.status, 200, r.text)
+        }
+        func counts() throws -> (hits: Double?, misses: Double?, entries: Double?) {
+            let m = try server.metrics()
+            return (m[#"onestep_text_embedding_cache_hits_total{model="sdxs_tiny"}"#],
+                    m[#"onestep_text_embedding_cache_misses_total{model="sdxs_tiny"}"#], m["onestep_text_embedding_cache_entries"])
+        }
+        for p in ["a", "b", "a", "c"] { try ask(p) }  // a miss, b miss, a hit, c miss evicts b
+        var c = try counts()
+        XCTAssertEqual(c.hits, 1)
+        XCTAssertEqual(c.misses, 3)
+        XCTAssertEqual(c.entries, 2)
+        try ask("a")  // still held
+        try ask("b")  // evicted: encoded again
+        c = try counts()
+        XCTAssertEqual(c.hits, 2)
+        XCTAssertEqual(c.misses, 4)
+        XCTAssertEqual(c.entries, 2)
+    }
+
     func testBadTextRequestsReportEveryProblemAtOnce() throws {
         let server = try RunningServer(models: TextFixtures.models)
         let r = try server.post("/v1/images/generations", json: #"{"model": "sdxs_tiny", "size": "500x1024", "guidance_scale": "lots", "label": 2, "steps": 0, "negative_prompt": "blurry"}"#)
