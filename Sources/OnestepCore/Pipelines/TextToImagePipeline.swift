@@ -48,6 +48,9 @@ public struct TextToImagePipeline: Sendable {
 
     /// Default image side in pixels (diffusers: unet.config.sample_size * vae_scale_factor).
     public var defaultSize: Int { latentSize * decoder.scaleFactor }
+    /// guidance_scale when a request does not say: 8.5 for a guidance-embedding model (LatentConsistencyModelPipeline's
+    /// default), else 0: the one- and few-step students (SD-Turbo, SDXS, TCD, Hyper-SD) are run without CFG.
+    public var defaultGuidanceScale: Double { usesGuidanceEmbedding ? 8.5 : 0 }
     /// LCM-style UNet: guidance is a guidance-scale embedding (time_cond_proj_dim), never classifier-free.
     public var usesGuidanceEmbedding: Bool { unet.config.timeCondProjDim != nil }
 
