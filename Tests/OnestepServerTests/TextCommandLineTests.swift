@@ -7,7 +7,7 @@ import PNGCodec
 /// T2I_README.md), run as a user runs them: the built binary in a subprocess.
 final class TextCommandLineTests: XCTestCase {
     static let folders = ["sd_turbo_tiny", "sdxs_tiny", "lcm_tiny", "tcd_tiny", "cfg_v_tiny"]
-    let cli = CommandLineTests()
+    let cli = CommandLineTests(name: "TextCommandLineTests.cli", testClosure: { _ in })  // corelibs XCTest has no init()
 
     struct Case { var key: String; var c: [String: String]; var expected: [Int64]; var reference: [Float] }
 
