@@ -45,6 +45,8 @@ let package = Package(
         // Routes, batching, metrics, lifecycle of the server.
         .target(name: "OnestepServer", dependencies: ["OnestepCore", "HTTP1", "CommandLineKit"]),
         .executableTarget(name: "onestep-serve", dependencies: ["OnestepServer", "OnestepCore", "CommandLineKit"]),
+        // Forward-pass timing of the full-size text-to-image latent networks (random weights).
+        .executableTarget(name: "onestep-latent-bench", dependencies: ["OnestepCore"]),
 
         // Training engine, data, teacher, distillation, evaluation: linked only into onestep-distill.
         .target(name: "OnestepTrain", dependencies: ["OnestepCore", "PNGCodec"]),

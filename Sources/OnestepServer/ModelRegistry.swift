@@ -3,24 +3,42 @@ import Foundation
 import OnestepCore
 
 public final class ModelRegistry: Sendable {
+    /// Pixel models by name.
     public let pipelines: [String: ImagePipeline]
+    /// Text-to-image models by name (names are unique across both maps).
+    public let textModels: [String: TextToImagePipeline]
     /// The model used when a request names none: the only one, or `preferred` when it is loaded.
     public let defaultName: String
 
-    public init(pipelines: [ImagePipeline], preferred: String? = nil) throws {
-        guard !pipelines.isEmpty else { throw ModelLoadError(path: "models", problem: "no models to serve") }
+    public init(pipelines: [ImagePipeline], textModels: [TextToImagePipeline] = [], preferred: String? = nil) throws {
+        guard !pipelines.isEmpty || !textModels.isEmpty else { throw ModelLoadError(path: "models", problem: "no models to serve") }
         var map: [String: ImagePipeline] = [:]
         for p in pipelines { map[p.name] = p }
+        var text: [String: TextToImagePipeline] = [:]
+        for t in textModels {
+            guard map[t.name] == nil, text[t.name] == nil else {
+                throw ModelLoadError(path: t.name, problem: "two models are named \(t.name); rename one folder")
+            }
+            text[t.name] = t
+        }
         self.pipelines = map
-        if let preferred, map[preferred] != nil {
+        self.textModels = text
+        let all = (Array(map.keys) + Array(text.keys)).sorted()
+        if let preferred, all.contains(preferred) {
             defaultName = preferred
         } else {
-            defaultName = pipelines.map(\.name).sorted()[0]
+            defaultName = all[0]
         }
     }
 
+    /// The pixel pipeline of that name (nil for text models and unknown names).
     public subscript(name: String) -> ImagePipeline? { pipelines[name] }
-    public var names: [String] { pipelines.keys.sorted() }
+    /// Any model of that name.
+    public func model(_ name: String) -> GenerationPipeline? {
+        if let p = pipelines[name] { return .pixel(p) }
+        return textModels[name].map { .text($0) }
+    }
+    public var names: [String] { (Array(pipelines.keys) + Array(textModels.keys)).sorted() }
 
     /// Which sampler a model got, and what was assumed when its folder had no scheduler config.
     static func logSampler(_ p: ImagePipeline, _ log: (String) -> Void) {
@@ -47,17 +65,26 @@ public final class ModelRegistry: Sendable {
         let isModel = names.contains { ModelFolderScan.markerFiles.contains($0) }
         let folders = isModel ? [dir] : try ModelFolderScan.modelFolders(under: dir)
         var loaded: [ImagePipeline] = []
+        var text: [TextToImagePipeline] = []
         for path in folders {
             try ModelFolderScan.check(path)
             let start = Date()
-            let p = try ImagePipeline.load(path: path)
+            let p: ImagePipeline
+            switch try GenerationPipeline.load(path: path) {
+            case .text(let t):
+                log("loaded text-to-image model \(t.name): \(t.defaultSize)x\(t.defaultSize) (latent \(t.latentSize)x\(t.latentSize)), \(t.usesGuidanceEmbedding ? "guidance embedding" : "classifier-free guidance when guidance_scale > 1") in \(String(format: "%.2f", Date().timeIntervalSince(start))) s")
+                log("model \(t.name) sampler: \(t.sampler.description), steps \(t.sampler.stepRange.lowerBound)...\(t.sampler.stepRange.upperBound), default \(t.sampler.defaultSteps)")
+                text.append(t)
+                continue
+            case .pixel(let pixel): p = pixel
+            }
             log("loaded model \(p.name): \(p.imageSize)x\(p.imageSize)x\(p.channels), \(p.weightDType), \(p.model.parameterCount) parameters, \(p.numClasses.map { "\($0) classes" } ?? "unconditional") in \(String(format: "%.2f", Date().timeIntervalSince(start))) s")
             logSampler(p, log)
             loaded.append(p)
         }
-        guard !loaded.isEmpty else {
-            throw ModelLoadError(path: dir, problem: "holds no model folders (each needs config.json + diffusion_pytorch_model.safetensors)")
+        guard !loaded.isEmpty || !text.isEmpty else {
+            throw ModelLoadError(path: dir, problem: "holds no model folders (each needs config.json + diffusion_pytorch_model.safetensors, or a diffusers pipeline's model_index.json)")
         }
-        return try ModelRegistry(pipelines: loaded, preferred: preferred)
+        return try ModelRegistry(pipelines: loaded, textModels: text, preferred: preferred)
     }
 }

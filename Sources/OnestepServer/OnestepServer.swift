@@ -26,7 +26,7 @@ public final class OnestepServer: Sendable {
         let split = CoreSplit.choose(models: models, cores: options.workers, fixed: options.coresPerBatch)
         log(split.description)
         workers = ComputeWorkers(count: max(1, options.workers / split.coresPerBatch), coresPerBatch: split.coresPerBatch,
-                                 queue: queue, models: models, metrics: metrics)
+                                 queue: queue, models: models, metrics: metrics, embeddingCacheSize: options.textEmbeddingCacheEntries)
         router = Router(models: models, queue: queue, metrics: metrics, options: options)
         let metrics = self.metrics, accessLog = options.accessLog
         let router = self.router
@@ -50,10 +50,17 @@ public final class OnestepServer: Sendable {
         metrics.describe("onestep_compute_seconds", help: "Time to compute one batch (sampling + PNG)", type: "histogram", bounds: Metrics.latencyBuckets)
         metrics.describe("onestep_images_generated_total", help: "Images generated, by model", type: "counter")
         metrics.describe("onestep_rejected_total", help: "Generation requests not computed, by reason", type: "counter")
+        metrics.describe("onestep_text_embedding_cache_hits_total", help: "Prompts whose text embedding came from the cache, by model", type: "counter")
+        metrics.describe("onestep_text_embedding_cache_misses_total", help: "Prompts run through the text encoder, by model", type: "counter")
+        for name in models.textModels.keys.sorted() {  // listed at 0 from the start, so dashboards see the series
+            metrics.increment("onestep_text_embedding_cache_hits_total", [("model", name)], by: 0)
+            metrics.increment("onestep_text_embedding_cache_misses_total", [("model", name)], by: 0)
+        }
         // Weak captures: the HTTP server's callbacks hold the router and the metrics, so strong ones here would
         // make a cycle and a stopped server (every test server) would never be freed.
         metrics.gauge("onestep_queue_depth_images", help: "Images waiting for a batch") { [weak queue] in Double(queue?.depth ?? 0) }
         metrics.gauge("onestep_running_batches", help: "Batches being computed") { [weak queue] in Double(queue?.runningBatches ?? 0) }
+        metrics.gauge("onestep_text_embedding_cache_entries", help: "Prompt embeddings held (at most --text-embedding-cache)") { [weak workers] in Double(workers?.embeddings.count ?? 0) }
         metrics.gauge("onestep_open_connections", help: "Open HTTP connections") { [weak http] in Double(http?.openConnections ?? 0) }
         metrics.gauge("onestep_pending_responses", help: "Requests accepted and not yet answered") { [weak http] in Double(http?.pendingResponses ?? 0) }
     }

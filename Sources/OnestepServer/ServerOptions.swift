@@ -44,6 +44,9 @@ public struct ServerOptions: Sendable {
     /// Connections accepted beyond --max-connections while all are busy, for /healthz, /readyz, /metrics.
     public var reserveConnections = 64
     public var accessLog = true
+    /// Prompt embeddings kept by (model, prompt), least recently used evicted; 0 disables the cache.
+    /// One SD embedding is 77 x 1024 floats (308 KB), so the default 256 holds about 80 MB at most.
+    public var textEmbeddingCacheEntries = 256
 
     public init() {}
 
@@ -75,6 +78,7 @@ public struct ServerOptions: Sendable {
             FlagSpec("reserve-connections", "connections beyond --max-connections for /healthz /readyz /metrics [ONESTEP_RESERVE_CONNECTIONS]", default: String(d.reserveConnections)),
             FlagSpec("drain-timeout-ms", "on SIGTERM, time to finish queued work [ONESTEP_DRAIN_TIMEOUT_MS]", default: String(d.drainTimeoutMs)),
             FlagSpec("grace-ms", "after the drain, time to finish writing answers [ONESTEP_GRACE_MS]", default: String(d.graceMs)),
+            FlagSpec("text-embedding-cache", "prompt embeddings kept, LRU; 0 disables [ONESTEP_TEXT_EMBEDDING_CACHE]", default: String(d.textEmbeddingCacheEntries)),
             FlagSpec("no-access-log", "do not print a line per request [ONESTEP_ACCESS_LOG=0]", isSwitch: true),
         ]
     }()
@@ -126,6 +130,7 @@ public struct ServerOptions: Sendable {
         o.maxRequestsPerConnection = try int("max-requests-per-connection", 1...100_000_000) ?? o.maxRequestsPerConnection
         o.maxConnectionsPerAddress = try int("max-connections-per-address", 0...1_000_000) ?? o.maxConnectionsPerAddress
         o.reserveConnections = try int("reserve-connections", 0...1_000_000) ?? o.reserveConnections
+        o.textEmbeddingCacheEntries = try int("text-embedding-cache", 0...1_000_000) ?? o.textEmbeddingCacheEntries
         o.accessLog = !(f.isSet("no-access-log") || env["ONESTEP_ACCESS_LOG"] == "0")
         guard o.defaultDeadlineMs <= o.maxDeadlineMs else {
             throw FlagError("--default-deadline-ms \(o.defaultDeadlineMs) is above --max-deadline-ms \(o.maxDeadlineMs)")

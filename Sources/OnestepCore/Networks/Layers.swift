@@ -148,6 +148,11 @@ public struct GroupNormLayer: Sendable {
         beta = try src.tensor(spec.key + ".bias", shape: [channels])
     }
 
+    /// A GroupNorm of a network without a layer plan (the latent networks): `key`.weight and `key`.bias (C).
+    public init(_ key: String, _ src: WeightSource, channels: Int, groups: Int, eps: Float) throws {
+        try self.init(LayerSpec(key, .groupNorm(channels: channels, groups: groups, eps: eps), role: .other, pixels: 1), src)
+    }
+
     /// (N, C, ...) -> same shape; `silu` fuses the activation that follows every norm but the attention one.
     public func callAsFunction(_ x: Tensor, silu: Bool = false) -> Tensor {
         GroupNorm.forward(x, groups: groups, eps: eps, gamma: gamma, beta: beta, silu: silu)
