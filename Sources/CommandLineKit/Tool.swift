@@ -57,9 +57,11 @@ public struct CommandLineTool {
     public func main(_ args: [String]) -> Int32 {
         var rest = args
         let first = rest.first
-        if first == nil || first == "help" || ((first == "--help" || first == "-h") && defaultCommand == nil) {
+        // No arguments at all runs the default command (`onestep-serve` alone serves, as the README's set-up does);
+        // only a tool without one answers its usage (exit 2).
+        if (first == nil && defaultCommand == nil) || first == "help" || ((first == "--help" || first == "-h") && defaultCommand == nil) {
             print(usage, terminator: "")
-            return first == nil && defaultCommand == nil ? 2 : 0
+            return first == nil ? 2 : 0
         }
         if first == "--help" || first == "-h" { print(usage, terminator: ""); return 0 }
         let commandName: String

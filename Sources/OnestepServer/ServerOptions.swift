@@ -92,14 +92,18 @@ public struct ServerOptions: Sendable {
     /// The options from flags already parsed against `specs`, then ONESTEP_* variables, then defaults.
     public static func parse(_ f: ParsedFlags, environment env: [String: String]) throws -> ServerOptions {
         var o = ServerOptions()
+        func variable(_ name: String) -> String { "ONESTEP_" + name.uppercased().replacingOccurrences(of: "-", with: "_") }
         func text(_ name: String) -> String? {
             if f.has(name) { return f.string(name) }
-            return env["ONESTEP_" + name.uppercased().replacingOccurrences(of: "-", with: "_")]
+            return env[variable(name)]
         }
+        /// "--port abc" or, when the value came from the environment, "ONESTEP_PORT=abc" (a user who passed no flag
+        /// looks for the variable).
+        func given(_ name: String, _ s: String) -> String { f.has(name) ? "--\(name) \(s)" : "\(variable(name))=\(s)" }
         func int(_ name: String, _ range: ClosedRange<Int>) throws -> Int? {
             guard let s = text(name) else { return nil }
             guard let v = Int(s), range.contains(v) else {
-                throw FlagError("--\(name) \(s): expected an integer in \(range.lowerBound)...\(range.upperBound)")
+                throw FlagError("\(given(name, s)): expected an integer in \(range.lowerBound)...\(range.upperBound)")
             }
             return v
         }
@@ -112,7 +116,7 @@ public struct ServerOptions: Sendable {
         if text("cores-per-batch") != "auto" { o.coresPerBatch = try int("cores-per-batch", 1...256) }
         o.maxBatch = try int("max-batch", 1...256) ?? o.maxBatch
         if let s = text("max-delay-ms") {
-            guard let v = Double(s), v >= 0, v <= 10_000 else { throw FlagError("--max-delay-ms \(s): expected 0...10000") }
+            guard let v = Double(s), v >= 0, v <= 10_000 else { throw FlagError("\(given("max-delay-ms", s)): expected 0...10000") }
             o.maxDelayMs = v
         }
         o.maxQueuedImages = try int("max-queue", 1...1_000_000) ?? o.maxQueuedImages

@@ -45,7 +45,7 @@ func runStudent(_ flags: ParsedFlags) throws {
     if small {
         var cfg: UNetConfig
         if let path = flags.string("student-config") {
-            cfg = try UNetConfig.load(path: path)
+            do { cfg = try UNetConfig.load(path: path) } catch let e as ConfigError { throw FlagError("--student-config \(path): \(e)") }
             cfg.numClassEmbeds = teacher.config.numClassEmbeds
             cfg.classNames = teacher.config.classNames
         } else {

@@ -71,6 +71,8 @@ final class SamplerConfigTests: XCTestCase {
         assertRefused(#"{"_class_name": "CMStochasticIterativeScheduler", "sigma_min": 90}"#, mentions: ["sigma_min < sigma_max"])
         assertRefused(#"{"_class_name": "DDIMScheduler", "thresholding": "yes"}"#, mentions: ["thresholding", "true or false"])
         assertRefused(#"[1, 2]"#, mentions: ["not a JSON object"])
+        // A stray comma: where it is, not "not a JSON object".
+        assertRefused("{\n  \"_class_name\": \"DDIMScheduler\",,\n}", mentions: ["not valid JSON at line 2, column 34", "expected a key string"])
     }
 
     func testDiffusersJSONWithInfinityIsRead() throws {

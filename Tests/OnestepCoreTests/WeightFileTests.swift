@@ -129,6 +129,17 @@ final class WeightFileTests: XCTestCase {
         }
     }
 
+    /// A config.json with a syntax error names the line and column; a missing folder says it does not exist.
+    func testConfigSyntaxErrorNamesLineAndColumnAndMissingFolderSaysSo() throws {
+        let dir = try modelDir(weights: try goldenBytes())
+        try Data("{\n  \"in_channels\": 1,,\n  \"sample_size\": 8\n}".utf8).write(to: URL(fileURLWithPath: dir + "/config.json"))
+        let msg = loadError(dir)
+        XCTAssertTrue(msg.contains("config.json: is not valid JSON at line 2, column 20 (expected a key string)"), msg)
+        XCTAssertFalse(msg.contains("(file)"), msg)
+        let missing = loadError(dir + "/no-such-model")
+        XCTAssertTrue(msg.isEmpty == false && missing.contains("does not exist"), missing)
+    }
+
     /// Found with fuzz/ (model_config's "accepted config is sane" check): norm_eps 1e300 was accepted as an
     /// infinite Float and 1e-50 as 0 (GroupNorm then divides by zero), since only the Double was range-checked.
     func testConfigFloatsOutsideFloatRangeAreRefused() throws {

@@ -87,7 +87,7 @@ final class CommandLineTests: XCTestCase {
         let cases: [([String], String)] = [
             (["generate", "--model", Self.golden + "/cd_tiny", "--out", "/tmp/x.png", "--steps", "9"], "--steps 9"),
             (["generate", "--model", Self.golden + "/cd_tiny", "--out", "/tmp/x.png", "--label", "dog"], "label"),
-            (["generate", "--model", "/nonexistent", "--out", "/tmp/x.png"], "not a directory"),
+            (["generate", "--model", "/nonexistent", "--out", "/tmp/x.png"], "/nonexistent: does not exist"),
             (["generate", "--bogus"], "unknown flag --bogus"),
             (["bench", "--model", Self.golden + "/cd_tiny", "--batch", "0"], "--batch"),
             (["frobnicate"], "unknown command"),

@@ -41,7 +41,9 @@ final class InputBoundsTests: XCTestCase {
                 XCTAssertThrowsError(try ServerOptions.parse(["--\(flag)", v] + extra, environment: [:]), "--\(flag) \(v)") {
                     XCTAssertTrue("\($0)".contains("--\(flag) \(v)"), "\($0)")
                 }
-                XCTAssertThrowsError(try ServerOptions.parse([], environment: extraEnv.merging([env: v]) { $1 }), "\(env)=\(v)")
+                XCTAssertThrowsError(try ServerOptions.parse([], environment: extraEnv.merging([env: v]) { $1 }), "\(env)=\(v)") {
+                    XCTAssertTrue("\($0)".contains("\(env)=\(v)"), "an error from the environment names the variable: \($0)")
+                }
             }
         }
         // The parsed value is the one given (not clamped), from either path.

@@ -39,7 +39,10 @@ public struct ModelDirectory: Sendable {
     public init(path: String, variant: String? = nil) throws {
         let fm = FileManager.default
         var isDir: ObjCBool = false
-        guard fm.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue else {
+        guard fm.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw ModelLoadError(path: path, problem: "does not exist (relative paths start at \(fm.currentDirectoryPath)); pass a folder holding config.json and diffusion_pytorch_model.safetensors")
+        }
+        guard isDir.boolValue else {
             throw ModelLoadError(path: path, problem: "is not a directory; pass a folder holding config.json and diffusion_pytorch_model.safetensors")
         }
         self.path = path

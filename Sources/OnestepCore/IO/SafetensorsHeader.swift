@@ -215,3 +215,19 @@ struct HeaderJSONParser {
         return isReal ? .real(text) : .integer(Int(text), text: text)
     }
 }
+
+/// Where JSON text that JSONSerialization refused goes wrong, for messages about config files: "at line L, column C
+/// (PROBLEM)", 1-based, columns counted in bytes. Foundation's own error names no position on Linux ("The data is not
+/// in the correct format"), which leaves a user searching a 60-line config.json for one stray comma.
+enum JSONSyntax {
+    static func whereInvalid(_ data: Data) -> String {
+        let bytes = [UInt8](data)
+        do { _ = try HeaderJSONParser.parse(bytes) } catch let e as HeaderJSONError {
+            let before = bytes.prefix(e.offset)
+            let line = before.filter { $0 == UInt8(ascii: "\n") }.count + 1
+            let column = e.offset - (before.lastIndex(of: UInt8(ascii: "\n")).map { $0 + 1 } ?? 0) + 1
+            return "at line \(line), column \(column) (\(e.problem))"
+        } catch {}
+        return "(JSONSerialization refused it; this reader found no position)"
+    }
+}

@@ -44,7 +44,10 @@ public struct ModelIndex: Sendable {
     }
 
     public init(json data: Data, path: String) throws {
-        guard let d = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+        guard let json = try? JSONSerialization.jsonObject(with: data) else {
+            throw ModelLoadError(path: path, problem: "is not valid JSON \(JSONSyntax.whereInvalid(data)); correct the file there")
+        }
+        guard let d = json as? [String: Any] else {
             throw ModelLoadError(path: path, problem: "is not a JSON object")
         }
         self.path = path

@@ -27,7 +27,7 @@ public enum Quantizer {
         let dir = try ModelDirectory(path: source)
         let float = try ImagePipeline.load(path: source)
         guard float.weightDType == "float32" else {
-            throw ModelLoadError(path: source, problem: "is already quantized")
+            throw ModelLoadError(path: source, problem: "is already quantized (int8 weights); pass the float32 model it was made from, e.g. RUN/student")
         }
         try FileManager.default.createDirectory(atPath: destination, withIntermediateDirectories: true)
         try AtomicFile.write(float.config.jsonString(), to: destination + "/config.json")

@@ -22,7 +22,11 @@ public struct SchedulerConfig: @unchecked Sendable {
 
     /// Parses JSON text.
     public init(json data: Data, path: String) throws {
-        guard let d = (try? JSONSerialization.jsonObject(with: Self.quotingNonFiniteNumbers(data))) as? [String: Any] else {
+        let quoted = Self.quotingNonFiniteNumbers(data)
+        guard let json = try? JSONSerialization.jsonObject(with: quoted) else {
+            throw ModelLoadError(path: path, problem: "is not valid JSON \(JSONSyntax.whereInvalid(quoted)); correct the file there")
+        }
+        guard let d = json as? [String: Any] else {
             throw ModelLoadError(path: path, problem: "is not a JSON object")
         }
         self.init(values: d, path: path)

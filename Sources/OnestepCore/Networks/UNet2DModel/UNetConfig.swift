@@ -22,7 +22,8 @@ public enum ResampleKind: String, Sendable { case conv, resnet }
 public struct ConfigError: Error, CustomStringConvertible, Equatable {
     public var key: String
     public var problem: String
-    public var description: String { "config key '\(key)': \(problem)" }
+    /// "config key 'K': PROBLEM"; a problem with the whole file (key "(file)") is the problem alone.
+    public var description: String { key == "(file)" ? problem : "config key '\(key)': \(problem)" }
 }
 
 public struct UNetConfig: Sendable, Equatable {
@@ -57,14 +58,14 @@ public struct UNetConfig: Sendable, Equatable {
 
     public static func load(path: String) throws -> UNetConfig {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw ConfigError(key: "(file)", problem: "cannot read \(path)")
+            throw ConfigError(key: "(file)", problem: "cannot be read; check that it exists and that this user may read it")
         }
         let json: Any
         do { json = try JSONSerialization.jsonObject(with: data) } catch {
-            throw ConfigError(key: "(file)", problem: "\(path) is not valid JSON: \(error.localizedDescription)")
+            throw ConfigError(key: "(file)", problem: "is not valid JSON \(JSONSyntax.whereInvalid(data)); correct the file there")
         }
         guard let dict = json as? [String: Any] else {
-            throw ConfigError(key: "(file)", problem: "\(path) is not a JSON object")
+            throw ConfigError(key: "(file)", problem: "is not a JSON object; a config.json holds one {...} of settings")
         }
         return try UNetConfig(json: dict)
     }
