@@ -3,8 +3,8 @@ import Foundation
 import OnestepCore
 import OnestepTrain
 
-let studentCommand = Subcommand("student", summary: "distil an EDM teacher into a one-step consistency student", flags: [
-    FlagSpec("teacher", "teacher run folder (a model directory with an OnestepEDMHeunScheduler config)"),
+let studentCommand = Subcommand("student", summary: "distil a teacher (Onestep EDM or diffusers DDPM-family UNet2DModel) into a one-step consistency student", flags: [
+    FlagSpec("teacher", "teacher folder: an onestep-distill teacher run (OnestepEDMHeunScheduler), or a diffusers UNet2DModel with DDPMScheduler / GaussianDDPMScheduler / DDIMScheduler / DPMSolverMultistepScheduler (epsilon, v_prediction or sample; bare or pipeline layout), wrapped as an EDM denoiser with the student's sigma range clamped to the teacher's"),
     FlagSpec("out", "student run folder: becomes a consistency model directory plus checkpoint, losses, samples"),
     FlagSpec("data", "training images (default: the \"data\" of the teacher's train.json)"),
     FlagSpec("student-config", "UNet config.json of a smaller student: trained by regression on cached teacher pairs"),
@@ -33,11 +33,14 @@ func runStudent(_ flags: ParsedFlags) throws {
     BLAS.threads = try flags.requiredInt("threads", 1...64)
     let resume = flags.isSet("resume")
     try checkResumeFlag(resume, out: out)
-    let teacher = try ImagePipeline.load(path: teacherDir)
-    guard let schedule = (teacher.sampler as? EDMHeunSampler)?.config else {
-        throw FlagError("--teacher \(teacherDir): its scheduler is \(type(of: teacher.sampler).className), not OnestepEDMHeunScheduler; distillation needs an EDM teacher written by onestep-distill teacher")
-    }
+    let loaded: TeacherLoader.Loaded
+    do { loaded = try TeacherLoader.load(path: teacherDir) } catch let e as TeacherLoadError { throw FlagError("--teacher " + e.description) }
+    let teacher = loaded.pipeline
+    let schedule = loaded.edmSchedule ?? loaded.denoiser.clamped(EDMSchedulerConfig())
     let small = flags.has("student-config") || flags.has("student-channels")
+    if small && loaded.edmSchedule == nil {
+        throw FlagError("--student-config/--student-channels: regression on cached pairs needs an EDM teacher (its pairs are Heun samples); distil the DDPM teacher \(teacherDir) into a same-size student first (without these flags)")
+    }
     let workers = try flags.requiredInt("workers", 1...64)
     let seed = UInt64(try flags.requiredInt("seed", 0...Int(Int32.max)))
     installInterruptHandler()
@@ -90,8 +93,11 @@ func runStudent(_ flags: ParsedFlags) throws {
         s.schedule = schedule
         let dataDir = try flags.string("data") ?? StudentConfigs.teacherDataFolder(teacherDir)
         let data = try ImageFolder.load(path: dataDir, size: teacher.imageSize, channels: teacher.channels, warn: { stderrLine("warning: " + $0) })
-        let trainer = try ConsistencyStudentTrainer(teacher: teacher.model, dataset: data, settings: s, runDir: out, resume: resume)
-        stdoutLine("consistency distillation of the teacher \(teacherDir) on the images in \(dataDir)")
+        let trainer = try ConsistencyStudentTrainer(denoiser: loaded.denoiser, dataset: data, settings: s, runDir: out, resume: resume)
+        stdoutLine("consistency distillation of the teacher \(teacherDir) (\(loaded.denoiser.description)) on the images in \(dataDir)")
+        if loaded.edmSchedule == nil {
+            stdoutLine(String(format: "student sigmas %.4g..%.4g (clamped to the teacher's)", schedule.sigmaMin, schedule.sigmaMax))
+        }
         trainer.resumeLines.forEach(stdoutLine)
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     }

@@ -95,6 +95,12 @@ public struct LinearLayer: Sendable {
         bias = try src.tensor(spec.key + ".bias", shape: [o])
     }
 
+    /// A linear layer of a network without a LayerPlan (e.g. CLIPTextModel): weight (out, in) and bias (out)
+    /// read under `key`; role `.other`, pixels 1.
+    public init(_ key: String, _ src: WeightSource, in i: Int, out o: Int) throws {
+        try self.init(LayerSpec(key, .linear(inFeatures: i, outFeatures: o), role: .other, pixels: 1), src)
+    }
+
     /// (N, in) -> (N, out), NCHW reference path (OpenBLAS).
     public func callAsFunction(_ x: Tensor) -> Tensor { Linear.forward(x, weight: weight, bias: bias) }
 
