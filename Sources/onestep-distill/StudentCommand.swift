@@ -9,6 +9,9 @@ let studentCommand = Subcommand("student", summary: "distil a teacher (Onestep E
     FlagSpec("data", "training images (default: the \"data\" of the teacher's train.json)"),
     FlagSpec("student-config", "UNet config.json of a smaller student: trained by regression on cached teacher pairs"),
     FlagSpec("student-channels", "like --student-config: the teacher's config with these block_out_channels, e.g. 16,32,32"),
+    FlagSpec("method", "cd: consistency distillation (teacher Heun steps, target network); ect: easy consistency tuning from the teacher's weights (no teacher calls; --ect-q, --ect-stages); regression: a smaller student on cached teacher pairs (implied by --student-config/--student-channels). See docs/DISTILLATION-METHODS.md", default: "cd"),
+    FlagSpec("ect-q", "ect: r(t) = t (1 - q^-(stage+1) (1 + 8 sigmoid(-t))); larger q, r nearer t", default: "4"),
+    FlagSpec("ect-stages", "ect: stages of the run, q-fold smaller t - r each", default: "4"),
     FlagSpec("sigmas", "Karras sigmas N of the distillation grid (scheduler num_train_timesteps)", default: "18"),
     FlagSpec("steps", "optimizer steps", default: "2000"),
     FlagSpec("batch", "images per step", default: "32"),
@@ -38,6 +41,14 @@ func runStudent(_ flags: ParsedFlags) throws {
     let teacher = loaded.pipeline
     let schedule = loaded.edmSchedule ?? loaded.denoiser.clamped(EDMSchedulerConfig())
     let small = flags.has("student-config") || flags.has("student-channels")
+    let method = try flags.required("method")
+    guard ["cd", "ect", "regression"].contains(method) else {
+        throw FlagError("--method \(method): expected cd, ect or regression (dmd is not built yet)")
+    }
+    if small != (method == "regression") && flags.has("method") {
+        throw FlagError(small ? "--student-config/--student-channels train by regression; drop --method \(method) or pass --method regression"
+                              : "--method regression needs the smaller student's --student-config or --student-channels")
+    }
     if small && loaded.edmSchedule == nil {
         throw FlagError("--student-config/--student-channels: regression on cached pairs needs an EDM teacher (its pairs are Heun samples); distil the DDPM teacher \(teacherDir) into a same-size student first (without these flags)")
     }
@@ -74,6 +85,29 @@ func runStudent(_ flags: ParsedFlags) throws {
                                                     count: s.pairs, heunSteps: s.heunSteps, workers: workers, log: stdoutLine)
         let trainer = try RegressionStudentTrainer(config: cfg, pairs: pairs, settings: s, runDir: out, resume: resume)
         stdoutLine("small student of the teacher \(teacherDir) (\(teacher.model.parameterCount) parameters)")
+        trainer.resumeLines.forEach(stdoutLine)
+        summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
+    } else if method == "ect" {
+        var s = ECTSettings()
+        s.steps = try flags.requiredInt("steps", 1...10_000_000)
+        s.batch = try flags.requiredInt("batch", 1...4096)
+        s.sigmas = try flags.requiredInt("sigmas", 2...1000)
+        s.q = Double(try flags.requiredFloat("ect-q", 1.01...1e6))
+        s.stages = try flags.requiredInt("ect-stages", 1...64)
+        if flags.has("lr") { s.optimizer.learningRate = try flags.requiredFloat("lr", 1e-8...1) }
+        if flags.has("warmup") { s.optimizer.warmupSteps = try flags.requiredInt("warmup", 0...10_000_000) }
+        s.saveEMA = try flags.requiredFloat("ema", 0...0.999999)
+        s.seed = seed
+        s.logEvery = try flags.requiredInt("log-every", 1...1_000_000)
+        s.checkpointEvery = try flags.requiredInt("checkpoint-every", 1...10_000_000)
+        s.sampleEvery = try flags.requiredInt("sample-every", 1...10_000_000)
+        s.workers = workers
+        s.schedule = schedule
+        let dataDir = try flags.string("data") ?? StudentConfigs.teacherDataFolder(teacherDir)
+        let data = try ImageFolder.load(path: dataDir, size: teacher.imageSize, channels: teacher.channels, warn: { stderrLine("warning: " + $0) })
+        let trainer = try ECTStudentTrainer(teacher: teacher.model, dataset: data, settings: s, runDir: out, resume: resume)
+        stdoutLine("easy consistency tuning (ECT) from the weights of \(teacherDir) (\(loaded.denoiser.description)) on the images in \(dataDir)")
+        stdoutLine(String(format: "student sigmas %.4g..%.4g%@", schedule.sigmaMin, schedule.sigmaMax, loaded.edmSchedule == nil ? " (clamped to the teacher's)" : ""))
         trainer.resumeLines.forEach(stdoutLine)
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     } else {
