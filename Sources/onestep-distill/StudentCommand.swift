@@ -9,7 +9,9 @@ let studentCommand = Subcommand("student", summary: "distil a teacher (Onestep E
     FlagSpec("data", "training images (default: the \"data\" of the teacher's train.json)"),
     FlagSpec("student-config", "UNet config.json of a smaller student: trained by regression on cached teacher pairs"),
     FlagSpec("student-channels", "like --student-config: the teacher's config with these block_out_channels, e.g. 16,32,32"),
-    FlagSpec("method", "cd: consistency distillation (teacher Heun steps, target network); ect: easy consistency tuning from the teacher's weights (no teacher calls; --ect-q, --ect-stages); regression: a smaller student on cached teacher pairs (implied by --student-config/--student-channels). See docs/DISTILLATION-METHODS.md", default: "cd"),
+    FlagSpec("method", "cd: consistency distillation (teacher Heun steps, target network); ect: easy consistency tuning from the teacher's weights (no teacher calls; --ect-q, --ect-stages); dmd: distribution matching (DMD2 without GAN: a generator and a fake score network, both from the teacher; no data images; --dmd-ratio); regression: a smaller student on cached teacher pairs (implied by --student-config/--student-channels). See docs/DISTILLATION-METHODS.md", default: "cd"),
+    FlagSpec("dmd-ratio", "dmd: fake-score updates per generator update (DMD2 dfake_gen_update_ratio)", default: "5"),
+    FlagSpec("dmd-grid", "dmd: Karras sigmas of the score noise levels (DMD2 num_train_timesteps); the generator uses the middle 2%..98%", default: "1000"),
     FlagSpec("ect-q", "ect: r(t) = t (1 - q^-(stage+1) (1 + 8 sigmoid(-t))); larger q, r nearer t", default: "4"),
     FlagSpec("ect-stages", "ect: stages of the run, q-fold smaller t - r each", default: "4"),
     FlagSpec("sigmas", "Karras sigmas N of the distillation grid (scheduler num_train_timesteps)", default: "18"),
@@ -42,8 +44,8 @@ func runStudent(_ flags: ParsedFlags) throws {
     let schedule = loaded.edmSchedule ?? loaded.denoiser.clamped(EDMSchedulerConfig())
     let small = flags.has("student-config") || flags.has("student-channels")
     let method = try flags.required("method")
-    guard ["cd", "ect", "regression"].contains(method) else {
-        throw FlagError("--method \(method): expected cd, ect or regression (dmd is not built yet)")
+    guard ["cd", "ect", "dmd", "regression"].contains(method) else {
+        throw FlagError("--method \(method): expected cd, ect, dmd or regression")
     }
     if small != (method == "regression") && flags.has("method") {
         throw FlagError(small ? "--student-config/--student-channels train by regression; drop --method \(method) or pass --method regression"
@@ -85,6 +87,35 @@ func runStudent(_ flags: ParsedFlags) throws {
                                                     count: s.pairs, heunSteps: s.heunSteps, workers: workers, log: stdoutLine)
         let trainer = try RegressionStudentTrainer(config: cfg, pairs: pairs, settings: s, runDir: out, resume: resume)
         stdoutLine("small student of the teacher \(teacherDir) (\(teacher.model.parameterCount) parameters)")
+        trainer.resumeLines.forEach(stdoutLine)
+        summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
+    } else if method == "dmd" {
+        var s = DMDSettings()
+        s.steps = try flags.requiredInt("steps", 1...10_000_000)
+        s.batch = try flags.requiredInt("batch", 1...4096)
+        s.sigmas = try flags.requiredInt("sigmas", 2...1000)
+        s.fakeUpdatesPerGenerator = try flags.requiredInt("dmd-ratio", 1...1000)
+        s.gridSize = try flags.requiredInt("dmd-grid", 2...100_000)
+        if flags.has("lr") {
+            let lr = try flags.requiredFloat("lr", 1e-8...1)
+            (s.generatorOptimizer.learningRate, s.fakeOptimizer.learningRate) = (lr, lr)
+        }
+        if flags.has("warmup") {
+            let w = try flags.requiredInt("warmup", 0...10_000_000)
+            (s.generatorOptimizer.warmupSteps, s.fakeOptimizer.warmupSteps) = (w, w)
+        }
+        s.saveEMA = try flags.requiredFloat("ema", 0...0.999999)
+        s.seed = seed
+        s.logEvery = try flags.requiredInt("log-every", 1...1_000_000)
+        s.checkpointEvery = try flags.requiredInt("checkpoint-every", 1...10_000_000)
+        s.sampleEvery = try flags.requiredInt("sample-every", 1...10_000_000)
+        s.schedule = schedule
+        if flags.has("data") { stderrLine("warning: --data is not used by --method dmd (it needs no data images, only the teacher's classes)") }
+        if workers > 1 { stderrLine("note: --method dmd runs each step on one thread (not data parallel yet); --workers \(workers) is ignored") }
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        let trainer = try DMDStudentTrainer(teacher: loaded.denoiser, settings: s, runDir: out, resume: resume)
+        stdoutLine("distribution matching (DMD2 without GAN) of the teacher \(teacherDir) (\(loaded.denoiser.description)); the logged loss is the fake score's")
+        stdoutLine(String(format: "student sigmas %.4g..%.4g%@", schedule.sigmaMin, schedule.sigmaMax, loaded.edmSchedule == nil ? " (clamped to the teacher's)" : ""))
         trainer.resumeLines.forEach(stdoutLine)
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     } else if method == "ect" {

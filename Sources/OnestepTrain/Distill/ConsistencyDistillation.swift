@@ -54,6 +54,11 @@ public struct EDMTeacher: TeacherDenoiser {
 
     public init(model: UNet2DModel, sigmaData: Double) { (self.model, self.sigmaData) = (model, sigmaData) }
 
+    public func preconditioning(sigma: Double) -> TeacherScalings {
+        let s = EDM.scalings(sigma: sigma, sigmaData: sigmaData)
+        return TeacherScalings(cSkip: s.cSkip, cOut: s.cOut, cIn: s.cIn, timestep: s.cNoise)
+    }
+
     /// D(x_i; sigma_i) for a batch x (B, P), written into `out` (B, P).
     public func denoise(_ x: UnsafePointer<Float>, sigmas: [Double], labels: [Int]?, into out: UnsafeMutablePointer<Float>) {
         let b = sigmas.count, cfg = model.config, per = cfg.inChannels * cfg.sampleSize * cfg.sampleSize

@@ -49,6 +49,15 @@ public struct DiscreteDDPMTeacher: TeacherDenoiser {
         return (1 - w) * Double(low) + w * Double(low + 1)
     }
 
+    public func preconditioning(sigma s: Double) -> TeacherScalings {
+        let cIn = 1 / (s * s + 1).squareRoot()
+        switch prediction {
+        case .epsilon: return TeacherScalings(cSkip: 1, cOut: -s, cIn: cIn, timestep: timestep(sigma: s))
+        case .vPrediction: return TeacherScalings(cSkip: 1 / (s * s + 1), cOut: -s * cIn, cIn: cIn, timestep: timestep(sigma: s))
+        case .sample: return TeacherScalings(cSkip: 0, cOut: 1, cIn: cIn, timestep: timestep(sigma: s))
+        }
+    }
+
     public func denoise(_ x: UnsafePointer<Float>, sigmas: [Double], labels: [Int]?, into out: UnsafeMutablePointer<Float>) {
         let b = sigmas.count, cfg = model.config, per = cfg.inChannels * cfg.sampleSize * cfg.sampleSize
         var input = Tensor(zeros: [b, cfg.inChannels, cfg.sampleSize, cfg.sampleSize])  // (B, C, S, S)

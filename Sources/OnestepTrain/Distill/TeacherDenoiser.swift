@@ -16,6 +16,14 @@ public protocol TeacherDenoiser: Sendable {
     var description: String { get }
     /// D(x_i; sigma_i) for a batch x (B, P), written into `out` (B, P). Labels (B) for class-conditional teachers.
     func denoise(_ x: UnsafePointer<Float>, sigmas: [Double], labels: [Int]?, into out: UnsafeMutablePointer<Float>)
+    /// The teacher's parameterisation at one sigma: D(x; sigma) = cSkip x + cOut F(cIn x, timestep). A network
+    /// initialised as the teacher's copy (DMD's fake score) is trained in it, so it starts equal to the teacher.
+    func preconditioning(sigma: Double) -> TeacherScalings
+}
+
+public struct TeacherScalings: Sendable {
+    public var cSkip: Double, cOut: Double, cIn: Double, timestep: Double
+    public init(cSkip: Double, cOut: Double, cIn: Double, timestep: Double) { (self.cSkip, self.cOut, self.cIn, self.timestep) = (cSkip, cOut, cIn, timestep) }
 }
 
 extension TeacherDenoiser {
