@@ -134,4 +134,29 @@ final class DDPMTeacherTests: XCTestCase {
         XCTAssertTrue(student.sampler is ConsistencySampler, "\(type(of: student.sampler))")
         XCTAssertEqual(DistillProcess.lastStep(in: r.output), 3)
     }
+
+    /// An unconditional v_prediction DDPM teacher (DDIMScheduler) on class-folder data: every method runs (the
+    /// folders' labels are not passed to the unconditional networks) and exports an unconditional consistency model.
+    func testEveryMethodDistilsAnUnconditionalVPredictionTeacher() throws {
+        let dir = makeTempDir()
+        _ = try ShapesGenerator.write(count: 32, size: 16, seed: 0, to: dir + "/data")
+        try writeTinyConfig(to: dir + "/tiny.json")
+        let cfg = try UNetConfig.load(path: dir + "/tiny.json")
+        XCTAssertNil(cfg.numClassEmbeds)
+        try ModelExport.writeEDMTeacher(TrainableUNet(config: cfg, seed: 3), to: dir + "/teacher")
+        try writeJSON(["_class_name": "DDIMScheduler", "num_train_timesteps": 1000, "beta_schedule": "scaled_linear",
+                       "prediction_type": "v_prediction"], dir + "/teacher/scheduler_config.json")
+        for method in ["cd", "ect", "dmd"] {
+            let start = Date()
+            let r = try DistillProcess.run(["student", "--method", method, "--teacher", dir + "/teacher", "--data", dir + "/data",
+                                            "--out", dir + "/" + method, "--steps", "3", "--batch", "4", "--sigmas", "6", "--log-every", "1",
+                                            "--checkpoint-every", "2", "--sample-every", "100000", "--dmd-grid", "50", "--dmd-ratio", "1"])
+            XCTAssertEqual(r.status, 0, r.output)
+            XCTAssertTrue(r.output.contains("DDIMScheduler v_prediction, 1000 timesteps"), r.output)
+            print("unconditional DDPM teacher, --method \(method), 3 steps: \(String(format: "%.1f", Date().timeIntervalSince(start))) s")
+            let student = try ImagePipeline.load(path: dir + "/" + method)
+            XCTAssertNil(student.numClasses)
+            XCTAssertTrue(student.generate([GenerationRequest(seed: 2, label: nil)], steps: 1).data.allSatisfy { $0.isFinite && abs($0) <= 1 })
+        }
+    }
 }

@@ -182,9 +182,11 @@ final class KillResumeTests: XCTestCase {
         XCTAssertNil(try prepared.run())
         try FileManager.default.removeItem(atPath: out + "/student")
 
-        let args = ["pipeline", "--quick", "--out", out, "--checkpoint-every", "4", "--log-every", "1"]
+        // --force: the folder's teacher stage was made with 10 steps, not --quick's 300 (refused without it).
+        let args = ["pipeline", "--quick", "--force", "--out", out, "--checkpoint-every", "4", "--log-every", "1"]
         let first = try DistillProcess(args)
         let killedAt = try first.kill9(atStep: 6)
+        XCTAssertTrue(first.output.contains("warning: --force: reusing the finished stages"), first.output)
         XCTAssertTrue(first.output.contains("pipeline: teacher done earlier"), first.output)
         let again = try DistillProcess(args)
         let after = try again.kill9(atStep: killedAt + 1)

@@ -232,7 +232,8 @@ public final class ConsistencyDistillationObjective: TrainingObjective {
         let x = batchBuffer.ensure(b * dataset.imageFloats)
         let indices = (0..<b).map { _ in rng.int(dataset.count) }
         dataset.gather(indices, into: x)
-        let labels = dataset.labels.map { l in indices.map { l[$0] } }
+        // An unconditional teacher trains on class folders too: their labels are not passed to it.
+        let labels = model.config.numClassEmbeds == nil ? nil : dataset.labels.map { l in indices.map { l[$0] } }
         student.zeroGradients()
         let value = loss.step(student: model, target: student.average("target").shadow, clean: x, batch: b, labels: labels, rng: &rng)
         student.applyUpdate()

@@ -105,7 +105,8 @@ public final class ConsistencyTuningObjective: TrainingObjective {
         let x0 = batchBuffer.ensure(b * per)
         let indices = (0..<b).map { _ in rng.int(dataset.count) }
         dataset.gather(indices, into: x0)
-        let labels = dataset.labels.map { l in indices.map { l[$0] } }
+        // An unconditional teacher trains on class folders too: their labels are not passed to it.
+        let labels = model.config.numClassEmbeds == nil ? nil : dataset.labels.map { l in indices.map { l[$0] } }
         // Every random number of the batch, in image order, before the workers split it.
         let s = settings.schedule, stage = settings.stage(step: number)
         let t = (0..<b).map { _ in min(max(Foundation.exp(settings.pMean + settings.pStd * Double(rng.normal())), s.sigmaMin), s.sigmaMax) }
