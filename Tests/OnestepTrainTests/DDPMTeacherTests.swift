@@ -11,7 +11,13 @@ import OnestepCore
 final class DDPMTeacherTests: XCTestCase {
     static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path
     static let goldenDir = repoRoot + "/Tests/Golden/safetensors/ddpm_teacher"
-    static var shared: String { ProcessInfo.processInfo.environment["ONESTEP_GOLDEN"] ?? repoRoot + "/../../shared/golden" }
+    /// ONESTEP_GOLDEN, else shared/golden beside the repository (a checkout in /work/main) or beside its worktree
+    /// folder (/work/wt/NAME), as the other golden tests look for it.
+    static var shared: String {
+        if let p = ProcessInfo.processInfo.environment["ONESTEP_GOLDEN"] { return p }
+        let candidates = [repoRoot + "/../shared/golden", repoRoot + "/../../shared/golden"].map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+        return candidates.first { FileManager.default.fileExists(atPath: $0 + "/ddpm_tiny") } ?? candidates[0]
+    }
 
     /// Float32 UNet forwards in another order than torch: ~1e-6 relative; the interpolated timestep enters the
     /// sinusoidal embedding at up to t = 999, where float32 rounding of t*freq is ~1e-4 rad.
