@@ -7,7 +7,7 @@ import PackageDescription
 // -Ounchecked, so `precondition`s (shapes, label ranges, loader bounds) fire in the binaries that ship, the tests
 // and sanitizer runs see them, and the fuzzers (swiftc -O) build the same configuration. The hot loops that
 // would want unchecked arithmetic are in the C target CKernels (-O3) and OpenBLAS; `onestep-serve bench` and
-// `onestep-distill bench` measured the change as within noise (docs/ARCHITECTURE-training.md, "Build configuration").
+// `onestep-distill bench` measured the change as within noise (docs/ARCHITECTURE.md, "Build configuration").
 
 let package = Package(
     name: "Onestep",
@@ -45,6 +45,8 @@ let package = Package(
         // Routes, batching, metrics, lifecycle of the server.
         .target(name: "OnestepServer", dependencies: ["OnestepCore", "HTTP1", "CommandLineKit"]),
         .executableTarget(name: "onestep-serve", dependencies: ["OnestepServer", "OnestepCore", "CommandLineKit"]),
+        // Forward-pass timing of the full-size text-to-image latent networks (random weights).
+        .executableTarget(name: "onestep-latent-bench", dependencies: ["OnestepCore"]),
 
         // Training engine, data, teacher, distillation, evaluation: linked only into onestep-distill.
         .target(name: "OnestepTrain", dependencies: ["OnestepCore", "PNGCodec"]),

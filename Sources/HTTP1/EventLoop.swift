@@ -30,10 +30,21 @@ final class EventLoop {
     let mailbox: LoopMailbox
     private var listenerFD: Int32?
     private var connections: [UInt64: HTTPConnection] = [:]
-    /// Connections being answered 503 because `maxConnections` were open.
-    private var refusingCount = 0
+    /// Reserve connections (accepted while `maxConnections` were busy).
+    private var reserveCount = 0
+    /// Open connections per client address, kept only when `maxConnectionsPerAddress` is set.
+    private var perAddress: [String: Int] = [:]
+    /// A descriptor held back for the moment the process runs out: closed to accept one connection, answer it
+    /// 503 and close it, then reopened (libev's and nginx's trick), so clients are told rather than left queued.
+    private var spareFD: Int32 = -1
     /// Connections whose responses arrived in this batch; advanced once each after the batch.
     private var scheduled: [HTTPConnection] = []
+    /// Loop iterations so far: a connection is handed a bounded number of requests per turn.
+    private(set) var turn: UInt64 = 0
+    /// Connections that used their turn's share and have more requests: resumed next turn (epoll polled at once).
+    private var deferred: [HTTPConnection] = []
+    /// Connections waiting for their client to read earlier answers: rechecked every few milliseconds.
+    private var throttled: [HTTPConnection] = []
     private(set) var draining = false
     /// The listener is out of epoll after EMFILE; re-armed at the next deadline sweep.
     private var acceptPaused = false
@@ -51,6 +62,7 @@ final class EventLoop {
         listenerFD = context.listenerFD
         readBuffer = .allocate(byteCount: 64 * 1024, alignment: 16)
         eventBuffer = .allocate(byteCount: 256 * LinuxSyscalls.epollEventStride, alignment: 16)
+        spareFD = open("/dev/null", O_RDONLY | O_CLOEXEC)
     }
 
     deinit {
@@ -70,10 +82,13 @@ final class EventLoop {
         var nextSweep = ContinuousClock.now + sweepInterval
 
         while true {
-            epoll.wait(buffer: eventBuffer, timeoutMilliseconds: max(1, waitMilliseconds)) { events, token in
+            turn &+= 1
+            let timeout = !deferred.isEmpty ? 0 : !throttled.isEmpty ? min(10, max(1, waitMilliseconds)) : max(1, waitMilliseconds)
+            epoll.wait(buffer: eventBuffer, timeoutMilliseconds: timeout) { events, token in
                 handle(events: events, token: token)
             }
             deliverCompletions()
+            resumeWaiting()
             if server.isStopRequested {
                 stopAll()
                 break
@@ -105,6 +120,11 @@ final class EventLoop {
 
     /// Accepts what is pending (at most `limit`, 64 per wake-up by default, so a connection storm cannot starve
     /// existing clients).
+    ///
+    /// At `maxConnections`, room is made by closing the longest-idle connection with no request under way
+    /// (kept-alive, or accepted and silent), so silent sockets cannot lock anyone out; if all are busy, the new
+    /// connection joins the reserve (health checks still answered); past the reserve, or past the per-address
+    /// cap, it is answered 503 at once.
     private func acceptConnections(limit: Int = 64) {
         guard let listenerFD else { return }
         for _ in 0..<limit {
@@ -115,39 +135,98 @@ final class EventLoop {
             case .nonePending:
                 return
             case .outOfDescriptors:
+                if refuseWithSpareDescriptor(listenerFD) { continue }
                 // Stop watching the listener until the next sweep instead of spinning on it.
                 epoll.remove(listenerFD)
                 acceptPaused = true
                 return
             }
-            let served = connections.count - refusingCount
-            let refuse = served >= configuration.maxConnections
-            if refuse && refusingCount >= configuration.maxConnections {
-                // Already refusing as many as we serve: protect the descriptor table, close without a word.
-                Glibc.close(fd)
-                gauges.rejectedConnections.add(1, ordering: .relaxed)
+            let host = Self.host(of: remoteAddress)
+            if configuration.maxConnectionsPerAddress > 0,
+               perAddress[host, default: 0] >= configuration.maxConnectionsPerAddress {
+                refuseAtOnce(fd, message: "too many connections from your address; retry later")
                 continue
+            }
+            var reserve = false
+            if connections.count - reserveCount >= configuration.maxConnections {
+                if let victim = longestIdleConnection() {
+                    victim.close()
+                    gauges.evictedConnections.add(1, ordering: .relaxed)
+                } else if reserveCount < configuration.reserveConnections {
+                    reserve = true
+                } else {
+                    refuseAtOnce(fd, message: "too many connections; retry later")
+                    continue
+                }
             }
             let token = nextToken
             nextToken += 1
-            let connection = HTTPConnection(token: token, fd: fd, remoteAddress: remoteAddress, loop: self,
-                                            isRefusal: refuse)
+            let connection = HTTPConnection(token: token, fd: fd, remoteAddress: remoteAddress, clientHost: host,
+                                            loop: self, isReserve: reserve)
             connections[token] = connection
-            if refuse {
-                refusingCount += 1
-                gauges.rejectedConnections.add(1, ordering: .relaxed)
-                connection.refuse()
+            if configuration.maxConnectionsPerAddress > 0 { perAddress[host, default: 0] += 1 }
+            if reserve {
+                reserveCount += 1
             } else {
                 gauges.openConnections.add(1, ordering: .relaxed)
             }
         }
     }
 
+    /// The served connection idle (or silent since its accept) for the longest time, if any. A linear scan:
+    /// it runs only at the connection limit, and costs microseconds for a thousand connections.
+    private func longestIdleConnection() -> HTTPConnection? {
+        var oldest: (HTTPConnection, ContinuousClock.Instant)?
+        for connection in connections.values {
+            guard let since = connection.evictableSince else { continue }
+            if oldest == nil || since < oldest!.1 { oldest = (connection, since) }
+        }
+        return oldest?.0
+    }
+
+    /// Answers 503 on a just-accepted socket and closes it. A fresh socket's send buffer is empty, so the write
+    /// completes; reading what the client already sent before closing keeps the kernel from answering the
+    /// close with a reset that could destroy the 503 before the client reads it.
+    private func refuseAtOnce(_ fd: Int32, message: String) {
+        gauges.rejectedConnections.add(1, ordering: .relaxed)
+        let response = HTTPResponse.error(.serviceUnavailable, message: message)
+            .serialized(framing: ResponseFraming(isHeadRequest: false, keepAlive: false, requestVersion: .http1_1),
+                        date: currentDate())
+        _ = response.withUnsafeBytes { Socket.write(fd, $0) }
+        shutdown(fd, Int32(SHUT_WR))
+        for _ in 0..<4 {
+            guard case .transferred = Socket.read(fd, into: readBuffer) else { break }
+        }
+        Glibc.close(fd)
+    }
+
+    /// Out of descriptors: frees the spare one to accept a connection and tell it 503. Returns false if there is
+    /// no spare or nothing was pending.
+    private func refuseWithSpareDescriptor(_ listenerFD: Int32) -> Bool {
+        guard spareFD >= 0 else { return false }
+        Glibc.close(spareFD)
+        spareFD = -1
+        defer { spareFD = open("/dev/null", O_RDONLY | O_CLOEXEC) }
+        guard case .accepted(let fd, _) = Socket.accept(listenerFD) else { return false }
+        refuseAtOnce(fd, message: "server out of file descriptors; retry later")
+        return true
+    }
+
+    /// `host` of `host:port` or `[v6]:port`.
+    static func host(of address: String) -> String {
+        guard let colon = address.lastIndex(of: ":") else { return address }
+        return String(address[..<colon])
+    }
+
     /// Called by a connection as it closes its socket.
     func connectionDidClose(_ connection: HTTPConnection) {
         connections.removeValue(forKey: connection.token)
-        if connection.isRefusal {
-            refusingCount -= 1
+        if configuration.maxConnectionsPerAddress > 0 {
+            let left = perAddress[connection.clientHost, default: 1] - 1
+            perAddress[connection.clientHost] = left > 0 ? left : nil
+        }
+        if connection.isReserve {
+            reserveCount -= 1
         } else {
             gauges.openConnections.subtract(1, ordering: .relaxed)
         }
@@ -176,6 +255,26 @@ final class EventLoop {
         scheduled.append(connection)
     }
 
+    func deferToNextTurn(_ connection: HTTPConnection) {
+        deferred.append(connection)
+    }
+
+    func throttle(_ connection: HTTPConnection) {
+        throttled.append(connection)
+    }
+
+    /// Gives deferred and throttled connections their next chance (each re-registers itself if it must wait
+    /// again), then delivers what their handlers answered at once.
+    private func resumeWaiting() {
+        guard !deferred.isEmpty || !throttled.isEmpty else { return }
+        let waiting = deferred + throttled
+        deferred.removeAll(keepingCapacity: true)
+        throttled.removeAll(keepingCapacity: true)
+        var seen = Set<UInt64>()
+        for connection in waiting where seen.insert(connection.token).inserted { connection.resume() }
+        deliverCompletions()
+    }
+
     // MARK: - Drain and stop
 
     private func beginDrain() {
@@ -192,7 +291,17 @@ final class EventLoop {
     private func stopAll() {
         draining = true
         closeListener()
-        for connection in Array(connections.values) { connection.abort() }
+        var report = HTTPServer.DropReport()
+        for connection in Array(connections.values) {
+            let lost = connection.undelivered
+            if lost.responses > 0 || lost.bytes > 0 {
+                report.connections += 1
+                report.responses += lost.responses
+                report.bytes += lost.bytes
+            }
+            connection.abort()
+        }
+        server.recordDropped(report)
     }
 
     private func closeListener() {
@@ -207,6 +316,7 @@ final class EventLoop {
         closeListener()
         mailbox.close()
         epoll.closeAll()
+        if spareFD >= 0 { Glibc.close(spareFD) }
         gauges.running.store(false, ordering: .releasing)
     }
 

@@ -1,8 +1,11 @@
 // One client connection: its parser, the queue of requests awaiting responses, the output buffer and timeouts.
 //
-// Runs on the event-loop thread only. Requests are handed to the handler as soon as they are parsed (up to
-// `maxPipelinedRequests` outstanding) and answered strictly in arrival order (RFC 9112 §9.3.2): a response that
-// completes early waits in its `Exchange` until every earlier one has been written.
+// Runs on the event-loop thread only. One request at a time: the next pipelined request is handed to the handler
+// only once the previous answer has been written to the socket (as nginx, Go's net/http and SwiftNIO's pipeline
+// handler do), so answers go out in arrival order (RFC 9112 §9.3.2), unsafe methods never run in parallel on one
+// connection (§9.3.2 allows parallel handling only for safe ones), and a client that stops reading stops being
+// served: its answer waits in one output buffer, its further requests in its own socket buffer (reading stops
+// once `readAhead` bytes are buffered). Memory per connection: one answer plus `readAhead` plus the body limit.
 
 #if canImport(Glibc)
 import Glibc
@@ -12,10 +15,15 @@ final class HTTPConnection {
     /// Where the connection stands, as far as timeouts are concerned. Derived after every event from the facts
     /// below (output, exchanges, parser) by `updatePhase`; `since` is when the connection entered the phase.
     enum Phase: Equatable {
-        /// Nothing in flight and no byte of a next request: a kept-alive (or fresh) connection waiting to be
-        /// reused. Closed quietly after `idleTimeout`; when draining, a kept-alive one at once and a fresh one
-        /// (no request yet) after `lingerTimeout`, since its client is likely sending its first request right now.
+        /// Nothing in flight and no byte of a next request: a kept-alive connection waiting to be reused.
+        /// Closed quietly after `idleTimeout`, at once when draining, or to make room for a new connection when
+        /// `maxConnections` are open.
         case idle(since: ContinuousClock.Instant)
+        /// Accepted, and not one byte received yet. Closed quietly `headerReadTimeout` after the accept (the
+        /// header timeout runs from the accept, so silent sockets cannot hold slots for the idle timeout), after
+        /// `lingerTimeout` when draining (its client is likely sending its first request right now), or to make
+        /// room at the connection limit.
+        case fresh(since: ContinuousClock.Instant)
         /// Part of a request head has arrived. `headerReadTimeout` → 408 and close.
         case readingHead(since: ContinuousClock.Instant)
         /// The head is complete and the body is still arriving. `bodyReadTimeout` → 408 and close.
@@ -23,7 +31,8 @@ final class HTTPConnection {
         /// Requests are with the handler. No server deadline: the handler owns that policy. A disconnect now
         /// cancels the pending requests.
         case waitingForHandler
-        /// Response bytes are queued and the socket is full. `writeTimeout` → connection dropped.
+        /// Response bytes are queued and the socket is full; `since` is the last time a write made progress.
+        /// `writeTimeout` without progress → connection dropped (nginx's `send_timeout`).
         case writing(since: ContinuousClock.Instant)
         /// The last response is written and our sending side shut down; input is read and discarded until the
         /// client closes or `lingerTimeout` passes, so the kernel does not reset the connection under the
@@ -32,7 +41,7 @@ final class HTTPConnection {
 
         func isSameKind(as other: Phase) -> Bool {
             switch (self, other) {
-            case (.idle, .idle), (.readingHead, .readingHead), (.readingBody, .readingBody),
+            case (.idle, .idle), (.fresh, .fresh), (.readingHead, .readingHead), (.readingBody, .readingBody),
                  (.waitingForHandler, .waitingForHandler), (.writing, .writing), (.lingering, .lingering):
                 return true
             default:
@@ -58,8 +67,12 @@ final class HTTPConnection {
     let token: UInt64
     let fd: Int32
     let remoteAddress: String
-    /// Accepted above `maxConnections` only to be told 503.
-    let isRefusal: Bool
+    /// The peer's address without the port, for the per-address connection cap.
+    let clientHost: String
+    /// Accepted while `maxConnections` were busy: its one request is served only if its path is one of
+    /// `reservedPaths` (health checks, metrics); anything else is answered 503.
+    let isReserve: Bool
+    let acceptedAt: ContinuousClock.Instant
     private unowned let loop: EventLoop
 
     private var parser: HTTPRequestParser
@@ -73,7 +86,13 @@ final class HTTPConnection {
     private var totalQueued = 0
     private var totalSent = 0
     private var pendingRecords: [(endOffset: Int, record: HTTPExchangeRecord)] = []
+    /// `totalQueued` at the end of each response not yet completely sent (to say what a stop dropped).
+    private var unsentResponseEnds: [Int] = []
     private var outputBlocked = false
+    /// When a write last moved bytes (or the output was first queued): the write timeout runs from here.
+    private var lastWriteProgress: ContinuousClock.Instant = .now
+    /// The socket's send queue (bytes not yet acknowledged by the client) when write progress was last noted.
+    private var lastSendQueue: Int?
 
     /// False once no further request will be read: after `Connection: close`, an error, or a drain.
     private var acceptsRequests = true
@@ -84,16 +103,24 @@ final class HTTPConnection {
     private var isLingering = false
     private(set) var isClosed = false
     private var isScheduled = false
+    /// The loop turn `dispatchedThisTurn` counts for.
+    private var dispatchTurn: UInt64 = 0
+    private var dispatchedThisTurn = 0
+    /// Waiting for the client to read earlier answers out of the kernel's send buffer.
+    private(set) var isThrottled = false
     private var interest: UInt32
 
-    init(token: UInt64, fd: Int32, remoteAddress: String, loop: EventLoop, isRefusal: Bool) {
+    init(token: UInt64, fd: Int32, remoteAddress: String, clientHost: String, loop: EventLoop, isReserve: Bool) {
         self.token = token
         self.fd = fd
         self.remoteAddress = remoteAddress
+        self.clientHost = clientHost
         self.loop = loop
-        self.isRefusal = isRefusal
+        self.isReserve = isReserve
         self.parser = HTTPRequestParser(limits: loop.configuration.limits)
-        self.phase = .idle(since: .now)
+        let now = ContinuousClock.now
+        self.acceptedAt = now
+        self.phase = .fresh(since: now)
         self.interest = Epoll.readable | Epoll.peerClosed
         loop.epoll.add(fd, events: interest, token: token)
     }
@@ -108,15 +135,31 @@ final class HTTPConnection {
         }
         if events & Epoll.writable != 0 { outputBlocked = false }
         if events & (Epoll.readable | Epoll.peerClosed) != 0 {
-            readAvailable()
+            if wantsInput {
+                readAvailable()
+            } else if events & Epoll.peerClosed != 0 {
+                // FIN (or reset) while reading is paused: unread requests stay unread, as a client that closes
+                // while waiting is taken to be gone (see peerDidFinish). Without this, level-triggered EPOLLRDHUP
+                // would wake the loop again and again.
+                peerDidFinish()
+            }
         }
         advance()
+    }
+
+    /// Whether the connection reads from its socket now: not while its output is blocked, and not while the
+    /// parser already holds `readAhead` bytes of further requests.
+    private var wantsInput: Bool {
+        if isLingering { return true }
+        return acceptsRequests && !closeAfterFlush && !outputBlocked && !peerFinished
+            && parser.wantsInput(readAhead: HTTPServer.Configuration.readAhead)
     }
 
     /// Reads what the socket has (a bounded number of times, for fairness) and parses as it goes, so requests
     /// that arrived together with the client's FIN are dispatched before the FIN is considered.
     private func readAvailable() {
         for _ in 0..<4 {
+            guard wantsInput else { return }
             switch Socket.read(fd, into: loop.readBuffer) {
             case .transferred(let count):
                 if isLingering { continue }  // discarded: the connection is ending
@@ -155,9 +198,35 @@ final class HTTPConnection {
 
     // MARK: - Requests
 
-    /// Dispatches every complete request the parser holds, within the pipelining cap.
+    /// Dispatches the next complete request, if the previous one is answered and its answer written.
+    ///
+    /// Two more gates keep one client from taking the loop or the compute: a connection is handed at most
+    /// `dispatchesPerTurn` requests per loop iteration (then it waits for the next, after other sockets were
+    /// polled), and a next request waits while more than `sendQueueHighWater` bytes of earlier answers sit unread
+    /// in the kernel's send buffer (which autotunes to 4 MB: a non-reading client could otherwise get hundreds of
+    /// answers computed).
     private func processInput() {
-        while acceptsRequests && !closeAfterFlush && exchanges.count < loop.configuration.maxPipelinedRequests {
+        while acceptsRequests && !closeAfterFlush && exchanges.isEmpty && !outputBlocked && outputSent == output.count {
+            if parser.bufferedByteCount > 0 && nextSequence > 0 {
+                if dispatchTurn != loop.turn {
+                    dispatchTurn = loop.turn
+                    dispatchedThisTurn = 0
+                }
+                if dispatchedThisTurn >= Self.dispatchesPerTurn {
+                    loop.deferToNextTurn(self)
+                    return
+                }
+                if let queued = Socket.unsentBytes(fd), queued > Self.sendQueueHighWater {
+                    if !isThrottled {
+                        isThrottled = true
+                        lastSendQueue = queued
+                        lastWriteProgress = .now
+                    }
+                    loop.throttle(self)
+                    return
+                }
+                isThrottled = false
+            }
             let request: HTTPRequest
             do {
                 guard let next = try parser.nextRequest(now: .now) else { return }
@@ -167,12 +236,28 @@ final class HTTPConnection {
                 return
             }
             dispatch(request)
+            dispatchedThisTurn += 1
         }
     }
 
+    static let dispatchesPerTurn = 4
+    static let sendQueueHighWater = 64 * 1024
+
+    /// Called by the loop for a connection deferred to this turn or throttled: tries to dispatch again.
+    func resume() {
+        guard !isClosed else { return }
+        advance()
+    }
+
     private func dispatch(_ request: HTTPRequest) {
-        let keepAlive = request.keepAlive && !loop.draining
+        // nginx's keepalive_requests: a connection serves a bounded number of requests, then closes.
+        let lastAllowed = nextSequence + 1 >= UInt64(loop.configuration.maxRequestsPerConnection)
+        let keepAlive = request.keepAlive && !loop.draining && !isReserve && !lastAllowed
         if !keepAlive { acceptsRequests = false }
+        if isReserve && !loop.configuration.reservedPaths.contains(String(request.path)) {
+            queueServerResponse(.error(.serviceUnavailable, message: "too many connections; retry later"))
+            return
+        }
         let responder = HTTPResponder(connectionID: token, sequence: nextSequence, mailbox: loop.mailbox)
         exchanges.append(Exchange(
             sequence: nextSequence, method: request.method, target: request.target, version: request.version,
@@ -192,10 +277,22 @@ final class HTTPConnection {
         nextSequence += 1
     }
 
-    /// Answers 503 to a connection accepted above the limit.
-    func refuse() {
-        queueServerResponse(.error(.serviceUnavailable, message: "too many connections; retry later"))
-        advance()
+    /// Whether this connection may be closed to make room for a new one at the connection limit, and since
+    /// when: a kept-alive connection waiting for its next request, or a fresh one that has sent nothing (nginx
+    /// likewise reuses idle keep-alive connections when it runs out). Never one with a request under way.
+    var evictableSince: ContinuousClock.Instant? {
+        guard !isReserve, !isClosed, !isLingering else { return nil }
+        switch phase {
+        case .idle(let since), .fresh(let since): return since
+        default: return nil
+        }
+    }
+
+    /// What closing now would lose: requests unanswered plus answers not completely written, and their bytes.
+    var undelivered: (responses: Int, bytes: Int) {
+        let unanswered = exchanges.count
+        let unsent = unsentResponseEnds.filter { $0 > totalSent }.count
+        return (unanswered + unsent, output.count - outputSent)
     }
 
     /// A handler's response arrived through the mailbox.
@@ -219,12 +316,15 @@ final class HTTPConnection {
 
     // MARK: - Writing
 
-    /// Moves the connection as far as it can go: serialize responses that are next in order, accept more
-    /// pipelined requests, write, then recompute epoll interest and phase.
+    /// Moves the connection as far as it can go: serialize and write the answer that is next, then (once it is
+    /// written) hand the next pipelined request to the handler, then recompute epoll interest and phase.
     private func advance() {
         guard !isClosed else { return }
         serializeReadyResponses()
+        flush()
+        guard !isClosed else { return }
         processInput()
+        serializeReadyResponses()  // an answer the server made itself (parse error, 503 at the limit)
         sendContinueIfExpected()
         flush()
         guard !isClosed else { return }
@@ -243,6 +343,7 @@ final class HTTPConnection {
                                                         requestVersion: exchange.version),
                                date: loop.currentDate())
             totalQueued += output.count - start
+            unsentResponseEnds.append(totalQueued)
             if loop.server.onResponseWritten != nil {
                 let now = ContinuousClock.now
                 pendingRecords.append((totalQueued, HTTPExchangeRecord(
@@ -279,9 +380,13 @@ final class HTTPConnection {
             case .transferred(let count):
                 outputSent += count
                 totalSent += count
+                if count > 0 { lastWriteProgress = .now }
+                while let first = unsentResponseEnds.first, first <= totalSent { unsentResponseEnds.removeFirst() }
                 reportWrittenResponses()
             case .wouldBlock:
+                if !outputBlocked { lastWriteProgress = .now }
                 outputBlocked = true
+                lastSendQueue = Socket.unsentBytes(fd)
                 return
             case .endOfStream, .failed:
                 abort()
@@ -319,9 +424,6 @@ final class HTTPConnection {
         var wanted: UInt32 = 0
         if !peerFinished {
             wanted |= Epoll.peerClosed
-            let wantsInput = isLingering
-                || (acceptsRequests && !closeAfterFlush && !outputBlocked
-                    && exchanges.count < loop.configuration.maxPipelinedRequests)
             if wantsInput { wanted |= Epoll.readable }
         }
         if outputBlocked { wanted |= Epoll.writable }
@@ -335,16 +437,22 @@ final class HTTPConnection {
     private func updatePhase(now: ContinuousClock.Instant) {
         guard !isLingering else { return }
         let current: Phase
-        if outputBlocked {
-            current = .writing(since: now)
+        if outputBlocked || (isThrottled && exchanges.isEmpty) {
+            // Always replaced: `since` follows write progress (a throttled connection waits on the client's reading
+            // just the same).
+            phase = .writing(since: lastWriteProgress)
+            return
         } else if !exchanges.isEmpty {
             current = .waitingForHandler
         } else if parser.isReadingBody {
             current = .readingBody(since: now)
         } else if parser.hasPartialRequest {
-            current = .readingHead(since: now)
+            // The first request's head is timed from the accept, so trickling it in cannot extend the timeout.
+            current = .readingHead(since: nextSequence == 0 ? acceptedAt : now)
+        } else if nextSequence == 0 {
+            current = .fresh(since: acceptedAt)
         } else {
-            if loop.draining && nextSequence > 0 {
+            if loop.draining {
                 close()
                 return
             }
@@ -356,7 +464,11 @@ final class HTTPConnection {
     func expireDeadlines(now: ContinuousClock.Instant) {
         let configuration = loop.configuration
         switch phase {
-        case .idle(let since) where now - since >= (loop.draining ? configuration.lingerTimeout : configuration.idleTimeout):
+        case .idle(let since) where now - since >= configuration.idleTimeout:
+            close()
+        case .fresh(let since) where now - since >= (loop.draining ? configuration.lingerTimeout : configuration.headerReadTimeout):
+            // Nothing was asked, so nothing is answered (as nginx and Go's ReadHeaderTimeout do).
+            loop.gauges.silentConnectionsClosed.add(1, ordering: .relaxed)
             close()
         case .readingHead(let since) where now - since >= configuration.headerReadTimeout,
              .readingBody(let since) where now - since >= configuration.bodyReadTimeout:
@@ -364,7 +476,17 @@ final class HTTPConnection {
             queueServerResponse(.error(.requestTimeout, message: "timed out reading the request"))
             advance()
         case .writing(let since) where now - since >= configuration.writeTimeout:
-            abort()
+            // The kernel wakes us for writing only once a third of a send buffer (megabytes, after autotuning) is
+            // free, so a client reading slowly but steadily can go a long time without a write of ours succeeding.
+            // Its progress shows in the socket's send queue shrinking: that counts as progress too.
+            let queued = Socket.unsentBytes(fd)
+            if let queued, let last = lastSendQueue, queued < last {
+                lastSendQueue = queued
+                lastWriteProgress = now
+                phase = .writing(since: now)
+            } else {
+                abort()
+            }
         case .lingering(let since) where now - since >= configuration.lingerTimeout:
             close()
         default:
@@ -400,7 +522,7 @@ final class HTTPConnection {
         for exchange in exchanges where exchange.response == nil {
             guard let responder = exchange.responder else { continue }
             loop.gauges.pendingResponses.subtract(1, ordering: .relaxed)
-            if responder.cancel() { loop.gauges.cancelledRequests.add(1, ordering: .relaxed) }
+            responder.cancel(beforeCallbacks: { loop.gauges.cancelledRequests.add(1, ordering: .relaxed) })
         }
         exchanges.removeAll()
     }

@@ -9,8 +9,8 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
     case headersTooLarge
     /// `Content-Length` exceeded ``HTTPRequestParser/Limits/maxBodyBytes`` (413, RFC 9110 §15.5.14).
     case bodyTooLarge
-    /// A `Transfer-Encoding` was sent; this server reads only `Content-Length` bodies (501, RFC 9112 §6.1).
-    case unsupportedTransferEncoding
+    /// A transfer coding other than `chunked` (501, RFC 9112 §6.1); the name, quoted at most a short prefix.
+    case unsupportedTransferEncoding(String)
     /// A well-formed version other than HTTP/1.0 or HTTP/1.1 (505, RFC 9110 §15.6.6).
     case unsupportedVersion
     /// Anything else that breaks the grammar of RFC 9112 (400); the text says what, for the error body.
@@ -33,7 +33,8 @@ public enum HTTPParseError: Error, Equatable, Sendable, CustomStringConvertible 
         case .requestLineTooLong: return "request line too long"
         case .headersTooLarge: return "request header fields too large"
         case .bodyTooLarge: return "request body too large"
-        case .unsupportedTransferEncoding: return "Transfer-Encoding is not supported; send Content-Length"
+        case .unsupportedTransferEncoding(let coding):
+            return "transfer coding \"\(coding.prefix(32))\" is not supported; send the body chunked or with Content-Length"
         case .unsupportedVersion: return "only HTTP/1.0 and HTTP/1.1 are supported"
         case .malformed(let reason): return reason
         }

@@ -5,12 +5,12 @@ extension HTTPRequestParser {
     /// Parses `head` (request line through the empty line) into a request without body, its body length, and
     /// whether the client waits for `100 Continue`.
     func readHead(_ head: ArraySlice<UInt8>, now: ContinuousClock.Instant)
-        throws(HTTPParseError) -> (request: HTTPRequest, length: Int, expectsContinue: Bool) {
+        throws(HTTPParseError) -> (request: HTTPRequest, length: BodyLength, expectsContinue: Bool) {
         var lines = splitLines(head)
         guard !lines.isEmpty else { throw .malformed("empty request") }
         let (method, target, version) = try readRequestLine(lines.removeFirst())
         let headers = try readFieldLines(lines)
-        let length = try readContentLength(headers)
+        let length = try readBodyLength(headers, version: version)
 
         // RFC 9112 §3.2: a server MUST respond 400 to an HTTP/1.1 request without exactly one Host field.
         if version == .http1_1 && headers.values(for: "Host").count != 1 {
@@ -117,15 +117,24 @@ extension HTTPRequestParser {
 
     // MARK: - Framing and connection semantics
 
-    /// The body length from `Content-Length` (RFC 9112 §6.3), 0 when absent.
-    private func readContentLength(_ headers: HTTPHeaders) throws(HTTPParseError) -> Int {
+    /// How the body is framed (RFC 9112 §6.3): `Transfer-Encoding: chunked`, else `Content-Length`, else none.
+    private func readBodyLength(_ headers: HTTPHeaders, version: HTTPVersion) throws(HTTPParseError) -> BodyLength {
         let lengths = headers.values(for: "Content-Length")
-        if headers.contains("Transfer-Encoding") {
-            // RFC 9112 §6.1 — reject simultaneous Content-Length and Transfer-Encoding (a smuggling vector).
+        let codings = headers.values(for: "Transfer-Encoding")
+        guard codings.isEmpty else {
+            // RFC 9112 §6.1: a request with both is a smuggling vector; the server MAY reject it, and does.
             if !lengths.isEmpty { throw .malformed("both Content-Length and Transfer-Encoding") }
-            throw .unsupportedTransferEncoding
+            // RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 request means faulty framing.
+            if version == .http1_0 { throw .malformed("Transfer-Encoding in an HTTP/1.0 request") }
+            let names = codings.flatMap { $0.split(separator: ",", omittingEmptySubsequences: false) }
+                .map { trimmed($0).lowercased() }
+            guard !names.contains(where: \.isEmpty) else { throw .malformed("empty transfer coding") }
+            // Unknown codings (or gzip, which we do not decode) → 501; chunked must come once and last (§6.3 4).
+            if let other = names.first(where: { $0 != "chunked" }) { throw .unsupportedTransferEncoding(other) }
+            guard names.count == 1 else { throw .malformed("chunked applied more than once") }
+            return .chunked
         }
-        guard !lengths.isEmpty else { return 0 }
+        guard !lengths.isEmpty else { return .fixed(0) }
         // RFC 9112 §6.3 item 5 / RFC 9110 §8.6: a list of identical values (`5, 5` or repeated fields) may be
         // taken as one; differing or non-numeric values are unrecoverable framing errors.
         var length: Int?
@@ -140,7 +149,7 @@ extension HTTPRequestParser {
         }
         let bodyLength = length ?? 0
         if bodyLength > limits.maxBodyBytes { throw .bodyTooLarge }
-        return bodyLength
+        return .fixed(bodyLength)
     }
 
     /// RFC 9112 §9.3: HTTP/1.1 is persistent unless `close`; HTTP/1.0 only if it sends `keep-alive`.
@@ -153,8 +162,8 @@ extension HTTPRequestParser {
     }
 
     /// RFC 9110 §10.1.1: `Expect: 100-continue` matters only for HTTP/1.1 requests that have a body to send.
-    private func makeExpectsContinue(version: HTTPVersion, headers: HTTPHeaders, length: Int) -> Bool {
-        guard version == .http1_1, length > 0, let expect = headers["Expect"] else { return false }
+    private func makeExpectsContinue(version: HTTPVersion, headers: HTTPHeaders, length: BodyLength) -> Bool {
+        guard version == .http1_1, length != .fixed(0), let expect = headers["Expect"] else { return false }
         return HTTPHeaders.namesEqual(trimmed(expect[...]), "100-continue")
     }
 }

@@ -3,9 +3,11 @@
 // Grammar and framing follow RFC 9112 (HTTP/1.1 message syntax) and RFC 9110 (semantics). The parser knows
 // nothing about sockets, so every rule here is tested by feeding raw request strings.
 //
-// Limitations (deliberate): `Transfer-Encoding` bodies (chunked) are refused with 501 — clients of an image API
-// send `Content-Length`, and one framing keeps the request smuggling surface (RFC 9112 §11.2) small; obsolete line
-// folding is refused with 400 (RFC 9112 §5.2 allows that); authority-form targets (CONNECT) are refused with 400.
+// Bodies come framed by `Content-Length` or by `Transfer-Encoding: chunked` (RFC 9112 §7.1, decoded in
+// HTTPRequestParser+Chunked.swift), both under the same `maxBodyBytes`; any other transfer coding gets 501, both
+// framings at once 400 (a request smuggling vector, RFC 9112 §6.1, §11.2).
+// Limitations (deliberate): obsolete line folding is refused with 400 (RFC 9112 §5.2 allows that); authority-form
+// targets (CONNECT) are refused with 400.
 
 /// Decodes pipelined HTTP/1.x requests from a byte stream.
 ///
@@ -47,15 +49,20 @@ public struct HTTPRequestParser: Sendable {
         case head(scanned: Int, lineStart: Int, requestLineEnd: Int?)
         /// The head is parsed; `request` waits for `request.body` to reach its `Content-Length`.
         case body(request: HTTPRequest, length: Int, expectsContinue: Bool)
+        /// The head is parsed and the body is chunked: `decoder` says where within the chunk framing we are; the
+        /// decoded bytes so far are in `chunkedBody` (kept out of the enum so appending does not copy them).
+        case chunked(request: HTTPRequest, decoder: ChunkedDecoder, expectsContinue: Bool)
         /// A request was refused; the stream cannot be resynchronised.
         case failed(HTTPParseError)
     }
 
     public let limits: Limits
-    private var buffer: [UInt8] = []
+    var buffer: [UInt8] = []
     /// Index of the first byte of `buffer` not yet consumed by a returned request.
-    private var readIndex = 0
+    var readIndex = 0
     private var state: State = .head(scanned: 0, lineStart: 0, requestLineEnd: nil)
+    /// The decoded body of the chunked request being read.
+    var chunkedBody: [UInt8] = []
 
     public init(limits: Limits = Limits()) {
         self.limits = limits
@@ -79,27 +86,48 @@ public struct HTTPRequestParser: Sendable {
     /// Whether some of the next request has arrived (so its header or body timeout applies, not the idle one).
     public var hasPartialRequest: Bool {
         switch state {
-        case .body, .failed: return true
+        case .body, .chunked, .failed: return true
         case .head: return bufferedByteCount > 0
+        }
+    }
+
+    /// Whether reading more from the socket could help: the pending body is incomplete, or less than
+    /// `readAhead` bytes are buffered. A connection stops reading otherwise, so a client that pipelines without
+    /// reading its answers fills its own socket buffers, not the server's memory.
+    public func wantsInput(readAhead: Int) -> Bool {
+        switch state {
+        case .failed: return false
+        case .body(_, let length, _): return bufferedByteCount < length + readAhead
+        case .chunked: return true  // consumed as it is decoded; bounded by maxBodyBytes and the body timeout
+        case .head: return bufferedByteCount < readAhead
         }
     }
 
     /// Whether the head of the next request is complete and its body is still arriving.
     public var isReadingBody: Bool {
-        if case .body = state { return true }
-        return false
+        switch state {
+        case .body, .chunked: return true
+        default: return false
+        }
     }
 
     /// True when the pending request sent `Expect: 100-continue` and waits for an interim `100 Continue` before
     /// sending its body (RFC 9110 §10.1.1). Call ``acknowledgeContinue()`` once it has been written.
     public var expectsContinue: Bool {
-        if case .body(_, _, true) = state { return true }
-        return false
+        switch state {
+        case .body(_, _, true), .chunked(_, _, true): return true
+        default: return false
+        }
     }
 
     public mutating func acknowledgeContinue() {
-        if case .body(let request, let length, true) = state {
+        switch state {
+        case .body(let request, let length, true):
             state = .body(request: request, length: length, expectsContinue: false)
+        case .chunked(let request, let decoder, true):
+            state = .chunked(request: request, decoder: decoder, expectsContinue: false)
+        default:
+            break
         }
     }
 
@@ -115,7 +143,7 @@ public struct HTTPRequestParser: Sendable {
                 guard let headLength = try findEndOfHead(scanned: scanned, lineStart: lineStart,
                                                          requestLineEnd: requestLineEnd) else { return nil }
                 let head = buffer[readIndex..<(readIndex + headLength)]
-                let parsed: (request: HTTPRequest, length: Int, expectsContinue: Bool)
+                let parsed: (request: HTTPRequest, length: BodyLength, expectsContinue: Bool)
                 do {
                     parsed = try readHead(head, now: now)
                 } catch {
@@ -123,11 +151,34 @@ public struct HTTPRequestParser: Sendable {
                     throw error
                 }
                 readIndex += headLength
-                state = .body(request: parsed.request, length: parsed.length, expectsContinue: parsed.expectsContinue)
+                switch parsed.length {
+                case .fixed(let length):
+                    state = .body(request: parsed.request, length: length, expectsContinue: parsed.expectsContinue)
+                case .chunked:
+                    chunkedBody = []
+                    state = .chunked(request: parsed.request, decoder: ChunkedDecoder(),
+                                     expectsContinue: parsed.expectsContinue)
+                }
             case .body(var request, let length, _):
                 guard bufferedByteCount >= length else { return nil }
                 request.body = Array(buffer[readIndex..<(readIndex + length)])
                 readIndex += length
+                state = .head(scanned: 0, lineStart: 0, requestLineEnd: nil)
+                return request
+            case .chunked(var request, var decoder, let expectsContinue):
+                let done: Bool
+                do {
+                    done = try decodeChunks(&decoder)
+                } catch {
+                    state = .failed(error)
+                    throw error
+                }
+                guard done else {
+                    state = .chunked(request: request, decoder: decoder, expectsContinue: expectsContinue)
+                    return nil
+                }
+                request.body = chunkedBody
+                chunkedBody = []
                 state = .head(scanned: 0, lineStart: 0, requestLineEnd: nil)
                 return request
             }
@@ -184,7 +235,7 @@ public struct HTTPRequestParser: Sendable {
         return nil
     }
 
-    private mutating func fail(_ error: HTTPParseError) throws(HTTPParseError) -> Never {
+    mutating func fail(_ error: HTTPParseError) throws(HTTPParseError) -> Never {
         state = .failed(error)
         throw error
     }

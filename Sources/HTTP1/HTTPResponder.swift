@@ -91,16 +91,18 @@ public final class HTTPResponder: Sendable {
         if runNow { callback() }
     }
 
-    /// Marks the request cancelled and runs its callbacks (outside the lock, so they may call back in).
+    /// Marks the request cancelled, calls `beforeCallbacks` (the server counts the cancellation there, so whoever
+    /// a callback wakes sees the count), then runs the callbacks (outside the lock, so they may call back in).
     /// Returns false if it had already been answered or cancelled.
     @discardableResult
-    func cancel() -> Bool {
+    func cancel(beforeCallbacks: () -> Void = {}) -> Bool {
         let callbacks = state.withLock { state -> [@Sendable () -> Void]? in
             guard case .pending(let callbacks) = state else { return nil }
             state = .cancelled
             return callbacks
         }
         guard let callbacks else { return false }
+        beforeCallbacks()
         for callback in callbacks { callback() }
         return true
     }

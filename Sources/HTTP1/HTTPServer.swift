@@ -21,9 +21,9 @@ import Synchronization
 /// ```
 ///
 /// ## Ordering
-/// Pipelined requests on one connection are all handed to the handler as they arrive (up to
-/// ``Configuration/maxPipelinedRequests`` outstanding), so they can join the same batch; responses are written back
-/// in request order whatever order the handler completes them in (RFC 9112 §9.3.2).
+/// Pipelined requests on one connection are served one at a time, in order: the next is handed to the handler once
+/// the previous answer is written to the socket (RFC 9112 §9.3.2). A client that stops reading stops being served,
+/// and holds at most one answer and ``Configuration/readAhead`` bytes of requests in the server's memory.
 ///
 /// ## Shutdown
 /// ``beginDrain()`` closes the listening socket, closes idle connections, lets requests already received finish
@@ -45,6 +45,7 @@ public final class HTTPServer: Sendable {
         var mailbox: LoopMailbox?
         var port = 0
         var started = false
+        var dropped = DropReport()
     }
     private let lifecycle = Locked<Lifecycle>(Lifecycle())
     private let drainRequested = Atomic<Bool>(false)
@@ -112,8 +113,15 @@ public final class HTTPServer: Sendable {
     /// Requests cancelled because the client left (or the server stopped) before they were answered.
     public var cancelledRequests: Int { gauges.cancelledRequests.load(ordering: .relaxed) }
 
-    /// Connections answered 503 and closed because ``Configuration/maxConnections`` were already open.
+    /// Connections answered 503 and closed because ``Configuration/maxConnections`` were open and busy (or
+    /// the client's address held ``Configuration/maxConnectionsPerAddress``).
     public var rejectedConnections: Int { gauges.rejectedConnections.load(ordering: .relaxed) }
+
+    /// Idle or silent connections closed to make room for a new one at ``Configuration/maxConnections``.
+    public var evictedConnections: Int { gauges.evictedConnections.load(ordering: .relaxed) }
+
+    /// Connections closed because they sent nothing within ``Configuration/headerReadTimeout`` of the accept.
+    public var silentConnectionsClosed: Int { gauges.silentConnectionsClosed.load(ordering: .relaxed) }
 
     /// Whether the event loop is running (true from ``start()`` until the loop has exited).
     public var isRunning: Bool { gauges.running.load(ordering: .acquiring) }
@@ -142,13 +150,32 @@ public final class HTTPServer: Sendable {
         return true
     }
 
-    /// Drains, waits up to `gracePeriod` for in-flight requests, then stops whatever is left and waits for the loop.
-    public func shutdown(gracePeriod: Duration) {
+    /// What a stop cut off: connections closed with requests unanswered or answers not completely written.
+    public struct DropReport: Sendable, Equatable {
+        /// Connections closed with something undelivered.
+        public var connections = 0
+        /// Requests unanswered plus answers not completely written.
+        public var responses = 0
+        /// Bytes of answers queued and not written.
+        public var bytes = 0
+        public var isEmpty: Bool { connections == 0 }
+    }
+
+    /// What ``stop()`` (or the end of ``shutdown(gracePeriod:)``) dropped; empty until then.
+    public var dropped: DropReport { lifecycle.withLock { $0.dropped } }
+
+    func recordDropped(_ report: DropReport) { lifecycle.withLock { $0.dropped = report } }
+
+    /// Drains, waits up to `gracePeriod` for in-flight requests and answers being written, then stops whatever
+    /// is left and waits for the loop. Returns what was dropped (empty when everything was delivered in time).
+    @discardableResult
+    public func shutdown(gracePeriod: Duration) -> DropReport {
         beginDrain()
         if !waitUntilStopped(timeout: gracePeriod) {
             stop()
             waitUntilStopped(timeout: .seconds(5))
         }
+        return dropped
     }
 
     var isDrainRequested: Bool { drainRequested.load(ordering: .acquiring) }
@@ -160,6 +187,8 @@ public final class HTTPServer: Sendable {
         let pendingResponses = Atomic<Int>(0)
         let cancelledRequests = Atomic<Int>(0)
         let rejectedConnections = Atomic<Int>(0)
+        let evictedConnections = Atomic<Int>(0)
+        let silentConnectionsClosed = Atomic<Int>(0)
         let running = Atomic<Bool>(false)
     }
 }

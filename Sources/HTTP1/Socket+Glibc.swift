@@ -113,6 +113,13 @@ enum Socket {
         }
     }
 
+    /// Bytes in the socket's send queue not yet acknowledged by the peer (`SIOCOUTQ`), or nil on error.
+    static func unsentBytes(_ fd: Int32) -> Int? {
+        var queued: Int32 = 0
+        // SIOCOUTQ == TIOCOUTQ (linux/sockios.h).
+        return ioctl(fd, UInt(TIOCOUTQ), &queued) == 0 ? Int(queued) : nil
+    }
+
     static func setOption(_ fd: Int32, level: Int32, name: Int32, value: Int32) {
         var value = value
         _ = setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<Int32>.size))

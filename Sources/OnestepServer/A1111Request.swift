@@ -68,7 +68,7 @@ struct A1111Txt2Img: Sendable {
                 model = name
             }
         }
-        guard let p = models[model] else {
+        guard let p = models.model(model) else {
             throw RequestError("model '\(model)' is not loaded; available: \(models.names.joined(separator: ", "))", type: "not_found_error")
         }
         let takes = fields(model)
@@ -99,6 +99,7 @@ struct A1111Txt2Img: Sendable {
         if !prompt.isEmpty { gen["prompt"] = prompt }
 
         // steps: a one-step model's maximum is small; A1111 clients default to 20.
+        let own = p.defaultImageSize
         if let s = steps, s > p.sampler.stepRange.upperBound {
             notes.append("steps \(s) lowered to \(p.sampler.stepRange.upperBound), the most model \(model) takes (its default is \(p.sampler.defaultSteps))")
             steps = p.sampler.stepRange.upperBound
@@ -116,14 +117,15 @@ struct A1111Txt2Img: Sendable {
             notes.append("cfg_scale \(cfgScale) ignored: model \(model) has no classifier-free guidance")
         }
 
-        width = p.imageSize
-        height = p.imageSize
-        if takes?.contains("size") == true, let w = askedWidth, let h = askedHeight {
-            gen["size"] = "\(w)x\(h)"
-            width = w
-            height = h
-        } else if (askedWidth ?? p.imageSize) != p.imageSize || (askedHeight ?? p.imageSize) != p.imageSize {
-            notes.append("model \(model) generates \(p.imageSize)x\(p.imageSize) only; width x height \(askedWidth ?? p.imageSize)x\(askedHeight ?? p.imageSize) not used")
+        width = own.width
+        height = own.height
+        if takes?.contains("size") == true, askedWidth != nil || askedHeight != nil {
+            // One side given: the other keeps the model's own size (A1111 defaults each side separately).
+            width = askedWidth ?? own.width
+            height = askedHeight ?? own.height
+            gen["size"] = "\(width)x\(height)"
+        } else if (askedWidth ?? own.width) != own.width || (askedHeight ?? own.height) != own.height {
+            notes.append("model \(model) generates \(own) only; width x height \(askedWidth ?? own.width)x\(askedHeight ?? own.height) not used")
         }
 
         samplerName = A1111Catalog.samplerName(p.sampler)
@@ -142,10 +144,10 @@ struct A1111Txt2Img: Sendable {
     /// A model named as A1111 clients name checkpoints: the id, or a title with a file extension or " [hash]".
     static func checkpoint(_ title: String, models: ModelRegistry) -> String? {
         var s = title.trimmingCharacters(in: .whitespaces)
-        if models[s] != nil { return s }
+        if models.model(s) != nil { return s }
         if let bracket = s.range(of: " [", options: .backwards), s.hasSuffix("]") { s = String(s[..<bracket.lowerBound]) }
         for ext in [".safetensors", ".ckpt"] where s.hasSuffix(ext) { s = String(s.dropLast(ext.count)) }
-        return models[s] != nil ? s : nil
+        return models.model(s) != nil ? s : nil
     }
 
     static func string(_ v: Any?, _ field: String) throws(RequestError) -> String {

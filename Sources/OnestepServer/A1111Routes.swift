@@ -56,7 +56,7 @@ extension Router {
         case "/sdapi/v1/samplers":
             var seen = Set<String>()
             let list: [[String: Any]] = models.names.compactMap { name in
-                let s = models[name]!.sampler, label = A1111Catalog.samplerName(s)
+                let s = models.model(name)!.sampler, label = A1111Catalog.samplerName(s)
                 guard seen.insert(label).inserted else { return nil }
                 return ["name": label, "aliases": [A1111Catalog.schedulerClass(s)], "options": [String: String]()]
             }
@@ -168,6 +168,7 @@ extension Router {
         let deadlineMs = min(params.deadlineMs ?? options.defaultDeadlineMs, options.maxDeadlineMs)
         let now = ContinuousClock.now
         let job = GenerationJob(id: id, model: params.model, steps: params.steps, images: params.images,
+                                text: params.text, size: params.size, guidanceScale: params.guidanceScale,
                                 deadline: now + .milliseconds(deadlineMs), enqueuedAt: now,
                                 isCancelled: { responder.isCancelled }) { [self, metrics] outcome in
             switch outcome {

@@ -1,5 +1,6 @@
-// The dynamic batcher (after Triton's dynamic batcher and queue policy): requests for the same model and step
-// count are gathered into one batch of up to `maxBatch` images, or fewer once the oldest has waited `maxDelay`.
+// The dynamic batcher (after Triton's dynamic batcher and queue policy): requests for the same model, step
+// count, size and guidance scale (`BatchKey`: what one sampler run shares) are gathered into one batch of up to
+// `maxBatch` images, or fewer once the oldest has waited `maxDelay`.
 // The queue is bounded in images; a full queue refuses at once (429) instead of letting latency grow without
 // bound. Work whose deadline passes while queued is dropped (503), and work whose client left is removed.
 import Foundation
@@ -12,6 +13,12 @@ public final class GenerationJob: Sendable {
     public let model: String
     public let steps: Int
     public let images: [GenerationRequest]
+    /// Text-to-image models: prompt and negative prompt per image, parallel to `images` (empty for pixel models).
+    public let text: [TextGenerationRequest]
+    /// Text-to-image models: the size every image of the job has (nil: a pixel model's own size).
+    public let size: ImageSize?
+    /// Text-to-image models: the guidance scale (0 for pixel models and models without guidance).
+    public let guidanceScale: Double
     public let enqueuedAt: ContinuousClock.Instant
     public let deadline: ContinuousClock.Instant
     /// Called exactly once, from a compute thread or the reaper, with the outcome.
@@ -19,7 +26,8 @@ public final class GenerationJob: Sendable {
     /// True once nobody waits for the answer (client gone): checked again just before compute.
     let isCancelled: @Sendable () -> Bool
 
-    public init(id: UInt64, model: String, steps: Int, images: [GenerationRequest], deadline: ContinuousClock.Instant,
+    public init(id: UInt64, model: String, steps: Int, images: [GenerationRequest], text: [TextGenerationRequest] = [],
+                size: ImageSize? = nil, guidanceScale: Double = 0, deadline: ContinuousClock.Instant,
                 enqueuedAt: ContinuousClock.Instant = .now, isCancelled: @escaping @Sendable () -> Bool = { false },
                 complete: @escaping @Sendable (JobOutcome) -> Void) {
         self.isCancelled = isCancelled
@@ -27,6 +35,9 @@ public final class GenerationJob: Sendable {
         self.model = model
         self.steps = steps
         self.images = images
+        self.text = text
+        self.size = size
+        self.guidanceScale = guidanceScale
         self.deadline = deadline
         self.enqueuedAt = enqueuedAt
         self.complete = complete
@@ -49,12 +60,33 @@ public enum SubmitResult: Sendable, Equatable {
     case draining
 }
 
-struct BatchKey: Hashable { var model: String; var steps: Int }
+/// What every image of a batch must share: one sampler run has one model, one step schedule, one latent shape and
+/// one guidance scale. Prompts, negative prompts and seeds differ freely within a batch (they are per image).
+/// The scale is keyed by its bit pattern, so 7.5 and 7.50000001 never share a batch.
+struct BatchKey: Hashable {
+    var model: String
+    var steps: Int
+    var size: ImageSize?
+    var guidanceBits: UInt64
+
+    init(model: String, steps: Int, size: ImageSize? = nil, guidanceScale: Double = 0) {
+        (self.model, self.steps, self.size, self.guidanceBits) = (model, steps, size, guidanceScale.bitPattern)
+    }
+
+    init(_ job: GenerationJob) {
+        self.init(model: job.model, steps: job.steps, size: job.size, guidanceScale: job.guidanceScale)
+    }
+
+    var guidanceScale: Double { Double(bitPattern: guidanceBits) }
+}
 
 /// A batch a worker runs: jobs of one key, at most maxBatch images (one larger job runs alone).
 public struct Batch: Sendable {
     public var model: String
     public var steps: Int
+    /// Text-to-image models: the batch's size and guidance scale (from its `BatchKey`).
+    public var size: ImageSize? = nil
+    public var guidanceScale: Double = 0
     public var jobs: [GenerationJob]
     public var imageCount: Int { jobs.reduce(0) { $0 + $1.images.count } }
 }
@@ -93,7 +125,7 @@ public final class BatchQueue: @unchecked Sendable {
             let wait = Double(queuedImages) * secondsPerImage
             return .queueFull(retryAfterSeconds: max(1, Int(wait.rounded(.up))))
         }
-        groups[BatchKey(model: job.model, steps: job.steps), default: []].append(job)
+        groups[BatchKey(job), default: []].append(job)
         queuedImages += job.images.count
         condition.broadcast()
         return .accepted
@@ -104,7 +136,7 @@ public final class BatchQueue: @unchecked Sendable {
     public func cancel(_ job: GenerationJob) -> Bool {
         condition.lock()
         defer { condition.unlock() }
-        let key = BatchKey(model: job.model, steps: job.steps)
+        let key = BatchKey(job)
         guard let i = groups[key]?.firstIndex(where: { $0 === job }) else { return false }
         groups[key]!.remove(at: i)
         if groups[key]!.isEmpty { groups[key] = nil }
@@ -157,7 +189,7 @@ public final class BatchQueue: @unchecked Sendable {
                     groups[key] = rest.isEmpty ? nil : rest
                     queuedImages -= count
                     running += 1
-                    return (Batch(model: key.model, steps: key.steps, jobs: taken), [])
+                    return (Batch(model: key.model, steps: key.steps, size: key.size, guidanceScale: key.guidanceScale, jobs: taken), [])
                 }
                 let earliestDeadline = groups.values.flatMap { $0 }.map(\.deadline).min() ?? due
                 _ = condition.wait(until: Date(timeIntervalSinceNow: seconds(min(due, earliestDeadline) - now) + 0.0002))

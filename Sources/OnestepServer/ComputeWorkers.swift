@@ -4,17 +4,29 @@
 import Foundation
 import OnestepCore
 
+/// A text embedding cache key: the same prompt gives different embeddings under different text encoders.
+public struct EmbeddingKey: Hashable, Sendable {
+    public var model: String
+    public var prompt: String
+}
+
 public final class ComputeWorkers: @unchecked Sendable {
     // Immutable after init; threads are only started and joined.
     let queue: BatchQueue
     let models: ModelRegistry
     let metrics: Metrics
     let count: Int
+    /// Threads splitting each batch's layers (1: the worker computes alone).
+    let coresPerBatch: Int
+    /// Prompt embeddings (1, L, D) by (model, prompt), shared by every worker; LRU-bounded by --text-embedding-cache.
+    let embeddings: LRUCache<EmbeddingKey, Tensor>
     private let group = DispatchGroup()
     private let reaperStop = DispatchSemaphore(value: 0)
 
-    public init(count: Int, queue: BatchQueue, models: ModelRegistry, metrics: Metrics) {
+    public init(count: Int, coresPerBatch: Int = 1, queue: BatchQueue, models: ModelRegistry, metrics: Metrics, embeddingCacheSize: Int = 256) {
         self.count = max(1, count)
+        self.coresPerBatch = max(1, coresPerBatch)
+        self.embeddings = LRUCache(capacity: embeddingCacheSize)
         self.queue = queue
         self.models = models
         self.metrics = metrics
@@ -82,6 +94,8 @@ public final class ComputeWorkers: @unchecked Sendable {
 
     private func workerLoop() {
         Self.becomeComputeThread()
+        // The team's helpers are created by this thread after its nice change, so they inherit it.
+        if coresPerBatch > 1 { BufferPool.forCurrentThread.team = ThreadTeam(threads: coresPerBatch) }
         while true {
             let (batch, expired) = queue.nextBatch()
             for job in expired { expire(job) }
@@ -103,18 +117,28 @@ public final class ComputeWorkers: @unchecked Sendable {
         let images = live.reduce(0) { $0 + $1.images.count }
         defer { queue.finished(images: images, elapsed: .now - start) }
         guard !live.isEmpty else { return }
-        guard let pipeline = models[batch.model] else {
-            for job in live { job.complete(.failed("model \(batch.model) is not loaded")) }
-            return
-        }
         for job in live {
             metrics.observe("onestep_queue_wait_seconds", [], seconds(start - job.enqueuedAt))
         }
-        let requests = live.flatMap(\.images)
-        let output = pipeline.generate(requests, steps: batch.steps)
         let pngs: [[UInt8]]
-        do { pngs = try ImagePipeline.pngs(output) } catch {
-            for job in live { job.complete(.failed("PNG encoding failed: \(error)")) }
+        switch models.model(batch.model) {
+        case nil:
+            for job in live { job.complete(.failed("model \(batch.model) is not loaded")) }
+            return
+        case .pixel(let pipeline)?:
+            let output = pipeline.generate(live.flatMap(\.images), steps: batch.steps)
+            do { pngs = try ImagePipeline.pngs(output) } catch {
+                for job in live { job.complete(.failed("PNG encoding failed: \(error)")) }
+                return
+            }
+        case .text(let model)?:
+            do { pngs = try generateText(model, batch, live) } catch {
+                for job in live { job.complete(.failed("text-to-image generation failed: \(error)")) }
+                return
+            }
+        }
+        guard pngs.count == images else {  // a pipeline bug: answered as a 500, never a crash
+            for job in live { job.complete(.failed("model \(batch.model) answered \(pngs.count) images for \(images) requests")) }
             return
         }
         let compute = ContinuousClock.now - start
@@ -127,5 +151,37 @@ public final class ComputeWorkers: @unchecked Sendable {
             offset += job.images.count
             job.complete(.done(pngs: mine, queueWait: start - job.enqueuedAt, compute: compute, batchImages: images))
         }
+    }
+
+    /// One sampler run for the whole batch, with prompt embeddings from the cache. Each prompt is encoded alone
+    /// (1, 77, D) and the batch's (N, 77, D) is stacked from those rows, so an image's conditioning never depends
+    /// on which other prompts share its batch.
+    func generateText(_ model: TextToImagePipeline, _ batch: Batch, _ live: [GenerationJob]) throws -> [[UInt8]] {
+        let requests = live.flatMap(\.text)
+        let size = batch.size ?? model.defaultImageSize
+        let images = try model.generate(requests, steps: batch.steps, width: size.width, height: size.height,
+                                        textEmbeddings: { try self.promptEmbeddings(model, $0) })
+        return try ImagePipeline.pngs(images)
+    }
+
+    /// (N, 77, D) for `prompts`: each row from the cache or the text encoder; counts hits and misses by model.
+    func promptEmbeddings(_ model: TextToImagePipeline, _ prompts: [String]) throws -> Tensor {
+        var rows: [Tensor] = []
+        for prompt in prompts {
+            let key = EmbeddingKey(model: model.name, prompt: prompt)
+            if let e = embeddings.lookup(key) {
+                metrics.increment("onestep_text_embedding_cache_hits_total", [("model", model.name)])
+                rows.append(e)
+                continue
+            }
+            metrics.increment("onestep_text_embedding_cache_misses_total", [("model", model.name)])
+            let e = try model.encode([prompt])  // (1, 77, D)
+            embeddings.insert(key, e)
+            rows.append(e)
+        }
+        var data: [Float] = []
+        data.reserveCapacity(rows.reduce(0) { $0 + $1.count })
+        for r in rows { data += r.data }
+        return Tensor(shape: [rows.count] + Array(rows[0].shape.dropFirst()), data: data)
     }
 }

@@ -10,6 +10,17 @@ public struct RequestError: Error, Equatable {
         self.message = message
         self.type = type
     }
+
+    /// Longest piece of client input an error message quotes.
+    static let maxQuoted = 64
+
+    /// Client input as an error message quotes it: whole when short, else its first ``maxQuoted`` characters and
+    /// its size, so a 10 MB prompt does not come back as a 10 MB error (issue 17).
+    public static func quote(_ input: Any) -> String {
+        let text = input as? String ?? "\(input)"
+        guard text.count > maxQuoted else { return text }
+        return "\(text.prefix(maxQuoted))... (\(text.utf8.count) bytes)"
+    }
 }
 
 /// A validated request: the model, the images (seed + label each) and the step count.
@@ -23,6 +34,12 @@ public struct GenerationParams: Sendable, Equatable {
     public var labelNames: [String]? = nil
     /// The class a prompt resolved to, echoed as `revised_prompt` (nil when no prompt chose the class).
     public var resolvedFromPrompt: String? = nil
+    /// Text-to-image models: prompt and negative prompt per image, parallel to `images` (empty for pixel models).
+    public var text: [TextGenerationRequest] = []
+    /// Text-to-image models: the size asked for (or the model's own); nil for pixel models.
+    public var size: ImageSize? = nil
+    /// Text-to-image models: the guidance scale asked for (or the model's default).
+    public var guidanceScale: Double = 0
 
     /// The name of a class index, or the index as text.
     public func labelName(_ label: Int) -> String {
@@ -36,16 +53,23 @@ public struct GenerationParams: Sendable, Equatable {
 /// `knownFields` or `ignoredOpenAIFields` is refused with 400 naming it, so a typo (`sead`) is never silently
 /// ignored; OpenAI Images API fields that do not apply here are accepted and ignored.
 struct RawGenerationFields {
-    static let knownFields = ["model", "prompt", "n", "seed", "label", "steps", "size", "response_format", "deadline_ms"]
+    static let knownFields = ["model", "prompt", "negative_prompt", "guidance_scale", "n", "seed", "label", "steps", "size",
+                              "response_format", "deadline_ms"]
     /// OpenAI Images API fields (images.generate) that have no meaning for a one-step class/unconditional model.
     static let ignoredOpenAIFields = ["user", "quality", "style", "background", "moderation", "output_format",
-                                      "output_compression", "partial_images", "stream", "negative_prompt"]
+                                      "output_compression", "partial_images", "stream"]
+    /// Longest prompt accepted, in characters: CLIP reads 77 tokens, so text far past that is a client mistake.
+    static let maxPromptCharacters = 4_000
+    /// Largest guidance_scale accepted (diffusers has no cap; past 30 images are saturated noise).
+    static let maxGuidanceScale = 30.0
 
     var model: String?
     var n: Any?
     var seed: Any?
     var label: Any?
     var prompt: Any?
+    var negativePrompt: Any?
+    var guidanceScale: Any?
     var steps: Any?
     var responseFormat: Any?
     var size: Any?
@@ -73,6 +97,7 @@ struct RawGenerationFields {
             if let s = m as? String { r.model = s } else { r.problems.append("model must be a string naming a model from GET /v1/models") }
         }
         r.n = d["n"]; r.seed = d["seed"]; r.label = d["label"]; r.prompt = d["prompt"]; r.steps = d["steps"]
+        r.negativePrompt = d["negative_prompt"]; r.guidanceScale = d["guidance_scale"]
         r.responseFormat = d["response_format"]; r.size = d["size"]; r.deadlineMs = d["deadline_ms"]
         return r
     }
@@ -85,12 +110,14 @@ struct RawGenerationFields {
             case "seed": r.seed = v
             case "label": r.label = v
             case "prompt": r.prompt = v
+            case "negative_prompt": r.negativePrompt = v
+            case "guidance_scale": r.guidanceScale = v
             case "steps": r.steps = v
             case "n": r.n = v
             case "deadline_ms": r.deadlineMs = v
             case "size": r.size = v
             case "response_format": r.responseFormat = v
-            default: if !ignoredOpenAIFields.contains(k), !r.unknown.contains(k) { r.unknown.append(k) }
+            default: if !ignoredOpenAIFields.contains(k), !r.unknown.contains(k) { r.unknown.append(RequestError.quote(k)) }
             }
         }
         return r
@@ -102,7 +129,7 @@ struct RawGenerationFields {
         var i: Int?
         if let s = v as? String { i = Int(s.trimmingCharacters(in: .whitespaces)) } else if !JSONValues.isBool(v) { i = JSONValues.integer(v) }
         guard let i, range.contains(i) else {
-            throw RequestError("\(field) must be an integer in \(range.lowerBound)...\(range.upperBound), got \(v)")
+            throw RequestError("\(field) must be an integer in \(range.lowerBound)...\(range.upperBound), got \(RequestError.quote(v))")
         }
         return i
     }
@@ -117,10 +144,16 @@ struct RawGenerationFields {
             problems.append("unknown field\(unknown.count > 1 ? "s" : "") \(unknown.map { "'\($0)'" }.joined(separator: ", ")); known: \(Self.knownFields.joined(separator: ", ")) (OpenAI fields \(Self.ignoredOpenAIFields.joined(separator: ", ")) are accepted and ignored)")
         }
         let name = model ?? models.defaultName
-        guard let p = models[name] else {
-            let notFound = "model '\(name)' is not loaded; available: \(models.names.joined(separator: ", "))"
+        guard let served = models.model(name) else {
+            let notFound = "model '\(RequestError.quote(name))' is not loaded; available: \(models.names.joined(separator: ", "))"
             if problems.isEmpty { throw RequestError(notFound, type: "not_found_error") }
             throw Self.combined(problems + [notFound])
+        }
+        let p: ImagePipeline
+        switch served {
+        case .text(let t):
+            return try validateText(t, problems: problems, maxImages: maxImages, allowsN: allowsN, randomSeed: randomSeed)
+        case .pixel(let pixel): p = pixel
         }
         if let f = responseFormat, !(f is NSNull) {
             if (f as? String) != "b64_json" {
@@ -133,6 +166,10 @@ struct RawGenerationFields {
                 problems.append("size must be \"\(want)\" for model \(name), got \(Self.show(sz)) (it generates one size only; leave size out)")
             }
         }
+        if let g = guidanceScale, !(g is NSNull) {
+            problems.append("guidance_scale is for text-to-image models; model \(name) has no classifier-free guidance (leave guidance_scale out)")
+        }
+        // negative_prompt: accepted and ignored, as before text models existed (clients that always send one work).
         func check<T>(_ f: () throws(RequestError) -> T?) -> T? {
             do { return try f() } catch { problems.append(error.message); return nil }
         }
@@ -175,11 +212,20 @@ struct RawGenerationFields {
         return "\(v)"
     }
 
+    /// Longest label or prompt accepted, in UTF-8 bytes (OpenAI's own prompt limit is 4,000 characters). Checked
+    /// before any work on the text, which runs on the event loop: a 10 MB prompt used to hold it for 1.4 s.
+    static let maxTextBytes = 4000
+
     /// label may be an index or a class name; prompt (OpenAI clients) names a class: the whole prompt, or the one
     /// class name it contains as a word (plural -s/-es allowed): "a red star" and "stars" resolve to "star".
     /// `fromPrompt` is the class name a prompt resolved to, echoed in the response.
     func resolveLabel(_ p: ImagePipeline) throws(RequestError) -> (index: Int, fromPrompt: String?)? {
         var text: String?
+        for (field, value) in [("label", label), ("prompt", prompt)] {
+            if let s = value as? String, s.utf8.count > Self.maxTextBytes {
+                throw RequestError("\(field) is \(s.utf8.count) bytes; at most \(Self.maxTextBytes) are accepted")
+            }
+        }
         if let l = label, !(l is NSNull) {
             if let s = l as? String { text = s } else if let i = JSONValues.integer(l) { text = String(i) } else {
                 throw RequestError("label must be a class index or a class name")
@@ -202,7 +248,10 @@ struct RawGenerationFields {
         guard let text else { return nil }
         switch p.resolveLabel(text) {
         case .success(let l): return l.map { ($0, nil) }
-        case .failure(let e): throw RequestError(e.description)
+        case .failure(let e):
+            // The core's message quotes the text it was given; quote only a prefix of a long one.
+            let quoted = RequestError.quote(text)
+            throw RequestError(quoted == text ? e.description : e.description.replacingOccurrences(of: text, with: quoted))
         }
     }
 

@@ -3,59 +3,88 @@ import Foundation
 import OnestepCore
 
 public final class ModelRegistry: Sendable {
+    /// Pixel models by name.
     public let pipelines: [String: ImagePipeline]
+    /// Text-to-image models by name (names are unique across both maps).
+    public let textModels: [String: TextToImagePipeline]
     /// The model used when a request names none: the only one, or `preferred` when it is loaded.
     public let defaultName: String
 
-    public init(pipelines: [ImagePipeline], preferred: String? = nil) throws {
-        guard !pipelines.isEmpty else { throw ModelLoadError(path: "models", problem: "no models to serve") }
+    public init(pipelines: [ImagePipeline], textModels: [TextToImagePipeline] = [], preferred: String? = nil) throws {
+        guard !pipelines.isEmpty || !textModels.isEmpty else { throw ModelLoadError(path: "models", problem: "no models to serve") }
         var map: [String: ImagePipeline] = [:]
         for p in pipelines { map[p.name] = p }
+        var text: [String: TextToImagePipeline] = [:]
+        for t in textModels {
+            guard map[t.name] == nil, text[t.name] == nil else {
+                throw ModelLoadError(path: t.name, problem: "two models are named \(t.name); rename one folder")
+            }
+            text[t.name] = t
+        }
         self.pipelines = map
-        if let preferred, map[preferred] != nil {
+        self.textModels = text
+        let all = (Array(map.keys) + Array(text.keys)).sorted()
+        if let preferred, all.contains(preferred) {
             defaultName = preferred
         } else {
-            defaultName = pipelines.map(\.name).sorted()[0]
+            defaultName = all[0]
         }
     }
 
+    /// The pixel pipeline of that name (nil for text models and unknown names).
     public subscript(name: String) -> ImagePipeline? { pipelines[name] }
-    public var names: [String] { pipelines.keys.sorted() }
+    /// Any model of that name.
+    public func model(_ name: String) -> GenerationPipeline? {
+        if let p = pipelines[name] { return .pixel(p) }
+        return textModels[name].map { .text($0) }
+    }
+    public var names: [String] { (Array(pipelines.keys) + Array(textModels.keys)).sorted() }
 
-    /// Loads every sub-folder of `dir` that holds a model (config.json or model_index.json). A folder that
-    /// looks like a model but fails to load stops the server with the reason: serving a partial set silently
-    /// would hide the problem.
     /// Which sampler a model got, and what was assumed when its folder had no scheduler config.
     static func logSampler(_ p: ImagePipeline, _ log: (String) -> Void) {
         log("model \(p.name) sampler: \(p.sampler.description), steps \(p.sampler.stepRange.lowerBound)...\(p.sampler.stepRange.upperBound), default \(p.sampler.defaultSteps)")
         if let note = p.samplerAssumption { log("model \(p.name): \(note)") }
     }
 
+    /// Loads every sub-folder of `dir` that looks like a model (holds any file or folder a model folder holds:
+    /// config.json, model_index.json, weights, unet/...), or `dir` itself if it is one. A folder that looks like a
+    /// model but cannot be loaded — a dangling or looping symlink, a FIFO or other non-regular file, weights
+    /// without config.json, a folder or file the server's user cannot read — stops the server with the file and
+    /// the reason: serving a partial set silently would hide the problem. Only regular files are opened.
     public static func load(directory dir: String, preferred: String?, log: (String) -> Void) throws -> ModelRegistry {
-        let fm = FileManager.default
-        var isDir: ObjCBool = false
-        guard fm.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
+        switch ModelFolderScan.entry(dir) {
+        case .directory: break
+        case .missing:
             throw ModelLoadError(path: dir, problem: "models folder not found; pass --models DIR (a folder of model folders)")
+        default:
+            throw ModelLoadError(path: dir, problem: "is not a folder; pass --models DIR (a folder of model folders, or one model folder)")
         }
-        // A model directory given directly also works.
-        if fm.fileExists(atPath: dir + "/config.json") || fm.fileExists(atPath: dir + "/model_index.json") {
-            let p = try ImagePipeline.load(path: dir)
-            logSampler(p, log)
-            return try ModelRegistry(pipelines: [p], preferred: preferred)
-        }
+        // A model directory given directly also works: it holds model files itself, where a folder of models
+        // holds folders (and perhaps a README).
+        let names = try ModelFolderScan.list(dir)
+        let isModel = names.contains { ModelFolderScan.markerFiles.contains($0) }
+        let folders = isModel ? [dir] : try ModelFolderScan.modelFolders(under: dir)
         var loaded: [ImagePipeline] = []
-        for entry in (try fm.contentsOfDirectory(atPath: dir)).sorted() {
-            let path = dir + "/" + entry
-            guard fm.fileExists(atPath: path + "/config.json") || fm.fileExists(atPath: path + "/model_index.json") else { continue }
+        var text: [TextToImagePipeline] = []
+        for path in folders {
+            try ModelFolderScan.check(path)
             let start = Date()
-            let p = try ImagePipeline.load(path: path)
+            let p: ImagePipeline
+            switch try GenerationPipeline.load(path: path) {
+            case .text(let t):
+                log("loaded text-to-image model \(t.name): \(t.defaultSize)x\(t.defaultSize) (latent \(t.latentSize)x\(t.latentSize)), \(t.usesGuidanceEmbedding ? "guidance embedding" : "classifier-free guidance when guidance_scale > 1") in \(String(format: "%.2f", Date().timeIntervalSince(start))) s")
+                log("model \(t.name) sampler: \(t.sampler.description), steps \(t.sampler.stepRange.lowerBound)...\(t.sampler.stepRange.upperBound), default \(t.sampler.defaultSteps)")
+                text.append(t)
+                continue
+            case .pixel(let pixel): p = pixel
+            }
             log("loaded model \(p.name): \(p.imageSize)x\(p.imageSize)x\(p.channels), \(p.weightDType), \(p.model.parameterCount) parameters, \(p.numClasses.map { "\($0) classes" } ?? "unconditional") in \(String(format: "%.2f", Date().timeIntervalSince(start))) s")
             logSampler(p, log)
             loaded.append(p)
         }
-        guard !loaded.isEmpty else {
-            throw ModelLoadError(path: dir, problem: "holds no model folders (each needs config.json + diffusion_pytorch_model.safetensors)")
+        guard !loaded.isEmpty || !text.isEmpty else {
+            throw ModelLoadError(path: dir, problem: "holds no model folders (each needs config.json + diffusion_pytorch_model.safetensors, or a diffusers pipeline's model_index.json)")
         }
-        return try ModelRegistry(pipelines: loaded, preferred: preferred)
+        return try ModelRegistry(pipelines: loaded, textModels: text, preferred: preferred)
     }
 }

@@ -23,7 +23,10 @@ public final class OnestepServer: Sendable {
         BLAS.threads = options.blasThreads
         queue = BatchQueue(maxBatch: options.maxBatch, maxDelay: .microseconds(Int(options.maxDelayMs * 1000)),
                            maxQueuedImages: options.maxQueuedImages)
-        workers = ComputeWorkers(count: options.workers, queue: queue, models: models, metrics: metrics)
+        let split = CoreSplit.choose(models: models, cores: options.workers, fixed: options.coresPerBatch)
+        log(split.description)
+        workers = ComputeWorkers(count: max(1, options.workers / split.coresPerBatch), coresPerBatch: split.coresPerBatch,
+                                 queue: queue, models: models, metrics: metrics, embeddingCacheSize: options.textEmbeddingCacheEntries)
         router = Router(models: models, queue: queue, metrics: metrics, options: options)
         let metrics = self.metrics, accessLog = options.accessLog
         let router = self.router
@@ -47,10 +50,17 @@ public final class OnestepServer: Sendable {
         metrics.describe("onestep_compute_seconds", help: "Time to compute one batch (sampling + PNG)", type: "histogram", bounds: Metrics.latencyBuckets)
         metrics.describe("onestep_images_generated_total", help: "Images generated, by model", type: "counter")
         metrics.describe("onestep_rejected_total", help: "Generation requests not computed, by reason", type: "counter")
+        metrics.describe("onestep_text_embedding_cache_hits_total", help: "Prompts whose text embedding came from the cache, by model", type: "counter")
+        metrics.describe("onestep_text_embedding_cache_misses_total", help: "Prompts run through the text encoder, by model", type: "counter")
+        for name in models.textModels.keys.sorted() {  // listed at 0 from the start, so dashboards see the series
+            metrics.increment("onestep_text_embedding_cache_hits_total", [("model", name)], by: 0)
+            metrics.increment("onestep_text_embedding_cache_misses_total", [("model", name)], by: 0)
+        }
         // Weak captures: the HTTP server's callbacks hold the router and the metrics, so strong ones here would
         // make a cycle and a stopped server (every test server) would never be freed.
         metrics.gauge("onestep_queue_depth_images", help: "Images waiting for a batch") { [weak queue] in Double(queue?.depth ?? 0) }
         metrics.gauge("onestep_running_batches", help: "Batches being computed") { [weak queue] in Double(queue?.runningBatches ?? 0) }
+        metrics.gauge("onestep_text_embedding_cache_entries", help: "Prompt embeddings held (at most --text-embedding-cache)") { [weak workers] in Double(workers?.embeddings.count ?? 0) }
         metrics.gauge("onestep_open_connections", help: "Open HTTP connections") { [weak http] in Double(http?.openConnections ?? 0) }
         metrics.gauge("onestep_pending_responses", help: "Requests accepted and not yet answered") { [weak http] in Double(http?.pendingResponses ?? 0) }
     }
@@ -63,13 +73,17 @@ public final class OnestepServer: Sendable {
             _ = workers.join(timeout: .seconds(5))
             throw ServerStartError(host: options.host, port: options.port, cause: error)
         }
-        log("onestep-serve listening on http://\(options.host):\(http.port) with \(models.names.count) model(s) [\(models.names.joined(separator: ", "))], default \(models.defaultName); \(options.workers) worker(s) x \(options.blasThreads) BLAS thread(s), max batch \(options.maxBatch), max delay \(options.maxDelayMs) ms, queue \(options.maxQueuedImages) images")
+        log("onestep-serve listening on http://\(options.host):\(http.port) with \(models.names.count) model(s) [\(models.names.joined(separator: ", "))], default \(models.defaultName); \(workers.count) worker(s) x \(workers.coresPerBatch) core(s) per batch x \(options.blasThreads) BLAS thread(s), max batch \(options.maxBatch), max delay \(options.maxDelayMs) ms, queue \(options.maxQueuedImages) images")
     }
 
     public var port: Int { http.port }
 
+    /// What the last ``drainAndStop()`` could not deliver within the grace period (empty when all was written).
+    public var droppedAtStop: HTTPServer.DropReport { http.dropped }
+
     /// Graceful drain: readiness off, refuse new work, finish queued and running work (bounded by the drain
-    /// timeout), then close. Returns true if everything finished in time.
+    /// timeout), then give answers being written the grace period, then close. Returns true if the queued work
+    /// finished in time; ``droppedAtStop`` says what the close cut off.
     @discardableResult
     public func drainAndStop() -> Bool {
         router.draining.store(true, ordering: .releasing)
@@ -80,7 +94,7 @@ public final class OnestepServer: Sendable {
         // Answer anything still queued (only when the drain timed out) before closing connections.
         for job in queue.stop() { job.complete(.expired(queueWait: .now - job.enqueuedAt)) }
         // Responses just handed to the loop are written before connections close.
-        http.shutdown(gracePeriod: .milliseconds(max(1000, options.drainTimeoutMs / 10)))
+        http.shutdown(gracePeriod: .milliseconds(options.graceMs))
         _ = workers.join(timeout: .seconds(10))
         return finished
     }
@@ -109,7 +123,13 @@ public final class OnestepServer: Sendable {
         while sem_wait(terminationSignal) != 0 {}  // EINTR: wait again
         log("signal received: draining (\(queue.depth) images queued, up to \(options.drainTimeoutMs) ms)")
         let clean = drainAndStop()
-        log(clean ? "drained; exiting" : "drain timeout: queued work was answered 503; exiting")
+        let dropped = droppedAtStop
+        if !clean { log("drain timeout: queued work was answered 503") }
+        if dropped.isEmpty {
+            log(clean ? "drained; exiting" : "exiting")
+        } else {
+            log("grace period (\(options.graceMs) ms, --grace-ms) over: dropped \(dropped.connections) connection(s) with \(dropped.responses) answer(s) unanswered or unwritten, \(dropped.bytes) bytes unsent (clients not reading); exiting")
+        }
         return 0
     }
 }

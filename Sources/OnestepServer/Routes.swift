@@ -59,12 +59,12 @@ final class Router: Sendable {
             return respond(responder, .json(Array((try? JSONSerialization.data(withJSONObject: model, options: [.sortedKeys])) ?? Data())))
         }
         guard let allowed = Self.routes[path] else {
-            respond(responder, .error(.notFound, message: "no route \(path); routes: \(Self.routes.keys.sorted().joined(separator: ", "))", type: "not_found_error"))
+            respond(responder, .error(.notFound, message: "no route \(RequestError.quote(path)); routes: \(Self.routes.keys.sorted().joined(separator: ", "))", type: "not_found_error"))
             return
         }
         let method = request.method == .HEAD ? HTTPMethod.GET : request.method
         guard allowed.contains(method) else {
-            var r = HTTPResponse.error(.methodNotAllowed, message: "\(request.method) is not allowed on \(path); use \(allowed.map(\.rawValue).joined(separator: " or "))")
+            var r = HTTPResponse.error(.methodNotAllowed, message: "\(RequestError.quote(request.method.rawValue)) is not allowed on \(RequestError.quote(path)); use \(allowed.map(\.rawValue).joined(separator: " or "))")
             let allow = allowed.contains(.GET) ? allowed.map(\.rawValue) + ["HEAD"] : allowed.map(\.rawValue)
             r.headers.add(name: "Allow", value: allow.joined(separator: ", "))
             respond(responder, r)
@@ -93,20 +93,44 @@ final class Router: Sendable {
     }
 
     /// One entry of GET /v1/models (OpenAI's Model object: id, object, created, owned_by; then ours).
+    /// `fields` lists the request fields the model takes: pages and the A1111 routes build their forms from it.
     func modelObject(_ name: String) -> [String: Any]? {
-        guard let p = models[name] else { return nil }
+        guard let served = models.model(name) else { return nil }
+        let sampler = served.sampler
         var d: [String: Any] = [
             "created": 0,
             "id": name, "object": "model", "owned_by": "onestep",
-            "image_size": p.imageSize, "channels": p.channels, "dtype": p.weightDType,
-            "default_steps": p.sampler.defaultSteps, "min_steps": p.sampler.stepRange.lowerBound,
-            "max_steps": p.sampler.stepRange.upperBound, "scheduler": type(of: p.sampler).className,
-            "sampler_description": p.sampler.description,
-            "parameters": p.model.parameterCount, "default": name == models.defaultName,
+            "default_steps": sampler.defaultSteps, "min_steps": sampler.stepRange.lowerBound,
+            "max_steps": sampler.stepRange.upperBound, "scheduler": type(of: sampler).className,
+            "sampler_description": sampler.description, "default": name == models.defaultName,
         ]
-        d["sampler"] = p.sampler is ConsistencySampler ? "consistency" : p.sampler is EDMHeunSampler ? "edm_heun" : type(of: p.sampler).className
-        if let note = p.samplerAssumption { d["sampler_assumed"] = note }
-        d["classes"] = p.classNames ?? (p.numClasses.map { n in (0..<n).map(String.init) } ?? [])
+        switch served {
+        case .pixel(let p):
+            d["kind"] = "pixel"
+            d["image_size"] = p.imageSize
+            d["channels"] = p.channels
+            d["dtype"] = p.weightDType
+            d["parameters"] = p.model.parameterCount
+            d["sampler"] = p.sampler is ConsistencySampler ? "consistency" : p.sampler is EDMHeunSampler ? "edm_heun" : type(of: p.sampler).className
+            if let note = p.samplerAssumption { d["sampler_assumed"] = note }
+            d["classes"] = p.classNames ?? (p.numClasses.map { n in (0..<n).map(String.init) } ?? [])
+            d["fields"] = p.fields
+            if p.numClasses != nil { d["prompt_selects"] = "class" }
+        case .text(let t):
+            d["kind"] = "text-to-image"
+            d["default_size"] = t.defaultImageSize.description
+            d["image_size"] = t.defaultSize
+            d["channels"] = 3
+            d["sizes"] = t.sizeRule.describe
+            d["sampler"] = type(of: t.sampler).className
+            d["classes"] = [String]()
+            d["fields"] = t.fields
+            switch t.guidance {
+            case .none: d["guidance"] = "none"
+            case .classifierFree(let g): d["guidance"] = "classifier_free"; d["default_guidance_scale"] = g
+            case .embedding(let g): d["guidance"] = "embedding"; d["default_guidance_scale"] = g
+            }
+        }
         return d
     }
 
@@ -134,16 +158,19 @@ final class Router: Sendable {
         let deadlineMs = min(params.deadlineMs ?? options.defaultDeadlineMs, options.maxDeadlineMs)
         let now = ContinuousClock.now
         let job = GenerationJob(id: nextJobID.add(1, ordering: .relaxed).oldValue, model: params.model, steps: params.steps,
-                                images: params.images, deadline: now + .milliseconds(deadlineMs), enqueuedAt: now,
+                                images: params.images, text: params.text, size: params.size,
+                                guidanceScale: params.guidanceScale, deadline: now + .milliseconds(deadlineMs), enqueuedAt: now,
                                 isCancelled: { responder.isCancelled }) { [self, metrics] outcome in
             switch outcome {
             case .done(let pngs, let wait, let compute, let batch):
                 var r: HTTPResponse
                 if openAI {
-                    let data: [[String: Any]] = zip(pngs, params.images).map { png, img in
+                    let data: [[String: Any]] = zip(pngs, params.images).enumerated().map { i, pair in
+                        let (png, img) = pair
                         var item: [String: Any] = ["b64_json": Data(png).base64EncodedString(), "seed": img.seed]
                         if let l = img.label { item["label"] = l; item["label_name"] = params.labelName(l) }
                         if let r = params.resolvedFromPrompt { item["revised_prompt"] = r }
+                        if i < params.text.count { item["revised_prompt"] = params.text[i].prompt }
                         return item
                     }
                     let body: [String: Any] = ["created": Int(Date().timeIntervalSince1970), "data": data]
@@ -156,6 +183,7 @@ final class Router: Sendable {
                         r.headers.add(name: "X-Label-Name", value: params.labelName(l))
                     }
                     if let p = params.resolvedFromPrompt { r.headers.add(name: "X-Prompt-Resolved-To", value: p) }
+                    if let size = params.size { r.headers.add(name: "X-Size", value: size.description) }
                 }
                 r.headers.add(name: "X-Queue-Ms", value: String(format: "%.2f", seconds(wait) * 1000))
                 r.headers.add(name: "X-Compute-Ms", value: String(format: "%.2f", seconds(compute) * 1000))

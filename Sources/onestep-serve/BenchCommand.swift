@@ -6,34 +6,39 @@ import OnestepCore
 
 enum BenchCommand {
     static let command = Subcommand("bench", summary: "forward-pass speed at several batch sizes, next to an OpenBLAS sgemm of the same run",
-                                    synopsis: "bench --model DIR [--model DIR2] [--batch 1,16] [--precision fp32,int8,blas] [--json]",
+                                    synopsis: "bench (--model DIR ... | --config cd_imagenet64) [--batch 1,16] [--threads 1,2] [--precision fp32,int8,blas] [--json]",
                                     flags: flags, run: run)
 
     static let flags = [
         FlagSpec("model", "model directory (repeatable)"),
+        FlagSpec("config", "a published model's exact config with random weights made now: cd_imagenet64 (repeatable)"),
         FlagSpec("batch", "comma-separated batch sizes", default: "1,16"),
         FlagSpec("seconds", "time to spend per row", default: "2"),
-        FlagSpec("threads", "BLAS threads (default: OpenBLAS's own choice, usually the core count)"),
+        FlagSpec("threads", "comma-separated: cores one forward is split over (a thread team; BLAS threads too for blas)", default: "1"),
+        FlagSpec("int8-policy", "layers run int8 for --config models: inner-convolutions or inner-convolutions+attention-projections", default: "inner-convolutions+attention-projections"),
+        FlagSpec("peak", "also measure the machine's peaks (sgemm 2048^3, int8 GEMM) and print each row's fraction of them", isSwitch: true),
         FlagSpec("workers", "forward passes run side by side, each on its own batch (as the server's workers do); images/s is their sum", default: "1"),
         FlagSpec("precision", "comma-separated: fp32, int8, blas (im2col + OpenBLAS baseline)", default: "fp32,int8"),
         FlagSpec("json", "print one JSON object per row instead of the table", isSwitch: true),
     ]
 
     struct Row {
-        var model: String, dtype: String, batch: Int
+        var model: String, dtype: String, batch: Int, threads: Int = 1
         var imagesPerSecond: Double, gflops: Double, sgemmGflops: Double
         /// Mean time of one forward pass of the whole batch (the latency a request of this batch sees in compute).
         var batchMilliseconds: Double
         var ratio: Double { gflops / sgemmGflops }
+        /// The machine's measured peak for this row's arithmetic on as many cores (0 when not measured).
+        var peakGflops: Double = 0
     }
 
     static func run(_ f: ParsedFlags) throws {
-        if let t = try f.int("threads", range: 1...256) { BLAS.threads = t }
+        let threadCounts = try f.intList("threads", range: 1...256) ?? [1]
         let batches = try f.intList("batch", range: 1...256) ?? [1, 16]
         let seconds = try f.double("seconds", range: 0.05...600) ?? 2
         let workers = try f.int("workers", range: 1...64) ?? 1
-        var models = f.all("model")
-        if models.isEmpty { models = [try f.required("model")] }
+        let models = f.all("model"), configs = f.all("config")
+        if models.isEmpty && configs.isEmpty && !f.isSet("peak") { _ = try f.required("model") }
         var rows: [Row] = []
         // Every model runs with fp32 kernels and with int8 kernels (weights quantized per output channel at
         // load if the file is float); --precision picks one, "blas" adds the im2col + OpenBLAS baseline.
@@ -41,22 +46,50 @@ enum BenchCommand {
             guard let p = ConvPrecision(rawValue: String(text)) else { throw FlagError("--precision \(text): expected blas, fp32 or int8") }
             return p
         }
-        for path in models {
-            let loaded = try ImagePipeline.load(path: path)
+        let policyName = f.string("int8-policy") ?? Int8Policy.innerConvolutionsAndAttention.rawValue
+        guard let policy = Int8Policy(rawValue: policyName) else {
+            throw FlagError("--int8-policy \(policyName): expected \(Int8Policy.allCases.map(\.rawValue).joined(separator: " or "))")
+        }
+        // Peaks per thread count, measured once in this run (the machine is shared: same-run ratios only).
+        var peaks: [Int: (f32: Double, int8: Double)] = [:]
+        if f.isSet("peak") {
+            for t in threadCounts {
+                let team = t > 1 ? ThreadTeam(threads: t) : nil
+                if t == threadCounts[0], let v = FastConv.vnniPeakGops(seconds: 1) {
+                    let inner = BenchModels.int8LinearInnerLoopGops(seconds: 1)
+                    FileHandle.standardError.write(Data(String(format: "VNNI peak (12 dependent vpdpbusd chains, one core): %.1f GOP/s; int8 linear inner loop (2048x1024 x 1024x1024, one core): %.1f GOP/s = %.0f%% of it\n", v, inner, 100 * inner / v).utf8))
+                }
+                let linear = BenchModels.int8LinearGops(team: team, seconds: min(seconds, 2))
+                FileHandle.standardError.write(Data(String(format: "int8 linear (2048x1024 x 1024x1024, per-row u8, %@) on %d core(s): %.1f GOP/s\n",
+                                                           KernelLevel.best.description, t, linear).utf8))
+                peaks[t] = (BenchModels.sgemmPeak(threads: t, seconds: min(seconds, 2)), BenchModels.int8Peak(team: team, seconds: min(seconds, 2)))
+                FileHandle.standardError.write(Data(String(format: "peak on %d core(s): sgemm 2048^3 %.1f GFLOP/s, int8 GEMM (1024x2048x4096, %@) %.1f GOP/s\n",
+                                                           t, peaks[t]!.f32, KernelLevel.best.description, peaks[t]!.int8).utf8))
+            }
+        }
+        let loaded = try models.map { try ImagePipeline.load(path: $0) } + configs.map { try BenchModels.pipeline(config: $0, int8Policy: policy) }
+        for pipeline in loaded {
             for precision in precisions {
-                let p = loaded.with(precision: precision)
-                for b in batches {
-                    let row = measure(p, batch: b, seconds: seconds, workers: workers)
-                    rows.append(row)
-                    if f.isSet("json") { print(json(row)) }
+                let p = pipeline.with(precision: precision)
+                for t in threadCounts {
+                    for b in batches {
+                        var row = measure(p, batch: b, seconds: seconds, workers: workers, threads: t)
+                        if let peak = peaks[t] { row.peakGflops = precision == .int8 ? peak.int8 : peak.f32 }
+                        rows.append(row)
+                        if f.isSet("json") { print(json(row)) }
+                    }
                 }
             }
         }
         if !f.isSet("json") { print(table(rows) + speedups(rows)) }
-        FileHandle.standardError.write(Data("BLAS threads \(BLAS.threads); peak resident memory \(peakResidentMiB()) MiB\n".utf8))
+        FileHandle.standardError.write(Data("kernels \(KernelLevel.best); peak resident memory \(peakResidentMiB()) MiB\n".utf8))
     }
 
-    static func measure(_ p: ImagePipeline, batch: Int, seconds: Double, workers: Int = 1) -> Row {
+    /// With `threads` > 1 each forward is split over a thread team of that size (BLAS threads too, for blas).
+    static func measure(_ p: ImagePipeline, batch: Int, seconds: Double, workers: Int = 1, threads: Int = 1) -> Row {
+        let savedBLAS = BLAS.threads
+        BLAS.threads = p.precision == .blas ? threads : 1
+        defer { BLAS.threads = savedBLAS }
         let s = p.imageSize, c = p.config.inChannels
         var g = TorchGenerator(seed: 1)
         let x = g.randn(shape: [batch, c, s, s])
@@ -68,6 +101,7 @@ enum BenchCommand {
         nonisolated(unsafe) let out = rates
         DispatchQueue.concurrentPerform(iterations: workers) { w in
             let pool = BufferPool()
+            pool.team = threads > 1 ? ThreadTeam(threads: threads) : nil
             out[w] = rate(seconds: seconds, warmup: 1) {
                 _ = p.model.forwardBatched(x, timesteps: Array(repeating: t, count: batch), classLabels: labels, pool: pool)
             }
@@ -84,7 +118,7 @@ enum BenchCommand {
         nonisolated(unsafe) let sgOut = sg
         DispatchQueue.concurrentPerform(iterations: workers) { w in sgOut[w] = sgemmGflops(m: m, n: n, k: k, seconds: min(seconds, 1)) }
         let sgemm = sg.reduce(0, +)
-        return Row(model: p.name, dtype: p.precision == .blas ? "fp32-blas" : (p.precision == .int8 ? "int8" : "float32"), batch: batch, imagesPerSecond: perSecond * Double(batch),
+        return Row(model: p.name, dtype: p.precision == .blas ? "fp32-blas" : (p.precision == .int8 ? "int8" : "float32"), batch: batch, threads: threads, imagesPerSecond: perSecond * Double(batch),
                    gflops: perSecond * flops / 1e9, sgemmGflops: sgemm, batchMilliseconds: batchMilliseconds)
     }
 
@@ -123,10 +157,11 @@ enum BenchCommand {
         // "fp32-blas" and would cut long model names.
         func pad(_ s: String, _ w: Int) -> String { s + String(repeating: " ", count: max(0, w - s.count)) }
         let mw = max(22, (rows.map(\.model.count).max() ?? 0) + 1), dw = max(10, (rows.map(\.dtype.count).max() ?? 0) + 1)
-        var s = pad("model", mw) + pad("dtype", dw) + "batch  ms/batch   images/s    GFLOP/s   sgemm GFLOP/s   ratio\n"
+        var s = pad("model", mw) + pad("dtype", dw) + "batch threads  ms/batch   images/s    GFLOP/s   sgemm GFLOP/s   ratio  of peak\n"
         for r in rows {
             s += pad(r.model, mw) + pad(r.dtype, dw)
-            s += String(format: "%5d %9.3f %10.1f %10.2f %15.2f %7.3f\n", r.batch, r.batchMilliseconds, r.imagesPerSecond, r.gflops, r.sgemmGflops, r.ratio)
+            s += String(format: "%5d %7d %9.3f %10.2f %10.2f %15.2f %7.3f", r.batch, r.threads, r.batchMilliseconds, r.imagesPerSecond, r.gflops, r.sgemmGflops, r.ratio)
+            s += r.peakGflops > 0 ? String(format: " %7.1f%%\n", 100 * r.gflops / r.peakGflops) : "        -\n"
         }
         return s
     }
@@ -135,15 +170,15 @@ enum BenchCommand {
     static func speedups(_ rows: [Row]) -> String {
         var s = ""
         for r in rows where r.dtype == "int8" {
-            if let f = rows.first(where: { $0.model == r.model && $0.batch == r.batch && $0.dtype == "float32" }) {
-                s += "int8/fp32 speed-up \(r.model) batch \(r.batch): " + String(format: "%.2fx\n", r.imagesPerSecond / f.imagesPerSecond)
+            if let f = rows.first(where: { $0.model == r.model && $0.batch == r.batch && $0.threads == r.threads && $0.dtype == "float32" }) {
+                s += "int8/fp32 speed-up \(r.model) batch \(r.batch) threads \(r.threads): " + String(format: "%.2fx\n", r.imagesPerSecond / f.imagesPerSecond)
             }
         }
         return s
     }
 
     static func json(_ r: Row) -> String {
-        let d: [String: Any] = ["model": r.model, "dtype": r.dtype, "batch": r.batch,
+        let d: [String: Any] = ["model": r.model, "dtype": r.dtype, "batch": r.batch, "threads": r.threads, "peak_gflops": r.peakGflops,
                                 "images_per_s": r.imagesPerSecond, "batch_ms": r.batchMilliseconds, "gflops": r.gflops,
                                 "sgemm_gflops": r.sgemmGflops, "ratio_to_sgemm": r.ratio]
         let data = (try? JSONSerialization.data(withJSONObject: d, options: [.sortedKeys])) ?? Data()

@@ -6,7 +6,7 @@ import PNGCodec
 
 enum Commands {
     static let generate = Subcommand("generate", summary: "write images of a model to a PNG (several: tiled into a grid)",
-                                     synopsis: "generate --model DIR --seed S [--label L] [--steps K] [-n N] --out FILE.png",
+                                     synopsis: "generate --model DIR --seed S [--label L] [--steps K] [-n N] --out FILE.png\n       generate --model PIPELINE_DIR --prompt TEXT [--negative-prompt TEXT] --seed S [--steps K] [--guidance G] [--size WxH] --out FILE.png",
                                      flags: generateFlags, run: generate)
 
     static let generateFlags = [
@@ -18,11 +18,18 @@ enum Commands {
         FlagSpec("per-class", "one row per class (class-conditional models): n images per row, seeds S..S+n-1", isSwitch: true),
         FlagSpec("scale", "enlarge the PNG N times, nearest neighbour (1...64), so small images can be seen", default: "1"),
         FlagSpec("out", "output PNG file"),
-    ]
+    ] + TextCommands.generateFlags
 
     static func generate(_ f: ParsedFlags) throws {
         let out = try f.required("out")
-        let pipeline = try ImagePipeline.load(path: try f.required("model"))
+        let loaded = try GenerationPipeline.load(path: try f.required("model"))
+        guard case .pixel(let pipeline) = loaded else {
+            if case .text(let t) = loaded { try TextCommands.generate(f, t) }
+            return
+        }
+        for spec in TextCommands.generateFlags where f.has(spec.name) {
+            throw FlagError("--\(spec.name) is for text-to-image models; \(pipeline.name) is a pixel model")
+        }
         guard let seedText = f.string("seed"), let seed = UInt64(seedText) else {
             throw FlagError("--seed \(f.string("seed") ?? ""): expected a non-negative integer")
         }

@@ -9,7 +9,7 @@ enum ServeDefaults {
     static let defaultModelName = "shapes16-cd-int8"
 }
 
-let tool = CommandLineTool(name: "onestep-serve", summary: "serves one-step image generators over HTTP; offline generate, run-unet, bench, quantize",
-                           commands: [ServeCommand.command, Commands.generate, Commands.runUNet, BenchCommand.command, Commands.quantize, BenchTextCommand.command],
+let tool = CommandLineTool(name: "onestep-serve", summary: "serves one-step image generators over HTTP; offline generate, run-unet, run-pipeline, bench, quantize",
+                           commands: [ServeCommand.command, Commands.generate, Commands.runUNet, TextCommands.runPipeline, BenchCommand.command, Commands.quantize, BenchTextCommand.command],
                            defaultCommand: "serve")
 exit(tool.main(Array(CommandLine.arguments.dropFirst())))

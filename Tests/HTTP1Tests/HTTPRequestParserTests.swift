@@ -149,7 +149,7 @@ final class HTTPRequestParserTests: XCTestCase {
         XCTAssertEqual(refusal("GET / HTTP/1.1\r\nHost: x\r\n\(manyHeaders)\r\n", limits: limits), 431)
         XCTAssertEqual(refusal("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\n", limits: limits), 413)
         XCTAssertNil(refusal("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789", limits: limits))
-        XCTAssertEqual(refusal("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"), 501)
+        XCTAssertEqual(refusal("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n"), 501)
         XCTAssertEqual(refusal("GET / HTTP/2.0\r\nHost: x\r\n\r\n"), 505)
         XCTAssertEqual(refusal("GET / HTTP/0.9\r\n\r\n"), 505)
     }
@@ -211,5 +211,75 @@ final class HTTPRequestParserTests: XCTestCase {
         XCTAssertEqual(query["d"], "x+y")
         XCTAssertEqual(query["bad"], "%G1")
         XCTAssertNil(query["zzz"])
+    }
+
+    // MARK: - Chunked bodies (RFC 9112 §7.1)
+
+    private let chunked = "POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+    func testChunkedBodyWithExtensionsAndTrailersAtEverySplitPoint() throws {
+        let text = chunked + "5;name=value\r\nhello\r\n1\r\n \r\nA ; quoted=\"a;b\"\r\n0123456789\r\n0\r\n"
+            + "X-Trailer: ignored\r\n\r\n" + "GET /next HTTP/1.1\r\nHost: x\r\n\r\n"
+        let bytes = Array(text.utf8)
+        for split in 0...bytes.count {
+            var parser = HTTPRequestParser()
+            var requests: [HTTPRequest] = []
+            parser.append(Array(bytes[0..<split]))
+            while let request = try parser.nextRequest() { requests.append(request) }
+            parser.append(Array(bytes[split...]))
+            while let request = try parser.nextRequest() { requests.append(request) }
+            XCTAssertEqual(requests.map(\.target), ["/c", "/next"], "split \(split)")
+            XCTAssertEqual(String(decoding: requests[0].body, as: UTF8.self), "hello 0123456789", "split \(split)")
+            XCTAssertNil(requests[0].headers["X-Trailer"], "trailers are not merged into the headers")
+        }
+        // Byte by byte, and with bare LF line ends.
+        var parser = HTTPRequestParser()
+        var bodies: [[UInt8]] = []
+        for byte in Array((chunked + "3\nabc\n0\n\n").utf8) {
+            parser.append([byte])
+            while let request = try parser.nextRequest() { bodies.append(request.body) }
+        }
+        XCTAssertEqual(bodies, [Array("abc".utf8)])
+    }
+
+    func testChunkedBodyLimitsAndMalformedFraming() {
+        let limits = HTTPRequestParser.Limits(maxHeaderBytes: 128, maxBodyBytes: 10)
+        // The same body limit as Content-Length: 10 bytes pass, 11 (in one chunk or across chunks) get 413.
+        XCTAssertNil(refusal(chunked + "a\r\n0123456789\r\n0\r\n\r\n", limits: limits))
+        XCTAssertEqual(refusal(chunked + "b\r\n", limits: limits), 413, "refused before the data arrives")
+        XCTAssertEqual(refusal(chunked + "6\r\n012345\r\n5\r\n", limits: limits), 413)
+        XCTAssertEqual(refusal(chunked + "7fffffffffffffff\r\n", limits: limits), 413)
+        let cases: [(String, Int)] = [
+            (chunked + "ffffffffffffffffff\r\n", 400),             // overflows 64 bits
+            (chunked + "-1\r\n", 400),
+            (chunked + "0x5\r\n", 400),
+            (chunked + "\r\n", 400),                                // empty size
+            (chunked + "5 junk\r\n", 400),
+            (chunked + "5;ext\u{01}\r\nhello\r\n0\r\n\r\n", 400),  // control character in an extension
+            (chunked + "3\r\nabcdef\r\n0\r\n\r\n", 400),          // data longer than its size
+            (chunked + String(repeating: "0", count: 5000) + "\r\n", 400),  // size line over 4 KiB
+            (chunked + "0\r\n" + String(repeating: "T: v\r\n", count: 40) + "\r\n", 431),  // trailers too big
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ,\r\n\r\n", 400),
+            ("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", 501),
+            ("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: identity\r\n\r\n", 501),
+        ]
+        for (text, status) in cases {
+            XCTAssertEqual(refusal(text, limits: limits), status, text.debugDescription)
+        }
+    }
+
+    func testChunkedBodyWithExpectContinue() throws {
+        var parser = HTTPRequestParser()
+        parser.append(Array("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n".utf8))
+        XCTAssertNil(try parser.nextRequest())
+        XCTAssertTrue(parser.expectsContinue)
+        parser.acknowledgeContinue()
+        parser.append(Array("2\r\nok\r\n0\r\n\r\n".utf8))
+        XCTAssertEqual(try parser.nextRequest()?.body, Array("ok".utf8))
     }
 }

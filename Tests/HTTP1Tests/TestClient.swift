@@ -22,11 +22,15 @@ final class TestClient {
     private var buffer: [UInt8] = []
 
     /// Connects to 127.0.0.1:`port`; reads time out after `timeout` seconds so a broken server fails, not hangs.
-    init(port: Int, timeout: Int = 5) throws {
+    /// `receiveBuffer` sets SO_RCVBUF before connecting (a client that reads nothing then holds little).
+    init(port: Int, timeout: Int = 5, receiveBuffer: Int32? = nil) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw TestClientError(description: "socket failed") }
         var tv = timeval(tv_sec: timeout, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        if var size = receiveBuffer {
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = UInt16(port).bigEndian
@@ -124,6 +128,12 @@ final class TestClient {
             if count < 0 { return errno == ECONNRESET }
             buffer.append(contentsOf: chunk[0..<count])
         }
+    }
+
+    /// Reads up to `count` raw bytes (whatever one recv returns); 0 on EOF, -1 on error or timeout.
+    func readRaw(upTo count: Int) -> Int {
+        var chunk = [UInt8](repeating: 0, count: count)
+        return chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
     }
 
     /// Sends `request` and reads its response in one go.

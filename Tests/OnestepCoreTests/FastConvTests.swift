@@ -67,6 +67,16 @@ final class FastConvTests: XCTestCase {
         return a
     }
 
+    /// One shared team per size (teams are persistent threads; tests run one at a time per team).
+    nonisolated(unsafe) static var teams: [Int: ThreadTeam] = [:]
+    static func team(_ threads: Int) -> ThreadTeam? {
+        guard threads > 1 else { return nil }
+        if let t = teams[threads] { return t }
+        let t = ThreadTeam(threads: threads)
+        teams[threads] = t
+        return t
+    }
+
     /// Runs one conv (fp32 or int8) with bias and, when `residual` is given, accumulation onto it.
     static func run(_ c: Case, _ layer: Conv2DLayer, x: [Float], batch: Int, residual: [Float]?, int8: Bool,
                     level: KernelLevel, threads: Int = 1) -> [Float] {
@@ -76,8 +86,8 @@ final class FastConvTests: XCTestCase {
         let ho = c.geometry.outputHeight(h), wo = c.geometry.outputWidth(w)
         let existing = residual.map { activation($0, channels: c.geometry.outChannels, batch: batch, height: ho, width: wo, pool: pool) }
         let y = int8
-            ? FastConv.conv(xa, PackedConvInt8(layer), upsample: c.upsample, pool: pool, accumulateInto: existing, level: level, threads: threads)
-            : FastConv.conv(xa, PackedConvF32(layer), upsample: c.upsample, pool: pool, accumulateInto: existing, level: level, threads: threads)
+            ? FastConv.conv(xa, PackedConvInt8(layer), upsample: c.upsample, pool: pool, accumulateInto: existing, level: level, team: Self.team(threads))
+            : FastConv.conv(xa, PackedConvF32(layer), upsample: c.upsample, pool: pool, accumulateInto: existing, level: level, team: Self.team(threads))
         return Array(UnsafeBufferPointer(start: y.data, count: y.count))
     }
 
@@ -113,7 +123,7 @@ final class FastConvTests: XCTestCase {
                 let ref = Self.reference(c, layer, x: x, batch: c.batch, residual: res)
                 var first: [Float]?
                 for level in Self.levels {
-                    for threads in [1, 2] {
+                    for threads in [1, 2, 3] {
                         let y = Self.run(c, layer, x: x, batch: c.batch, residual: res, int8: false, level: level, threads: threads)
                         let err = TensorError.relativeL2(y, ref)
                         worst = max(worst, err)
@@ -140,7 +150,7 @@ final class FastConvTests: XCTestCase {
             let base = Self.reference(c, layer, x: [Float](repeating: 0, count: x.count), batch: c.batch, residual: residual)
             var first: [Float]?, caseError = 0.0
             for level in Self.levels {
-                for threads in [1, 2] {
+                for threads in [1, 2, 3] {
                     let y = Self.run(c, layer, x: x, batch: c.batch, residual: residual, int8: true, level: level, threads: threads)
                     let err = TensorError.relativeL2(zip(y, base).map { $0 - $1 }, zip(ref, base).map { $0 - $1 })
                     caseError = max(caseError, err)

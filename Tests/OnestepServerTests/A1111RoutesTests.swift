@@ -75,7 +75,7 @@ final class A1111RoutesTests: XCTestCase {
     func testRefusalsSayWhatWasWrong() throws {
         let server = try RunningServer(models: Fixtures.namedModels)
         let cases: [(String, Int, String)] = [
-            (#"{"prompt": "dog"}"#, 400, "valid labels: circle, square"),
+            (#"{"prompt": "dog"}"#, 400, "it must contain one of: circle, square"),
             (#"{"enable_hr": true}"#, 400, "enable_hr (hires fix) is not supported"),
             (#"{"script_name": "x/y/z plot"}"#, 400, "scripts are not supported"),
             (#"{"alwayson_scripts": {"ControlNet": {"args": []}}}"#, 400, "extensions are not supported"),

@@ -52,14 +52,15 @@ final class BatchingTests: XCTestCase {
         XCTAssertEqual(alone.status, 200, alone.text)
         XCTAssertEqual(alone.headers["x-batch-images"], "1")
 
-        // Eight pipelined requests reach the batcher together and fill one batch of 8.
-        let c = try server.client()
-        c.send((40..<48).map { HTTPTestClient.get("/v1/generate?seed=\($0)") }.joined())
-        let batched = try (40..<48).map { _ in try XCTUnwrap(c.readResponse()) }
+        // Eight requests on eight connections, sent together, reach the batcher within the 50 ms delay and fill
+        // one batch of 8. (Pipelined requests on one connection are served one at a time since issue 17, so
+        // they no longer batch together.)
+        let clients = try (0..<8).map { _ in try server.client() }
+        for (client, seed) in zip(clients, 40..<48) { client.send(HTTPTestClient.get("/v1/generate?seed=\(seed)")) }
+        let batched = try clients.map { try XCTUnwrap($0.readResponse()) }
         XCTAssertEqual(batched.map(\.status), Array(repeating: 200, count: 8))
-        XCTAssertEqual(batched.map { $0.headers["x-seed"] }, (40..<48).map { String($0) }, "answered in request order")
-        // All eight are dispatched from one read, well inside the 50 ms delay: one batch of 8 in practice; the
-        // property under test only needs the batch to hold more than this request.
+        XCTAssertEqual(batched.map { $0.headers["x-seed"] }, (40..<48).map { String($0) })
+        // One batch of 8 in practice; the property under test only needs the batch to hold more than this request.
         XCTAssertGreaterThan(Int(batched[2].headers["x-batch-images"] ?? "") ?? 0, 1)
         XCTAssertEqual(batched[2].body, alone.body, "seed 42 alone and inside a batch are the same bytes")
 
@@ -71,8 +72,10 @@ final class BatchingTests: XCTestCase {
 
         // With an explicit class and two steps as well.
         let aloneTwoSteps = try server.get("/v1/generate?seed=42&label=7&steps=2")
-        c.send((40..<48).map { HTTPTestClient.get("/v1/generate?seed=\($0)&label=7&steps=2") }.joined())
-        let batchedTwoSteps = try (40..<48).map { _ in try XCTUnwrap(c.readResponse()) }
+        for (client, seed) in zip(clients, 40..<48) {
+            client.send(HTTPTestClient.get("/v1/generate?seed=\(seed)&label=7&steps=2"))
+        }
+        let batchedTwoSteps = try clients.map { try XCTUnwrap($0.readResponse()) }
         XCTAssertGreaterThan(Int(batchedTwoSteps[2].headers["x-batch-images"] ?? "") ?? 0, 1)
         XCTAssertEqual(batchedTwoSteps[2].body, aloneTwoSteps.body)
     }

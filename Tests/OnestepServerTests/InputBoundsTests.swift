@@ -22,6 +22,7 @@ final class InputBoundsTests: XCTestCase {
         ("body-timeout-ms", "10", "3600000", []),
         ("idle-timeout-ms", "10", "3600000", []),
         ("drain-timeout-ms", "0", "3600000", []),
+        ("text-embedding-cache", "0", "1000000", []),
     ]
 
     static func onePast(_ v: String, by d: Int) -> String { String(Int(v)! + d) }

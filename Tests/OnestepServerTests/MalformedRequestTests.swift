@@ -22,7 +22,7 @@ final class MalformedRequestTests: XCTestCase {
             ("body too large", "POST /v1/images/generations HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\n", 413),
             ("request line too long", "GET /v1/generate?seed=" + String(repeating: "1", count: 9000) + " HTTP/1.1\r\nHost: t\r\n\r\n", 414),
             ("headers too large", "GET /healthz HTTP/1.1\r\nHost: t\r\n" + (0..<20).map { "X-Pad-\($0): \(padding)\r\n" }.joined() + "\r\n", 431),
-            ("chunked body", "POST /v1/generate HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 501),
+            ("gzip body", "POST /v1/generate HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n0\r\n\r\n", 501),
             ("HTTP/2.0 request line", "GET /healthz HTTP/2.0\r\nHost: t\r\n\r\n", 505),
         ]
         for (what, request, status) in cases {

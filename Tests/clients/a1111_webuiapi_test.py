@@ -76,7 +76,7 @@ class WebUIApiTest(unittest.TestCase):
             self.api.txt2img(prompt="a photo of a cat", seed=1, steps=1)
         status, text = e.exception.args
         self.assertEqual(status, 400)
-        self.assertIn("valid labels: circle", json.loads(text)["detail"])
+        self.assertIn("it must contain one of: circle", json.loads(text)["detail"])
         with self.assertRaises(RuntimeError) as e:
             self.api.txt2img(prompt="circle", enable_hr=True, steps=1)
         self.assertIn("enable_hr", e.exception.args[1])

@@ -79,6 +79,38 @@ void osk_conv_q8(int level, const osk_conv *g, const int32_t *packed, const int3
                  const float *wscale, const uint32_t *xq, const float *xscale, const int32_t *xzp,
                  int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1);
 
+/// A persistent team of threads splitting one job into chunks (onestep_team.c): every thread, the caller
+/// included, claims the next chunk until none is left; helpers spin briefly after a job, then park. One caller
+/// at a time per team.
+typedef struct osk_team osk_team;
+/// Chunk `chunk` of a job, run by team thread `worker` (0 = the caller; < threads: index per-thread scratch).
+typedef void (*osk_task)(void *ctx, int32_t chunk, int32_t worker);
+/// A team of `threads` (>= 1) including the calling thread; NULL when out of memory.
+osk_team *osk_team_create(int32_t threads);
+int32_t osk_team_threads(const osk_team *team);
+/// Runs fn(ctx, 0..<chunks, worker) on the team and returns when every chunk has finished (chunks < 2^20).
+void osk_team_run(osk_team *team, int32_t chunks, osk_task fn, void *ctx);
+/// Stops and joins the helpers.
+void osk_team_destroy(osk_team *team);
+
+/// int8 linear (onestep_linear.c): Y (rows, N) = X (rows, K) W^T + bias, row-major, u8 activations with a
+/// scale and zero point per row, s8 weights per output channel, exact int32 sums (vpdpbusd on avx512).
+/// int32 words of W (N, K) packed: [ceil(N/32)][ceil(K/4)][32].
+size_t osk_lq8_packed_count(int32_t n, int32_t k);
+/// Packs codes w (N, K) row-major; rowsum has ceil(N/32)*32 entries (pad 0).
+void osk_lq8_pack(const int8_t *w, int32_t n, int32_t k, int32_t *packed, int32_t *rowsum);
+/// Quantizes each row of x (rows, K), row stride ldx: s = (max - min) / 255 over the row (range widened to hold
+/// 0), zp = round(-min / s), code = clamp(round(v / s) + zp, 0, 255); xq is [rows][ceil(K/4)] words.
+void osk_lq8_quantize(const float *x, int32_t rows, int32_t k, int64_t ldx, uint32_t *xq, float *scale, int32_t *zp);
+/// Rows r0..<r1 of y (row stride ldy) = s_x[r] * s_w[o] * (sum_k xq * wq - zp[r] * rowsum[o]) + bias[o] (bias may
+/// be NULL). Threads may call it concurrently on disjoint row ranges; every level gives identical bits.
+void osk_lq8_gemm(int level, const uint32_t *xq, const float *xscale, const int32_t *xzp, int32_t rows, int32_t k,
+                  const int32_t *packed, const int32_t *rowsum, const float *wscale, const float *bias, int32_t n,
+                  float *y, int64_t ldy, int32_t r0, int32_t r1);
+/// Runs `iterations` of 12 independent dependent chains of 512-bit vpdpbusd; returns the int8 ops done (0 when
+/// the CPU lacks AVX-512 VNNI). The caller times it: the VNNI peak of one core.
+int64_t osk_vnni_peak_ops(int64_t iterations, int64_t *checksum);
+
 #ifdef __cplusplus
 }
 #endif

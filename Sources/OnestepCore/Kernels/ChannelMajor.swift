@@ -72,8 +72,8 @@ public enum ChannelMajor {
         let g = layer.geometry
         precondition(x.channels == g.inChannels, "conv \(layer.key): input has \(x.channels) channels, needs \(g.inChannels)")
         switch layer.packed {
-        case .f32(let w): return FastConv.conv(x, w, upsample: upsample, pool: pool, accumulateInto: existing)
-        case .int8(let w): return FastConv.conv(x, w, upsample: upsample, pool: pool, accumulateInto: existing)
+        case .f32(let w): return FastConv.conv(x, w, upsample: upsample, pool: pool, accumulateInto: existing, team: pool.team)
+        case .int8(let w): return FastConv.conv(x, w, upsample: upsample, pool: pool, accumulateInto: existing, team: pool.team)
         case nil: break
         }
         // Bias (and the residual already in `existing`) first; the GEMM accumulates onto it (beta = 1).
@@ -99,32 +99,35 @@ public enum ChannelMajor {
     ///   v = x + preShift[n, c]                       (time embedding added before norm2, "default")
     ///   y = (groupnorm(v) * gamma + beta) * (1 + scale[n, c]) + shift[n, c]   ("scale_shift"; t = [scale | shift])
     ///   y = silu(y) when `silu`.
-    /// preShift is (N, C); scaleShift is (N, 2C). y may be x.
+    /// preShift is (N, C); scaleShift is (N, 2C). y may be x. A `team` splits the (image, group) pairs between
+    /// its threads; each pair is computed the same way on any thread.
     public static func groupNorm(_ x: Activation, _ layer: GroupNormLayer, silu: Bool,
                                  preShift: UnsafePointer<Float>? = nil, scaleShift: UnsafePointer<Float>? = nil,
-                                 into y: UnsafeMutablePointer<Float>) {
+                                 into y: UnsafeMutablePointer<Float>, team: ThreadTeam? = nil) {
         let c = x.channels, n = x.batch, hw = x.pixels, groups = layer.groups, cpg = c / groups
-        let stride = n * hw
-        layer.gamma.data.withUnsafeBufferPointer { gamma in
-            layer.beta.data.withUnsafeBufferPointer { beta in
-                for i in 0..<n {
-                    for g in 0..<groups {
-                        let first = g * cpg
-                        let (mean, variance) = FastConv.groupMoments(x.data + first * stride + i * hw, planeStride: stride, planes: cpg,
-                                                                     count: hw, shift: preShift.map { $0 + i * c + first })
-                        let rstd = 1 / (variance + Double(layer.eps)).squareRoot()
+        let stride = n * hw, eps = Double(layer.eps)
+        nonisolated(unsafe) let xd = x.data, yd = y, pre = preShift, ss = scaleShift
+        layer.gamma.data.withUnsafeBufferPointer { gammaBuffer in
+            layer.beta.data.withUnsafeBufferPointer { betaBuffer in
+                nonisolated(unsafe) let gamma = gammaBuffer.baseAddress!, beta = betaBuffer.baseAddress!
+                FastConv.forEachRange(n * groups, granule: 1, team: team) { u0, u1 in
+                    for u in u0..<u1 {
+                        let i = u / groups, g = u % groups, first = g * cpg
+                        let (mean, variance) = FastConv.groupMoments(xd + first * stride + i * hw, planeStride: stride, planes: cpg,
+                                                                     count: hw, shift: pre.map { $0 + i * c + first })
+                        let rstd = 1 / (variance + eps).squareRoot()
                         for cc in 0..<cpg {
                             let ch = g * cpg + cc
-                            let pre = Double(preShift?[i * c + ch] ?? 0)
+                            let shiftBefore = Double(pre?[i * c + ch] ?? 0)
                             var a = rstd * Double(gamma[ch])
-                            var b = Double(beta[ch]) + (pre - mean) * a
-                            if let ss = scaleShift {
+                            var b = Double(beta[ch]) + (shiftBefore - mean) * a
+                            if let ss {
                                 let scale = 1 + Double(ss[i * 2 * c + ch]), shift = Double(ss[i * 2 * c + c + ch])
                                 a *= scale
                                 b = b * scale + shift
                             }
                             let fa = Float(a), fb = Float(b)
-                            let src = x.data + ch * stride + i * hw, dst = y + ch * stride + i * hw
+                            let src = xd + ch * stride + i * hw, dst = yd + ch * stride + i * hw
                             if silu {
                                 Activations.affineSiLU(src, dst, count: hw, a: fa, b: fb)
                             } else {
@@ -141,14 +144,23 @@ public enum ChannelMajor {
     /// `residual` the block input; y is a new activation.
     public static func attention(_ h: Activation, residual: Activation, _ block: AttentionBlock, pool: BufferPool) -> Activation {
         let c = h.channels, l = h.pixels, n = h.batch, cols = n * l, heads = block.heads, d = c / heads
+        let team = pool.team, parts = team?.threads ?? 1
         let q = pool.acquire(c * cols), k = pool.acquire(c * cols), v = pool.acquire(c * cols), o = pool.acquire(c * cols)
-        let scratchCount = l * l + 4 * d * l
-        let p = pool.acquire(scratchCount)
+        let scratchCount = l * l + 4 * d * l   // per team thread: each runs whole heads
+        let p = pool.acquire(scratchCount * parts)
         defer {
             for b in [q, k, v, o] { pool.release(b, count: c * cols) }
-            pool.release(p, count: scratchCount)
+            pool.release(p, count: scratchCount * parts)
         }
         func project(_ layer: LinearLayer, _ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, accumulate: Bool) {
+            if let p8 = layer.packed8 {
+                // int8: a 1x1 convolution over each image's pixels (per-image activation scale), bias added on y.
+                if !accumulate { y.update(repeating: 0, count: c * cols) }
+                let xv = Activation(viewing: UnsafeMutablePointer(mutating: x), channels: c, batch: n, height: h.height, width: h.width)
+                let yv = Activation(viewing: y, channels: c, batch: n, height: h.height, width: h.width)
+                _ = FastConv.conv(xv, p8, pool: pool, accumulateInto: yv, team: team)
+                return
+            }
             layer.bias.data.withUnsafeBufferPointer { bp in
                 for ch in 0..<c {
                     let row = y + ch * cols, bv = bp[ch]
@@ -156,7 +168,7 @@ public enum ChannelMajor {
                 }
             }
             if let packed = layer.packed {
-                FastConv.gemm(packed, b: x, ldb: cols, c: y, ldc: cols, columns: 0..<cols)
+                FastConv.gemm(packed, b: x, ldb: cols, c: y, ldc: cols, columns: 0..<cols, team: team)
             } else {
                 layer.weight.data.withUnsafeBufferPointer { wp in
                     BLAS.sgemm(m: c, n: cols, k: c, a: wp.baseAddress!, lda: c, b: x, ldb: cols, beta: 1, c: y, ldc: cols)
@@ -167,12 +179,15 @@ public enum ChannelMajor {
         project(block.toK, h.data, into: k, accumulate: false)
         project(block.toV, h.data, into: v, accumulate: false)
         let scale = Float(1.0 / Double(d).squareRoot())
-        for i in 0..<n {
-            for hd in 0..<heads {
-                let off = hd * d * cols + i * l
-                // Oh (D, Lq) = Vh softmax(scale Qh^T Kh)^T, one head of one image in C (no GEMM packing).
-                FastConv.attentionHead(q: q + off, k: k + off, v: v + off, ld: cols, length: l, headDim: d, scale: scale,
-                                       out: o + off, scratch: p)
+        nonisolated(unsafe) let qp = q, kp = k, vp = v, op = o, pp = p
+        // (image, head) pairs split into one contiguous range per thread, each with its own scratch; each pair
+        // is one C call, Oh (D, Lq) = Vh softmax(scale Qh^T Kh)^T, computed the same way on any thread.
+        FastConv.forEachPart(n * heads, granule: 1, team: team) { worker, u0, u1 in
+            let scratch = pp + scratchCount * worker
+            for u in u0..<u1 {
+                let off = (u % heads) * d * cols + (u / heads) * l
+                FastConv.attentionHead(q: qp + off, k: kp + off, v: vp + off, ld: cols, length: l, headDim: d, scale: scale,
+                                       out: op + off, scratch: scratch)
             }
         }
         let y = Activation(pool: pool, channels: c, batch: n, height: h.height, width: h.width)

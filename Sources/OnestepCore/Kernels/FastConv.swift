@@ -108,10 +108,10 @@ public enum FastConv {
     public static let tileColumns = Int(OSK_NR)
 
     /// y (Cout, N, Ho, Wo) = conv(x) + bias [+ existing]. With `upsample`, x is read as if nearest-upsampled
-    /// 2x first. `threads` > 1 splits the output columns between that many threads.
+    /// 2x first. A `team` splits the output columns between its threads (same bytes for any team size).
     public static func conv(_ x: Activation, _ w: PackedConvF32, upsample: Bool = false, pool: BufferPool,
                             accumulateInto existing: Activation? = nil, level: KernelLevel = .best,
-                            threads: Int = 1) -> Activation {
+                            team: ThreadTeam? = nil) -> Activation {
         let g = cGeometry(w.geometry, upsample: upsample)
         precondition(x.channels == w.geometry.inChannels, "conv: input has \(x.channels) channels, needs \(w.geometry.inChannels)")
         precondition(level.isSupported, "conv: kernel level \(level) not supported on this CPU")
@@ -120,7 +120,7 @@ public enum FastConv {
         let n = Int32(x.batch), h = Int32(x.height), wd = Int32(x.width)
         w.panels.withUnsafeBufferPointer { a in
             nonisolated(unsafe) let ap = a.baseAddress!
-            forEachColumnRange(y.columns, threads: threads) { n0, n1 in
+            forEachColumnRange(y.columns, team: team) { n0, n1 in
                 var gc = g
                 osk_conv_f32(level.rawValue, &gc, ap, xp, n, h, wd, yp, Int64(n0), Int64(n1))
             }
@@ -132,7 +132,7 @@ public enum FastConv {
     /// products are summed exactly in int32 (vpdpbusd), and y += s_w[m] * s_x[img] * (sum - zp[img] * rowsum[m]).
     public static func conv(_ x: Activation, _ w: PackedConvInt8, upsample: Bool = false, pool: BufferPool,
                             accumulateInto existing: Activation? = nil, level: KernelLevel = .best,
-                            threads: Int = 1) -> Activation {
+                            team: ThreadTeam? = nil) -> Activation {
         let g = cGeometry(w.geometry, upsample: upsample)
         precondition(x.channels == w.geometry.inChannels, "conv: input has \(x.channels) channels, needs \(w.geometry.inChannels)")
         precondition(level.isSupported, "conv: kernel level \(level) not supported on this CPU")
@@ -146,14 +146,14 @@ public enum FastConv {
         nonisolated(unsafe) let xs = params
         nonisolated(unsafe) let xz = UnsafeMutableRawPointer(params + x.batch).assumingMemoryBound(to: Int32.self)
         let c = Int32(x.channels), n = Int32(x.batch), h = Int32(x.height), wd = Int32(x.width), hw = Int32(x.pixels)
-        forEachRange(x.batch, granule: 1, threads: threads) { i0, i1 in
+        forEachRange(x.batch, granule: 1, team: team) { i0, i1 in
             osk_q8_quantize(level.rawValue, xp, c, n, hw, Int32(i0), Int32(i1), xq, xs, xz)
         }
         w.codes.withUnsafeBufferPointer { a in
             w.rowSums.withUnsafeBufferPointer { rs in
                 w.scales.withUnsafeBufferPointer { sc in
                     nonisolated(unsafe) let ap = a.baseAddress!, rsp = rs.baseAddress!, scp = sc.baseAddress!
-                    forEachColumnRange(y.columns, threads: threads) { n0, n1 in
+                    forEachColumnRange(y.columns, team: team) { n0, n1 in
                         var gc = g
                         osk_conv_q8(level.rawValue, &gc, ap, rsp, scp, xq, xs, xz, n, h, wd, yp, Int64(n0), Int64(n1))
                     }
@@ -164,12 +164,17 @@ public enum FastConv {
     }
 
     /// C (M, cols) += A (M, K) * B (K, cols), all row-major, A packed by `PackedGemmF32`; columns n0..<n1.
+    /// A `team` splits the columns between its threads (each column's sum is the same chain either way).
     public static func gemm(_ a: PackedGemmF32, b: UnsafePointer<Float>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int,
-                            columns: Range<Int>, level: KernelLevel = .best) {
+                            columns: Range<Int>, level: KernelLevel = .best, team: ThreadTeam? = nil) {
         precondition(level.isSupported, "gemm: kernel level \(level) not supported on this CPU")
+        nonisolated(unsafe) let bp = b, cp = c
+        let m = Int32(a.rows), k = Int32(a.depth), lo = columns.lowerBound
         a.panels.withUnsafeBufferPointer { ap in
-            osk_gemm_f32(level.rawValue, ap.baseAddress!, Int32(a.rows), Int32(a.depth), b, Int64(ldb), c, Int64(ldc),
-                         Int64(columns.lowerBound), Int64(columns.upperBound))
+            nonisolated(unsafe) let app = ap.baseAddress!
+            forEachColumnRange(columns.count, team: team) { n0, n1 in
+                osk_gemm_f32(level.rawValue, app, m, k, bp, Int64(ldb), cp, Int64(ldc), Int64(lo + n0), Int64(lo + n1))
+            }
         }
     }
 
@@ -228,18 +233,30 @@ public enum FastConv {
         return y
     }
 
-    /// Splits the output columns 0..<cols into `threads` tile-aligned ranges and runs `body` on them concurrently.
-    public static func forEachColumnRange(_ cols: Int, threads: Int, _ body: @Sendable (Int, Int) -> Void) {
-        forEachRange(cols, granule: tileColumns, threads: threads, body)
+    /// Splits the output columns 0..<cols into one tile-aligned range per team thread and runs `body` on them
+    /// concurrently (on the caller alone without a team).
+    public static func forEachColumnRange(_ cols: Int, team: ThreadTeam?, _ body: @Sendable (Int, Int) -> Void) {
+        forEachRange(cols, granule: tileColumns, team: team, body)
     }
 
-    /// Splits 0..<count into `threads` contiguous ranges (multiples of `granule`) and runs them concurrently.
-    static func forEachRange(_ count: Int, granule: Int, threads: Int, _ body: @Sendable (Int, Int) -> Void) {
-        let units = (count + granule - 1) / granule, parts = max(1, min(threads, units))
-        if parts == 1 { body(0, count); return }
-        DispatchQueue.concurrentPerform(iterations: parts) { p in
+    /// Splits 0..<count into contiguous ranges (multiples of `granule`), one per team thread, run concurrently.
+    public static func forEachRange(_ count: Int, granule: Int, team: ThreadTeam?, _ body: @Sendable (Int, Int) -> Void) {
+        forEachPart(count, granule: granule, team: team) { _, lo, hi in body(lo, hi) }
+    }
+
+    /// Chunks per team thread: more chunks than threads, so a thread the OS deschedules on a shared machine
+    /// leaves its share to the others instead of stalling the layer.
+    public static let chunksPerThread = 4
+
+    /// forEachRange that also gives the team thread running each range (0..<threads, for per-thread scratch).
+    /// The ranges depend only on `count`, `granule` and the team size, never on which thread runs them.
+    public static func forEachPart(_ count: Int, granule: Int, team: ThreadTeam?, _ body: @Sendable (_ worker: Int, Int, Int) -> Void) {
+        let units = (count + granule - 1) / granule
+        let parts = max(1, min(units, (team?.threads ?? 1) * chunksPerThread))
+        guard let team, team.threads > 1, parts > 1 else { body(0, 0, count); return }
+        team.run(chunks: parts) { p, worker in
             let u0 = units * p / parts, u1 = units * (p + 1) / parts
-            body(min(count, u0 * granule), min(count, u1 * granule))
+            body(worker, min(count, u0 * granule), min(count, u1 * granule))
         }
     }
 }
@@ -258,5 +275,137 @@ public struct PackedGemmF32: Sendable {
             osk_f32_pack(a.baseAddress!, Int32(m), Int32(k), buf.baseAddress!)
             n = count
         }
+    }
+}
+
+/// Threads that split each layer of one forward pass between them (onestep_team.c): the calling thread and
+/// `threads - 1` persistent helpers, which spin briefly after a job and then park, so layer after layer
+/// costs no thread creation and no kernel wake-up. One compute thread owns a team and only it calls `run`
+/// (BufferPool.team). Work is split into fixed ranges that do not change any value's reduction order, so the
+/// output bytes are the same with any team size.
+public final class ThreadTeam: @unchecked Sendable {
+    public let threads: Int
+    private let handle: OpaquePointer
+
+    /// A team of `threads` (1...256) including the calling thread.
+    public init(threads: Int) {
+        precondition((1...256).contains(threads), "thread team: \(threads) threads, expected 1...256")
+        guard let h = osk_team_create(Int32(threads)) else { fatalError("thread team: out of memory creating \(threads) threads") }
+        self.threads = threads
+        handle = h
+    }
+
+    deinit { osk_team_destroy(handle) }
+
+    /// Runs body(chunk, worker) for chunk in 0..<chunks, each chunk once, on whichever team thread claims it
+    /// (worker 0..<threads identifies the thread, for per-thread scratch); returns when all have finished.
+    public func run(chunks: Int, _ body: @Sendable (_ chunk: Int, _ worker: Int) -> Void) {
+        if chunks <= 0 { return }
+        withoutActuallyEscaping(body) { b in
+            var box = b
+            withUnsafeMutablePointer(to: &box) { p in
+                osk_team_run(handle, Int32(chunks), { ctx, chunk, worker in
+                    ctx!.assumingMemoryBound(to: (@Sendable (Int, Int) -> Void).self).pointee(Int(chunk), Int(worker))
+                }, p)
+            }
+        }
+    }
+}
+
+/// int8 linear-layer weights (nn.Linear (out, in)) packed for FastConv.linear: symmetric codes per output
+/// channel in 32-channel panels for vpdpbusd, with each channel's code sum (for the activation zero point).
+public struct PackedLinearInt8: Sendable {
+    public let outFeatures: Int, inFeatures: Int   // N, K
+    public let bias: [Float]?                      // (N)
+    let words: [Int32]                             // [ceil(N/32)][ceil(K/4)][32]
+    let rowSums: [Int32]                           // (ceil(N/32)*32)
+    let scales: [Float]                            // (N)
+
+    /// From stored codes (kept bit for bit), or from float weights via Int8Weights.quantize.
+    public init(weights q: Int8Tensor, bias: [Float]?) {
+        precondition(q.shape.count == 2, "int8 linear: weights \(q.shape), expected (out, in)")
+        let n = q.shape[0], k = q.shape[1]
+        precondition(bias == nil || bias!.count == n, "int8 linear: \(bias!.count) biases for \(n) outputs")
+        outFeatures = n
+        inFeatures = k
+        self.bias = bias
+        var w = [Int32](repeating: 0, count: osk_lq8_packed_count(Int32(n), Int32(k)))
+        var sums = [Int32](repeating: 0, count: (n + 31) / 32 * 32)
+        q.codes.withUnsafeBufferPointer { c in osk_lq8_pack(c.baseAddress!, Int32(n), Int32(k), &w, &sums) }
+        words = w
+        rowSums = sums
+        scales = q.scales
+    }
+}
+
+extension FastConv {
+    /// y (rows, N) = x (rows, K) W^T + bias, both row-major with row strides K and N (nn.Linear on each row):
+    /// each row quantized to uint8 with its own scale and zero point, exact int32 sums, so a row's result does not
+    /// depend on the other rows, the thread split or the level (onestep_linear.c). A `team` splits the rows.
+    public static func linear(_ x: UnsafePointer<Float>, rows: Int, _ w: PackedLinearInt8, into y: UnsafeMutablePointer<Float>,
+                              level: KernelLevel = .best, team: ThreadTeam? = nil) {
+        precondition(level.isSupported, "int8 linear: kernel level \(level) not supported on this CPU")
+        let k = w.inFeatures, k4 = (k + 3) / 4, n = Int32(w.outFeatures)
+        var codes = [UInt32](repeating: 0, count: rows * k4)
+        var scale = [Float](repeating: 0, count: rows), zp = [Int32](repeating: 0, count: rows)
+        nonisolated(unsafe) let xp = x, yp = y
+        codes.withUnsafeMutableBufferPointer { cq in scale.withUnsafeMutableBufferPointer { cs in zp.withUnsafeMutableBufferPointer { cz in
+            nonisolated(unsafe) let q = cq.baseAddress!, s = cs.baseAddress!, z = cz.baseAddress!
+            forEachRange(rows, granule: 1, team: team) { r0, r1 in
+                osk_lq8_quantize(xp + r0 * k, Int32(r1 - r0), Int32(k), Int64(k), q + r0 * k4, s + r0, z + r0)
+            }
+            w.words.withUnsafeBufferPointer { wp in w.rowSums.withUnsafeBufferPointer { rs in w.scales.withUnsafeBufferPointer { ws in
+                nonisolated(unsafe) let wpp = wp.baseAddress!, rsp = rs.baseAddress!, wsp = ws.baseAddress!
+                let body: @Sendable (UnsafePointer<Float>?) -> Void = { biasPointer in
+                    nonisolated(unsafe) let bias = biasPointer
+                    forEachRange(rows, granule: 4, team: team) { r0, r1 in
+                        osk_lq8_gemm(level.rawValue, q, s, z, Int32(rows), Int32(k), wpp, rsp, wsp, bias, n, yp, Int64(n), Int32(r0), Int32(r1))
+                    }
+                }
+                if let b = w.bias { b.withUnsafeBufferPointer { body($0.baseAddress!) } } else { body(nil) }
+            } } }
+        } } }
+    }
+
+    /// One core's int8 peak: 12 independent dependent chains of 512-bit vpdpbusd run for about `seconds`;
+    /// GOP/s (2 ops per multiply-add), or nil without AVX-512 VNNI.
+    public static func vnniPeakGops(seconds: Double = 0.5) -> Double? {
+        var checksum: Int64 = 0
+        guard osk_vnni_peak_ops(1, &checksum) > 0 else { return nil }
+        var best = 0.0, iterations: Int64 = 1 << 20
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
+        repeat {
+            let start = DispatchTime.now().uptimeNanoseconds
+            let ops = osk_vnni_peak_ops(iterations, &checksum)
+            let elapsed = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            best = max(best, Double(ops) / elapsed / 1e9)
+            if elapsed < 0.02 { iterations *= 2 }
+        } while DispatchTime.now().uptimeNanoseconds < deadline
+        return checksum == 0x7fff_ffff_ffff ? nil : best  // checksum read so the chains cannot be dropped
+    }
+}
+
+extension FastConv {
+    /// GOP/s of the int8 linear kernel's inner loop alone on one thread: `rows` random rows quantized once, then
+    /// only osk_lq8_gemm (integer sums + dequantization) timed, best call over about `seconds` (the figure to hold against
+    /// the VNNI peak; FastConv.linear adds the per-row quantization).
+    public static func linearInnerLoopGops(rows: Int, _ w: PackedLinearInt8, level: KernelLevel = .best, seconds: Double) -> Double {
+        let k = w.inFeatures, k4 = (k + 3) / 4, n = w.outFeatures
+        var x = [Float](repeating: 0, count: rows * k)
+        var state: UInt32 = 12345
+        for i in x.indices { state = state &* 1_664_525 &+ 1_013_904_223; x[i] = Float(Int32(bitPattern: state >> 8) - (1 << 23)) / Float(1 << 23) }
+        var codes = [UInt32](repeating: 0, count: rows * k4), scale = [Float](repeating: 0, count: rows), zp = [Int32](repeating: 0, count: rows)
+        osk_lq8_quantize(x, Int32(rows), Int32(k), Int64(k), &codes, &scale, &zp)
+        var y = [Float](repeating: 0, count: rows * n)
+        // Best single call, as the peak is a best interval: on a shared machine both see the least preempted run.
+        var best = Double.infinity, calls = 0
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(seconds * 1e9)
+        repeat {
+            let start = DispatchTime.now().uptimeNanoseconds
+            osk_lq8_gemm(level.rawValue, codes, scale, zp, Int32(rows), Int32(k), w.words, w.rowSums, w.scales, nil, Int32(n), &y, Int64(n), 0, Int32(rows))
+            best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+            calls += 1
+        } while DispatchTime.now().uptimeNanoseconds < deadline || calls < 3
+        return 2 * Double(rows * k * n) / best / 1e9
     }
 }

@@ -92,6 +92,9 @@ public enum Int8Policy: String, Sendable, CaseIterable {
     /// directly in the pixels). Linear layers stay fp32. This is also the rule for int8 files written before
     /// the policy key existed.
     case innerConvolutions = "inner-convolutions"
+    /// innerConvolutions plus the attention blocks' q/k/v/out projections (1x1 int8 products over each
+    /// image's pixels, activations quantized per image). Chosen explicitly (bench, quantize --policy).
+    case innerConvolutionsAndAttention = "inner-convolutions+attention-projections"
 
     public static let metadataKey = "onestep.int8_policy"
 
@@ -99,6 +102,8 @@ public enum Int8Policy: String, Sendable, CaseIterable {
     public func selects(_ layer: LayerSpec) -> Bool {
         switch self {
         case .innerConvolutions: return layer.convGeometry != nil && layer.role == .inner
+        case .innerConvolutionsAndAttention:
+            return (layer.convGeometry != nil && layer.role == .inner) || layer.role == .attentionProjection
         }
     }
 }

@@ -82,6 +82,9 @@ public struct LinearLayer: Sendable {
     public var bias: Tensor    // (out)
     /// Weight packed for FastConv.gemm by packForServing; nil uses OpenBLAS (the `blas` baseline).
     public var packed: PackedGemmF32?
+    /// Set instead when the int8 policy selects this layer (attention projections): the weight as a 1x1 int8
+    /// convolution, run over channel-major activations by ChannelMajor.attention.
+    public var packed8: PackedConvInt8?
 
     public var key: String { spec.key }
     public var inFeatures: Int { weight.shape[1] }
@@ -95,10 +98,9 @@ public struct LinearLayer: Sendable {
         bias = try src.tensor(spec.key + ".bias", shape: [o])
     }
 
-    /// A linear layer of a network without a LayerPlan (e.g. CLIPTextModel): weight (out, in) and bias (out)
-    /// read under `key`; role `.other`, pixels 1.
-    public init(_ key: String, _ src: WeightSource, in i: Int, out o: Int) throws {
-        try self.init(LayerSpec(key, .linear(inFeatures: i, outFeatures: o), role: .other, pixels: 1), src)
+    /// A linear layer of a network that has no layer plan yet (the CLIP text encoder): role `.other`, no pixels.
+    public init(_ key: String, _ src: WeightSource, in inFeatures: Int, out outFeatures: Int) throws {
+        try self.init(LayerSpec(key, .linear(inFeatures: inFeatures, outFeatures: outFeatures), role: .other, pixels: 0), src)
     }
 
     /// (N, in) -> (N, out), NCHW reference path (OpenBLAS).
@@ -144,6 +146,11 @@ public struct GroupNormLayer: Sendable {
         self.eps = eps
         gamma = try src.tensor(spec.key + ".weight", shape: [channels])
         beta = try src.tensor(spec.key + ".bias", shape: [channels])
+    }
+
+    /// A GroupNorm of a network without a layer plan (the latent networks): `key`.weight and `key`.bias (C).
+    public init(_ key: String, _ src: WeightSource, channels: Int, groups: Int, eps: Float) throws {
+        try self.init(LayerSpec(key, .groupNorm(channels: channels, groups: groups, eps: eps), role: .other, pixels: 1), src)
     }
 
     /// (N, C, ...) -> same shape; `silu` fuses the activation that follows every norm but the attention one.

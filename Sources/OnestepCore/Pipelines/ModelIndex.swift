@@ -17,10 +17,16 @@ public struct ModelIndex: Sendable {
         public let role: Role
     }
 
-    /// Classes this build loads, by role. Text-to-image components are listed by their role once their loaders
-    /// exist (t2i branches); until then they are refused like any unknown class.
+    /// Classes this build loads, by role (pixel pipelines: UNet2DModel + scheduler; text-to-image pipelines:
+    /// TextToImagePipeline's tokenizer, text encoder, UNet2DConditionModel, scheduler and decoder).
     static func role(of className: String) -> Role? {
-        if className == "UNet2DModel" { return .denoiser }
+        switch className {
+        case "UNet2DModel", "UNet2DConditionModel": return .denoiser
+        case "CLIPTokenizer", "CLIPTokenizerFast": return .tokenizer
+        case "CLIPTextModel": return .textEncoder
+        case "AutoencoderKL", "AutoencoderTiny": return .decoder
+        default: break
+        }
         if SamplerRegistry.type(named: className) != nil { return .scheduler }
         return nil
     }
@@ -54,7 +60,7 @@ public struct ModelIndex: Sendable {
                 throw ModelLoadError(path: path, problem: "entry '\(folder)': \(v) is not [library, class]")
             }
             guard let role = Self.role(of: cls) else {
-                throw ModelLoadError(path: path, problem: "folder '\(folder)' holds a \(cls) (\(lib)), which this build cannot load; supported classes: UNet2DModel, \(SamplerRegistry.classNames.joined(separator: ", "))")
+                throw ModelLoadError(path: path, problem: "folder '\(folder)' holds a \(cls) (\(lib)), which this build cannot load; supported classes: UNet2DModel, UNet2DConditionModel, CLIPTokenizer, CLIPTextModel, AutoencoderKL, AutoencoderTiny, \(SamplerRegistry.classNames.joined(separator: ", "))")
             }
             guard !folder.contains("/"), folder != ".." else {
                 throw ModelLoadError(path: path, problem: "entry '\(folder)' is not a plain folder name")
@@ -71,8 +77,15 @@ public struct ModelIndex: Sendable {
     public func folder(for role: Role) -> String? { component(role)?.folder }
     public func className(for role: Role) -> String? { component(role)?.className }
 
-    /// The UNet2DModel folder; refuses a pipeline without one.
+    /// True when the denoiser is a UNet2DConditionModel (a TextToImagePipeline folder).
+    public var isTextToImage: Bool { className(for: .denoiser) == "UNet2DConditionModel" }
+
+    /// The UNet2DModel folder; refuses a pipeline without one, or a text-to-image pipeline (load that with
+    /// TextToImagePipeline or GenerationPipeline).
     public func unetFolder() throws -> String {
+        if isTextToImage {
+            throw ModelLoadError(path: path, problem: "describes a text-to-image pipeline (UNet2DConditionModel); load it with GenerationPipeline.load / TextToImagePipeline.load, not as a pixel model")
+        }
         guard let f = folder(for: .denoiser) else {
             throw ModelLoadError(path: path, problem: "lists no UNet2DModel component; an image pipeline needs one (e.g. \"unet\": [\"diffusers\", \"UNet2DModel\"])")
         }

@@ -57,7 +57,7 @@ extension UNet2DModel {
             }
         }
         for s in skips { s.release(to: pool) }  // none left for a well-formed config
-        ChannelMajor.groupNorm(h, normOut, silu: true, into: h.data)
+        ChannelMajor.groupNorm(h, normOut, silu: true, into: h.data, team: pool.team)
         let y = ChannelMajor.conv(h, convOut, pool: pool)
         h.release(to: pool)
         let out = ChannelMajor.toNCHW(y)
@@ -95,7 +95,7 @@ extension ResnetBlock {
     func forward(_ x: Activation, activatedTemb: Tensor, pool: BufferPool, releaseInput: Bool) -> Activation {
         var input = x
         var h = Activation(pool: pool, channels: x.channels, batch: x.batch, height: x.height, width: x.width)
-        ChannelMajor.groupNorm(x, norm1, silu: true, into: h.data)
+        ChannelMajor.groupNorm(x, norm1, silu: true, into: h.data, team: pool.team)
         var ownsInput = releaseInput
         switch resample {
         case .none: break
@@ -124,8 +124,8 @@ extension ResnetBlock {
         let t = timeProjection.serve(activatedTemb)  // (N, Cout) or (N, 2*Cout)
         t.data.withUnsafeBufferPointer { tp in
             switch conditioning {
-            case .default: ChannelMajor.groupNorm(h1, norm2, silu: true, preShift: tp.baseAddress!, into: h1.data)
-            case .scaleShift: ChannelMajor.groupNorm(h1, norm2, silu: true, scaleShift: tp.baseAddress!, into: h1.data)
+            case .default: ChannelMajor.groupNorm(h1, norm2, silu: true, preShift: tp.baseAddress!, into: h1.data, team: pool.team)
+            case .scaleShift: ChannelMajor.groupNorm(h1, norm2, silu: true, scaleShift: tp.baseAddress!, into: h1.data, team: pool.team)
             }
         }
         // out = shortcut(input) + conv2(h1): the residual is written first and conv2 accumulates onto it.
@@ -153,7 +153,7 @@ extension AttentionBlock {
         var normed = x
         if let norm {
             normed = Activation(pool: pool, channels: x.channels, batch: x.batch, height: x.height, width: x.width)
-            ChannelMajor.groupNorm(x, norm, silu: false, into: normed.data)
+            ChannelMajor.groupNorm(x, norm, silu: false, into: normed.data, team: pool.team)
         }
         let y = ChannelMajor.attention(normed, residual: x, self, pool: pool)
         if norm != nil { normed.release(to: pool) }

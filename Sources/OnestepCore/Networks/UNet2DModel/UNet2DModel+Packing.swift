@@ -27,6 +27,13 @@ struct ServingPacker: LayerVisitor {
         layer.packed = precision == .blas ? nil : layer.weight.data.withUnsafeBufferPointer {
             PackedGemmF32($0, rows: layer.outFeatures, depth: layer.inFeatures)
         }
+        layer.packed8 = nil
+        if precision == .int8 && policy.selects(layer.spec) {
+            let (i, o) = (layer.inFeatures, layer.outFeatures)
+            let w = Tensor(shape: [o, i, 1, 1], data: layer.weight.data)
+            layer.packed8 = PackedConvInt8(geometry: ConvGeometry(inChannels: i, outChannels: o, kernel: 1, padding: 0),
+                                           bias: layer.bias.data, weights: Int8Weights.quantize(w))
+        }
     }
 }
 

@@ -1,0 +1,364 @@
+// Walks a LatentPlan on channel-major activations (C, N, H, W) from a BufferPool: every convolution is one
+// FastConv call over all N*H*W columns, every projection one FastConv.gemm, statistics (GroupNorm, LayerNorm,
+// softmax) per image or per column in a fixed order, so an image's output does not depend on its batch
+// neighbours. Maths of each step: see the spec types in LatentPlan.swift (diffusers sources named there).
+import Foundation
+
+/// Text embeddings in channel-major layout: (Dc, N, Lc), row d holds feature d of every token of every image.
+public struct LatentContext {
+    public var data: UnsafePointer<Float>
+    public var channels: Int   // Dc
+    public var batch: Int      // N
+    public var length: Int     // Lc tokens per image
+    public var columns: Int { batch * length }
+
+    public init(data: UnsafePointer<Float>, channels: Int, batch: Int, length: Int) {
+        self.data = data
+        self.channels = channels
+        self.batch = batch
+        self.length = length
+    }
+}
+
+/// CPU time of the calling thread per part of the forward pass (for benchmarks; exact only with threads 1).
+public final class LatentProfile: @unchecked Sendable {
+    public private(set) var seconds: [String: Double] = [:]
+    public init() {}
+
+    static func threadCPU() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+
+    func measure<T>(_ part: String, _ body: () -> T) -> T {
+        let t0 = Self.threadCPU()
+        let r = body()
+        seconds[part, default: 0] += Self.threadCPU() - t0
+        return r
+    }
+
+    /// "part ms, ..." sorted by time.
+    public var summary: String {
+        seconds.sorted { $0.value > $1.value }.map { String(format: "%@ %.0f ms", $0.key, $0.value * 1000) }.joined(separator: ", ")
+    }
+}
+
+public struct LatentRunner {
+    /// Most latent positions (h * w) a forward accepts: 128x128 latents, 1024x1024 pixels. Attention over all
+    /// positions needs (h*w)^2 floats of scratch (1 GiB here), so larger inputs are refused, not attempted.
+    public static let maxLatentPositions = 128 * 128
+
+    /// Throws LatentInputError when latents of h x w exceed `maxLatentPositions`.
+    public static func checkLatentSize(height h: Int, width w: Int) throws {
+        guard h * w <= maxLatentPositions else {
+            throw LatentInputError(problem: "latents of \(h)x\(w) exceed \(maxLatentPositions) positions (128x128, i.e. 1024x1024 pixels); request a smaller image")
+        }
+    }
+
+    public let plan: LatentPlan
+    public let weights: LatentWeights
+    /// Threads for convolutions, projections and attention heads (results are identical for any count).
+    public var threads: Int
+    /// When set, each part of the walk adds its CPU time here.
+    public var profile: LatentProfile?
+    /// Self-attention heads wider than this run as two OpenBLAS GEMMs (LatentKernels.crossAttentionHead) instead
+    /// of the C head kernel, which suits the UNets' heads (D 40 to 160) but not the VAE's single 512-wide head.
+    public var gemmAttentionAboveHeadDim = 256
+
+    /// The thread team convolutions and projections split their columns over when the pool carries none (a
+    /// server worker's pool carries its own): made once per runner for `threads` > 1.
+    let ownTeam: ThreadTeam?
+
+    public init(plan: LatentPlan, weights: LatentWeights, threads: Int = 1, profile: LatentProfile? = nil) {
+        self.plan = plan
+        self.weights = weights
+        self.threads = max(1, threads)
+        self.profile = profile
+        ownTeam = threads > 1 ? ThreadTeam(threads: min(threads, 256)) : nil
+    }
+
+    /// x (Cin, N, H, W), consumed (released to the pool) -> the plan's output (Cout, N, Ho, Wo), owned by the
+    /// caller. `timeEmbedding` is silu(temb) (N, T), what every resnet's time_emb_proj reads; `context` the text.
+    public func run(_ x: Activation, timeEmbedding: Tensor? = nil, context: LatentContext? = nil, pool: BufferPool) -> Activation {
+        var walk = Walk(runner: self, pool: pool, current: x)
+        if let t = timeEmbedding {
+            // silu(temb) transposed to (T, N), the column layout FastConv.gemm reads.
+            let n = t.shape[0], d = t.shape[1]
+            let tt = pool.acquire(d * n)
+            for i in 0..<n { for j in 0..<d { tt[j * n + i] = t.data[i * d + j] } }
+            walk.temb = (tt, d, n)
+        }
+        walk.context = context
+        for step in plan.steps { walk.step(step) }
+        if let (tt, d, n) = walk.temb { pool.release(tt, count: d * n) }
+        precondition(walk.skips.isEmpty, "plan left \(walk.skips.count) skip tensors on the stack")
+        return walk.current
+    }
+}
+
+/// The state of one forward pass: the current activation, the skip stack and how many holders each buffer has.
+private struct Walk {
+    let runner: LatentRunner
+    let pool: BufferPool
+    var current: Activation
+    var skips: [Activation] = []
+    var holders: [UnsafeMutablePointer<Float>: Int] = [:]
+    var temb: (UnsafeMutablePointer<Float>, Int, Int)?   // silu(temb) (T, N)
+    var context: LatentContext?
+    var w: LatentWeights { runner.weights }
+
+    func timed<T>(_ part: String, _ body: () -> T) -> T {
+        guard let p = runner.profile else { return body() }
+        return p.measure(part, body)
+    }
+    var threads: Int { max(runner.threads, pool.team?.threads ?? 1) }
+    /// The pool's team (a server worker's) or the runner's own.
+    var team: ThreadTeam? { pool.team ?? runner.ownTeam }
+
+    init(runner: LatentRunner, pool: BufferPool, current: Activation) {
+        self.runner = runner
+        self.pool = pool
+        self.current = current
+        holders[current.data] = 1
+    }
+
+    mutating func drop(_ a: Activation) {
+        let n = holders[a.data, default: 1] - 1
+        if n <= 0 { holders[a.data] = nil; a.release(to: pool) } else { holders[a.data] = n }
+    }
+
+    /// Makes `y` the current activation, dropping the old one.
+    mutating func replace(with y: Activation) {
+        let old = current
+        current = y
+        holders[y.data, default: 0] += 1
+        drop(old)
+    }
+
+    func like(_ a: Activation, channels: Int? = nil) -> Activation {
+        Activation(pool: pool, channels: channels ?? a.channels, batch: a.batch, height: a.height, width: a.width)
+    }
+
+    func copy(_ a: Activation) -> Activation {
+        let y = like(a)
+        y.data.update(from: a.data, count: a.count)
+        return y
+    }
+
+    /// The current activation, copied first when the skip stack also holds it, so it may be changed in place.
+    mutating func exclusive() -> Activation {
+        if holders[current.data, default: 1] > 1 { replace(with: copy(current)) }
+        return current
+    }
+
+    mutating func step(_ step: LatentStep) {
+        switch step {
+        case .conv(let s, let up): replace(with: timed("conv") { conv(current, s, up) })
+        case .resnet(let r): replace(with: timed("resnet") { resnet(current, r) })
+        case .transformer(let t): replace(with: transformer(current, t))
+        case .spatialAttention(let s):
+            let hn = like(current)
+            ChannelMajor.groupNorm(current, w.norm(s.norm), silu: false, into: hn.data)
+            let out = copy(current)
+            timed("spatial attention") { attention(s.attention, input: hn.data, batch: hn.batch, length: hn.pixels, into: out.data) }
+            hn.release(to: pool)
+            if s.rescaleOutputFactor != 1 { scale(out, by: 1 / s.rescaleOutputFactor, shift: 0) }
+            replace(with: out)
+        case .tinyBlock(let b): replace(with: timed("tiny block") { tinyBlock(current, b) })
+        case .pushSkip:
+            skips.append(current)
+            holders[current.data, default: 0] += 1
+        case .concatSkip:
+            let s = skips.removeLast()
+            let cat = ChannelMajor.concat(current, s, pool: pool)
+            drop(s)
+            replace(with: cat)
+        case .groupNormSiLU(let n):
+            let y = like(current)
+            ChannelMajor.groupNorm(current, w.norm(n), silu: true, into: y.data)
+            replace(with: y)
+        case .relu: relu(exclusive())
+        case .tanhClamp(let m):
+            let a = exclusive()
+            for j in 0..<a.count { a.data[j] = Foundation.tanh(a.data[j] / m) * m }
+        case .affine(let s, let b): scale(exclusive(), by: s, shift: b)
+        }
+    }
+
+    func relu(_ a: Activation) { for j in 0..<a.count where !(a.data[j] > 0) { a.data[j] = 0 } }
+
+    func scale(_ a: Activation, by s: Float, shift b: Float) { for j in 0..<a.count { a.data[j] = a.data[j] * s + b } }
+
+    // MARK: - Layers
+
+    /// conv(x) (+ `accumulate`'s contents), x read resized first per `up`. Keeps x.
+    func conv(_ x: Activation, _ s: ConvSpec, _ up: Upsampling = .none, accumulate: Activation? = nil) -> Activation {
+        let packed = w.conv(s)
+        var target: (Int, Int)? = nil
+        switch up {
+        case .none: break
+        case .double: target = (2 * x.height, 2 * x.width)
+        case .toSkip: target = (skips.last!.height, skips.last!.width)
+        }
+        guard let (th, tw) = target else {
+            return FastConv.conv(x, packed, pool: pool, accumulateInto: accumulate, team: team)
+        }
+        if th == 2 * x.height && tw == 2 * x.width {
+            // Fused into the kernel's input reads. Materialising the upsampled input first measured ~15% faster
+            // on these convs (SD VAE decoder) but costs an activation of the upsampled size (268 MB at 512x512).
+            return FastConv.conv(x, packed, upsample: true, pool: pool, accumulateInto: accumulate, team: team)
+        }
+        // upsample_size not twice the input (sizes not divisible by the UNet's overall factor): resize, then conv.
+        let r = Activation(pool: pool, channels: x.channels, batch: x.batch, height: th, width: tw)
+        LatentKernels.resizeNearest(x.data, planes: x.channels * x.batch, height: x.height, width: x.width,
+                                    toHeight: th, width: tw, y: r.data)
+        let y = FastConv.conv(r, packed, pool: pool, accumulateInto: accumulate, team: team)
+        r.release(to: pool)
+        return y
+    }
+
+    /// ResnetBlock2D. Keeps x.
+    func resnet(_ x: Activation, _ r: ResnetSpec) -> Activation {
+        let hn = like(x)
+        ChannelMajor.groupNorm(x, w.norm(r.norm1), silu: true, into: hn.data)
+        let h1 = conv(hn, r.conv1)
+        hn.release(to: pool)
+        if let tp = r.timeProjection, let (tt, _, n) = temb {
+            // (Cout, N) = time_emb_proj(silu(temb)), then (N, Cout) as the norm's per-image pre-shift.
+            let c = tp.outFeatures, t = pool.acquire(c * n), shift = pool.acquire(c * n)
+            project(w.linear(tp), tt, columns: n, into: t, accumulate: false)
+            for i in 0..<n { for ch in 0..<c { shift[i * c + ch] = t[ch * n + i] } }
+            ChannelMajor.groupNorm(h1, w.norm(r.norm2), silu: true, preShift: shift, into: h1.data)
+            pool.release(t, count: c * n)
+            pool.release(shift, count: c * n)
+        } else {
+            ChannelMajor.groupNorm(h1, w.norm(r.norm2), silu: true, into: h1.data)
+        }
+        // out = shortcut(x) + conv2(h1): the residual is written first and conv2 accumulates onto it.
+        let residual = r.shortcut.map { conv(x, $0) } ?? copy(x)
+        let out = conv(h1, r.conv2, accumulate: residual)
+        h1.release(to: pool)
+        if r.outputScaleFactor != 1 { scale(out, by: 1 / r.outputScaleFactor, shift: 0) }
+        return out
+    }
+
+    /// Transformer2DModel (continuous input). Keeps x.
+    func transformer(_ x: Activation, _ t: Transformer2DSpec) -> Activation {
+        let c = x.channels, cols = x.columns, n = x.batch, l = x.pixels
+        let tmp = like(x)
+        ChannelMajor.groupNorm(x, w.norm(t.norm), silu: false, into: tmp.data)
+        let h = like(x)   // (C, N*L) token features, channel-major
+        project(w.linear(t.projIn), tmp.data, columns: cols, into: h.data, accumulate: false)
+        let stats = pool.acquire(4 * cols)
+        for b in t.blocks {
+            timed("layer norm") { layerNorm(h.data, b.norm1, columns: cols, into: tmp.data, scratch: stats) }
+            timed("attn1") { attention(b.attn1, input: tmp.data, batch: n, length: l, into: h.data) }
+            timed("layer norm") { layerNorm(h.data, b.norm2, columns: cols, into: tmp.data, scratch: stats) }
+            timed("attn2") { attention(b.attn2, input: tmp.data, batch: n, length: l, into: h.data) }
+            timed("layer norm") { layerNorm(h.data, b.norm3, columns: cols, into: tmp.data, scratch: stats) }
+            // ff: net.2(GEGLU(net.0.proj(x))), added onto h.
+            let inner = b.ffOut.inFeatures
+            let proj = pool.acquire(2 * inner * cols), gated = pool.acquire(inner * cols)
+            timed("ff projections") { project(w.linear(b.ffIn), tmp.data, columns: cols, into: proj, accumulate: false) }
+            timed("geglu") { LatentKernels.geglu(proj, inner: inner, columns: cols, out: gated) }
+            pool.release(proj, count: 2 * inner * cols)
+            timed("ff projections") { project(w.linear(b.ffOut), gated, columns: cols, into: h.data, accumulate: true) }
+            pool.release(gated, count: inner * cols)
+        }
+        pool.release(stats, count: 4 * cols)
+        tmp.release(to: pool)
+        let out = copy(x)   // residual; proj_out accumulates onto it
+        project(w.linear(t.projOut), h.data, columns: cols, into: out.data, accumulate: true)
+        h.release(to: pool)
+        precondition(out.channels == c)
+        return out
+    }
+
+    /// AutoencoderTinyBlock. Keeps x.
+    func tinyBlock(_ x: Activation, _ b: TinyBlockSpec) -> Activation {
+        let a = conv(x, b.convs[0])
+        relu(a)
+        let a2 = conv(a, b.convs[1])
+        a.release(to: pool)
+        relu(a2)
+        let residual = b.skip.map { conv(x, $0) } ?? copy(x)
+        let out = conv(a2, b.convs[2], accumulate: residual)
+        a2.release(to: pool)
+        relu(out)
+        return out
+    }
+
+    func layerNorm(_ x: UnsafePointer<Float>, _ s: NormSpec, columns cols: Int, into y: UnsafeMutablePointer<Float>,
+                   scratch: UnsafeMutablePointer<Float>) {
+        let layer = w.norm(s)
+        layer.gamma.data.withUnsafeBufferPointer { g in
+            layer.beta.data.withUnsafeBufferPointer { b in
+                LatentKernels.layerNormChannels(x, channels: s.channels, columns: cols, gamma: g.baseAddress!, beta: b.baseAddress!,
+                                                eps: s.eps, y: y, scratch: scratch)
+            }
+        }
+    }
+
+    /// y (out, cols) = W x (in, cols) + b, or y += that when `accumulate`. Columns split between threads.
+    func project(_ l: PackedLinear, _ x: UnsafePointer<Float>, columns cols: Int, into y: UnsafeMutablePointer<Float>, accumulate: Bool) {
+        for r in 0..<l.outFeatures {
+            let row = y + r * cols, bv = l.bias?[r] ?? 0
+            if accumulate { if bv != 0 { for j in 0..<cols { row[j] += bv } } } else { row.update(repeating: bv, count: cols) }
+        }
+        nonisolated(unsafe) let xp = x, yp = y
+        let packed = l.weight
+        FastConv.forEachColumnRange(cols, team: team) { n0, n1 in
+            FastConv.gemm(packed, b: xp, ldb: cols, c: yp, ldc: cols, columns: n0..<n1)
+        }
+    }
+
+    /// y (C, N*L) += to_out(attention(input)): self-attention over each image's L positions, or cross-attention
+    /// on the context when the spec has a context dimension.
+    func attention(_ a: AttentionSpec, input x: UnsafePointer<Float>, batch n: Int, length l: Int, into y: UnsafeMutablePointer<Float>) {
+        let c = a.queryDim, cols = n * l, heads = a.heads, d = c / heads
+        let q = pool.acquire(c * cols), o = pool.acquire(c * cols)
+        project(w.linear(a.toQ), x, columns: cols, into: q, accumulate: false)
+        let kvSource: UnsafePointer<Float>, lk: Int
+        if a.contextDim != nil {
+            guard let ctx = context else { preconditionFailure("cross-attention \(a.toK.prefix) needs text embeddings") }
+            precondition(ctx.batch == n && ctx.channels == a.contextDim, "context (\(ctx.channels), \(ctx.batch)) does not fit \(a.toK.prefix)")
+            kvSource = ctx.data
+            lk = ctx.length
+        } else {
+            kvSource = x
+            lk = l
+        }
+        let kvCols = n * lk
+        let k = pool.acquire(c * kvCols), v = pool.acquire(c * kvCols)
+        project(w.linear(a.toK), kvSource, columns: kvCols, into: k, accumulate: false)
+        project(w.linear(a.toV), kvSource, columns: kvCols, into: v, accumulate: false)
+        let scale = Float(1.0 / Double(d).squareRoot())
+        let selfAttention = a.contextDim == nil && d <= runner.gemmAttentionAboveHeadDim
+        let scratchCount = selfAttention ? l * l + 4 * d * l : LatentKernels.crossAttentionScratch(queries: l, keys: lk)
+        // Each (image, head) writes its own rows of o: spread them over the threads, one scratch each.
+        let units = n * heads, parts = max(1, min(threads, units))
+        let scratch = pool.acquire(scratchCount * parts)
+        nonisolated(unsafe) let qp = q, kp = k, vp = v, op = o, sp = scratch
+        timed(a.contextDim == nil ? "self-attention heads" : "cross-attention heads") { DispatchQueue.concurrentPerform(iterations: parts) { part in
+            let p = sp + part * scratchCount
+            for unit in (units * part / parts)..<(units * (part + 1) / parts) {
+                let i = unit / heads, hd = unit % heads
+                let qo = hd * d * cols + i * l, ko = hd * d * kvCols + i * lk
+                if selfAttention {
+                    FastConv.attentionHead(q: qp + qo, k: kp + ko, v: vp + ko, ld: cols, length: l, headDim: d, scale: scale,
+                                           out: op + qo, scratch: p)
+                } else {
+                    LatentKernels.crossAttentionHead(q: qp + qo, ldq: cols, k: kp + ko, v: vp + ko, ldk: kvCols, queries: l,
+                                                     keys: lk, headDim: d, scale: scale, out: op + qo, scratch: p)
+                }
+            }
+        } }
+        pool.release(scratch, count: scratchCount * parts)
+        pool.release(k, count: c * kvCols)
+        pool.release(v, count: c * kvCols)
+        project(w.linear(a.toOut), o, columns: cols, into: y, accumulate: true)
+        pool.release(q, count: c * cols)
+        pool.release(o, count: c * cols)
+    }
+}

@@ -1,0 +1,121 @@
+// Loading a diffusers StableDiffusionPipeline folder through model_index.json's component table: each role
+// (tokenizer, text_encoder, denoiser, scheduler, decoder) from the folder the table names, with the class it names.
+// Every refusal names the file and the reason (ModelLoadError).
+import Foundation
+
+extension TextToImagePipeline {
+    /// Loads a pipeline folder: model_index.json listing CLIPTokenizer, CLIPTextModel, UNet2DConditionModel, a
+    /// scheduler class of SamplerRegistry and AutoencoderKL or AutoencoderTiny.
+    /// - Parameters: variant picks `diffusion_pytorch_model.<variant>.safetensors` for the UNet and decoder
+    ///   (diffusers' `variant=`); `decoderPath` replaces the folder's vae/ with another decoder folder (e.g. a
+    ///   TAESD folder, class read from its config.json `_class_name`).
+    /// - Throws: ModelLoadError naming the file: a missing component or file, a class this build cannot load, a
+    ///   config outside the supported subset (with the key), weights that do not fit, or parts that do not fit
+    ///   each other (text width vs cross_attention_dim, latent channels).
+    public static func load(path: String, name: String? = nil, variant: String? = nil,
+                            decoderPath: String? = nil) throws -> TextToImagePipeline {
+        let indexPath = path + "/model_index.json"
+        guard FileManager.default.fileExists(atPath: indexPath) else {
+            throw ModelLoadError(path: path, problem: "has no model_index.json; a text-to-image model is a diffusers pipeline folder (model_index.json, tokenizer/, text_encoder/, unet/, scheduler/, vae/)")
+        }
+        let index = try ModelIndex(path: indexPath)
+        func part(_ role: ModelIndex.Role, _ example: String) throws -> ModelIndex.Component {
+            guard let c = index.component(role) else {
+                throw ModelLoadError(path: indexPath, problem: "lists no \(role.rawValue) component; a text-to-image pipeline needs one (e.g. \(example))")
+            }
+            return c
+        }
+        let tokPart = try part(.tokenizer, "\"tokenizer\": [\"transformers\", \"CLIPTokenizer\"]")
+        let textPart = try part(.textEncoder, "\"text_encoder\": [\"transformers\", \"CLIPTextModel\"]")
+        let unetPart = try part(.denoiser, "\"unet\": [\"diffusers\", \"UNet2DConditionModel\"]")
+        let schedPart = try part(.scheduler, "\"scheduler\": [\"diffusers\", \"EulerDiscreteScheduler\"]")
+        let vaePart = try part(.decoder, "\"vae\": [\"diffusers\", \"AutoencoderKL\"]")
+        guard unetPart.className == "UNet2DConditionModel" else {
+            throw ModelLoadError(path: indexPath, problem: "'\(unetPart.folder)' is a \(unetPart.className); a text-to-image pipeline needs a UNet2DConditionModel")
+        }
+
+        let tokenizer = try CLIPTokenizer(folder: path + "/" + tokPart.folder)
+        let textEncoder: CLIPTextModel
+        do { textEncoder = try CLIPTextModel(folder: path + "/" + textPart.folder) } catch let e as ConfigError {
+            throw ModelLoadError(path: path + "/" + textPart.folder + "/config.json", problem: e.description)
+        }
+        let (unet, latentSize) = try loadUNet(directory: path + "/" + unetPart.folder, variant: variant)
+
+        let schedPath = path + "/" + schedPart.folder + "/scheduler_config.json"
+        guard let schedData = FileManager.default.contents(atPath: schedPath) else {
+            throw ModelLoadError(path: schedPath, problem: "is missing or unreadable; model_index.json lists a scheduler, so its folder needs scheduler_config.json")
+        }
+        let sampler = try ModelDirectory.sampler(schedulerConfig: schedData, path: schedPath, className: schedPart.className)
+
+        let decoder: LatentDecoder
+        if let decoderPath {
+            let cls = try componentClass(configPath: decoderPath + "/config.json")
+            decoder = try LatentDecoder.load(directory: decoderPath, className: cls, variant: variant)
+        } else {
+            decoder = try LatentDecoder.load(directory: path + "/" + vaePart.folder, className: vaePart.className, variant: variant)
+        }
+
+        let unetDir = path + "/" + unetPart.folder
+        guard unet.config.crossAttentionDim[0] == textEncoder.config.hiddenSize else {
+            throw ModelLoadError(path: unetDir + "/config.json", problem: "cross_attention_dim \(unet.config.crossAttentionDim[0]) does not match the text encoder's hidden_size \(textEncoder.config.hiddenSize) (\(textPart.folder)/config.json); the parts come from different models")
+        }
+        guard unet.config.inChannels == decoder.latentChannels, unet.config.outChannels == decoder.latentChannels else {
+            throw ModelLoadError(path: unetDir + "/config.json", problem: "in_channels \(unet.config.inChannels) / out_channels \(unet.config.outChannels) do not match the decoder's latent_channels \(decoder.latentChannels); the parts come from different models")
+        }
+        let dirName = URL(fileURLWithPath: path).standardizedFileURL.lastPathComponent
+        return TextToImagePipeline(name: name ?? dirName, tokenizer: tokenizer, textEncoder: textEncoder, unet: unet,
+                                   sampler: sampler, decoder: decoder, latentSize: latentSize)
+    }
+
+    /// A UNet2DConditionModel folder (config.json + diffusion_pytorch_model[.variant].safetensors) and its
+    /// config's sample_size (diffusers' default 64 when absent).
+    static func loadUNet(directory: String, variant: String?) throws -> (UNet2DConditionModel, Int) {
+        let configPath = directory + "/config.json"
+        let cfg: UNet2DConditionConfig
+        do { cfg = try UNet2DConditionConfig.load(path: configPath) } catch let e as ConfigError {
+            throw ModelLoadError(path: configPath, problem: e.description)
+        }
+        let sampleSize = try jsonInt(configPath, "sample_size") ?? 64
+        let weightsPath = try ModelDirectory.weightsFile(in: directory, base: "diffusion_pytorch_model", variant: variant)
+        let src: SafetensorsWeights
+        let model: UNet2DConditionModel
+        do {
+            src = SafetensorsWeights(file: try SafetensorsFile(path: weightsPath))
+            model = try UNet2DConditionModel(config: cfg, weights: src)
+        } catch let e as SafetensorsError {
+            throw ModelLoadError(path: weightsPath, problem: "\(e.tensor.map { "tensor '\($0)' " } ?? "")\(e.problem)")
+        }
+        let unused = src.unusedKeys()
+        guard unused.isEmpty else {
+            throw ModelLoadError(path: weightsPath, problem: "holds \(unused.count) tensors config.json does not use (e.g. \(unused.prefix(3).joined(separator: ", "))); the weights belong to another architecture")
+        }
+        return (model, sampleSize)
+    }
+
+    static func jsonObject(_ path: String) throws -> [String: Any] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ModelLoadError(path: path, problem: "is missing or unreadable")
+        }
+        guard let d = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any] else {
+            throw ModelLoadError(path: path, problem: "is not a JSON object")
+        }
+        return d
+    }
+
+    static func jsonInt(_ path: String, _ key: String) throws -> Int? {
+        let v = try jsonObject(path)[key]
+        if v == nil || v is NSNull { return nil }
+        guard let n = v as? NSNumber, n.doubleValue == n.doubleValue.rounded(), n.intValue >= 1, n.intValue <= 4096 else {
+            throw ModelLoadError(path: path, problem: "config key '\(key)': \(v!) is not a whole number in 1...4096")
+        }
+        return n.intValue
+    }
+
+    /// `_class_name` of a bare component folder's config.json.
+    static func componentClass(configPath: String) throws -> String {
+        guard let c = try jsonObject(configPath)["_class_name"] as? String else {
+            throw ModelLoadError(path: configPath, problem: "has no \"_class_name\"; a decoder folder's config.json names AutoencoderKL or AutoencoderTiny")
+        }
+        return c
+    }
+}
