@@ -6,6 +6,7 @@ import OnestepTrain
 let pipelineCommand = Subcommand("pipeline", summary: "data -> teacher -> student -> small student -> quantize -> eval, resumable", flags: [
     FlagSpec("out", "run folder (stages already finished there are skipped)"),
     FlagSpec("quick", "tiny settings for every stage (~2 minutes; what the tests run)", isSwitch: true),
+    FlagSpec("force", "use an --out whose pipeline.json records other settings (its finished stages are kept as they are)", isSwitch: true),
     FlagSpec("threads", "OpenBLAS threads per worker", default: "1"),
     FlagSpec("checkpoint-every", "steps between checkpoints in every training stage (default: each stage's own)"),
     FlagSpec("log-every", "steps between progress lines in every training stage (default: each stage's own)"),
@@ -18,7 +19,18 @@ func runPipeline(_ flags: ParsedFlags) throws {
     var settings = flags.isSet("quick") ? PipelineSettings.quick : PipelineSettings()
     if flags.has("checkpoint-every") { settings.setCheckpointInterval(try flags.requiredInt("checkpoint-every", 1...10_000_000)) }
     if flags.has("log-every") { settings.setLogInterval(try flags.requiredInt("log-every", 1...1_000_000)) }
-    let p = try DistillPipeline(dir: out, settings: settings, shouldStop: { interruptRequested != 0 }, log: stdoutLine)
+    let p: DistillPipeline
+    do {
+        p = try DistillPipeline(dir: out, settings: settings, force: flags.isSet("force"), shouldStop: { interruptRequested != 0 }, log: stdoutLine)
+    } catch let e as PipelineSettingsError { throw FlagError(e.description) }
     guard try p.run() != nil || FileManager.default.fileExists(atPath: out + "/report.md") else { return }
     if let report = try? String(contentsOfFile: out + "/report.md", encoding: .utf8) { stdoutLine("\n" + report) }
+    if settings.isQuick { stdoutLine(PipelineSettings.quickWarning) }
+    let label = (try? UNetConfig.load(path: out + "/student/config.json"))?.classNames?.first.map { " --label \($0)" } ?? ""
+    stdoutLine("""
+
+    serve the student (and the other models in \(out)):  onestep-serve --models \(out)/student --port 8080
+    sample it:  onestep-serve generate --model \(out)/student --seed 0\(label) --n 8 --scale 4 --out samples.png
+    one row per class:  onestep-serve generate --model \(out)/student-int8 --per-class --n 8 --scale 4 --out grid.png
+    """)
 }

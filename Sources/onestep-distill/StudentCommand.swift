@@ -3,12 +3,17 @@ import Foundation
 import OnestepCore
 import OnestepTrain
 
-let studentCommand = Subcommand("student", summary: "distil an EDM teacher into a one-step consistency student", flags: [
-    FlagSpec("teacher", "teacher run folder (a model directory with an OnestepEDMHeunScheduler config)"),
+let studentCommand = Subcommand("student", summary: "distil a teacher (Onestep EDM or diffusers DDPM-family UNet2DModel) into a one-step consistency student", flags: [
+    FlagSpec("teacher", "teacher folder: an onestep-distill teacher run (OnestepEDMHeunScheduler), or a diffusers UNet2DModel with DDPMScheduler / GaussianDDPMScheduler / DDIMScheduler / DPMSolverMultistepScheduler (epsilon, v_prediction or sample; bare or pipeline layout), wrapped as an EDM denoiser with the student's sigma range clamped to the teacher's"),
     FlagSpec("out", "student run folder: becomes a consistency model directory plus checkpoint, losses, samples"),
     FlagSpec("data", "training images (default: the \"data\" of the teacher's train.json)"),
     FlagSpec("student-config", "UNet config.json of a smaller student: trained by regression on cached teacher pairs"),
     FlagSpec("student-channels", "like --student-config: the teacher's config with these block_out_channels, e.g. 16,32,32"),
+    FlagSpec("method", "cd: consistency distillation (teacher Heun steps, target network); ect: easy consistency tuning from the teacher's weights (no teacher calls; --ect-q, --ect-stages); dmd: distribution matching (DMD2 without GAN: a generator and a fake score network, both from the teacher; no data images; --dmd-ratio); regression: a smaller student on cached teacher pairs (implied by --student-config/--student-channels). See docs/DISTILLATION-METHODS.md", default: "cd"),
+    FlagSpec("dmd-ratio", "dmd: fake-score updates per generator update (DMD2 dfake_gen_update_ratio)", default: "5"),
+    FlagSpec("dmd-grid", "dmd: Karras sigmas of the score noise levels (DMD2 num_train_timesteps); the generator uses the middle 2%..98%", default: "1000"),
+    FlagSpec("ect-q", "ect: r(t) = t (1 - q^-(stage+1) (1 + 8 sigmoid(-t))); larger q, r nearer t", default: "4"),
+    FlagSpec("ect-stages", "ect: stages of the run, q-fold smaller t - r each", default: "4"),
     FlagSpec("sigmas", "Karras sigmas N of the distillation grid (scheduler num_train_timesteps)", default: "18"),
     FlagSpec("steps", "optimizer steps", default: "2000"),
     FlagSpec("batch", "images per step", default: "32"),
@@ -33,11 +38,22 @@ func runStudent(_ flags: ParsedFlags) throws {
     BLAS.threads = try flags.requiredInt("threads", 1...64)
     let resume = flags.isSet("resume")
     try checkResumeFlag(resume, out: out)
-    let teacher = try ImagePipeline.load(path: teacherDir)
-    guard let schedule = (teacher.sampler as? EDMHeunSampler)?.config else {
-        throw FlagError("--teacher \(teacherDir): its scheduler is \(type(of: teacher.sampler).className), not OnestepEDMHeunScheduler; distillation needs an EDM teacher written by onestep-distill teacher")
-    }
+    let loaded: TeacherLoader.Loaded
+    do { loaded = try TeacherLoader.load(path: teacherDir) } catch let e as TeacherLoadError { throw FlagError("--teacher " + e.description) }
+    let teacher = loaded.pipeline
+    let schedule = loaded.edmSchedule ?? loaded.denoiser.clamped(EDMSchedulerConfig())
     let small = flags.has("student-config") || flags.has("student-channels")
+    let method = try flags.required("method")
+    guard ["cd", "ect", "dmd", "regression"].contains(method) else {
+        throw FlagError("--method \(method): expected cd, ect, dmd or regression")
+    }
+    if small != (method == "regression") && flags.has("method") {
+        throw FlagError(small ? "--student-config/--student-channels train by regression; drop --method \(method) or pass --method regression"
+                              : "--method regression needs the smaller student's --student-config or --student-channels")
+    }
+    if small && loaded.edmSchedule == nil {
+        throw FlagError("--student-config/--student-channels: regression on cached pairs needs an EDM teacher (its pairs are Heun samples); distil the DDPM teacher \(teacherDir) into a same-size student first (without these flags)")
+    }
     let workers = try flags.requiredInt("workers", 1...64)
     let seed = UInt64(try flags.requiredInt("seed", 0...Int(Int32.max)))
     installInterruptHandler()
@@ -73,6 +89,58 @@ func runStudent(_ flags: ParsedFlags) throws {
         stdoutLine("small student of the teacher \(teacherDir) (\(teacher.model.parameterCount) parameters)")
         trainer.resumeLines.forEach(stdoutLine)
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
+    } else if method == "dmd" {
+        var s = DMDSettings()
+        s.steps = try flags.requiredInt("steps", 1...10_000_000)
+        s.batch = try flags.requiredInt("batch", 1...4096)
+        s.sigmas = try flags.requiredInt("sigmas", 2...1000)
+        s.fakeUpdatesPerGenerator = try flags.requiredInt("dmd-ratio", 1...1000)
+        s.gridSize = try flags.requiredInt("dmd-grid", 2...100_000)
+        if flags.has("lr") {
+            let lr = try flags.requiredFloat("lr", 1e-8...1)
+            (s.generatorOptimizer.learningRate, s.fakeOptimizer.learningRate) = (lr, lr)
+        }
+        if flags.has("warmup") {
+            let w = try flags.requiredInt("warmup", 0...10_000_000)
+            (s.generatorOptimizer.warmupSteps, s.fakeOptimizer.warmupSteps) = (w, w)
+        }
+        s.saveEMA = try flags.requiredFloat("ema", 0...0.999999)
+        s.seed = seed
+        s.logEvery = try flags.requiredInt("log-every", 1...1_000_000)
+        s.checkpointEvery = try flags.requiredInt("checkpoint-every", 1...10_000_000)
+        s.sampleEvery = try flags.requiredInt("sample-every", 1...10_000_000)
+        s.schedule = schedule
+        if flags.has("data") { stderrLine("warning: --data is not used by --method dmd (it needs no data images, only the teacher's classes)") }
+        if workers > 1 { stderrLine("note: --method dmd runs each step on one thread (not data parallel yet); --workers \(workers) is ignored") }
+        try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+        let trainer = try DMDStudentTrainer(teacher: loaded.denoiser, settings: s, runDir: out, resume: resume)
+        stdoutLine("distribution matching (DMD2 without GAN) of the teacher \(teacherDir) (\(loaded.denoiser.description)); the logged loss is the fake score's")
+        stdoutLine(String(format: "student sigmas %.4g..%.4g%@", schedule.sigmaMin, schedule.sigmaMax, loaded.edmSchedule == nil ? " (clamped to the teacher's)" : ""))
+        trainer.resumeLines.forEach(stdoutLine)
+        summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
+    } else if method == "ect" {
+        var s = ECTSettings()
+        s.steps = try flags.requiredInt("steps", 1...10_000_000)
+        s.batch = try flags.requiredInt("batch", 1...4096)
+        s.sigmas = try flags.requiredInt("sigmas", 2...1000)
+        s.q = Double(try flags.requiredFloat("ect-q", 1.01...1e6))
+        s.stages = try flags.requiredInt("ect-stages", 1...64)
+        if flags.has("lr") { s.optimizer.learningRate = try flags.requiredFloat("lr", 1e-8...1) }
+        if flags.has("warmup") { s.optimizer.warmupSteps = try flags.requiredInt("warmup", 0...10_000_000) }
+        s.saveEMA = try flags.requiredFloat("ema", 0...0.999999)
+        s.seed = seed
+        s.logEvery = try flags.requiredInt("log-every", 1...1_000_000)
+        s.checkpointEvery = try flags.requiredInt("checkpoint-every", 1...10_000_000)
+        s.sampleEvery = try flags.requiredInt("sample-every", 1...10_000_000)
+        s.workers = workers
+        s.schedule = schedule
+        let dataDir = try flags.string("data") ?? StudentConfigs.teacherDataFolder(teacherDir)
+        let data = try ImageFolder.load(path: dataDir, size: teacher.imageSize, channels: teacher.channels, warn: { stderrLine("warning: " + $0) })
+        let trainer = try ECTStudentTrainer(teacher: teacher.model, dataset: data, settings: s, runDir: out, resume: resume)
+        stdoutLine("easy consistency tuning (ECT) from the weights of \(teacherDir) (\(loaded.denoiser.description)) on the images in \(dataDir)")
+        stdoutLine(String(format: "student sigmas %.4g..%.4g%@", schedule.sigmaMin, schedule.sigmaMax, loaded.edmSchedule == nil ? " (clamped to the teacher's)" : ""))
+        trainer.resumeLines.forEach(stdoutLine)
+        summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     } else {
         var s = DistillSettings()
         s.sigmas = try flags.requiredInt("sigmas", 2...1000)
@@ -90,8 +158,11 @@ func runStudent(_ flags: ParsedFlags) throws {
         s.schedule = schedule
         let dataDir = try flags.string("data") ?? StudentConfigs.teacherDataFolder(teacherDir)
         let data = try ImageFolder.load(path: dataDir, size: teacher.imageSize, channels: teacher.channels, warn: { stderrLine("warning: " + $0) })
-        let trainer = try ConsistencyStudentTrainer(teacher: teacher.model, dataset: data, settings: s, runDir: out, resume: resume)
-        stdoutLine("consistency distillation of the teacher \(teacherDir) on the images in \(dataDir)")
+        let trainer = try ConsistencyStudentTrainer(denoiser: loaded.denoiser, dataset: data, settings: s, runDir: out, resume: resume)
+        stdoutLine("consistency distillation of the teacher \(teacherDir) (\(loaded.denoiser.description)) on the images in \(dataDir)")
+        if loaded.edmSchedule == nil {
+            stdoutLine(String(format: "student sigmas %.4g..%.4g (clamped to the teacher's)", schedule.sigmaMin, schedule.sigmaMax))
+        }
         trainer.resumeLines.forEach(stdoutLine)
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     }

@@ -67,11 +67,41 @@ final class DataTests: XCTestCase {
         XCTAssertEqual(data.skipped, 1)
         XCTAssertNil(data.labels)
         XCTAssertNil(data.classNames)
-        XCTAssertEqual(warnings.count, 1)
+        XCTAssertEqual(warnings.count, 4, "\(warnings)")
         XCTAssertTrue(warnings[0].contains("broken.png"))
+        XCTAssertTrue(warnings.contains("1 of 2 images were not square and were centre-cropped (1 at 20x12): the model trains on 8x8 squares"), "\(warnings)")
+        XCTAssertTrue(warnings.contains("1 of 2 images were area-resized to 8x8 (1 at 20x12): the model's sample_size is 8"), "\(warnings)")
+        XCTAssertTrue(warnings.contains("1 of 2 PNG files were skipped as unreadable (each named above)"), "\(warnings)")
         // Every pixel pure blue after the centre crop: R = G = -1, B = 1.
         XCTAssertEqual(data.pixels[0..<64].max(), -1)
         XCTAssertEqual(data.pixels[128..<192].min(), 1)
+    }
+
+    /// The new-user case: 64x48 and 32x32 PNGs for a 16x16 model and JPEGs beside them; every change and
+    /// every ignored file is counted and said, JPEGs named as unsupported.
+    func testLoadingSaysWhatWasResizedCroppedAndIgnored() throws {
+        let dir = makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try PNG.write(PixelImage(width: 64, height: 48, channels: 3), path: dir + "/a.png")
+        try PNG.write(PixelImage(width: 32, height: 32, channels: 3), path: dir + "/b.png")
+        try PNG.write(PixelImage(width: 32, height: 32, channels: 3), path: dir + "/c.png")
+        try PNG.write(PixelImage(width: 16, height: 16, channels: 3), path: dir + "/d.png")
+        for f in ["e.jpg", "f.JPG", "g.jpeg"] { try Data([0xFF, 0xD8, 0xFF]).write(to: URL(fileURLWithPath: dir + "/" + f)) }
+        var warnings: [String] = []
+        let data = try ImageFolder.load(path: dir, size: 16, warn: { warnings.append($0) })
+        XCTAssertEqual(data.count, 4)
+        XCTAssertEqual(warnings, [
+            "1 .jpeg, 2 .jpg file(s) ignored: unsupported image type, only .png is read (convert them, e.g. `mogrify -format png *.jpg`)",
+            "1 of 4 images were not square and were centre-cropped (1 at 64x48): the model trains on 16x16 squares",
+            "3 of 4 images were area-resized to 16x16 (2 at 32x32, 1 at 64x48): the model's sample_size is 16",
+        ])
+        // Only JPEGs: the error names them.
+        let jpegs = makeTempDir()
+        defer { try? FileManager.default.removeItem(atPath: jpegs) }
+        try Data([0xFF, 0xD8, 0xFF]).write(to: URL(fileURLWithPath: jpegs + "/x.jpg"))
+        XCTAssertThrowsError(try ImageFolder.load(path: jpegs, size: 16, warn: { _ in })) { e in
+            XCTAssertTrue("\(e)".contains("1 .jpg file(s) ignored: unsupported image type"), "\(e)")
+        }
     }
 
     func testAreaResizeAveragesWindows() {
@@ -100,7 +130,8 @@ final class DataTests: XCTestCase {
         let data = try ImageFolder.load(path: dir, size: 4, warn: { warnings.append($0) })
         XCTAssertEqual(data.count, 1)
         XCTAssertEqual(data.skipped, 1)
-        XCTAssertEqual(warnings.count, 1)
+        XCTAssertEqual(warnings.count, 2, "\(warnings)")  // the file, then the count
+        XCTAssertEqual(warnings.last, "1 of 2 PNG files were skipped as unreadable (each named above)")
         XCTAssertTrue(warnings[0].contains("huge-chunk.png") && warnings[0].contains("chunk zTXt")
                       && warnings[0].contains("declares 1940783616 bytes"), warnings[0])
     }

@@ -88,6 +88,66 @@ final class KillResumeTests: XCTestCase {
                        FileManager.default.contents(atPath: killed + "/" + ModelExport.weightsFile), "exported student weights differ")
     }
 
+    /// `student --method ect`, killed with SIGKILL mid-run and resumed: the straight run's weights, byte for byte.
+    func testECTStudentKilledMidRunResumesFromCheckpointToTheStraightRunsWeights() throws {
+        let teacher = dir + "/teacher"
+        let model = TrainableUNet(config: try UNetConfig.load(path: dir + "/tiny.json").withClasses(8), seed: 3)
+        try ModelExport.writeEDMTeacher(model, to: teacher)
+        func args(_ out: String) -> [String] {
+            ["student", "--method", "ect", "--teacher", teacher, "--data", dir + "/data", "--out", out, "--steps", String(Self.steps),
+             "--batch", "4", "--log-every", "1", "--checkpoint-every", String(Self.interval), "--sample-every", "100000"]
+        }
+        let straight = dir + "/straight", killed = dir + "/killed"
+        let start = Date()
+        let reference = try DistillProcess.run(args(straight))
+        print(String(format: "ECT student %d steps (process): %.1f s", Self.steps, Date().timeIntervalSince(start)))
+        XCTAssertEqual(reference.status, 0, reference.output)
+        XCTAssertTrue(reference.output.contains("easy consistency tuning"), reference.output)
+
+        let run = try DistillProcess(args(killed))
+        let killedAt = try run.kill9(atStep: Self.killAfter)
+        let resumed = try DistillProcess.run(args(killed) + ["--resume"])
+        XCTAssertEqual(resumed.status, 0, resumed.output)
+        try assertResumedWithinOneInterval(killedAt: killedAt, output: resumed.output)
+        let a = try checkpointTensors(straight), b = try checkpointTensors(killed)
+        for key in ["student/values", "student/ema", "student/adam.m", "student/adam.v", "losses"] {
+            XCTAssertNotNil(a[key], key)
+            XCTAssertEqual(a[key], b[key], key)
+        }
+        XCTAssertEqual(FileManager.default.contents(atPath: straight + "/" + ModelExport.weightsFile),
+                       FileManager.default.contents(atPath: killed + "/" + ModelExport.weightsFile), "exported student weights differ")
+    }
+
+    /// `student --method dmd` (two networks), killed with SIGKILL mid-run and resumed: the straight run's tensors.
+    func testDMDStudentKilledMidRunResumesFromCheckpointToTheStraightRunsWeights() throws {
+        let teacher = dir + "/teacher"
+        let model = TrainableUNet(config: try UNetConfig.load(path: dir + "/tiny.json").withClasses(8), seed: 3)
+        try ModelExport.writeEDMTeacher(model, to: teacher)
+        func args(_ out: String) -> [String] {
+            ["student", "--method", "dmd", "--teacher", teacher, "--out", out, "--steps", String(Self.steps), "--dmd-ratio", "2",
+             "--batch", "4", "--log-every", "1", "--checkpoint-every", String(Self.interval), "--sample-every", "100000", "--workers", "1"]
+        }
+        let straight = dir + "/straight", killed = dir + "/killed"
+        let start = Date()
+        let reference = try DistillProcess.run(args(straight))
+        print(String(format: "DMD student %d steps (process): %.1f s", Self.steps, Date().timeIntervalSince(start)))
+        XCTAssertEqual(reference.status, 0, reference.output)
+        XCTAssertTrue(reference.output.contains("distribution matching"), reference.output)
+
+        let run = try DistillProcess(args(killed))
+        let killedAt = try run.kill9(atStep: Self.killAfter)
+        let resumed = try DistillProcess.run(args(killed) + ["--resume"])
+        XCTAssertEqual(resumed.status, 0, resumed.output)
+        try assertResumedWithinOneInterval(killedAt: killedAt, output: resumed.output)
+        let a = try checkpointTensors(straight), b = try checkpointTensors(killed)
+        for key in ["generator/values", "generator/ema", "generator/adam.m", "fake-score/values", "fake-score/adam.v", "losses"] {
+            XCTAssertNotNil(a[key], key)
+            XCTAssertEqual(a[key], b[key], key)
+        }
+        XCTAssertEqual(FileManager.default.contents(atPath: straight + "/" + ModelExport.weightsFile),
+                       FileManager.default.contents(atPath: killed + "/" + ModelExport.weightsFile), "exported generator weights differ")
+    }
+
     /// `pipeline --quick` killed in its teacher stage, then run again: the teacher stage resumes from its
     /// checkpoint. Killed once more after the resume is confirmed: finishing the quick pipeline takes a minute.
     func testPipelineKilledInTeacherStageResumesTheTeacher() throws {
@@ -122,9 +182,11 @@ final class KillResumeTests: XCTestCase {
         XCTAssertNil(try prepared.run())
         try FileManager.default.removeItem(atPath: out + "/student")
 
-        let args = ["pipeline", "--quick", "--out", out, "--checkpoint-every", "4", "--log-every", "1"]
+        // --force: the folder's teacher stage was made with 10 steps, not --quick's 300 (refused without it).
+        let args = ["pipeline", "--quick", "--force", "--out", out, "--checkpoint-every", "4", "--log-every", "1"]
         let first = try DistillProcess(args)
         let killedAt = try first.kill9(atStep: 6)
+        XCTAssertTrue(first.output.contains("warning: --force: reusing the finished stages"), first.output)
         XCTAssertTrue(first.output.contains("pipeline: teacher done earlier"), first.output)
         let again = try DistillProcess(args)
         let after = try again.kill9(atStep: killedAt + 1)

@@ -47,10 +47,22 @@ public enum ImageFolder {
             ((try? fm.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.lowercased().hasSuffix(".png") && !$0.hasPrefix(".") }.sorted()
                 .map { dir + "/" + $0 }
         }
+        // Files of image types we do not read (only PNG: libpng is the one image library), named so that a user
+        // who dropped JPEGs in does not wonder where they went.
+        let unsupportedTypes: Set<String> = ["jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff", "heic", "avif", "ppm"]
+        var unsupported: [String: Int] = [:]
+        func countUnsupported(in dir: String) {
+            for f in (try? fm.contentsOfDirectory(atPath: dir)) ?? [] where !f.hasPrefix(".") {
+                let ext = (f as NSString).pathExtension.lowercased()
+                if unsupportedTypes.contains(ext) { unsupported["." + ext, default: 0] += 1 }
+            }
+        }
+        countUnsupported(in: path)
         var classes: [(String, [String])] = []
         for e in entries {
             var d: ObjCBool = false
             if fm.fileExists(atPath: path + "/" + e, isDirectory: &d), d.boolValue {
+                countUnsupported(in: path + "/" + e)
                 let files = pngs(in: path + "/" + e)
                 if files.isEmpty { warn("class folder \(e) has no PNG files; ignored") } else { classes.append((e, files)) }
             }
@@ -62,13 +74,17 @@ public enum ImageFolder {
         let files: [(String, Int?)] = classes.isEmpty
             ? topLevel.map { ($0, nil) }
             : classes.enumerated().flatMap { k, c in c.1.map { ($0, k) } }
+        let unsupportedNote = unsupported.isEmpty ? nil : unsupported.sorted { $0.key < $1.key }.map { "\($0.value) \($0.key)" }.joined(separator: ", ")
+            + " file(s) ignored: unsupported image type, only .png is read (convert them, e.g. `mogrify -format png *.jpg`)"
         guard !files.isEmpty else {
-            throw DataError("no PNG files in \(path) or its sub-folders (found \(entries.count) other entries); " +
+            throw DataError("no PNG files in \(path) or its sub-folders (found \(entries.count) other entries" + (unsupportedNote.map { "; " + $0 } ?? "") + "); " +
                             "give a folder of .png images, or one sub-folder of .png images per class")
         }
+        if let unsupportedNote { warn(unsupportedNote) }
         var pixels: [Float] = []
         pixels.reserveCapacity(files.count * channels * size * size)
         var labels: [Int] = [], skipped = 0
+        var cropped: [String: Int] = [:], resized: [String: Int] = [:]  // source size "WxH" -> count
         for (file, label) in files {
             let img: PixelImage
             do { img = try PNG.read(path: file, channels: channels) } catch {
@@ -76,10 +92,21 @@ public enum ImageFolder {
                 skipped += 1
                 continue
             }
+            let dims = "\(img.width)x\(img.height)"
+            if img.width != img.height { cropped[dims, default: 0] += 1 }
+            if min(img.width, img.height) != size { resized[dims, default: 0] += 1 }
             pixels += toModelSpace(ImageResize.centerCropAreaResize(img, to: size))
             if let label { labels.append(label) }
         }
         guard !pixels.isEmpty else { throw DataError("none of the \(files.count) PNG files in \(path) could be read") }
+        func sizes(_ d: [String: Int]) -> String { d.sorted { $0.key < $1.key }.map { "\($0.value) at \($0.key)" }.joined(separator: ", ") }
+        if !cropped.isEmpty {
+            warn("\(cropped.values.reduce(0, +)) of \(files.count) images were not square and were centre-cropped (\(sizes(cropped))): the model trains on \(size)x\(size) squares")
+        }
+        if !resized.isEmpty {
+            warn("\(resized.values.reduce(0, +)) of \(files.count) images were area-resized to \(size)x\(size) (\(sizes(resized))): the model's sample_size is \(size)")
+        }
+        if skipped > 0 { warn("\(skipped) of \(files.count) PNG files were skipped as unreadable (each named above)") }
         return ImageDataset(size: size, channels: channels, pixels: pixels, labels: classes.isEmpty ? nil : labels,
                             classNames: classes.isEmpty ? nil : classes.map(\.0), skipped: skipped)
     }

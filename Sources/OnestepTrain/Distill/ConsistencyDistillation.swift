@@ -44,11 +44,20 @@ public struct DistillSettings: Sendable {
 }
 
 /// The teacher as the distiller calls it: the inference UNet with EDM scalings, per-image sigmas.
-public struct EDMTeacher: Sendable {
+public struct EDMTeacher: TeacherDenoiser {
     public let model: UNet2DModel
     public let sigmaData: Double
 
+    /// The EDM teacher was trained on every sigma of its log-normal; no clamp beyond the student's own range.
+    public var sigmaRange: ClosedRange<Double> { 1e-6...1e6 }
+    public var description: String { "OnestepEDMHeunScheduler (EDM, sigma_data \(sigmaData))" }
+
     public init(model: UNet2DModel, sigmaData: Double) { (self.model, self.sigmaData) = (model, sigmaData) }
+
+    public func preconditioning(sigma: Double) -> TeacherScalings {
+        let s = EDM.scalings(sigma: sigma, sigmaData: sigmaData)
+        return TeacherScalings(cSkip: s.cSkip, cOut: s.cOut, cIn: s.cIn, timestep: s.cNoise)
+    }
 
     /// D(x_i; sigma_i) for a batch x (B, P), written into `out` (B, P).
     public func denoise(_ x: UnsafePointer<Float>, sigmas: [Double], labels: [Int]?, into out: UnsafeMutablePointer<Float>) {
@@ -66,27 +75,6 @@ public struct EDMTeacher: Sendable {
             let s = EDM.scalings(sigma: sigmas[i], sigmaData: sigmaData)
             let cSkip = Float(s.cSkip), cOut = Float(s.cOut)
             for j in (i * per)..<((i + 1) * per) { out[j] = cSkip * x[j] + cOut * f.data[j] }
-        }
-    }
-
-    /// One Heun step of dx/dsigma = (x - D(x; sigma)) / sigma from `from` to `to` (both > 0), per image.
-    public func heunStep(_ x: UnsafePointer<Float>, from: [Double], to: [Double], labels: [Int]?, into out: UnsafeMutablePointer<Float>) {
-        let b = from.count, per = model.config.inChannels * model.config.sampleSize * model.config.sampleSize
-        let d0 = UnsafeMutablePointer<Float>.allocate(capacity: b * per), d1 = UnsafeMutablePointer<Float>.allocate(capacity: b * per)
-        let euler = UnsafeMutablePointer<Float>.allocate(capacity: b * per)
-        defer { d0.deallocate(); d1.deallocate(); euler.deallocate() }
-        denoise(x, sigmas: from, labels: labels, into: d0)
-        for i in 0..<b {
-            let h = Float(to[i] - from[i]), inv = Float(1 / from[i])
-            for j in (i * per)..<((i + 1) * per) { euler[j] = x[j] + h * (x[j] - d0[j]) * inv }
-        }
-        denoise(euler, sigmas: to, labels: labels, into: d1)
-        for i in 0..<b {
-            let h = Float(to[i] - from[i]), inv0 = Float(1 / from[i]), inv1 = Float(1 / to[i])
-            for j in (i * per)..<((i + 1) * per) {
-                let slope = ((x[j] - d0[j]) * inv0 + (euler[j] - d1[j]) * inv1) / 2
-                out[j] = x[j] + h * slope
-            }
         }
     }
 }
@@ -114,7 +102,7 @@ func consistencyOutput(_ m: TrainableUNet, _ x: UnsafePointer<Float>, sigmas: [D
 /// The consistency-distillation loss for one batch, data parallel (DataParallel.swift): worker 0 runs on the
 /// student itself, each further worker on a replica; every worker has its own copy of theta^-.
 public final class ConsistencyDistillationLoss {
-    public let teacher: EDMTeacher
+    public let teacher: any TeacherDenoiser
     public let settings: DistillSettings
     public let karras: [Double]  // (N) descending, sigma_max ... sigma_min
     private var workers: [Worker] = []
@@ -125,7 +113,7 @@ public final class ConsistencyDistillationLoss {
         init(student: TrainableUNet, target: TrainableUNet) { (self.student, self.target) = (student, target) }
     }
 
-    public init(teacher: EDMTeacher, student: TrainableUNet, settings: DistillSettings) {
+    public init(teacher: any TeacherDenoiser, student: TrainableUNet, settings: DistillSettings) {
         self.teacher = teacher
         self.settings = settings
         karras = Array(settings.schedule.karrasSigmas(settings.sigmas).prefix(settings.sigmas))
@@ -213,8 +201,17 @@ public final class ConsistencyDistillationObjective: TrainingObjective {
         "\(model.parameterCount) parameters from the teacher, \(dataset.count) images, N = \(settings.sigmas), mu = \(settings.targetEMA), batch \(settings.batch)"
     }
 
-    /// `teacher` is the teacher's inference model; the student is its copy (same config and weights).
-    public init(teacher: UNet2DModel, dataset: ImageDataset, settings: DistillSettings) throws {
+    /// `teacher` is an EDM teacher's inference model; the student is its copy (same config and weights).
+    public convenience init(teacher: UNet2DModel, dataset: ImageDataset, settings: DistillSettings) throws {
+        try self.init(denoiser: EDMTeacher(model: teacher, sigmaData: settings.schedule.sigmaData), dataset: dataset, settings: settings)
+    }
+
+    /// Any teacher denoiser (EDM, or a diffusers DDPM-family UNet through DiscreteDDPMTeacher); the student is a copy
+    /// of its network, trained in the consistency parameterisation of `settings.schedule` (the caller clamps that
+    /// schedule's sigma range to the teacher's: `TeacherDenoiser.clamped`). A DDPM teacher's copy starts with
+    /// another input scaling and timestep map than the student's, so its first steps mostly re-learn those.
+    public init(denoiser: any TeacherDenoiser, dataset: ImageDataset, settings: DistillSettings) throws {
+        let teacher = denoiser.model
         guard dataset.size == teacher.config.sampleSize, dataset.channels == teacher.config.inChannels else {
             throw DataError("the teacher makes \(teacher.config.inChannels)x\(teacher.config.sampleSize)x\(teacher.config.sampleSize) images, the data is \(dataset.channels)x\(dataset.size)x\(dataset.size)")
         }
@@ -227,8 +224,7 @@ public final class ConsistencyDistillationObjective: TrainingObjective {
             ("target", WeightAverage(decay: settings.targetEMA, of: model.store, warmup: false)),
         ])
         (self.dataset, self.settings) = (dataset, settings)
-        loss = ConsistencyDistillationLoss(teacher: EDMTeacher(model: teacher, sigmaData: settings.schedule.sigmaData),
-                                           student: model, settings: settings)
+        loss = ConsistencyDistillationLoss(teacher: denoiser, student: model, settings: settings)
     }
 
     public func step(number: Int, rng: inout TrainRandom) -> Double {
@@ -236,7 +232,8 @@ public final class ConsistencyDistillationObjective: TrainingObjective {
         let x = batchBuffer.ensure(b * dataset.imageFloats)
         let indices = (0..<b).map { _ in rng.int(dataset.count) }
         dataset.gather(indices, into: x)
-        let labels = dataset.labels.map { l in indices.map { l[$0] } }
+        // An unconditional teacher trains on class folders too: their labels are not passed to it.
+        let labels = model.config.numClassEmbeds == nil ? nil : dataset.labels.map { l in indices.map { l[$0] } }
         student.zeroGradients()
         let value = loss.step(student: model, target: student.average("target").shadow, clean: x, batch: b, labels: labels, rng: &rng)
         student.applyUpdate()
@@ -259,6 +256,11 @@ public typealias ConsistencyStudentTrainer = TrainingLoop<ConsistencyDistillatio
 extension TrainingLoop where Objective == ConsistencyDistillationObjective {
     public convenience init(teacher: UNet2DModel, dataset: ImageDataset, settings: DistillSettings, runDir: String, resume: Bool) throws {
         try self.init(objective: ConsistencyDistillationObjective(teacher: teacher, dataset: dataset, settings: settings), runDir: runDir,
+                      settings: settings.loop, resume: resume)
+    }
+
+    public convenience init(denoiser: any TeacherDenoiser, dataset: ImageDataset, settings: DistillSettings, runDir: String, resume: Bool) throws {
+        try self.init(objective: ConsistencyDistillationObjective(denoiser: denoiser, dataset: dataset, settings: settings), runDir: runDir,
                       settings: settings.loop, resume: resume)
     }
 }

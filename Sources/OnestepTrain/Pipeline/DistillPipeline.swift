@@ -34,6 +34,11 @@ public struct PipelineSettings: Sendable {
     public var small = RegressionSettings()
     public var eval = EvalSettings()
     public var seed: UInt64 = 0
+    /// Set by `quick`: every result of the run carries a warning that it only exercises the code.
+    public var isQuick = false
+
+    /// What a report of a --quick run starts with (and onestep-distill prints after it).
+    public static let quickWarning = "WARNING: --quick run: tiny data, networks and step counts that only exercise the code; its FD-cls, KID and accuracy numbers say nothing about model quality"
 
     public init() {
         teacher.steps = 8000
@@ -55,6 +60,7 @@ public struct PipelineSettings: Sendable {
     /// Every stage on tiny settings: ~2 minutes on two cores. Used by the tests.
     public static var quick: PipelineSettings {
         var s = PipelineSettings()
+        s.isQuick = true
         s.dataCount = 800
         s.teacherChannels = [16, 32]
         s.teacherAttention = false
@@ -116,6 +122,10 @@ public struct PipelineSettings: Sendable {
     }
 }
 
+public struct PipelineSettingsError: Error, CustomStringConvertible {
+    public let description: String
+}
+
 public final class DistillPipeline {
     public static let stages = ["data", "teacher", "student", "student-small", "quantize", "eval"]
     public let dir: String
@@ -124,12 +134,42 @@ public final class DistillPipeline {
     let shouldStop: () -> Bool
     let log: (String) -> Void
 
-    public init(dir: String, settings: PipelineSettings, shouldStop: @escaping () -> Bool = { false }, log: @escaping (String) -> Void) throws {
+    /// `force`: use a folder whose pipeline.json records other settings anyway (its finished stages are kept as
+    /// they are; the unfinished ones run with `settings`). Without it such a folder is refused, naming the settings.
+    public init(dir: String, settings: PipelineSettings, force: Bool = false, shouldStop: @escaping () -> Bool = { false },
+                log: @escaping (String) -> Void) throws {
         (self.dir, self.settings, self.shouldStop, self.log) = (dir, settings, shouldStop, log)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         if let data = FileManager.default.contents(atPath: dir + "/pipeline.json"),
            let d = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any], let st = d["stage_seconds"] as? [String: Double] {
+            let differing = Self.differences(recorded: d, current: Self.recordedSettings(settings))
+            if !differing.isEmpty && !st.isEmpty {
+                let list = differing.joined(separator: "; ")
+                guard force else {
+                    throw PipelineSettingsError(description: "\(dir) holds a pipeline run made with other settings (\(list)); its finished stages (\(Self.stages.filter { st[$0] != nil }.joined(separator: ", "))) would be reused as if made with these. Choose another --out, or pass --force to keep them anyway")
+                }
+                log("warning: --force: reusing the finished stages of \(dir), made with other settings (\(list))")
+            }
             seconds = st
+        }
+    }
+
+    /// The settings pipeline.json records and a later run compares.
+    static func recordedSettings(_ s: PipelineSettings) -> [String: Any] {
+        ["quick": s.isQuick, "data_count": s.dataCount, "size": s.size, "teacher_channels": s.teacherChannels, "teacher_steps": s.teacher.steps,
+         "distill_steps": s.distill.steps, "distill_sigmas": s.distill.sigmas, "small_channels": s.smallChannels, "small_steps": s.small.steps]
+    }
+
+    /// "key: recorded R, now N" for every recorded setting that differs (a key missing from an older file: "quick"
+    /// is read as false, others are not compared).
+    static func differences(recorded: [String: Any], current: [String: Any]) -> [String] {
+        current.keys.sorted().compactMap { k in
+            let now = "\(current[k]!)"
+            guard let was = recorded[k].map({ "\($0)" }) ?? (k == "quick" ? "false" : nil) else { return nil }
+            // JSONSerialization reads true/false as 1/0 and arrays with newlines: compare normalised text.
+            func norm(_ v: String) -> String { v.filter { !$0.isWhitespace }.replacingOccurrences(of: "(", with: "[").replacingOccurrences(of: ")", with: "]")
+                .replacingOccurrences(of: "true", with: "1").replacingOccurrences(of: "false", with: "0") }
+            return norm(was) == norm(now) ? nil : "\(k): recorded \(norm(was)), now \(norm(now))"
         }
     }
 
@@ -180,16 +220,14 @@ public final class DistillPipeline {
     }
 
     func record() throws {
-        let d: [String: Any] = ["stage_seconds": seconds, "data_count": settings.dataCount, "size": settings.size,
-                                "teacher_channels": settings.teacherChannels, "teacher_steps": settings.teacher.steps,
-                                "distill_steps": settings.distill.steps, "distill_sigmas": settings.distill.sigmas,
-                                "small_channels": settings.smallChannels, "small_steps": settings.small.steps]
+        var d = Self.recordedSettings(settings)
+        d["stage_seconds"] = seconds
         let data = try JSONSerialization.data(withJSONObject: d, options: [.prettyPrinted, .sortedKeys])
         try AtomicFile.write(Array(data) + [0x0A], to: dir + "/pipeline.json")
     }
 
     public func report(evalMarkdown: String) -> String {
-        var s = "# Pipeline run \(dir)\n\n| stage | seconds |\n|---|---:|\n"
+        var s = "# Pipeline run \(dir)\n\n" + (settings.isQuick ? "**" + PipelineSettings.quickWarning + ".**\n\n" : "") + "| stage | seconds |\n|---|---:|\n"
         for st in Self.stages { s += "| \(st) | \(seconds[st].map { String(format: "%.0f", $0) } ?? "-") |\n" }
         s += "| total | \(String(format: "%.0f", seconds.values.reduce(0, +))) |\n\n" + evalMarkdown
         return s
