@@ -66,16 +66,6 @@ final class TextToImageLoadErrorTests: XCTestCase {
         assertRefused(d, mentions: ["model_index.json", "text_encoder"])
     }
 
-    func testMismatchedParts() throws {
-        // A UNet whose cross_attention_dim does not fit the text encoder's width is refused before any weights run.
-        let d = try copyPipeline()
-        try FileManager.default.removeItem(atPath: d + "/text_encoder")
-        try FileManager.default.createSymbolicLink(atPath: d + "/text_encoder", withDestinationPath: T2IGoldenCase.folder("sdxs_tiny") + "/text_encoder")
-        let te = try CLIPTextModel(folder: d + "/text_encoder"), unet = try UNet2DConditionConfig.load(path: d + "/unet/config.json")
-        try XCTSkipIf(te.config.hiddenSize == unet.crossAttentionDim[0], "the two goldens share a text width")
-        assertRefused(d, mentions: ["unet/config.json", "cross_attention_dim"])
-    }
-
     func testPixelLoaderPointsTextPipelinesElsewhere() throws {
         XCTAssertThrowsError(try ImagePipeline.load(path: T2IGoldenCase.folder("sd_turbo_tiny"))) { e in
             XCTAssertTrue("\(e)".contains("text-to-image"), "\(e)")
