@@ -5,7 +5,7 @@
 // The value is computed outside the lock: two threads missing the same key at once both compute it (the results
 // are equal: the encoder is deterministic) and the second insert wins; a lock held across a text-encoder forward
 // would serialise every worker behind one prompt.
-import Synchronization
+import HTTP1  // Locked: a pthread mutex, which ThreadSanitizer sees (Synchronization.Mutex's futex calls it does not)
 
 /// A bounded LRU map with hit and miss counters.
 ///
@@ -30,7 +30,7 @@ public final class LRUCache<Key: Hashable & Sendable, Value: Sendable>: Sendable
     }
 
     public let capacity: Int
-    private let state = Mutex(State())
+    private let state = Locked(State())
 
     public init(capacity: Int) {
         precondition(capacity >= 0, "LRUCache capacity must be >= 0")

@@ -10,7 +10,7 @@ final class TextToImageLoadErrorTests: XCTestCase {
         let fm = FileManager.default
         for entry in try fm.subpathsOfDirectory(atPath: src) {
             var isDir: ObjCBool = false
-            fm.fileExists(atPath: src + "/" + entry, isDirectory: &isDir)
+            _ = fm.fileExists(atPath: src + "/" + entry, isDirectory: &isDir)
             if isDir.boolValue { try fm.createDirectory(atPath: dst + "/" + entry, withIntermediateDirectories: true) }
             else if entry.hasSuffix(".safetensors") { try fm.createSymbolicLink(atPath: dst + "/" + entry, withDestinationPath: src + "/" + entry) }
             else { try fm.copyItem(atPath: src + "/" + entry, toPath: dst + "/" + entry) }
@@ -32,11 +32,11 @@ final class TextToImageLoadErrorTests: XCTestCase {
     }
 
     func testMissingTokenizerFiles() throws {
-        let d = try copyPipeline()
-        try FileManager.default.removeItem(atPath: d + "/tokenizer/merges.txt")
-        assertRefused(d, mentions: ["tokenizer/merges.txt"])
-        try FileManager.default.removeItem(atPath: d + "/tokenizer/vocab.json")
-        assertRefused(d, mentions: ["tokenizer/vocab.json"])
+        for file in ["merges.txt", "vocab.json"] {
+            let d = try copyPipeline(#function + file)
+            try FileManager.default.removeItem(atPath: d + "/tokenizer/" + file)
+            assertRefused(d, mentions: ["tokenizer/" + file])
+        }
     }
 
     func testTextEncoderConfigOutsideSubset() throws {
@@ -64,16 +64,6 @@ final class TextToImageLoadErrorTests: XCTestCase {
         idx["text_encoder"] = [NSNull(), NSNull()]
         try JSONSerialization.data(withJSONObject: idx).write(to: URL(fileURLWithPath: p))
         assertRefused(d, mentions: ["model_index.json", "text_encoder"])
-    }
-
-    func testMismatchedParts() throws {
-        // A UNet whose cross_attention_dim does not fit the text encoder's width is refused before any weights run.
-        let d = try copyPipeline()
-        try FileManager.default.removeItem(atPath: d + "/text_encoder")
-        try FileManager.default.createSymbolicLink(atPath: d + "/text_encoder", withDestinationPath: T2IGoldenCase.folder("sdxs_tiny") + "/text_encoder")
-        let te = try CLIPTextModel(folder: d + "/text_encoder"), unet = try UNet2DConditionConfig.load(path: d + "/unet/config.json")
-        try XCTSkipIf(te.config.hiddenSize == unet.crossAttentionDim[0], "the two goldens share a text width")
-        assertRefused(d, mentions: ["unet/config.json", "cross_attention_dim"])
     }
 
     func testPixelLoaderPointsTextPipelinesElsewhere() throws {

@@ -7,7 +7,26 @@ import PNGCodec
 /// T2I_README.md), run as a user runs them: the built binary in a subprocess.
 final class TextCommandLineTests: XCTestCase {
     static let folders = ["sd_turbo_tiny", "sdxs_tiny", "lcm_tiny", "tcd_tiny", "cfg_v_tiny"]
-    let cli = CommandLineTests(name: "TextCommandLineTests.cli", testClosure: { _ in })  // corelibs XCTest has no init()
+
+    /// The built onestep-serve run in a subprocess, as CommandLineTests runs it.
+    func run(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
+        p.arguments = args
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        try p.run()
+        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+    }
+
+    func temp(_ name: String) -> String {
+        let dir = NSTemporaryDirectory() + "onestep-t2i-cli-\(UUID().uuidString.prefix(8))"
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir + "/" + name
+    }
 
     struct Case { var key: String; var c: [String: String]; var expected: [Int64]; var reference: [Float] }
 
@@ -38,11 +57,11 @@ final class TextCommandLineTests: XCTestCase {
             let dir = Fixtures.golden + "/" + name
             let io = try SafetensorsFile(path: dir + "/io.safetensors")
             for c in try cases(io) {
-                let out = cli.temp("img.png")
+                let out = temp("img.png")
                 var args = ["generate", "--model", dir, "--prompt", c.c["prompt"]!, "--seed", c.c["seed"]!, "--steps", c.c["steps"]!,
                             "--guidance", c.c["guidance_scale"]!, "--eta", c.c["eta"] ?? "0", "--out", out]
                 if let neg = c.c["negative_prompt"], !neg.isEmpty { args += ["--negative-prompt", neg] }
-                let r = try cli.run(CommandLineTests.binary, args)
+                let r = try run(args)
                 XCTAssertEqual(r.status, 0, "\(name) \(c.key): \(r.err)")
                 guard r.status == 0 else { continue }
                 let png = try PNG.read(path: out)
@@ -54,8 +73,8 @@ final class TextCommandLineTests: XCTestCase {
 
     func testRunPipelineReproducesGolden() throws {
         for name in Self.folders {
-            let dir = Fixtures.golden + "/" + name, out = cli.temp("out.safetensors")
-            let r = try cli.run(CommandLineTests.binary, ["run-pipeline", "--model", dir, "--inputs", dir + "/io.safetensors", "--out", out])
+            let dir = Fixtures.golden + "/" + name, out = temp("out.safetensors")
+            let r = try run(["run-pipeline", "--model", dir, "--inputs", dir + "/io.safetensors", "--out", out])
             XCTAssertEqual(r.status, 0, "\(name): \(r.err)")
             guard r.status == 0 else { continue }
             let got = try SafetensorsFile(path: out), want = try SafetensorsFile(path: dir + "/io.safetensors")
@@ -73,14 +92,14 @@ final class TextCommandLineTests: XCTestCase {
     }
 
     func testGenerateRefusesBadTextRequests() throws {
-        let dir = Fixtures.golden + "/sd_turbo_tiny", out = cli.temp("x.png")
-        let noPrompt = try cli.run(CommandLineTests.binary, ["generate", "--model", dir, "--seed", "1", "--out", out])
+        let dir = Fixtures.golden + "/sd_turbo_tiny", out = temp("x.png")
+        let noPrompt = try run(["generate", "--model", dir, "--seed", "1", "--out", out])
         XCTAssertNotEqual(noPrompt.status, 0)
         XCTAssertTrue(noPrompt.err.contains("--prompt"), noPrompt.err)
-        let badSize = try cli.run(CommandLineTests.binary, ["generate", "--model", dir, "--prompt", "", "--seed", "1", "--size", "30x32", "--out", out])
+        let badSize = try run(["generate", "--model", dir, "--prompt", "", "--seed", "1", "--size", "30x32", "--out", out])
         XCTAssertNotEqual(badSize.status, 0)
         XCTAssertTrue(badSize.err.contains("multiple of 8"), badSize.err)
-        let pixel = try cli.run(CommandLineTests.binary, ["generate", "--model", Fixtures.golden + "/cd_tiny", "--prompt", "cat", "--seed", "1", "--out", out])
+        let pixel = try run(["generate", "--model", Fixtures.golden + "/cd_tiny", "--prompt", "cat", "--seed", "1", "--out", out])
         XCTAssertNotEqual(pixel.status, 0)
         XCTAssertTrue(pixel.err.contains("--prompt is for text-to-image models"), pixel.err)
         XCTAssertFalse(FileManager.default.fileExists(atPath: out), "no file written for a refused request")
