@@ -34,20 +34,21 @@ final class BufferPoolTests: XCTestCase {
         for _ in 0..<500 { forward(pool, batch: Int.random(in: 1...64, using: &generator)) }
         XCTAssertEqual(pool.bytesInUse, 0)
         XCTAssertEqual(pool.peakBytesInUse, largest, "the batch-64 forward is the largest")
-        XCTAssertLessThanOrEqual(pool.bytesAllocated, 2 * largest, "free buffers beyond the budget were kept")
+        XCTAssertLessThanOrEqual(pool.bytesAllocated, 4 * largest, "free buffers beyond the budget (4x the peak in use) were kept")
         // Without the budget every batch size keeps its own set: the sum over 1...64 is ~32x one forward.
         let unbounded = (1...64).reduce(0) { total, n in
             total + [64 * 256 * n, 128 * 64 * n, 256 * 16 * n, 3 * 256 * n, 4 * 64 * n * n / 4 + 1].reduce(0, +) * 4
         }
-        XCTAssertGreaterThan(unbounded, 10 * pool.bytesAllocated)
+        XCTAssertGreaterThan(unbounded, 5 * pool.bytesAllocated)
     }
 
     func testSteadyBatchSizeReusesItsBuffers() {
         let pool = BufferPool()
         forward(pool, batch: 16)
-        let allocated = pool.bytesAllocated
+        let allocated = pool.bytesAllocated, allocations = pool.systemAllocations
         for _ in 0..<50 { forward(pool, batch: 16) }
         XCTAssertEqual(pool.bytesAllocated, allocated, "a repeated shape allocates nothing more")
+        XCTAssertEqual(pool.systemAllocations, allocations, "a repeated shape neither evicts nor maps again")
     }
 
     func testExplicitRetainLimit() {

@@ -5,10 +5,10 @@
 // Memory budget (issue 17): sizes are rounded up to size classes (4 per octave, at most 25% over), and a missing
 // class is served from a free buffer of up to twice its size, so batch sizes 1...64 share buffers instead of each
 // keeping its own exact-size set; and the free buffers a
-// pool keeps are capped at `retainLimitBytes` (by default twice the most it ever had in use at once, i.e. two
-// forwards at the largest batch it has run), the least recently used given back to the kernel first. A pool
-// therefore holds at most (in use now) + (retain limit) ≤ 3 × its largest forward, whatever the mix of batch
-// sizes and steps. Buffers of 64 KiB and more are mmap'ed, so giving one back really lowers RSS (glibc's
+// pool keeps are capped at `retainLimitBytes` (by default four times the most it ever had in use at once; a
+// forward's buffers spread over size classes add up to more than twice its peak), the least recently used given
+// back to the kernel first. A pool therefore holds at most (in use now) + (retain limit) <= 5 x its largest
+// forward's peak, whatever the mix of batch sizes and steps. Buffers of 64 KiB and more are mmap'ed, so giving one back really lowers RSS (glibc's
 // malloc keeps freed large blocks once its mmap threshold has risen, and its per-thread arenas fragment).
 
 import Foundation
@@ -46,8 +46,12 @@ public final class BufferPool {
     public private(set) var peakBytesInUse = 0
     /// Bytes of free buffers kept for reuse.
     public private(set) var bytesFree = 0
-    /// Free bytes kept at most; nil: twice ``peakBytesInUse``.
+    /// Free bytes kept at most; nil: four times ``peakBytesInUse``. Twice was too little: one forward's buffers,
+    /// spread over many size classes whose peaks fall at different times, add up to more than twice its peak in
+    /// use (cd_tiny at batch 1), so every forward evicted and re-mapped them (10x the page faults, 10-20% slower).
     public var retainLimitBytes: Int?
+    /// Buffers obtained from the system so far (mmap or malloc); a steady-state forward adds none.
+    public private(set) var systemAllocations = 0
 
     /// Buffers of this many bytes or more are mapped directly (and unmapped when evicted).
     static let mmapThreshold = 64 * 1024
@@ -129,7 +133,7 @@ public final class BufferPool {
 
     /// Gives the least recently released free buffers back until the free bytes are within the limit.
     private func trim() {
-        let limit = retainLimitBytes ?? 2 * peakBytesInUse
+        let limit = retainLimitBytes ?? 4 * peakBytesInUse
         while bytesFree > limit {
             // A linear scan over the free lists' oldest entries: a few dozen classes, and it runs only when a
             // batch of another size has pushed the pool over its budget.
@@ -151,6 +155,7 @@ public final class BufferPool {
     private var mallocFallbacks: Set<UnsafeMutablePointer<Float>> = []
 
     private func allocate(floats: Int) -> UnsafeMutablePointer<Float> {
+        systemAllocations += 1
         if floats * 4 >= Self.mmapThreshold {
             let raw = mmap(nil, floats * 4, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
             if let raw, raw != MAP_FAILED { return raw.bindMemory(to: Float.self, capacity: floats) }
