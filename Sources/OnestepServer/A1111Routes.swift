@@ -16,9 +16,7 @@ import Synchronization
 /// Per process: replicas behind a load balancer each keep their own, so clients of a replicated set-up should
 /// name the model in each request (`override_settings.sd_model_checkpoint`).
 final class A1111Settings: Sendable {
-    private let checkpoint = Mutex<String?>(nil)
-    /// A1111 jobs number from 2^62 so they never share an id with the native routes' jobs.
-    let nextJobID = Atomic<UInt64>(1 << 62)
+    private let checkpoint = Locked<String?>(nil)  // pthread mutex: visible to ThreadSanitizer
 
     func model(default name: String) -> String { checkpoint.withLock { $0 } ?? name }
     func setModel(_ name: String) { checkpoint.withLock { $0 = name } }
@@ -116,7 +114,7 @@ extension Router {
             return
         }
         let classes = models[params.model]?.classNames
-        enqueue(params, responder, id: a1111.nextJobID.add(1, ordering: .relaxed).oldValue) { pngs, wait, compute, batch in
+        enqueue(params, responder, id: nextJobID.add(1, ordering: .relaxed).oldValue) { pngs, wait, compute, batch in
             let seeds = params.images.map { Int($0.seed) }
             let labels: [Any] = params.images.map { img in
                 img.label.map { l -> Any in classes.flatMap { l < $0.count ? $0[l] : nil } ?? l } ?? NSNull()
@@ -155,51 +153,6 @@ extension Router {
             out[id] = (m["fields"] as? [String]).map(Set.init)
         }
         return out
-    }
-
-    /// Queues a validated generation and answers with `render`'s response (timing headers added) once computed;
-    /// refusals (queue full, draining, deadline) are answered as on the native routes.
-    func enqueue(_ params: GenerationParams, _ responder: HTTPResponder, id: UInt64,
-                 render: @escaping @Sendable (_ pngs: [[UInt8]], _ wait: Duration, _ compute: Duration, _ batch: Int) -> HTTPResponse) {
-        if draining.load(ordering: .acquiring) {
-            reject(responder, reason: "draining", .error(.serviceUnavailable, message: "draining: this server is shutting down; retry on another replica", type: "draining"))
-            return
-        }
-        let deadlineMs = min(params.deadlineMs ?? options.defaultDeadlineMs, options.maxDeadlineMs)
-        let now = ContinuousClock.now
-        let job = GenerationJob(id: id, model: params.model, steps: params.steps, images: params.images,
-                                text: params.text, size: params.size, guidanceScale: params.guidanceScale,
-                                deadline: now + .milliseconds(deadlineMs), enqueuedAt: now,
-                                isCancelled: { responder.isCancelled }) { [self, metrics] outcome in
-            switch outcome {
-            case .done(let pngs, let wait, let compute, let batch):
-                var r = render(pngs, wait, compute, batch)
-                r.headers.add(name: "X-Queue-Ms", value: String(format: "%.2f", seconds(wait) * 1000))
-                r.headers.add(name: "X-Compute-Ms", value: String(format: "%.2f", seconds(compute) * 1000))
-                r.headers.add(name: "X-Batch-Images", value: String(batch))
-                r.headers.add(name: "Cache-Control", value: "no-store")
-                respond(responder, r)
-            case .expired(let wait):
-                var r = HTTPResponse.error(.serviceUnavailable, message: "deadline of \(deadlineMs) ms passed after \(Int(seconds(wait) * 1000)) ms in the queue; the server is overloaded, retry later", type: "deadline_exceeded")
-                r.headers.add(name: "Retry-After", value: "1")
-                respond(responder, r)
-            case .failed(let message):
-                metrics.increment("onestep_rejected_total", [("reason", "internal")])
-                respond(responder, .error(.internalServerError, message: message))
-            }
-        }
-        switch queue.submit(job) {
-        case .accepted:
-            responder.onCancel { [queue, metrics] in
-                if queue.cancel(job) { metrics.increment("onestep_rejected_total", [("reason", "client_gone")]) }
-            }
-        case .queueFull(let retry):
-            var r = HTTPResponse.error(.tooManyRequests, message: "queue full (\(queue.maxQueuedImages) images waiting); retry after \(retry) s", type: "queue_full")
-            r.headers.add(name: "Retry-After", value: String(retry))
-            reject(responder, reason: "queue_full", r)
-        case .draining:
-            reject(responder, reason: "draining", .error(.serviceUnavailable, message: "draining: this server is shutting down; retry on another replica", type: "draining"))
-        }
     }
 
     /// The project's error envelope plus FastAPI's `detail`, which A1111 clients print.

@@ -14,7 +14,7 @@ final class Router: Sendable {
     let options: ServerOptions
     let draining = Atomic<Bool>(false)
     let a1111 = A1111Settings()  // A1111Routes.swift
-    private let nextJobID = Atomic<UInt64>(1)
+    let nextJobID = Atomic<UInt64>(1)
 
     init(models: ModelRegistry, queue: BatchQueue, metrics: Metrics, options: ServerOptions) {
         self.models = models
@@ -151,47 +151,59 @@ final class Router: Sendable {
             respond(responder, .error(status, message: error.message, type: error.type))
             return
         }
+        enqueue(params, responder, id: nextJobID.add(1, ordering: .relaxed).oldValue,
+                deadlineAdvice: "retry later or raise deadline_ms") { pngs, _, _, _ in
+            var r: HTTPResponse
+            if openAI {
+                let data: [[String: Any]] = zip(pngs, params.images).enumerated().map { i, pair in
+                    let (png, img) = pair
+                    var item: [String: Any] = ["b64_json": Data(png).base64EncodedString(), "seed": img.seed]
+                    if let l = img.label { item["label"] = l; item["label_name"] = params.labelName(l) }
+                    if let r = params.resolvedFromPrompt { item["revised_prompt"] = r }
+                    if i < params.text.count { item["revised_prompt"] = params.text[i].prompt }
+                    return item
+                }
+                let body: [String: Any] = ["created": Int(Date().timeIntervalSince1970), "data": data]
+                r = .json(Array((try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])) ?? Data()))
+            } else {
+                r = HTTPResponse(status: .ok, contentType: "image/png", body: pngs[0])
+                r.headers.add(name: "X-Seed", value: String(params.images[0].seed))
+                if let l = params.images[0].label {
+                    r.headers.add(name: "X-Label", value: String(l))
+                    r.headers.add(name: "X-Label-Name", value: params.labelName(l))
+                }
+                if let p = params.resolvedFromPrompt { r.headers.add(name: "X-Prompt-Resolved-To", value: p) }
+                if let size = params.size { r.headers.add(name: "X-Size", value: size.description) }
+            }
+            return r
+        }
+    }
+
+    /// Queues a validated generation and answers with `render`'s response (timing headers added) once computed;
+    /// refusals (queue full, draining, deadline) are answered alike on every route. `deadlineAdvice` ends the
+    /// message of a request whose deadline passed in the queue (only the native routes have `deadline_ms`).
+    func enqueue(_ params: GenerationParams, _ responder: HTTPResponder, id: UInt64, deadlineAdvice: String = "retry later",
+                 render: @escaping @Sendable (_ pngs: [[UInt8]], _ wait: Duration, _ compute: Duration, _ batch: Int) -> HTTPResponse) {
         if draining.load(ordering: .acquiring) {
             reject(responder, reason: "draining", .error(.serviceUnavailable, message: "draining: this server is shutting down; retry on another replica", type: "draining"))
             return
         }
         let deadlineMs = min(params.deadlineMs ?? options.defaultDeadlineMs, options.maxDeadlineMs)
         let now = ContinuousClock.now
-        let job = GenerationJob(id: nextJobID.add(1, ordering: .relaxed).oldValue, model: params.model, steps: params.steps,
-                                images: params.images, text: params.text, size: params.size,
-                                guidanceScale: params.guidanceScale, deadline: now + .milliseconds(deadlineMs), enqueuedAt: now,
+        let job = GenerationJob(id: id, model: params.model, steps: params.steps, images: params.images,
+                                text: params.text, size: params.size, guidanceScale: params.guidanceScale,
+                                deadline: now + .milliseconds(deadlineMs), enqueuedAt: now,
                                 isCancelled: { responder.isCancelled }) { [self, metrics] outcome in
             switch outcome {
             case .done(let pngs, let wait, let compute, let batch):
-                var r: HTTPResponse
-                if openAI {
-                    let data: [[String: Any]] = zip(pngs, params.images).enumerated().map { i, pair in
-                        let (png, img) = pair
-                        var item: [String: Any] = ["b64_json": Data(png).base64EncodedString(), "seed": img.seed]
-                        if let l = img.label { item["label"] = l; item["label_name"] = params.labelName(l) }
-                        if let r = params.resolvedFromPrompt { item["revised_prompt"] = r }
-                        if i < params.text.count { item["revised_prompt"] = params.text[i].prompt }
-                        return item
-                    }
-                    let body: [String: Any] = ["created": Int(Date().timeIntervalSince1970), "data": data]
-                    r = .json(Array((try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys])) ?? Data()))
-                } else {
-                    r = HTTPResponse(status: .ok, contentType: "image/png", body: pngs[0])
-                    r.headers.add(name: "X-Seed", value: String(params.images[0].seed))
-                    if let l = params.images[0].label {
-                        r.headers.add(name: "X-Label", value: String(l))
-                        r.headers.add(name: "X-Label-Name", value: params.labelName(l))
-                    }
-                    if let p = params.resolvedFromPrompt { r.headers.add(name: "X-Prompt-Resolved-To", value: p) }
-                    if let size = params.size { r.headers.add(name: "X-Size", value: size.description) }
-                }
+                var r = render(pngs, wait, compute, batch)
                 r.headers.add(name: "X-Queue-Ms", value: String(format: "%.2f", seconds(wait) * 1000))
                 r.headers.add(name: "X-Compute-Ms", value: String(format: "%.2f", seconds(compute) * 1000))
                 r.headers.add(name: "X-Batch-Images", value: String(batch))
                 r.headers.add(name: "Cache-Control", value: "no-store")
                 respond(responder, r)
             case .expired(let wait):
-                var r = HTTPResponse.error(.serviceUnavailable, message: "deadline of \(deadlineMs) ms passed after \(Int(seconds(wait) * 1000)) ms in the queue; the server is overloaded, retry later or raise deadline_ms", type: "deadline_exceeded")
+                var r = HTTPResponse.error(.serviceUnavailable, message: "deadline of \(deadlineMs) ms passed after \(Int(seconds(wait) * 1000)) ms in the queue; the server is overloaded, \(deadlineAdvice)", type: "deadline_exceeded")
                 r.headers.add(name: "Retry-After", value: "1")
                 respond(responder, r)
             case .failed(let message):
