@@ -11,26 +11,11 @@ public enum LatentDecoder: Sendable {
     /// model_index.json. The encoder's tensors are skipped; any other tensor the config does not use is refused.
     /// Throws ModelLoadError naming the file (config errors name config.json and the key).
     public static func load(directory: String, className: String, variant: String? = nil) throws -> LatentDecoder {
-        let configPath = directory + "/config.json"
         guard className == "AutoencoderKL" || className == "AutoencoderTiny" else {
             throw ModelLoadError(path: directory, problem: "holds a \(className), which this build cannot decode with; supported decoders: AutoencoderKL, AutoencoderTiny")
         }
-        let weightsPath = try ModelDirectory.weightsFile(in: directory, base: "diffusion_pytorch_model", variant: variant)
-        do {
-            let src = SafetensorsWeights(file: try SafetensorsFile(path: weightsPath))
-            let d: LatentDecoder = className == "AutoencoderKL"
-                ? .kl(try AutoencoderKLDecoder(config: try AutoencoderKLConfig.load(path: configPath), weights: src))
-                : .tiny(try AutoencoderTinyDecoder(config: try AutoencoderTinyConfig.load(path: configPath), weights: src))
-            let unused = src.unusedKeys().filter { !$0.hasPrefix("encoder.") && !$0.hasPrefix("quant_conv.") }
-            guard unused.isEmpty else {
-                throw ModelLoadError(path: weightsPath, problem: "holds \(unused.count) tensors config.json does not use (e.g. \(unused.prefix(3).joined(separator: ", "))); the weights belong to another architecture")
-            }
-            return d
-        } catch let e as ConfigError {
-            throw ModelLoadError(path: configPath, problem: e.description)
-        } catch let e as SafetensorsError {
-            throw ModelLoadError(path: weightsPath, problem: "\(e.tensor.map { "tensor '\($0)' " } ?? "")\(e.problem)")
-        }
+        return className == "AutoencoderKL" ? .kl(try AutoencoderKLDecoder.load(directory: directory, variant: variant))
+                                            : .tiny(try AutoencoderTinyDecoder.load(directory: directory, variant: variant))
     }
 
     public var className: String {

@@ -70,25 +70,8 @@ extension TextToImagePipeline {
     /// A UNet2DConditionModel folder (config.json + diffusion_pytorch_model[.variant].safetensors) and its
     /// config's sample_size (diffusers' default 64 when absent).
     static func loadUNet(directory: String, variant: String?) throws -> (UNet2DConditionModel, Int) {
-        let configPath = directory + "/config.json"
-        let cfg: UNet2DConditionConfig
-        do { cfg = try UNet2DConditionConfig.load(path: configPath) } catch let e as ConfigError {
-            throw ModelLoadError(path: configPath, problem: e.description)
-        }
-        let sampleSize = try jsonInt(configPath, "sample_size") ?? 64
-        let weightsPath = try ModelDirectory.weightsFile(in: directory, base: "diffusion_pytorch_model", variant: variant)
-        let src: SafetensorsWeights
-        let model: UNet2DConditionModel
-        do {
-            src = SafetensorsWeights(file: try SafetensorsFile(path: weightsPath))
-            model = try UNet2DConditionModel(config: cfg, weights: src)
-        } catch let e as SafetensorsError {
-            throw ModelLoadError(path: weightsPath, problem: "\(e.tensor.map { "tensor '\($0)' " } ?? "")\(e.problem)")
-        }
-        let unused = src.unusedKeys()
-        guard unused.isEmpty else {
-            throw ModelLoadError(path: weightsPath, problem: "holds \(unused.count) tensors config.json does not use (e.g. \(unused.prefix(3).joined(separator: ", "))); the weights belong to another architecture")
-        }
+        let model = try UNet2DConditionModel.load(directory: directory, variant: variant)
+        let sampleSize = try jsonInt(directory + "/config.json", "sample_size") ?? 64
         return (model, sampleSize)
     }
 

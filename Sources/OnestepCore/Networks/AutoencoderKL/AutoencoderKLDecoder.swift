@@ -51,16 +51,10 @@ public struct AutoencoderKLDecoder: Sendable {
 
     /// Loads the decoder from a diffusers `vae/` folder. The encoder's tensors (encoder.*, quant_conv.*) are
     /// skipped; any other tensor the config does not use is refused.
-    public static func load(directory: String) throws -> AutoencoderKLDecoder {
-        let cfg = try AutoencoderKLConfig.load(path: directory + "/config.json")
-        let path = directory + "/diffusion_pytorch_model.safetensors"
-        let src = SafetensorsWeights(file: try SafetensorsFile(path: path))
-        let model = try AutoencoderKLDecoder(config: cfg, weights: src)
-        let unused = src.unusedKeys().filter { !$0.hasPrefix("encoder.") && !$0.hasPrefix("quant_conv.") }
-        guard unused.isEmpty else {
-            throw ModelLoadError(path: path, problem: "holds \(unused.count) tensors config.json does not use (e.g. \(unused.prefix(3).joined(separator: ", "))); the weights belong to another architecture")
+    public static func load(directory: String, variant: String? = nil) throws -> AutoencoderKLDecoder {
+        try ComponentFolder.load(directory: directory, variant: variant, ignoring: ["encoder.", "quant_conv."]) { configPath, src in
+            try AutoencoderKLDecoder(config: try AutoencoderKLConfig.load(path: configPath), weights: src)
         }
-        return model
     }
 
     /// `vae.decode(latents).sample`: latents (N, latent_channels, h, w) -> images (N, out_channels, 2^(levels-1) h,

@@ -50,16 +50,10 @@ public struct AutoencoderTinyDecoder: Sendable {
 
     /// Loads the decoder from a diffusers AutoencoderTiny `vae/` folder; encoder.* tensors are skipped, any other
     /// tensor the config does not use is refused.
-    public static func load(directory: String) throws -> AutoencoderTinyDecoder {
-        let cfg = try AutoencoderTinyConfig.load(path: directory + "/config.json")
-        let path = directory + "/diffusion_pytorch_model.safetensors"
-        let src = SafetensorsWeights(file: try SafetensorsFile(path: path))
-        let model = try AutoencoderTinyDecoder(config: cfg, weights: src)
-        let unused = src.unusedKeys().filter { !$0.hasPrefix("encoder.") }
-        guard unused.isEmpty else {
-            throw ModelLoadError(path: path, problem: "holds \(unused.count) tensors config.json does not use (e.g. \(unused.prefix(3).joined(separator: ", "))); the weights belong to another architecture")
+    public static func load(directory: String, variant: String? = nil) throws -> AutoencoderTinyDecoder {
+        try ComponentFolder.load(directory: directory, variant: variant, ignoring: ["encoder."]) { configPath, src in
+            try AutoencoderTinyDecoder(config: try AutoencoderTinyConfig.load(path: configPath), weights: src)
         }
-        return model
     }
 
     /// `vae.decode(latents).sample`: latents (N, latent_channels, h, w) -> images (N, out_channels,

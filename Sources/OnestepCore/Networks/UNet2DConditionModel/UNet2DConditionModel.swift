@@ -98,16 +98,10 @@ public struct UNet2DConditionModel: Sendable {
 
     /// Loads a diffusers `unet/` folder: config.json and diffusion_pytorch_model.safetensors. Refuses a weight
     /// file holding tensors the config does not use (they belong to another architecture).
-    public static func load(directory: String) throws -> UNet2DConditionModel {
-        let cfg = try UNet2DConditionConfig.load(path: directory + "/config.json")
-        let path = directory + "/diffusion_pytorch_model.safetensors"
-        let src = SafetensorsWeights(file: try SafetensorsFile(path: path))
-        let model = try UNet2DConditionModel(config: cfg, weights: src)
-        let unused = src.unusedKeys()
-        guard unused.isEmpty else {
-            throw ModelLoadError(path: path, problem: "holds \(unused.count) tensors config.json does not use (e.g. \(unused.prefix(3).joined(separator: ", "))); the weights belong to another architecture")
+    public static func load(directory: String, variant: String? = nil) throws -> UNet2DConditionModel {
+        try ComponentFolder.load(directory: directory, variant: variant) { configPath, src in
+            try UNet2DConditionModel(config: try UNet2DConditionConfig.load(path: configPath), weights: src)
         }
-        return model
     }
 
     /// silu(time_embedding(time_proj(t) [+ cond_proj(timestep_cond)])): what every resnet's time_emb_proj reads.
