@@ -331,8 +331,79 @@ void osk_conv_f32(int level, const osk_conv *conv, const float *packed, const fl
     run_f32(level, &g, packed, conv->out_channels, x, y, (int64_t)n * g.howo, n0, n1);
 }
 
+// MARK: - narrow GEMMs (a few columns: time embeddings, batch-1 linear layers)
+//
+// Each output is the same fma chain as in the microkernels above (k ascending, from c's value), so a column gives
+// the same bits whichever path computes it: batch invariance holds when a batch of 1 takes this path and a batch
+// of 16 the tiled one. The tiled path packs a 32-column tile and runs 8x32 FMAs per k for 1 useful column.
+
+static void gemv_f32_scalar(const float *packed, int32_t m, int32_t k, const float *b, int64_t ldb, float *c,
+                            int64_t ldc, int64_t j) {
+    for (int32_t row = 0; row < m; row++) {
+        const float *a = packed + (size_t)(row / MR) * k * MR + row % MR;
+        float acc = c[row * ldc + j];
+        for (int32_t kk = 0; kk < k; kk++) acc = fmaf(a[(size_t)kk * MR], b[kk * ldb + j], acc);
+        c[row * ldc + j] = acc;
+    }
+}
+
+#if OSK_X86 && OSK_MR == 8
+/// Four 8-row panels at a time, one ymm chain each (FMA latency hidden by the four chains).
+AVX2 static void gemv_f32_avx2(const float *packed, int32_t m, int32_t k, const float *b, int64_t ldb, float *c,
+                               int64_t ldc, int64_t j) {
+    const int panels = (m + MR - 1) / MR;
+    float tmp[4][MR];
+    for (int p0 = 0; p0 < panels; p0 += 4) {
+        const int np = panels - p0 < 4 ? panels - p0 : 4;
+        __m256 acc[4];
+        for (int q = 0; q < 4; q++) {
+            for (int r = 0; r < MR; r++) {
+                int row = (p0 + q) * MR + r;
+                tmp[q][r] = q < np && row < m ? c[row * ldc + j] : 0.0f;
+            }
+            acc[q] = _mm256_loadu_ps(tmp[q]);
+        }
+        const float *a0 = packed + (size_t)p0 * k * MR;
+        const size_t ps = (size_t)k * MR;
+        if (np == 4) {
+            for (int32_t kk = 0; kk < k; kk++) {
+                __m256 x = _mm256_broadcast_ss(b + kk * ldb + j);
+                acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(a0 + kk * MR), x, acc[0]);
+                acc[1] = _mm256_fmadd_ps(_mm256_loadu_ps(a0 + ps + kk * MR), x, acc[1]);
+                acc[2] = _mm256_fmadd_ps(_mm256_loadu_ps(a0 + 2 * ps + kk * MR), x, acc[2]);
+                acc[3] = _mm256_fmadd_ps(_mm256_loadu_ps(a0 + 3 * ps + kk * MR), x, acc[3]);
+            }
+        } else {
+            for (int32_t kk = 0; kk < k; kk++) {
+                __m256 x = _mm256_broadcast_ss(b + kk * ldb + j);
+                for (int q = 0; q < np; q++) acc[q] = _mm256_fmadd_ps(_mm256_loadu_ps(a0 + q * ps + kk * MR), x, acc[q]);
+            }
+        }
+        for (int q = 0; q < np; q++) {
+            _mm256_storeu_ps(tmp[q], acc[q]);
+            for (int r = 0; r < MR; r++) {
+                int row = (p0 + q) * MR + r;
+                if (row < m) c[row * ldc + j] = tmp[q][r];
+            }
+        }
+    }
+}
+#endif
+
+/// Columns below this go through the narrow path.
+#define GEMV_COLUMNS 8
+
 void osk_gemm_f32(int level, const float *packed, int32_t m, int32_t k, const float *b, int64_t ldb,
                   float *c, int64_t ldc, int64_t n0, int64_t n1) {
+    if (n1 - n0 < GEMV_COLUMNS) {
+        for (int64_t j = n0; j < n1; j++) {
+#if OSK_X86 && OSK_MR == 8
+            if (level >= OSK_AVX2) { gemv_f32_avx2(packed, m, k, b, ldb, c, ldc, j); continue; }
+#endif
+            gemv_f32_scalar(packed, m, k, b, ldb, c, ldc, j);
+        }
+        return;
+    }
     // A GEMM is a 1x1 conv of one "image" of height 1 whose channel planes are ldb apart.
     osk_conv conv = {k, m, 1, 1, 1, 0, 0, 0, 0, 0};
     geo_t g = make_geo(&conv, 1, 1, (int32_t)n1);

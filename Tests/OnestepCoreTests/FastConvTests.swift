@@ -224,4 +224,31 @@ final class FastConvTests: XCTestCase {
             }
         }
     }
+
+    /// A column gives the same bits through the narrow path (fewer than 8 columns: a batch-1 linear layer) as inside
+    /// a wide tile (a batch of 40): the server's batch invariance depends on it.
+    func testNarrowGemmColumnsEqualWideTileBitForBit() {
+        var r = Rand(state: 11)
+        for (m, k, n) in [(1, 1, 40), (13, 37, 40), (64, 128, 40), (35, 300, 40)] {
+            let a = r.values(m * k), b = r.values(k * n), c0 = r.values(m * n)
+            let packed = a.withUnsafeBufferPointer { PackedGemmF32($0, rows: m, depth: k) }
+            for level in Self.levels {
+                var wide = c0, narrow = c0
+                b.withUnsafeBufferPointer { bp in
+                    wide.withUnsafeMutableBufferPointer { cp in
+                        FastConv.gemm(packed, b: bp.baseAddress!, ldb: n, c: cp.baseAddress!, ldc: n, columns: 0..<n, level: level)
+                    }
+                    narrow.withUnsafeMutableBufferPointer { cp in
+                        var j = 0
+                        for width in [1, 7, 3, 1, 5, 2, 4, 6, 1] where j < n {  // every narrow width, then the rest
+                            FastConv.gemm(packed, b: bp.baseAddress!, ldb: n, c: cp.baseAddress!, ldc: n, columns: j..<min(j + width, n), level: level)
+                            j += width
+                        }
+                        FastConv.gemm(packed, b: bp.baseAddress!, ldb: n, c: cp.baseAddress!, ldc: n, columns: j..<n, level: level)
+                    }
+                }
+                XCTAssertEqual(wide.map(\.bitPattern), narrow.map(\.bitPattern), "gemm \(m)x\(k)x\(n) \(level)")
+            }
+        }
+    }
 }

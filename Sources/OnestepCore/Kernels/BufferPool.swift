@@ -35,143 +35,169 @@ public final class BufferPool {
         let releasedAt: UInt64
     }
 
-    /// Free buffers by size class (in floats).
-    private var free: [Int: [FreeBuffer]] = [:]
-    private var tick: UInt64 = 0
-    /// Bytes of every buffer the pool holds, in use or free.
-    public private(set) var bytesAllocated = 0
+    // The bookkeeping is indexed by size-class number (``classIndex``, < ``classCount``), not hashed: acquire and
+    // release run a few hundred times per forward, and at batch 1 on a small model three dictionary updates each
+    // plus Swift's dynamic exclusivity checks on them cost 2-4% of the forward (callgrind, cd_tiny int8). The
+    // properties are `@exclusivity(unchecked)`: the pool is confined to one thread (see the type's comment), so
+    // the run-time check can never fire, and it took a thread-local lookup per access.
+
+    /// Free buffers per size class, oldest first.
+    @exclusivity(unchecked) private var free = [[FreeBuffer]](repeating: [], count: BufferPool.classCount)
+    /// Requests of each class being held now, and the most ever held at once. A free buffer of class Y is lent to a
+    /// smaller request only when it is surplus: more Y buffers are free than Y's own requests may still want
+    /// (their peak minus those held). Without that rule a second forward at the same batch size could lend a Y
+    /// buffer early in the pass that a Y request needs later, and allocate: no longer a steady state.
+    @exclusivity(unchecked) private var held = [Int](repeating: 0, count: BufferPool.classCount)
+    @exclusivity(unchecked) private var peakHeld = [Int](repeating: 0, count: BufferPool.classCount)
+    @exclusivity(unchecked) private var tick: UInt64 = 0
+    /// Bytes of every buffer the pool holds, in use or free (payload bytes, without the headers).
+    @exclusivity(unchecked) public private(set) var bytesAllocated = 0
     /// Bytes of buffers handed out and not given back.
-    public private(set) var bytesInUse = 0
+    @exclusivity(unchecked) public private(set) var bytesInUse = 0
     /// The most bytes ever in use at once (the largest forward so far).
-    public private(set) var peakBytesInUse = 0
+    @exclusivity(unchecked) public private(set) var peakBytesInUse = 0
     /// Bytes of free buffers kept for reuse.
-    public private(set) var bytesFree = 0
+    @exclusivity(unchecked) public private(set) var bytesFree = 0
     /// Free bytes kept at most; nil: four times ``peakBytesInUse``. Twice was too little: one forward's buffers,
     /// spread over many size classes whose peaks fall at different times, add up to more than twice its peak in
     /// use (cd_tiny at batch 1), so every forward evicted and re-mapped them (10x the page faults, 10-20% slower).
     public var retainLimitBytes: Int?
     /// Buffers obtained from the system so far (mmap or malloc); a steady-state forward adds none.
-    public private(set) var systemAllocations = 0
+    @exclusivity(unchecked) public private(set) var systemAllocations = 0
 
     /// Buffers of this many bytes or more are mapped directly (and unmapped when evicted).
     static let mmapThreshold = 64 * 1024
+    /// Each buffer starts with a header of this many floats (64 bytes, one cache line) that records its class and
+    /// its request's class, so `release` needs no lookup table.
+    static let headerFloats = 16
+    /// Size classes that exist: 8 exact small ones, then 4 per octave up to 2^63.
+    static let classCount = 8 + 4 * 62
 
     public init(retainLimitBytes: Int? = nil) {
         self.retainLimitBytes = retainLimitBytes
     }
 
     deinit {
-        for (size, list) in free { for buffer in list { deallocate(buffer.pointer, floats: size) } }
+        for (index, list) in free.enumerated() {
+            for buffer in list { deallocate(buffer.pointer, floats: Self.classSize(index)) }
+        }
     }
 
     /// The size class of `count` floats: the next value of the form m·2^k with m in 4...7 (counts up to 8 are
     /// exact), so a request gets at most 25% more than it asked for.
     static func sizeClass(_ count: Int) -> Int {
+        classSize(classIndex(count))
+    }
+
+    /// The number of `count`'s size class, 0 ..< ``classCount``, increasing with the class's size.
+    static func classIndex(_ count: Int) -> Int {
         let count = max(count, 1)
-        if count <= 8 { return count }
+        if count <= 8 { return count - 1 }
         let shift = (Int.bitWidth - 1 - count.leadingZeroBitCount) - 2  // 2^(shift+2) <= count < 2^(shift+3)
-        let mantissa = (count + (1 << shift) - 1) >> shift  // 4...8
+        let mantissa = (count + (1 << shift) - 1) >> shift  // 4...8; 8 is the next octave's 4
+        return 8 + 4 * (shift - 1) + (mantissa - 4)
+    }
+
+    /// Floats in size class `index`.
+    static func classSize(_ index: Int) -> Int {
+        if index < 8 { return index + 1 }
+        let shift = (index - 8) / 4 + 1, mantissa = (index - 8) % 4 + 4
         return mantissa << shift
     }
 
-    /// The class of each buffer handed out (it may be larger than its request's class) and its request's class.
-    private var handedOut: [UnsafeMutablePointer<Float>: (size: Int, wanted: Int)] = [:]
-    /// Requests of each class being held now, and the most ever held at once. A free buffer of class Y is lent to a
-    /// smaller request only when it is surplus: more Y buffers are free than Y's own requests may still want
-    /// (their peak minus those held). Without that rule a second forward at the same batch size could lend a Y
-    /// buffer early in the pass that a Y request needs later, and allocate: no longer a steady state.
-    private var held: [Int: Int] = [:]
-    private var peakHeld: [Int: Int] = [:]
-
     /// A buffer of at least `count` floats, uninitialised. Give it back with the same `count`.
     ///
-    /// Its own size class if one is free, else the smallest free buffer of at most twice that: a smaller batch
-    /// then runs in the buffers of a larger one instead of allocating its own set (which, under a mix of batch
-    /// sizes, would push the pool over its budget and make it unmap and map buffers on every batch).
+    /// Its own size class if one is free, else the smallest free buffer of at most twice that (four classes up):
+    /// a smaller batch then runs in the buffers of a larger one instead of allocating its own set (which, under a
+    /// mix of batch sizes, would push the pool over its budget and make it unmap and map buffers on every batch).
     public func acquire(_ count: Int) -> UnsafeMutablePointer<Float> {
-        let wanted = Self.sizeClass(count)
-        var size = wanted
-        if free[wanted] == nil {
-            var best: Int?
-            for (candidate, list) in free where candidate > wanted && candidate <= 2 * wanted {
-                let reserved = (peakHeld[candidate] ?? 0) - (held[candidate] ?? 0)
-                guard list.count > reserved else { continue }
-                if best == nil || candidate < best! { best = candidate }
+        let wanted = Self.classIndex(count)
+        var index = wanted
+        if free[wanted].isEmpty {
+            for candidate in (wanted + 1)..<min(wanted + 5, Self.classCount)
+            where Self.classSize(candidate) <= 2 * Self.classSize(wanted) {
+                let reserved = peakHeld[candidate] - held[candidate]
+                if free[candidate].count > reserved { index = candidate; break }
             }
-            if let best { size = best }
         }
-        let bytes = size * 4
+        let bytes = Self.classSize(index) * 4
         bytesInUse += bytes
         peakBytesInUse = max(peakBytesInUse, bytesInUse)
         let pointer: UnsafeMutablePointer<Float>
-        if var list = free[size], let buffer = list.popLast() {
-            free[size] = list.isEmpty ? nil : list
+        if let buffer = free[index].popLast() {
             bytesFree -= bytes
             pointer = buffer.pointer
         } else {
             bytesAllocated += bytes
-            pointer = allocate(floats: size)
+            pointer = allocate(floats: Self.classSize(index))
         }
-        handedOut[pointer] = (size, wanted)
-        let h = (held[wanted] ?? 0) + 1
-        held[wanted] = h
-        peakHeld[wanted] = max(peakHeld[wanted] ?? 0, h)
+        let header = UnsafeMutableRawPointer(pointer - Self.headerFloats).assumingMemoryBound(to: Int32.self)
+        header[0] = Int32(index)
+        header[1] = Int32(wanted)
+        held[wanted] += 1
+        peakHeld[wanted] = max(peakHeld[wanted], held[wanted])
         return pointer
     }
 
+    /// Gives back a buffer `acquire` returned (its header says its class; `count` is kept for the callers' sake).
     public func release(_ p: UnsafeMutablePointer<Float>, count: Int) {
-        let entry = handedOut.removeValue(forKey: p) ?? (Self.sizeClass(count), Self.sizeClass(count))
-        let size = entry.size
-        held[entry.wanted, default: 1] -= 1
-        let bytes = size * 4
+        let header = UnsafeMutableRawPointer(p - Self.headerFloats).assumingMemoryBound(to: Int32.self)
+        let index = Int(header[0]), wanted = Int(header[1])
+        held[wanted] -= 1
+        let bytes = Self.classSize(index) * 4
         bytesInUse -= bytes
         tick &+= 1
-        free[size, default: []].append(FreeBuffer(pointer: p, releasedAt: tick))
+        free[index].append(FreeBuffer(pointer: p, releasedAt: tick))
         bytesFree += bytes
-        trim()
+        if bytesFree > (retainLimitBytes ?? 4 * peakBytesInUse) { trim() }
     }
 
     /// Gives the least recently released free buffers back until the free bytes are within the limit.
     private func trim() {
         let limit = retainLimitBytes ?? 4 * peakBytesInUse
         while bytesFree > limit {
-            // A linear scan over the free lists' oldest entries: a few dozen classes, and it runs only when a
-            // batch of another size has pushed the pool over its budget.
-            var oldest: (size: Int, releasedAt: UInt64)?
-            for (size, list) in free {
-                guard let first = list.first else { continue }
-                if oldest == nil || first.releasedAt < oldest!.releasedAt { oldest = (size, first.releasedAt) }
+            // A linear scan over the free lists' oldest entries: a few dozen classes in use, and it runs only when
+            // a batch of another size has pushed the pool over its budget.
+            var oldest: (index: Int, releasedAt: UInt64)?
+            for index in 0..<Self.classCount {
+                guard let first = free[index].first else { continue }
+                if oldest == nil || first.releasedAt < oldest!.releasedAt { oldest = (index, first.releasedAt) }
             }
-            guard let victim = oldest, var list = free[victim.size] else { return }
-            let buffer = list.removeFirst()
-            free[victim.size] = list.isEmpty ? nil : list
-            deallocate(buffer.pointer, floats: victim.size)
-            bytesFree -= victim.size * 4
-            bytesAllocated -= victim.size * 4
+            guard let victim = oldest else { return }
+            let buffer = free[victim.index].removeFirst()
+            let size = Self.classSize(victim.index)
+            deallocate(buffer.pointer, floats: size)
+            bytesFree -= size * 4
+            bytesAllocated -= size * 4
         }
     }
 
     /// Large buffers that mmap refused and malloc provided (normally none).
-    private var mallocFallbacks: Set<UnsafeMutablePointer<Float>> = []
+    private var mallocFallbacks: Set<UnsafeMutableRawPointer> = []
 
+    /// `floats` floats after a 64-byte header; the returned pointer is 64-byte aligned.
     private func allocate(floats: Int) -> UnsafeMutablePointer<Float> {
         systemAllocations += 1
-        if floats * 4 >= Self.mmapThreshold {
-            let raw = mmap(nil, floats * 4, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-            if let raw, raw != MAP_FAILED { return raw.bindMemory(to: Float.self, capacity: floats) }
-            // Out of address space or map count: fall back to malloc, which reports the failure its own way.
-            let pointer = UnsafeMutablePointer<Float>.allocate(capacity: floats)
-            mallocFallbacks.insert(pointer)
-            return pointer
+        let bytes = (floats + Self.headerFloats) * 4
+        var raw: UnsafeMutableRawPointer
+        if bytes >= Self.mmapThreshold, let mapped = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+           mapped != MAP_FAILED {
+            raw = mapped
+        } else {
+            // Small buffers, or out of address space or map count: malloc, which reports failure its own way.
+            raw = UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64)
+            if bytes >= Self.mmapThreshold { mallocFallbacks.insert(raw) }
         }
-        return UnsafeMutablePointer<Float>.allocate(capacity: floats)
+        return (raw + Self.headerFloats * 4).assumingMemoryBound(to: Float.self)
     }
 
     private func deallocate(_ pointer: UnsafeMutablePointer<Float>, floats: Int) {
-        if floats * 4 >= Self.mmapThreshold && mallocFallbacks.remove(pointer) == nil {
-            munmap(pointer, floats * 4)
+        let raw = UnsafeMutableRawPointer(pointer - Self.headerFloats)
+        let bytes = (floats + Self.headerFloats) * 4
+        if bytes >= Self.mmapThreshold && mallocFallbacks.remove(raw) == nil {
+            munmap(raw, bytes)
         } else {
-            pointer.deallocate()
+            raw.deallocate()
         }
     }
 }
