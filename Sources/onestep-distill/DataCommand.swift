@@ -2,6 +2,7 @@ import CommandLineKit
 import Foundation
 import OnestepCore
 import OnestepTrain
+import PNGCodec
 
 let dataCommand = Subcommand("data", summary: "write a synthetic class-conditional data set as PNG folders", flags: [
     FlagSpec("kind", "data set kind: shapes", default: "shapes"),
@@ -27,13 +28,16 @@ func runData(_ flags: ParsedFlags) throws {
     if let preview = flags.string("preview") {
         let n = min(count, 64), per = 3 * size * size
         var t = Tensor(zeros: [n, 3, size, size])
+        var rowNames = [String](repeating: "", count: (n + 7) / 8)
         for i in 0..<n {
             // Column-major by class: row r holds class r's first images.
             let index = (i % 8) * 8 + i / 8
-            let img = ShapesGenerator.render(index: index < count ? index : i, size: size, seed: seed).1
+            let (shape, img) = ShapesGenerator.render(index: index < count ? index : i, size: size, seed: seed)
+            if i % 8 == 0 { rowNames[i / 8] = shape.rawValue }
             for p in 0..<(size * size) { for k in 0..<3 { t.data[i * per + k * size * size + p] = Float(img.pixels[p * 3 + k]) / 127.5 - 1 } }
         }
-        try TrainingPlots.write(TrainingPlots.grid(t, columns: 8), to: preview)
+        let labels = GridLabels(title: "shapes data \(size)x\(size), seed \(seed) - rows: class, columns: first images", rowLabels: rowNames)
+        try TrainingPlots.write(TrainingPlots.grid(t, columns: 8, labels: labels), to: preview)
         stdoutLine("wrote \(preview)")
     }
 }

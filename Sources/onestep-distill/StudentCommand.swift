@@ -86,6 +86,7 @@ func runStudent(_ flags: ParsedFlags) throws {
         let pairs = try TeacherPairs.loadOrGenerate(path: flags.string("pairs-file") ?? out + "/pairs.safetensors", teacher: teacher,
                                                     count: s.pairs, heunSteps: s.heunSteps, workers: workers, log: stdoutLine)
         let trainer = try RegressionStudentTrainer(config: cfg, pairs: pairs, settings: s, runDir: out, resume: resume)
+        trainer.plotLabels.subtitle += " - teacher \(teacherDir)"
         stdoutLine("small student of the teacher \(teacherDir) (\(teacher.model.parameterCount) parameters)")
         trainer.resumeLines.forEach(stdoutLine)
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
@@ -114,6 +115,7 @@ func runStudent(_ flags: ParsedFlags) throws {
         if workers > 1 { stderrLine("note: --method dmd runs each step on one thread (not data parallel yet); --workers \(workers) is ignored") }
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         let trainer = try DMDStudentTrainer(teacher: loaded.denoiser, settings: s, runDir: out, resume: resume)
+        trainer.plotLabels.subtitle += " - teacher \(teacherDir)"
         stdoutLine("distribution matching (DMD2 without GAN) of the teacher \(teacherDir) (\(loaded.denoiser.description)); the logged loss is the fake score's")
         stdoutLine(String(format: "student sigmas %.4g..%.4g%@", schedule.sigmaMin, schedule.sigmaMax, loaded.edmSchedule == nil ? " (clamped to the teacher's)" : ""))
         trainer.resumeLines.forEach(stdoutLine)
@@ -137,6 +139,7 @@ func runStudent(_ flags: ParsedFlags) throws {
         let dataDir = try flags.string("data") ?? StudentConfigs.teacherDataFolder(teacherDir)
         let data = try ImageFolder.load(path: dataDir, size: teacher.imageSize, channels: teacher.channels, warn: { stderrLine("warning: " + $0) })
         let trainer = try ECTStudentTrainer(teacher: teacher.model, dataset: data, settings: s, runDir: out, resume: resume)
+        trainer.plotLabels.subtitle += " - teacher \(teacherDir)"
         stdoutLine("easy consistency tuning (ECT) from the weights of \(teacherDir) (\(loaded.denoiser.description)) on the images in \(dataDir)")
         stdoutLine(String(format: "student sigmas %.4g..%.4g%@", schedule.sigmaMin, schedule.sigmaMax, loaded.edmSchedule == nil ? " (clamped to the teacher's)" : ""))
         trainer.resumeLines.forEach(stdoutLine)
@@ -159,6 +162,7 @@ func runStudent(_ flags: ParsedFlags) throws {
         let dataDir = try flags.string("data") ?? StudentConfigs.teacherDataFolder(teacherDir)
         let data = try ImageFolder.load(path: dataDir, size: teacher.imageSize, channels: teacher.channels, warn: { stderrLine("warning: " + $0) })
         let trainer = try ConsistencyStudentTrainer(denoiser: loaded.denoiser, dataset: data, settings: s, runDir: out, resume: resume)
+        trainer.plotLabels.subtitle += " - teacher \(teacherDir)"
         stdoutLine("consistency distillation of the teacher \(teacherDir) (\(loaded.denoiser.description)) on the images in \(dataDir)")
         if loaded.edmSchedule == nil {
             stdoutLine(String(format: "student sigmas %.4g..%.4g (clamped to the teacher's)", schedule.sigmaMin, schedule.sigmaMax))

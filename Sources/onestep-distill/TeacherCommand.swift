@@ -71,6 +71,7 @@ func runTeacher(_ flags: ParsedFlags) throws {
         config = c
     }
     let trainer = try TeacherTrainer(config: config!, dataset: data, settings: s, runDir: out, resume: resume)
+    trainer.plotLabels.subtitle += " - data \(dataDir)"
     trainer.resumeLines.forEach(stdoutLine)
     try AtomicFile.write(trainingRecord(s, data: dataDir), to: out + "/train.json")
     installInterruptHandler()

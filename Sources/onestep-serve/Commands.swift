@@ -17,6 +17,7 @@ enum Commands {
         FlagSpec("n", "number of images; more than one are tiled into a grid in --out (also -n N)", default: "1"),
         FlagSpec("per-class", "one row per class (class-conditional models): n images per row, seeds S..S+n-1", isSwitch: true),
         FlagSpec("scale", "enlarge the PNG N times, nearest neighbour (1...64), so small images can be seen", default: "1"),
+        FlagSpec("plain", "grids: the bare tiles, without the title, class-name and seed labels", isSwitch: true),
         FlagSpec("out", "output PNG file"),
     ] + TextCommands.generateFlags
 
@@ -60,10 +61,31 @@ enum Commands {
             try AtomicFile.write(try ImagePipeline.pngs(images)[0], to: out)
         } else {
             let cols = perClass ? n : Int(Double(n).squareRoot().rounded(.up))
-            try AtomicFile.write(try PNG.encode(ImagePipeline.grid(images, columns: cols).scaled(by: scale)), to: out)
+            var grid = ImagePipeline.grid(images, columns: cols).scaled(by: scale)
+            if !f.isSet("plain") && reqs.count > 1 {
+                let stepsText = "\(steps) step\(steps == 1 ? "" : "s")"
+                let labels: GridLabels
+                if perClass {
+                    labels = GridLabels(title: "\(pipeline.name), \(stepsText) - rows: class, columns: seed",
+                                        rowLabels: (0..<rows).map { pipeline.classNames?[$0] ?? "class \($0)" },
+                                        columnLabels: (0..<n).map { String(seed &+ UInt64($0)) })
+                } else {
+                    labels = gridLabelsBySeed(title: "\(pipeline.name), \(stepsText)" + (label.map { ", class \(pipeline.classNames?[$0] ?? String($0))" } ?? ""),
+                                              count: n, columns: cols, firstSeed: seed)
+                }
+                grid = grid.labelledGrid(rows: (reqs.count + cols - 1) / cols, columns: cols, cell: pipeline.imageSize * scale, gap: scale, labels: labels)
+            }
+            try AtomicFile.write(try PNG.encode(grid), to: out)
         }
         let classText = perClass ? " one row per class" : label.map { l in " class \(pipeline.classNames?[l] ?? String(l))" } ?? ""
         print("wrote \(out): \(reqs.count) image(s) \(pipeline.imageSize)x\(pipeline.imageSize)\(scale > 1 ? " shown \(scale)x" : ""), seeds \(seed)...\(seed &+ UInt64(n - 1))\(classText), \(steps) step(s), \(String(format: "%.3f", seconds)) s")
+    }
+
+    /// Labels of a row-major grid of `count` images of seeds firstSeed... : rows by their first seed, columns "+c".
+    static func gridLabelsBySeed(title: String, count: Int, columns: Int, firstSeed: UInt64) -> GridLabels {
+        let rows = (count + columns - 1) / columns
+        return GridLabels(title: title + " - seed = row + column", rowLabels: (0..<rows).map { String(firstSeed &+ UInt64($0 * columns)) },
+                          columnLabels: (0..<min(columns, count)).map { "+\($0)" })
     }
 
     static let runUNet = Subcommand("run-unet", summary: "run a model's UNet on saved inputs (checks a port against PyTorch)",

@@ -44,7 +44,13 @@ enum TextCommands {
             try AtomicFile.write(try ImagePipeline.pngs(images)[0], to: out)
         } else {
             guard w == h else { throw FlagError("-n \(n) / --scale tile square images only; give --size \(w)x\(w) or -n 1") }
-            try AtomicFile.write(try PNG.encode(ImagePipeline.grid(images, columns: Int(Double(n).squareRoot().rounded(.up))).scaled(by: scale)), to: out)
+            let cols = Int(Double(n).squareRoot().rounded(.up))
+            var grid = ImagePipeline.grid(images, columns: cols).scaled(by: scale)
+            if !f.isSet("plain") && n > 1 {
+                let labels = Commands.gridLabelsBySeed(title: "\"\(prompt)\", \(steps) steps, guidance \(guidance)", count: n, columns: cols, firstSeed: seed)
+                grid = grid.labelledGrid(rows: (n + cols - 1) / cols, columns: cols, cell: w * scale, gap: scale, labels: labels)
+            }
+            try AtomicFile.write(try PNG.encode(grid), to: out)
         }
         print("wrote \(out): \(n) image(s) \(w)x\(h), seeds \(seed)...\(seed &+ UInt64(n - 1)), \(steps) step(s), guidance \(guidance), \(pipe.sampler.description), \(String(format: "%.3f", seconds)) s")
     }

@@ -188,6 +188,8 @@ private struct DistillJob {
 public final class ConsistencyDistillationObjective: TrainingObjective {
     public let kind = "consistency-distillation"
     public let label = "consistency-distillation"
+    public var plotTitle: String { "student: consistency distillation (cd), \(TrainingPlots.describe(model))" }
+    public let lossName = "pseudo-Huber consistency loss"
     public let student: TrainingGroup
     public let dataset: ImageDataset
     public let settings: DistillSettings
@@ -246,7 +248,8 @@ public final class ConsistencyDistillationObjective: TrainingObjective {
     }
 
     public func writeSamples(to dir: String) throws {
-        try StudentExport.writeSamples(model, weights: student.ema.shadow, timesteps: settings.sigmas, to: dir + "/samples.png")
+        try StudentExport.writeSamples(model, weights: student.ema.shadow, timesteps: settings.sigmas, to: dir + "/samples.png",
+                                       title: "cd student (EMA weights), 1 step")
     }
 }
 

@@ -67,6 +67,8 @@ public struct ECTSettings: Sendable {
 public final class ConsistencyTuningObjective: TrainingObjective {
     public let kind = "consistency-tuning"
     public let label = "ect"
+    public var plotTitle: String { "student: easy consistency tuning (ect), \(TrainingPlots.describe(model))" }
+    public let lossName = "weighted pseudo-Huber consistency loss"
     public let student: TrainingGroup
     public let dataset: ImageDataset
     public let settings: ECTSettings
@@ -178,7 +180,8 @@ public final class ConsistencyTuningObjective: TrainingObjective {
     }
 
     public func writeSamples(to dir: String) throws {
-        try StudentExport.writeSamples(model, weights: student.ema.shadow, timesteps: settings.sigmas, to: dir + "/samples.png")
+        try StudentExport.writeSamples(model, weights: student.ema.shadow, timesteps: settings.sigmas, to: dir + "/samples.png",
+                                       title: "ect student (EMA weights), 1 step")
     }
 }
 

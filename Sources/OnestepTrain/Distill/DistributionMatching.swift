@@ -69,6 +69,8 @@ func preconditionedOutput(_ m: TrainableUNet, _ x: UnsafePointer<Float>, scaling
 public final class DistributionMatchingObjective: TrainingObjective {
     public let kind = "distribution-matching"
     public let label = "dmd"
+    public var plotTitle: String { "student: distribution matching (dmd), \(TrainingPlots.describe(generator.model))" }
+    public let lossName = "fake-score denoising loss"
     public let generator: TrainingGroup
     public let fake: TrainingGroup
     public let teacher: any TeacherDenoiser
@@ -199,7 +201,8 @@ public final class DistributionMatchingObjective: TrainingObjective {
     }
 
     public func writeSamples(to dir: String) throws {
-        try StudentExport.writeSamples(generator.model, weights: generator.ema.shadow, timesteps: settings.sigmas, to: dir + "/samples.png")
+        try StudentExport.writeSamples(generator.model, weights: generator.ema.shadow, timesteps: settings.sigmas, to: dir + "/samples.png",
+                                       title: "dmd generator (EMA weights), 1 step")
     }
 }
 

@@ -103,6 +103,8 @@ public struct RegressionSettings: Sendable {
 public final class RegressionObjective: TrainingObjective {
     public let kind = "regression"
     public let label = "regression"
+    public var plotTitle: String { "small student: regression onto teacher samples, \(TrainingPlots.describe(model))" }
+    public let lossName = "pseudo-Huber loss to the teacher's sample"
     public let student: TrainingGroup
     public let pairs: TeacherPairs
     public let settings: RegressionSettings
@@ -170,7 +172,8 @@ public final class RegressionObjective: TrainingObjective {
     }
 
     public func writeSamples(to dir: String) throws {
-        try StudentExport.writeSamples(model, weights: student.ema.shadow, timesteps: settings.timesteps, to: dir + "/samples.png")
+        try StudentExport.writeSamples(model, weights: student.ema.shadow, timesteps: settings.timesteps, to: dir + "/samples.png",
+                                       title: "small student (EMA weights), 1 step")
     }
 }
 

@@ -22,16 +22,20 @@ public enum StudentExport {
         try AtomicFile.write(try SamplerRegistry.json(for: ConsistencySampler(config: c)), to: dir + "/scheduler_config.json")
     }
 
-    /// One-step samples of `weights` (one row per class, seeds 0..<columns) as a PNG grid.
-    public static func writeSamples(_ model: TrainableUNet, weights: UnsafePointer<Float>, timesteps: Int, to path: String, columns: Int = 8) throws {
+    /// One-step samples of `weights` (one row per class, seeds 0..<columns; unconditional: seeds 0..<columns^2)
+    /// as a PNG grid under `title`, class names on the rows.
+    public static func writeSamples(_ model: TrainableUNet, weights: UnsafePointer<Float>, timesteps: Int, to path: String, columns: Int = 8,
+                                    title: String = "student (EMA weights), 1 step") throws {
         let inference = try UNet2DModel(config: model.config, weights: TensorDictionary(model.store.tensors(from: weights)))
         var c = ConsistencySchedulerConfig()
         c.numTrainTimesteps = timesteps
         let rows = model.config.numClassEmbeds ?? columns
-        let reqs = (0..<rows).flatMap { r in (0..<columns).map { GenerationRequest(seed: UInt64($0), label: model.config.numClassEmbeds == nil ? nil : r) } }
+        let conditional = model.config.numClassEmbeds != nil
+        let reqs = (0..<rows).flatMap { r in (0..<columns).map { GenerationRequest(seed: UInt64(conditional ? $0 : r * columns + $0), label: conditional ? r : nil) } }
         let images = ConsistencySampler(config: c).sample(reqs, steps: 1, channels: model.config.inChannels, size: model.config.sampleSize) { x, t, l in
             inference.forwardBatched(x, timesteps: Array(repeating: t, count: x.shape[0]), classLabels: l, pool: .forCurrentThread)
         }
-        try TrainingPlots.write(TrainingPlots.grid(images, columns: columns), to: path)
+        let labels = TrainingPlots.sampleGridLabels(title: title, rows: rows, columns: columns, conditional: conditional, classNames: model.config.classNames)
+        try TrainingPlots.write(TrainingPlots.grid(images, columns: columns, labels: labels), to: path)
     }
 }

@@ -12,7 +12,8 @@ public enum StudentQuantization {
         try AtomicFile.write("int8 per-output-channel symmetric quantization of \(URL(fileURLWithPath: model).lastPathComponent)\n" + report.text,
                              to: out + "/" + reportFile)
         let int8 = try ImagePipeline.load(path: out)
-        try ModelEvaluation.writeGrid(int8, steps: 1, classes: int8.numClasses ?? 8, columns: 8, to: out + "/samples.png")
+        try ModelEvaluation.writeGrid(int8, steps: 1, classes: int8.numClasses ?? 8, columns: 8, to: out + "/samples.png",
+                                      title: "\(URL(fileURLWithPath: out).lastPathComponent) (int8), 1 step")
         return report
     }
 }

@@ -124,7 +124,8 @@ public enum ModelEvaluation {
             rows.append(row)
             log(String(format: "%@ (%@): FD-cls %.3f [%.3f, %.3f], KID %.5f, acc %.3f, %.0fs to generate %d", spec.name, sampler,
                        row.fd.value, row.fd.low, row.fd.high, row.kid.value, row.accuracy.value, seconds, n))
-            try writeGrid(p, steps: steps, classes: names.count, columns: settings.gridColumns, to: outDir + "/grid-\(spec.name).png")
+            try writeGrid(p, steps: steps, classes: names.count, columns: settings.gridColumns, to: outDir + "/grid-\(spec.name).png",
+                          title: "\(spec.name): \(sampler), \(p.weightDType)")
         }
         let md = markdown(rows: rows, floor: floor, samples: n, classNames: names)
         try AtomicFile.write(md, to: outDir + "/eval.md")
@@ -145,11 +146,13 @@ public enum ModelEvaluation {
         return Tensor(shape: [reqs.count, p.channels, p.imageSize, p.imageSize], data: Array(out))
     }
 
-    /// One row per class (a plain grid when unconditional), seeds 0..<columns.
-    public static func writeGrid(_ p: ImagePipeline, steps: Int, classes: Int, columns: Int, to path: String) throws {
+    /// One row per class named from the model's id2label (a plain grid when unconditional), seeds 0..<columns,
+    /// under `title`.
+    public static func writeGrid(_ p: ImagePipeline, steps: Int, classes: Int, columns: Int, to path: String, title: String) throws {
         let conditional = p.numClasses != nil
         let reqs = (0..<classes).flatMap { r in (0..<columns).map { GenerationRequest(seed: UInt64(conditional ? $0 : r * columns + $0), label: conditional ? r : nil) } }
-        try TrainingPlots.write(TrainingPlots.grid(p.generate(reqs, steps: steps), columns: columns), to: path)
+        let labels = TrainingPlots.sampleGridLabels(title: title, rows: classes, columns: columns, conditional: conditional, classNames: p.classNames)
+        try TrainingPlots.write(TrainingPlots.grid(p.generate(reqs, steps: steps), columns: columns, labels: labels), to: path)
     }
 
     public static func markdown(rows: [EvalRow], floor: EvalRow, samples: Int, classNames: [String]) -> String {

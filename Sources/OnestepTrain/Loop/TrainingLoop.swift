@@ -23,11 +23,15 @@ public final class TrainingLoop<Objective: TrainingObjective> {
     public private(set) var resumed = false
     var elapsed = 0.0
     var checkpointedStep: Int?
+    /// loss.png's words: title (default the objective's plotTitle), subtitle (default its summary; commands append
+    /// where the data or teacher came from), the y quantity (the objective's lossName) and "training step".
+    public var plotLabels: LossPlotLabels
 
     /// Creates the run folder, removes what a killed run left, and on `resume` restores the checkpoint in it
     /// (throws CheckpointError when it is missing, damaged, or of another kind or model).
     public init(objective: Objective, runDir: String, settings: LoopSettings, resume: Bool) throws {
         (self.objective, self.runDir, self.settings) = (objective, runDir, settings)
+        plotLabels = LossPlotLabels(title: objective.plotTitle, subtitle: objective.summary, quantity: objective.lossName)
         rng = TrainRandom(seed: settings.seed)
         try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
         resumeNotes = Checkpoint.cleanUpAfterKilledRun(runDir)
@@ -91,14 +95,14 @@ public final class TrainingLoop<Objective: TrainingObjective> {
             checkpointedStep = step
         }
         try objective.export(to: runDir, step: step)
-        try TrainingPlots.write(TrainingPlots.lossCurve(losses), to: runDir + "/loss.png")
+        try TrainingPlots.write(TrainingPlots.lossCurve(losses, labels: plotLabels), to: runDir + "/loss.png")
         if withSamples { try writeSamples() }
     }
 
     /// samples.png from the objective and loss.png.
     public func writeSamples() throws {
         try objective.writeSamples(to: runDir)
-        try TrainingPlots.write(TrainingPlots.lossCurve(losses), to: runDir + "/loss.png")
+        try TrainingPlots.write(TrainingPlots.lossCurve(losses, labels: plotLabels), to: runDir + "/loss.png")
     }
 
     /// "1h02m" or "3m07s".

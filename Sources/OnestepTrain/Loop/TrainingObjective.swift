@@ -58,6 +58,11 @@ public protocol TrainingObjective: AnyObject {
     var imagesPerStep: Int { get }
     /// One line saying what is trained on what (parameters, data, batch), logged as the run starts.
     var summary: String { get }
+    /// The loss plot's title: role, method and network, e.g. "teacher: EDM denoiser, UNet 32-64-64 16x16, 1.11M
+    /// parameters". Default: the label.
+    var plotTitle: String { get }
+    /// What `step` returns, named for the loss plot's y axis, e.g. "EDM denoising loss (weighted MSE)". Default "loss".
+    var lossName: String { get }
 
     /// Training step `number` (1-based, restored on resume): zero the gradients, forward and backward passes (data
     /// parallel if it likes, see DataParallel), `applyUpdate()` of each group it updates (a method may update a
@@ -71,6 +76,11 @@ public protocol TrainingObjective: AnyObject {
 
     /// Writes samples.png (a grid of samples of the exported weights) into `dir`.
     func writeSamples(to dir: String) throws
+}
+
+extension TrainingObjective {
+    public var plotTitle: String { label }
+    public var lossName: String { "loss" }
 }
 
 /// The loop's cadence, the same for every method.

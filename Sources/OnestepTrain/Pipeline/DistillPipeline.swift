@@ -251,6 +251,8 @@ public final class DistillPipeline {
         let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
         let cfg = try settings.teacherConfig(classNames: data.classNames ?? [])
         let t = try TeacherTrainer(config: cfg, dataset: data, settings: settings.teacher, runDir: run, resume: resume)
+        t.plotLabels.title = "pipeline " + t.plotLabels.title
+        t.plotLabels.subtitle += " - data \(dir)/data"
         t.resumeLines.forEach(log)
         try AtomicFile.write("{\"data\": \"\(dir)/data\"}\n", to: run + "/train.json")
         return try !t.run(shouldStop: shouldStop, log: log).interrupted
@@ -262,6 +264,8 @@ public final class DistillPipeline {
         let run = dir + "/student"
         let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
         let t = try ConsistencyStudentTrainer(teacher: teacher.model, dataset: data, settings: settings.distill, runDir: run, resume: resume)
+        t.plotLabels.title = "pipeline " + t.plotLabels.title
+        t.plotLabels.subtitle += " - teacher \(dir)/teacher"
         t.resumeLines.forEach(log)
         return try !t.run(shouldStop: shouldStop, log: log).interrupted
     }
@@ -277,6 +281,8 @@ public final class DistillPipeline {
         s.timesteps = settings.distill.sigmas
         let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
         let t = try RegressionStudentTrainer(config: cfg, pairs: pairs, settings: s, runDir: run, resume: resume)
+        t.plotLabels.title = "pipeline " + t.plotLabels.title
+        t.plotLabels.subtitle += " - teacher \(dir)/teacher"
         log("small student: \(t.objective.model.parameterCount) parameters (teacher \(teacher.model.parameterCount))")
         t.resumeLines.forEach(log)
         return try !t.run(shouldStop: shouldStop, log: log).interrupted

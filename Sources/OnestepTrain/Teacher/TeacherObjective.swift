@@ -35,6 +35,8 @@ public struct TeacherSettings: Sendable {
 public final class EDMTeacherObjective: TrainingObjective {
     public let kind = Checkpoint.teacherKind
     public let label = "teacher"
+    public var plotTitle: String { "teacher: EDM denoiser, \(TrainingPlots.describe(model))" }
+    public let lossName = "EDM denoising loss (weighted MSE)"
     public let teacher: TrainingGroup
     public let dataset: ImageDataset
     public let settings: TeacherSettings
@@ -93,10 +95,14 @@ public final class EDMTeacherObjective: TrainingObjective {
         let cols = settings.samplesPerClass
         let rows = model.config.numClassEmbeds ?? cols
         let requests = (0..<rows).flatMap { r in
-            (0..<cols).map { c in GenerationRequest(seed: UInt64(c), label: model.config.numClassEmbeds == nil ? nil : r) }
+            // Unconditional: every image its own seed (rows of one seed range each would repeat the same row).
+            (0..<cols).map { c in model.config.numClassEmbeds == nil ? GenerationRequest(seed: UInt64(r * cols + c), label: nil)
+                                                                      : GenerationRequest(seed: UInt64(c), label: r) }
         }
         let images = sampler.sampleEDM(requests, steps: settings.sampleSteps)
-        try TrainingPlots.write(TrainingPlots.grid(images, columns: cols), to: dir + "/samples.png")
+        let labels = TrainingPlots.sampleGridLabels(title: "teacher (EMA weights), Heun \(settings.sampleSteps) sigmas", rows: rows, columns: cols,
+                                                    conditional: model.config.numClassEmbeds != nil, classNames: model.config.classNames)
+        try TrainingPlots.write(TrainingPlots.grid(images, columns: cols, labels: labels), to: dir + "/samples.png")
     }
 }
 
