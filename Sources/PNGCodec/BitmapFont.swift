@@ -3,10 +3,11 @@
 //
 // Where the shapes come from: drawn for this project on a 5x7 grid in the style of the classic 5x7 dot-matrix
 // character sets (HD44780-style LCD fonts). The digits, lowercase letters and the punctuation . , : % / - + = ( ) _ @
-// are the glyphs of onestep-load's plot font (loadtest/Sources/OnestepLoad/Font.swift, also drawn for this project);
-// the capitals and the remaining punctuation were drawn here. No third-party font data is included.
+// are the glyphs of onestep-load's plot font (loadtest/Sources/OnestepLoad/Font.swift, also drawn for this project),
+// with g p q y redrawn so their bodies line up with the other lowercase letters once dropped; the capitals and the
+// remaining punctuation were drawn here. No third-party font data is included.
 //
-// Each glyph is 7 rows of 5 columns, '#' = ink. Glyphs in `descenders` (g j p q y ,) are drawn two rows lower, so a
+// Each glyph is 7 rows of 5 columns, '#' = ink. Glyphs in `descenders` (g p q y ,) are drawn two rows lower, so a
 // line of text occupies a 5x9 cell per character; characters advance 6 columns and lines 10 rows (times the scale).
 
 public enum BitmapFont {
@@ -19,7 +20,7 @@ public enum BitmapFont {
     public static let lineHeight = 10
     /// Rows a descender glyph is moved down.
     static let descenderDrop = 2
-    static let descenders: Set<UInt8> = Set("gjpqy,".utf8)
+    static let descenders: Set<UInt8> = Set("gpqy,".utf8)
 
     /// Characters 32...126 in order, 7 rows of 5 columns each.
     static let art: [[String]] = [
@@ -94,17 +95,17 @@ public enum BitmapFont {
         ["....#", "....#", ".####", "#...#", "#...#", "#...#", ".####"], // d
         [".....", ".....", ".###.", "#...#", "#####", "#....", ".###."], // e
         ["..##.", ".#..#", ".#...", "###..", ".#...", ".#...", ".#..."], // f
-        [".....", ".####", "#...#", "#...#", ".####", "....#", ".###."], // g (descender)
+        [".####", "#...#", "#...#", "#...#", ".####", "....#", ".###."], // g (descender)
         ["#....", "#....", "#.##.", "##..#", "#...#", "#...#", "#...#"], // h
         ["..#..", ".....", ".##..", "..#..", "..#..", "..#..", ".###."], // i
-        ["...#.", ".....", "..##.", "...#.", "...#.", "#..#.", ".##.."], // j (descender)
+        ["...#.", ".....", "..##.", "...#.", "...#.", "#..#.", ".##.."], // j
         ["#....", "#....", "#..#.", "#.#..", "##...", "#.#..", "#..#."], // k
         [".##..", "..#..", "..#..", "..#..", "..#..", "..#..", ".###."], // l
         [".....", ".....", "##.#.", "#.#.#", "#.#.#", "#...#", "#...#"], // m
         [".....", ".....", "#.##.", "##..#", "#...#", "#...#", "#...#"], // n
         [".....", ".....", ".###.", "#...#", "#...#", "#...#", ".###."], // o
-        [".....", ".....", "####.", "#...#", "####.", "#....", "#...."], // p (descender)
-        [".....", ".....", ".####", "#...#", ".####", "....#", "....#"], // q (descender)
+        ["####.", "#...#", "#...#", "#...#", "####.", "#....", "#...."], // p (descender)
+        [".####", "#...#", "#...#", "#...#", ".####", "....#", "....#"], // q (descender)
         [".....", ".....", "#.##.", "##..#", "#....", "#....", "#...."], // r
         [".....", ".....", ".####", "#....", ".###.", "....#", "####."], // s
         [".#...", ".#...", "###..", ".#...", ".#...", ".#..#", "..##."], // t
@@ -112,7 +113,7 @@ public enum BitmapFont {
         [".....", ".....", "#...#", "#...#", "#...#", ".#.#.", "..#.."], // v
         [".....", ".....", "#...#", "#...#", "#.#.#", "#.#.#", ".#.#."], // w
         [".....", ".....", "#...#", ".#.#.", "..#..", ".#.#.", "#...#"], // x
-        [".....", ".....", "#...#", "#...#", ".####", "....#", ".###."], // y (descender)
+        ["#...#", "#...#", "#...#", "#...#", ".####", "....#", ".###."], // y (descender)
         [".....", ".....", "#####", "...#.", "..#..", ".#...", "#####"], // z
         ["...#.", "..#..", "..#..", ".#...", "..#..", "..#..", "...#."], // {
         ["..#..", "..#..", "..#..", "..#..", "..#..", "..#..", "..#.."], // |

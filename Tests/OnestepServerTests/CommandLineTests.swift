@@ -60,7 +60,7 @@ final class CommandLineTests: XCTestCase {
         let decoder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/png_decode.py"
         for (model, n, expected) in [("cd_tiny", 1, "16 16 3"), ("ddpm_gray", 1, "8 8 1"), ("cd_tiny", 9, "50 50 3")] {
             let out = temp("img.png")
-            let r = try run(Self.binary, ["generate", "--model", Self.golden + "/" + model, "--seed", "5", "-n", String(n), "--label", "3", "--out", out].filter { model != "ddpm_gray" || ($0 != "--label" && $0 != "3") })
+            let r = try run(Self.binary, ["generate", "--model", Self.golden + "/" + model, "--seed", "5", "-n", String(n), "--label", "3", "--plain", "--out", out].filter { model != "ddpm_gray" || ($0 != "--label" && $0 != "3") })
             XCTAssertEqual(r.status, 0, r.err)
             XCTAssertTrue(r.out.contains("wrote"), r.out)
             guard let python else { return XCTFail("python3 is needed for the independent PNG decoder") }
@@ -177,6 +177,32 @@ final class CommandLineTests: XCTestCase {
         let maxLevels = 4, maxMeanLevels = 0.25
         XCTAssertLessThanOrEqual(diffs.max() ?? 0, maxLevels, "generate --per-class differs from the model card's samples.png")
         XCTAssertLessThanOrEqual(Double(diffs.reduce(0, +)) / Double(diffs.count), maxMeanLevels)
+    }
+
+    /// Grids carry a title, class names on the rows and seeds on the columns; --plain gives the bare tiles. The
+    /// labelled grid is the plain one moved right and down by the label margins, and those margins have text.
+    func testGridsAreLabelledUnlessPlain() throws {
+        let plainPath = temp("plain.png"), labelledPath = temp("labelled.png")
+        for (path, extra) in [(plainPath, ["--plain"]), (labelledPath, [])] {
+            let r = try run(Self.binary, ["generate", "--model", Self.shipped, "--per-class", "-n", "3", "--seed", "4", "--scale", "2", "--out", path] + extra)
+            XCTAssertEqual(r.status, 0, r.err)
+        }
+        let plain = try PNG.read(path: plainPath), labelled = try PNG.read(path: labelledPath)
+        XCTAssertEqual([plain.width, plain.height], [3 * 34 - 2, 8 * 34 - 2], "8 classes x 3 seeds of 16x16 shown 2x")
+        // The top margin depends only on there being a title and column labels; the left one on the widest class
+        // name ("crescent" and "triangle", 8 characters).
+        let m = GridLabels(title: "x", rowLabels: ["crescent"], columnLabels: ["4"]).margins(cell: 32, gridWidth: plain.width)
+        XCTAssertEqual(labelled.height, plain.height + m.top)
+        XCTAssertGreaterThanOrEqual(labelled.width, plain.width + m.left)
+        let left = m.left
+        let dark = { (x: Int, y: Int) -> Bool in labelled.pixels[(y * labelled.width + x) * 3] < 128 }
+        XCTAssertTrue((0..<m.top).contains { y in (0..<labelled.width).contains { dark($0, y) } }, "title and seeds above the grid")
+        XCTAssertTrue((m.top..<labelled.height).contains { y in (0..<left).contains { dark($0, y) } }, "class names left of the grid")
+        // The tiles themselves are unchanged.
+        let ox = m.left, oy = m.top
+        for y in 0..<plain.height { for x in 0..<plain.width where plain.pixels[(y * plain.width + x) * 3] != labelled.pixels[((y + oy) * labelled.width + x + ox) * 3] {
+            return XCTFail("tile pixel (\(x), \(y)) moved or changed")
+        } }
     }
 
     /// --scale N enlarges by nearest neighbour: every N x N block is one source pixel; 1...64 accepted.

@@ -71,7 +71,7 @@ public struct LogTicks: Equatable, Sendable {
 
     /// "0.02", "0.5", "1", "20", "1e-06", "2e+07": plain decimals from 1e-5 to 1e6, else exponent form.
     public static func label(_ v: Double) -> String {
-        let e = Int(Foundation.log10(v).rounded(.down) + 1e-9)
+        let e = Int((Foundation.log10(v) + 1e-9).rounded(.down))  // 1e-9: log10(0.1) may come out a hair below -1
         let mantissa = (v / Foundation.pow(10, Double(e))).rounded()
         if e >= 0 && e < 6 { return String(Int((mantissa * Foundation.pow(10, Double(e))).rounded())) }
         if e < 0 && e >= -5 { return String(format: "%.\(-e)f", v) }
@@ -94,18 +94,33 @@ extension TrainingPlots {
         return Array(stride(from: start, through: last, by: step))
     }
 
-    /// The loss of step `firstStep + i` is `losses[i]`; drawn on a log scale (values <= 0 or not finite are left
-    /// out), with a moving mean over about a fiftieth of the run. (width, height) in pixels, at least 320 x 200.
-    public static func lossCurve(_ losses: [Float], labels: LossPlotLabels = LossPlotLabels(), firstStep: Int = 1,
-                                 width: Int = 800, height: Int = 450) -> PixelImage {
-        precondition(width >= 320 && height >= 200, "a loss plot needs at least 320 x 200 pixels")
-        var img = PixelImage(width: width, height: height, channels: 3, fill: 255)
-        let s = 2, pad = 8, lineH = BitmapFont.lineHeight * s
-        img.drawText(PixelImage.fitting(labels.title, maxWidth: width - 2 * pad, scale: s), x: pad, y: pad, scale: s)
-        img.drawText(PixelImage.fitting(labels.subtitle, maxWidth: width - 2 * pad), x: pad, y: pad + lineH + 2)
+    /// Where everything of a loss plot goes: the plot area, the axis ranges and every tick value's text box.
+    public struct LossPlotLayout: Sendable {
+        public var width: Int, height: Int
+        /// The plot area's edges in pixels (the frame lines are at these coordinates).
+        public var left: Int, right: Int, top: Int, bottom: Int
+        public var ticks: LogTicks
+        public var firstStep: Int, lastStep: Int
+        public var stepTicks: [Int]
+        /// Text scale of the title, tick values and axis names (the subtitle is at scale 1).
+        public var scale: Int
+        /// Title, then subtitle: (text, x, y) of their top-left corners.
+        public var title: (String, Int, Int), subtitle: (String, Int, Int)
+        /// Every tick value: its text and the box it is drawn in (x, y, width, height).
+        public var tickLabels: [(text: String, x: Int, y: Int, w: Int, h: Int)]
 
+        public func x(step: Int) -> Int {
+            left + Int((Double(step - firstStep) / Double(max(lastStep - firstStep, 1)) * Double(right - left)).rounded())
+        }
+        public func y(loss v: Double) -> Int {
+            top + Int(((ticks.hi - Foundation.log10(v)) / (ticks.hi - ticks.lo) * Double(bottom - top)).rounded())
+        }
+    }
+
+    /// The layout `lossCurve` draws with the same arguments.
+    public static func lossPlotLayout(_ losses: [Float], labels: LossPlotLabels, firstStep: Int = 1, width: Int = 800, height: Int = 450) -> LossPlotLayout {
+        let s = 2, pad = 8, lineH = BitmapFont.lineHeight * s
         let finite = losses.compactMap { $0.isFinite && $0 > 0 ? Double($0) : nil }
-        let window = max(1, losses.count / 50)
         let ticks: LogTicks
         if finite.count >= 2 {
             let minLog = Foundation.log10(finite.min()!), maxLog = Foundation.log10(finite.max()!)
@@ -116,29 +131,56 @@ extension TrainingPlots {
         }
         let tickTexts = ticks.labelled.map(LogTicks.label)
         let widestTick = tickTexts.map { BitmapFont.width(of: $0, scale: s) }.max() ?? 0
-        let left = pad + lineH + widestTick + 10, right = width - 16
-        let top = pad + lineH + BitmapFont.lineHeight + 12, bottom = height - (pad + 2 * lineH + 6)
-        let plotW = right - left, plotH = bottom - top
         let last = firstStep + max(losses.count, 1) - 1
-        func px(_ step: Int) -> Int {
-            left + Int((Double(step - firstStep) / Double(max(last - firstStep, 1)) * Double(plotW)).rounded())
-        }
-        func py(_ v: Double) -> Int { top + Int(((ticks.hi - Foundation.log10(v)) / (ticks.hi - ticks.lo) * Double(plotH)).rounded()) }
-
-        // Grid lines, ticks and their values.
-        for v in ticks.lines { img.fill(x: left, y: py(v), w: plotW, h: 1, gridColour) }
+        var l = LossPlotLayout(width: width, height: height, left: pad + lineH + widestTick + 10, right: width - 16,
+                               top: pad + lineH + BitmapFont.lineHeight + 12, bottom: height - (pad + 2 * lineH + 6),
+                               ticks: ticks, firstStep: firstStep, lastStep: last, stepTicks: stepTicks(first: firstStep, last: last), scale: s,
+                               title: (PixelImage.fitting(labels.title, maxWidth: width - 2 * pad, scale: s), pad, pad),
+                               subtitle: (PixelImage.fitting(labels.subtitle, maxWidth: width - 2 * pad), pad, pad + lineH + 2), tickLabels: [])
+        let glyphH = BitmapFont.glyphHeight * s
         for (v, text) in zip(ticks.labelled, tickTexts) {
-            img.fill(x: left - 5, y: py(v), w: 5, h: 1, frameColour)
-            img.drawText(text, x: left - 8, y: py(v) - 7 * s / 2, scale: s, align: .right)
+            let w = BitmapFont.width(of: text, scale: s)
+            l.tickLabels.append((text, l.left - 8 - w, min(max(l.y(loss: v) - glyphH / 2, 0), height - glyphH), w, glyphH))
         }
-        for t in stepTicks(first: firstStep, last: last) {
+        for t in l.stepTicks {
+            let text = String(t), w = BitmapFont.width(of: text, scale: s)
+            // Kept inside the image: the last step's value may sit at the right edge.
+            l.tickLabels.append((text, min(max(l.x(step: t) - w / 2, 0), width - w), l.bottom + 8, w, glyphH))
+        }
+        return l
+    }
+
+    /// The loss of step `firstStep + i` is `losses[i]`; drawn on a log scale (values <= 0 or not finite are left
+    /// out), with a moving mean over about a fiftieth of the run. (width, height) in pixels, at least 320 x 200.
+    public static func lossCurve(_ losses: [Float], labels: LossPlotLabels = LossPlotLabels(), firstStep: Int = 1,
+                                 width: Int = 800, height: Int = 450) -> PixelImage {
+        precondition(width >= 320 && height >= 200, "a loss plot needs at least 320 x 200 pixels")
+        let l = lossPlotLayout(losses, labels: labels, firstStep: firstStep, width: width, height: height)
+        let s = l.scale, pad = 8, lineH = BitmapFont.lineHeight * s
+        let (left, right, top, bottom) = (l.left, l.right, l.top, l.bottom)
+        let plotW = right - left, plotH = bottom - top
+        let finite = losses.filter { $0.isFinite && $0 > 0 }
+        let window = max(1, losses.count / 50)
+        func px(_ step: Int) -> Int { l.x(step: step) }
+        func py(_ v: Double) -> Int { l.y(loss: v) }
+        var img = PixelImage(width: width, height: height, channels: 3, fill: 255)
+        img.drawText(l.title.0, x: l.title.1, y: l.title.2, scale: s)
+        img.drawText(l.subtitle.0, x: l.subtitle.1, y: l.subtitle.2)
+
+        // Grid lines, tick marks and the tick values.
+        for v in l.ticks.lines { img.fill(x: left, y: py(v), w: plotW, h: 1, gridColour) }
+        for v in l.ticks.labelled { img.fill(x: left - 5, y: py(v), w: 5, h: 1, frameColour) }
+        for t in l.stepTicks {
             img.fill(x: px(t), y: top, w: 1, h: plotH, gridColour)
             img.fill(x: px(t), y: bottom, w: 1, h: 5, frameColour)
-            img.drawText(String(t), x: px(t), y: bottom + 8, scale: s, align: .center)
         }
+        for t in l.tickLabels { img.drawText(t.text, x: t.x, y: t.y, scale: s) }
         // Axis names: x under the tick values, y turned to read upwards along the left edge.
         img.drawText(labels.xAxis, x: left + plotW / 2, y: bottom + 8 + lineH, scale: s, align: .center)
-        img.drawText(PixelImage.fitting(labels.quantity + ", log scale", maxWidth: plotH, scale: s), x: pad, y: top + plotH / 2, scale: s,
+        // A long quantity name drops to scale 1 (centred in the same strip) before it is shortened.
+        let yName = labels.quantity + ", log scale"
+        let ys = BitmapFont.width(of: yName, scale: s) <= plotH ? s : 1
+        img.drawText(PixelImage.fitting(yName, maxWidth: plotH, scale: ys), x: pad + (s - ys) * 3, y: top + plotH / 2, scale: ys,
                      align: .center, rotated: true)
 
         if finite.count >= 2 {
