@@ -20,10 +20,18 @@ final class TestServer: Sendable {
         /// Answer 408 and close when a request head is still incomplete this long after its first byte
         /// (what onestep-serve's --header-timeout-ms does to slowloris clients).
         var headTimeout: Double? = nil
+        /// Sent verbatim instead of the usual response (framing tests of the client: chunked, cut short, malformed).
+        var rawResponse: [UInt8]? = nil
+        /// Close the connection after each response although it said keep-alive (the server's idle close racing
+        /// the client's next request).
+        var closeAfterResponse = false
     }
 
     private struct State {
         var requests = 0
+        var connections = 0
+        /// The last request's head and body, as received.
+        var lastRequest: [UInt8] = []
         var clients: Set<Int32> = []
         var stopped = false
     }
@@ -42,6 +50,8 @@ final class TestServer: Sendable {
     }
 
     var requestCount: Int { withState { $0.requests } }
+    var connectionCount: Int { withState { $0.connections } }
+    var lastRequest: String { withState { String(decoding: $0.lastRequest, as: UTF8.self) } }
 
     init(_ behavior: Behavior = Behavior()) throws {
         self.behavior = behavior
@@ -89,7 +99,7 @@ final class TestServer: Sendable {
             var one: Int32 = 1
             setsockopt(c, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
             let stopped = withState { s -> Bool in
-                if !s.stopped { s.clients.insert(c) }
+                if !s.stopped { s.clients.insert(c); s.connections += 1 }
                 return s.stopped
             }
             if stopped { close(c); return }
@@ -142,15 +152,16 @@ final class TestServer: Sendable {
                 if n <= 0 { return }
                 buffer.append(contentsOf: chunk[0..<n])
             }
+            let request = Array(buffer[0..<total])
             buffer.removeFirst(total)
 
-            let number = withState { s -> Int in s.requests += 1; return s.requests }
+            let number = withState { s -> Int in s.requests += 1; s.lastRequest = request; return s.requests }
             if behavior.closeWithoutResponse { return }
             if number == behavior.stallAtRequest { Thread.sleep(forTimeInterval: behavior.stallSeconds) }
             if behavior.delay > 0 { Thread.sleep(forTimeInterval: behavior.delay) }
             let response = "HTTP/1.1 \(behavior.status) X\r\nContent-Type: \(behavior.contentType)\r\n"
                 + "Content-Length: \(behavior.body.count)\r\nConnection: keep-alive\r\n\r\n"
-            var bytes = Array(response.utf8) + behavior.body
+            var bytes = behavior.rawResponse ?? (Array(response.utf8) + behavior.body)
             var sent = 0
             while sent < bytes.count {
                 let n = bytes.withUnsafeMutableBytes { send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
@@ -158,7 +169,7 @@ final class TestServer: Sendable {
                 sent += n
             }
             bytes.removeAll()
-            if head.contains("connection: close") { return }
+            if head.contains("connection: close") || behavior.closeAfterResponse || behavior.rawResponse != nil { return }
         }
     }
 

@@ -225,7 +225,9 @@ final class CurlMulti {
             }
         case CURLE_GOT_NOTHING: return "empty_reply"
         case CURLE_PARTIAL_FILE: return "short_body"
-        case CURLE_WEIRD_SERVER_REPLY: return "malformed"
+        // A response that is not HTTP/1.x: libcurl reports HTTP/0.9 (which it refuses) as an unsupported protocol.
+        // URLs are checked to be http(s) before the run, so during it this code means that.
+        case CURLE_WEIRD_SERVER_REPLY, CURLE_UNSUPPORTED_PROTOCOL: return "malformed"
         default: return "curl_\(code.rawValue)"
         }
     }
@@ -237,7 +239,8 @@ final class CurlMulti {
             return .connect
         case CURLE_OPERATION_TIMEDOUT: return .timeout
         case CURLE_SEND_ERROR, CURLE_RECV_ERROR, CURLE_GOT_NOTHING, CURLE_PARTIAL_FILE: return .read
-        case CURLE_WEIRD_SERVER_REPLY, CURLE_BAD_CONTENT_ENCODING, CURLE_HTTP2, CURLE_HTTP2_STREAM: return .invalid
+        case CURLE_WEIRD_SERVER_REPLY, CURLE_UNSUPPORTED_PROTOCOL, CURLE_BAD_CONTENT_ENCODING, CURLE_HTTP2,
+             CURLE_HTTP2_STREAM: return .invalid
         default: return .other
         }
     }

@@ -344,11 +344,12 @@ final class BuiltinHTTPTransport: HTTPTransport {
             send(index)
             guard s.active, s.fd >= 0, !s.connecting else { return }
         }
-        receive(index)
+        receive(index, hungUp: events & 4 != 0)
     }
 
-    /// Reads until the response is complete, the socket is drained, or the connection ended.
-    private func receive(_ index: Int) {
+    /// Reads until the response is complete, the socket is drained, or the connection ended. `hungUp`: the event
+    /// said the peer closed, so read on to the end of stream even after a short read.
+    private func receive(_ index: Int, hungUp: Bool) {
         let s = slots[index]
         let keep = keepBody
         while true {
@@ -358,8 +359,9 @@ final class BuiltinHTTPTransport: HTTPTransport {
                 let result = s.parser.feed(piece) { bytes in if keep { s.body.append(contentsOf: bytes) } }
                 switch result {
                 case .needMore:
-                    // A short read drained the socket: the next arrival raises a new edge.
-                    if n < buffer.count { return }
+                    // A short read drained the socket: the next arrival raises a new edge. A close that came with
+                    // the data raises none, so then read on to the end of stream.
+                    if n < buffer.count && !hungUp { return }
                 case .complete(let consumed):
                     finish(index, nil, nil, "", close: consumed < n || !s.parser.keepAlive)
                     return
