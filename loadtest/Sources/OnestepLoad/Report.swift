@@ -59,7 +59,8 @@ public enum TextReport {
         case .closedLoop(let c):
             line("  closed loop, \(c) in flight, warmup \(formatSeconds(config.warmup)), timeout \(formatSeconds(config.timeout))")
         }
-        line("  \(config.request.method), expect \(config.expect), \(config.effectiveThreads) thread\(config.effectiveThreads == 1 ? "" : "s")")
+        line("  \(config.request.method), expect \(config.expect), \(config.effectiveThreads) thread\(config.effectiveThreads == 1 ? "" : "s"), "
+             + (config.effectiveEngine == .builtin ? "built-in HTTP client" : "libcurl"))
         line()
         line("  Latency Distribution (HdrHistogram, 1us..1h, 3 significant digits)")
         line("  corrected = from intended send time; uncorrected = from actual send; queueing = intended -> actual send")
