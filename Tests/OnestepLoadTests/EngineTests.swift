@@ -106,6 +106,25 @@ final class EngineTests: XCTestCase {
         XCTAssertTrue(sent.hasSuffix("\r\n\r\nseed=7"), sent)
     }
 
+    /// A server that refuses a large body with 413 before reading it, closing gently (shut down writing, then
+    /// discard the rest) or at once (a reset, which fails the client's send with the answer already received):
+    /// the 413 is reported either way, and the connection, left mid-request, is not reused.
+    func testEarlyAnswerToLargeBodyIsReported() throws {
+        let file = NSTemporaryDirectory() + "big-\(UUID().uuidString.prefix(8)).bin"
+        XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: Data(count: 8 << 20)))
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        for abrupt in [false, true] {
+            for engine in engines {
+                let server = try TestServer(.init(status: 413, answerBeforeBody: true, closeAbruptly: abrupt))
+                defer { server.stop() }
+                let (_, r) = try run(["--concurrency", "1", "--requests", "3", "--engine", engine, "--timeout", "5s",
+                                      "--error-budget", "off", "-d", "@" + file, server.url + "/upload"])
+                XCTAssertEqual(r.measured.errorKindCounts, ["http_413": 3], "\(engine), abrupt close: \(abrupt)")
+                XCTAssertEqual(server.connectionCount, 3, "\(engine), abrupt close: \(abrupt)")
+            }
+        }
+    }
+
     /// A name that does not resolve is a "dns" connect error on both engines.
     func testUnresolvableHostIsDNS() throws {
         for engine in engines {

@@ -25,6 +25,12 @@ final class TestServer: Sendable {
         /// Close the connection after each response although it said keep-alive (the server's idle close racing
         /// the client's next request).
         var closeAfterResponse = false
+        /// Answer as soon as the head is in, without reading the body, then close the way servers do (shut the
+        /// write side, discard what still comes for up to a second, close): a 413 to a body over a limit.
+        var answerBeforeBody = false
+        /// With `answerBeforeBody`: close at once instead, unread body and all (the kernel then resets the
+        /// connection, and the client's send fails with the answer already in its receive queue).
+        var closeAbruptly = false
     }
 
     private struct State {
@@ -145,6 +151,16 @@ final class TestServer: Sendable {
             var contentLength = 0
             for line in head.split(separator: "\r\n") where line.hasPrefix("content-length:") {
                 contentLength = Int(line.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) ?? 0
+            }
+            if behavior.answerBeforeBody {
+                let bytes = behavior.rawResponse ?? Array("HTTP/1.1 \(behavior.status) X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".utf8)
+                _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                if behavior.closeAbruptly { return }
+                shutdown(fd, Int32(SHUT_WR))
+                var tv = timeval(tv_sec: 1, tv_usec: 0)
+                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+                while read(fd, &chunk, chunk.count) > 0 {}
+                return
             }
             let total = end + 4 + contentLength
             while buffer.count < total {

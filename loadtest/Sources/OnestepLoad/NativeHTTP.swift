@@ -299,9 +299,29 @@ final class BuiltinHTTPTransport: HTTPTransport {
             if n < 0 && err == EINTR { continue }
             if n < 0 && (err == EAGAIN || err == EWOULDBLOCK) { return }
             if retry(index) { return }
+            if answeredBeforeSendFailed(index) { return }
             finish(index, .read, err == EPIPE ? "broken_pipe" : err == ECONNRESET ? "reset" : "send_failed",
                    "Send failure: \(String(cString: strerror(err)))", close: true)
             return
+        }
+    }
+
+    /// A server may answer (413, 400...) and close before it has read the whole request; the send then fails
+    /// but the answer is in the receive queue. True when a complete response was read and reported.
+    private func answeredBeforeSendFailed(_ index: Int) -> Bool {
+        let s = slots[index]
+        let keep = keepBody
+        while true {
+            let n = recv(s.fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT))
+            guard n > 0 else { return false }
+            let piece = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
+            switch s.parser.feed(piece, onBody: { bytes in if keep { s.body.append(contentsOf: bytes) } }) {
+            case .complete:
+                finish(index, nil, nil, "", close: true)
+                return true
+            case .malformed: return false
+            case .needMore: continue
+            }
         }
     }
 
@@ -363,7 +383,9 @@ final class BuiltinHTTPTransport: HTTPTransport {
                     // the data raises none, so then read on to the end of stream.
                     if n < buffer.count && !hungUp { return }
                 case .complete(let consumed):
-                    finish(index, nil, nil, "", close: consumed < n || !s.parser.keepAlive)
+                    // An answer that came before the whole request went out (413 to a large body) leaves the
+                    // connection mid-request: it cannot carry another one.
+                    finish(index, nil, nil, "", close: consumed < n || !s.parser.keepAlive || s.sent < s.request.count)
                     return
                 case .malformed(let problem):
                     finish(index, .invalid, "malformed", "Weird server reply (\(problem))", close: true)
