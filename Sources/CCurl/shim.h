@@ -51,6 +51,25 @@ static inline int onestep_epoll_wait(int epfd, int *fds, int *curl_events, int m
     }
     return n;
 }
+// The built-in HTTP/1.1 client (loadtest NativeHTTP.swift) watches its own sockets edge-triggered, each tagged
+// with a 64-bit token (slot and connection generation) instead of the fd, so an event for a socket closed and
+// reopened in the same batch is recognised as stale. Events out: 1 readable, 2 writable, 4 error or hang-up.
+static inline int onestep_epoll_add_token(int epfd, int fd, unsigned long long token) {
+    struct epoll_event e = {0};
+    e.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
+    e.data.u64 = token;
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &e);
+}
+static inline int onestep_epoll_wait_tokens(int epfd, unsigned long long *tokens, int *events, int max, int timeout_ms) {
+    struct epoll_event ready[256];
+    int n = epoll_wait(epfd, ready, max < 256 ? max : 256, timeout_ms);
+    for (int i = 0; i < n; i++) {
+        unsigned ev = ready[i].events;
+        tokens[i] = ready[i].data.u64;
+        events[i] = ((ev & EPOLLIN) ? 1 : 0) | ((ev & EPOLLOUT) ? 2 : 0) | ((ev & (EPOLLERR | EPOLLHUP | EPOLLRDHUP)) ? 4 : 0);
+    }
+    return n;
+}
 // CURLMsg holds its result in an anonymous union; these read it without Swift touching the union.
 static inline int onestep_msg_is_done(const CURLMsg *m) { return m->msg == CURLMSG_DONE; }
 static inline CURLcode onestep_msg_result(const CURLMsg *m) { return m->data.result; }

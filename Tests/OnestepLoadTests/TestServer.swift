@@ -20,10 +20,24 @@ final class TestServer: Sendable {
         /// Answer 408 and close when a request head is still incomplete this long after its first byte
         /// (what onestep-serve's --header-timeout-ms does to slowloris clients).
         var headTimeout: Double? = nil
+        /// Sent verbatim instead of the usual response (framing tests of the client: chunked, cut short, malformed).
+        var rawResponse: [UInt8]? = nil
+        /// Close the connection after each response although it said keep-alive (the server's idle close racing
+        /// the client's next request).
+        var closeAfterResponse = false
+        /// Answer as soon as the head is in, without reading the body, then close the way servers do (shut the
+        /// write side, discard what still comes for up to a second, close): a 413 to a body over a limit.
+        var answerBeforeBody = false
+        /// With `answerBeforeBody`: close at once instead, unread body and all (the kernel then resets the
+        /// connection, and the client's send fails with the answer already in its receive queue).
+        var closeAbruptly = false
     }
 
     private struct State {
         var requests = 0
+        var connections = 0
+        /// The last request's head and body, as received.
+        var lastRequest: [UInt8] = []
         var clients: Set<Int32> = []
         var stopped = false
     }
@@ -42,6 +56,8 @@ final class TestServer: Sendable {
     }
 
     var requestCount: Int { withState { $0.requests } }
+    var connectionCount: Int { withState { $0.connections } }
+    var lastRequest: String { withState { String(decoding: $0.lastRequest, as: UTF8.self) } }
 
     init(_ behavior: Behavior = Behavior()) throws {
         self.behavior = behavior
@@ -89,7 +105,7 @@ final class TestServer: Sendable {
             var one: Int32 = 1
             setsockopt(c, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
             let stopped = withState { s -> Bool in
-                if !s.stopped { s.clients.insert(c) }
+                if !s.stopped { s.clients.insert(c); s.connections += 1 }
                 return s.stopped
             }
             if stopped { close(c); return }
@@ -136,21 +152,32 @@ final class TestServer: Sendable {
             for line in head.split(separator: "\r\n") where line.hasPrefix("content-length:") {
                 contentLength = Int(line.dropFirst("content-length:".count).trimmingCharacters(in: .whitespaces)) ?? 0
             }
+            if behavior.answerBeforeBody {
+                let bytes = behavior.rawResponse ?? Array("HTTP/1.1 \(behavior.status) X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".utf8)
+                _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                if behavior.closeAbruptly { return }
+                shutdown(fd, Int32(SHUT_WR))
+                var tv = timeval(tv_sec: 1, tv_usec: 0)
+                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+                while read(fd, &chunk, chunk.count) > 0 {}
+                return
+            }
             let total = end + 4 + contentLength
             while buffer.count < total {
                 let n = read(fd, &chunk, chunk.count)
                 if n <= 0 { return }
                 buffer.append(contentsOf: chunk[0..<n])
             }
+            let request = Array(buffer[0..<total])
             buffer.removeFirst(total)
 
-            let number = withState { s -> Int in s.requests += 1; return s.requests }
+            let number = withState { s -> Int in s.requests += 1; s.lastRequest = request; return s.requests }
             if behavior.closeWithoutResponse { return }
             if number == behavior.stallAtRequest { Thread.sleep(forTimeInterval: behavior.stallSeconds) }
             if behavior.delay > 0 { Thread.sleep(forTimeInterval: behavior.delay) }
             let response = "HTTP/1.1 \(behavior.status) X\r\nContent-Type: \(behavior.contentType)\r\n"
                 + "Content-Length: \(behavior.body.count)\r\nConnection: keep-alive\r\n\r\n"
-            var bytes = Array(response.utf8) + behavior.body
+            var bytes = behavior.rawResponse ?? (Array(response.utf8) + behavior.body)
             var sent = 0
             while sent < bytes.count {
                 let n = bytes.withUnsafeMutableBytes { send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
@@ -158,7 +185,7 @@ final class TestServer: Sendable {
                 sent += n
             }
             bytes.removeAll()
-            if head.contains("connection: close") { return }
+            if head.contains("connection: close") || behavior.closeAfterResponse || behavior.rawResponse != nil { return }
         }
     }
 

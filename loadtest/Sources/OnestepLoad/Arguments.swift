@@ -56,6 +56,7 @@ public enum Arguments {
                              `off` to allow any); not added when a --fail-if names error_rate
       --threads T            I/O threads (default: the core count), connections spread over them, one merged
                              report; at most --connections
+      --engine E             HTTP client: auto (default: built-in for plain http://, else libcurl), builtin, curl
       --json FILE            write the full report as JSON
       --raw FILE.csv         write one CSV line per request
       --plot FILE.png        write the percentile spectrum and latency-over-time plot
@@ -117,6 +118,7 @@ public enum Arguments {
         var failIf = scenario.fail_if ?? []
         var seedStart = scenario.seed_start ?? 0
         var threads = scenario.threads
+        var engine = HTTPEngine.auto
         var errorBudget: Double? = try scenario.error_budget.map { try budget($0, "error_budget") } ?? LoadConfig.defaultErrorBudget
         var json: String?, raw: String?, plot: String?
         var quiet = false, spectrum = true
@@ -169,6 +171,10 @@ public enum Arguments {
             case "--fail-if": failIf.append(try value(a))
             case "--error-budget": errorBudget = try budget(try value(a), a)
             case "--threads": threads = try positiveInt(a)
+            case "--engine":
+                let v = try value(a)
+                guard let e = HTTPEngine(rawValue: v) else { throw UsageError("--engine must be auto, builtin or curl, got '\(v)'") }
+                engine = e
             case "--json": json = try value(a)
             case "--raw": raw = try value(a)
             case "--plot": plot = try value(a)
@@ -271,6 +277,15 @@ public enum Arguments {
         if let t = threads {
             guard t >= 1, t <= 1024 else { throw UsageError("--threads must be 1...1024, got \(t)") }
             config.threads = t
+        }
+        config.engine = engine
+        if engine == .builtin {
+            if let u = urls.first(where: { HTTPURLParts($0) == nil }) {
+                throw UsageError("--engine builtin speaks plain http:// only (no https, no user info in the URL), got '\(u)'; use --engine curl")
+            }
+            if case .closedLoop(let c) = mode, config.connections < c {
+                throw UsageError("--engine builtin needs --connections >= --concurrency (one connection per request in flight); use --engine curl")
+            }
         }
         config.jsonPath = json
         config.rawPath = raw

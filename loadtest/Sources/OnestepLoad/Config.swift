@@ -108,6 +108,8 @@ public struct LoadConfig: Sendable, Equatable {
         }
         return Swift.max(1, Swift.min(threads, slots, connections))
     }
+    /// `--engine`: the HTTP client (Transport.swift); `auto` picks the built-in one when it can serve the URLs.
+    public var engine: HTTPEngine = .auto
     /// `--idle-connections`, `--slowloris`: raw-socket clients held open beside the measured traffic.
     public var background: BackgroundPlan? = nil
 

@@ -101,16 +101,6 @@ final class CurlEasy {
     }
 }
 
-/// How a finished transfer ended, as libcurl saw it.
-struct CurlCompletion {
-    var slot: Int
-    /// nil when libcurl reports success (the status code is judged by the caller).
-    var error: ErrorClass?
-    /// The finer cause of `error` ("refused", "reset", "timeout"...), nil on success.
-    var kind: String?
-    var message: String
-}
-
 /// A multi handle driving the easy handles of the connection slots.
 final class CurlMulti {
     private let multi: UnsafeMutableRawPointer
@@ -190,8 +180,8 @@ final class CurlMulti {
     }
 
     /// Transfers that finished since the last call.
-    func completions() -> [CurlCompletion] {
-        var done: [CurlCompletion] = []
+    func completions() -> [TransferCompletion] {
+        var done: [TransferCompletion] = []
         var left: Int32 = 0
         while let msg = curl_multi_info_read(multi, &left) {
             guard onestep_msg_is_done(msg) != 0, let easy = msg.pointee.easy_handle else { continue }
@@ -206,7 +196,7 @@ final class CurlMulti {
                 kind = Self.errorKind(code, osErrno: Int32(osErrno))
                 message = String(cString: curl_easy_strerror(code)) + (osErrno != 0 ? " (\(String(cString: strerror(Int32(osErrno)))))" : "")
             }
-            done.append(CurlCompletion(slot: Int(bitPattern: priv) - 1, error: classify(code), kind: kind,
+            done.append(TransferCompletion(slot: Int(bitPattern: priv) - 1, error: classify(code), kind: kind,
                                        message: message))
         }
         return done
@@ -235,7 +225,9 @@ final class CurlMulti {
             }
         case CURLE_GOT_NOTHING: return "empty_reply"
         case CURLE_PARTIAL_FILE: return "short_body"
-        case CURLE_WEIRD_SERVER_REPLY: return "malformed"
+        // A response that is not HTTP/1.x: libcurl reports HTTP/0.9 (which it refuses) as an unsupported protocol.
+        // URLs are checked to be http(s) before the run, so during it this code means that.
+        case CURLE_WEIRD_SERVER_REPLY, CURLE_UNSUPPORTED_PROTOCOL: return "malformed"
         default: return "curl_\(code.rawValue)"
         }
     }
@@ -247,8 +239,64 @@ final class CurlMulti {
             return .connect
         case CURLE_OPERATION_TIMEDOUT: return .timeout
         case CURLE_SEND_ERROR, CURLE_RECV_ERROR, CURLE_GOT_NOTHING, CURLE_PARTIAL_FILE: return .read
-        case CURLE_WEIRD_SERVER_REPLY, CURLE_BAD_CONTENT_ENCODING, CURLE_HTTP2, CURLE_HTTP2_STREAM: return .invalid
+        case CURLE_WEIRD_SERVER_REPLY, CURLE_UNSUPPORTED_PROTOCOL, CURLE_BAD_CONTENT_ENCODING, CURLE_HTTP2,
+             CURLE_HTTP2_STREAM: return .invalid
         default: return .other
         }
+    }
+}
+
+/// The libcurl engine behind `HTTPTransport`: one reusable easy handle per slot on one multi handle.
+final class CurlTransport: HTTPTransport {
+    private let multi: CurlMulti
+    private let easies: [CurlEasy]
+
+    init(slots: Int, maxConnections: Int, method: String, headers: [String], timeout: Double, keepBody: Bool) {
+        multi = CurlMulti(maxConnections: maxConnections)
+        easies = (0..<slots).map {
+            CurlEasy(slot: $0, method: method, headers: headers, timeout: timeout, keepBody: keepBody)
+        }
+    }
+
+    func start(slot: Int, url: String, body: [UInt8]?, timeoutMs: Int?) {
+        easies[slot].prepare(url: url, body: body, timeoutMs: timeoutMs)
+        multi.add(easies[slot])
+    }
+    func release(slot: Int) { multi.remove(easies[slot]) }
+    func perform() { multi.perform() }
+    func poll(timeoutMs: Int) { multi.poll(timeoutMs: timeoutMs) }
+    func completions() -> [TransferCompletion] { multi.completions() }
+    func responseCode(slot: Int) -> Int { easies[slot].responseCode }
+    func bodyBytes(slot: Int) -> Int { easies[slot].bodyBytes }
+    func body(slot: Int) -> [UInt8] { easies[slot].body }
+}
+
+/// An edge-triggered epoll set for the built-in client (NativeHTTP.swift), here because this file is the one
+/// importer of CCurl, whose shim carries the epoll calls Swift's Glibc module leaves out.
+final class EpollSet {
+    private let fd: Int32
+    private var tokens = [UInt64](repeating: 0, count: 256)
+    private var events = [Int32](repeating: 0, count: 256)
+
+    /// - Precondition: the process can create an epoll instance (fails only out of file descriptors).
+    init() {
+        fd = onestep_epoll_create()
+        precondition(fd >= 0, "epoll_create1 failed: errno \(errno)")
+    }
+
+    deinit { close(fd) }
+
+    /// Watches `socket` for input, output and hang-up, edge-triggered, reporting `token` with its events.
+    func add(_ socket: Int32, token: UInt64) -> Bool { onestep_epoll_add_token(fd, socket, token) == 0 }
+
+    /// Waits at most `timeoutMs` (0: only looks) and calls `body(token, events)` for each ready socket; events
+    /// are 1 readable, 2 writable, 4 error or hang-up.
+    func wait(timeoutMs: Int, _ body: (UInt64, Int32) -> Void) {
+        let n = tokens.withUnsafeMutableBufferPointer { t in
+            events.withUnsafeMutableBufferPointer { e in
+                onestep_epoll_wait_tokens(fd, t.baseAddress, e.baseAddress, Int32(t.count), Int32(clamping: timeoutMs))
+            }
+        }
+        for i in 0..<Swift.max(0, Int(n)) { body(tokens[i], events[i]) }
     }
 }

@@ -1,4 +1,5 @@
-// The I/O loop: one libcurl multi handle, one reusable easy handle per connection slot, per thread. With
+// The I/O loop: one HTTP client (the built-in one or libcurl's multi interface, see Transport.swift) driving one
+// connection slot per request in flight, per thread. With
 // `--threads T` (default: the core count) T such loops run side by side, each with its share of the connections
 // (and, open loop, the requests i with i mod T == its lane, each at its own S_i); their results are merged into
 // one set of histograms after the run.
@@ -60,13 +61,12 @@ public final class LoadDriver {
     /// What the `--idle-connections` / `--slowloris` clients saw; nil when there were none.
     public private(set) var backgroundReport: BackgroundReport?
 
-    private let multi: CurlMulti?
+    private let transport: HTTPTransport?
     /// This loop's lane of `lanes` (see the header); a coordinator of several threads has lanes == 1 and no slots.
     private let lane: Int
     private let lanes: Int
     /// Threads `run()` starts: 1 runs the loop here.
     private let threadCount: Int
-    private var slots: [CurlEasy] = []
     private var freeSlots: [Int] = []
     private var inFlight: [InFlight?]
     private var inFlightCount = 0
@@ -98,16 +98,17 @@ public final class LoadDriver {
         }
         threadCount = lanes == 1 ? config.effectiveThreads : 1
         let slotCount = threadCount > 1 ? 0 : Self.share(totalSlots, lane: lane, of: lanes)
-        if slotCount > 0 {
-            let connections = Swift.max(1, Self.share(config.connections, lane: lane, of: lanes))
-            multi = CurlMulti(maxConnections: Swift.min(slotCount, connections))
-        } else {
-            multi = nil
-        }
         let keepBody = config.expect != .none
-        for s in 0..<slotCount {
-            slots.append(CurlEasy(slot: s, method: config.request.method, headers: config.request.headers,
-                                  timeout: config.timeout, keepBody: keepBody))
+        let r = config.request
+        if slotCount == 0 {
+            transport = nil
+        } else if config.effectiveEngine == .builtin {
+            transport = BuiltinHTTPTransport(slots: slotCount, method: r.method, headers: r.headers,
+                                             timeout: config.timeout, keepBody: keepBody)
+        } else {
+            let connections = Swift.max(1, Self.share(config.connections, lane: lane, of: lanes))
+            transport = CurlTransport(slots: slotCount, maxConnections: Swift.min(slotCount, connections),
+                                      method: r.method, headers: r.headers, timeout: config.timeout, keepBody: keepBody)
         }
         freeSlots = Array((0..<slotCount).reversed())
         inFlight = Array(repeating: nil, count: slotCount)
@@ -209,7 +210,7 @@ public final class LoadDriver {
                     beginDrain(at: t)
                 }
             }
-            multi!.perform()
+            transport!.perform()
             let finished = collect()
             if drainStarted && inFlightCount == 0 { break }
             t = now()
@@ -225,7 +226,7 @@ public final class LoadDriver {
                 waitMs = Int(dt / 1_000_000)  // round down: better to wake early than to send late
             }
             waitMs = Swift.max(waitMs, minSleepMs)  // --min-sleep: give the core back instead of spinning
-            if waitMs > 0 { multi!.poll(timeoutMs: waitMs) }
+            transport!.poll(timeoutMs: waitMs)  // 0: only looks, so sockets are served while the pacer spins
         }
     }
 
@@ -258,7 +259,7 @@ public final class LoadDriver {
                     }
                 }
             }
-            multi!.perform()
+            transport!.perform()
             let finished = collect()
             if drainStarted && inFlightCount == 0 { break }
             t = now()
@@ -267,7 +268,7 @@ public final class LoadDriver {
             var waitMs = 100
             if let endNanos, !drainStarted, endNanos > t { waitMs = Swift.min(waitMs, Int((endNanos - t) / 1_000_000)) }
             if !drainStarted, t < warmupNanos { waitMs = Swift.min(waitMs, Int((warmupNanos - t) / 1_000_000)) }
-            multi!.poll(timeoutMs: waitMs)
+            transport!.poll(timeoutMs: waitMs)
         }
     }
 
@@ -275,31 +276,29 @@ public final class LoadDriver {
 
     private func start(index: Int, phase: Phase, intended: UInt64, slot: Int, at sent: UInt64) {
         let urlIndex = index % fixedURLs.count
-        let easy = slots[slot]
         let abortMs = config.abort?.abortMilliseconds(forIndex: index)
         if templated {
             let seed = config.request.seedStart + index
             let url = Template.render(fixedURLs[urlIndex], seed: seed, index: index)
             let body = fixedBody.map { Array(Template.render(String(decoding: $0, as: UTF8.self), seed: seed, index: index).utf8) }
-            easy.prepare(url: url, body: body, timeoutMs: abortMs)
+            transport!.start(slot: slot, url: url, body: body, timeoutMs: abortMs)
         } else {
-            easy.prepare(url: fixedURLs[urlIndex], body: fixedBody, timeoutMs: abortMs)
+            transport!.start(slot: slot, url: fixedURLs[urlIndex], body: fixedBody, timeoutMs: abortMs)
         }
         inFlight[slot] = InFlight(index: index, phase: phase, urlIndex: urlIndex, intended: intended, sent: sent,
                                   abortPlanned: abortMs != nil)
         inFlightCount += 1
-        multi!.add(easy)
     }
 
     /// Records every finished transfer and frees its slot; returns how many finished.
     private func collect() -> Int {
-        let completions = multi!.completions()
+        let transport = transport!
+        let completions = transport.completions()
         guard !completions.isEmpty else { return 0 }
         let done = now()
         for c in completions {
             guard let f = inFlight[c.slot] else { continue }
-            let easy = slots[c.slot]
-            multi!.remove(easy)
+            transport.release(slot: c.slot)
             inFlight[c.slot] = nil
             inFlightCount -= 1
             freeSlots.append(c.slot)
@@ -310,27 +309,27 @@ public final class LoadDriver {
             var aborted: AbortStage?
             if error == .timeout && f.abortPlanned {
                 // The planned disconnect: classify by how far the response had got, and count it apart.
-                aborted = easy.responseCode != 0 || easy.bodyBytes > 0 ? .duringResponse : .beforeResponse
+                aborted = transport.responseCode(slot: c.slot) != 0 || transport.bodyBytes(slot: c.slot) > 0 ? .duringResponse : .beforeResponse
                 error = nil
                 kind = nil
-                status = easy.responseCode
+                status = transport.responseCode(slot: c.slot)
             } else if error == nil {
-                status = easy.responseCode
+                status = transport.responseCode(slot: c.slot)
                 if !(200...399).contains(status) {
                     error = .status
                     kind = "http_\(status)"
                     message = "HTTP \(status)"
-                } else if let problem = check(easy.body) {
+                } else if let problem = check(transport.body(slot: c.slot)) {
                     error = .invalid
                     kind = "bad_body"
                     message = problem
                 }
             } else {
-                status = easy.responseCode  // may be set when headers arrived before a timeout
+                status = transport.responseCode(slot: c.slot)  // may be set when headers arrived before a timeout
             }
             if let error, errorExamples[error] == nil { errorExamples[error] = message }
             let outcome = Outcome(index: f.index, phase: f.phase, urlIndex: f.urlIndex, intended: f.intended,
-                                  sent: f.sent, done: done, status: status, error: error, bytes: easy.bodyBytes,
+                                  sent: f.sent, done: done, status: status, error: error, bytes: transport.bodyBytes(slot: c.slot),
                                   errorKind: error == nil ? nil : kind, aborted: aborted)
             results.record(outcome)
             if drainStarted, aborted == nil, outcome.error == nil || outcome.error == .status || outcome.error == .invalid {
@@ -365,7 +364,7 @@ public final class LoadDriver {
     private func abandonInFlight(at t: UInt64) {
         for s in inFlight.indices {
             guard let f = inFlight[s] else { continue }
-            multi!.remove(slots[s])
+            transport!.release(slot: s)
             inFlight[s] = nil
             let o = Outcome(index: f.index, phase: f.phase, urlIndex: f.urlIndex, intended: f.intended, sent: f.sent,
                             done: t, status: 0, error: .timeout, errorKind: "timeout")

@@ -59,7 +59,8 @@ public enum TextReport {
         case .closedLoop(let c):
             line("  closed loop, \(c) in flight, warmup \(formatSeconds(config.warmup)), timeout \(formatSeconds(config.timeout))")
         }
-        line("  \(config.request.method), expect \(config.expect), \(config.effectiveThreads) thread\(config.effectiveThreads == 1 ? "" : "s")")
+        line("  \(config.request.method), expect \(config.expect), \(config.effectiveThreads) thread\(config.effectiveThreads == 1 ? "" : "s"), "
+             + (config.effectiveEngine == .builtin ? "built-in HTTP client" : "libcurl"))
         line()
         line("  Latency Distribution (HdrHistogram, 1us..1h, 3 significant digits)")
         line("  corrected = from intended send time; uncorrected = from actual send; queueing = intended -> actual send")
@@ -200,6 +201,8 @@ public struct JSONReport: Codable, Sendable {
         public var connections: Int
         /// I/O threads actually used (`--threads`, at most the connections).
         public var threads: Int
+        /// The HTTP client used: "builtin" or "curl" (`--engine`).
+        public var engine: String
         public var duration_s: Double?
         public var requests: Int?
         public var warmup_s: Double
@@ -267,7 +270,8 @@ public struct JSONReport: Codable, Sendable {
         case .closedLoop(let n): concurrency = n
         }
         config = ConfigReport(mode: rate == nil ? "closed" : "open", rate: rate, concurrency: concurrency,
-                              connections: c.connections, threads: c.effectiveThreads, duration_s: c.requests == nil ? c.duration : nil,
+                              connections: c.connections, threads: c.effectiveThreads,
+                              engine: c.effectiveEngine.rawValue, duration_s: c.requests == nil ? c.duration : nil,
                               requests: c.requests, warmup_s: c.warmup, timeout_s: c.timeout,
                               late_after_ms: Double(r.lateAfterNanos) / 1e6, urls: c.request.urls,
                               method: c.request.method, expect: c.expect.description)
