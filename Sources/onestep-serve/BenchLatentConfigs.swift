@@ -86,11 +86,12 @@ struct LatentBenchConfig {
         textEncoder: clipText(width: 32, intermediate: 64, layers: 2, heads: 4, act: "quick_gelu", projection: 32),
         vae: taesd, scheduler: eulerTrailing, tokenizerGolden: "sdxs_tiny")
 
-    /// transformers CLIPTextConfig as CLIPTextModel.save_pretrained writes it (the keys our loader reads and
-    /// the ones it ignores).
+    /// transformers CLIPTextConfig as CLIPTextModel.save_pretrained writes it, without the float fields whose
+    /// value is whole (JSONSerialization writes 1.0 as 1, which transformers 5's strict config refuses for
+    /// initializer_factor); transformers fills their defaults, and our loader ignores them.
     static func clipText(width: Int, intermediate: Int, layers: Int, heads: Int, act: String, projection: Int) -> [String: Any] {
-        ["architectures": ["CLIPTextModel"], "attention_dropout": 0.0, "bos_token_id": 0, "eos_token_id": 2,
-         "hidden_act": act, "hidden_size": width, "initializer_factor": 1.0, "initializer_range": 0.02,
+        ["architectures": ["CLIPTextModel"], "bos_token_id": 0, "eos_token_id": 2,
+         "hidden_act": act, "hidden_size": width, "initializer_range": 0.02,
          "intermediate_size": intermediate, "layer_norm_eps": 1e-05, "max_position_embeddings": 77,
          "model_type": "clip_text_model", "num_attention_heads": heads, "num_hidden_layers": layers, "pad_token_id": 1,
          "projection_dim": projection, "vocab_size": 49408]
