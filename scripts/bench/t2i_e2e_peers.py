@@ -331,8 +331,8 @@ def table(config, rows, engines, threads):
         return min(cands, key=lambda r: r["best_ms"]) if cands else None
 
     peers = [e for e in engines if e != "onestep"]
-    head = f"{'part':<9}{'thr':>4}  " + "".join(f"{e + " wall/CPU ms":>28}" for e in engines)
-    head += "".join(f"{"Onestep/" + p + " wall, CPU":>34}" for p in peers)
+    head = f"{'part':<9}{'thr':>4}  " + "".join(f"{e + ' wall/CPU ms':>28}" for e in engines)
+    head += "".join(f"{'Onestep/' + p + ' wall, CPU':>34}" for p in peers)
     lines = [f"## {config}: one image at the unet sample size x 8, 1 step, best of all rounds (wall ms / CPU ms of that run)", head]
     def cell(b):
         return f"{b['best_ms']:.0f} / {b['best_cpu_ms']:.0f}" if b else "-"
