@@ -25,7 +25,7 @@ enum BenchLatent {
 
     /// An OpenBLAS sgemm 2048^3 on a thread count: GFLOP per wall second and per CPU second of its best calls.
     /// On a machine shared with other work the wall figure falls with the load; the CPU figure much less.
-    struct Peak { var wall: Double, cpu: Double }
+    struct Peak { var wall: Double, cpu: Double, n = 2048 }
 
     static func sgemmPeak(threads: Int, n: Int = 2048, calls: Int = 5) -> Peak {
         let saved = BLAS.threads
@@ -42,7 +42,7 @@ enum BenchLatent {
             cpu = min(cpu, ProcessMemory.cpuSeconds() - c0)
         }
         let flop = 2 * Double(n) * Double(n) * Double(n)
-        return Peak(wall: flop / wall / 1e9, cpu: flop / max(cpu, 1e-9) / 1e9)
+        return Peak(wall: flop / wall / 1e9, cpu: flop / max(cpu, 1e-9) / 1e9, n: n)
     }
 
     static func loadAverage() -> String {
@@ -127,7 +127,9 @@ enum BenchLatent {
         let savedBLAS = BLAS.threads
         BLAS.threads = t
         defer { BLAS.threads = savedBLAS }
-        let peakBefore = sgemmPeak(threads: t)
+        // 2048^3 for real sizes; the tiny configs (64x64 images, a check of the bench) take a 512^3 one.
+        let peakSize = p.defaultSize >= 512 ? 2048 : 512
+        let peakBefore = sgemmPeak(threads: t, n: peakSize)
         let side = p.defaultSize, h = side / p.decoder.scaleFactor
         var g = TorchGenerator(seed: 1)
         let latents = g.randn(shape: [1, p.unet.config.inChannels, h, h])
@@ -157,11 +159,11 @@ enum BenchLatent {
                 cpu[i].append((ProcessMemory.cpuSeconds() - c0) * 1000)
             }
         }
-        let peakAfter = sgemmPeak(threads: t), old = peaks[t] ?? Peak(wall: 0, cpu: 0)
-        let peak = Peak(wall: max(peakBefore.wall, peakAfter.wall, old.wall), cpu: max(peakBefore.cpu, peakAfter.cpu, old.cpu))
+        let peakAfter = sgemmPeak(threads: t, n: peakSize), old = peaks[t] ?? Peak(wall: 0, cpu: 0)
+        let peak = Peak(wall: max(peakBefore.wall, peakAfter.wall, old.wall), cpu: max(peakBefore.cpu, peakAfter.cpu, old.cpu), n: peakSize)
         peaks[t] = peak
-        FileHandle.standardError.write(Data(String(format: "sgemm 2048^3 on %d thread(s): %.1f GFLOP per wall second, %.1f per CPU second (best calls, before and after the parts); load average %@\n",
-                                                   t, peak.wall, peak.cpu, loadAverage()).utf8))
+        FileHandle.standardError.write(Data(String(format: "sgemm %d^3 on %d thread(s): %.1f GFLOP per wall second, %.1f per CPU second (best calls, before and after the parts); load average %@\n",
+                                                   peakSize, t, peak.wall, peak.cpu, loadAverage()).utf8))
         return parts.indices.map { i in
             let best = wall[i].indices.min { wall[i][$0] < wall[i][$1] }!
             return Row(model: p.name, part: parts[i].0, precision: precision == .fp32 ? "float32" : precision.rawValue, threads: t,
@@ -181,7 +183,7 @@ enum BenchLatent {
         var peaks: [Int: Peak] = [:]
         for r in rows { peaks[r.threads] = r.peak }
         for (t, p) in peaks.sorted(by: { $0.key < $1.key }) {
-            s += String(format: "peak = OpenBLAS sgemm 2048^3 on %d thread(s) in this run: %.1f GFLOP per wall second, %.1f per CPU second\n", t, p.wall, p.cpu)
+            s += String(format: "peak = OpenBLAS sgemm %d^3 on %d thread(s) in this run: %.1f GFLOP per wall second, %.1f per CPU second\n", p.n, t, p.wall, p.cpu)
         }
         s += "load average at the end: \(loadAverage()); \(cpuModel())\n"
         return s

@@ -276,7 +276,8 @@ def main():
     ap.add_argument("--onestep", default=".build/release/onestep-serve")
     ap.add_argument("--workdir", default="/tmp/onestep-t2i-e2e")
     ap.add_argument("--keep", action="store_true", help="keep the written folders")
-    ap.add_argument("--json-out", help="also write every row to this file")
+    ap.add_argument("--json-out", help="also append every row to this file as it comes")
+    ap.add_argument("--table-from", help="print the tables of a --json-out file (e.g. of several runs) and exit")
     a = ap.parse_args()
     a.threads = [int(t) for t in a.threads.split(",")]
     if a.worker == "pytorch":
@@ -284,10 +285,18 @@ def main():
     if a.worker == "openvino":
         return worker_openvino(a)
 
+    if a.table_from:
+        rows = [json.loads(line) for line in open(a.table_from) if line.startswith("{")]
+        for config in dict.fromkeys(r["config"] for r in rows):
+            mine = [r for r in rows if r["config"] == config]
+            engines = list(dict.fromkeys(r["engine"] for r in mine if "part" in r))
+            engines = ["onestep"] + [e for e in engines if e != "onestep"]
+            threads = sorted({r["threads"] for r in mine if "part" in r})
+            print(table(config, mine, engines, threads))
+        return
     peers = [p for p in a.peers.split(",") if p]
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_model()}, threads {a.threads}, "
           f"rounds {a.rounds}, runs per process {a.runs}", flush=True)
-    all_rows = []
     for config in a.configs.split(","):
         folder = os.path.join(a.workdir, config)
         subprocess.run(["rm", "-rf", folder], check=True)
@@ -309,19 +318,17 @@ def main():
                         got = worker_rows(engine, folder, a.threads, a.runs, a.ov_engines)
                     for g in got:
                         g["config"], g["round"] = config, r + 1
+                        if a.json_out:  # as they come, so an interrupted run keeps its rows
+                            with open(a.json_out, "a") as f:
+                                f.write(json.dumps(g) + "\n")
                         if "inference_precision_hint" in g:
                             print(f"#   openvino threads {g['threads']}: INFERENCE_PRECISION_HINT {g['inference_precision_hint']}", flush=True)
                     rows += got
         finally:
             if not a.keep:
                 subprocess.run(["rm", "-rf", folder])
-        all_rows += rows
         columns = [c for e in engines for c in (a.ov_engines.split(",") if e == "openvino" else [e])]
         print(table(config, rows, columns, a.threads), flush=True)
-    if a.json_out:
-        with open(a.json_out, "w") as f:
-            for r in all_rows:
-                f.write(json.dumps(r) + "\n")
 
 
 def table(config, rows, engines, threads):
