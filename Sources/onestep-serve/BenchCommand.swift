@@ -1,17 +1,21 @@
 // `onestep-serve bench`: forward-pass speed of a model at several batch sizes, next to a plain cblas_sgemm of the
 // model's dominant convolution shape measured in the same run (so the ratio survives a noisy, shared machine).
+// Text-to-image configs (sd-turbo, sdxs) and folders go to BenchLatent: one 512x512 image, part by part.
 import CommandLineKit
 import Foundation
 import OnestepCore
 
 enum BenchCommand {
     static let command = Subcommand("bench", summary: "forward-pass speed at several batch sizes, next to an OpenBLAS sgemm of the same run",
-                                    synopsis: "bench (--model DIR ... | --config cd_imagenet64) [--batch 1,16] [--threads 1,2] [--precision fp32,int8,blas] [--json]",
+                                    synopsis: "bench (--model DIR ... | --config cd_imagenet64|sd-turbo|sdxs) [--batch 1,16] [--threads 1,2] [--precision fp32,int8,blas] [--runs 2] [--json]",
                                     flags: flags, run: run)
 
     static let flags = [
         FlagSpec("model", "model directory (repeatable)"),
-        FlagSpec("config", "a published model's exact config with random weights made now: cd_imagenet64 (repeatable)"),
+        FlagSpec("config", "a published model's exact config with random weights made now: cd_imagenet64 (pixel); sd-turbo, sdxs (text-to-image, written to a temporary diffusers folder and loaded from it; sd-turbo-tiny, sdxs-tiny check the bench) (repeatable)"),
+        FlagSpec("runs", "text-to-image: timed runs of each part, interleaved; the best is reported", default: "2"),
+        FlagSpec("keep", "text-to-image --config: write the random-weight folder here and keep it (default: a temporary folder, removed)"),
+        FlagSpec("tokenizer", "text-to-image --config: the CLIP tokenizer folder to copy (default: the golden pipeline's, ONESTEP_GOLDEN or ../shared/golden)"),
         FlagSpec("batch", "comma-separated batch sizes", default: "1,16"),
         FlagSpec("seconds", "time to spend per row", default: "2"),
         FlagSpec("threads", "comma-separated: cores one forward is split over (a thread team; BLAS threads too for blas)", default: "1"),
@@ -37,15 +41,25 @@ enum BenchCommand {
         let batches = try f.intList("batch", range: 1...256) ?? [1, 16]
         let seconds = try f.double("seconds", range: 0.05...600) ?? 2
         let workers = try f.int("workers", range: 1...64) ?? 1
-        let models = f.all("model"), configs = f.all("config")
-        if models.isEmpty && configs.isEmpty && !f.isSet("peak") { _ = try f.required("model") }
+        let allModels = f.all("model"), allConfigs = f.all("config")
+        if allModels.isEmpty && allConfigs.isEmpty && !f.isSet("peak") { _ = try f.required("model") }
+        // Text-to-image configs and folders are benched part by part (BenchLatent); the rest as before.
+        let textConfigs = allConfigs.compactMap { LatentBenchConfig.all[$0] }
+        let configs = allConfigs.filter { LatentBenchConfig.all[$0] == nil }
+        let textFolders = try allModels.filter { try isTextToImage($0) }
+        let models = allModels.filter { !textFolders.contains($0) }
+        if !textConfigs.isEmpty || !textFolders.isEmpty {
+            if f.has("keep") && textConfigs.count > 1 { throw FlagError("--keep DIR takes one text-to-image --config at a time") }
+            // fp32 unless --precision says otherwise: the pixel default (fp32,int8) names a path latent networks lack.
+            let precisions = f.has("precision") ? try parsePrecisions(f) : [.fp32]
+            try BenchLatent.run(configs: textConfigs, folders: textFolders, threads: threadCounts, runs: try f.int("runs", range: 1...100) ?? 2,
+                                precisions: precisions, keep: f.string("keep"), tokenizer: f.string("tokenizer"), json: f.isSet("json"))
+            if models.isEmpty && configs.isEmpty { return }
+        }
         var rows: [Row] = []
         // Every model runs with fp32 kernels and with int8 kernels (weights quantized per output channel at
         // load if the file is float); --precision picks one, "blas" adds the im2col + OpenBLAS baseline.
-        let precisions = try (f.string("precision") ?? "fp32,int8").split(separator: ",").map { text -> ConvPrecision in
-            guard let p = ConvPrecision(rawValue: String(text)) else { throw FlagError("--precision \(text): expected blas, fp32 or int8") }
-            return p
-        }
+        let precisions = try parsePrecisions(f)
         let policyName = f.string("int8-policy") ?? Int8Policy.innerConvolutionsAndAttention.rawValue
         guard let policy = Int8Policy(rawValue: policyName) else {
             throw FlagError("--int8-policy \(policyName): expected \(Int8Policy.allCases.map(\.rawValue).joined(separator: " or "))")
@@ -83,6 +97,19 @@ enum BenchCommand {
         }
         if !f.isSet("json") { print(table(rows) + speedups(rows)) }
         FileHandle.standardError.write(Data("kernels \(KernelLevel.best); peak resident memory \(peakResidentMiB()) MiB\n".utf8))
+    }
+
+    static func parsePrecisions(_ f: ParsedFlags) throws -> [ConvPrecision] {
+        try (f.string("precision") ?? "fp32,int8").split(separator: ",").map { text -> ConvPrecision in
+            guard let p = ConvPrecision(rawValue: String(text)) else { throw FlagError("--precision \(text): expected blas, fp32 or int8") }
+            return p
+        }
+    }
+
+    /// A diffusers pipeline folder whose model_index.json lists a UNet2DConditionModel.
+    static func isTextToImage(_ path: String) throws -> Bool {
+        let index = path + "/model_index.json"
+        return FileManager.default.fileExists(atPath: index) ? try ModelIndex(path: index).isTextToImage : false
     }
 
     /// With `threads` > 1 each forward is split over a thread team of that size (BLAS threads too, for blas).

@@ -23,7 +23,7 @@ enum BenchModels {
     /// The pipeline of a named config with random weights (seeded, so every run benches the same model).
     static func pipeline(config name: String, int8Policy: Int8Policy) throws -> ImagePipeline {
         guard let json = configs[name] else {
-            throw FlagError("--config \(name): unknown; known configs: \(configs.keys.sorted().joined(separator: ", "))")
+            throw FlagError("--config \(name): unknown; known configs: \((configs.keys.sorted() + LatentBenchConfig.names).joined(separator: ", "))")
         }
         let config = try UNetConfig(json: json)
         var model = try UNet2DModel(config: config, weights: RandomWeights(seed: 7))
