@@ -42,6 +42,20 @@ public struct PackedConvF32: Sendable {
     }
 }
 
+extension PackedConvF32 {
+    /// Packs weights (Cout, Cin, KH, KW) given as a pointer: the training layers repack theirs after every
+    /// optimizer step (a copy of Cout*K floats, small next to the GEMMs that read it N*Ho*Wo times).
+    public init(geometry g: ConvGeometry, weights w: UnsafePointer<Float>, bias: [Float]?) {
+        geometry = g
+        self.bias = bias
+        let count = osk_f32_packed_count(Int32(g.outChannels), Int32(g.reduction))
+        panels = [Float](unsafeUninitializedCapacity: count) { buf, n in
+            osk_f32_pack(w, Int32(g.outChannels), Int32(g.reduction), buf.baseAddress!)
+            n = count
+        }
+    }
+}
+
 /// int8 conv weights: per-output-channel symmetric codes (w ≈ code * scale[cout]), packed as 4 codes per
 /// Int32 for vpdpbusd, with each row's code sum (for the activation zero-point correction).
 public struct PackedConvInt8: Sendable {
