@@ -218,6 +218,24 @@ public enum FastConv {
         return (mean, variance)
     }
 
+    /// GroupNorm (+ SiLU) backward of one channel plane (training, onestep_activations.c): dz = dy * silu'(z) with
+    /// z = ((x - mean) * rstd) * gamma + beta (dz = dy without SiLU); returns (sum dz, sum dz * xhat).
+    @inline(__always)
+    public static func groupNormGradient(x: UnsafePointer<Float>, dy: UnsafePointer<Float>, dz: UnsafeMutablePointer<Float>,
+                                         count: Int, mean: Float, rstd: Float, gamma: Float, beta: Float, silu: Bool,
+                                         level: KernelLevel = .best) -> (sumDz: Float, sumDzXhat: Float) {
+        var a: Float = 0, b: Float = 0
+        osk_groupnorm_grad(level.rawValue, x, dy, dz, Int64(count), mean, rstd, gamma, beta, silu ? 1 : 0, &a, &b)
+        return (a, b)
+    }
+
+    /// The second GroupNorm backward pass, in place over dz: dx = rstd * (dz * gamma - meanG - xhat * meanGX).
+    @inline(__always)
+    public static func groupNormGradientFinish(x: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float>, count: Int, mean: Float,
+                                               rstd: Float, gamma: Float, meanG: Float, meanGX: Float, level: KernelLevel = .best) {
+        osk_groupnorm_grad_finish(level.rawValue, x, d, Int64(count), mean, rstd, gamma, meanG, meanGX)
+    }
+
     // MARK: - Helpers
 
     static func cGeometry(_ g: ConvGeometry, upsample: Bool) -> osk_conv {
