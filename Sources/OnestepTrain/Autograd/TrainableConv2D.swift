@@ -4,7 +4,8 @@
 //
 // Legend: N batch, Cin/Cout channels, H/W input size, Ho/Wo output size, K = Cin*KH*KW, P = Ho*Wo, cols = N*P.
 //   forward   Y (Cout, cols)  = W (Cout, K) x col(X) (K, cols) + b          osk_conv_f32, W packed each forward
-//   backward  dW (Cout, K)   += dY (Cout, cols) x col(X)^T (cols, K)         one sgemm per chunk of images
+//   backward  dW (Cout, K)   += dY (Cout, cols) x col(X)^T (cols, K)         stride 1: osk_conv_f32 again, as a conv
+//                                                                            of x with dY as the kernel; else sgemm
 //             dX              = conv(dilate_s(dY), flip(W)^T), stride 1     osk_conv_f32 on the transposed kernel
 // dX as a stride-1 convolution: dX[ci, y, x] = sum W[co, ci, ky, kx] dY[co, oy, ox] over y = oy*s - pad + ky, i.e.
 // a correlation of dY (zeros inserted between rows/columns when s > 1) with the kernel flipped in both axes and
@@ -24,6 +25,7 @@ public final class TrainableConv2D {
     // Channel-major copies: input (Cin, N, H, W) kept for backward, output (Cout, N, Ho, Wo), dY, dilated dY, dX.
     private let inputCM = Buffer(), outputCM = Buffer(), gradCM = Buffer(), dilatedCM = Buffer(), inputGradCM = Buffer()
     private let output = Buffer(), inputGradient = Buffer(), columns = Buffer(), flipped = Buffer()
+    private var input: UnsafePointer<Float>?
     private var n = 0, h = 0, w = 0
 
     /// Images per weight-gradient GEMM: enough columns (>= 2048) for sgemm to run near its peak, few enough that the
@@ -40,9 +42,9 @@ public final class TrainableConv2D {
 
     public func outputSize(height: Int, width: Int) -> (Int, Int) { (geometry.outputHeight(height), geometry.outputWidth(width)) }
 
-    /// x (N, Cin, H, W) -> (N, Cout, Ho, Wo). The layer keeps its own copy of x for `backward`.
+    /// x (N, Cin, H, W) -> (N, Cout, Ho, Wo). x must stay unchanged until `backward` (the weight gradient reads it).
     public func forward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int) -> UnsafeMutablePointer<Float> {
-        (n, h, w) = (batch, height, width)
+        (input, n, h, w) = (x, batch, height, width)
         let g = geometry, ho = g.outputHeight(height), wo = g.outputWidth(width), p = ho * wo, cols = batch * p
         let xc = inputCM.ensure(batch * g.inChannels * height * width)
         Layout.toChannelMajor(x, batch: batch, channels: g.inChannels, spatial: height * width, into: xc)
@@ -89,12 +91,25 @@ public final class TrainableConv2D {
         return dx
     }
 
-    /// dW (Cout, K) += dY (Cout, cols) x col(X)^T, chunk by chunk of images in order (a fixed summation order).
+    /// dW (Cout, K) += dY (Cout, cols) x col(X)^T.
+    ///
+    /// Stride 1: dW[co, ci, ky, kx] = sum over (i, oy, ox) of dY[co, i, oy, ox] x[i, ci, oy - padTop + ky, ox - padLeft + kx]
+    /// is itself a stride-1 convolution, run by the same packed kernel: its input is x read as channel-major with the
+    /// images as channels and the input channels as the batch ((N, Cin, H, W) as stored), its kernel dY (Cout, N, Ho, Wo)
+    /// (channel-major dY as stored), its output dW (Cout, Cin, KH, KW) (channel-major with Cin as the batch, accumulated
+    /// in place). Each dW entry is one FMA chain over (i, oy, ox) in order. Other strides: one sgemm per chunk of images.
     private func accumulateWeightGradient(_ xc: UnsafePointer<Float>, _ dyc: UnsafePointer<Float>) {
         let g = geometry, ho = g.outputHeight(h), wo = g.outputWidth(w), p = ho * wo, cols = n * p, k = g.reduction
         let dw = store.grad(weight)
-        if g.isPointwise {  // col(X) is X itself: (Cin, cols)
-            BLAS.sgemm(transB: true, m: g.outChannels, n: k, k: cols, a: dyc, lda: cols, b: xc, ldb: cols, beta: 1, c: dw, ldc: k)
+        let padBottom = g.kernelH - 1 + ho - h - g.padTop, padRight = g.kernelW - 1 + wo - w - g.padLeft
+        if g.stride == 1, let x = input, padBottom >= 0, padRight >= 0 {
+            let gw = ConvGeometry(inChannels: n, outChannels: g.outChannels, kernelH: ho, kernelW: wo, stride: 1,
+                                  padTop: g.padTop, padLeft: g.padLeft, padBottom: padBottom, padRight: padRight)
+            let packed = PackedConvF32(geometry: gw, weights: dyc, bias: nil)
+            _ = FastConv.conv(Activation(viewing: UnsafeMutablePointer(mutating: x), channels: n, batch: g.inChannels, height: h, width: w),
+                              packed, pool: BufferPool(),
+                              accumulateInto: Activation(viewing: dw, channels: g.outChannels, batch: g.inChannels,
+                                                         height: g.kernelH, width: g.kernelW))
             return
         }
         let chunk = max(1, min(n, Self.weightGradColumns / max(p, 1)))
