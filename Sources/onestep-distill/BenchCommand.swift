@@ -24,6 +24,8 @@ let benchCommand = Subcommand("bench", summary: "training images/s next to the i
     FlagSpec("pytorch", "python with torch + diffusers: also run scripts/bench/train_pytorch.py (default model only)"),
     FlagSpec("pytorch-threads", "torch threads of the PyTorch run", default: "2"),
     FlagSpec("rounds", "interleaved rounds of ours / PyTorch's measurement", default: "1"),
+    FlagSpec("reference", "also time the first trainer's NCHW kernels (ReferenceConvGrad, ReferenceGroupNorm) each round",
+             isSwitch: true),
 ], run: runBench)
 
 /// CPU seconds (user + system) of this process so far.
@@ -76,7 +78,10 @@ func runBench(_ flags: ParsedFlags) throws {
     let optimizer = Optimizer(OptimizerConfig(), for: trainable.store)
     var ours: [TrainRate] = [], theirs: [TrainRate] = []
     for round in 0..<rounds {
-        for th in threads { for workers in workerCounts {
+        let kernelSets = flags.isSet("reference") ? [true, false] : [false]
+        for th in threads { for workers in workerCounts { for reference in kernelSets {
+            TrainingKernels.reference = reference
+            defer { TrainingKernels.reference = false }
             let replicas = (1..<workers).map { _ in trainable.clone() }
             BLAS.threads = th
             _ = inference.forwardBatched(x, timesteps: t, classLabels: labels, pool: pool)
@@ -97,13 +102,13 @@ func runBench(_ flags: ParsedFlags) throws {
                 cpu = (processCPUSeconds() - c0) / Double(steps)
                 return Date().timeIntervalSince(start) / Double(steps)
             }
-            if th == threads.last && workers == workerCounts.last {
+            if th == threads.last && workers == workerCounts.last && !reference {
                 ours.append(TrainRate(wall: Double(batch) / step, cpu: Double(batch) / cpu))
             }
-            stdoutLine(String(format: "round %d, threads %d, workers %d: inference forward %.0f img/s (%.1f GFLOP/s); training step (EDM loss + Adam) %.1f img/s (%.1f GFLOP/s, %.0f ms/step wall, %.0f ms/step CPU); train/forward time %.2fx",
-                              round + 1, th, workers, Double(batch) / fwd, flops * Double(batch) / fwd / 1e9,
+            stdoutLine(String(format: "round %d, threads %d, workers %d, %@ kernels: inference forward %.0f img/s (%.1f GFLOP/s); training step (EDM loss + Adam) %.1f img/s (%.1f GFLOP/s, %.0f ms/step wall, %.0f ms/step CPU); train/forward time %.2fx",
+                              round + 1, th, workers, reference ? "reference" : "fast", Double(batch) / fwd, flops * Double(batch) / fwd / 1e9,
                               Double(batch) / step, 3 * flops * Double(batch) / step / 1e9, step * 1000, cpu * 1000, step / fwd))
-        } }
+        } } }
         if let python {
             let r = try runPyTorch(python: python, threads: torchThreads, batch: batch, steps: steps, size: cfg.sampleSize, classes: classes)
             theirs.append(r)

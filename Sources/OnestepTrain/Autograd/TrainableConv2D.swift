@@ -14,6 +14,13 @@
 // N*P times. ReferenceConvGrad (the first trainer's NCHW code) is what FastTrainingKernelTests compare with.
 import OnestepCore
 
+/// Which kernels the trainable layers run. `reference` runs the first trainer's NCHW code (ReferenceConvGrad,
+/// ReferenceGroupNorm) in every TrainableConv2D and TrainableGroupNorm, so `onestep-distill bench --reference`
+/// measures before and after in one run. Set it before a step, never during one.
+public enum TrainingKernels {
+    nonisolated(unsafe) public static var reference = false
+}
+
 public final class TrainableConv2D {
     public let geometry: ConvGeometry
     public let weight: Param  // (Cout, Cin, KH, KW)
@@ -46,6 +53,13 @@ public final class TrainableConv2D {
     public func forward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int) -> UnsafeMutablePointer<Float> {
         (input, n, h, w) = (x, batch, height, width)
         let g = geometry, ho = g.outputHeight(height), wo = g.outputWidth(width), p = ho * wo, cols = batch * p
+        if TrainingKernels.reference {
+            let y = output.ensure(batch * g.outChannels * p)
+            let scratch = columns.ensure(ReferenceConvGrad.scratchCount(height: height, width: width, geometry: g))
+            ReferenceConvGrad.forward(x: x, batch: batch, height: height, width: width, weight: store.value(weight),
+                                      bias: bias.map { UnsafePointer(store.value($0)) }, geometry: g, y: y, scratch: scratch)
+            return y
+        }
         let xc = inputCM.ensure(batch * g.inChannels * height * width)
         Layout.toChannelMajor(x, batch: batch, channels: g.inChannels, spatial: height * width, into: xc)
         let yc = outputCM.ensure(g.outChannels * cols)
@@ -70,6 +84,14 @@ public final class TrainableConv2D {
     public func backward(_ dy: UnsafePointer<Float>) -> UnsafeMutablePointer<Float> {
         precondition(n > 0, "conv backward before forward")
         let g = geometry, ho = g.outputHeight(h), wo = g.outputWidth(w), p = ho * wo, cols = n * p, cout = g.outChannels
+        if TrainingKernels.reference, let x = input {
+            let dx = inputGradient.ensure(n * g.inChannels * h * w)
+            let count = ReferenceConvGrad.scratchCount(height: h, width: w, geometry: g)
+            ReferenceConvGrad.backward(x: x, dy: dy, batch: n, height: h, width: w, weight: store.value(weight), geometry: g,
+                                       dw: store.grad(weight), db: bias.map { store.grad($0) }, dx: needsInputGradient ? dx : nil,
+                                       col: columns.ensure(count), dcol: flipped.ensure(count))
+            return dx
+        }
         let xc = UnsafePointer(inputCM.pointer)
         let dyc = gradCM.ensure(cout * cols)
         Layout.toChannelMajor(dy, batch: n, channels: cout, spatial: p, into: dyc)

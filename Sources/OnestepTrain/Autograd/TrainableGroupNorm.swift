@@ -33,6 +33,11 @@ public final class TrainableGroupNorm {
         let c = channels, cpg = c / groups
         let y = output.ensure(batch * c * spatial), st = stats.ensure(batch * groups * 2)
         let gv = store.value(gamma), bv = store.value(beta)
+        if TrainingKernels.reference {
+            ReferenceGroupNorm.forward(x, batch: batch, channels: c, groups: groups, spatial: spatial, eps: eps, silu: silu,
+                                       gamma: gv, beta: bv, y: y, stats: st)
+            return y
+        }
         for i in 0..<batch {
             for gi in 0..<groups {
                 let base = (i * c + gi * cpg) * spatial, src = x + base
@@ -63,6 +68,11 @@ public final class TrainableGroupNorm {
         let c = channels, cpg = c / groups, m = Float(cpg * hw)
         let dx = inputGradient.ensure(n * c * hw), st = stats.pointer
         let gv = store.value(gamma), bv = store.value(beta), dg = store.grad(gamma), db = store.grad(beta)
+        if TrainingKernels.reference {
+            ReferenceGroupNorm.backward(x: x, dy: dy, batch: n, channels: c, groups: groups, spatial: hw, silu: silu, gamma: gv,
+                                        beta: bv, stats: st, dgamma: dg, dbeta: db, dx: dx)
+            return dx
+        }
         for i in 0..<n {
             for gi in 0..<groups {
                 let mean = st[(i * groups + gi) * 2], rstd = st[(i * groups + gi) * 2 + 1]
