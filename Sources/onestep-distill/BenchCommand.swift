@@ -53,6 +53,9 @@ func runBench(_ flags: ParsedFlags) throws {
     if python != nil && flags.string("model") != nil {
         throw FlagError("--pytorch measures the default teacher config only; leave out --model")
     }
+    if let python, !FileManager.default.isExecutableFile(atPath: python) {
+        throw FlagError("--pytorch \(python): no such executable; give the python of a venv with torch and diffusers (e.g. /work/venv/bin/python)")
+    }
     let trainable: TrainableUNet
     let size = Int(try flags.choice("size", ["8", "16", "32", "64"]))!, classes = try flags.requiredInt("classes", 0...1000)
     if let dir = flags.string("model") {
