@@ -178,3 +178,85 @@ void osk_attention_head(int level, const float *q, const float *k, const float *
         for (int c = 0; c < d; c++) memcpy(out + c * ld, oc + (int64_t)c * l, sizeof(float) * (size_t)l);
     }
 }
+
+// GroupNorm (+ fused SiLU) backward of one channel plane, the training layers' (TrainableGroupNorm):
+//   xhat = (x - mean) * rstd;  z = xhat * gamma + beta;  dz = dy * silu'(z) (or dy without SiLU)
+// writes dz and returns sum(dz) and sum(dz * xhat), summed in 16 lanes then lane 0..15 in order (fixed for a given n).
+static void gn_grad_scalar(const float *x, const float *dy, float *dz, int64_t n, float mean, float rstd, float gamma,
+                           float beta, int silu, float *sum_dz, float *sum_dzx) {
+    float lanes_dz[16] = {0}, lanes_dzx[16] = {0};
+    for (int64_t i = 0; i < n; i++) {
+        float xh = (x[i] - mean) * rstd, d = dy[i];
+        if (silu) {
+            float z = xh * gamma + beta, s = 1.0f / (1.0f + exp_poly(-z));
+            d = d * (s * (1.0f + z * (1.0f - s)));
+        }
+        dz[i] = d;
+        lanes_dz[i & 15] += d;
+        lanes_dzx[i & 15] += d * xh;
+    }
+    float a = 0, b = 0;
+    for (int j = 0; j < 16; j++) { a += lanes_dz[j]; b += lanes_dzx[j]; }
+    *sum_dz = a; *sum_dzx = b;
+}
+
+#if OSK_X86
+AVX512 static void gn_grad_avx512(const float *x, const float *dy, float *dz, int64_t n, float mean, float rstd, float gamma,
+                                  float beta, int silu, float *sum_dz, float *sum_dzx) {
+    const __m512 vm = _mm512_set1_ps(mean), vr = _mm512_set1_ps(rstd), vg = _mm512_set1_ps(gamma), vb = _mm512_set1_ps(beta);
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 acc = _mm512_setzero_ps(), accx = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vm), vr);
+        __m512 d = _mm512_maskz_loadu_ps(m, dy + i);
+        if (silu) {
+            __m512 z = _mm512_fmadd_ps(xh, vg, vb);
+            __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), z))));
+            d = _mm512_mul_ps(d, _mm512_mul_ps(s, _mm512_fmadd_ps(z, _mm512_sub_ps(one, s), one)));
+        }
+        _mm512_mask_storeu_ps(dz + i, m, d);
+        acc = _mm512_add_ps(acc, d);
+        accx = _mm512_fmadd_ps(d, xh, accx);
+    }
+    float la[16], lb[16];
+    _mm512_storeu_ps(la, acc);
+    _mm512_storeu_ps(lb, accx);
+    float a = 0, b = 0;
+    for (int j = 0; j < 16; j++) { a += la[j]; b += lb[j]; }
+    *sum_dz = a; *sum_dzx = b;
+}
+
+// dx = rstd * (dz * gamma - mean_g - xhat * mean_gx), in place over dz.
+AVX512 static void gn_finish_avx512(const float *x, float *d, int64_t n, float mean, float rstd, float gamma, float mean_g,
+                                    float mean_gx) {
+    const __m512 vm = _mm512_set1_ps(mean), vr = _mm512_set1_ps(rstd), vg = _mm512_set1_ps(gamma);
+    const __m512 mg = _mm512_set1_ps(mean_g), mgx = _mm512_set1_ps(mean_gx);
+    for (int64_t i = 0; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        __m512 xh = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), vm), vr);
+        __m512 v = _mm512_fmsub_ps(_mm512_maskz_loadu_ps(m, d + i), vg, mg);
+        v = _mm512_fnmadd_ps(xh, mgx, v);
+        _mm512_mask_storeu_ps(d + i, m, _mm512_mul_ps(vr, v));
+    }
+}
+#endif
+
+void osk_groupnorm_grad(int level, const float *x, const float *dy, float *dz, int64_t n, float mean, float rstd,
+                        float gamma, float beta, int silu, float *sum_dz, float *sum_dzx) {
+#if OSK_X86
+    if (level >= OSK_AVX512) { gn_grad_avx512(x, dy, dz, n, mean, rstd, gamma, beta, silu, sum_dz, sum_dzx); return; }
+#endif
+    gn_grad_scalar(x, dy, dz, n, mean, rstd, gamma, beta, silu, sum_dz, sum_dzx);
+}
+
+void osk_groupnorm_grad_finish(int level, const float *x, float *d, int64_t n, float mean, float rstd, float gamma,
+                               float mean_g, float mean_gx) {
+#if OSK_X86
+    if (level >= OSK_AVX512) { gn_finish_avx512(x, d, n, mean, rstd, gamma, mean_g, mean_gx); return; }
+#endif
+    for (int64_t i = 0; i < n; i++) {
+        float xh = (x[i] - mean) * rstd;
+        d[i] = rstd * (d[i] * gamma - mean_g - xh * mean_gx);
+    }
+}

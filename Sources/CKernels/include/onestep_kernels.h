@@ -129,4 +129,13 @@ void osk_attention_head(int level, const float *q, const float *k, const float *
 void osk_group_moments(int level, const float *x, int64_t plane_stride, int32_t planes, int32_t hw,
                        const float *shift, double *mean, double *variance);
 
+/// GroupNorm (+ fused SiLU when silu != 0) backward of one channel plane of n floats (training): with
+/// xhat = (x - mean) * rstd and z = xhat * gamma + beta, dz = dy * silu'(z) (or dy); returns sum(dz) and sum(dz * xhat)
+/// summed in 16 lanes, then the lanes in order. The scalar path differs from avx512 in the last bits (lane sums).
+void osk_groupnorm_grad(int level, const float *x, const float *dy, float *dz, int64_t n, float mean, float rstd,
+                        float gamma, float beta, int silu, float *sum_dz, float *sum_dzx);
+/// In place over d (holding dz): dx = rstd * (dz * gamma - mean_g - xhat * mean_gx).
+void osk_groupnorm_grad_finish(int level, const float *x, float *d, int64_t n, float mean, float rstd, float gamma,
+                               float mean_g, float mean_gx);
+
 #endif

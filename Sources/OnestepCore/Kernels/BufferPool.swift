@@ -223,8 +223,8 @@ public struct Activation {
         data = pool.acquire(channels * batch * height * width)
     }
 
-    /// A view of memory owned elsewhere (never released through it).
-    init(viewing data: UnsafeMutablePointer<Float>, channels: Int, batch: Int, height: Int, width: Int) {
+    /// A view of memory owned elsewhere (never released through it); the training layers view their own buffers.
+    public init(viewing data: UnsafeMutablePointer<Float>, channels: Int, batch: Int, height: Int, width: Int) {
         self.data = data
         self.channels = channels
         self.batch = batch

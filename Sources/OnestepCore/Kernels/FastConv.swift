@@ -42,6 +42,20 @@ public struct PackedConvF32: Sendable {
     }
 }
 
+extension PackedConvF32 {
+    /// Packs weights (Cout, Cin, KH, KW) given as a pointer: the training layers repack theirs after every
+    /// optimizer step (a copy of Cout*K floats, small next to the GEMMs that read it N*Ho*Wo times).
+    public init(geometry g: ConvGeometry, weights w: UnsafePointer<Float>, bias: [Float]?) {
+        geometry = g
+        self.bias = bias
+        let count = osk_f32_packed_count(Int32(g.outChannels), Int32(g.reduction))
+        panels = [Float](unsafeUninitializedCapacity: count) { buf, n in
+            osk_f32_pack(w, Int32(g.outChannels), Int32(g.reduction), buf.baseAddress!)
+            n = count
+        }
+    }
+}
+
 /// int8 conv weights: per-output-channel symmetric codes (w ≈ code * scale[cout]), packed as 4 codes per
 /// Int32 for vpdpbusd, with each row's code sum (for the activation zero-point correction).
 public struct PackedConvInt8: Sendable {
@@ -202,6 +216,24 @@ public enum FastConv {
         var mean = 0.0, variance = 0.0
         osk_group_moments(level.rawValue, x, Int64(planeStride), Int32(planes), Int32(count), shift, &mean, &variance)
         return (mean, variance)
+    }
+
+    /// GroupNorm (+ SiLU) backward of one channel plane (training, onestep_activations.c): dz = dy * silu'(z) with
+    /// z = ((x - mean) * rstd) * gamma + beta (dz = dy without SiLU); returns (sum dz, sum dz * xhat).
+    @inline(__always)
+    public static func groupNormGradient(x: UnsafePointer<Float>, dy: UnsafePointer<Float>, dz: UnsafeMutablePointer<Float>,
+                                         count: Int, mean: Float, rstd: Float, gamma: Float, beta: Float, silu: Bool,
+                                         level: KernelLevel = .best) -> (sumDz: Float, sumDzXhat: Float) {
+        var a: Float = 0, b: Float = 0
+        osk_groupnorm_grad(level.rawValue, x, dy, dz, Int64(count), mean, rstd, gamma, beta, silu ? 1 : 0, &a, &b)
+        return (a, b)
+    }
+
+    /// The second GroupNorm backward pass, in place over dz: dx = rstd * (dz * gamma - meanG - xhat * meanGX).
+    @inline(__always)
+    public static func groupNormGradientFinish(x: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float>, count: Int, mean: Float,
+                                               rstd: Float, gamma: Float, meanG: Float, meanGX: Float, level: KernelLevel = .best) {
+        osk_groupnorm_grad_finish(level.rawValue, x, d, Int64(count), mean, rstd, gamma, meanG, meanGX)
     }
 
     // MARK: - Helpers

@@ -1,12 +1,13 @@
-// GroupNorm (affine) with the optional fused SiLU, trainable. The forward repeats OnestepCore's GroupNorm
-// arithmetic exactly (double-precision statistics, y = x*scale + shift) and keeps mean and 1/std per
-// (image, group) for the backward.
+// GroupNorm (affine) with the optional fused SiLU, trainable, on the serving path's vectorized kernels: the
+// statistics by FastConv.groupMoments (double-precision, two passes, as serving), the affine + SiLU by
+// FastConv.affineSiLU, the backward by FastConv.groupNormGradient / groupNormGradientFinish (AVX-512, polynomial
+// exp). It keeps mean and 1/std per (image, group) for the backward. ReferenceGroupNorm (the first trainer's plain
+// loops) is what FastTrainingKernelTests compare it with.
 //
 // Legend: N batch, C channels, G groups, HW pixels, M = (C/G)*HW values per group.
 //   xhat = (x - mean) * rstd;  z = xhat*gamma + beta;  y = silu(z) or z
 //   backward: dz = dy * silu'(z);  dgamma += sum dz*xhat;  dbeta += sum dz;  g = dz*gamma
 //             dx = rstd * (g - mean_M(g) - xhat * mean_M(g*xhat))
-import Foundation
 import OnestepCore
 
 public final class TrainableGroupNorm {
@@ -29,18 +30,19 @@ public final class TrainableGroupNorm {
     /// x (N, C, HW) -> (N, C, HW). x must stay unchanged until `backward`.
     public func forward(_ x: UnsafePointer<Float>, batch: Int, spatial: Int) -> UnsafeMutablePointer<Float> {
         (input, n, hw) = (x, batch, spatial)
-        let c = channels, cpg = c / groups, groupSize = cpg * spatial
+        let c = channels, cpg = c / groups
         let y = output.ensure(batch * c * spatial), st = stats.ensure(batch * groups * 2)
         let gv = store.value(gamma), bv = store.value(beta)
+        if TrainingKernels.reference {
+            ReferenceGroupNorm.forward(x, batch: batch, channels: c, groups: groups, spatial: spatial, eps: eps, silu: silu,
+                                       gamma: gv, beta: bv, y: y, stats: st)
+            return y
+        }
         for i in 0..<batch {
             for gi in 0..<groups {
                 let base = (i * c + gi * cpg) * spatial, src = x + base
-                var sum = 0.0
-                for j in 0..<groupSize { sum += Double(src[j]) }
-                let mean = sum / Double(groupSize)
-                var sq = 0.0
-                for j in 0..<groupSize { let d = Double(src[j]) - mean; sq += d * d }
-                let rstd = 1.0 / (sq / Double(groupSize) + Double(eps)).squareRoot()
+                let (mean, variance) = FastConv.groupMoments(src, planeStride: spatial, planes: cpg, count: spatial, shift: nil)
+                let rstd = 1.0 / (variance + Double(eps)).squareRoot()
                 st[(i * groups + gi) * 2] = Float(mean)
                 st[(i * groups + gi) * 2 + 1] = Float(rstd)
                 for cc in 0..<cpg {
@@ -49,7 +51,7 @@ public final class TrainableGroupNorm {
                     let shift = Float(Double(bv[ch]) - mean * rstd * Double(gv[ch]))
                     let s = src + cc * spatial, d = y + base + cc * spatial
                     if silu {
-                        for j in 0..<spatial { d[j] = Activations.silu(s[j] * scale + shift) }
+                        Activations.affineSiLU(s, d, count: spatial, a: scale, b: shift)
                     } else {
                         for j in 0..<spatial { d[j] = s[j] * scale + shift }
                     }
@@ -66,6 +68,11 @@ public final class TrainableGroupNorm {
         let c = channels, cpg = c / groups, m = Float(cpg * hw)
         let dx = inputGradient.ensure(n * c * hw), st = stats.pointer
         let gv = store.value(gamma), bv = store.value(beta), dg = store.grad(gamma), db = store.grad(beta)
+        if TrainingKernels.reference {
+            ReferenceGroupNorm.backward(x: x, dy: dy, batch: n, channels: c, groups: groups, spatial: hw, silu: silu, gamma: gv,
+                                        beta: bv, stats: st, dgamma: dg, dbeta: db, dx: dx)
+            return dx
+        }
         for i in 0..<n {
             for gi in 0..<groups {
                 let mean = st[(i * groups + gi) * 2], rstd = st[(i * groups + gi) * 2 + 1]
@@ -73,21 +80,9 @@ public final class TrainableGroupNorm {
                 // First pass: dz into dx, the per-channel parameter sums and the two group means.
                 var sumG: Float = 0, sumGX: Float = 0
                 for cc in 0..<cpg {
-                    let ch = gi * cpg + cc
-                    let xs = x + base + cc * hw, dys = dy + base + cc * hw, dzs = dx + base + cc * hw
-                    var sdz: Float = 0, sdzx: Float = 0
-                    for j in 0..<hw {
-                        let xhat = (xs[j] - mean) * rstd
-                        var dz = dys[j]
-                        if silu {
-                            let z = xhat * gv[ch] + bv[ch]
-                            let s = 1 / (1 + Foundation.exp(-z))
-                            dz *= s * (1 + z * (1 - s))
-                        }
-                        dzs[j] = dz
-                        sdz += dz
-                        sdzx += dz * xhat
-                    }
+                    let ch = gi * cpg + cc, off = base + cc * hw
+                    let (sdz, sdzx) = FastConv.groupNormGradient(x: x + off, dy: dy + off, dz: dx + off, count: hw, mean: mean,
+                                                                 rstd: rstd, gamma: gv[ch], beta: bv[ch], silu: silu)
                     dg[ch] += sdzx
                     db[ch] += sdz
                     sumG += sdz * gv[ch]
@@ -95,12 +90,9 @@ public final class TrainableGroupNorm {
                 }
                 let meanG = sumG / m, meanGX = sumGX / m
                 for cc in 0..<cpg {
-                    let ch = gi * cpg + cc
-                    let xs = x + base + cc * hw, d = dx + base + cc * hw
-                    for j in 0..<hw {
-                        let xhat = (xs[j] - mean) * rstd
-                        d[j] = rstd * (d[j] * gv[ch] - meanG - xhat * meanGX)
-                    }
+                    let ch = gi * cpg + cc, off = base + cc * hw
+                    FastConv.groupNormGradientFinish(x: x + off, dx + off, count: hw, mean: mean, rstd: rstd, gamma: gv[ch],
+                                                     meanG: meanG, meanGX: meanGX)
                 }
             }
         }
