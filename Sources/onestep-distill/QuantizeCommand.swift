@@ -3,8 +3,8 @@ import Foundation
 import OnestepCore
 import OnestepTrain
 
-// Lives in onestep-distill, the offline tool, beside the other commands that write models; the SD-family path
-// (LatentQuantizer) is OnestepCore only, so onestep-serve links no training code and loads what it writes.
+// The SD-family path (LatentQuantizer) is OnestepCore only: `onestep-serve quantize` runs the same code without
+// linking any training code; this command keeps the offline tool's flags for it.
 let quantizeCommand = Subcommand("quantize", summary: "write the int8 per-channel form of a model, with its error report", flags: [
     FlagSpec("model", "float model directory: a student run (pixel UNet2DModel) or a diffusers text-to-image folder (model_index.json)"),
     FlagSpec("out", "output model directory, e.g. models/NAME (text-to-image: must not exist yet)"),
@@ -19,14 +19,7 @@ func runQuantize(_ flags: ParsedFlags) throws {
     let model = try flags.required("model"), out = try flags.required("out")
     BLAS.threads = try flags.requiredInt("threads", 1...64)
     if FileManager.default.fileExists(atPath: model + "/model_index.json") {
-        var parts = Set<LatentQuantizer.Part>()
-        for name in (flags.string("components") ?? "").split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) {
-            guard let p = LatentQuantizer.Part(rawValue: name) else {
-                throw FlagError("--components \(name): expected a comma-separated list of \(LatentQuantizer.Part.allCases.map(\.rawValue).joined(separator: ", "))")
-            }
-            parts.insert(p)
-        }
-        guard !parts.isEmpty else { throw FlagError("--components is empty: name at least one of unet, vae") }
+        let parts = try LatentQuantizer.Part.list(flags.string("components") ?? "unet,vae")
         let maxError = try flags.double("max-weight-error", range: 0...1) ?? LatentInt8.defaultMaxWeightError
         let steps = try flags.requiredInt("steps", 1...50)
         let report = try LatentQuantizer.quantizePipeline(source: model, destination: out, parts: parts,

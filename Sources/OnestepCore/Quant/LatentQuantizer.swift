@@ -58,7 +58,22 @@ public enum LatentQuantizer {
     public static let reportSeeds: [UInt64] = [0, 1]
 
     /// Which components get int8 weights.
-    public enum Part: String, CaseIterable, Sendable { case unet, vae }
+    public enum Part: String, CaseIterable, Sendable {
+        case unet, vae
+
+        /// "unet,vae" -> the parts; throws naming an unknown or missing part (the commands' --components).
+        public static func list(_ text: String) throws -> Set<Part> {
+            var parts = Set<Part>()
+            for name in text.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !name.isEmpty {
+                guard let p = Part(rawValue: name) else {
+                    throw ModelLoadError(path: "--components", problem: "names '\(name)'; give a comma-separated list of \(allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                parts.insert(p)
+            }
+            guard !parts.isEmpty else { throw ModelLoadError(path: "--components", problem: "is empty; name at least one of unet, vae") }
+            return parts
+        }
+    }
 
     /// Writes `destination` (which must not exist yet): model_index.json and every component folder of `source`,
     /// with the weights of `parts` written int8 where each layer's weight error is at most `maxWeightError`;
