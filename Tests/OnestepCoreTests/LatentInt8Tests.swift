@@ -10,12 +10,13 @@ import XCTest
 final class LatentInt8Tests: XCTestCase {
     static let qualityFolders = ["sd_turbo_tiny", "sdxs_tiny", "lcm_tiny"]
     /// Lowest PSNR (dB) of an int8 pipeline's uint8 image against diffusers' fp32 image (measured 2026-11-30:
-    /// 36.9 to 40.9 dB over the golden cases of the three folders).
-    static let minImagePSNR = 33.0
-    /// Largest mean |int8 - fp32| over the uint8 values of an image (measured: 1.0 to 2.4).
-    static let maxMeanAbsUInt8 = 4.0
+    /// 38.4 to 42.2 dB over the 15 golden cases of the three folders; the int8 kernels give the same bits on every
+    /// CPU level, so the margin is for future changes, not machines).
+    static let minImagePSNR = 35.0
+    /// Largest mean |int8 - fp32| over the uint8 values of an image (measured: 1.45 to 1.74; max |diff| 10 to 21).
+    static let maxMeanAbsUInt8 = 3.0
     /// Largest relative L2 of the int8 UNet's output against the fp32 UNet holding the same (dequantized) weights:
-    /// what the per-image uint8 activation quantization costs alone (measured: 0.017 to 0.028).
+    /// what the per-image uint8 activation quantization costs alone (measured: 0.020 to 0.024).
     static let maxActivationQuantizationError = 0.05
 
     /// The golden folder `name` quantized (unet + vae, default threshold) once per test process.
