@@ -10,16 +10,19 @@ import XCTest
 final class LatentInt8Tests: XCTestCase {
     static let qualityFolders = ["sd_turbo_tiny", "sdxs_tiny", "lcm_tiny"]
     /// Lowest PSNR (dB) of an int8 pipeline's uint8 image against diffusers' fp32 image (measured 2026-11-30:
-    /// 38.4 to 42.2 dB over the 15 golden cases of the three folders; the int8 kernels give the same bits on every
+    /// 37.9 to 42.4 dB over the 15 golden cases, UNet, decoder and text encoder int8 of the three folders; the int8 kernels give the same bits on every
     /// CPU level, so the margin is for future changes, not machines).
     static let minImagePSNR = 35.0
-    /// Largest mean |int8 - fp32| over the uint8 values of an image (measured: 1.45 to 1.74; max |diff| 10 to 21).
+    /// Largest mean |int8 - fp32| over the uint8 values of an image (measured: 1.41 to 1.77; max |diff| 10 to 21).
     static let maxMeanAbsUInt8 = 3.0
     /// Largest relative L2 of the int8 UNet's output against the fp32 UNet holding the same (dequantized) weights:
     /// what the per-image uint8 activation quantization costs alone (measured: 0.020 to 0.024).
     static let maxActivationQuantizationError = 0.05
 
     /// The golden folder `name` quantized (unet + vae, default threshold) once per test process.
+    /// Largest relative L2 of the int8 text encoder's prompt_embeds against transformers' fp32 (measured 2026-11-30: 0.0092 to 0.0098).
+    static let maxTextEmbeddingError = 0.03
+
     /// XCTest runs one test at a time, so this cache needs no lock.
     nonisolated(unsafe) static var quantized: [String: String] = [:]
 
@@ -72,6 +75,44 @@ final class LatentInt8Tests: XCTestCase {
                     }
                 }
             }
+        }
+    }
+
+    /// The text encoder's int8 projections: packed from the file's codes bit for bit; prompt embeddings against
+    /// transformers' fp32 `prompt_embeds` within `maxTextEmbeddingError`; each prompt gives the same bits alone or
+    /// in a batch.
+    func testTextEncoderInt8() throws {
+        for name in Self.qualityFolders {
+            let dir = try quantizedFolder(name)
+            let file = try SafetensorsFile(path: dir + "/text_encoder/model.safetensors")
+            let enc = try CLIPTextModel(folder: dir + "/text_encoder")
+            let prefix = file.entries["text_model.embeddings.token_embedding.weight"] != nil ? "text_model." : ""
+            var int8 = 0
+            for (n, layer) in enc.layers.enumerated() {
+                for (key, l) in [("self_attn.q_proj", layer.q), ("self_attn.k_proj", layer.k), ("self_attn.v_proj", layer.v),
+                                 ("self_attn.out_proj", layer.out), ("mlp.fc1", layer.fc1), ("mlp.fc2", layer.fc2)] {
+                    let full = prefix + "encoder.layers.\(n).\(key).weight"
+                    XCTAssertEqual(file.entries[full]?.dtype == .I8, l.packedRows8 != nil, "\(name) \(full): int8 iff stored I8")
+                    guard let p = l.packedRows8 else { continue }
+                    XCTAssertEqual(p.unpacked(), try Int8Weights.stored(file: file, key: full), "\(name) \(full): packed codes")
+                    int8 += 1
+                }
+            }
+            XCTAssertEqual(int8, 6 * enc.layers.count, "\(name): every encoder projection int8 at the default threshold")
+            let io = try SafetensorsFile(path: T2IGoldenCase.folder(name) + "/io.safetensors")
+            let ids = try io.integers("prompt_input_ids"), expected = try io.floats("prompt_embeds")
+            let rows = (0..<ids.shape[0]).map { r in ids.values[(r * ids.shape[1])..<((r + 1) * ids.shape[1])].map { Int($0) } }
+            let got = try enc.forward(ids: rows)
+            let err = TensorError.relativeL2(got.data, expected.data)
+            print("\(name): int8 text encoder prompt_embeds relative L2 vs transformers fp32 \(err)")
+            XCTAssertLessThanOrEqual(err, Self.maxTextEmbeddingError, name)
+            XCTAssertGreaterThan(err, 1e-5, "\(name): equal to fp32, so int8 did not run")
+            let one = try enc.forward(ids: [rows[3]])
+            XCTAssertEqual(one.data, got.slice(first: 3, count: 1).data, "\(name): prompt 3 alone vs in the batch")
+            // The bench's in-memory switch gives the written file's bits.
+            let float = CLIPTextWeightFile(file: try SafetensorsFile(path: T2IGoldenCase.folder(name) + "/text_encoder/model.safetensors"))
+            let inMemory = try CLIPTextModel(config: enc.config, weights: QuantizingWeights(float, selected: LatentInt8.textEncoderCandidates(enc.config)))
+            XCTAssertEqual(try inMemory.forward(ids: rows).data, got.data, "\(name): in-memory quantization vs the written file")
         }
     }
 

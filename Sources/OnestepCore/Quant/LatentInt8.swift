@@ -47,14 +47,52 @@ public enum LatentInt8 {
     @discardableResult
     public static func writeComponent(weights sourcePath: String, plan: LatentPlan, maxWeightError: Double,
                                       to path: String) throws -> [LayerError] {
+        let candidates = Dictionary(candidates(plan).map { ($0.key, $0.shape) }, uniquingKeysWith: { a, _ in a })
+        return try write(weights: sourcePath, candidates: candidates, maxWeightError: maxWeightError, to: path)
+    }
+
+    /// The CLIP text encoder's int8 candidates in its model.safetensors: every encoder layer's q/k/v/out_proj and
+    /// mlp fc1/fc2 weight (keys as the file spells them, with or without "text_model."). Embeddings, layer norms
+    /// and the optional text_projection stay fp32.
+    public static func textEncoderCandidates(_ file: SafetensorsFile) -> [String: [Int]] {
+        let suffixes = ["self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                        "self_attn.out_proj.weight", "mlp.fc1.weight", "mlp.fc2.weight"]
+        var out: [String: [Int]] = [:]
+        for (name, e) in file.entries where name.contains("encoder.layers.") && e.shape.count == 2 {
+            if suffixes.contains(where: { name.hasSuffix("." + $0) }) { out[name] = e.shape }
+        }
+        return out
+    }
+
+    /// The same candidates by config (keys without the "text_model." prefix, as CLIPTextModel reads them): for
+    /// in-memory quantization, `QuantizingWeights(source, selected: LatentInt8.textEncoderCandidates(config))`.
+    public static func textEncoderCandidates(_ config: CLIPTextConfig) -> Set<String> {
+        var out = Set<String>()
+        for n in 0..<config.numHiddenLayers {
+            for s in ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "mlp.fc1", "mlp.fc2"] {
+                out.insert("encoder.layers.\(n).\(s).weight")
+            }
+        }
+        return out
+    }
+
+    /// writeComponent for any safetensors file: the `candidates` (key -> shape) within `maxWeightError` become I8.
+    @discardableResult
+    public static func write(weights sourcePath: String, candidates: [String: [Int]], maxWeightError: Double,
+                             to path: String) throws -> [LayerError] {
         let file = try SafetensorsFile(path: sourcePath)
         if let q = file.entries.values.first(where: { $0.dtype == .I8 }) {
             throw SafetensorsError(file: sourcePath, tensor: q.name, problem: "is already int8; quantize the float32 model it was made from")
         }
-        let candidates = Dictionary(candidates(plan).map { ($0.key, $0.shape) }, uniquingKeysWith: { a, _ in a })
         var writer = SafetensorsWriter()
         var report: [LayerError] = []
         for name in file.names {
+            guard [.F32, .F16, .BF16, .F64].contains(file.entries[name]!.dtype) else {
+                // Integer buffers (a text encoder's position_ids) are copied as they are.
+                let v = try file.integers(name)
+                writer.add(name, int64: v.values, shape: v.shape)
+                continue
+            }
             let t = try file.floats(name)
             guard let shape = candidates[name], shape == t.shape else { writer.add(name, t); continue }
             let q = Int8Weights.quantize(t)

@@ -1,8 +1,7 @@
-// `quantize` for a diffusers text-to-image folder (model_index.json): writes a copy whose unet/ and decoder (vae/)
-// weights are int8 where the per-layer error allows (LatentInt8.writeComponent), then measures what it cost:
-// each component's output against fp32 on fixed inputs, and the pipeline's images against fp32 on fixed prompts
-// and seeds (PSNR and mean / max absolute difference of the uint8 images). The text encoder is copied as it is
-// (fp32): it runs once per prompt and its embeddings are cached by the server.
+// `quantize` for a diffusers text-to-image folder (model_index.json): writes a copy whose unet/, decoder (vae/) and
+// text_encoder/ weights are int8 where the per-layer error allows (LatentInt8.writeComponent), then measures what it
+// cost: each component's output against fp32 on fixed inputs, and the pipeline's images against fp32 on fixed
+// prompts and seeds (PSNR and mean / max absolute difference of the uint8 images).
 import Foundation
 
 /// What `LatentQuantizer.quantizePipeline` wrote and measured; saved as JSON beside the model.
@@ -59,7 +58,7 @@ public enum LatentQuantizer {
 
     /// Which components get int8 weights.
     public enum Part: String, CaseIterable, Sendable {
-        case unet, vae
+        case unet, vae, textEncoder = "text_encoder"
 
         /// "unet,vae" -> the parts; throws naming an unknown or missing part (the commands' --components).
         public static func list(_ text: String) throws -> Set<Part> {
@@ -70,7 +69,7 @@ public enum LatentQuantizer {
                 }
                 parts.insert(p)
             }
-            guard !parts.isEmpty else { throw ModelLoadError(path: "--components", problem: "is empty; name at least one of unet, vae") }
+            guard !parts.isEmpty else { throw ModelLoadError(path: "--components", problem: "is empty; name at least one of unet, vae, text_encoder") }
             return parts
         }
     }
@@ -80,7 +79,7 @@ public enum LatentQuantizer {
     /// then loads both pipelines and measures the report (also saved as `destination/int8_report.json`).
     /// - Throws: ModelLoadError naming the file when `source` is not a loadable text-to-image folder, is already
     ///   int8, or `destination` exists.
-    public static func quantizePipeline(source: String, destination: String, parts: Set<Part> = [.unet, .vae],
+    public static func quantizePipeline(source: String, destination: String, parts: Set<Part> = Set(Part.allCases),
                                         maxWeightError: Double = LatentInt8.defaultMaxWeightError,
                                         steps: Int = 1) throws -> LatentQuantizationReport {
         let fm = FileManager.default
@@ -93,36 +92,46 @@ public enum LatentQuantizer {
         let float = try TextToImagePipeline.load(path: source)   // refuses anything that would not serve
         let index = try ModelIndex(path: source + "/model_index.json")
         let unetFolder = index.component(.denoiser)!.folder, vaeFolder = index.component(.decoder)!.folder
-        var plans: [String: (LatentPlan, String)] = [:]
-        if parts.contains(.unet) { plans[unetFolder] = (float.unet.plan, "UNet2DConditionModel") }
+        let textFolder = index.component(.textEncoder)!.folder
+        // Folder -> (weights file base name, candidate key -> shape, class name).
+        var plans: [String: (String, [String: [Int]], String)] = [:]
+        func keyed(_ plan: LatentPlan) -> [String: [Int]] {
+            Dictionary(LatentInt8.candidates(plan).map { ($0.key, $0.shape) }, uniquingKeysWith: { a, _ in a })
+        }
+        if parts.contains(.unet) { plans[unetFolder] = ("diffusion_pytorch_model", keyed(float.unet.plan), "UNet2DConditionModel") }
         if parts.contains(.vae) {
             switch float.decoder {
-            case .kl(let d): plans[vaeFolder] = (d.plan, "AutoencoderKL")
-            case .tiny(let d): plans[vaeFolder] = (d.plan, "AutoencoderTiny")
+            case .kl(let d): plans[vaeFolder] = ("diffusion_pytorch_model", keyed(d.plan), "AutoencoderKL")
+            case .tiny(let d): plans[vaeFolder] = ("diffusion_pytorch_model", keyed(d.plan), "AutoencoderTiny")
             }
+        }
+        if parts.contains(.textEncoder) {
+            let file = try SafetensorsFile(path: source + "/" + textFolder + "/model.safetensors")
+            plans[textFolder] = ("model", LatentInt8.textEncoderCandidates(file), "CLIPTextModel")
         }
         try fm.createDirectory(atPath: destination, withIntermediateDirectories: true)
         var layers: [String: [LatentInt8.LayerError]] = [:]
         for item in try fm.contentsOfDirectory(atPath: source).sorted() {
             let from = source + "/" + item, to = destination + "/" + item
-            guard let (plan, _) = plans[item] else { try fm.copyItem(atPath: from, toPath: to); continue }
+            guard let (base, candidates, _) = plans[item] else { try fm.copyItem(atPath: from, toPath: to); continue }
             // A quantized component: its config and other small files as they are, one int8 weights file.
-            let weights = try ModelDirectory.weightsFile(in: from, base: "diffusion_pytorch_model")
+            let weights = base == "model" ? from + "/model.safetensors" : try ModelDirectory.weightsFile(in: from, base: base)
             try fm.createDirectory(atPath: to, withIntermediateDirectories: true)
             for f in try fm.contentsOfDirectory(atPath: from) where !f.hasSuffix(".safetensors") && !f.hasSuffix(".bin") {
                 try fm.copyItem(atPath: from + "/" + f, toPath: to + "/" + f)
             }
             do {
-                layers[item] = try LatentInt8.writeComponent(weights: weights, plan: plan, maxWeightError: maxWeightError,
-                                                             to: to + "/diffusion_pytorch_model.safetensors")
+                layers[item] = try LatentInt8.write(weights: weights, candidates: candidates, maxWeightError: maxWeightError,
+                                                    to: to + "/" + base + ".safetensors")
             } catch let e as SafetensorsError {
                 throw ModelLoadError(path: e.file, problem: "\(e.tensor.map { "tensor '\($0)' " } ?? "")\(e.problem)")
             }
         }
         let int8 = try TextToImagePipeline.load(path: destination)
         var components: [LatentQuantizationReport.Component] = []
-        for (folder, (_, cls)) in plans.sorted(by: { $0.key > $1.key }) {
-            let error = folder == unetFolder ? try unetError(float, int8) : try decoderError(float, int8)
+        for (folder, (_, _, cls)) in plans.sorted(by: { $0.key > $1.key }) {
+            let error = folder == unetFolder ? try unetError(float, int8)
+                : folder == textFolder ? try textError(float, int8) : try decoderError(float, int8)
             components.append(.init(folder: folder, className: cls, layers: layers[folder] ?? [], outputRelativeL2: error))
         }
         var report = LatentQuantizationReport(source: source, destination: destination, maxWeightError: maxWeightError,
@@ -146,6 +155,11 @@ public enum LatentQuantizer {
         let ya = try a.unet.forward(x, timesteps: [999, 500], encoderHiddenStates: ehs, timestepCond: cond)
         let yb = try b.unet.forward(x, timesteps: [999, 500], encoderHiddenStates: ehs, timestepCond: cond)
         return TensorError.relativeL2(yb.data, ya.data)
+    }
+
+    /// Text embeddings (last_hidden_state) of the report prompts, b against a.
+    static func textError(_ a: TextToImagePipeline, _ b: TextToImagePipeline) throws -> Double {
+        TensorError.relativeL2(try b.encode(reportPrompts).data, try a.encode(reportPrompts).data)
     }
 
     /// Decoder output of b against a on 2 standard-normal latents (scaled as the pipeline scales them).
