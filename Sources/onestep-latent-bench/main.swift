@@ -37,6 +37,8 @@ let configs: [String: [String: Any]] = [
     ],
     // madebyollin/taesd (diffusers AutoencoderTiny defaults)
     "taesd-decoder": ["_class_name": "AutoencoderTiny"],
+    // openai/clip-vit-large-patch14 text model (SD 1.x / SDXS text encoder, CLIPTextBench.clipL), one 77-token prompt
+    "clip-l-text": ["_class_name": "CLIPTextModel"],
 ]
 
 func peakRSSMiB() -> Double {
@@ -122,6 +124,18 @@ let loadSeconds = try seconds {
         if compareInt8 {
             let vae8 = try AutoencoderKLDecoder(config: vae.config, weights: RandomWeights().quantized(vae.plan))
             forward8 = { output8 = try vae8.decode(z, pool: pool, threads: threads) }
+        }
+    case "CLIPTextModel":
+        let cfg = CLIPTextBench.clipL
+        let enc = try CLIPTextModel(config: cfg, weights: CLIPTextBench.RandomWeights(seed: 1))
+        let ids = [(0..<77).map { ($0 * 7919) % cfg.vocabSize }]
+        flops = CLIPTextBench.flops(cfg, batch: 1, length: 77)
+        forward = { output = try enc.forward(ids: ids) }
+        if compareInt8 {
+            // The same random values (a fresh generator read in the same order), projections quantized in memory.
+            let enc8 = try CLIPTextModel(config: cfg, weights: QuantizingWeights(CLIPTextBench.RandomWeights(seed: 1),
+                                                                                  selected: LatentInt8.textEncoderCandidates(cfg)))
+            forward8 = { output8 = try enc8.forward(ids: ids) }
         }
     default:
         let vae = try AutoencoderTinyDecoder(config: try AutoencoderTinyConfig(json: json), weights: RandomWeights())
