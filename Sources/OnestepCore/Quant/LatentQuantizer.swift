@@ -110,6 +110,9 @@ public enum LatentQuantizer {
             plans[textFolder] = ("model", LatentInt8.textEncoderCandidates(file), "CLIPTextModel")
         }
         try fm.createDirectory(atPath: destination, withIntermediateDirectories: true)
+        // A failure part-way leaves no half-written model behind (a server scanning the folder would refuse it).
+        var finished = false
+        defer { if !finished { try? fm.removeItem(atPath: destination) } }
         var layers: [String: [LatentInt8.LayerError]] = [:]
         for item in try fm.contentsOfDirectory(atPath: source).sorted() {
             let from = source + "/" + item, to = destination + "/" + item
@@ -141,6 +144,7 @@ public enum LatentQuantizer {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
         try AtomicFile.write([UInt8](try encoder.encode(report)), to: destination + "/" + reportFile)
+        finished = true
         return report
     }
 
