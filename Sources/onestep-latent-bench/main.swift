@@ -4,7 +4,10 @@
 // GFLOP per CPU second from the plan's FLOP walk (the machine may be shared: wall time includes waiting), the ratio to an OpenBLAS sgemm of the UNet's level-0 convolution shape
 // measured in the same run, and the process's peak RSS. scripts/bench/t2i_pytorch.py times the same configs in
 // PyTorch/diffusers. Run one network per process so the peak RSS is that network's:
-//   .build/release/onestep-latent-bench sd-turbo-unet [--runs 2] [--threads 1] [--size 64]
+//   .build/release/onestep-latent-bench sd-turbo-unet [--runs 2] [--threads 1] [--size 64] [--int8]
+// --int8 also builds the network with its weights quantized in memory (RandomWeights().quantized(plan): the layers
+// and codes `onestep-distill quantize` would write) and times fp32 and int8 forwards interleaved in the same run,
+// printing both, their ratio and the int8 output's relative L2 error against fp32.
 import Foundation
 import OnestepCore
 
@@ -34,6 +37,8 @@ let configs: [String: [String: Any]] = [
     ],
     // madebyollin/taesd (diffusers AutoencoderTiny defaults)
     "taesd-decoder": ["_class_name": "AutoencoderTiny"],
+    // openai/clip-vit-large-patch14 text model (SD 1.x / SDXS text encoder, CLIPTextBench.clipL), one 77-token prompt
+    "clip-l-text": ["_class_name": "CLIPTextModel"],
 ]
 
 func peakRSSMiB() -> Double {
@@ -72,7 +77,7 @@ func sgemmGFLOPs(size s: Int) -> Double {
 
 /// (network, runs, threads, latent size) from the command line.
 func parseArguments() -> (String?, Int, Int, Int) {
-    var args = Array(CommandLine.arguments.dropFirst())
+    var args = Array(CommandLine.arguments.dropFirst()).filter { $0 != "--int8" }
     func option(_ name: String, _ def: Int) -> Int {
         guard let i = args.firstIndex(of: name), i + 1 < args.count, let v = Int(args[i + 1]) else { return def }
         args.removeSubrange(i...(i + 1))
@@ -82,14 +87,18 @@ func parseArguments() -> (String?, Int, Int, Int) {
     return (args.first, runs, threads, size)
 }
 let (networkName, runs, threads, size) = parseArguments()
+let compareInt8 = CommandLine.arguments.contains("--int8")
 guard let name = networkName, let json = configs[name] else {
-    FileHandle.standardError.write("usage: onestep-latent-bench {\(configs.keys.sorted().joined(separator: "|"))} [--runs N] [--threads T] [--size LATENT]\n".data(using: .utf8)!)
+    FileHandle.standardError.write("usage: onestep-latent-bench {\(configs.keys.sorted().joined(separator: "|"))} [--runs N] [--threads T] [--size LATENT] [--int8]\n".data(using: .utf8)!)
     exit(2)
 }
 BLAS.threads = threads
 let pool = BufferPool()
 let profile = LatentProfile()
 var forward: () throws -> Void = {}
+/// The int8 network's forward (with --int8) and both outputs of the last run, for the error figure.
+var forward8: (() throws -> Void)?
+var output = Tensor(zeros: [1]), output8 = Tensor(zeros: [1])
 var flops = 0.0
 let loadSeconds = try seconds {
     switch json["_class_name"] as! String {
@@ -100,27 +109,57 @@ let loadSeconds = try seconds {
         let x = Tensor(shape: [1, 4, size, size], data: (0..<(16 * size * size / 4)).map { _ in r.next() })
         let ehs = Tensor(shape: [1, 77, cfg.crossAttentionDim[0]], data: (0..<(77 * cfg.crossAttentionDim[0])).map { _ in r.next() })
         flops = unet.flops(batch: 1, height: size, width: size)
-        forward = { _ = try unet.forward(x, timesteps: [999], encoderHiddenStates: ehs, pool: pool, threads: threads, profile: profile) }
+        forward = { output = try unet.forward(x, timesteps: [999], encoderHiddenStates: ehs, pool: pool, threads: threads, profile: profile) }
+        if compareInt8 {
+            let unet8 = try UNet2DConditionModel(config: cfg, weights: RandomWeights().quantized(unet.plan))
+            print("int8 layers: \(unet8.weights.int8Layers.count) of \(LatentInt8.candidates(unet.plan).count) candidates")
+            forward8 = { output8 = try unet8.forward(x, timesteps: [999], encoderHiddenStates: ehs, pool: pool, threads: threads) }
+        }
     case "AutoencoderKL":
         let vae = try AutoencoderKLDecoder(config: try AutoencoderKLConfig(json: json), weights: RandomWeights())
         var r = TestlessRandom(seed: 2)
         let z = Tensor(shape: [1, 4, size, size], data: (0..<(4 * size * size)).map { _ in r.next() })
         flops = vae.flops(batch: 1, height: size, width: size)
-        forward = { _ = try vae.decode(z, pool: pool, threads: threads, profile: profile) }
+        forward = { output = try vae.decode(z, pool: pool, threads: threads, profile: profile) }
+        if compareInt8 {
+            let vae8 = try AutoencoderKLDecoder(config: vae.config, weights: RandomWeights().quantized(vae.plan))
+            forward8 = { output8 = try vae8.decode(z, pool: pool, threads: threads) }
+        }
+    case "CLIPTextModel":
+        let cfg = CLIPTextBench.clipL
+        let enc = try CLIPTextModel(config: cfg, weights: CLIPTextBench.RandomWeights(seed: 1))
+        let ids = [(0..<77).map { ($0 * 7919) % cfg.vocabSize }]
+        flops = CLIPTextBench.flops(cfg, batch: 1, length: 77)
+        forward = { output = try enc.forward(ids: ids) }
+        if compareInt8 {
+            // The same random values (a fresh generator read in the same order), projections quantized in memory.
+            let enc8 = try CLIPTextModel(config: cfg, weights: QuantizingWeights(CLIPTextBench.RandomWeights(seed: 1),
+                                                                                  selected: LatentInt8.textEncoderCandidates(cfg)))
+            forward8 = { output8 = try enc8.forward(ids: ids) }
+        }
     default:
         let vae = try AutoencoderTinyDecoder(config: try AutoencoderTinyConfig(json: json), weights: RandomWeights())
         var r = TestlessRandom(seed: 3)
         let z = Tensor(shape: [1, 4, size, size], data: (0..<(4 * size * size)).map { _ in r.next() })
         flops = vae.flops(batch: 1, height: size, width: size)
-        forward = { _ = try vae.decode(z, pool: pool, threads: threads, profile: profile) }
+        forward = { output = try vae.decode(z, pool: pool, threads: threads, profile: profile) }
+        if compareInt8 {
+            let vae8 = try AutoencoderTinyDecoder(config: vae.config, weights: RandomWeights().quantized(vae.plan))
+            forward8 = { output8 = try vae8.decode(z, pool: pool, threads: threads) }
+        }
     }
 }
 let rssAfterLoad = peakRSSMiB()
-var times: [Double] = [], cpu: [Double] = []
+var times: [Double] = [], cpu: [Double] = [], times8: [Double] = [], cpu8: [Double] = []
 for _ in 0..<max(1, runs) {
     let c0 = cpuSeconds()
     times.append(try seconds(forward))
     cpu.append(cpuSeconds() - c0)
+    if let forward8 {
+        let c1 = cpuSeconds()
+        times8.append(try seconds(forward8))
+        cpu8.append(cpuSeconds() - c1)
+    }
 }
 let best = times.min()!
 let gemm = sgemmGFLOPs(size: size)
@@ -129,6 +168,11 @@ let rate = flops / bestCPU / 1e9
 print(String(format: "%@ latent %dx%d batch 1 threads %d: load+pack %.1f s, forward first %.0f ms, best of %d %.0f ms (CPU %.0f ms), %.1f GFLOP (plan walk), %.1f GFLOP per CPU second = %.2fx OpenBLAS sgemm (%.1f, level-0 conv shape, same run), peak RSS %.0f MiB (after load %.0f MiB)",
              name, size, size, threads, loadSeconds, times[0] * 1000, times.count, best * 1000, bestCPU * 1000, flops / 1e9, rate, rate / gemm, gemm,
              peakRSSMiB(), rssAfterLoad))
+if !cpu8.isEmpty {
+    let f = cpu.min()!, q = cpu8.min()!
+    print(String(format: "int8 vs fp32, interleaved in this run: fp32 best CPU %.0f ms (wall %.0f), int8 best CPU %.0f ms (wall %.0f): int8 takes %.2fx the fp32 CPU time (%.2fx faster); int8 output relative L2 vs fp32 %.4f",
+                 f * 1000, times.min()! * 1000, q * 1000, times8.min()! * 1000, q / f, f / q, TensorError.relativeL2(output8.data, output.data)))
+}
 print("thread CPU time over all \(times.count) runs by part (threads 1 only): " + profile.summary)
 
 /// Inputs for the bench: uniform [-1, 1) from a 64-bit LCG.

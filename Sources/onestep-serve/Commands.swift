@@ -137,15 +137,30 @@ enum Commands {
     }
 
     static let quantize = Subcommand("quantize", summary: "write the int8 form of a float model",
-                                     synopsis: "quantize --model DIR --out DIR", flags: quantizeFlags, run: quantize)
+                                     synopsis: "quantize --model DIR --out DIR [--components unet,vae,text_encoder] [--max-weight-error E]",
+                                     flags: quantizeFlags, run: quantize)
 
     static let quantizeFlags = [
-        FlagSpec("model", "float32 model directory"),
-        FlagSpec("out", "directory to write the int8 model into"),
+        FlagSpec("model", "float32 model directory: a pixel UNet2DModel, or a text-to-image pipeline folder (model_index.json)"),
+        FlagSpec("out", "directory to write the int8 model into (text-to-image: must not exist yet)"),
+        FlagSpec("components", "text-to-image only: comma-separated parts to write int8, of unet, vae, text_encoder", default: "unet,vae,text_encoder"),
+        FlagSpec("max-weight-error", "text-to-image only: a layer whose weight relative L2 error after int8 exceeds this stays fp32",
+                 default: String(LatentInt8.defaultMaxWeightError)),
+        FlagSpec("steps", "text-to-image only: steps of the int8-vs-fp32 images of the report", default: "1"),
     ]
 
     static func quantize(_ f: ParsedFlags) throws {
-        let report = try Quantizer.quantizeDirectory(source: try f.required("model"), destination: try f.required("out"))
+        let model = try f.required("model"), out = try f.required("out")
+        if FileManager.default.fileExists(atPath: model + "/model_index.json") {
+            // SD-family folder: unet/ and vae/ int8 where each layer's error allows (Quant/LatentQuantizer.swift).
+            let report = try LatentQuantizer.quantizePipeline(
+                source: model, destination: out, parts: try LatentQuantizer.Part.list(f.string("components") ?? "unet,vae,text_encoder"),
+                maxWeightError: try f.double("max-weight-error", range: 0...1) ?? LatentInt8.defaultMaxWeightError,
+                steps: try f.requiredInt("steps", 1...50))
+            print(report.text + "report written to \(out)/\(LatentQuantizer.reportFile)")
+            return
+        }
+        let report = try Quantizer.quantizeDirectory(source: model, destination: out)
         print(report.text, terminator: "")
     }
 }

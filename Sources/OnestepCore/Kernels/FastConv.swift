@@ -370,6 +370,21 @@ public struct PackedLinearInt8: Sendable {
     }
 }
 
+extension PackedLinearInt8 {
+    /// The packed weights read back as (N, K) codes and (N) scales: what the kernel multiplies by (tests check
+    /// that packing keeps a file's codes bit for bit).
+    public func unpacked() -> Int8Tensor {
+        let n = outFeatures, k = inFeatures, k4 = (k + 3) / 4, nr = 32
+        var out = [Int8](repeating: 0, count: n * k)
+        words.withUnsafeBytes { bytes in
+            for o in 0..<n { for kk in 0..<k {
+                out[o * k + kk] = Int8(bitPattern: bytes[(((o / nr) * k4 + kk / 4) * nr + o % nr) * 4 + kk % 4])
+            } }
+        }
+        return Int8Tensor(shape: [n, k], codes: out, scales: scales)
+    }
+}
+
 extension FastConv {
     /// y (rows, N) = x (rows, K) W^T + bias, both row-major with row strides K and N (nn.Linear on each row):
     /// each row quantized to uint8 with its own scale and zero point, exact int32 sums, so a row's result does not

@@ -98,9 +98,15 @@ public struct LinearLayer: Sendable {
         bias = try src.tensor(spec.key + ".bias", shape: [o])
     }
 
+    /// Set when the weight file stores this layer int8 (the CLIP text encoder's projections, written by
+    /// `quantize`): the stored codes packed for FastConv.linear (row-major tokens, activations quantized per row).
+    public var packedRows8: PackedLinearInt8?
+
     /// A linear layer of a network that has no layer plan yet (the CLIP text encoder): role `.other`, no pixels.
+    /// When `src` stores the weight as I8, `packedRows8` holds its codes (bit for bit) and the layer runs int8.
     public init(_ key: String, _ src: WeightSource, in inFeatures: Int, out outFeatures: Int) throws {
         try self.init(LayerSpec(key, .linear(inFeatures: inFeatures, outFeatures: outFeatures), role: .other, pixels: 0), src)
+        packedRows8 = try src.int8(key + ".weight", shape: [outFeatures, inFeatures]).map { PackedLinearInt8(weights: $0, bias: bias.data) }
     }
 
     /// (N, in) -> (N, out), NCHW reference path (OpenBLAS).

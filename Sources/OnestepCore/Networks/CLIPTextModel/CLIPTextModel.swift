@@ -12,7 +12,8 @@
 // Diffusers pipelines pass no attention mask (padding tokens are attended, causally), and neither do we. SD 2.x
 // folders already hold the penultimate-layer encoder (num_hidden_layers reduced), so all layers run.
 // Weights: text_encoder/model.safetensors with keys as transformers 5 saves them ("embeddings.token_embedding.weight",
-// "encoder.layers.0.self_attn.q_proj.weight", ...) or as 4.x did, under "text_model.".
+// "encoder.layers.0.self_attn.q_proj.weight", ...) or as 4.x did, under "text_model.". A projection stored int8 by
+// `quantize` (I8 + KEY_scale, Quant/LatentInt8.swift) runs on FastConv.linear from its stored codes.
 import Foundation
 
 public struct CLIPTextInputError: Error, CustomStringConvertible, Equatable {
@@ -148,6 +149,15 @@ public struct CLIPTextModel: Sendable {
     static func linear(_ layer: LinearLayer, _ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>,
                        accumulate: Bool) {
         let outF = layer.weight.shape[0], inF = layer.weight.shape[1]
+        if let q = layer.packedRows8 {
+            // int8 (stored codes): each token row quantized alone, so batching cannot change its bits; bias inside.
+            guard accumulate else { FastConv.linear(x, rows: rows, q, into: y); return }
+            let t = UnsafeMutablePointer<Float>.allocate(capacity: rows * outF)
+            defer { t.deallocate() }
+            FastConv.linear(x, rows: rows, q, into: t)
+            for j in 0..<(rows * outF) { y[j] += t[j] }
+            return
+        }
         layer.weight.data.withUnsafeBufferPointer { w in layer.bias.data.withUnsafeBufferPointer { bias in
             if accumulate {
                 // torch adds the bias inside the linear, then the residual: (xW^T + b) + r. Keep that order.
@@ -205,7 +215,16 @@ final class CLIPTextWeightFile: WeightSource {
             throw ModelLoadError(path: file.path, problem: "tensor \(name) has shape \(e.shape) but config.json needs \(shape)")
         }
         let t: Tensor
-        do { t = try file.floats(name) } catch let err as SafetensorsError {
+        do {
+            if e.dtype == .I8 {
+                // Onestep's int8 format (Quant/Int8Weights.swift): the projection runs on the stored codes
+                // (int8(_:shape:)); the floats are what they stand for.
+                t = try Int8Weights.dequantize(file: file, key: name)
+                used.insert(name + Int8Weights.scaleSuffix)
+            } else {
+                t = try file.floats(name)
+            }
+        } catch let err as SafetensorsError {
             throw ModelLoadError(path: file.path, problem: "tensor \(name): \(err.problem)")
         }
         if let bad = t.data.firstIndex(where: { !$0.isFinite }) {
@@ -213,6 +232,14 @@ final class CLIPTextWeightFile: WeightSource {
         }
         used.insert(name)
         return t
+    }
+
+    func int8(_ key: String, shape: [Int]) throws -> Int8Tensor? {
+        let name = prefix + key
+        guard let e = file.entries[name], e.dtype == .I8, e.shape == shape else { return nil }
+        do { return try Int8Weights.stored(file: file, key: name) } catch let err as SafetensorsError {
+            throw ModelLoadError(path: file.path, problem: "tensor \(err.tensor ?? name): \(err.problem)")
+        }
     }
 
     /// Refuses tensors no layer read (e.g. more encoder layers than num_hidden_layers), except the position_ids

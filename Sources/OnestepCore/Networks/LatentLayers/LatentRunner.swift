@@ -202,20 +202,28 @@ private struct Walk {
         case .toSkip: target = (skips.last!.height, skips.last!.width)
         }
         guard let (th, tw) = target else {
-            return FastConv.conv(x, packed, pool: pool, accumulateInto: accumulate, team: team)
+            return run(packed, x, upsample: false, accumulate: accumulate)
         }
         if th == 2 * x.height && tw == 2 * x.width {
             // Fused into the kernel's input reads. Materialising the upsampled input first measured ~15% faster
             // on these convs (SD VAE decoder) but costs an activation of the upsampled size (268 MB at 512x512).
-            return FastConv.conv(x, packed, upsample: true, pool: pool, accumulateInto: accumulate, team: team)
+            return run(packed, x, upsample: true, accumulate: accumulate)
         }
         // upsample_size not twice the input (sizes not divisible by the UNet's overall factor): resize, then conv.
         let r = Activation(pool: pool, channels: x.channels, batch: x.batch, height: th, width: tw)
         LatentKernels.resizeNearest(x.data, planes: x.channels * x.batch, height: x.height, width: x.width,
                                     toHeight: th, width: tw, y: r.data)
-        let y = FastConv.conv(r, packed, pool: pool, accumulateInto: accumulate, team: team)
+        let y = run(packed, r, upsample: false, accumulate: accumulate)
         r.release(to: pool)
         return y
+    }
+
+    /// One packed convolution, fp32 or int8 (activations quantized per image inside FastConv.conv).
+    func run(_ packed: LatentConv, _ x: Activation, upsample: Bool, accumulate: Activation?) -> Activation {
+        switch packed {
+        case .f32(let p): return FastConv.conv(x, p, upsample: upsample, pool: pool, accumulateInto: accumulate, team: team)
+        case .int8(let p): return FastConv.conv(x, p, upsample: upsample, pool: pool, accumulateInto: accumulate, team: team)
+        }
     }
 
     /// ResnetBlock2D. Keeps x.
@@ -227,7 +235,7 @@ private struct Walk {
         if let tp = r.timeProjection, let (tt, _, n) = temb {
             // (Cout, N) = time_emb_proj(silu(temb)), then (N, Cout) as the norm's per-image pre-shift.
             let c = tp.outFeatures, t = pool.acquire(c * n), shift = pool.acquire(c * n)
-            project(w.linear(tp), tt, columns: n, into: t, accumulate: false)
+            project(w.linear(tp), tt, batch: n, columns: n, into: t, accumulate: false)
             for i in 0..<n { for ch in 0..<c { shift[i * c + ch] = t[ch * n + i] } }
             ChannelMajor.groupNorm(h1, w.norm(r.norm2), silu: true, preShift: shift, into: h1.data)
             pool.release(t, count: c * n)
@@ -249,7 +257,7 @@ private struct Walk {
         let tmp = like(x)
         ChannelMajor.groupNorm(x, w.norm(t.norm), silu: false, into: tmp.data)
         let h = like(x)   // (C, N*L) token features, channel-major
-        project(w.linear(t.projIn), tmp.data, columns: cols, into: h.data, accumulate: false)
+        project(w.linear(t.projIn), tmp.data, batch: n, columns: cols, into: h.data, accumulate: false)
         let stats = pool.acquire(4 * cols)
         for b in t.blocks {
             timed("layer norm") { layerNorm(h.data, b.norm1, columns: cols, into: tmp.data, scratch: stats) }
@@ -260,16 +268,16 @@ private struct Walk {
             // ff: net.2(GEGLU(net.0.proj(x))), added onto h.
             let inner = b.ffOut.inFeatures
             let proj = pool.acquire(2 * inner * cols), gated = pool.acquire(inner * cols)
-            timed("ff projections") { project(w.linear(b.ffIn), tmp.data, columns: cols, into: proj, accumulate: false) }
+            timed("ff projections") { project(w.linear(b.ffIn), tmp.data, batch: n, columns: cols, into: proj, accumulate: false) }
             timed("geglu") { LatentKernels.geglu(proj, inner: inner, columns: cols, out: gated) }
             pool.release(proj, count: 2 * inner * cols)
-            timed("ff projections") { project(w.linear(b.ffOut), gated, columns: cols, into: h.data, accumulate: true) }
+            timed("ff projections") { project(w.linear(b.ffOut), gated, batch: n, columns: cols, into: h.data, accumulate: true) }
             pool.release(gated, count: inner * cols)
         }
         pool.release(stats, count: 4 * cols)
         tmp.release(to: pool)
         let out = copy(x)   // residual; proj_out accumulates onto it
-        project(w.linear(t.projOut), h.data, columns: cols, into: out.data, accumulate: true)
+        project(w.linear(t.projOut), h.data, batch: n, columns: cols, into: out.data, accumulate: true)
         h.release(to: pool)
         precondition(out.channels == c)
         return out
@@ -300,14 +308,23 @@ private struct Walk {
         }
     }
 
-    /// y (out, cols) = W x (in, cols) + b, or y += that when `accumulate`. Columns split between threads.
-    func project(_ l: PackedLinear, _ x: UnsafePointer<Float>, columns cols: Int, into y: UnsafeMutablePointer<Float>, accumulate: Bool) {
+    /// y (out, cols) = W x (in, cols) + b, or y += that when `accumulate`; cols = n images x L columns each.
+    /// Columns split between threads. An int8 projection quantizes x per image (its L columns, all channels),
+    /// so an image's result does not depend on its batch neighbours.
+    func project(_ l: PackedLinear, _ x: UnsafePointer<Float>, batch n: Int, columns cols: Int, into y: UnsafeMutablePointer<Float>, accumulate: Bool) {
         for r in 0..<l.outFeatures {
             let row = y + r * cols, bv = l.bias?[r] ?? 0
             if accumulate { if bv != 0 { for j in 0..<cols { row[j] += bv } } } else { row.update(repeating: bv, count: cols) }
         }
+        if let q = l.int8 {
+            precondition(cols % n == 0, "project: \(cols) columns do not split into \(n) images")
+            let xa = Activation(viewing: UnsafeMutablePointer(mutating: x), channels: l.inFeatures, batch: n, height: 1, width: cols / n)
+            let ya = Activation(viewing: y, channels: l.outFeatures, batch: n, height: 1, width: cols / n)
+            _ = FastConv.conv(xa, q, pool: pool, accumulateInto: ya, team: team)
+            return
+        }
         nonisolated(unsafe) let xp = x, yp = y
-        let packed = l.weight
+        let packed = l.weight!
         FastConv.forEachColumnRange(cols, team: team) { n0, n1 in
             FastConv.gemm(packed, b: xp, ldb: cols, c: yp, ldc: cols, columns: n0..<n1)
         }
@@ -318,7 +335,7 @@ private struct Walk {
     func attention(_ a: AttentionSpec, input x: UnsafePointer<Float>, batch n: Int, length l: Int, into y: UnsafeMutablePointer<Float>) {
         let c = a.queryDim, cols = n * l, heads = a.heads, d = c / heads
         let q = pool.acquire(c * cols), o = pool.acquire(c * cols)
-        project(w.linear(a.toQ), x, columns: cols, into: q, accumulate: false)
+        project(w.linear(a.toQ), x, batch: n, columns: cols, into: q, accumulate: false)
         let kvSource: UnsafePointer<Float>, lk: Int
         if a.contextDim != nil {
             guard let ctx = context else { preconditionFailure("cross-attention \(a.toK.prefix) needs text embeddings") }
@@ -331,8 +348,8 @@ private struct Walk {
         }
         let kvCols = n * lk
         let k = pool.acquire(c * kvCols), v = pool.acquire(c * kvCols)
-        project(w.linear(a.toK), kvSource, columns: kvCols, into: k, accumulate: false)
-        project(w.linear(a.toV), kvSource, columns: kvCols, into: v, accumulate: false)
+        project(w.linear(a.toK), kvSource, batch: n, columns: kvCols, into: k, accumulate: false)
+        project(w.linear(a.toV), kvSource, batch: n, columns: kvCols, into: v, accumulate: false)
         let scale = Float(1.0 / Double(d).squareRoot())
         let selfAttention = a.contextDim == nil && d <= runner.gemmAttentionAboveHeadDim
         let scratchCount = selfAttention ? l * l + 4 * d * l : LatentKernels.crossAttentionScratch(queries: l, keys: lk)
@@ -357,7 +374,7 @@ private struct Walk {
         pool.release(scratch, count: scratchCount * parts)
         pool.release(k, count: c * kvCols)
         pool.release(v, count: c * kvCols)
-        project(w.linear(a.toOut), o, columns: cols, into: y, accumulate: true)
+        project(w.linear(a.toOut), o, batch: n, columns: cols, into: y, accumulate: true)
         pool.release(q, count: c * cols)
         pool.release(o, count: c * cols)
     }

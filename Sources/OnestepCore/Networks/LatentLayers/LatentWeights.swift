@@ -2,19 +2,50 @@
 // for FastConv (PackedConvF32), every projection packed for FastConv.gemm (PackedGemmF32) with its bias, norms
 // as (gamma, beta). The float32 tensor each was packed from is dropped as soon as it is packed, so no weight is
 // held twice.
+// int8: a convolution or projection whose weight the source stores as I8 codes + per-output-channel scales
+// (Onestep's int8 format, Quant/Int8Weights.swift; Quant/LatentInt8.swift writes it for these networks) is packed
+// for the int8 kernels straight from those codes (PackedConvInt8, projections as 1x1 convolutions), never
+// re-quantized from floats; every other layer packs fp32. So the file alone says which layers run in int8.
 import Foundation
 
-/// A projection packed for FastConv.gemm: y (out, cols) = W (out, in) x (in, cols) + b.
+/// A convolution packed for FastConv: fp32, or int8 from the stored codes.
+public enum LatentConv: Sendable {
+    case f32(PackedConvF32)
+    case int8(PackedConvInt8)
+
+    public var isInt8: Bool { if case .int8 = self { return true } else { return false } }
+}
+
+/// A projection y (out, cols) = W (out, in) x (in, cols) + b: packed for FastConv.gemm (fp32), or, when the weight
+/// is stored as int8, as a 1x1 int8 convolution over (in, N, L) (activations quantized per image).
 public struct PackedLinear: Sendable {
-    public let weight: PackedGemmF32     // (out, in)
+    public let weight: PackedGemmF32?    // (out, in), fp32 layers
+    public let int8: PackedConvInt8?     // (out, in, 1, 1) codes and scales, no bias (the runner adds `bias`)
     public let bias: [Float]?            // (out)
-    public var outFeatures: Int { weight.rows }
-    public var inFeatures: Int { weight.depth }
+    public let outFeatures: Int, inFeatures: Int
+
+    init(weight: PackedGemmF32, bias: [Float]?) {
+        self.weight = weight
+        int8 = nil
+        self.bias = bias
+        outFeatures = weight.rows
+        inFeatures = weight.depth
+    }
+
+    init(int8 q: Int8Tensor, bias: [Float]?) {
+        let o = q.shape[0], i = q.shape.dropFirst().reduce(1, *)
+        weight = nil
+        int8 = PackedConvInt8(geometry: ConvGeometry(inChannels: i, outChannels: o, kernel: 1, padding: 0), bias: nil,
+                              weights: Int8Tensor(shape: [o, i, 1, 1], codes: q.codes, scales: q.scales))
+        self.bias = bias
+        outFeatures = o
+        inFeatures = i
+    }
 }
 
 /// Weights of a plan, by module prefix (the checkpoint key without ".weight" / ".bias").
 public struct LatentWeights: Sendable {
-    public private(set) var convs: [String: PackedConvF32] = [:]
+    public private(set) var convs: [String: LatentConv] = [:]
     public private(set) var linears: [String: PackedLinear] = [:]
     public private(set) var norms: [String: GroupNormLayer] = [:]
 
@@ -23,12 +54,18 @@ public struct LatentWeights: Sendable {
     public init(plan: LatentPlan, source src: WeightSource) throws {
         func conv(_ c: ConvSpec) throws {
             guard convs[c.prefix] == nil else { return }
-            convs[c.prefix] = PackedConvF32(try Conv2DLayer(c.prefix, src, geometry: c.geometry, bias: c.bias))
+            let layer = try Conv2DLayer(c.prefix, src, geometry: c.geometry, bias: c.bias)
+            // Conv2DLayer.stored8 holds the file's codes when it stores them; PackedConvInt8 packs those as they are.
+            convs[c.prefix] = layer.stored8 != nil ? .int8(PackedConvInt8(layer)) : .f32(PackedConvF32(layer))
         }
         func linear(_ l: LinearSpec) throws {
             guard linears[l.prefix] == nil else { return }
             let w = try src.tensor(l.prefix + ".weight", shape: l.weightShape)
             let b = l.bias ? try src.tensor(l.prefix + ".bias", shape: [l.outFeatures]).data : nil
+            if let q = try src.int8(l.prefix + ".weight", shape: l.weightShape) {
+                linears[l.prefix] = PackedLinear(int8: q, bias: b)
+                return
+            }
             let packed = w.data.withUnsafeBufferPointer { PackedGemmF32($0, rows: l.outFeatures, depth: l.inFeatures) }
             linears[l.prefix] = PackedLinear(weight: packed, bias: b)
         }
@@ -58,7 +95,12 @@ public struct LatentWeights: Sendable {
         }
     }
 
-    func conv(_ s: ConvSpec) -> PackedConvF32 { convs[s.prefix]! }
+    func conv(_ s: ConvSpec) -> LatentConv { convs[s.prefix]! }
+
+    /// Keys (module prefixes) of the convolutions and projections packed for the int8 kernels.
+    public var int8Layers: [String] {
+        (convs.filter { $0.value.isInt8 }.map(\.key) + linears.filter { $0.value.int8 != nil }.map(\.key)).sorted()
+    }
     func linear(_ s: LinearSpec) -> PackedLinear { linears[s.prefix]! }
     func norm(_ s: NormSpec) -> GroupNormLayer { norms[s.prefix]! }
 }
