@@ -1,0 +1,69 @@
+// `--lora [MODEL=]FILE[:SCALE]` and `--taesd [MODEL=]DIR` of `onestep-serve serve`: what a text-to-image model is
+// loaded with beyond its folder. A LoRA is fused into that model's weights at start-up (as FastSD CPU and
+// diffusers' fuse_lora do; A1111's per-prompt `<lora:name:w>` would need the weights re-fused per request), and a
+// TAESD folder is loaded beside the model's own decoder, picked per request with "decoder": "taesd".
+// MODEL is the model's name (its folder name, as /v1/models lists it); it may be left out when the server loads
+// one model folder.
+import CommandLineKit
+import Foundation
+import OnestepCore
+
+public struct ModelExtrasOptions: Sendable, Equatable {
+    /// Per model name (nil key: the entries that named no model).
+    public var loras: [String?: [LoRASpec]] = [:]
+    public var taesd: [String?: String] = [:]
+
+    public init() {}
+
+    public var isEmpty: Bool { loras.isEmpty && taesd.isEmpty }
+
+    /// Splits `MODEL=VALUE` (MODEL without '/', so a path holding '=' is not cut) into (MODEL, VALUE).
+    static func split(_ text: String) -> (model: String?, value: String) {
+        if let eq = text.firstIndex(of: "="), !text[..<eq].contains("/"), eq != text.startIndex {
+            return (String(text[..<eq]), String(text[text.index(after: eq)...]))
+        }
+        return (nil, text)
+    }
+
+    /// Parses the flag values (each `[MODEL=]FILE[:SCALE]` / `[MODEL=]DIR`). `flag` names the source in errors.
+    /// - Throws: FlagError for an empty value, a bad scale, or two TAESD folders for one model.
+    public static func parse(loras: [String], taesd: [String], flag: (String) -> String = { "--\($0)" }) throws -> ModelExtrasOptions {
+        var o = ModelExtrasOptions()
+        for text in loras {
+            let (model, value) = split(text)
+            do { o.loras[model, default: []].append(try LoRASpec(parsing: value)) } catch let e as LoRASpecError {
+                throw FlagError("\(flag("lora")) \(text): \(e.problem) (form: [MODEL=]FILE[:SCALE])")
+            }
+        }
+        for text in taesd {
+            let (model, value) = split(text)
+            guard !value.isEmpty else { throw FlagError("\(flag("taesd")) \(text): names no folder (form: [MODEL=]DIR)") }
+            guard o.taesd[model] == nil else {
+                throw FlagError("\(flag("taesd")) \(text): \(model.map { "model \($0)" } ?? "the model") already has a TAESD folder; give one per model")
+            }
+            o.taesd[model] = value
+        }
+        return o
+    }
+
+    /// The extras of each model folder about to be loaded (name = folder name). Entries without MODEL= apply when
+    /// exactly one folder is loaded.
+    /// - Throws: ModelLoadError for entries naming no loaded folder, or unnamed entries with several folders.
+    func resolve(folders: [String], modelsDirectory: String) throws -> [String: TextModelExtras] {
+        let names = folders.map { URL(fileURLWithPath: $0).standardizedFileURL.lastPathComponent }
+        if (loras[nil] != nil || taesd[nil] != nil) && names.count != 1 {
+            throw ModelLoadError(path: modelsDirectory, problem: "holds \(names.count) model folders (\(names.joined(separator: ", "))); say which model a --lora / --taesd is for: --lora MODEL=FILE[:SCALE], --taesd MODEL=DIR")
+        }
+        for name in Set(loras.keys.compactMap { $0 }).union(taesd.keys.compactMap { $0 }).sorted() where !names.contains(name) {
+            throw ModelLoadError(path: modelsDirectory, problem: "has no model folder named '\(name)' for --lora / --taesd (models: \(names.joined(separator: ", ")))")
+        }
+        var out: [String: TextModelExtras] = [:]
+        for name in names {
+            let key: String? = names.count == 1 && (loras[nil] != nil || taesd[nil] != nil) ? nil : name
+            let l = (loras[key] ?? []) + (key == nil ? (loras[name] ?? []) : [])
+            let t = taesd[key] ?? (key == nil ? taesd[name] : nil)
+            if !l.isEmpty || t != nil { out[name] = TextModelExtras(loras: l, taesdPath: t) }
+        }
+        return out
+    }
+}
