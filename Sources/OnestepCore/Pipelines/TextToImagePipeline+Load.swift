@@ -89,13 +89,15 @@ extension TextToImagePipeline {
         }
         let cls = try componentClass(configPath: dir + "/config.json")
         if tinyOnly, cls != "AutoencoderTiny" {
-            throw ModelLoadError(path: dir + "/config.json", problem: "describes a \(cls) decoder; a TAESD folder is an AutoencoderTiny (e.g. madebyollin/taesd for SD 1.x / 2.x)")
+            throw ModelLoadError(path: dir + "/config.json", problem: "describes an \(cls) decoder; a TAESD folder is an AutoencoderTiny (e.g. madebyollin/taesd for SD 1.x / 2.x)")
         }
-        let d = try LatentDecoder.load(directory: dir, className: cls, variant: nil)
-        guard d.latentChannels == unet.config.outChannels else {
-            throw ModelLoadError(path: dir + "/config.json", problem: "latent_channels \(d.latentChannels) does not match the UNet's out_channels \(unet.config.outChannels) (\(unetDir)/config.json); this \(cls) decodes another model family's latents (SD 1.x / 2.x use 4 channels: madebyollin/taesd)")
+        // Checked from config.json before the weights: a decoder of another latent space fails here with the reason,
+        // not later on a weight shape.
+        let channels = try jsonInt(dir + "/config.json", "latent_channels") ?? 4
+        guard channels == unet.config.outChannels else {
+            throw ModelLoadError(path: dir + "/config.json", problem: "latent_channels \(channels) does not match the UNet's out_channels \(unet.config.outChannels) (\(unetDir)/config.json); this \(cls) decodes another model family's latents (SD 1.x / 2.x use 4 channels: madebyollin/taesd)")
         }
-        return d
+        return try LatentDecoder.load(directory: dir, className: cls, variant: nil)
     }
 
     /// A UNet2DConditionModel folder (config.json + diffusion_pytorch_model[.variant].safetensors) and its
