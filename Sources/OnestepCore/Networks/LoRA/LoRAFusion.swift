@@ -108,10 +108,10 @@ public struct LoRAFusion: Sendable {
         }
     }
 
-    /// `weight` (shape as stored) with every LoRA term of `key` added, in file order.
-    func fused(_ key: String, _ weight: Tensor) throws -> Tensor {
-        guard let list = deltas[key] else { return weight }
-        var w = weight
+    /// Adds every LoRA term of `key` to `w` (shape as stored), in file order, in place: a uniquely held weight is
+    /// not copied.
+    func fuse(_ key: String, into w: inout Tensor) throws {
+        guard let list = deltas[key] else { return }
         let out = w.shape[0], inFlat = w.count / out
         for d in list {
             let file = d.file.file
@@ -124,7 +124,6 @@ public struct LoRAFusion: Sendable {
             }
             LoRAMath.addProduct(into: &w.data, up: up.data, down: down.data, out: out, rank: d.rank, inFlat: inFlat, factor: d.factor)
         }
-        return w
     }
 }
 
@@ -164,10 +163,11 @@ public final class FusingWeightSource: WeightSource, @unchecked Sendable {
     public func contains(_ key: String) -> Bool { base.contains(key) }
 
     public func tensor(_ key: String, shape: [Int]) throws -> Tensor {
-        let t = try base.tensor(key, shape: shape)
+        var t = try base.tensor(key, shape: shape)
         guard fusion.deltas[key] != nil else { return t }
         fusedKeys.insert(key)
-        return try fusion.fused(key, t)
+        try fusion.fuse(key, into: &t)
+        return t
     }
 
     /// int8 codes cannot take a LoRA term: a quantized weight with a LoRA on it is refused.
