@@ -12,10 +12,12 @@ public struct ModelExtrasOptions: Sendable, Equatable {
     /// Per model name (nil key: the entries that named no model).
     public var loras: [String?: [LoRASpec]] = [:]
     public var taesd: [String?: String] = [:]
+    public var scheduler: [String?: String] = [:]
 
     public init() {}
 
-    public var isEmpty: Bool { loras.isEmpty && taesd.isEmpty }
+    public var isEmpty: Bool { loras.isEmpty && taesd.isEmpty && scheduler.isEmpty }
+    var hasUnnamed: Bool { loras[nil] != nil || taesd[nil] != nil || scheduler[nil] != nil }
 
     /// Splits `MODEL=VALUE` (MODEL without '/', so a path holding '=' is not cut) into (MODEL, VALUE).
     static func split(_ text: String) -> (model: String?, value: String) {
@@ -27,7 +29,8 @@ public struct ModelExtrasOptions: Sendable, Equatable {
 
     /// Parses the flag values (each `[MODEL=]FILE[:SCALE]` / `[MODEL=]DIR`). `flag` names the source in errors.
     /// - Throws: FlagError for an empty value, a bad scale, or two TAESD folders for one model.
-    public static func parse(loras: [String], taesd: [String], flag: (String) -> String = { "--\($0)" }) throws -> ModelExtrasOptions {
+    public static func parse(loras: [String], taesd: [String], scheduler: [String] = [],
+                             flag: (String) -> String = { "--\($0)" }) throws -> ModelExtrasOptions {
         var o = ModelExtrasOptions()
         for text in loras {
             let (model, value) = split(text)
@@ -43,6 +46,13 @@ public struct ModelExtrasOptions: Sendable, Equatable {
             }
             o.taesd[model] = value
         }
+        for text in scheduler {
+            let (model, value) = split(text)
+            guard !value.isEmpty, o.scheduler[model] == nil else {
+                throw FlagError("\(flag("scheduler")) \(text): give one scheduler class per model (form: [MODEL=]CLASS)")
+            }
+            o.scheduler[model] = value
+        }
         return o
     }
 
@@ -51,18 +61,21 @@ public struct ModelExtrasOptions: Sendable, Equatable {
     /// - Throws: ModelLoadError for entries naming no loaded folder, or unnamed entries with several folders.
     func resolve(folders: [String], modelsDirectory: String) throws -> [String: TextModelExtras] {
         let names = folders.map { URL(fileURLWithPath: $0).standardizedFileURL.lastPathComponent }
-        if (loras[nil] != nil || taesd[nil] != nil) && names.count != 1 {
-            throw ModelLoadError(path: modelsDirectory, problem: "holds \(names.count) model folders (\(names.joined(separator: ", "))); say which model a --lora / --taesd is for: --lora MODEL=FILE[:SCALE], --taesd MODEL=DIR")
+        if hasUnnamed && names.count != 1 {
+            throw ModelLoadError(path: modelsDirectory, problem: "holds \(names.count) model folders (\(names.joined(separator: ", "))); say which model a --lora / --taesd / --scheduler is for: --lora MODEL=FILE[:SCALE], --taesd MODEL=DIR, --scheduler MODEL=CLASS")
         }
-        for name in Set(loras.keys.compactMap { $0 }).union(taesd.keys.compactMap { $0 }).sorted() where !names.contains(name) {
-            throw ModelLoadError(path: modelsDirectory, problem: "has no model folder named '\(name)' for --lora / --taesd (models: \(names.joined(separator: ", ")))")
+        let named = Set(loras.keys.compactMap { $0 }).union(taesd.keys.compactMap { $0 }).union(scheduler.keys.compactMap { $0 })
+        for name in named.sorted() where !names.contains(name) {
+            throw ModelLoadError(path: modelsDirectory, problem: "has no model folder named '\(name)' for --lora / --taesd / --scheduler (models: \(names.joined(separator: ", ")))")
         }
         var out: [String: TextModelExtras] = [:]
         for name in names {
-            let key: String? = names.count == 1 && (loras[nil] != nil || taesd[nil] != nil) ? nil : name
-            let l = (loras[key] ?? []) + (key == nil ? (loras[name] ?? []) : [])
-            let t = taesd[key] ?? (key == nil ? taesd[name] : nil)
-            if !l.isEmpty || t != nil { out[name] = TextModelExtras(loras: l, taesdPath: t) }
+            // With one folder, unnamed entries are its own; named ones still apply.
+            let l = (loras[name] ?? []) + (names.count == 1 ? (loras[nil] ?? []) : [])
+            let t = taesd[name] ?? (names.count == 1 ? taesd[nil] : nil)
+            let s = scheduler[name] ?? (names.count == 1 ? scheduler[nil] : nil)
+            let e = TextModelExtras(loras: l, taesdPath: t, schedulerClass: s)
+            if !e.isEmpty { out[name] = e }
         }
         return out
     }

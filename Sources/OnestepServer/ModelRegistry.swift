@@ -77,6 +77,7 @@ public final class ModelRegistry: Sendable {
             switch try GenerationPipeline.load(path: path, extras: mine) {
             case .text(let t):
                 for l in t.loras { log("model \(t.name): fused LoRA \(l.path) at scale \(l.scale)") }
+                if let s = mine.schedulerClass { log("model \(t.name): scheduler \(s) (--scheduler) with the folder's scheduler_config.json values") }
                 if let taesd = mine.taesdPath { log("model \(t.name): TAESD decoder \(taesd) loaded beside its \(t.decoder.className) (requests choose it with \"decoder\": \"taesd\")") }
                 log("loaded text-to-image model \(t.name): \(t.defaultSize)x\(t.defaultSize) (latent \(t.latentSize)x\(t.latentSize)), \(t.usesGuidanceEmbedding ? "guidance embedding" : "classifier-free guidance when guidance_scale > 1") in \(String(format: "%.2f", Date().timeIntervalSince(start))) s")
                 log("model \(t.name) sampler: \(t.sampler.description), steps \(t.sampler.stepRange.lowerBound)...\(t.sampler.stepRange.upperBound), default \(t.sampler.defaultSteps)")

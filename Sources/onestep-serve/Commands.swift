@@ -6,7 +6,7 @@ import PNGCodec
 
 enum Commands {
     static let generate = Subcommand("generate", summary: "write images of a model to a PNG (several: tiled into a grid)",
-                                     synopsis: "generate --model DIR --seed S [--label L] [--steps K] [-n N] --out FILE.png\n       generate --model PIPELINE_DIR --prompt TEXT [--negative-prompt TEXT] --seed S [--steps K] [--guidance G] [--size WxH]\n                [--lora FILE[:SCALE]]... [--taesd DIR] --out FILE.png",
+                                     synopsis: "generate --model DIR --seed S [--label L] [--steps K] [-n N] --out FILE.png\n       generate --model PIPELINE_DIR --prompt TEXT [--negative-prompt TEXT] --seed S [--steps K] [--guidance G] [--size WxH]\n                [--lora FILE[:SCALE]]... [--taesd DIR] [--scheduler CLASS] --out FILE.png",
                                      flags: generateFlags, run: generate)
 
     static let generateFlags = [

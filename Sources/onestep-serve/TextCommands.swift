@@ -20,6 +20,7 @@ enum TextCommands {
     static let loadFlags = [
         FlagSpec("lora", "LoRA file fused into the UNet (and text encoder) at load, FILE or FILE:SCALE (default scale 1); repeat for several (diffusers/PEFT or kohya keys)"),
         FlagSpec("taesd", "AutoencoderTiny (TAESD) folder to decode with instead of the model's vae/ (e.g. madebyollin/taesd)"),
+        FlagSpec("scheduler", "scheduler class run with the folder's scheduler_config.json values, e.g. TCDScheduler for a Hyper-SD / TCD LoRA, LCMScheduler for LCM-LoRA"),
     ]
 
     /// --lora and --taesd as load extras (the TAESD folder is loaded beside vae/ and chosen by `decoderChoice`).
@@ -27,7 +28,7 @@ enum TextCommands {
         let loras = try f.all("lora").map { text in
             do { return try LoRASpec(parsing: text) } catch let e as LoRASpecError { throw FlagError("--lora \(text): \(e.problem)") }
         }
-        return TextModelExtras(loras: loras, taesdPath: f.string("taesd"))
+        return TextModelExtras(loras: loras, taesdPath: f.string("taesd"), schedulerClass: f.string("scheduler"))
     }
 
     static func decoderChoice(_ f: ParsedFlags) -> DecoderChoice { f.has("taesd") ? .taesd : .model }
@@ -78,7 +79,7 @@ enum TextCommands {
     }
 
     static let runPipeline = Subcommand("run-pipeline", summary: "run a text-to-image pipeline's parts on saved inputs (checks a port against diffusers)",
-                                        synopsis: "run-pipeline --model DIR [--lora FILE[:SCALE]]... [--taesd DIR] --inputs IO.safetensors --out OUT.safetensors",
+                                        synopsis: "run-pipeline --model DIR [--lora FILE[:SCALE]]... [--taesd DIR] [--scheduler CLASS] --inputs IO.safetensors --out OUT.safetensors",
                                         flags: runPipelineFlags, run: runPipeline)
 
     static let runPipelineFlags = [

@@ -88,6 +88,27 @@ final class LoRAGoldenTests: XCTestCase {
         }
     }
 
+    /// Hyper-SD / TCD usage: the LoRA fused into an Euler model run with TCDScheduler on the folder's config values
+    /// (diffusers: pipe.scheduler = TCDScheduler.from_config(pipe.scheduler.config), eta 0.3), 1 and 4 steps.
+    func testSchedulerOverrideWithLoRAMatchesDiffusersTCD() throws {
+        let ioPath = "\(Self.goldenDir)/tcd_lora_on_sd_turbo/io.safetensors"
+        let pipe = try loadText("sd_turbo_tiny", extras: TextModelExtras(loras: [LoRASpec(path: Self.lora("sd_turbo_tiny", "kohya"), scale: 0.7)],
+                                                                         schedulerClass: "TCDScheduler"))
+        XCTAssertTrue(pipe.sampler is TCDSampler)
+        let cases = try T2IGoldenCase.load(io: ioPath)
+        XCTAssertEqual(cases.map(\.steps), [1, 4])
+        for c in cases {
+            let img = try pipe.generate([c.request], steps: c.steps, width: c.size, height: c.size, eta: c.eta)
+            let bad = c.badPixels(Self.hwc(img))
+            XCTAssertTrue(bad.isEmpty, "TCD + LoRA \(c.key): \(bad.count) uint8 values differ away from a rounding boundary")
+        }
+        XCTAssertThrowsError(try loadText("sd_turbo_tiny", extras: TextModelExtras(schedulerClass: "PNDMScheduler"))) {
+            let e = $0 as? ModelLoadError
+            XCTAssertTrue(e?.path.hasSuffix("scheduler/scheduler_config.json") == true && e?.problem.contains("'PNDMScheduler' (--scheduler)") == true
+                          && e?.problem.contains("TCDScheduler") == true, "\($0)")
+        }
+    }
+
     /// uint8 (H, W, 3) of the first image of (N, 3, H, W), as diffusers' output_type="np" * 255 rounded.
     static func hwc(_ images: Tensor) -> [UInt8] {
         let h = images.shape[2], w = images.shape[3]

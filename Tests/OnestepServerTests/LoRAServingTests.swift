@@ -119,6 +119,8 @@ final class LoRAServingTests: XCTestCase {
         XCTAssertEqual(o.extras.loras["m"], [LoRASpec(path: "a.safetensors", scale: 0.5)])
         XCTAssertEqual(o.extras.loras[nil], [LoRASpec(path: "b.safetensors", scale: 1)])
         XCTAssertEqual(o.extras.taesd["m"], "/t")
+        (o, _) = try ServerOptions.parse(["--scheduler", "TCDScheduler"], environment: [:])
+        XCTAssertEqual(try o.extras.resolve(folders: ["/m/one"], modelsDirectory: "/m")["one"]?.schedulerClass, "TCDScheduler")
         (o, _) = try ServerOptions.parse([], environment: ["ONESTEP_LORA": "m=a.safetensors:0.25, x/y=z.safetensors", "ONESTEP_TAESD": "/t"])
         XCTAssertEqual(o.extras.loras["m"], [LoRASpec(path: "a.safetensors", scale: 0.25)])
         XCTAssertEqual(o.extras.loras[nil], [LoRASpec(path: "x/y=z.safetensors", scale: 1)], "a path holding '=' after a '/' is not split")
@@ -180,6 +182,16 @@ final class LoRACommandLineTests: XCTestCase {
                              "--taesd", LoRAFixtures.taesd, "--out", png])
             XCTAssertEqual(r.status, 0, r.err)
             cli.assertMatches(try PNGCodecBridge.pixels(png), c, "generate --taesd \(c.key)")
+        }
+        // --scheduler TCDScheduler with the LoRA: Hyper-SD / TCD usage (eta 0.3, TCD's default).
+        let tcdIO = try SafetensorsFile(path: LoRAFixtures.golden + "/tcd_lora_on_sd_turbo/io.safetensors")
+        for c in try cli.cases(tcdIO) {
+            let png = cli.temp("tcd.png")
+            r = try cli.run(["generate", "--model", model, "--prompt", c.c["prompt"]!, "--seed", c.c["seed"]!, "--steps", c.c["steps"]!,
+                             "--lora", LoRAFixtures.kohya + ":0.7", "--scheduler", "TCDScheduler", "--out", png])
+            XCTAssertEqual(r.status, 0, r.err)
+            XCTAssertTrue(r.out.contains("TCDScheduler"), r.out)
+            cli.assertMatches(try PNGCodecBridge.pixels(png), c, "generate --scheduler TCDScheduler \(c.key)")
         }
         // Refusals: exit 1 with the file and the reason.
         r = try cli.run(["generate", "--model", model, "--prompt", "x", "--lora", LoRAFixtures.golden + "/lcm_tiny/lora_kohya.safetensors", "--out", cli.temp("x.png")])

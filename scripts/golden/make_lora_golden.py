@@ -15,14 +15,17 @@ For each base pipeline of ../shared/golden (T2I_README.md):
 The TAESD case: sd_turbo_tiny with its AutoencoderKL swapped for sdxs_tiny's AutoencoderTiny (pipe.vae = ..., as
 FastSD CPU does); io.safetensors holds vae_latents -> vae_decoded and pipeline cases.
 
-    /work/venv/bin/python scripts/golden/make_lora_golden.py ../shared/golden Tests/OnestepCoreTests/Golden/lora
+The scheduler-override case: sd_turbo_tiny + the PEFT-format LoRA at 0.7 with TCDScheduler.from_config(its Euler config),
+eta 0.3 (Hyper-SD / TCD usage), 1 and 4 steps.
+
+    /work/venv/bin/python scripts/golden/make_lora_golden.py ../shared/golden Tests/OnestepCoreTests/Golden/lora [scheduler]
 """
 import json, os, sys
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from safetensors import safe_open
-from diffusers import AutoencoderTiny, StableDiffusionPipeline
+from diffusers import AutoencoderTiny, StableDiffusionPipeline, TCDScheduler
 from peft import LoraConfig, inject_adapter_in_model
 from peft.utils import get_peft_model_state_dict
 from diffusers.utils import convert_state_dict_to_diffusers
@@ -169,8 +172,36 @@ def make_taesd(golden, out):
     print("taesd_on_sd_turbo", {k: tuple(v.shape) for k, v in io.items()})
 
 
+def make_scheduler_override(golden, out):
+    """Hyper-SD / TCD usage: sd_turbo_tiny (EulerDiscreteScheduler) + the LoRA above at 0.7, run with
+    pipe.scheduler = TCDScheduler.from_config(pipe.scheduler.config) and eta 0.3 (what --scheduler TCDScheduler does)."""
+    d = os.path.join(out, "tcd_lora_on_sd_turbo")
+    os.makedirs(d, exist_ok=True)
+    pipe = load(golden, "sd_turbo_tiny")
+    # the PEFT file: diffusers reloads it exactly (not so the kohya file, see docs/TEXT_TO_IMAGE.md)
+    pipe.load_lora_weights(os.path.join(out, "sd_turbo_tiny"), weight_name="lora_diffusers.safetensors")
+    pipe.fuse_lora(lora_scale=SCALE)
+    pipe.scheduler = TCDScheduler.from_config(pipe.scheduler.config)
+    io, meta = {}, {}
+    with torch.no_grad():
+        for steps in (1, 4):
+            img = pipe("a photo of a cat", num_inference_steps=steps, guidance_scale=0.0, eta=0.3,
+                       generator=torch.Generator().manual_seed(3), output_type="np").images[0]
+            key = f"seed3_steps{steps}"
+            io["image_" + key] = torch.from_numpy(np.ascontiguousarray(img.astype(np.float32)))
+            io["uint8_" + key] = torch.from_numpy(np.ascontiguousarray((img * 255).round().astype(np.uint8)))
+            meta[key] = {"prompt": "a photo of a cat", "seed": "3", "steps": str(steps), "guidance_scale": "0.0",
+                         "negative_prompt": "", "eta": "0.3"}
+    save_file(io, os.path.join(d, "io.safetensors"), metadata={"cases": json.dumps(meta), "lora_scale": str(SCALE),
+                                                               "scheduler": "TCDScheduler"})
+    print("tcd_lora_on_sd_turbo", {k: tuple(v.shape) for k, v in io.items()})
+
+
 if __name__ == "__main__":
     golden, out = sys.argv[1], sys.argv[2]
-    for case in CASES:
-        make_lora(golden, out, case)
-    make_taesd(golden, out)
+    only = sys.argv[3:]  # e.g. "scheduler": only that case (the LoRA files of the others are kept)
+    if not only:
+        for case in CASES:
+            make_lora(golden, out, case)
+        make_taesd(golden, out)
+    make_scheduler_override(golden, out)

@@ -17,10 +17,11 @@ public enum GenerationPipeline: Sendable {
         let indexPath = path + "/model_index.json"
         if FileManager.default.fileExists(atPath: indexPath), try ModelIndex(path: indexPath).isTextToImage {
             return .text(try TextToImagePipeline.load(path: path, name: name, variant: variant, decoderPath: extras.decoderPath,
-                                                      taesdPath: extras.taesdPath, loras: extras.loras))
+                                                      taesdPath: extras.taesdPath, loras: extras.loras,
+                                                      schedulerClass: extras.schedulerClass))
         }
         if !extras.isEmpty {
-            throw ModelLoadError(path: path, problem: "is a pixel model (UNet2DModel); LoRA, --decoder and --taesd apply to text-to-image pipelines (model_index.json with a UNet2DConditionModel)")
+            throw ModelLoadError(path: path, problem: "is a pixel model (UNet2DModel); --lora, --taesd and --scheduler apply to text-to-image pipelines (model_index.json with a UNet2DConditionModel)")
         }
         return .pixel(try ImagePipeline.load(path: path, name: name, precision: precision))
     }
@@ -45,15 +46,19 @@ extension ImagePipeline {
 }
 
 /// What a text-to-image model is loaded with beyond its folder (command-line flags): LoRAs fused at load, a
-/// decoder folder in place of vae/, a TAESD folder beside it.
+/// decoder folder in place of vae/, a TAESD folder beside it, a scheduler class in place of model_index.json's.
 public struct TextModelExtras: Sendable, Equatable {
     public var loras: [LoRASpec]
     public var decoderPath: String?
     public var taesdPath: String?
-    public init(loras: [LoRASpec] = [], decoderPath: String? = nil, taesdPath: String? = nil) {
+    /// A SamplerRegistry class run with the folder's scheduler_config.json values, as diffusers'
+    /// `pipe.scheduler = TCDScheduler.from_config(pipe.scheduler.config)` (Hyper-SD / TCD / LCM LoRAs need it).
+    public var schedulerClass: String?
+    public init(loras: [LoRASpec] = [], decoderPath: String? = nil, taesdPath: String? = nil, schedulerClass: String? = nil) {
         self.loras = loras
         self.decoderPath = decoderPath
         self.taesdPath = taesdPath
+        self.schedulerClass = schedulerClass
     }
-    public var isEmpty: Bool { loras.isEmpty && decoderPath == nil && taesdPath == nil }
+    public var isEmpty: Bool { loras.isEmpty && decoderPath == nil && taesdPath == nil && schedulerClass == nil }
 }

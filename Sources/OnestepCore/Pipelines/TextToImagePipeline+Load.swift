@@ -11,13 +11,15 @@ extension TextToImagePipeline {
     ///   folder's vae/ with another decoder folder (e.g. a TAESD folder, class read from its config.json
     ///   `_class_name`); `taesdPath` loads an AutoencoderTiny folder beside the folder's own decoder, chosen per
     ///   request (`generate(..., decoder: .taesd)`); `loras` are fused into the UNet and text encoder at load
-    ///   (diffusers `load_lora_weights` + `fuse_lora(lora_scale:)`, one file after the other).
+    ///   (diffusers `load_lora_weights` + `fuse_lora(lora_scale:)`, one file after the other); `schedulerClass`
+    ///   runs another SamplerRegistry class on the folder's scheduler_config.json values (diffusers'
+    ///   `pipe.scheduler = TCDScheduler.from_config(pipe.scheduler.config)`; keys the class does not take are ignored).
     /// - Throws: ModelLoadError naming the file: a missing component or file, a class this build cannot load, a
     ///   config outside the supported subset (with the key), weights that do not fit, or parts that do not fit
     ///   each other (text width vs cross_attention_dim, latent channels).
     public static func load(path: String, name: String? = nil, variant: String? = nil,
                             decoderPath: String? = nil, taesdPath: String? = nil,
-                            loras: [LoRASpec] = []) throws -> TextToImagePipeline {
+                            loras: [LoRASpec] = [], schedulerClass: String? = nil) throws -> TextToImagePipeline {
         let indexPath = path + "/model_index.json"
         guard FileManager.default.fileExists(atPath: indexPath) else {
             throw ModelLoadError(path: path, problem: "has no model_index.json; a text-to-image model is a diffusers pipeline folder (model_index.json, tokenizer/, text_encoder/, unet/, scheduler/, vae/)")
@@ -51,7 +53,10 @@ extension TextToImagePipeline {
         guard let schedData = FileManager.default.contents(atPath: schedPath) else {
             throw ModelLoadError(path: schedPath, problem: "is missing or unreadable; model_index.json lists a scheduler, so its folder needs scheduler_config.json")
         }
-        let sampler = try ModelDirectory.sampler(schedulerConfig: schedData, path: schedPath, className: schedPart.className)
+        if let schedulerClass, !SamplerRegistry.classNames.contains(schedulerClass) {
+            throw ModelLoadError(path: schedPath, problem: "scheduler class '\(schedulerClass)' (--scheduler) is not one this build runs; choose one of \(SamplerRegistry.classNames.joined(separator: ", "))")
+        }
+        let sampler = try ModelDirectory.sampler(schedulerConfig: schedData, path: schedPath, className: schedulerClass ?? schedPart.className)
 
         let decoder: LatentDecoder
         if let decoderPath {
