@@ -1,7 +1,8 @@
-// `--lora [MODEL=]FILE[:SCALE]` and `--taesd [MODEL=]DIR` of `onestep-serve serve`: what a text-to-image model is
-// loaded with beyond its folder. A LoRA is fused into that model's weights at start-up (as FastSD CPU and
-// diffusers' fuse_lora do; A1111's per-prompt `<lora:name:w>` would need the weights re-fused per request), and a
-// TAESD folder is loaded beside the model's own decoder, picked per request with "decoder": "taesd".
+// `--lora [MODEL=]FILE[:SCALE]`, `--taesd [MODEL=]DIR` and `--scheduler [MODEL=]CLASS` of `onestep-serve serve`:
+// what a text-to-image model is loaded with beyond its folder. A LoRA is fused into that model's weights at
+// start-up (as FastSD CPU and diffusers' fuse_lora do; A1111's per-prompt `<lora:name:w>` would need the weights
+// re-fused per request), a TAESD folder is loaded beside the model's own decoder, picked per request with
+// "decoder": "taesd", and a scheduler class replaces model_index.json's (Hyper-SD / TCD / LCM LoRAs need theirs).
 // MODEL is the model's name (its folder name, as /v1/models lists it); it may be left out when the server loads
 // one model folder.
 import CommandLineKit
@@ -28,7 +29,7 @@ public struct ModelExtrasOptions: Sendable, Equatable {
     }
 
     /// Parses the flag values (each `[MODEL=]FILE[:SCALE]` / `[MODEL=]DIR`). `flag` names the source in errors.
-    /// - Throws: FlagError for an empty value, a bad scale, or two TAESD folders for one model.
+    /// - Throws: FlagError for an empty value, a bad scale, or two TAESD folders (or scheduler classes) for one model.
     public static func parse(loras: [String], taesd: [String], scheduler: [String] = [],
                              flag: (String) -> String = { "--\($0)" }) throws -> ModelExtrasOptions {
         var o = ModelExtrasOptions()
