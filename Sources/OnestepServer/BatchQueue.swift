@@ -19,6 +19,8 @@ public final class GenerationJob: Sendable {
     public let size: ImageSize?
     /// Text-to-image models: the guidance scale (0 for pixel models and models without guidance).
     public let guidanceScale: Double
+    /// Text-to-image models: which decoder turns the latents into pixels (the model's vae/ or its TAESD).
+    public let decoder: DecoderChoice
     public let enqueuedAt: ContinuousClock.Instant
     public let deadline: ContinuousClock.Instant
     /// Called exactly once, from a compute thread or the reaper, with the outcome.
@@ -27,7 +29,7 @@ public final class GenerationJob: Sendable {
     let isCancelled: @Sendable () -> Bool
 
     public init(id: UInt64, model: String, steps: Int, images: [GenerationRequest], text: [TextGenerationRequest] = [],
-                size: ImageSize? = nil, guidanceScale: Double = 0, deadline: ContinuousClock.Instant,
+                size: ImageSize? = nil, guidanceScale: Double = 0, decoder: DecoderChoice = .model, deadline: ContinuousClock.Instant,
                 enqueuedAt: ContinuousClock.Instant = .now, isCancelled: @escaping @Sendable () -> Bool = { false },
                 complete: @escaping @Sendable (JobOutcome) -> Void) {
         self.isCancelled = isCancelled
@@ -38,6 +40,7 @@ public final class GenerationJob: Sendable {
         self.text = text
         self.size = size
         self.guidanceScale = guidanceScale
+        self.decoder = decoder
         self.deadline = deadline
         self.enqueuedAt = enqueuedAt
         self.complete = complete
@@ -61,20 +64,22 @@ public enum SubmitResult: Sendable, Equatable {
 }
 
 /// What every image of a batch must share: one sampler run has one model, one step schedule, one latent shape and
-/// one guidance scale. Prompts, negative prompts and seeds differ freely within a batch (they are per image).
-/// The scale is keyed by its bit pattern, so 7.5 and 7.50000001 never share a batch.
+/// one guidance scale, and one decoder decodes the batch's latents. Prompts, negative prompts and seeds differ
+/// freely within a batch (they are per image). The scale is keyed by its bit pattern, so 7.5 and 7.50000001
+/// never share a batch.
 struct BatchKey: Hashable {
     var model: String
     var steps: Int
     var size: ImageSize?
     var guidanceBits: UInt64
+    var decoder: DecoderChoice
 
-    init(model: String, steps: Int, size: ImageSize? = nil, guidanceScale: Double = 0) {
-        (self.model, self.steps, self.size, self.guidanceBits) = (model, steps, size, guidanceScale.bitPattern)
+    init(model: String, steps: Int, size: ImageSize? = nil, guidanceScale: Double = 0, decoder: DecoderChoice = .model) {
+        (self.model, self.steps, self.size, self.guidanceBits, self.decoder) = (model, steps, size, guidanceScale.bitPattern, decoder)
     }
 
     init(_ job: GenerationJob) {
-        self.init(model: job.model, steps: job.steps, size: job.size, guidanceScale: job.guidanceScale)
+        self.init(model: job.model, steps: job.steps, size: job.size, guidanceScale: job.guidanceScale, decoder: job.decoder)
     }
 
     var guidanceScale: Double { Double(bitPattern: guidanceBits) }
@@ -87,6 +92,8 @@ public struct Batch: Sendable {
     /// Text-to-image models: the batch's size and guidance scale (from its `BatchKey`).
     public var size: ImageSize? = nil
     public var guidanceScale: Double = 0
+    /// Text-to-image models: the decoder of every image of the batch (from its `BatchKey`).
+    public var decoder: DecoderChoice = .model
     public var jobs: [GenerationJob]
     public var imageCount: Int { jobs.reduce(0) { $0 + $1.images.count } }
 }
@@ -189,7 +196,7 @@ public final class BatchQueue: @unchecked Sendable {
                     groups[key] = rest.isEmpty ? nil : rest
                     queuedImages -= count
                     running += 1
-                    return (Batch(model: key.model, steps: key.steps, size: key.size, guidanceScale: key.guidanceScale, jobs: taken), [])
+                    return (Batch(model: key.model, steps: key.steps, size: key.size, guidanceScale: key.guidanceScale, decoder: key.decoder, jobs: taken), [])
                 }
                 let earliestDeadline = groups.values.flatMap { $0 }.map(\.deadline).min() ?? due
                 _ = condition.wait(until: Date(timeIntervalSinceNow: seconds(min(due, earliestDeadline) - now) + 0.0002))

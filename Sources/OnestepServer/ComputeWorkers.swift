@@ -160,7 +160,7 @@ public final class ComputeWorkers: @unchecked Sendable {
         let requests = live.flatMap(\.text)
         let size = batch.size ?? model.defaultImageSize
         let images = try model.generate(requests, steps: batch.steps, width: size.width, height: size.height,
-                                        textEmbeddings: { try self.promptEmbeddings(model, $0) })
+                                        decoder: batch.decoder, textEmbeddings: { try self.promptEmbeddings(model, $0) })
         return try ImagePipeline.pngs(images)
     }
 

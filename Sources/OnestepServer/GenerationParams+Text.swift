@@ -78,6 +78,17 @@ extension RawGenerationFields {
                 problems.append("negative_prompt: model \(name) has no classifier-free guidance, so a negative prompt would change nothing; leave it out")
             }
         }
+        var decoderChoice = DecoderChoice.model
+        if let d = decoder, !(d is NSNull) {
+            if let s = d as? String, let c = DecoderChoice(rawValue: s) {
+                if c == .taesd, t.taesd == nil {
+                    problems.append("decoder \"taesd\": model \(name) was started without a TAESD folder (onestep-serve --taesd \(name)=DIR); leave decoder out or send \"vae\"")
+                }
+                decoderChoice = c
+            } else {
+                problems.append("decoder must be \"vae\" (the model's own) or \"taesd\"\(t.taesd == nil ? " (when the server was started with --taesd for the model)" : ""), got \(Self.show(d))")
+            }
+        }
         var n = 1
         if !allowsN, self.n != nil {
             problems.append("n is not supported on /v1/generate (one PNG per request); use /v1/images/generations")
@@ -95,6 +106,6 @@ extension RawGenerationFields {
         return GenerationParams(model: name, steps: steps, images: seeds.map { GenerationRequest(seed: $0) },
                                 deadlineMs: deadline,
                                 text: seeds.map { TextGenerationRequest(prompt: prompt, negativePrompt: negative, seed: $0, guidanceScale: guidance) },
-                                size: size, guidanceScale: guidance)
+                                size: size, guidanceScale: guidance, decoder: decoderChoice)
     }
 }

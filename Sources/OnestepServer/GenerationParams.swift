@@ -40,6 +40,8 @@ public struct GenerationParams: Sendable, Equatable {
     public var size: ImageSize? = nil
     /// Text-to-image models: the guidance scale asked for (or the model's default).
     public var guidanceScale: Double = 0
+    /// Text-to-image models: the decoder asked for ("decoder": "vae" or "taesd"; default the model's vae/).
+    public var decoder: DecoderChoice = .model
 
     /// The name of a class index, or the index as text.
     public func labelName(_ label: Int) -> String {
@@ -54,7 +56,7 @@ public struct GenerationParams: Sendable, Equatable {
 /// ignored; OpenAI Images API fields that do not apply here are accepted and ignored.
 struct RawGenerationFields {
     static let knownFields = ["model", "prompt", "negative_prompt", "guidance_scale", "n", "seed", "label", "steps", "size",
-                              "response_format", "deadline_ms"]
+                              "response_format", "deadline_ms", "decoder"]
     /// OpenAI Images API fields (images.generate) that have no meaning for a one-step class/unconditional model.
     static let ignoredOpenAIFields = ["user", "quality", "style", "background", "moderation", "output_format",
                                       "output_compression", "partial_images", "stream"]
@@ -74,6 +76,7 @@ struct RawGenerationFields {
     var responseFormat: Any?
     var size: Any?
     var deadlineMs: Any?
+    var decoder: Any?
     /// Field names that are neither known nor ignored OpenAI fields.
     var unknown: [String] = []
     /// Problems found while reading the fields (reported with the others by `validate`).
@@ -99,6 +102,7 @@ struct RawGenerationFields {
         r.n = d["n"]; r.seed = d["seed"]; r.label = d["label"]; r.prompt = d["prompt"]; r.steps = d["steps"]
         r.negativePrompt = d["negative_prompt"]; r.guidanceScale = d["guidance_scale"]
         r.responseFormat = d["response_format"]; r.size = d["size"]; r.deadlineMs = d["deadline_ms"]
+        r.decoder = d["decoder"]
         return r
     }
 
@@ -117,6 +121,7 @@ struct RawGenerationFields {
             case "deadline_ms": r.deadlineMs = v
             case "size": r.size = v
             case "response_format": r.responseFormat = v
+            case "decoder": r.decoder = v
             default: if !ignoredOpenAIFields.contains(k), !r.unknown.contains(k) { r.unknown.append(RequestError.quote(k)) }
             }
         }
@@ -168,6 +173,9 @@ struct RawGenerationFields {
         }
         if let g = guidanceScale, !(g is NSNull) {
             problems.append("guidance_scale is for text-to-image models; model \(name) has no classifier-free guidance (leave guidance_scale out)")
+        }
+        if let d = decoder, !(d is NSNull) {
+            problems.append("decoder is for text-to-image models; model \(name) is a pixel model with no decoder (leave decoder out)")
         }
         // negative_prompt: accepted and ignored, as before text models existed (clients that always send one work).
         func check<T>(_ f: () throws(RequestError) -> T?) -> T? {

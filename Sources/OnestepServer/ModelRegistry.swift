@@ -51,7 +51,9 @@ public final class ModelRegistry: Sendable {
     /// model but cannot be loaded — a dangling or looping symlink, a FIFO or other non-regular file, weights
     /// without config.json, a folder or file the server's user cannot read — stops the server with the file and
     /// the reason: serving a partial set silently would hide the problem. Only regular files are opened.
-    public static func load(directory dir: String, preferred: String?, log: (String) -> Void) throws -> ModelRegistry {
+    /// `extras`: LoRAs and TAESD folders per model name (`--lora`, `--taesd`); refused for pixel models.
+    public static func load(directory dir: String, preferred: String?, extras: ModelExtrasOptions = ModelExtrasOptions(),
+                            log: (String) -> Void) throws -> ModelRegistry {
         switch ModelFolderScan.entry(dir) {
         case .directory: break
         case .missing:
@@ -66,12 +68,17 @@ public final class ModelRegistry: Sendable {
         let folders = isModel ? [dir] : try ModelFolderScan.modelFolders(under: dir)
         var loaded: [ImagePipeline] = []
         var text: [TextToImagePipeline] = []
+        let extrasByName = try extras.resolve(folders: folders, modelsDirectory: dir)
         for path in folders {
             try ModelFolderScan.check(path)
             let start = Date()
             let p: ImagePipeline
-            switch try GenerationPipeline.load(path: path) {
+            let mine = extrasByName[URL(fileURLWithPath: path).standardizedFileURL.lastPathComponent] ?? TextModelExtras()
+            switch try GenerationPipeline.load(path: path, extras: mine) {
             case .text(let t):
+                for l in t.loras { log("model \(t.name): fused LoRA \(l.path) at scale \(l.scale)") }
+                if let s = mine.schedulerClass { log("model \(t.name): scheduler \(s) (--scheduler) with the folder's scheduler_config.json values") }
+                if let taesd = mine.taesdPath { log("model \(t.name): TAESD decoder \(taesd) loaded beside its \(t.decoder.className) (requests choose it with \"decoder\": \"taesd\")") }
                 log("loaded text-to-image model \(t.name): \(t.defaultSize)x\(t.defaultSize) (latent \(t.latentSize)x\(t.latentSize)), \(t.usesGuidanceEmbedding ? "guidance embedding" : "classifier-free guidance when guidance_scale > 1") in \(String(format: "%.2f", Date().timeIntervalSince(start))) s")
                 log("model \(t.name) sampler: \(t.sampler.description), steps \(t.sampler.stepRange.lowerBound)...\(t.sampler.stepRange.upperBound), default \(t.sampler.defaultSteps)")
                 text.append(t)

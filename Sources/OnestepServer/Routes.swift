@@ -125,6 +125,8 @@ final class Router: Sendable {
             d["sampler"] = type(of: t.sampler).className
             d["classes"] = [String]()
             d["fields"] = t.fields
+            d["decoders"] = t.taesd == nil ? ["vae"] : ["vae", "taesd"]
+            if !t.loras.isEmpty { d["loras"] = t.loras.map { ["file": URL(fileURLWithPath: $0.path).lastPathComponent, "scale": Double($0.scale)] } }
             switch t.guidance {
             case .none: d["guidance"] = "none"
             case .classifierFree(let g): d["guidance"] = "classifier_free"; d["default_guidance_scale"] = g
@@ -191,7 +193,7 @@ final class Router: Sendable {
         let deadlineMs = min(params.deadlineMs ?? options.defaultDeadlineMs, options.maxDeadlineMs)
         let now = ContinuousClock.now
         let job = GenerationJob(id: id, model: params.model, steps: params.steps, images: params.images,
-                                text: params.text, size: params.size, guidanceScale: params.guidanceScale,
+                                text: params.text, size: params.size, guidanceScale: params.guidanceScale, decoder: params.decoder,
                                 deadline: now + .milliseconds(deadlineMs), enqueuedAt: now,
                                 isCancelled: { responder.isCancelled }) { [self, metrics] outcome in
             switch outcome {

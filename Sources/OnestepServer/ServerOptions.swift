@@ -47,6 +47,8 @@ public struct ServerOptions: Sendable {
     /// Prompt embeddings kept by (model, prompt), least recently used evicted; 0 disables the cache.
     /// One SD embedding is 77 x 1024 floats (308 KB), so the default 256 holds about 80 MB at most.
     public var textEmbeddingCacheEntries = 256
+    /// LoRAs fused into text-to-image models at load and TAESD folders loaded beside their decoders, per model.
+    public var extras = ModelExtrasOptions()
 
     public init() {}
 
@@ -79,6 +81,9 @@ public struct ServerOptions: Sendable {
             FlagSpec("drain-timeout-ms", "on SIGTERM, time to finish queued work [ONESTEP_DRAIN_TIMEOUT_MS]", default: String(d.drainTimeoutMs)),
             FlagSpec("grace-ms", "after the drain, time to finish writing answers [ONESTEP_GRACE_MS]", default: String(d.graceMs)),
             FlagSpec("text-embedding-cache", "prompt embeddings kept, LRU; 0 disables [ONESTEP_TEXT_EMBEDDING_CACHE]", default: String(d.textEmbeddingCacheEntries)),
+            FlagSpec("lora", "LoRA fused into a text-to-image model at load: [MODEL=]FILE[:SCALE], repeatable; MODEL may be left out with one model folder [ONESTEP_LORA, comma-separated]"),
+            FlagSpec("taesd", "AutoencoderTiny (TAESD) folder loaded beside a model's decoder, chosen per request with \"decoder\": \"taesd\": [MODEL=]DIR, repeatable [ONESTEP_TAESD, comma-separated]"),
+            FlagSpec("scheduler", "scheduler class a text-to-image model runs with its scheduler_config.json values (e.g. TCDScheduler with a Hyper-SD / TCD LoRA): [MODEL=]CLASS, repeatable [ONESTEP_SCHEDULER, comma-separated]"),
             FlagSpec("no-access-log", "do not print a line per request [ONESTEP_ACCESS_LOG=0]", isSwitch: true),
         ]
     }()
@@ -136,6 +141,12 @@ public struct ServerOptions: Sendable {
         o.reserveConnections = try int("reserve-connections", 0...1_000_000) ?? o.reserveConnections
         o.textEmbeddingCacheEntries = try int("text-embedding-cache", 0...1_000_000) ?? o.textEmbeddingCacheEntries
         o.accessLog = !(f.isSet("no-access-log") || env["ONESTEP_ACCESS_LOG"] == "0")
+        func list(_ name: String) -> [String] {
+            if f.has(name) { return f.all(name) }
+            return (env[variable(name)] ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        }
+        o.extras = try ModelExtrasOptions.parse(loras: list("lora"), taesd: list("taesd"), scheduler: list("scheduler"),
+                                                flag: { f.has($0) ? "--\($0)" : variable($0) })
         guard o.defaultDeadlineMs <= o.maxDeadlineMs else {
             throw FlagError("--default-deadline-ms \(o.defaultDeadlineMs) is above --max-deadline-ms \(o.maxDeadlineMs)")
         }

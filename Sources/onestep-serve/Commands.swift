@@ -6,7 +6,7 @@ import PNGCodec
 
 enum Commands {
     static let generate = Subcommand("generate", summary: "write images of a model to a PNG (several: tiled into a grid)",
-                                     synopsis: "generate --model DIR --seed S [--label L] [--steps K] [-n N] --out FILE.png\n       generate --model PIPELINE_DIR --prompt TEXT [--negative-prompt TEXT] --seed S [--steps K] [--guidance G] [--size WxH] --out FILE.png",
+                                     synopsis: "generate --model DIR --seed S [--label L] [--steps K] [-n N] --out FILE.png\n       generate --model PIPELINE_DIR --prompt TEXT [--negative-prompt TEXT] --seed S [--steps K] [--guidance G] [--size WxH]\n                [--lora FILE[:SCALE]]... [--taesd DIR] [--scheduler CLASS] --out FILE.png",
                                      flags: generateFlags, run: generate)
 
     static let generateFlags = [
@@ -23,7 +23,7 @@ enum Commands {
 
     static func generate(_ f: ParsedFlags) throws {
         let out = try f.required("out")
-        let loaded = try GenerationPipeline.load(path: try f.required("model"))
+        let loaded = try GenerationPipeline.load(path: try f.required("model"), extras: try TextCommands.extras(f))
         guard case .pixel(let pipeline) = loaded else {
             if case .text(let t) = loaded { try TextCommands.generate(f, t) }
             return

@@ -14,6 +14,7 @@ enum ServeCommand {
         let log: @Sendable (String) -> Void = { FileHandle.standardOutput.write(Data(($0 + "\n").utf8)) }
         let models = try ModelRegistry.load(directory: options.modelsDirectory,
                                             preferred: options.defaultModel ?? ServeDefaults.defaultModelName,
+                                            extras: options.extras,
                                             log: log)
         let server = OnestepServer(options: options, models: models, log: log)
         OnestepServer.catchTerminationSignals()

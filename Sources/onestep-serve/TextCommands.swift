@@ -14,7 +14,24 @@ enum TextCommands {
         FlagSpec("guidance", "guidance_scale: CFG weight, or LCM's w (default 0, or 8.5 for a model with a guidance embedding)"),
         FlagSpec("size", "image size WxH in pixels, multiples of 8 (default: the UNet's sample_size x 8)"),
         FlagSpec("eta", "eta of TCDScheduler (default 0.3) or DDIMScheduler (default 0)"),
+    ] + loadFlags
+
+    /// Flags that change how a text-to-image model is loaded (generate and run-pipeline).
+    static let loadFlags = [
+        FlagSpec("lora", "LoRA file fused into the UNet (and text encoder) at load, FILE or FILE:SCALE (default scale 1); repeat for several (diffusers/PEFT or kohya keys)"),
+        FlagSpec("taesd", "AutoencoderTiny (TAESD) folder to decode with instead of the model's vae/ (e.g. madebyollin/taesd)"),
+        FlagSpec("scheduler", "scheduler class run with the folder's scheduler_config.json values, e.g. TCDScheduler for a Hyper-SD / TCD LoRA, LCMScheduler for LCM-LoRA"),
     ]
+
+    /// --lora and --taesd as load extras (the TAESD folder is loaded beside vae/ and chosen by `decoderChoice`).
+    static func extras(_ f: ParsedFlags) throws -> TextModelExtras {
+        let loras = try f.all("lora").map { text in
+            do { return try LoRASpec(parsing: text) } catch let e as LoRASpecError { throw FlagError("--lora \(text): \(e.problem)") }
+        }
+        return TextModelExtras(loras: loras, taesdPath: f.string("taesd"), schedulerClass: f.string("scheduler"))
+    }
+
+    static func decoderChoice(_ f: ParsedFlags) -> DecoderChoice { f.has("taesd") ? .taesd : .model }
 
     /// `generate` on a text-to-image pipeline: seeds S, S+1, ... for -n images, tiled when more than one.
     static func generate(_ f: ParsedFlags, _ pipe: TextToImagePipeline) throws {
@@ -36,7 +53,7 @@ enum TextCommands {
         let reqs = (0..<n).map { TextGenerationRequest(prompt: prompt, negativePrompt: negative, seed: seed &+ UInt64($0), guidanceScale: guidance) }
         let start = Date()
         let images: Tensor
-        do { images = try pipe.generate(reqs, steps: steps, width: w, height: h, eta: eta) } catch let e as TextGenerationError {
+        do { images = try pipe.generate(reqs, steps: steps, width: w, height: h, eta: eta, decoder: decoderChoice(f)) } catch let e as TextGenerationError {
             throw FlagError(e.problem)
         }
         let seconds = Date().timeIntervalSince(start)
@@ -52,7 +69,8 @@ enum TextCommands {
             }
             try AtomicFile.write(try PNG.encode(grid), to: out)
         }
-        print("wrote \(out): \(n) image(s) \(w)x\(h), seeds \(seed)...\(seed &+ UInt64(n - 1)), \(steps) step(s), guidance \(guidance), \(pipe.sampler.description), \(String(format: "%.3f", seconds)) s")
+        let extrasText = pipe.loras.map { ", LoRA \($0)" }.joined() + (f.has("taesd") ? ", TAESD decoder" : "")
+        print("wrote \(out): \(n) image(s) \(w)x\(h), seeds \(seed)...\(seed &+ UInt64(n - 1)), \(steps) step(s), guidance \(guidance), \(pipe.sampler.description)\(extrasText), \(String(format: "%.3f", seconds)) s")
     }
 
     /// "WxH" (or "S" for a square) -> (W, H); nil for nil.
@@ -67,20 +85,20 @@ enum TextCommands {
     }
 
     static let runPipeline = Subcommand("run-pipeline", summary: "run a text-to-image pipeline's parts on saved inputs (checks a port against diffusers)",
-                                        synopsis: "run-pipeline --model DIR --inputs IO.safetensors --out OUT.safetensors",
+                                        synopsis: "run-pipeline --model DIR [--lora FILE[:SCALE]]... [--taesd DIR] [--scheduler CLASS] --inputs IO.safetensors --out OUT.safetensors",
                                         flags: runPipelineFlags, run: runPipeline)
 
     static let runPipelineFlags = [
         FlagSpec("model", "diffusers StableDiffusionPipeline folder"),
         FlagSpec("inputs", "safetensors with __metadata__ prompts (JSON list) and/or unet_x, unet_t, unet_encoder_hidden_states [, unet_timestep_cond], vae_latents [, cases (JSON)]"),
         FlagSpec("out", "safetensors to write: prompt_input_ids, prompt_embeds, unet_out, vae_decoded, image_K and uint8_K per case"),
-    ]
+    ] + loadFlags
 
     /// Each part on what the inputs hold: the tokenizer and text encoder on `prompts`, the UNet on unet_*, the
     /// decoder (unscaled, as vae.decode) on vae_latents, and the whole pipeline on each of `cases` (T2I_README.md).
     static func runPipeline(_ f: ParsedFlags) throws {
         let dir = try f.required("model")
-        guard case .text(let pipe) = try GenerationPipeline.load(path: dir) else {
+        guard case .text(let pipe) = try GenerationPipeline.load(path: dir, extras: try extras(f)) else {
             throw FlagError("\(dir) is a pixel model; run-pipeline runs text-to-image pipelines (use run-unet)")
         }
         let inputsPath = try f.required("inputs"), out = try f.required("out")
@@ -109,7 +127,7 @@ enum TextCommands {
             }
         }
         if inputs.entries["vae_latents"] != nil {
-            do { add("vae_decoded", try pipe.decoder.decodeRaw(try inputs.floats("vae_latents"))) } catch { throw fail("vae_decoded", error) }
+            do { add("vae_decoded", try pipe.decoder(decoderChoice(f)).decodeRaw(try inputs.floats("vae_latents"))) } catch { throw fail("vae_decoded", error) }
         }
         if let text = inputs.metadata["cases"] {
             guard let cases = (try? JSONSerialization.jsonObject(with: Data(text.utf8))) as? [String: [String: String]] else {
@@ -125,7 +143,10 @@ enum TextCommands {
                 let size = inputs.entries["image_" + key]?.shape.first
                 let req = TextGenerationRequest(prompt: prompt, negativePrompt: neg, seed: seed, guidanceScale: g)
                 let image: Tensor
-                do { image = try pipe.generate([req], steps: steps, width: size, height: size, eta: c["eta"].flatMap { Double($0) }) } catch {
+                do {
+                    image = try pipe.generate([req], steps: steps, width: size, height: size, eta: c["eta"].flatMap { Double($0) },
+                                              decoder: decoderChoice(f))
+                } catch {
                     throw fail("case \(key)", error)
                 }
                 // image_K as diffusers' output_type="np": clamp(x / 2 + 0.5, 0, 1), (H, W, 3).

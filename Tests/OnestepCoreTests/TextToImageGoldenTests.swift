@@ -18,8 +18,11 @@ struct T2IGoldenCase {
 
     static func folder(_ name: String) -> String { Fixtures.golden + "/" + name }
 
-    static func load(_ name: String) throws -> [T2IGoldenCase] {
-        let io = try SafetensorsFile(path: folder(name) + "/io.safetensors")
+    static func load(_ name: String) throws -> [T2IGoldenCase] { try load(io: folder(name) + "/io.safetensors") }
+
+    /// The cases of any io.safetensors in T2I_README.md's layout (also the LoRA and TAESD goldens of this repo).
+    static func load(io path: String) throws -> [T2IGoldenCase] {
+        let io = try SafetensorsFile(path: path)
         let meta = try XCTUnwrap(io.metadata["cases"]?.data(using: .utf8))
         let cases = try XCTUnwrap(try JSONSerialization.jsonObject(with: meta) as? [String: [String: String]])
         return try cases.keys.sorted().map { key in

@@ -45,8 +45,9 @@ enum TextFixtures {
         }
     }
 
-    static func cases(_ model: String) throws -> [Case] {
-        let f = try SafetensorsFile(path: Fixtures.golden + "/\(model)/io.safetensors")
+    /// The cases of `model`'s golden io.safetensors, or of `io` (same layout; e.g. the LoRA goldens of this repo).
+    static func cases(_ model: String, io: String? = nil) throws -> [Case] {
+        let f = try SafetensorsFile(path: io ?? Fixtures.golden + "/\(model)/io.safetensors")
         let meta = try XCTUnwrap(f.metadata["cases"]?.data(using: .utf8))
         let cases = try XCTUnwrap(try JSONSerialization.jsonObject(with: meta) as? [String: [String: String]])
         return try cases.keys.sorted().map { key in

@@ -9,12 +9,19 @@ public enum GenerationPipeline: Sendable {
 
     /// Loads any supported model folder: a diffusers pipeline whose model_index.json lists a UNet2DConditionModel
     /// is a text-to-image pipeline; anything else goes through ImagePipeline.load (pixel UNet2DModel folders).
-    /// - Throws: ModelLoadError naming the file and the reason.
+    /// `extras` (text-to-image models only): LoRA files fused at load, a decoder folder replacing vae/, a TAESD
+    /// folder loaded beside it (TextToImagePipeline.load).
+    /// - Throws: ModelLoadError naming the file and the reason (also: extras given for a pixel model).
     public static func load(path: String, name: String? = nil, precision: ConvPrecision? = nil,
-                            variant: String? = nil) throws -> GenerationPipeline {
+                            variant: String? = nil, extras: TextModelExtras = TextModelExtras()) throws -> GenerationPipeline {
         let indexPath = path + "/model_index.json"
         if FileManager.default.fileExists(atPath: indexPath), try ModelIndex(path: indexPath).isTextToImage {
-            return .text(try TextToImagePipeline.load(path: path, name: name, variant: variant))
+            return .text(try TextToImagePipeline.load(path: path, name: name, variant: variant, decoderPath: extras.decoderPath,
+                                                      taesdPath: extras.taesdPath, loras: extras.loras,
+                                                      schedulerClass: extras.schedulerClass))
+        }
+        if !extras.isEmpty {
+            throw ModelLoadError(path: path, problem: "is a pixel model (UNet2DModel); --lora, --taesd and --scheduler apply to text-to-image pipelines (model_index.json with a UNet2DConditionModel)")
         }
         return .pixel(try ImagePipeline.load(path: path, name: name, precision: precision))
     }
@@ -36,4 +43,22 @@ public enum GenerationPipeline: Sendable {
 extension ImagePipeline {
     /// Request fields a pixel model takes: seed, steps, n, and label for a class-conditional model.
     public var fields: [String] { (numClasses == nil ? [] : ["label"]) + ["seed", "steps", "n"] }
+}
+
+/// What a text-to-image model is loaded with beyond its folder (command-line flags): LoRAs fused at load, a
+/// decoder folder in place of vae/, a TAESD folder beside it, a scheduler class in place of model_index.json's.
+public struct TextModelExtras: Sendable, Equatable {
+    public var loras: [LoRASpec]
+    public var decoderPath: String?
+    public var taesdPath: String?
+    /// A SamplerRegistry class run with the folder's scheduler_config.json values, as diffusers'
+    /// `pipe.scheduler = TCDScheduler.from_config(pipe.scheduler.config)` (Hyper-SD / TCD / LCM LoRAs need it).
+    public var schedulerClass: String?
+    public init(loras: [LoRASpec] = [], decoderPath: String? = nil, taesdPath: String? = nil, schedulerClass: String? = nil) {
+        self.loras = loras
+        self.decoderPath = decoderPath
+        self.taesdPath = taesdPath
+        self.schedulerClass = schedulerClass
+    }
+    public var isEmpty: Bool { loras.isEmpty && decoderPath == nil && taesdPath == nil && schedulerClass == nil }
 }

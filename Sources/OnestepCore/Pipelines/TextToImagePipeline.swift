@@ -28,6 +28,13 @@ public struct TextGenerationRequest: Sendable, Hashable {
     }
 }
 
+/// Which decoder turns a request's latents into pixels: the pipeline folder's own vae/ (or the `--decoder`
+/// override it was loaded with), or the TAESD folder loaded beside it (`--taesd`).
+public enum DecoderChoice: String, Sendable, Hashable, CaseIterable {
+    case model = "vae"
+    case taesd
+}
+
 /// A request this pipeline cannot run (size, steps, guidance), with what to send instead.
 public struct TextGenerationError: Error, CustomStringConvertible, Equatable {
     public var problem: String
@@ -45,6 +52,10 @@ public struct TextToImagePipeline: Sendable {
     public let latentSize: Int
     /// Threads each network call uses (the same bytes on any count).
     public var threads = 1
+    /// LoRA files fused into the UNet and text encoder at load (for logs and /v1/models).
+    public var loras: [LoRASpec] = []
+    /// An AutoencoderTiny (TAESD) decoder loaded beside `decoder`, picked per request with `DecoderChoice.taesd`.
+    public var taesd: LatentDecoder?
 
     /// Default image side in pixels (diffusers: unet.config.sample_size * vae_scale_factor).
     public var defaultSize: Int { latentSize * decoder.scaleFactor }
@@ -55,10 +66,12 @@ public struct TextToImagePipeline: Sendable {
     public var usesGuidanceEmbedding: Bool { unet.config.timeCondProjDim != nil }
 
     /// The request fields this model takes, as /v1/models publishes them (`fields`). negative_prompt only where
-    /// classifier-free guidance can run (not on guidance-embedding models).
+    /// classifier-free guidance can run (not on guidance-embedding models);
+    /// `decoder` ("vae" / "taesd") when a TAESD folder was loaded beside the model's own decoder.
     public var fields: [String] {
-        usesGuidanceEmbedding ? ["prompt", "guidance_scale", "size", "seed", "steps", "n"]
-                              : ["prompt", "negative_prompt", "guidance_scale", "size", "seed", "steps", "n"]
+        (usesGuidanceEmbedding ? ["prompt", "guidance_scale", "size", "seed", "steps", "n"]
+                               : ["prompt", "negative_prompt", "guidance_scale", "size", "seed", "steps", "n"])
+            + (taesd == nil ? [] : ["decoder"])
     }
 
     public init(name: String, tokenizer: CLIPTokenizer, textEncoder: CLIPTextModel, unet: UNet2DConditionModel,
@@ -154,11 +167,28 @@ public struct TextToImagePipeline: Sendable {
         return z
     }
 
+    /// The decoder a request asked for: the folder's own, or the TAESD loaded beside it.
+    /// - Throws: TextGenerationError when `.taesd` is asked and none was loaded.
+    public func decoder(_ choice: DecoderChoice) throws -> LatentDecoder {
+        switch choice {
+        case .model: return decoder
+        case .taesd:
+            guard let taesd else {
+                throw TextGenerationError(problem: "decoder \"taesd\": model \(name) was loaded without a TAESD folder (start it with --taesd \(name)=DIR); leave decoder out")
+            }
+            return taesd
+        }
+    }
+
     /// Images (N, 3, H, W) in model space (about [-1, 1]); ImagePipeline.pngs / ImageQuantizer turn them into bytes.
+    /// `decoder`: the folder's own decoder (default) or the TAESD loaded beside it (`vae.decode` of that one, with
+    /// its own scaling_factor, as diffusers does after `pipe.vae = AutoencoderTiny.from_pretrained(...)`).
     public func generate(_ requests: [TextGenerationRequest], steps: Int, width: Int? = nil, height: Int? = nil,
-                         eta: Double? = nil, textEmbeddings: (([String]) throws -> Tensor)? = nil) throws -> Tensor {
-        try decoder.decodeScaled(try latents(requests, steps: steps, width: width, height: height, eta: eta,
-                                             textEmbeddings: textEmbeddings), threads: threads)
+                         eta: Double? = nil, decoder choice: DecoderChoice = .model,
+                         textEmbeddings: (([String]) throws -> Tensor)? = nil) throws -> Tensor {
+        let d = try decoder(choice)
+        return try d.decodeScaled(try latents(requests, steps: steps, width: width, height: height, eta: eta,
+                                              textEmbeddings: textEmbeddings), threads: threads)
     }
 }
 

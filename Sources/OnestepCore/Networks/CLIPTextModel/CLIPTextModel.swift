@@ -39,20 +39,53 @@ public struct CLIPTextModel: Sendable {
     /// false: one sgemm per projection over every token of the batch (not bitwise batch-invariant).
     public var batchInvariant = true
 
-    /// Loads a transformers text encoder folder (config.json + model.safetensors).
+    /// Loads a transformers text encoder folder (config.json + model[.variant].safetensors).
+    /// - Parameters: `variant` picks `model.<variant>.safetensors` (diffusers' `variant=`, e.g. "fp16"); nil takes
+    ///   model.safetensors, or the only variant file when there is no plain one. `loras`: LoRA files whose text
+    ///   encoder layers are fused into the weights as they are read (`loraTargets(config)`).
     /// - Throws: ModelLoadError naming the file: a config outside the subset (with the key), missing weights, a
-    ///   tensor of the wrong shape, missing or not finite, or tensors the config does not use.
-    public init(folder: String) throws {
-        let configPath = folder + "/config.json", weightsPath = folder + "/model.safetensors"
+    ///   tensor of the wrong shape, missing or not finite, tensors the config does not use, or a LoRA that does
+    ///   not fit (LoRAFusion).
+    public init(folder: String, variant: String? = nil, loras: [(file: LoRAFile, scale: Float)] = []) throws {
+        let configPath = folder + "/config.json", plainPath = folder + "/model.safetensors"
         let config = try CLIPTextConfig.load(path: configPath)
-        guard FileManager.default.fileExists(atPath: weightsPath) else {
-            throw ModelLoadError(path: weightsPath, problem: "is missing; a text encoder folder needs model.safetensors beside config.json")
+        let weightsPath: String
+        if variant == nil, FileManager.default.fileExists(atPath: plainPath) {
+            weightsPath = plainPath
+        } else {
+            let hasVariants = ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).contains { $0.hasPrefix("model.") && $0.hasSuffix(".safetensors") }
+            guard variant != nil || hasVariants else {
+                throw ModelLoadError(path: plainPath, problem: "is missing; a text encoder folder needs model.safetensors beside config.json")
+            }
+            weightsPath = try ModelDirectory.weightsFile(in: folder, base: "model", variant: variant)
         }
         let file: SafetensorsFile
         do { file = try SafetensorsFile(path: weightsPath) } catch let e as SafetensorsError {
             throw ModelLoadError(path: weightsPath, problem: e.problem + (e.tensor.map { " (tensor \($0))" } ?? ""))
         }
-        try self.init(config: config, weights: CLIPTextWeightFile(file: file))
+        let fusion = try LoRAFusion(files: loras, targets: Self.loraTargets(config))
+        if fusion.isEmpty {
+            try self.init(config: config, weights: CLIPTextWeightFile(file: file))
+        } else {
+            let fusing = FusingWeightSource(base: CLIPTextWeightFile(file: file), fusion: fusion)
+            try self.init(config: config, weights: fusing)
+            try fusing.checkAllFused()
+        }
+    }
+
+    /// The projections a LoRA may adapt: each layer's q/k/v/out_proj and mlp.fc1 / fc2, named as the weights file
+    /// does without "text_model." (LoRA files write it: PEFT "text_encoder.text_model.encoder.layers.0...",
+    /// kohya "lora_te_text_model_encoder_layers_0_...").
+    public static func loraTargets(_ config: CLIPTextConfig) -> LoRATargets {
+        let d = config.hiddenSize, i = config.intermediateSize
+        var shapes: [String: [Int]] = [:]
+        for n in 0..<config.numHiddenLayers {
+            let p = "encoder.layers.\(n)."
+            for proj in ["q_proj", "k_proj", "v_proj", "out_proj"] { shapes[p + "self_attn." + proj] = [d, d] }
+            shapes[p + "mlp.fc1"] = [i, d]
+            shapes[p + "mlp.fc2"] = [d, i]
+        }
+        return LoRATargets(component: .textEncoder, shapes: shapes, optionalPrefixes: ["text_model."])
     }
 
     public init(config: CLIPTextConfig, weights src: WeightSource) throws {
@@ -75,7 +108,9 @@ public struct CLIPTextModel: Sendable {
         }
         finalNormWeight = try src.tensor("final_layer_norm.weight", shape: [d])
         finalNormBias = try src.tensor("final_layer_norm.bias", shape: [d])
-        if let file = src as? CLIPTextWeightFile { try file.checkAllUsed(layers: config.numHiddenLayers) }
+        if let file = (src as? CLIPTextWeightFile) ?? ((src as? FusingWeightSource)?.base as? CLIPTextWeightFile) {
+            try file.checkAllUsed(layers: config.numHiddenLayers)
+        }
     }
 
     /// last_hidden_state (B, L, D) for B prompts of L token ids each (L <= max_position_embeddings, all rows the

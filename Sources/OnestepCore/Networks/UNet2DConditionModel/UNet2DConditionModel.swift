@@ -98,10 +98,30 @@ public struct UNet2DConditionModel: Sendable {
 
     /// Loads a diffusers `unet/` folder: config.json and diffusion_pytorch_model.safetensors. Refuses a weight
     /// file holding tensors the config does not use (they belong to another architecture).
-    public static func load(directory: String, variant: String? = nil) throws -> UNet2DConditionModel {
+    /// `loras`: LoRA files (with their scales) fused into the weights as they are read, before packing; their
+    /// UNet layers are matched against `loraTargets(config)` (LoRAFusion.swift).
+    /// - Throws: ModelLoadError naming config.json, the weights file or the LoRA file and the reason.
+    public static func load(directory: String, variant: String? = nil,
+                            loras: [(file: LoRAFile, scale: Float)] = []) throws -> UNet2DConditionModel {
         try ComponentFolder.load(directory: directory, variant: variant) { configPath, src in
-            try UNet2DConditionModel(config: try UNet2DConditionConfig.load(path: configPath), weights: src)
+            let config = try UNet2DConditionConfig.load(path: configPath)
+            let fusion = try LoRAFusion(files: loras, targets: loraTargets(config))
+            guard !fusion.isEmpty else { return try UNet2DConditionModel(config: config, weights: src) }
+            let fusing = FusingWeightSource(base: src, fusion: fusion)
+            let model = try UNet2DConditionModel(config: config, weights: fusing)
+            try fusing.checkAllFused()
+            return model
         }
+    }
+
+    /// Every weight of the UNet a LoRA may adapt: the plan's convolutions and projections plus the time
+    /// embedding's linears (LCM-LoRA and kohya files adapt time_embedding.linear_1 / linear_2 too).
+    public static func loraTargets(_ cfg: UNet2DConditionConfig) -> LoRATargets {
+        let c0 = cfg.blockOutChannels[0], t = cfg.timeEmbedDim
+        var params = plan(cfg).parameters
+        params += [("time_embedding.linear_1.weight", [t, c0]), ("time_embedding.linear_2.weight", [t, t])]
+        if let d = cfg.timeCondProjDim { params.append(("time_embedding.cond_proj.weight", [c0, d])) }
+        return LoRATargets(component: .unet, parameters: params)
     }
 
     /// silu(time_embedding(time_proj(t) [+ cond_proj(timestep_cond)])): what every resnet's time_emb_proj reads.
