@@ -111,6 +111,16 @@ void osk_lq8_gemm(int level, const uint32_t *xq, const float *xscale, const int3
 /// the CPU lacks AVX-512 VNNI). The caller times it: the VNNI peak of one core.
 int64_t osk_vnni_peak_ops(int64_t iterations, int64_t *checksum);
 
+/// Peaks (onestep_peak.c). Runs 8 * `iterations` dependent integer adds (one cycle each) and returns that cycle
+/// count: the caller times it for the core's clock frequency.
+int64_t osk_add_chain_cycles(int64_t iterations);
+/// Runs `iterations` of 16 independent chains of 512-bit vfmadd231ps; returns the flops done (0 without AVX-512).
+int64_t osk_fma_peak_ops(int64_t iterations, double *checksum);
+/// 1 when this CPU has AVX-512 BF16 (vdpbf16ps) besides the avx512 level.
+int osk_bf16_supported(void);
+/// Runs `iterations` of 16 independent chains of 512-bit vdpbf16ps; returns the flops done (0 without AVX512-BF16).
+int64_t osk_bf16_peak_ops(int64_t iterations, double *checksum);
+
 #ifdef __cplusplus
 }
 #endif

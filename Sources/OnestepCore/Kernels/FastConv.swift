@@ -409,3 +409,43 @@ extension FastConv {
         return 2 * Double(rows * k * n) / best / 1e9
     }
 }
+
+/// The machine's measured arithmetic peaks on one core (onestep_peak.c): dependent-free chains of the 512-bit
+/// multiply-add of each kind on registers, and the clock from a chain of dependent adds, so every peak is also
+/// given in operations per cycle. Best interval of many short ones (a shared machine: the least disturbed run).
+public struct MachinePeaks: Sendable {
+    /// Core clock measured by a dependent-add chain, GHz.
+    public var ghz: Double
+    /// int8 (vpdpbusd: u8 x s8, 2 ops per multiply-add), fp32 FMA (vfmadd231ps) and bf16 (vdpbf16ps), in
+    /// G operations per second on one core; nil when the CPU lacks the instruction.
+    public var vnniGops: Double?, fmaGflops: Double?, bf16Gflops: Double?
+
+    public static func measure(seconds: Double = 0.5) -> MachinePeaks {
+        // Each figure is the best of many ~1 ms intervals spread over `seconds`, the four kinds interleaved so
+        // a busy moment on the shared machine hits them alike.
+        var best = [Double](repeating: .infinity, count: 4)
+        var iCheck: Int64 = 0, fCheck = 0.0
+        let iterations: Int64 = 1 << 14
+        func timed(_ body: () -> Void) -> Double {
+            let start = DispatchTime.now().uptimeNanoseconds
+            body()
+            return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        }
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(seconds, 0.01) * 1e9)
+        var ops: [Int64] = [0, 0, 0, 0]
+        repeat {
+            best[0] = min(best[0], timed { ops[0] = osk_add_chain_cycles(4 * iterations) })
+            best[1] = min(best[1], timed { ops[1] = osk_vnni_peak_ops(iterations, &iCheck) })
+            best[2] = min(best[2], timed { ops[2] = osk_fma_peak_ops(iterations, &fCheck) })
+            best[3] = min(best[3], timed { ops[3] = osk_bf16_peak_ops(iterations, &fCheck) })
+        } while DispatchTime.now().uptimeNanoseconds < deadline
+        func rate(_ i: Int) -> Double? { ops[i] > 0 ? Double(ops[i]) / best[i] / 1e9 : nil }
+        return MachinePeaks(ghz: rate(0) ?? 0, vnniGops: rate(1), fmaGflops: rate(2), bf16Gflops: rate(3))
+    }
+
+    /// "1153.7 GOP/s (256.0/cycle)" or "n/a".
+    public static func describe(_ g: Double?, ghz: Double) -> String {
+        guard let g else { return "n/a (instruction missing)" }
+        return String(format: "%.1f (%.1f per cycle)", g, ghz > 0 ? g / ghz : 0)
+    }
+}
