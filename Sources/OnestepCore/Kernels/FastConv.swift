@@ -153,9 +153,13 @@ public enum FastConv {
             w.rowSums.withUnsafeBufferPointer { rs in
                 w.scales.withUnsafeBufferPointer { sc in
                     nonisolated(unsafe) let ap = a.baseAddress!, rsp = rs.baseAddress!, scp = sc.baseAddress!
-                    forEachColumnRange(y.columns, team: team) { n0, n1 in
-                        var gc = g
-                        osk_conv_q8(level.rawValue, &gc, ap, rsp, scp, xq, xs, xz, n, h, wd, yp, Int64(n0), Int64(n1))
+                    let grid = int8Grid(rows: w.geometry.outChannels, columns: y.columns, threads: team?.threads ?? 1)
+                    forEachRange(grid.rowParts * grid.columnParts, granule: 1, team: grid.rowParts * grid.columnParts > 1 ? team : nil) { c0, c1 in
+                        for cell in c0..<c1 {
+                            let (m0, m1) = grid.rows(cell / grid.columnParts), (n0, n1) = grid.columns(cell % grid.columnParts)
+                            var gc = g
+                            osk_conv_q8_part(level.rawValue, &gc, ap, rsp, scp, xq, xs, xz, n, h, wd, yp, Int64(n0), Int64(n1), Int32(m0), Int32(m1))
+                        }
                     }
                 }
             }
@@ -242,6 +246,31 @@ public enum FastConv {
     /// Splits 0..<count into contiguous ranges (multiples of `granule`), one per team thread, run concurrently.
     public static func forEachRange(_ count: Int, granule: Int, team: ThreadTeam?, _ body: @Sendable (Int, Int) -> Void) {
         forEachPart(count, granule: granule, team: team) { _, lo, hi in body(lo, hi) }
+    }
+
+    /// How an int8 convolution's (rows, columns) output is cut between team threads: columns in parts of at least
+    /// 256 (the kernel's column block: A is read once per block, so thinner parts would re-read the weights from
+    /// L3), and the rows of 8-row panels when the columns alone give fewer parts than `chunksPerThread` per thread
+    /// (large layers at small resolution: 1280 channels at 16x16 is 256 columns). Each output is the same integer
+    /// sum whatever its part, so the bytes do not depend on the grid.
+    struct Int8Grid {
+        var rowCount: Int, columnCount: Int, rowParts: Int, columnParts: Int
+        func rows(_ i: Int) -> (Int, Int) {
+            let panels = (rowCount + 7) / 8
+            return (panels * i / rowParts * 8, min(rowCount, panels * (i + 1) / rowParts * 8))
+        }
+        func columns(_ i: Int) -> (Int, Int) {
+            let tiles = (columnCount + tileColumns - 1) / tileColumns
+            return (tiles * i / columnParts * tileColumns, min(columnCount, tiles * (i + 1) / columnParts * tileColumns))
+        }
+    }
+
+    static func int8Grid(rows: Int, columns: Int, threads: Int) -> Int8Grid {
+        guard threads > 1 else { return Int8Grid(rowCount: rows, columnCount: columns, rowParts: 1, columnParts: 1) }
+        let parts = threads * chunksPerThread, panels = (rows + 7) / 8
+        let columnParts = max(1, min(parts, columns / 256))
+        let rowParts = max(1, min(panels, (parts + columnParts - 1) / columnParts))
+        return Int8Grid(rowCount: rows, columnCount: columns, rowParts: rowParts, columnParts: columnParts)
     }
 
     /// Chunks per team thread: more chunks than threads, so a thread the OS deschedules on a shared machine
@@ -447,5 +476,23 @@ public struct MachinePeaks: Sendable {
     public static func describe(_ g: Double?, ghz: Double) -> String {
         guard let g else { return "n/a (instruction missing)" }
         return String(format: "%.1f (%.1f per cycle)", g, ghz > 0 ? g / ghz : 0)
+    }
+}
+
+extension FastConv {
+    /// Test hook: the int8 conv of x (Cin, N, H, W) onto `initial` (Cout, cols) computed by osk_conv_q8_part on each
+    /// (output rows, output columns) rectangle in turn, so tests can check any cut gives the reference's bits.
+    static func convInt8Parts(_ x: [Float], channels: Int, batch: Int, height: Int, width: Int, upsample: Bool,
+                              _ w: PackedConvInt8, initial: [Float], level: KernelLevel,
+                              rectangles: [(Range<Int>, Range<Int>)], into y: inout [Float]) {
+        var g = cGeometry(w.geometry, upsample: upsample)
+        let hw = height * width, c4 = (channels + 3) / 4
+        var xq = [UInt32](repeating: 0, count: c4 * batch * hw), xs = [Float](repeating: 0, count: batch), xz = [Int32](repeating: 0, count: batch)
+        osk_q8_quantize(level.rawValue, x, Int32(channels), Int32(batch), Int32(hw), 0, Int32(batch), &xq, &xs, &xz)
+        y = initial
+        for (rows, cols) in rectangles {
+            osk_conv_q8_part(level.rawValue, &g, w.codes, w.rowSums, w.scales, xq, xs, xz, Int32(batch), Int32(height), Int32(width),
+                             &y, Int64(cols.lowerBound), Int64(cols.upperBound), Int32(rows.lowerBound), Int32(rows.upperBound))
+        }
     }
 }
