@@ -6,7 +6,7 @@ import OnestepCore
 
 enum BenchCommand {
     static let command = Subcommand("bench", summary: "forward-pass speed at several batch sizes, next to an OpenBLAS sgemm of the same run",
-                                    synopsis: "bench (--model DIR ... | --config cd_imagenet64) [--batch 1,16] [--threads 1,2] [--precision fp32,int8,blas] [--json]",
+                                    synopsis: "bench (--model DIR ... | --config cd_imagenet64 | --kernels) [--batch 1,16] [--threads 1,2] [--precision fp32,int8,blas] [--peak] [--json]",
                                     flags: flags, run: run)
 
     static let flags = [
@@ -16,7 +16,8 @@ enum BenchCommand {
         FlagSpec("seconds", "time to spend per row", default: "2"),
         FlagSpec("threads", "comma-separated: cores one forward is split over (a thread team; BLAS threads too for blas)", default: "1"),
         FlagSpec("int8-policy", "layers run int8 for --config models: inner-convolutions or inner-convolutions+attention-projections", default: "inner-convolutions+attention-projections"),
-        FlagSpec("peak", "also measure the machine's peaks (sgemm 2048^3, int8 GEMM) and print each row's fraction of them", isSwitch: true),
+        FlagSpec("peak", "also measure the machine's peaks (clock; VNNI, fp32 FMA and bf16 chains; sgemm 2048^3, int8 GEMM) and print each row's fraction of them", isSwitch: true),
+        FlagSpec("kernels", "bench the int8 / bf16 / fp32 kernels alone on the cd_imagenet64 and SD-family layer shapes (one core, GOP per CPU second, fraction of the measured peaks)", isSwitch: true),
         FlagSpec("workers", "forward passes run side by side, each on its own batch (as the server's workers do); images/s is their sum", default: "1"),
         FlagSpec("precision", "comma-separated: fp32, int8, blas (im2col + OpenBLAS baseline)", default: "fp32,int8"),
         FlagSpec("json", "print one JSON object per row instead of the table", isSwitch: true),
@@ -38,7 +39,7 @@ enum BenchCommand {
         let seconds = try f.double("seconds", range: 0.05...600) ?? 2
         let workers = try f.int("workers", range: 1...64) ?? 1
         let models = f.all("model"), configs = f.all("config")
-        if models.isEmpty && configs.isEmpty && !f.isSet("peak") { _ = try f.required("model") }
+        if models.isEmpty && configs.isEmpty && !f.isSet("peak") && !f.isSet("kernels") { _ = try f.required("model") }
         var rows: [Row] = []
         // Every model runs with fp32 kernels and with int8 kernels (weights quantized per output channel at
         // load if the file is float); --precision picks one, "blas" adds the im2col + OpenBLAS baseline.
@@ -52,6 +53,13 @@ enum BenchCommand {
         }
         // Peaks per thread count, measured once in this run (the machine is shared: same-run ratios only).
         var peaks: [Int: (f32: Double, int8: Double)] = [:]
+        if f.isSet("peak") || f.isSet("kernels") {
+            let m = MachinePeaks.measure(seconds: 1)
+            FileHandle.standardError.write(Data(String(format: "machine peaks, one core (dependent-free chains on registers, best ~1 ms interval): clock %.2f GHz; int8 VNNI vpdpbusd %@ GOP/s; fp32 FMA %@ GFLOP/s; bf16 vdpbf16ps %@ GFLOP/s\n",
+                                                       m.ghz, MachinePeaks.describe(m.vnniGops, ghz: m.ghz), MachinePeaks.describe(m.fmaGflops, ghz: m.ghz),
+                                                       MachinePeaks.describe(m.bf16Gflops, ghz: m.ghz)).utf8))
+            if f.isSet("kernels") { print(BenchKernels.run(seconds: min(seconds, 1), peaks: m)) }
+        }
         if f.isSet("peak") {
             for t in threadCounts {
                 let team = t > 1 ? ThreadTeam(threads: t) : nil

@@ -496,3 +496,54 @@ extension FastConv {
         }
     }
 }
+
+// MARK: - bf16 (FastConvBF16.swift holds the packed types)
+
+extension FastConv {
+    /// True when the bf16 kernels run on vdpbf16ps here (else on their exact scalar emulation, much slower).
+    public static var hasBF16Instructions: Bool { osk_bf16_supported() != 0 }
+
+    static func packBF16(_ w: [Float], rows m: Int, inChannels cin: Int, taps: Int) -> [UInt32] {
+        let count = osk_bf16_packed_count(Int32(m), Int32(cin), Int32(taps))
+        return [UInt32](unsafeUninitializedCapacity: count) { buf, n in
+            w.withUnsafeBufferPointer { osk_bf16_pack($0.baseAddress!, Int32(m), Int32(cin), Int32(taps), buf.baseAddress!) }
+            n = count
+        }
+    }
+
+    /// y (Cout, N, Ho, Wo) = conv(x) + bias [+ existing] with bf16 products summed in fp32 (onestep_bf16.c).
+    /// Each output is one chain in a fixed order, so the bytes do not depend on the batch, the image's position
+    /// or the team size; `.avx512` uses vdpbf16ps when the CPU has it, other levels its scalar emulation.
+    public static func conv(_ x: Activation, _ w: PackedConvBF16, upsample: Bool = false, pool: BufferPool,
+                            accumulateInto existing: Activation? = nil, level: KernelLevel = .best,
+                            team: ThreadTeam? = nil) -> Activation {
+        let g = cGeometry(w.geometry, upsample: upsample)
+        precondition(x.channels == w.geometry.inChannels, "conv: input has \(x.channels) channels, needs \(w.geometry.inChannels)")
+        precondition(level.isSupported, "conv: kernel level \(level) not supported on this CPU")
+        let y = prepareOutput(x, w.geometry, bias: w.bias, upsample: upsample, pool: pool, existing: existing)
+        nonisolated(unsafe) let xp = x.data, yp = y.data
+        let n = Int32(x.batch), h = Int32(x.height), wd = Int32(x.width)
+        w.words.withUnsafeBufferPointer { a in
+            nonisolated(unsafe) let ap = a.baseAddress!
+            forEachColumnRange(y.columns, team: team) { n0, n1 in
+                var gc = g
+                osk_conv_bf16(level.rawValue, &gc, ap, xp, n, h, wd, yp, Int64(n0), Int64(n1))
+            }
+        }
+        return y
+    }
+
+    /// C (M, cols) += A (M, K) * B (K, cols) in bf16 products, row-major B and C; columns `columns`.
+    public static func gemm(_ a: PackedGemmBF16, b: UnsafePointer<Float>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int,
+                            columns: Range<Int>, level: KernelLevel = .best, team: ThreadTeam? = nil) {
+        precondition(level.isSupported, "gemm: kernel level \(level) not supported on this CPU")
+        nonisolated(unsafe) let bp = b, cp = c
+        let m = Int32(a.rows), k = Int32(a.depth), lo = columns.lowerBound
+        a.words.withUnsafeBufferPointer { ap in
+            nonisolated(unsafe) let app = ap.baseAddress!
+            forEachColumnRange(columns.count, team: team) { n0, n1 in
+                osk_gemm_bf16(level.rawValue, app, m, k, bp, Int64(ldb), cp, Int64(ldc), Int64(lo + n0), Int64(lo + n1))
+            }
+        }
+    }
+}
