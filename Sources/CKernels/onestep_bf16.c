@@ -145,6 +145,68 @@ BF16_TARGET static void kernel_bf16_avx512(int kp, const uint32_t *a, const uint
 #undef STEP
 #undef STOREC
 }
+
+/// Tile rows kb..<kb+kc (kp = q * taps + t) of one tile: as pack_bf16_avx512, for one k block.
+BF16_TARGET static void pack_bf16_range_avx512(const geo_t *g, const tap_t *taps, const float *x, int kb, int kc, uint32_t *bt) {
+    int q = kb / g->taps, t = kb % g->taps;
+    for (int k = 0; k < kc; k++) {
+        const float *p0 = x + (int64_t)(2 * q) * g->plane;
+        const int has1 = 2 * q + 1 < g->c;
+        const float *p1 = p0 + (has1 ? g->plane : 0);
+        const tap_t *tp = &taps[t];
+        uint32_t *d = bt + (size_t)k * NR;
+        for (int v = 0; v < 2; v++) {
+            __mmask16 m = (__mmask16)(tp->valid >> (16 * v));
+            __m512 a, b;
+            if (tp->contiguous) {
+                a = _mm512_maskz_loadu_ps(m, p0 + tp->base + 16 * v);
+                b = has1 ? _mm512_maskz_loadu_ps(m, p1 + tp->base + 16 * v) : _mm512_setzero_ps();
+            } else {
+                __m512i idx = _mm512_loadu_si512(tp->off + 16 * v);
+                a = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, p0, 4);
+                b = has1 ? _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, idx, p1, 4) : _mm512_setzero_ps();
+            }
+            _mm512_store_si512(d + 16 * v, _mm512_or_si512(bf16_lanes(a), _mm512_slli_epi32(bf16_lanes(b), 16)));
+        }
+        if (++t == g->taps) { t = 0; q++; }
+    }
+}
+
+// Blocked as the int8 driver (onestep_conv_q8.c): 256 columns x 192 k-pairs of bf16 tiles packed per block, every
+// 8-row panel over the block's tiles with its A sliver in L1. The chain of each output simply continues in y
+// between k blocks (y holds the fp32 sum so far), so the arithmetic is the unblocked chain, step for step.
+#define BNB 256
+#define BKC 192
+#define BTILES (BNB / NR)
+
+static void run_bf16_blocked(const geo_t *g, const uint32_t *packed, int32_t m, const float *x, float *y, int64_t ldc,
+                             int64_t n0, int64_t n1) {
+    const int kp = (g->c + 1) / 2 * g->taps, panels = (m + MR - 1) / MR;
+    tap_t *taps = osk_ws_get(OSK_WS_TAPS, (size_t)BTILES * g->taps * sizeof(tap_t));
+    uint32_t *bb = osk_ws_get(OSK_WS_BLOCK, (size_t)BTILES * BKC * NR * sizeof(uint32_t));
+    if (!taps || !bb) abort();
+    for (int64_t jb = n0; jb < n1; jb += BNB) {
+        const int nb = (int)(n1 - jb < BNB ? n1 - jb : BNB), tiles = (nb + NR - 1) / NR;
+        for (int t = 0; t < tiles; t++)
+            osk_tile_taps(g, jb + (int64_t)t * NR, nb - t * NR < NR ? nb - t * NR : NR, taps + (size_t)t * g->taps);
+        for (int kb = 0; kb < kp; kb += BKC) {
+            const int kc = kp - kb < BKC ? kp - kb : BKC;
+            for (int t = 0; t < tiles; t++)
+                pack_bf16_range_avx512(g, taps + (size_t)t * g->taps, x, kb, kc, bb + (size_t)t * BKC * NR);
+            for (int p = 0; p < panels; p++) {
+                const int mr = m - p * MR < MR ? m - p * MR : MR;
+                const uint32_t *a = packed + ((size_t)p * kp + kb) * MR;
+                for (int t = 0; t < tiles; t++) {
+                    const int64_t j0 = jb + (int64_t)t * NR;
+                    const int nc = nb - t * NR < NR ? nb - t * NR : NR;
+                    float *crow[MR];
+                    for (int r = 0; r < MR; r++) crow[r] = r < mr ? y + (int64_t)(p * MR + r) * ldc + j0 : osk_dummy_rows[r];
+                    kernel_bf16_avx512(kc, a, bb + (size_t)t * BKC * NR, crow, nc);
+                }
+            }
+        }
+    }
+}
 #endif
 
 /// 1 when `level` runs the bf16 kernels on vdpbf16ps (else they run the scalar emulation).
@@ -157,6 +219,9 @@ static void run_bf16(int level, const geo_t *g, const uint32_t *packed, int32_t 
     tap_t *taps = osk_ws_get(OSK_WS_TAPS, (size_t)g->taps * sizeof(tap_t));
     if (!bt || !taps) abort();
     const int fast = bf16_fast(level);
+#if OSK_X86
+    if (fast) { run_bf16_blocked(g, packed, m, x, y, ldc, n0, n1); return; }
+#endif
     for (int64_t j0 = n0; j0 < n1; j0 += NR) {
         int nc = (int)(n1 - j0 < NR ? n1 - j0 : NR);
         osk_tile_taps(g, j0, nc, taps);
