@@ -7,7 +7,7 @@ import OnestepCore
 
 enum BenchCommand {
     static let command = Subcommand("bench", summary: "forward-pass speed at several batch sizes, next to an OpenBLAS sgemm of the same run",
-                                    synopsis: "bench (--model DIR ... | --config cd_imagenet64|sd-turbo|sdxs) [--batch 1,16] [--threads 1,2] [--precision fp32,int8,blas] [--runs 2] [--json]",
+                                    synopsis: "bench (--model DIR ... | --config cd_imagenet64|sd-turbo|sdxs | --kernels) [--batch 1,16] [--threads 1,2] [--precision fp32,int8,blas] [--runs 2] [--peak] [--json]",
                                     flags: flags, run: run)
 
     static let flags = [
@@ -20,7 +20,8 @@ enum BenchCommand {
         FlagSpec("seconds", "time to spend per row", default: "2"),
         FlagSpec("threads", "comma-separated: cores one forward is split over (a thread team; BLAS threads too for blas)", default: "1"),
         FlagSpec("int8-policy", "layers run int8 for --config models: inner-convolutions or inner-convolutions+attention-projections", default: "inner-convolutions+attention-projections"),
-        FlagSpec("peak", "also measure the machine's peaks (sgemm 2048^3, int8 GEMM) and print each row's fraction of them", isSwitch: true),
+        FlagSpec("peak", "also measure the machine's peaks (clock; VNNI, fp32 FMA and bf16 chains; sgemm 2048^3, int8 GEMM) and print each row's fraction of them", isSwitch: true),
+        FlagSpec("kernels", "bench the int8 / bf16 / fp32 kernels alone on the cd_imagenet64 and SD-family layer shapes (one core, GOP per CPU second, fraction of the measured peaks)", isSwitch: true),
         FlagSpec("workers", "forward passes run side by side, each on its own batch (as the server's workers do); images/s is their sum", default: "1"),
         FlagSpec("precision", "comma-separated: fp32, int8, blas (im2col + OpenBLAS baseline)", default: "fp32,int8"),
         FlagSpec("json", "print one JSON object per row instead of the table", isSwitch: true),
@@ -31,6 +32,9 @@ enum BenchCommand {
         var imagesPerSecond: Double, gflops: Double, sgemmGflops: Double
         /// Mean time of one forward pass of the whole batch (the latency a request of this batch sees in compute).
         var batchMilliseconds: Double
+        /// Fastest single forward (wall), and process CPU time per forward (all threads, spinning helpers included):
+        /// on a shared machine these move far less than the mean wall time.
+        var bestMilliseconds: Double = 0, cpuMilliseconds: Double = 0
         var ratio: Double { gflops / sgemmGflops }
         /// The machine's measured peak for this row's arithmetic on as many cores (0 when not measured).
         var peakGflops: Double = 0
@@ -42,7 +46,7 @@ enum BenchCommand {
         let seconds = try f.double("seconds", range: 0.05...600) ?? 2
         let workers = try f.int("workers", range: 1...64) ?? 1
         let allModels = f.all("model"), allConfigs = f.all("config")
-        if allModels.isEmpty && allConfigs.isEmpty && !f.isSet("peak") { _ = try f.required("model") }
+        if allModels.isEmpty && allConfigs.isEmpty && !f.isSet("peak") && !f.isSet("kernels") { _ = try f.required("model") }
         // Text-to-image configs and folders are benched part by part (BenchLatent); the rest as before.
         let textConfigs = allConfigs.compactMap { LatentBenchConfig.all[$0] }
         let configs = allConfigs.filter { LatentBenchConfig.all[$0] == nil }
@@ -66,6 +70,13 @@ enum BenchCommand {
         }
         // Peaks per thread count, measured once in this run (the machine is shared: same-run ratios only).
         var peaks: [Int: (f32: Double, int8: Double)] = [:]
+        if f.isSet("peak") || f.isSet("kernels") {
+            let m = MachinePeaks.measure(seconds: 1)
+            FileHandle.standardError.write(Data(String(format: "machine peaks, one core (dependent-free chains on registers, best ~1 ms interval): clock %.2f GHz; int8 VNNI vpdpbusd %@ GOP/s; fp32 FMA %@ GFLOP/s; bf16 vdpbf16ps %@ GFLOP/s\n",
+                                                       m.ghz, MachinePeaks.describe(m.vnniGops, ghz: m.ghz), MachinePeaks.describe(m.fmaGflops, ghz: m.ghz),
+                                                       MachinePeaks.describe(m.bf16Gflops, ghz: m.ghz)).utf8))
+            if f.isSet("kernels") { print(BenchKernels.run(seconds: min(seconds, 1), peaks: m)) }
+        }
         if f.isSet("peak") {
             for t in threadCounts {
                 let team = t > 1 ? ThreadTeam(threads: t) : nil
@@ -123,18 +134,27 @@ enum BenchCommand {
         let labels = p.numClasses.map { n in (0..<batch).map { $0 % n } }
         let t = ConsistencySchedule(config: .init(), steps: 1).timesteps[0]
         // Each worker has its own buffer pool and runs whole batches, like the server's compute threads.
-        let rates = UnsafeMutableBufferPointer<Double>.allocate(capacity: workers)
+        let rates = UnsafeMutableBufferPointer<Double>.allocate(capacity: 3 * workers)
         defer { rates.deallocate() }
         nonisolated(unsafe) let out = rates
+        let cpuStart = processCPUSeconds()
         DispatchQueue.concurrentPerform(iterations: workers) { w in
             let pool = BufferPool()
             pool.team = threads > 1 ? ThreadTeam(threads: threads) : nil
+            var best = Double.infinity, calls = 0
             out[w] = rate(seconds: seconds, warmup: 1) {
+                let start = DispatchTime.now().uptimeNanoseconds
                 _ = p.model.forwardBatched(x, timesteps: Array(repeating: t, count: batch), classLabels: labels, pool: pool)
+                best = min(best, Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6)
+                calls += 1
             }
+            out[workers + w] = best
+            out[2 * workers + w] = Double(calls - 1)  // the warm-up call is not in the rate
         }
-        let perSecond = rates.reduce(0, +)
-        let batchMilliseconds = rates.reduce(0) { $0 + 1000 / $1 } / Double(workers)
+        let cpuPerCall = (processCPUSeconds() - cpuStart) * 1e3 / max(1, (0..<workers).reduce(0.0) { $0 + rates[2 * workers + $1] + 1 })
+        let perSecond = rates.prefix(workers).reduce(0, +)
+        let batchMilliseconds = rates.prefix(workers).reduce(0) { $0 + 1000 / $1 } / Double(workers)
+        let bestMilliseconds = (0..<workers).map { rates[workers + $0] }.min() ?? 0
         let flops = p.model.flopsPerImage * Double(batch)
         // The sgemm a perfect conv would be: the dominant conv's (Cout, Cin*9) x (Cin*9, Ho*Wo*batch).
         let dominant = p.model.dominantConvolution, geo = dominant.convGeometry!
@@ -146,7 +166,8 @@ enum BenchCommand {
         DispatchQueue.concurrentPerform(iterations: workers) { w in sgOut[w] = sgemmGflops(m: m, n: n, k: k, seconds: min(seconds, 1)) }
         let sgemm = sg.reduce(0, +)
         return Row(model: p.name, dtype: p.precision == .blas ? "fp32-blas" : (p.precision == .int8 ? "int8" : "float32"), batch: batch, threads: threads, imagesPerSecond: perSecond * Double(batch),
-                   gflops: perSecond * flops / 1e9, sgemmGflops: sgemm, batchMilliseconds: batchMilliseconds)
+                   gflops: perSecond * flops / 1e9, sgemmGflops: sgemm, batchMilliseconds: batchMilliseconds,
+                   bestMilliseconds: bestMilliseconds, cpuMilliseconds: cpuPerCall)
     }
 
     /// Calls per second of `body`, after `warmup` calls, over at least `seconds`.
@@ -184,10 +205,11 @@ enum BenchCommand {
         // "fp32-blas" and would cut long model names.
         func pad(_ s: String, _ w: Int) -> String { s + String(repeating: " ", count: max(0, w - s.count)) }
         let mw = max(22, (rows.map(\.model.count).max() ?? 0) + 1), dw = max(10, (rows.map(\.dtype.count).max() ?? 0) + 1)
-        var s = pad("model", mw) + pad("dtype", dw) + "batch threads  ms/batch   images/s    GFLOP/s   sgemm GFLOP/s   ratio  of peak\n"
+        var s = pad("model", mw) + pad("dtype", dw) + "batch threads  ms/batch   best ms     cpu ms   images/s    GFLOP/s   sgemm GFLOP/s   ratio  of peak\n"
         for r in rows {
             s += pad(r.model, mw) + pad(r.dtype, dw)
-            s += String(format: "%5d %7d %9.3f %10.2f %10.2f %15.2f %7.3f", r.batch, r.threads, r.batchMilliseconds, r.imagesPerSecond, r.gflops, r.sgemmGflops, r.ratio)
+            s += String(format: "%5d %7d %9.3f %9.3f %10.3f %10.2f %10.2f %15.2f %7.3f", r.batch, r.threads, r.batchMilliseconds, r.bestMilliseconds,
+                        r.cpuMilliseconds, r.imagesPerSecond, r.gflops, r.sgemmGflops, r.ratio)
             s += r.peakGflops > 0 ? String(format: " %7.1f%%\n", 100 * r.gflops / r.peakGflops) : "        -\n"
         }
         return s
@@ -206,10 +228,18 @@ enum BenchCommand {
 
     static func json(_ r: Row) -> String {
         let d: [String: Any] = ["model": r.model, "dtype": r.dtype, "batch": r.batch, "threads": r.threads, "peak_gflops": r.peakGflops,
-                                "images_per_s": r.imagesPerSecond, "batch_ms": r.batchMilliseconds, "gflops": r.gflops,
+                                "images_per_s": r.imagesPerSecond, "batch_ms": r.batchMilliseconds, "best_batch_ms": r.bestMilliseconds,
+                                "cpu_ms_per_batch": r.cpuMilliseconds, "gflops": r.gflops,
                                 "sgemm_gflops": r.sgemmGflops, "ratio_to_sgemm": r.ratio]
         let data = (try? JSONSerialization.data(withJSONObject: d, options: [.sortedKeys])) ?? Data()
         return String(decoding: data, as: UTF8.self)
+    }
+
+    /// User + system CPU seconds of the whole process so far (getrusage).
+    static func processCPUSeconds() -> Double {
+        var u = rusage()
+        getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &u)
+        return Double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + Double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6
     }
 
     /// VmHWM from /proc/self/status, in MiB.

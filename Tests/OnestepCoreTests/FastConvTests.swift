@@ -165,6 +165,58 @@ final class FastConvTests: XCTestCase {
         print(String(format: "FastConv int8 worst relative L2 vs fp32 reference: %.4f", worst))
     }
 
+    /// Shapes that cross the AVX-512 int8 kernel's blocks: k quads past one 192-quad block (and not a multiple of
+    /// it), columns past one 256-column block with a ragged last tile, Cout not a multiple of the 8-row panel,
+    /// Cin not a multiple of 4, stride 2, the fused upsample; run whole and cut into (rows, columns) parts.
+    static let blockCases: [Case] = [
+        Case(geometry: ConvGeometry(inChannels: 130, outChannels: 21, kernel: 3, padding: 1), batch: 3, height: 11, width: 13, name: "3x3 K4 297, 429 columns"),
+        Case(geometry: ConvGeometry(inChannels: 771, outChannels: 9, kernel: 1, padding: 0), batch: 2, height: 9, width: 31, name: "1x1 K4 193, 558 columns"),
+        Case(geometry: ConvGeometry(inChannels: 97, outChannels: 35, kernel: 3, stride: 2, padding: 1), batch: 1, height: 33, width: 35, name: "3x3 s2 K4 225"),
+        Case(geometry: ConvGeometry(inChannels: 45, outChannels: 17, kernel: 3, padding: 1), batch: 2, height: 9, width: 7, upsample: true, name: "upsample 3x3 K4 108"),
+    ]
+
+    /// int8 convolution against the plain integer reference (Reference.convInt8ChannelMajor): the same bits at
+    /// every level, on thread teams of 1-3 (the team cuts rows and columns), and through osk_conv_q8_part on
+    /// arbitrary (rows, columns) rectangles.
+    func testInt8MatchesIntegerReferenceExactly() {
+        for (ci, c) in (Self.cases + Self.blockCases).enumerated() {
+            let layer = Self.layer(c.geometry, seed: UInt64(ci + 11))
+            var r = Rand(state: UInt64(500 + ci))
+            var x = r.values(c.geometry.inChannels * c.batch * c.height * c.width)
+            for i in x.indices where i % 5 == 0 { x[i] += 0.75 }  // not centred on 0: zero points away from 128
+            let residual = r.values(Self.outputCount(c, batch: c.batch))
+            let packed = PackedConvInt8(layer)
+            var initial = residual
+            let cols = initial.count / c.geometry.outChannels
+            for co in 0..<c.geometry.outChannels { for j in 0..<cols { initial[co * cols + j] += layer.bias!.data[co] } }
+            let ref = Reference.convInt8ChannelMajor(x, batch: c.batch, height: c.height, width: c.width, upsample: c.upsample,
+                                                     weights: packed.unpacked(), geometry: c.geometry, initial: initial)
+            for level in Self.levels {
+                for threads in [1, 2, 3] {
+                    let y = Self.run(c, layer, x: x, batch: c.batch, residual: residual, int8: true, level: level, threads: threads)
+                    if y != ref {
+                        let bad = zip(y, ref).enumerated().first { $0.element.0 != $0.element.1 }!
+                        XCTFail("\(c.name) \(level) threads \(threads): output \(bad.offset) is \(bad.element.0), reference \(bad.element.1)")
+                    }
+                }
+                let parts = Self.runInt8Parts(c, packed, x: x, initial: initial, level: level)
+                XCTAssertEqual(parts, ref, "\(c.name) \(level): osk_conv_q8_part rectangles differ from the reference")
+            }
+        }
+    }
+
+    /// The int8 conv cut into a 3 x 4 grid of (rows, columns) rectangles, run one by one.
+    static func runInt8Parts(_ c: Case, _ w: PackedConvInt8, x: [Float], initial: [Float], level: KernelLevel) -> [Float] {
+        let rows = c.geometry.outChannels, cols = initial.count / rows, panels = (rows + 7) / 8, tiles = (cols + 31) / 32
+        let rowCuts = (0...3).map { min(rows, panels * $0 / 3 * 8) }, colCuts = (0...4).map { min(cols, tiles * $0 / 4 * 32) }
+        var y = [Float]()
+        FastConv.convInt8Parts(x, channels: c.geometry.inChannels, batch: c.batch, height: c.height, width: c.width,
+                               upsample: c.upsample, w, initial: initial, level: level,
+                               rectangles: rowCuts.indices.dropLast().flatMap { i in colCuts.indices.dropLast().map { j in
+                                   (rowCuts[i]..<rowCuts[i + 1], colCuts[j]..<colCuts[j + 1]) } }, into: &y)
+        return y
+    }
+
     /// One image gives the same bits alone and at any position in batches of 2...16, at every level.
     func testBatchInvariance() {
         for (ci, c) in Self.cases.enumerated() where c.geometry.outChannels * c.geometry.reduction < 20_000 {

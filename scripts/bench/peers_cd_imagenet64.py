@@ -4,7 +4,8 @@
 PyTorch fp32 and bf16 (autocast), ONNX Runtime fp32 and OpenVINO (as installed: its default CPU precision hint,
 printed) when importable.
 
-Prints one line per row: peer, dtype, threads, batch, ms per batch (best of --runs) and images/s.
+Prints one line per row: peer, dtype, threads, batch, ms per batch (best of --runs), images/s and the process
+CPU ms of that best call.
 Run with the shared venv: /work/venv/bin/python scripts/bench/peers_cd_imagenet64.py [--threads 1,2] [--batch 1,4]
 The config matches IMAGENET_64_UNET_CONFIG in diffusers scripts/convert_consistency_to_diffusers.py.
 """
@@ -28,17 +29,23 @@ CONFIG = dict(
 
 
 def best_ms(fn, runs):
+    """Best wall ms of `runs` calls, and the process CPU ms of that call (every thread: compare with the
+    `cpu ms` column of `onestep-serve bench`, which a shared machine disturbs far less than wall time)."""
     fn()  # warm-up
-    best = float("inf")
+    best, cpu = float("inf"), float("inf")
     for _ in range(runs):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn()
-        best = min(best, time.perf_counter() - t)
-    return best * 1000
+        wall, used = time.perf_counter() - t, time.process_time() - c
+        if wall < best:
+            best, cpu = wall, used
+    return best * 1000, cpu * 1000
 
 
-def row(peer, dtype, threads, batch, ms):
-    print(f"{peer:12s} {dtype:6s} threads {threads} batch {batch:2d}  {ms:10.1f} ms/batch  {1000 * batch / ms:7.3f} images/s", flush=True)
+def row(peer, dtype, threads, batch, timing):
+    ms, cpu = timing
+    print(f"{peer:12s} {dtype:6s} threads {threads} batch {batch:2d}  {ms:10.1f} ms/batch  {1000 * batch / ms:7.3f} images/s"
+          f"  {cpu:10.1f} cpu ms/batch", flush=True)
 
 
 def main():

@@ -78,6 +78,12 @@ void osk_q8_quantize(int level, const float *x, int32_t c, int32_t n, int32_t hw
 void osk_conv_q8(int level, const osk_conv *g, const int32_t *packed, const int32_t *rowsum,
                  const float *wscale, const uint32_t *xq, const float *xscale, const int32_t *xzp,
                  int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1);
+/// osk_conv_q8 for the output rows m0..<m1 only (m0 a multiple of OSK_MR; m1 a multiple of it or >= M) and the
+/// columns n0..<n1: threads may run disjoint (rows, columns) rectangles concurrently, and every output element is
+/// the same bits as osk_conv_q8 gives it.
+void osk_conv_q8_part(int level, const osk_conv *conv, const int32_t *packed, const int32_t *rowsum,
+                      const float *wscale, const uint32_t *xq, const float *xscale, const int32_t *xzp,
+                      int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1, int32_t m0, int32_t m1);
 
 /// A persistent team of threads splitting one job into chunks (onestep_team.c): every thread, the caller
 /// included, claims the next chunk until none is left; helpers spin briefly after a job, then park. One caller
@@ -110,6 +116,32 @@ void osk_lq8_gemm(int level, const uint32_t *xq, const float *xscale, const int3
 /// Runs `iterations` of 12 independent dependent chains of 512-bit vpdpbusd; returns the int8 ops done (0 when
 /// the CPU lacks AVX-512 VNNI). The caller times it: the VNNI peak of one core.
 int64_t osk_vnni_peak_ops(int64_t iterations, int64_t *checksum);
+
+/// Peaks (onestep_peak.c). Runs 8 * `iterations` dependent integer adds (one cycle each) and returns that cycle
+/// count: the caller times it for the core's clock frequency.
+int64_t osk_add_chain_cycles(int64_t iterations);
+/// Runs `iterations` of 16 independent chains of 512-bit vfmadd231ps; returns the flops done (0 without AVX-512).
+int64_t osk_fma_peak_ops(int64_t iterations, double *checksum);
+/// 1 when this CPU has AVX-512 BF16 (vdpbf16ps) besides the avx512 level.
+int osk_bf16_supported(void);
+/// Runs `iterations` of 16 independent chains of 512-bit vdpbf16ps; returns the flops done (0 without AVX512-BF16).
+int64_t osk_bf16_peak_ops(int64_t iterations, double *checksum);
+
+/// bf16 convolutions and GEMM (onestep_bf16.c), for layers int8 hurts: weights rounded to bf16 (nearest even) at
+/// load, activations rounded per tile, products summed in fp32 by vdpbf16ps from y's value (level avx512 on a CPU
+/// with AVX512-BF16; otherwise an exact scalar emulation of it: the same bits).
+/// Words in the packed weights of a conv (M, Cin, KH, KW): [ceil(M/8)][ceil(Cin/2)*taps][8], 2 bf16 per word
+/// (channels 2c' low, 2c'+1 high, at one tap).
+size_t osk_bf16_packed_count(int32_t m, int32_t cin, int32_t taps);
+/// Rounds w (M, Cin, taps) to bf16 and packs it (`packed` has osk_bf16_packed_count words).
+void osk_bf16_pack(const float *w, int32_t m, int32_t cin, int32_t taps, uint32_t *packed);
+/// y[:, n0..<n1] += conv(x), x (Cin, N, H, W) fp32 as stored; as osk_conv_f32 but in bf16 products.
+void osk_conv_bf16(int level, const osk_conv *g, const uint32_t *packed, const float *x, int32_t n, int32_t h, int32_t w,
+                   float *y, int64_t n0, int64_t n1);
+/// C (M, cols) += A (M, K) * B (K, cols) for the columns n0..<n1 in bf16 products; A packed by osk_bf16_pack with
+/// cin = K, taps = 1; B and C row-major with row strides ldb and ldc.
+void osk_gemm_bf16(int level, const uint32_t *packed, int32_t m, int32_t k, const float *b, int64_t ldb, float *c,
+                   int64_t ldc, int64_t n0, int64_t n1);
 
 #ifdef __cplusplus
 }

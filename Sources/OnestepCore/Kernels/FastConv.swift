@@ -167,9 +167,13 @@ public enum FastConv {
             w.rowSums.withUnsafeBufferPointer { rs in
                 w.scales.withUnsafeBufferPointer { sc in
                     nonisolated(unsafe) let ap = a.baseAddress!, rsp = rs.baseAddress!, scp = sc.baseAddress!
-                    forEachColumnRange(y.columns, team: team) { n0, n1 in
-                        var gc = g
-                        osk_conv_q8(level.rawValue, &gc, ap, rsp, scp, xq, xs, xz, n, h, wd, yp, Int64(n0), Int64(n1))
+                    let grid = int8Grid(rows: w.geometry.outChannels, columns: y.columns, threads: team?.threads ?? 1)
+                    forEachRange(grid.rowParts * grid.columnParts, granule: 1, team: grid.rowParts * grid.columnParts > 1 ? team : nil) { c0, c1 in
+                        for cell in c0..<c1 {
+                            let (m0, m1) = grid.rows(cell / grid.columnParts), (n0, n1) = grid.columns(cell % grid.columnParts)
+                            var gc = g
+                            osk_conv_q8_part(level.rawValue, &gc, ap, rsp, scp, xq, xs, xz, n, h, wd, yp, Int64(n0), Int64(n1), Int32(m0), Int32(m1))
+                        }
                     }
                 }
             }
@@ -274,6 +278,31 @@ public enum FastConv {
     /// Splits 0..<count into contiguous ranges (multiples of `granule`), one per team thread, run concurrently.
     public static func forEachRange(_ count: Int, granule: Int, team: ThreadTeam?, _ body: @Sendable (Int, Int) -> Void) {
         forEachPart(count, granule: granule, team: team) { _, lo, hi in body(lo, hi) }
+    }
+
+    /// How an int8 convolution's (rows, columns) output is cut between team threads: columns in parts of at least
+    /// 256 (the kernel's column block: A is read once per block, so thinner parts would re-read the weights from
+    /// L3), and the rows of 8-row panels when the columns alone give fewer parts than `chunksPerThread` per thread
+    /// (large layers at small resolution: 1280 channels at 16x16 is 256 columns). Each output is the same integer
+    /// sum whatever its part, so the bytes do not depend on the grid.
+    struct Int8Grid {
+        var rowCount: Int, columnCount: Int, rowParts: Int, columnParts: Int
+        func rows(_ i: Int) -> (Int, Int) {
+            let panels = (rowCount + 7) / 8
+            return (panels * i / rowParts * 8, min(rowCount, panels * (i + 1) / rowParts * 8))
+        }
+        func columns(_ i: Int) -> (Int, Int) {
+            let tiles = (columnCount + tileColumns - 1) / tileColumns
+            return (tiles * i / columnParts * tileColumns, min(columnCount, tiles * (i + 1) / columnParts * tileColumns))
+        }
+    }
+
+    static func int8Grid(rows: Int, columns: Int, threads: Int) -> Int8Grid {
+        guard threads > 1 else { return Int8Grid(rowCount: rows, columnCount: columns, rowParts: 1, columnParts: 1) }
+        let parts = threads * chunksPerThread, panels = (rows + 7) / 8
+        let columnParts = max(1, min(parts, columns / 256))
+        let rowParts = max(1, min(panels, (parts + columnParts - 1) / columnParts))
+        return Int8Grid(rowCount: rows, columnCount: columns, rowParts: rowParts, columnParts: columnParts)
     }
 
     /// Chunks per team thread: more chunks than threads, so a thread the OS deschedules on a shared machine
@@ -454,5 +483,114 @@ extension FastConv {
             calls += 1
         } while DispatchTime.now().uptimeNanoseconds < deadline || calls < 3
         return 2 * Double(rows * k * n) / best / 1e9
+    }
+}
+
+/// The machine's measured arithmetic peaks on one core (onestep_peak.c): dependent-free chains of the 512-bit
+/// multiply-add of each kind on registers, and the clock from a chain of dependent adds, so every peak is also
+/// given in operations per cycle. Best interval of many short ones (a shared machine: the least disturbed run).
+public struct MachinePeaks: Sendable {
+    /// Core clock measured by a dependent-add chain, GHz.
+    public var ghz: Double
+    /// int8 (vpdpbusd: u8 x s8, 2 ops per multiply-add), fp32 FMA (vfmadd231ps) and bf16 (vdpbf16ps), in
+    /// G operations per second on one core; nil when the CPU lacks the instruction.
+    public var vnniGops: Double?, fmaGflops: Double?, bf16Gflops: Double?
+
+    public static func measure(seconds: Double = 0.5) -> MachinePeaks {
+        // Each figure is the best of many ~1 ms intervals spread over `seconds`, the four kinds interleaved so
+        // a busy moment on the shared machine hits them alike.
+        var best = [Double](repeating: .infinity, count: 4)
+        var iCheck: Int64 = 0, fCheck = 0.0
+        let iterations: Int64 = 1 << 14
+        func timed(_ body: () -> Void) -> Double {
+            let start = DispatchTime.now().uptimeNanoseconds
+            body()
+            return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        }
+        let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(seconds, 0.01) * 1e9)
+        var ops: [Int64] = [0, 0, 0, 0]
+        repeat {
+            best[0] = min(best[0], timed { ops[0] = osk_add_chain_cycles(4 * iterations) })
+            best[1] = min(best[1], timed { ops[1] = osk_vnni_peak_ops(iterations, &iCheck) })
+            best[2] = min(best[2], timed { ops[2] = osk_fma_peak_ops(iterations, &fCheck) })
+            best[3] = min(best[3], timed { ops[3] = osk_bf16_peak_ops(iterations, &fCheck) })
+        } while DispatchTime.now().uptimeNanoseconds < deadline
+        func rate(_ i: Int) -> Double? { ops[i] > 0 ? Double(ops[i]) / best[i] / 1e9 : nil }
+        return MachinePeaks(ghz: rate(0) ?? 0, vnniGops: rate(1), fmaGflops: rate(2), bf16Gflops: rate(3))
+    }
+
+    /// "1153.7 GOP/s (256.0/cycle)" or "n/a".
+    public static func describe(_ g: Double?, ghz: Double) -> String {
+        guard let g else { return "n/a (instruction missing)" }
+        return String(format: "%.1f (%.1f per cycle)", g, ghz > 0 ? g / ghz : 0)
+    }
+}
+
+extension FastConv {
+    /// Test hook: the int8 conv of x (Cin, N, H, W) onto `initial` (Cout, cols) computed by osk_conv_q8_part on each
+    /// (output rows, output columns) rectangle in turn, so tests can check any cut gives the reference's bits.
+    static func convInt8Parts(_ x: [Float], channels: Int, batch: Int, height: Int, width: Int, upsample: Bool,
+                              _ w: PackedConvInt8, initial: [Float], level: KernelLevel,
+                              rectangles: [(Range<Int>, Range<Int>)], into y: inout [Float]) {
+        var g = cGeometry(w.geometry, upsample: upsample)
+        let hw = height * width, c4 = (channels + 3) / 4
+        var xq = [UInt32](repeating: 0, count: c4 * batch * hw), xs = [Float](repeating: 0, count: batch), xz = [Int32](repeating: 0, count: batch)
+        osk_q8_quantize(level.rawValue, x, Int32(channels), Int32(batch), Int32(hw), 0, Int32(batch), &xq, &xs, &xz)
+        y = initial
+        for (rows, cols) in rectangles {
+            osk_conv_q8_part(level.rawValue, &g, w.codes, w.rowSums, w.scales, xq, xs, xz, Int32(batch), Int32(height), Int32(width),
+                             &y, Int64(cols.lowerBound), Int64(cols.upperBound), Int32(rows.lowerBound), Int32(rows.upperBound))
+        }
+    }
+}
+
+// MARK: - bf16 (FastConvBF16.swift holds the packed types)
+
+extension FastConv {
+    /// True when the bf16 kernels run on vdpbf16ps here (else on their exact scalar emulation, much slower).
+    public static var hasBF16Instructions: Bool { osk_bf16_supported() != 0 }
+
+    static func packBF16(_ w: [Float], rows m: Int, inChannels cin: Int, taps: Int) -> [UInt32] {
+        let count = osk_bf16_packed_count(Int32(m), Int32(cin), Int32(taps))
+        return [UInt32](unsafeUninitializedCapacity: count) { buf, n in
+            w.withUnsafeBufferPointer { osk_bf16_pack($0.baseAddress!, Int32(m), Int32(cin), Int32(taps), buf.baseAddress!) }
+            n = count
+        }
+    }
+
+    /// y (Cout, N, Ho, Wo) = conv(x) + bias [+ existing] with bf16 products summed in fp32 (onestep_bf16.c).
+    /// Each output is one chain in a fixed order, so the bytes do not depend on the batch, the image's position
+    /// or the team size; `.avx512` uses vdpbf16ps when the CPU has it, other levels its scalar emulation.
+    public static func conv(_ x: Activation, _ w: PackedConvBF16, upsample: Bool = false, pool: BufferPool,
+                            accumulateInto existing: Activation? = nil, level: KernelLevel = .best,
+                            team: ThreadTeam? = nil) -> Activation {
+        let g = cGeometry(w.geometry, upsample: upsample)
+        precondition(x.channels == w.geometry.inChannels, "conv: input has \(x.channels) channels, needs \(w.geometry.inChannels)")
+        precondition(level.isSupported, "conv: kernel level \(level) not supported on this CPU")
+        let y = prepareOutput(x, w.geometry, bias: w.bias, upsample: upsample, pool: pool, existing: existing)
+        nonisolated(unsafe) let xp = x.data, yp = y.data
+        let n = Int32(x.batch), h = Int32(x.height), wd = Int32(x.width)
+        w.words.withUnsafeBufferPointer { a in
+            nonisolated(unsafe) let ap = a.baseAddress!
+            forEachColumnRange(y.columns, team: team) { n0, n1 in
+                var gc = g
+                osk_conv_bf16(level.rawValue, &gc, ap, xp, n, h, wd, yp, Int64(n0), Int64(n1))
+            }
+        }
+        return y
+    }
+
+    /// C (M, cols) += A (M, K) * B (K, cols) in bf16 products, row-major B and C; columns `columns`.
+    public static func gemm(_ a: PackedGemmBF16, b: UnsafePointer<Float>, ldb: Int, c: UnsafeMutablePointer<Float>, ldc: Int,
+                            columns: Range<Int>, level: KernelLevel = .best, team: ThreadTeam? = nil) {
+        precondition(level.isSupported, "gemm: kernel level \(level) not supported on this CPU")
+        nonisolated(unsafe) let bp = b, cp = c
+        let m = Int32(a.rows), k = Int32(a.depth), lo = columns.lowerBound
+        a.words.withUnsafeBufferPointer { ap in
+            nonisolated(unsafe) let app = ap.baseAddress!
+            forEachColumnRange(columns.count, team: team) { n0, n1 in
+                osk_gemm_bf16(level.rawValue, app, m, k, bp, Int64(ldb), cp, Int64(ldc), Int64(lo + n0), Int64(lo + n1))
+            }
+        }
     }
 }

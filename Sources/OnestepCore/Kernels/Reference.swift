@@ -128,4 +128,42 @@ public enum Reference {
         } } } }
         return y
     }
+
+    /// The int8 convolution as onestep_kernels.h documents it, written plainly: each image's activations quantized
+    /// to uint8 (range over all its channels widened to hold 0; s = (hi - lo) / 255, zp = round(-lo / s), code =
+    /// clamp(round(v / s) + zp, 0, 255), ties to even), the integer sum of (code - zp) * weight code over the taps
+    /// inside the image (padding is exactly 0), then y = fma(Float(sum), s_w * s_x, initial). The reference for
+    /// FastConv's int8 kernels: they must give these bits exactly (their sums are exact integers too).
+    /// x (Cin, N, H, W) read as nearest-upsampled 2x when `upsample`; weights (Cout, Cin, KH, KW) codes and
+    /// (Cout) scales; initial (Cout, N*Ho*Wo).
+    public static func convInt8ChannelMajor(_ x: [Float], batch n: Int, height h0: Int, width w0: Int, upsample: Bool,
+                                            weights q: Int8Tensor, geometry g: ConvGeometry, initial: [Float]) -> [Float] {
+        let up = upsample ? 1 : 0, h = h0 << up, w = w0 << up, plane = h0 * w0
+        let ho = g.outputHeight(h), wo = g.outputWidth(w), cols = n * ho * wo
+        var codes = [Int](repeating: 0, count: x.count), scale = [Float](repeating: 1, count: n), zp = [Int](repeating: 0, count: n)
+        for i in 0..<n {
+            var lo: Float = 0, hi: Float = 0
+            for c in 0..<g.inChannels { for p in 0..<plane { let v = x[(c * n + i) * plane + p]; lo = min(lo, v); hi = max(hi, v) } }
+            let s: Float = hi > lo ? (hi - lo) / 255 : 1, inv = 1 / s
+            scale[i] = s
+            zp[i] = min(255, max(0, Int((-lo / s).rounded(.toNearestOrEven))))
+            for c in 0..<g.inChannels { for p in 0..<plane {
+                let k = (c * n + i) * plane + p
+                codes[k] = min(255, max(0, Int((x[k] * inv).rounded(.toNearestOrEven)) + zp[i]))
+            } }
+        }
+        var y = initial
+        for co in 0..<g.outChannels { for i in 0..<n { for oy in 0..<ho { for ox in 0..<wo {
+            let j = (i * ho + oy) * wo + ox
+            var sum = 0
+            for ci in 0..<g.inChannels { for ky in 0..<g.kernelH { for kx in 0..<g.kernelW {
+                let iy = oy * g.stride - g.padTop + ky, ix = ox * g.stride - g.padLeft + kx
+                guard iy >= 0, iy < h, ix >= 0, ix < w else { continue }
+                sum += (codes[((ci * n + i) * h0 + (iy >> up)) * w0 + (ix >> up)] - zp[i])
+                     * Int(q.codes[((co * g.inChannels + ci) * g.kernelH + ky) * g.kernelW + kx])
+            } } }
+            y[co * cols + j] = initial[co * cols + j].addingProduct(Float(sum), q.scales[co] * scale[i])
+        } } } }
+        return y
+    }
 }

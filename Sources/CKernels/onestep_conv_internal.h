@@ -1,0 +1,53 @@
+// Internals shared by the convolution kernel files (onestep_kernels.c: fp32; onestep_conv_q8.c: int8): the
+// geometry of one call, per-tile source tables and the thread-local workspaces. Not part of the public header.
+#ifndef ONESTEP_CONV_INTERNAL_H
+#define ONESTEP_CONV_INTERNAL_H
+
+#include "onestep_kernels.h"
+#include "onestep_isa.h"
+
+#define MR OSK_MR
+#define NR OSK_NR
+#if OSK_X86
+#define AVX512 OSK_AVX512_TARGET
+#define AVX2 OSK_AVX2_TARGET
+#endif
+
+typedef struct {
+    int32_t c, n, h, w, up;   // input as stored; up = 1 for a fused nearest 2x upsample
+    int32_t hv, wv;           // input size seen by the conv (after upsample)
+    int32_t kh, kw, taps, stride, pt, pl;
+    int32_t ho, wo;
+    int64_t howo, plane;      // plane = stride between channel planes (elements)
+} geo_t;
+
+/// Per tap: source offsets of the tile's columns within a channel plane (-1 = padding or past the tile),
+/// the bit mask of valid columns, and whether the valid offsets are base + column (a shifted copy).
+typedef struct {
+    int32_t off[NR];
+    int64_t base;
+    uint32_t valid;
+    int contiguous;
+} tap_t;
+
+geo_t osk_make_geo(const osk_conv *g, int32_t n, int32_t h, int32_t w);
+/// Fills taps[0..<g->taps] for the output columns j0..<j0+nc (nc <= NR).
+void osk_tile_taps(const geo_t *g, int64_t j0, int nc, tap_t *taps);
+
+/// Thread-local workspaces, grown once and reused (a steady-state forward does not allocate); freed when the
+/// thread exits.
+enum { OSK_WS_TILE, OSK_WS_TAPS, OSK_WS_BLOCK, OSK_WS_ACC, OSK_WS_COUNT };
+/// At least `bytes` of 64-byte aligned workspace number `which` of the calling thread (NULL when out of memory).
+void *osk_ws_get(int which, size_t bytes);
+
+/// Rows of a panel past M point here: computed (their weights are 0) but never read back.
+extern _Thread_local float osk_dummy_rows[MR][NR];
+
+#if OSK_X86
+AVX2 static inline __m256i mask8_avx2(uint32_t bits) {
+    const __m256i pow2 = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32((int)(bits & 0xff)), pow2), pow2);
+}
+#endif
+
+#endif
