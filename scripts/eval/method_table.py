@@ -24,27 +24,30 @@ ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)),
 METHODS = ["cd", "ect", "dmd", "regression"]
 
 
-def run(cmd, log_path=None):
-    """Runs cmd (output to log_path too); returns (wall s, CPU s of the child, output text)."""
-    print("$ " + " ".join(cmd), flush=True)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.time()
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    log = open(log_path, "w") if log_path else None
-    for line in p.stdout:
-        lines.append(line)
-        sys.stdout.write("  " + line)
-        if log:
-            log.write(line)
-            log.flush()
-    p.wait()
-    wall = time.time() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    if p.returncode != 0:
-        sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}")
-    return wall, cpu, "".join(lines)
+def start(cmd, log_path):
+    """Starts cmd with its output going to log_path; returns (process, start time)."""
+    print("$ " + " ".join(cmd) + f"   (output: {log_path})", flush=True)
+    return subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT), time.time()
+
+
+def finish(proc, started, cmd, log_path):
+    """Waits for proc; returns (wall s, CPU s of that process alone: user + system from wait4)."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.time() - started
+    if proc.returncode != 0:
+        sys.stdout.write(open(log_path).read()[-3000:])
+        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}")
+    return wall, usage.ru_utime + usage.ru_stime
+
+
+def run(cmd, log_path):
+    """Runs cmd to completion; returns (wall s, CPU s, output text)."""
+    p, t0 = start(cmd, log_path)
+    wall, cpu = finish(p, t0, cmd, log_path)
+    out = open(log_path).read()
+    sys.stdout.write("".join("  " + line + "\n" for line in out.splitlines()[-12:]))
+    return wall, cpu, out
 
 
 def load_average():
@@ -66,7 +69,8 @@ def main():
     ap.add_argument("--pairs", type=int, default=2048, help="regression: cached teacher (noise, DDIM sample) pairs")
     ap.add_argument("--pair-steps", type=int, default=35, help="regression: DDIM steps of the pairs")
     ap.add_argument("--samples", type=int, default=1000, help="generated images per evaluated model")
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="threads of each student run and of the eval")
+    ap.add_argument("--parallel", type=int, default=1, help="student runs at a time (each with --workers threads)")
     ap.add_argument("--train-teacher", type=float, default=0, help="retrain the teacher for this many minutes first")
     ap.add_argument("--bin", default=os.path.join(ROOT, ".build", "release"))
     args = ap.parse_args()
@@ -80,16 +84,16 @@ def main():
             sys.exit(f"--methods: unknown method {m}; expected some of {', '.join(METHODS)}")
 
     if not os.path.isdir(args.data):
-        run([distill, "data", "--count", "8000", "--seed", "0", "--out", args.data])
+        run([distill, "data", "--count", "8000", "--seed", "0", "--out", args.data], os.path.join(args.out, "data.log"))
     if not os.path.isdir(args.eval_data):
-        run([distill, "data", "--count", "8000", "--seed", "1", "--out", args.eval_data])
+        run([distill, "data", "--count", "8000", "--seed", "1", "--out", args.eval_data], os.path.join(args.out, "eval-data.log"))
     if args.train_teacher > 0:
         run([os.environ.get("TORCH_PYTHON", "/work/venv/bin/python"), os.path.join(ROOT, "scripts", "teacher", "train_ddpm_shapes.py"),
-             "--data", args.data, "--out", args.teacher, "--minutes", str(args.train_teacher)])
+             "--data", args.data, "--out", args.teacher, "--minutes", str(args.train_teacher)], os.path.join(args.out, "teacher.log"))
     teacher_cfg = json.load(open(os.path.join(args.teacher, "unet", "config.json")))
     channels = ",".join(str(c) for c in teacher_cfg["block_out_channels"])
 
-    timings = {}
+    timings, pending = {}, []
     for m in methods:
         run_dir = os.path.join(args.out, m)
         timing_path = os.path.join(run_dir, "timing.json")
@@ -106,14 +110,26 @@ def main():
                "--sample-every", str(args.steps), "--checkpoint-every", str(max(50, args.steps // 4))]
         if m == "regression":
             cmd += ["--student-channels", channels, "--pairs", str(args.pairs), "--heun-steps", str(args.pair_steps)]
-        if os.path.isdir(run_dir):
+        if m == "dmd":
+            cmd.remove("--data"); cmd.remove(args.data)  # DMD uses no data images
+        if os.path.exists(os.path.join(run_dir, "checkpoint.safetensors")):
             cmd.append("--resume")  # an interrupted run of this script continues from its checkpoint
-        load0 = load_average()
-        wall, cpu, _ = run(cmd, os.path.join(args.out, f"train-{m}.log"))
-        t = {"steps": args.steps, "batch": args.batch, "wall": round(wall, 1), "cpu": round(cpu, 1),
-             "load_before": load0, "load_after": load_average(), "resumed": "--resume" in cmd}
-        json.dump(t, open(timing_path, "w"))
-        timings[m] = t
+        pending.append((m, cmd, run_dir, timing_path))
+    # --parallel runs: each its own process; CPU seconds are per process (wait4), wall times overlap.
+    while pending:
+        batch, pending = pending[:args.parallel], pending[args.parallel:]
+        started = [(m, cmd, run_dir, tp, load_average()) + start(cmd, os.path.join(args.out, f"train-{m}.log"))
+                   for m, cmd, run_dir, tp in batch]
+        for m, cmd, run_dir, tp, load0, proc, t0 in started:
+            log_path = os.path.join(args.out, f"train-{m}.log")
+            wall, cpu = finish(proc, t0, cmd, log_path)
+            last = [line for line in open(log_path).read().splitlines() if line.strip()][-1:]
+            print(f"{m}: {wall:.0f}s wall, {cpu:.0f}s CPU: {' '.join(last)}", flush=True)
+            t = {"steps": args.steps, "batch": args.batch, "wall": round(wall, 1), "cpu": round(cpu, 1),
+                 "load_before": load0, "load_after": load_average(), "resumed": "--resume" in cmd,
+                 "concurrent_runs": len(started)}
+            json.dump(t, open(tp, "w"))
+            timings[m] = t
 
     specs = [f"teacher-ddim35={args.teacher}:35@DDIMScheduler",
              f"teacher-dpmpp35={args.teacher}:35@DPMSolverMultistepScheduler",
