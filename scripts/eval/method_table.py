@@ -68,7 +68,8 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--pairs", type=int, default=2048, help="regression: cached teacher (noise, DDIM sample) pairs")
     ap.add_argument("--pair-steps", type=int, default=35, help="regression: DDIM steps of the pairs")
-    ap.add_argument("--samples", type=int, default=1000, help="generated images per evaluated model")
+    ap.add_argument("--samples", type=int, default=500, help="generated images per evaluated model (and real images per set)")
+    ap.add_argument("--teacher-steps", type=int, default=35, help="steps (= NFE) of the teacher's DDIM and DPM-Solver++ rows")
     ap.add_argument("--workers", type=int, default=2, help="threads of each student run and of the eval")
     ap.add_argument("--parallel", type=int, default=1, help="student runs at a time (each with --workers threads)")
     ap.add_argument("--train-teacher", type=float, default=0, help="retrain the teacher for this many minutes first")
@@ -91,6 +92,8 @@ def main():
         run([os.environ.get("TORCH_PYTHON", "/work/venv/bin/python"), os.path.join(ROOT, "scripts", "teacher", "train_ddpm_shapes.py"),
              "--data", args.data, "--out", args.teacher, "--minutes", str(args.train_teacher)], os.path.join(args.out, "teacher.log"))
     teacher_cfg = json.load(open(os.path.join(args.teacher, "unet", "config.json")))
+    record_path = os.path.join(args.teacher, "training.json")
+    teacher_record = json.load(open(record_path)) if os.path.exists(record_path) else {}
     channels = ",".join(str(c) for c in teacher_cfg["block_out_channels"])
 
     timings, pending = {}, []
@@ -118,21 +121,32 @@ def main():
     # --parallel runs: each its own process; CPU seconds are per process (wait4), wall times overlap.
     while pending:
         batch, pending = pending[:args.parallel], pending[args.parallel:]
-        started = [(m, cmd, run_dir, tp, load_average()) + start(cmd, os.path.join(args.out, f"train-{m}.log"))
-                   for m, cmd, run_dir, tp in batch]
-        for m, cmd, run_dir, tp, load0, proc, t0 in started:
+        running = {}
+        for m, cmd, run_dir, tp in batch:
             log_path = os.path.join(args.out, f"train-{m}.log")
-            wall, cpu = finish(proc, t0, cmd, log_path)
+            proc, t0 = start(cmd, log_path)
+            running[proc.pid] = (m, cmd, tp, load_average(), proc, t0, log_path)
+        while running:
+            pid, status, usage = os.wait4(-1, 0)  # whichever run ends first: its own wall and CPU time
+            if pid not in running:
+                continue
+            m, cmd, tp, load0, proc, t0, log_path = running.pop(pid)
+            wall, cpu = time.time() - t0, usage.ru_utime + usage.ru_stime
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            if proc.returncode != 0:
+                sys.stdout.write(open(log_path).read()[-3000:])
+                sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}")
             last = [line for line in open(log_path).read().splitlines() if line.strip()][-1:]
             print(f"{m}: {wall:.0f}s wall, {cpu:.0f}s CPU: {' '.join(last)}", flush=True)
             t = {"steps": args.steps, "batch": args.batch, "wall": round(wall, 1), "cpu": round(cpu, 1),
                  "load_before": load0, "load_after": load_average(), "resumed": "--resume" in cmd,
-                 "concurrent_runs": len(started)}
+                 "concurrent_runs": len(batch), "workers": args.workers}
             json.dump(t, open(tp, "w"))
             timings[m] = t
 
-    specs = [f"teacher-ddim35={args.teacher}:35@DDIMScheduler",
-             f"teacher-dpmpp35={args.teacher}:35@DPMSolverMultistepScheduler",
+    k = args.teacher_steps
+    specs = [f"teacher-ddim{k}={args.teacher}:{k}@DDIMScheduler",
+             f"teacher-dpmpp{k}={args.teacher}:{k}@DPMSolverMultistepScheduler",
              f"teacher-ddim1={args.teacher}:1@DDIMScheduler"]
     for m in methods:
         specs += [f"{m}-1step={os.path.join(args.out, m)}:1", f"{m}-2step={os.path.join(args.out, m)}:2"]
@@ -152,7 +166,8 @@ def main():
     def train_cell(name):
         m = name.rsplit("-", 1)[0]
         if m == "teacher":
-            return "PyTorch (model card)"
+            return (f"PyTorch: {teacher_record.get('steps')} steps x {teacher_record.get('batch')}, "
+                    f"{teacher_record.get('wall_seconds', 0) / 60:.1f} min ({teacher_record.get('cpu_seconds', 0) / 60:.1f} CPU min)")
         t = timings[m]
         return f"{t['wall'] / 60:.1f} min ({t['cpu'] / 60:.1f} CPU min){' reused' if t.get('reused') else ''}"
 
@@ -164,11 +179,12 @@ def main():
             continue
         lines.append(f"| {name} | {cells[1]} | {cells[2]} | {cells[4]} | {cells[5]} | {cells[6]} | {train_cell(name)} | "
                      f"{gen_seconds.get(name, float('nan')):.0f} | {cells[7]} |")
-    cpu = "unknown"
+    info = {}
     for line in open("/proc/cpuinfo"):
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+        if ":" in line:
+            key, value = (x.strip() for x in line.split(":", 1))
+            info.setdefault(key, value)
+    cpu = f"{info.get('model name', 'unknown')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
     note = (f"\n{args.samples} generated images per model against held-out images of {args.eval_data}; students: "
             f"{args.steps} steps x {args.batch} images each (regression: + {args.pairs} DDIM-{args.pair_steps} pairs). "
             f"CPU: {cpu}, {os.cpu_count()} vCPUs; load average before the eval {' '.join(load0)}, "

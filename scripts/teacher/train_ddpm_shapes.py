@@ -179,10 +179,12 @@ def check(args):
                        "scheduler": ["diffusers", "DDIMScheduler"], "unet": ["diffusers", "UNet2DModel"]}, f)
         with torch.no_grad():
             pipe = DDPMPipeline(unet=unet, scheduler=ddpm)
+            pipe.set_progress_bar_config(disable=True)
             with LabelledUNet(unet, 0):
                 img = pipe(generator=torch.Generator().manual_seed(0), num_inference_steps=50, output_type="np").images[0]
             print(f"DDPMPipeline 50 steps, label {names['0']}: mean pixel {img.mean():.3f}, std {img.std():.3f}")
             pipe = DDIMPipeline(unet=unet, scheduler=ddim)
+            pipe.set_progress_bar_config(disable=True)
             for seed in args.check_seeds:
                 label = seed % len(names)
                 with LabelledUNet(unet, label):
