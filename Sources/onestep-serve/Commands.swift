@@ -14,7 +14,6 @@ enum Commands {
         FlagSpec("seed", "seed of the first image (images i > 0 use seed + i)", default: "0"),
         FlagSpec("label", "class index or class name (class-conditional models)"),
         FlagSpec("steps", "sampling steps (default: the model's: 1 for a consistency model, 18 for an EDM teacher)"),
-        FlagSpec("scheduler", "pixel models: sample with this diffusers scheduler class built from the model's scheduler config, as diffusers' from_config (e.g. DDIMScheduler for a DDPMScheduler folder)"),
         FlagSpec("n", "number of images; more than one are tiled into a grid in --out (also -n N)", default: "1"),
         FlagSpec("per-class", "one row per class (class-conditional models): n images per row, seeds S..S+n-1", isSwitch: true),
         FlagSpec("scale", "enlarge the PNG N times, nearest neighbour (1...64), so small images can be seen", default: "1"),
@@ -24,15 +23,9 @@ enum Commands {
     static func generate(_ f: ParsedFlags) throws {
         let out = try f.required("out")
         let loaded = try GenerationPipeline.load(path: try f.required("model"))
-        guard case .pixel(var pipeline) = loaded else {
-            if f.has("scheduler") {
-                throw FlagError("--scheduler is for pixel models (UNet2DModel); a text-to-image pipeline samples the class its scheduler/scheduler_config.json names")
-            }
+        guard case .pixel(let pipeline) = loaded else {
             if case .text(let t) = loaded { try TextCommands.generate(f, t) }
             return
-        }
-        if let cls = f.string("scheduler") {
-            do { pipeline = try pipeline.withScheduler(cls) } catch let e as ModelLoadError { throw FlagError("--scheduler: \(e.problem)") }
         }
         for spec in TextCommands.generateFlags where f.has(spec.name) {
             throw FlagError("--\(spec.name) is for text-to-image models; \(pipeline.name) is a pixel model")

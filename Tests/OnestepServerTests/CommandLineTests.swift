@@ -36,24 +36,6 @@ final class CommandLineTests: XCTestCase {
         return dir + "/" + name
     }
 
-    /// generate --scheduler DDIMScheduler on the DDPMScheduler golden pipeline gives diffusers' DDIMPipeline image
-    /// (DDIMScheduler.from_config of its config; Tests/OnestepCoreTests/Golden) with 0 differing uint8 values, and
-    /// an unknown class is refused naming the supported ones.
-    func testGenerateWithAnotherSchedulerIsDiffusersFromConfig() throws {
-        let golden = Self.repoRoot + "/Tests/OnestepCoreTests/Golden"
-        let out = temp("ddim.png")
-        let r = try run(Self.binary, ["generate", "--model", golden + "/ddpm_cifar_tiny", "--scheduler", "DDIMScheduler",
-                                      "--seed", "0", "--steps", "10", "--out", out])
-        XCTAssertEqual(r.status, 0, r.err)
-        let png = try PNG.decode(Array(try Data(contentsOf: URL(fileURLWithPath: out))))
-        let want = try SafetensorsFile(path: golden + "/sampler_golden.safetensors").integers("uint8_ddim10_s0").values
-        XCTAssertEqual(png.pixels.map(Int64.init), want)
-        let bad = try run(Self.binary, ["generate", "--model", golden + "/ddpm_cifar_tiny", "--scheduler", "DDIMSchedular",
-                                        "--out", temp("x.png")])
-        XCTAssertNotEqual(bad.status, 0)
-        XCTAssertTrue(bad.err.contains("DDIMSchedular is not supported") && bad.err.contains("DDIMScheduler"), bad.err)
-    }
-
     func testBinaryIsBuilt() {
         XCTAssertTrue(FileManager.default.isExecutableFile(atPath: Self.binary), "onestep-serve not found at \(Self.binary)")
     }
