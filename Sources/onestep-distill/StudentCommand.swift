@@ -23,7 +23,7 @@ let studentCommand = Subcommand("student", summary: "distil a teacher (Onestep E
     FlagSpec("ema", "EMA decay of the saved weights", default: "0.999"),
     FlagSpec("pairs", "regression: (noise, teacher sample) pairs to generate and cache", default: "4096"),
     FlagSpec("pairs-file", "regression: the pair cache (default OUT/pairs.safetensors)"),
-    FlagSpec("heun-steps", "regression: Karras sigmas of the teacher's Heun samples", default: "18"),
+    FlagSpec("heun-steps", "regression: sampling steps of the teacher's pairs: Karras sigmas of Heun (an EDM teacher) or DDIM steps, eta 0 (a DDPM-family teacher: DDIMScheduler from its scheduler config)", default: "18"),
     FlagSpec("seed", "batch and noise seed", default: "0"),
     FlagSpec("log-every", "steps between progress lines", default: "50"),
     FlagSpec("checkpoint-every", "steps between checkpoints", default: "250"),
@@ -50,9 +50,6 @@ func runStudent(_ flags: ParsedFlags) throws {
     if small != (method == "regression") && flags.has("method") {
         throw FlagError(small ? "--student-config/--student-channels train by regression; drop --method \(method) or pass --method regression"
                               : "--method regression needs the smaller student's --student-config or --student-channels")
-    }
-    if small && loaded.edmSchedule == nil {
-        throw FlagError("--student-config/--student-channels: regression on cached pairs needs an EDM teacher (its pairs are Heun samples); distil the DDPM teacher \(teacherDir) into a same-size student first (without these flags)")
     }
     let workers = try flags.requiredInt("workers", 1...64)
     let seed = UInt64(try flags.requiredInt("seed", 0...Int(Int32.max)))
@@ -83,7 +80,10 @@ func runStudent(_ flags: ParsedFlags) throws {
         s.schedule = schedule
         s.timesteps = try flags.requiredInt("sigmas", 2...1000)
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-        let pairs = try TeacherPairs.loadOrGenerate(path: flags.string("pairs-file") ?? out + "/pairs.safetensors", teacher: teacher,
+        // Pairs need a deterministic map from noise to image: Heun for an EDM teacher, DDIM (eta 0, from the
+        // teacher's scheduler config) for a DDPM-family one, whose own DDPMScheduler would add noise every step.
+        let pairTeacher = loaded.edmSchedule == nil ? try teacher.withScheduler(DDIMSampler.className) : teacher
+        let pairs = try TeacherPairs.loadOrGenerate(path: flags.string("pairs-file") ?? out + "/pairs.safetensors", teacher: pairTeacher,
                                                     count: s.pairs, heunSteps: s.heunSteps, workers: workers, log: stdoutLine)
         let trainer = try RegressionStudentTrainer(config: cfg, pairs: pairs, settings: s, runDir: out, resume: resume)
         trainer.plotLabels.subtitle += " - teacher \(teacherDir)"

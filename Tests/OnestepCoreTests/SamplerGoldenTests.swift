@@ -93,6 +93,28 @@ final class SamplerGoldenTests: XCTestCase {
         print("sampler golden: \(all.count) images, \(mismatchedTotal) uint8 values at rounding boundaries")
     }
 
+    /// ImagePipeline.withScheduler is diffusers' from_config: the DDPMScheduler folder sampled as DDIMScheduler
+    /// gives the golden DDIMPipeline images (made with DDIMScheduler.from_config(ddpm.config)) bit for bit in uint8,
+    /// and an unknown class is refused naming it.
+    func testWithSchedulerIsFromConfig() throws {
+        let pipeline = try ImagePipeline.load(path: Self.dir + "/ddpm_cifar_tiny")
+        let ddim = try pipeline.withScheduler("DDIMScheduler")
+        XCTAssertTrue(ddim.sampler is DDIMSampler, "\(ddim.sampler)")
+        let io = try SafetensorsFile(path: Self.dir + "/sampler_golden.safetensors")
+        for (seed, steps) in [(0, 10), (3, 4)] {
+            let x = ddim.generate([GenerationRequest(seed: UInt64(seed), label: nil)], steps: steps)
+            let ours = ImageQuantizer.toUInt8(x).map(Int64.init)
+            let theirs = try io.integers("uint8_ddim\(steps)_s\(seed)").values
+            XCTAssertEqual(ours.count, theirs.count)
+            let differing = zip(ours, theirs).filter { $0 != $1 }.count
+            print("withScheduler(DDIMScheduler) seed \(seed), \(steps) steps: \(differing) of \(ours.count) uint8 values differ from DDIMPipeline")
+            XCTAssertEqual(differing, 0)
+        }
+        XCTAssertThrowsError(try pipeline.withScheduler("NoSuchScheduler")) { e in
+            XCTAssertTrue("\(e)".contains("NoSuchScheduler") && "\(e)".contains("DDIMScheduler"), "\(e)")
+        }
+    }
+
     /// The text-to-image students' schedulers step by step: timesteps, init_noise_sigma, each scaled model input and
     /// each step's sample, with the recorded fake network outputs fed back and noise from the case's seed.
     func testStepVectorsMatchDiffusers() throws {

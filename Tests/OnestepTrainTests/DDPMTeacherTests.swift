@@ -141,6 +141,32 @@ final class DDPMTeacherTests: XCTestCase {
         XCTAssertEqual(DistillProcess.lastStep(in: r.output), 3)
     }
 
+    /// `--method regression` of a DDPM-family teacher: the cached pairs are the teacher's DDIM samples (eta 0, from
+    /// its DDPMScheduler config) of the seeds' noise, exactly what the pipeline sampled with DDIMScheduler gives,
+    /// the cache records the sampler, and the small student loads as a consistency model.
+    func testRegressionStudentOfADDPMTeacherUsesDDIMPairs() throws {
+        let dir = makeTempDir()
+        _ = try ShapesGenerator.write(count: 32, size: 16, seed: 0, to: dir + "/data")
+        try writeTinyConfig(to: dir + "/tiny.json")
+        let model = TrainableUNet(config: try UNetConfig.load(path: dir + "/tiny.json").withClasses(8), seed: 3)
+        try ModelExport.writeEDMTeacher(model, to: dir + "/teacher")
+        try writeJSON(["_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear"],
+                      dir + "/teacher/scheduler_config.json")
+        let r = try DistillProcess.run(["student", "--method", "regression", "--teacher", dir + "/teacher", "--data", dir + "/data",
+                                        "--out", dir + "/small", "--student-channels", "8,16", "--pairs", "6", "--heun-steps", "3",
+                                        "--steps", "2", "--batch", "4", "--log-every", "1", "--checkpoint-every", "2", "--sample-every", "100000"])
+        XCTAssertEqual(r.status, 0, r.output)
+        XCTAssertTrue(r.output.contains("(DDIMScheduler, 3 steps)"), r.output)
+        let cache = try SafetensorsFile(path: dir + "/small/pairs.safetensors")
+        XCTAssertEqual(cache.metadata["sampler"], "DDIMScheduler")
+        let ddim = try ImagePipeline.load(path: dir + "/teacher").withScheduler("DDIMScheduler")
+        let expected = ddim.generate((0..<6).map { GenerationRequest(seed: 1_000_000 + UInt64($0), label: $0 % 8) }, steps: 3)
+        XCTAssertEqual(try cache.floats("samples").data, expected.data)
+        let student = try ImagePipeline.load(path: dir + "/small")
+        XCTAssertTrue(student.sampler is ConsistencySampler, "\(type(of: student.sampler))")
+        XCTAssertEqual(student.config.blockOutChannels, [8, 16])
+    }
+
     /// An unconditional v_prediction DDPM teacher (DDIMScheduler) on class-folder data: every method runs (the
     /// folders' labels are not passed to the unconditional networks) and exports an unconditional consistency model.
     func testEveryMethodDistilsAnUnconditionalVPredictionTeacher() throws {

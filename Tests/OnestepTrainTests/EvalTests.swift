@@ -63,6 +63,13 @@ final class EvalTests: XCTestCase {
         XCTAssertEqual(try EvalSpec(parsing: "euler=runs/teacher:1"), EvalSpec(name: "euler", path: "runs/teacher", steps: 1))
         XCTAssertThrowsError(try EvalSpec(parsing: "x=:3"))
         XCTAssertThrowsError(try EvalSpec(parsing: "runs/t:0"))
+        XCTAssertEqual(try EvalSpec(parsing: "ddim=models/t:35@DDIMScheduler"),
+                       EvalSpec(name: "ddim", path: "models/t", steps: 35, scheduler: "DDIMScheduler"))
+        XCTAssertEqual(try EvalSpec(parsing: "models/t:35@DPMSolverMultistepScheduler"),
+                       EvalSpec(name: "t-DPMSolverMultistepScheduler-35step", path: "models/t", steps: 35, scheduler: "DPMSolverMultistepScheduler"))
+        XCTAssertEqual(try EvalSpec(parsing: "models/t@DDIMScheduler"), EvalSpec(name: "t-DDIMScheduler", path: "models/t", steps: nil, scheduler: "DDIMScheduler"))
+        XCTAssertThrowsError(try EvalSpec(parsing: "models/t:35@NoSuchScheduler")) { XCTAssertTrue("\($0)".contains("NoSuchScheduler is not supported"), "\($0)") }
+        XCTAssertThrowsError(try EvalSpec(parsing: "models/t:35@"))
     }
 
     /// The classifier learns a 3-class toy problem far above chance and its cache round-trips.

@@ -41,6 +41,18 @@ public struct ImagePipeline: Sendable {
                       samplerAssumption: samplerAssumption)
     }
 
+    /// The same network sampled by another scheduler class built from this pipeline's scheduler config, as
+    /// diffusers' `DDIMScheduler.from_config(pipe.scheduler.config)` does: the config's values are kept (keys the
+    /// new class does not take are ignored, keys it takes and the config lacks get their defaults). How a DDPM
+    /// teacher is sampled with DDIM or DPM-Solver++ without writing another folder.
+    /// - Throws: ModelLoadError naming the class and the supported ones when no sampler reads `className`, or the
+    ///   key whose value the new class refuses.
+    public func withScheduler(_ className: String) throws -> ImagePipeline {
+        let config = Data(try SamplerRegistry.json(for: sampler))
+        let s = try SamplerRegistry.sampler(json: config, path: "\(name)'s scheduler config read as \(className)", className: className)
+        return ImagePipeline(name: name, model: model, sampler: s, weightDType: weightDType, precision: precision)
+    }
+
     /// Loads a model directory (see ModelDirectory for the layouts).
     public static func load(path: String, name: String? = nil, precision: ConvPrecision? = nil) throws -> ImagePipeline {
         let dir = try ModelDirectory(path: path)

@@ -1,8 +1,10 @@
 // A student smaller than its teacher, trained by plain regression (Luhman & Luhman 2021; SlimFlow, Zhu et al.
 // 2024, shows the one-step student may be much smaller than the teacher):
 //   pairs   (z_i, y_i): z_i ~ N(0, I) from seed i (TorchGenerator, as the server draws it), y_i = the teacher's
-//           Heun sample from sigma_max z_i at `heunSteps` Karras sigmas, for label i mod K. Generated once and
-//           cached on disk as safetensors: noise (M, P), samples (M, P), labels (M).
+//           Heun sample from sigma_max z_i at `heunSteps` Karras sigmas (a DDPM-family teacher: its DDIM sample,
+//           eta 0, from z_i in `heunSteps` steps; the caller passes the pipeline with DDIMScheduler), for label
+//           i mod K. Generated once and cached on disk as safetensors: noise (M, P), samples (M, P), labels (M);
+//           __metadata__ names the sampler, and a cache made with another sampler, count or step count is remade.
 //   loss    pseudo-Huber(f_theta(sigma_max z, sigma_max), y) with the consistency parameterization, so the
 //           student is a one-step consistency model to the server (the same scheduler config as CD's).
 // Only sigma_max is trained: the small student is a one-step model; its 2-4-step samples are not meaningful.
@@ -19,12 +21,15 @@ public struct TeacherPairs: Sendable {
     public var count: Int
     public var per: Int
 
-    /// Loads the cache at `path` when it matches (count, steps), else generates the pairs with `teacher` and writes it.
+    /// Loads the cache at `path` when it matches (count, steps, the teacher's sampler class), else generates the
+    /// pairs with `teacher` (its own sampler: it must be deterministic given the initial noise) and writes it.
     public static func loadOrGenerate(path: String, teacher: ImagePipeline, count: Int, heunSteps: Int, seedBase: UInt64 = 1_000_000,
                                       workers: Int, log: (String) -> Void) throws -> TeacherPairs {
         let per = teacher.channels * teacher.imageSize * teacher.imageSize
+        let samplerName = type(of: teacher.sampler).className
         if FileManager.default.fileExists(atPath: path), let f = try? SafetensorsFile(path: path),
-           f.metadata["count"] == String(count), f.metadata["heun_steps"] == String(heunSteps) {
+           f.metadata["count"] == String(count), f.metadata["heun_steps"] == String(heunSteps),
+           (f.metadata["sampler"] ?? EDMHeunSampler.className) == samplerName {
             let noise = try f.floats("noise"), samples = try f.floats("samples")
             let labels = f.entries["labels"] != nil ? try f.floats("labels").data.map { Int($0) } : nil
             guard noise.count == count * per, samples.count == count * per else { throw DataError("\(path): pair tensors have the wrong size") }
@@ -55,9 +60,11 @@ public struct TeacherPairs: Sendable {
         w.add("noise", Tensor(shape: [count, per], data: pairs.noise))
         w.add("samples", Tensor(shape: [count, per], data: pairs.samples))
         if let l = pairs.labels { w.add("labels", Tensor(shape: [count], data: l.map { Float($0) })) }
-        w.metadata = ["count": String(count), "heun_steps": String(heunSteps), "seed_base": String(seedBase), "teacher": teacher.name]
+        w.metadata = ["count": String(count), "heun_steps": String(heunSteps), "seed_base": String(seedBase), "teacher": teacher.name,
+                      "sampler": samplerName]
         try w.write(to: path)
-        log(String(format: "pairs: generated %d teacher samples (Heun, %d sigmas) in %.0fs -> %@", count, heunSteps, Date().timeIntervalSince(start), path))
+        log(String(format: "pairs: generated %d teacher samples (%@, %d %@) in %.0fs -> %@", count, samplerName, heunSteps,
+                   teacher.sampler is EDMHeunSampler ? "sigmas" : "steps", Date().timeIntervalSince(start), path))
         return pairs
     }
 }

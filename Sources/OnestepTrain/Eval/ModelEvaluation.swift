@@ -10,26 +10,43 @@ import Dispatch
 import Foundation
 import OnestepCore
 
-/// One model to evaluate: `[NAME=]DIR[:STEPS]`.
+/// One model to evaluate: `[NAME=]DIR[:STEPS][@SCHEDULER]`. SCHEDULER (a diffusers scheduler class name, e.g.
+/// DDIMScheduler) samples the folder's network with that class built from its scheduler config (as diffusers'
+/// `from_config`), so a DDPMScheduler teacher is evaluated with DDIM or DPM-Solver++ at a chosen step count.
 public struct EvalSpec: Sendable, Equatable {
     public var name: String
     public var path: String
     public var steps: Int?
+    public var scheduler: String?
 
-    public init(name: String, path: String, steps: Int?) { (self.name, self.path, self.steps) = (name, path, steps) }
+    public init(name: String, path: String, steps: Int?, scheduler: String? = nil) {
+        (self.name, self.path, self.steps, self.scheduler) = (name, path, steps, scheduler)
+    }
 
     public init(parsing s: String) throws {
-        var rest = s, name: String?
+        var rest = s, name: String?, scheduler: String?
         if let eq = rest.firstIndex(of: "=") { name = String(rest[..<eq]); rest = String(rest[rest.index(after: eq)...]) }
+        if let at = rest.lastIndex(of: "@") {
+            let cls = String(rest[rest.index(after: at)...])
+            guard !cls.isEmpty, cls.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) else {
+                throw DataError("model spec '\(s)': expected a scheduler class name after @, e.g. @DDIMScheduler")
+            }
+            guard SamplerRegistry.type(named: cls) != nil else {
+                throw DataError("model spec '\(s)': scheduler \(cls) is not supported; supported: \(SamplerRegistry.classNames.joined(separator: ", "))")
+            }
+            scheduler = cls
+            rest = String(rest[..<at])
+        }
         var steps: Int?
         if let colon = rest.lastIndex(of: ":"), let k = Int(rest[rest.index(after: colon)...]) {
-            guard (1...64).contains(k) else { throw DataError("model spec \(s): steps must be 1...64") }
+            guard (1...1000).contains(k) else { throw DataError("model spec \(s): steps must be 1...1000") }
             steps = k
             rest = String(rest[..<colon])
         }
-        guard !rest.isEmpty else { throw DataError("model spec '\(s)': expected [NAME=]DIR[:STEPS]") }
+        guard !rest.isEmpty else { throw DataError("model spec '\(s)': expected [NAME=]DIR[:STEPS][@SCHEDULER]") }
         let base = URL(fileURLWithPath: rest).standardizedFileURL.lastPathComponent
-        self.init(name: name ?? (steps.map { "\(base)-\($0)step" } ?? base), path: rest, steps: steps)
+        let defaultName = base + (scheduler.map { "-" + $0 } ?? "") + (steps.map { "-\($0)step" } ?? "")
+        self.init(name: name ?? defaultName, path: rest, steps: steps, scheduler: scheduler)
     }
 }
 
@@ -99,11 +116,15 @@ public enum ModelEvaluation {
 
         var rows: [EvalRow] = []
         for spec in specs {
-            let p = try ImagePipeline.load(path: spec.path, name: spec.name)
+            var p = try ImagePipeline.load(path: spec.path, name: spec.name)
+            if let cls = spec.scheduler { p = try p.withScheduler(cls) }
             guard p.imageSize == data.size, p.channels == data.channels, p.numClasses == names.count else {
                 throw DataError("\(spec.path): makes \(p.channels)x\(p.imageSize)px images in \(p.numClasses ?? 0) classes; the data is \(data.channels)x\(data.size)px in \(names.count)")
             }
             let steps = spec.steps ?? p.sampler.defaultSteps
+            guard p.sampler.stepRange.contains(steps) else {
+                throw DataError("model \(spec.name): \(type(of: p.sampler).className) samples with \(p.sampler.stepRange) steps, not \(steps)")
+            }
             let reqs = (0..<n).map { GenerationRequest(seed: 7_000_000 + UInt64($0), label: $0 % names.count) }
             let start = Date()
             let images = generate(p, reqs, steps: steps, workers: settings.workers)
