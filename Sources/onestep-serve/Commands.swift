@@ -6,7 +6,7 @@ import PNGCodec
 
 enum Commands {
     static let generate = Subcommand("generate", summary: "write images of a model to a PNG (several: tiled into a grid)",
-                                     synopsis: "generate --model DIR --seed S [--label L] [--steps K] [-n N] --out FILE.png\n       generate --model PIPELINE_DIR --prompt TEXT [--negative-prompt TEXT] --seed S [--steps K] [--guidance G] [--size WxH]\n                [--lora FILE[:SCALE]]... [--taesd DIR] [--scheduler CLASS] --out FILE.png",
+                                     synopsis: "generate --model DIR --seed S [--label L] [--steps K] [-n N] [--scheduler CLASS] --out FILE.png\n       generate --model PIPELINE_DIR --prompt TEXT [--negative-prompt TEXT] --seed S [--steps K] [--guidance G] [--size WxH]\n                [--lora FILE[:SCALE]]... [--taesd DIR] [--scheduler CLASS] --out FILE.png",
                                      flags: generateFlags, run: generate)
 
     static let generateFlags = [
@@ -28,7 +28,7 @@ enum Commands {
             if case .text(let t) = loaded { try TextCommands.generate(f, t) }
             return
         }
-        for spec in TextCommands.generateFlags where f.has(spec.name) {
+        for spec in TextCommands.generateFlags where f.has(spec.name) && spec.name != "scheduler" {
             throw FlagError("--\(spec.name) is for text-to-image models; \(pipeline.name) is a pixel model")
         }
         guard let seedText = f.string("seed"), let seed = UInt64(seedText) else {

@@ -20,7 +20,7 @@ enum TextCommands {
     static let loadFlags = [
         FlagSpec("lora", "LoRA file fused into the UNet (and text encoder) at load, FILE or FILE:SCALE (default scale 1); repeat for several (diffusers/PEFT or kohya keys)"),
         FlagSpec("taesd", "AutoencoderTiny (TAESD) folder to decode with instead of the model's vae/ (e.g. madebyollin/taesd)"),
-        FlagSpec("scheduler", "scheduler class run with the folder's scheduler_config.json values, e.g. TCDScheduler for a Hyper-SD / TCD LoRA, LCMScheduler for LCM-LoRA"),
+        FlagSpec("scheduler", "scheduler class run with the folder's scheduler_config.json values (diffusers from_config), e.g. TCDScheduler for a Hyper-SD / TCD LoRA, LCMScheduler for LCM-LoRA, DDIMScheduler for a DDPM pixel model"),
     ]
 
     /// --lora and --taesd as load extras (the TAESD folder is loaded beside vae/ and chosen by `decoderChoice`).

@@ -162,6 +162,23 @@ final class CommandLineTests: XCTestCase {
 
     static let shipped = repoRoot + "/models/shapes16-cd-int8"
 
+    /// `generate --scheduler CLASS` on a pixel model: the shipped DDPM teacher sampled by DDIM and by
+    /// DPM-Solver++ from its own scheduler config (as diffusers' from_config); an unknown class is refused.
+    func testPixelGenerateTakesASchedulerClass() throws {
+        let teacher = Self.repoRoot + "/models/shapes16-ddpm"
+        var bytes: [String: Data] = [:]
+        for cls in ["DDIMScheduler", "DPMSolverMultistepScheduler"] {
+            let out = temp("\(cls).png")
+            let r = try run(Self.binary, ["generate", "--model", teacher, "--scheduler", cls, "--steps", "10", "--seed", "3", "--label", "star", "--out", out])
+            XCTAssertEqual(r.status, 0, r.err)
+            bytes[cls] = try Data(contentsOf: URL(fileURLWithPath: out))
+        }
+        XCTAssertNotEqual(bytes["DDIMScheduler"], bytes["DPMSolverMultistepScheduler"], "two samplers, one image")
+        let bad = try run(Self.binary, ["generate", "--model", teacher, "--scheduler", "HeunScheduler", "--seed", "1", "--out", temp("x.png")])
+        XCTAssertEqual(bad.status, 1)
+        XCTAssertTrue(bad.err.contains("'HeunScheduler'") && bad.err.contains("DDIMScheduler"), bad.err)
+    }
+
     /// The model card's samples.png comes out of the command the card documents, pixel for pixel.
     func testModelCardGridIsReproducible() throws {
         let out = temp("samples.png")

@@ -9,8 +9,9 @@ public enum GenerationPipeline: Sendable {
 
     /// Loads any supported model folder: a diffusers pipeline whose model_index.json lists a UNet2DConditionModel
     /// is a text-to-image pipeline; anything else goes through ImagePipeline.load (pixel UNet2DModel folders).
-    /// `extras` (text-to-image models only): LoRA files fused at load, a decoder folder replacing vae/, a TAESD
-    /// folder loaded beside it (TextToImagePipeline.load).
+    /// `extras`: LoRA files fused at load, a decoder folder replacing vae/, a TAESD folder loaded beside it
+    /// (text-to-image models only, TextToImagePipeline.load); a scheduler class run on the folder's scheduler
+    /// config (any model, as diffusers' `from_config`).
     /// - Throws: ModelLoadError naming the file and the reason (also: extras given for a pixel model).
     public static func load(path: String, name: String? = nil, precision: ConvPrecision? = nil,
                             variant: String? = nil, extras: TextModelExtras = TextModelExtras()) throws -> GenerationPipeline {
@@ -20,10 +21,16 @@ public enum GenerationPipeline: Sendable {
                                                       taesdPath: extras.taesdPath, loras: extras.loras,
                                                       schedulerClass: extras.schedulerClass))
         }
-        if !extras.isEmpty {
-            throw ModelLoadError(path: path, problem: "is a pixel model (UNet2DModel); --lora, --taesd and --scheduler apply to text-to-image pipelines (model_index.json with a UNet2DConditionModel)")
+        if !extras.loras.isEmpty || extras.taesdPath != nil || extras.decoderPath != nil {
+            throw ModelLoadError(path: path, problem: "is a pixel model (UNet2DModel); --lora and --taesd apply to text-to-image pipelines (model_index.json with a UNet2DConditionModel)")
         }
-        return .pixel(try ImagePipeline.load(path: path, name: name, precision: precision))
+        let pipeline = try ImagePipeline.load(path: path, name: name, precision: precision)
+        guard let schedulerClass = extras.schedulerClass else { return .pixel(pipeline) }
+        // A DDPM-family UNet2DModel sampled by another scheduler class from its own config (diffusers from_config).
+        guard SamplerRegistry.classNames.contains(schedulerClass) else {
+            throw ModelLoadError(path: path, problem: "scheduler class '\(schedulerClass)' (--scheduler) is not one this build runs; choose one of \(SamplerRegistry.classNames.joined(separator: ", "))")
+        }
+        return .pixel(try pipeline.withScheduler(schedulerClass))
     }
 
     public var name: String {
