@@ -68,6 +68,14 @@ public struct SafetensorsFile: Sendable {
         return false
     }
 
+    /// Bytes in the data section (after the 8-byte length and the header).
+    public var dataSize: Int {
+        switch storage {
+        case .mapped(let file, let dataStart): return file.size - dataStart
+        case .memory(let b): return b.count
+        }
+    }
+
     /// Bytes of tensor data the reader itself holds in process memory: 0 for a mapped file, the data section's
     /// size otherwise. (What a network keeps after packing is not counted here.)
     public var heldBytes: Int {
