@@ -121,6 +121,48 @@ final class SafetensorsMappingTests: XCTestCase {
         XCTAssertLessThan(mappedGrowth, fileMiB / 3, "mapped: peak grew \(mappedGrowth) MiB reading a \(fileMiB) MiB file one tensor at a time")
         XCTAssertGreaterThan(readGrowth, fileMiB * 0.9, "read: peak grew only \(readGrowth) MiB; the measurement does not see the held file")
     }
+
+    /// A real network load (an AutoencoderKL decoder through its diffusers folder loader, 48 MiB of float32
+    /// weights): mapped, the peak during the load stays within a quarter of the file above the RSS after it (the
+    /// packed weights); read whole, the peak holds the file beside the packed weights. Both are measured, so the
+    /// check can fail.
+    func testModelLoadPeakIsThePackedWeightsNotPlusTheFile() throws {
+        guard ProcessRSS.resetPeak() else { throw XCTSkip("/proc/self/clear_refs refused: cannot reset the peak RSS here") }
+        let dir = Fixtures.tempDir()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var json = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: Fixtures.golden + "/sd_turbo_tiny/vae/config.json"))) as? [String: Any])
+        json["block_out_channels"] = [128, 256, 256, 256]
+        json["norm_num_groups"] = 32
+        try JSONSerialization.data(withJSONObject: json).write(to: URL(fileURLWithPath: dir + "/config.json"))
+        let config = try AutoencoderKLConfig.load(path: dir + "/config.json")
+        let weightsPath = dir + "/diffusion_pytorch_model.safetensors"
+        do {
+            var w = SafetensorsWriter()
+            var r = TestRandom(7)
+            for (key, shape) in AutoencoderKLDecoder.plan(config).parameters {
+                let n = shape.reduce(1, *), scale = 1 / Float(max(1, n / shape[0])).squareRoot()
+                w.add(key, Tensor(shape: shape, data: (0..<n).map { _ in r.float() * scale }))
+            }
+            try w.write(to: weightsPath)
+        }
+        let fileMiB = Double(try FileManager.default.attributesOfItem(atPath: weightsPath)[.size] as! Int) / 1048576
+        XCTAssertGreaterThan(fileMiB, 40, "the file must dwarf the RSS noise")
+
+        func load(mapped: Bool) throws -> (growth: Double, overshoot: Double) {
+            _ = ProcessRSS.resetPeak()
+            let before = ProcessRSS.kib("VmRSS")
+            let decoder = mapped
+                ? try AutoencoderKLDecoder.load(directory: dir)
+                : try AutoencoderKLDecoder(config: config, weights: SafetensorsWeights(file: SafetensorsFile(path: weightsPath, mapped: false)))
+            let after = ProcessRSS.kib("VmRSS"), peak = ProcessRSS.kib("VmHWM")
+            XCTAssertEqual(decoder.plan.parameters.count, AutoencoderKLDecoder.plan(config).parameters.count)
+            return (Double(peak - before) / 1024, Double(peak - after) / 1024)
+        }
+        let mapped = try load(mapped: true), read = try load(mapped: false)
+        XCTAssertLessThan(mapped.overshoot, fileMiB / 4, "mapped: the load peaked \(mapped.overshoot) MiB above its final RSS for a \(fileMiB) MiB file")
+        XCTAssertLessThan(mapped.growth, fileMiB * 1.5, "mapped: the load grew the peak by \(mapped.growth) MiB for \(fileMiB) MiB of weights")
+        XCTAssertGreaterThan(read.overshoot, fileMiB * 0.8, "read: the load peaked only \(read.overshoot) MiB above its final RSS; the measurement does not see the held file")
+    }
 }
 
 /// /proc/self/status figures (Linux).
