@@ -93,6 +93,23 @@ final class SafetensorsMappingTests: XCTestCase {
         XCTAssertEqual(try SafetensorsFile(path: emptyModel, mapped: true).names, [])
     }
 
+    /// A file on a filesystem without mmap (sysfs: regular files whose mmap fails with ENODEV) is read instead of
+    /// mapped, and refused for what it holds, the same words as the reading path.
+    func testUnmappableFileFallsBackToReading() throws {
+        let p = "/sys/kernel/mm/transparent_hugepage/enabled"
+        guard FileManager.default.isReadableFile(atPath: p) else { throw XCTSkip("\(p) is not here: no sysfs file to try") }
+        let file = try ReadOnlyFile(path: p, map: true)
+        XCTAssertGreaterThan(file.size, 0, "sysfs reports a size, so only mmap's refusal keeps it unmapped")
+        XCTAssertNil(file.mapping, "sysfs files cannot be mapped")
+        var messages: [String] = []
+        for mapped in [true, false] {
+            XCTAssertThrowsError(try SafetensorsFile(path: p, mapped: mapped)) { messages.append("\($0)") }
+        }
+        XCTAssertEqual(messages.count, 2)
+        XCTAssertEqual(messages.first, messages.last)
+        XCTAssertTrue(messages.first?.contains("header length") ?? false, messages.first ?? "")
+    }
+
     /// The mechanism measured: reading every tensor of a 64 MiB file one at a time raises the peak RSS by about
     /// one tensor (4 MiB out + its 4 MiB of pages) when mapped, and by the whole file when read. Both are measured
     /// here, so the check can fail: were the mapped path to keep its pages, its peak would be the read path's.
