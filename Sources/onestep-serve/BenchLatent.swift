@@ -205,6 +205,7 @@ enum BenchLatent {
         s += String(format: "load %.1f s; RSS before load %.0f MiB, after load %.0f MiB, peak during load %.0f MiB, peak overall %.0f MiB",
                     m.loadSeconds, m.rssBeforeLoadMiB, m.rssAfterLoadMiB, m.peakLoadMiB, m.peakMiB)
         if !m.peakResetWorked { s += " (the peak mark could not be reset: peaks include writing the folder)" }
+        if !SafetensorsFile.mapsFiles { s += " (weight files read whole into memory: ONESTEP_SAFETENSORS_MMAP=0)" }
         if let bytes = m.parameterBytes {
             let params = Double(bytes) / 1048576, added = m.rssAfterLoadMiB - m.rssBeforeLoadMiB
             s += String(format: "\n  float32 parameters %.0f MiB; the load added %.0f MiB resident = %.2fx the parameters (2x or more would mean a second copy beside the packed form)", params, added, added / params)
@@ -227,6 +228,7 @@ enum BenchLatent {
     static func jsonLine(_ m: Memory) -> String {
         var d: [String: Any] = ["model": m.model, "load_s": m.loadSeconds, "rss_before_load_mib": m.rssBeforeLoadMiB,
                                 "rss_after_load_mib": m.rssAfterLoadMiB, "peak_load_mib": m.peakLoadMiB, "peak_mib": m.peakMiB,
+                                "weights_mapped": SafetensorsFile.mapsFiles,
                                 "peak_reset": m.peakResetWorked]
         if let b = m.parameterBytes { d["parameter_bytes"] = b }
         if let w = m.writeSeconds { d["write_s"] = w }

@@ -4,7 +4,8 @@
 // and the integer readers.
 //
 // Each input is a whole file. It is parsed twice: from memory (SafetensorsFile(bytes:)) and from a temporary file
-// (SafetensorsFile(path:), which reads the header and the data in separate reads), and both must agree. Checked
+// twice (SafetensorsFile(path:), mapped and read with pread), and all three must agree; the mapped file's tensors
+// are read too, so a range past the mapping would fault here. Checked
 // besides "no crash":
 //   - every failure is a SafetensorsError with a message (never another error type);
 //   - an accepted entry's byte range lies inside the data section and matches shape x dtype size;
@@ -41,8 +42,8 @@ private func readEveryTensor(_ file: SafetensorsFile) {
     let weights = SafetensorsWeights(file: file)
     for name in file.names {
         guard let entry = file.entries[name] else { continue }
-        fuzzInvariant(entry.begin >= 0 && entry.begin <= entry.end && entry.end <= file.payload.count,
-                      "\(name): data_offsets [\(entry.begin), \(entry.end)) outside a \(file.payload.count)-byte data section")
+        fuzzInvariant(entry.begin >= 0 && entry.begin <= entry.end && entry.end <= file.dataSize,
+                      "\(name): data_offsets [\(entry.begin), \(entry.end)) outside a \(file.dataSize)-byte data section")
         fuzzInvariant(entry.end - entry.begin == entry.elementCount * entry.dtype.byteSize,
                       "\(name): \(entry.end - entry.begin) bytes for shape \(entry.shape) of \(entry.dtype)")
         expectTensor(name, shape: entry.shape) { try weights.tensor(name, shape: entry.shape) }
@@ -93,9 +94,12 @@ public func fuzzSafetensors(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt 
     guard FileManager.default.createFile(atPath: scratchPath, contents: Data(input)) else {
         fatalError("fuzz set-up: cannot write \(scratchPath)")
     }
-    let (fromPath, _) = read { try SafetensorsFile(path: scratchPath) }
-    fuzzInvariant(fromMemory == fromPath, "the in-memory reader says \(fromMemory), the file reader \(fromPath)")
+    let (fromPath, mapped) = read { try SafetensorsFile(path: scratchPath, mapped: true) }
+    let (fromReading, _) = read { try SafetensorsFile(path: scratchPath, mapped: false) }
+    fuzzInvariant(fromMemory == fromPath, "the in-memory reader says \(fromMemory), the mapped file reader \(fromPath)")
+    fuzzInvariant(fromMemory == fromReading, "the in-memory reader says \(fromMemory), the reading file reader \(fromReading)")
 
     if let file { readEveryTensor(file) }
+    if let mapped { readEveryTensor(mapped) }
     return 0
 }

@@ -42,36 +42,96 @@ public struct SafetensorsFile: Sendable {
     /// Header larger than this is refused: real headers are kilobytes.
     public static let maxHeaderBytes = 100 * 1024 * 1024
 
+    /// Whether `init(path:)` maps files by default: yes, unless the environment sets `ONESTEP_SAFETENSORS_MMAP=0`
+    /// (then every file is read into memory whole, as before issue #13 — for comparing, or for a filesystem
+    /// whose mmap misbehaves).
+    public static let mapsFiles = ProcessInfo.processInfo.environment["ONESTEP_SAFETENSORS_MMAP"] != "0"
+
+    /// Where the data section lives: a read-only mapping of the file (the data section starts at file offset
+    /// `dataStart`), or bytes in memory (a file read whole, or `init(bytes:)`).
+    enum Storage: Sendable {
+        case mapped(ReadOnlyFile, dataStart: Int)
+        case memory([UInt8])
+    }
+
     public let path: String
     public let entries: [String: TensorEntry]
     public let metadata: [String: String]
-    let payload: [UInt8]  // the data section
+    let storage: Storage
 
     public var names: [String] { entries.keys.sorted() }
 
-    /// Reads and validates a file. Throws `SafetensorsError` naming the file, the tensor and what is wrong.
-    public init(path: String) throws {
-        guard let handle = FileHandle(forReadingAtPath: path) else {
-            throw SafetensorsError(file: path, problem: "cannot open the file (does it exist and is it readable?)")
+    /// True when the tensors are read from a mapping of the file (pages come in on demand and are dropped after
+    /// each tensor is converted), false when the reader holds the data section in memory.
+    public var isMapped: Bool {
+        if case .mapped = storage { return true }
+        return false
+    }
+
+    /// Bytes in the data section (after the 8-byte length and the header).
+    public var dataSize: Int {
+        switch storage {
+        case .mapped(let file, let dataStart): return file.size - dataStart
+        case .memory(let b): return b.count
         }
-        defer { try? handle.close() }
-        let fileSize = Int((try? handle.seekToEnd()) ?? 0)
-        try? handle.seek(toOffset: 0)
+    }
+
+    /// Bytes of tensor data the reader itself holds in process memory: 0 for a mapped file, the data section's
+    /// size otherwise. (What a network keeps after packing is not counted here.)
+    public var heldBytes: Int {
+        if case .memory(let b) = storage { return b.count }
+        return 0
+    }
+
+    /// Reads and validates a file. Throws `SafetensorsError` naming the file, the tensor and what is wrong.
+    /// With `mapped` (the default, see `mapsFiles`) the file is mapped read-only and a tensor's bytes are read when
+    /// asked for; where the file cannot be mapped (a filesystem without mmap, a special file) it is read whole, as
+    /// with `mapped: false`. Every rule of the format is checked either way, and the file's size is checked against
+    /// the header before any tensor byte is touched. A file modified or truncated while it is open is undefined
+    /// behaviour (a truncated mapping raises SIGBUS): replace model files by rename, never rewrite them in place.
+    public init(path: String, mapped: Bool = SafetensorsFile.mapsFiles) throws {
+        let file = try ReadOnlyFile(path: path, map: mapped)
+        let fileSize = file.size
         guard fileSize >= 8 else {
             throw SafetensorsError(file: path, problem: "file is \(fileSize) bytes, too short for a safetensors header; it is truncated or not safetensors")
         }
-        let lengthBytes = [UInt8](handle.readData(ofLength: 8))
-        let headerLength = try Self.checkHeaderLength(lengthBytes, fileSize: fileSize, path: path)
-        let header = [UInt8](handle.readData(ofLength: headerLength))
-        let (entries, metadata) = try Self.parseHeader(header, dataSize: fileSize - 8 - headerLength, path: path)
-        let payload = [UInt8](handle.readDataToEndOfFile())
-        guard payload.count == fileSize - 8 - headerLength else {
-            throw SafetensorsError(file: path, problem: "file changed while being read")
+        func bytes(_ range: Range<Int>) throws -> [UInt8] {
+            if let m = file.mapping { return Array(m[range]) }
+            return try [UInt8](unsafeUninitializedCapacity: range.count) { buf, count in
+                try file.read(into: UnsafeMutableRawBufferPointer(buf), at: range.lowerBound)
+                count = range.count
+            }
+        }
+        let headerLength = try Self.checkHeaderLength(try bytes(0..<8), fileSize: fileSize, path: path)
+        let dataStart = 8 + headerLength
+        let (entries, metadata) = try Self.parseHeader(try bytes(8..<dataStart), dataSize: fileSize - dataStart, path: path)
+        if file.mapping != nil {
+            file.dropPages(0..<dataStart)
+            storage = .mapped(file, dataStart: dataStart)
+        } else {
+            // One copy, read straight into the array (the old FileHandle path held a Data and an array of it).
+            let payload = try bytes(dataStart..<fileSize)
+            var extra: UInt8 = 0
+            let grew = (try? withUnsafeMutableBytes(of: &extra) { try file.read(into: $0, at: fileSize) }) != nil
+            guard !grew else { throw SafetensorsError(file: path, problem: "file changed while being read (it grew)") }
+            storage = .memory(payload)
         }
         self.path = path
         self.entries = entries
         self.metadata = metadata
-        self.payload = payload
+    }
+
+    /// Runs `body` on a tensor's bytes (exactly `e.end - e.begin` of them); for a mapped file its pages are dropped
+    /// from the process afterwards, since the networks convert and pack each tensor once.
+    func withBytes<R>(of e: TensorEntry, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        switch storage {
+        case .mapped(let file, let dataStart):
+            let range = (dataStart + e.begin)..<(dataStart + e.end)
+            defer { file.dropPages(range) }
+            return try body(UnsafeRawBufferPointer(rebasing: file.mapping![range]))
+        case .memory(let bytes):
+            return try bytes.withUnsafeBytes { try body(UnsafeRawBufferPointer(rebasing: $0[e.begin..<e.end])) }
+        }
     }
 
     /// Parses an in-memory file (used by tests and fuzzing).
@@ -85,7 +145,7 @@ public struct SafetensorsFile: Sendable {
         self.path = name
         self.entries = entries
         self.metadata = metadata
-        self.payload = Array(bytes[(8 + headerLength)...])
+        self.storage = .memory(Array(bytes[(8 + headerLength)...]))
     }
 
     /// The reference reader's limit (safetensors/src/tensor.rs MAX_HEADER_SIZE).
@@ -207,28 +267,31 @@ public struct SafetensorsFile: Sendable {
         return e
     }
 
-    /// The tensor as float32, converting F16, BF16 and F64. Integer tensors are refused.
+    /// The tensor as float32, converting F16, BF16 and F64 (a new buffer of its own). Integer tensors are refused.
     public func floats(_ name: String) throws -> Tensor {
         let e = try entry(name)
-        let n = e.elementCount
-        var out = [Float](repeating: 0, count: n)
-        payload.withUnsafeBytes { raw in
-            let src = raw.baseAddress! + e.begin
-            switch e.dtype {
-            case .F32:
-                for i in 0..<n { out[i] = Float(bitPattern: src.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self).littleEndian) }
-            case .F16:
-                for i in 0..<n { out[i] = HalfFloat.toFloat(src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self).littleEndian) }
-            case .BF16:
-                for i in 0..<n { out[i] = Float(bitPattern: UInt32(src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self).littleEndian) << 16) }
-            case .F64:
-                for i in 0..<n { out[i] = Float(Double(bitPattern: src.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self).littleEndian)) }
-            default:
-                break
-            }
-        }
         guard [.F32, .F16, .BF16, .F64].contains(e.dtype) else {
             throw SafetensorsError(file: path, tensor: name, problem: "is \(e.dtype.rawValue), expected a float type")
+        }
+        let n = e.elementCount
+        let out = [Float](unsafeUninitializedCapacity: n) { dst, count in
+            withBytes(of: e) { src in
+                switch e.dtype {
+                case .F32:
+                    #if _endian(little)
+                    if n > 0 { UnsafeMutableRawBufferPointer(dst).copyMemory(from: src) }
+                    #else
+                    for i in 0..<n { dst[i] = Float(bitPattern: src.loadUnaligned(fromByteOffset: 4 * i, as: UInt32.self).littleEndian) }
+                    #endif
+                case .F16:
+                    for i in 0..<n { dst[i] = HalfFloat.toFloat(src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self).littleEndian) }
+                case .BF16:
+                    for i in 0..<n { dst[i] = Float(bitPattern: UInt32(src.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self).littleEndian) << 16) }
+                default:  // .F64 (checked above)
+                    for i in 0..<n { dst[i] = Float(Double(bitPattern: src.loadUnaligned(fromByteOffset: 8 * i, as: UInt64.self).littleEndian)) }
+                }
+            }
+            count = n
         }
         return Tensor(shape: e.shape, data: out)
     }
@@ -238,8 +301,7 @@ public struct SafetensorsFile: Sendable {
         let e = try entry(name)
         let n = e.elementCount
         var out = [Int64](repeating: 0, count: n)
-        let ok: Bool = payload.withUnsafeBytes { raw in
-            let src = raw.baseAddress! + e.begin
+        let ok: Bool = withBytes(of: e) { src in
             switch e.dtype {
             case .I8: for i in 0..<n { out[i] = Int64(src.load(fromByteOffset: i, as: Int8.self)) }
             case .U8, .BOOL: for i in 0..<n { out[i] = Int64(src.load(fromByteOffset: i, as: UInt8.self)) }
@@ -262,7 +324,7 @@ public struct SafetensorsFile: Sendable {
         guard e.dtype == .I8 else {
             throw SafetensorsError(file: path, tensor: name, problem: "is \(e.dtype.rawValue), expected I8")
         }
-        let values = payload[e.begin..<e.end].map { Int8(bitPattern: $0) }
+        let values = withBytes(of: e) { src in src.map { Int8(bitPattern: $0) } }
         return (e.shape, values)
     }
 }
