@@ -33,8 +33,9 @@ class WebUIApiTest(unittest.TestCase):
         cls.server.__exit__(None, None, None)
 
     def test_connect_calls(self):
-        self.assertEqual(self.api.util_get_model_names(), ["shapes16-cd-int8"])
-        self.assertEqual(self.api.util_get_sampler_names(), ["Consistency"])
+        # models/ ships the default consistency student and the DDPM teacher it can be distilled from.
+        self.assertEqual(self.api.util_get_model_names(), ["shapes16-cd-int8", "shapes16-ddpm"])
+        self.assertEqual(self.api.util_get_sampler_names(), ["Consistency", "DDPM"])
         self.assertEqual(self.api.util_get_scheduler_names(), ["automatic"])
         self.assertEqual(self.api.get_options()["sd_model_checkpoint"], "shapes16-cd-int8")
         self.assertIsNone(self.api.set_options({"sd_model_checkpoint": "shapes16-cd-int8", "CLIP_stop_at_last_layers": 2}))
