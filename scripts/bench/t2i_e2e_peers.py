@@ -334,7 +334,7 @@ def main():
                     rows += got
         finally:
             if not a.keep:
-                subprocess.run(["rm", "-rf", folder])
+                subprocess.run(["rm", "-rf", folder, folder + "-int8"])  # -int8: bench --keep's quantized form
         ours = ["onestep"] * ("fp32" in a.onestep_precision) + ["onestep-int8"] * ("int8" in a.onestep_precision)
         columns = [c for e in engines for c in (a.ov_engines.split(",") if e == "openvino" else ours if e == "onestep" else [e])]
         print(table(config, rows, columns, a.threads), flush=True)
