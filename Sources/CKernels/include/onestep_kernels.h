@@ -115,6 +115,9 @@ int64_t osk_vnni_peak_ops(int64_t iterations, int64_t *checksum);
 }
 #endif
 
+/// x[i] = x[i] > 0 ? x[i] : +0 for i < n, in place (NaN and -0 become +0, as the Swift reference).
+void osk_relu(int level, float *x, int64_t n);
+
 /// y[i] = silu(x[i] * a + b) for i < n (x and y may alias); polynomial exp, same arithmetic for every element.
 void osk_affine_silu(int level, const float *x, float *y, int64_t n, float a, float b);
 
