@@ -50,7 +50,8 @@ enum BenchCommand {
         let models = allModels.filter { !textFolders.contains($0) }
         if !textConfigs.isEmpty || !textFolders.isEmpty {
             if f.has("keep") && textConfigs.count > 1 { throw FlagError("--keep DIR takes one text-to-image --config at a time") }
-            // fp32 unless --precision says otherwise: the pixel default (fp32,int8) names a path latent networks lack.
+            // fp32 unless --precision says otherwise: int8 first writes the folder's quantized form (tens of seconds
+            // and the int8 pipeline's memory beside the fp32 one for the full-size configs), so it is asked for.
             let precisions = f.has("precision") ? try parsePrecisions(f) : [.fp32]
             try BenchLatent.run(configs: textConfigs, folders: textFolders, threads: threadCounts, runs: try f.int("runs", range: 1...100) ?? 2,
                                 precisions: precisions, keep: f.string("keep"), tokenizer: f.string("tokenizer"), json: f.isSet("json"))
