@@ -63,6 +63,38 @@ AVX512 static void silu_avx512(const float *x, float *y, int64_t n, float a, flo
 
 #endif
 
+/* ReLU as the latent runner's reference writes it: x > 0 ? x : +0, so NaN and -0 become +0. AVX-512 vmaxps
+   returns its second operand when either is NaN or both are zero, which gives those same bits. */
+static void relu_scalar(float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+#if OSK_X86
+AVX512 static void relu_avx512(float *x, int64_t n) {
+    const __m512 zero = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        __m512 a = _mm512_loadu_ps(x + i), b = _mm512_loadu_ps(x + i + 16);
+        __m512 c = _mm512_loadu_ps(x + i + 32), d = _mm512_loadu_ps(x + i + 48);
+        _mm512_storeu_ps(x + i, _mm512_max_ps(a, zero));
+        _mm512_storeu_ps(x + i + 16, _mm512_max_ps(b, zero));
+        _mm512_storeu_ps(x + i + 32, _mm512_max_ps(c, zero));
+        _mm512_storeu_ps(x + i + 48, _mm512_max_ps(d, zero));
+    }
+    for (; i < n; i += 16) {
+        __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(x + i, m, _mm512_max_ps(_mm512_maskz_loadu_ps(m, x + i), zero));
+    }
+}
+#endif
+
+void osk_relu(int level, float *x, int64_t n) {
+#if OSK_X86
+    if (level >= OSK_AVX512) { relu_avx512(x, n); return; }
+#endif
+    relu_scalar(x, n);
+}
+
 void osk_affine_silu(int level, const float *x, float *y, int64_t n, float a, float b) {
 #if OSK_X86
     if (level >= OSK_AVX512) { silu_avx512(x, y, n, a, b); return; }

@@ -58,22 +58,31 @@ static inline uint32_t q8_code(float v, float inv, int32_t zp) {
     return (uint32_t)(q < 0 ? 0 : q > 255 ? 255 : q);
 }
 
-static void quantize_scalar(const float *x, int32_t c, int32_t n, int32_t hw, int32_t i,
-                            uint32_t *xq, float *scale, int32_t *zp) {
-    float lo = 0, hi = 0, inv;
+/* Per image i: the range (min, max, widened to hold 0) over positions j0..<j1 of every channel, folded into
+   *lo / *hi; then the codes of positions j0..<j1. The range is a min / max, exact in any order, so splitting the
+   positions between threads (osk_q8_range per part, then osk_q8_encode per part) gives the same scale, zero point
+   and codes as one pass (for finite inputs). */
+static void range_scalar(const float *x, int32_t c, int32_t n, int32_t hw, int32_t i, int32_t j0, int32_t j1,
+                         float *lo_io, float *hi_io) {
+    float lo = *lo_io, hi = *hi_io;
     for (int ch = 0; ch < c; ch++) {
         const float *p = x + ((size_t)ch * n + i) * hw;
-        for (int j = 0; j < hw; j++) { lo = p[j] < lo ? p[j] : lo; hi = p[j] > hi ? p[j] : hi; }
+        for (int j = j0; j < j1; j++) { lo = p[j] < lo ? p[j] : lo; hi = p[j] > hi ? p[j] : hi; }
     }
-    q8_params(lo, hi, &scale[i], &zp[i], &inv);
+    *lo_io = lo;
+    *hi_io = hi;
+}
+
+static void encode_scalar(const float *x, int32_t c, int32_t n, int32_t hw, int32_t i, int32_t j0, int32_t j1,
+                          uint32_t *xq, float inv, int32_t zp) {
     const int c4 = (c + 3) / 4;
     for (int q = 0; q < c4; q++) {
         uint32_t *d = xq + ((size_t)q * n + i) * hw;
-        for (int j = 0; j < hw; j++) {
+        for (int j = j0; j < j1; j++) {
             uint32_t word = 0;
             for (int b = 0; b < 4; b++) {
                 int ch = 4 * q + b;
-                uint32_t v = ch < c ? q8_code(x[((size_t)ch * n + i) * hw + j], inv, zp[i]) : (uint32_t)zp[i];
+                uint32_t v = ch < c ? q8_code(x[((size_t)ch * n + i) * hw + j], inv, zp) : (uint32_t)zp;
                 word |= v << (8 * b);
             }
             d[j] = word;
@@ -82,27 +91,31 @@ static void quantize_scalar(const float *x, int32_t c, int32_t n, int32_t hw, in
 }
 
 #if OSK_X86
-AVX512 static void quantize_avx512(const float *x, int32_t c, int32_t n, int32_t hw, int32_t i,
-                                   uint32_t *xq, float *scale, int32_t *zp) {
-    __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps();
+AVX512 static void range_avx512(const float *x, int32_t c, int32_t n, int32_t hw, int32_t i, int32_t j0, int32_t j1,
+                                float *lo_io, float *hi_io) {
+    __m512 vlo = _mm512_set1_ps(*lo_io), vhi = _mm512_set1_ps(*hi_io);
     for (int ch = 0; ch < c; ch++) {
         const float *p = x + ((size_t)ch * n + i) * hw;
-        for (int j = 0; j < hw; j += 16) {
-            __mmask16 m = (__mmask16)(hw - j >= 16 ? 0xffff : (1u << (hw - j)) - 1);
+        for (int j = j0; j < j1; j += 16) {
+            __mmask16 m = (__mmask16)(j1 - j >= 16 ? 0xffff : (1u << (j1 - j)) - 1);
             __m512 v = _mm512_maskz_loadu_ps(m, p + j);  // masked lanes read 0, which the range holds anyway
             vlo = _mm512_min_ps(vlo, v);
             vhi = _mm512_max_ps(vhi, v);
         }
     }
-    float inv;
-    q8_params(_mm512_reduce_min_ps(vlo), _mm512_reduce_max_ps(vhi), &scale[i], &zp[i], &inv);
+    *lo_io = _mm512_reduce_min_ps(vlo);
+    *hi_io = _mm512_reduce_max_ps(vhi);
+}
+
+AVX512 static void encode_avx512(const float *x, int32_t c, int32_t n, int32_t hw, int32_t i, int32_t j0, int32_t j1,
+                                 uint32_t *xq, float inv, int32_t zp) {
     const __m512 vinv = _mm512_set1_ps(inv);
-    const __m512i vzp = _mm512_set1_epi32(zp[i]), v0 = _mm512_setzero_si512(), v255 = _mm512_set1_epi32(255);
+    const __m512i vzp = _mm512_set1_epi32(zp), v0 = _mm512_setzero_si512(), v255 = _mm512_set1_epi32(255);
     const int c4 = (c + 3) / 4;
     for (int q = 0; q < c4; q++) {
         uint32_t *d = xq + ((size_t)q * n + i) * hw;
-        for (int j = 0; j < hw; j += 16) {
-            __mmask16 m = (__mmask16)(hw - j >= 16 ? 0xffff : (1u << (hw - j)) - 1);
+        for (int j = j0; j < j1; j += 16) {
+            __mmask16 m = (__mmask16)(j1 - j >= 16 ? 0xffff : (1u << (j1 - j)) - 1);
             __m512i word = _mm512_setzero_si512();
             for (int b = 0; b < 4; b++) {
                 int ch = 4 * q + b;
@@ -120,13 +133,37 @@ AVX512 static void quantize_avx512(const float *x, int32_t c, int32_t n, int32_t
 }
 #endif
 
+void osk_q8_range(int level, const float *x, int32_t c, int32_t n, int32_t hw, int32_t i, int32_t j0, int32_t j1,
+                  float *lo, float *hi) {
+    if (j1 <= j0) return;
+#if OSK_X86
+    if (level == OSK_AVX512) { range_avx512(x, c, n, hw, i, j0, j1, lo, hi); return; }
+#endif
+    range_scalar(x, c, n, hw, i, j0, j1, lo, hi);
+}
+
+void osk_q8_set_params(float lo, float hi, float *scale, int32_t *zp) {
+    float inv;
+    q8_params(lo, hi, scale, zp, &inv);
+}
+
+void osk_q8_encode(int level, const float *x, int32_t c, int32_t n, int32_t hw, int32_t i, int32_t j0, int32_t j1,
+                   uint32_t *xq, const float *scale, const int32_t *zp) {
+    if (j1 <= j0) return;
+    const float inv = 1.0f / scale[i];   // what q8_params computed
+#if OSK_X86
+    if (level == OSK_AVX512) { encode_avx512(x, c, n, hw, i, j0, j1, xq, inv, zp[i]); return; }
+#endif
+    encode_scalar(x, c, n, hw, i, j0, j1, xq, inv, zp[i]);
+}
+
 void osk_q8_quantize(int level, const float *x, int32_t c, int32_t n, int32_t hw, int32_t i0, int32_t i1,
                      uint32_t *xq, float *scale, int32_t *zp) {
     for (int i = i0; i < i1; i++) {
-#if OSK_X86
-        if (level == OSK_AVX512) { quantize_avx512(x, c, n, hw, i, xq, scale, zp); continue; }
-#endif
-        quantize_scalar(x, c, n, hw, i, xq, scale, zp);
+        float lo = 0, hi = 0;
+        osk_q8_range(level, x, c, n, hw, i, 0, hw, &lo, &hi);
+        osk_q8_set_params(lo, hi, &scale[i], &zp[i]);
+        osk_q8_encode(level, x, c, n, hw, i, 0, hw, xq, scale, zp);
     }
 }
 

@@ -14,7 +14,7 @@ enum BenchCommand {
         FlagSpec("model", "model directory (repeatable)"),
         FlagSpec("config", "a published model's exact config with random weights made now: cd_imagenet64 (pixel); sd-turbo, sdxs (text-to-image, written to a temporary diffusers folder and loaded from it; sd-turbo-tiny, sdxs-tiny check the bench) (repeatable)"),
         FlagSpec("runs", "text-to-image: timed runs of each part, interleaved; the best is reported", default: "2"),
-        FlagSpec("keep", "text-to-image --config: write the random-weight folder here and keep it (default: a temporary folder, removed)"),
+        FlagSpec("keep", "text-to-image --config: write the random-weight folder here and keep it (default: a temporary folder, removed); with --precision int8 its quantized form is kept as DIR-int8"),
         FlagSpec("tokenizer", "text-to-image --config: the CLIP tokenizer folder to copy (default: the golden pipeline's, ONESTEP_GOLDEN or ../shared/golden)"),
         FlagSpec("batch", "comma-separated batch sizes", default: "1,16"),
         FlagSpec("seconds", "time to spend per row", default: "2"),
@@ -54,7 +54,8 @@ enum BenchCommand {
         let models = allModels.filter { !textFolders.contains($0) }
         if !textConfigs.isEmpty || !textFolders.isEmpty {
             if f.has("keep") && textConfigs.count > 1 { throw FlagError("--keep DIR takes one text-to-image --config at a time") }
-            // fp32 unless --precision says otherwise: the pixel default (fp32,int8) names a path latent networks lack.
+            // fp32 unless --precision says otherwise: int8 first writes the folder's quantized form (tens of seconds
+            // and the int8 pipeline's memory beside the fp32 one for the full-size configs), so it is asked for.
             let precisions = f.has("precision") ? try parsePrecisions(f) : [.fp32]
             try BenchLatent.run(configs: textConfigs, folders: textFolders, threads: threadCounts, runs: try f.int("runs", range: 1...100) ?? 2,
                                 precisions: precisions, keep: f.string("keep"), tokenizer: f.string("tokenizer"), json: f.isSet("json"))

@@ -17,6 +17,8 @@ enum BenchLatent {
         var gflop: Double
         var firstMs: Double, bestMs: Double, bestCPUms: Double
         var peak: Peak
+        /// int8 rows: this row's CPU ms / the fp32 row's of the same part and threads (same run, interleaved).
+        var cpuRatioVsFP32: Double?
         /// GFLOP per wall second of the best run, and per CPU second of that run (all threads; a thread team's
         /// helpers spin briefly between layers, which counts).
         var gflops: Double { bestMs > 0 ? gflop / (bestMs / 1000) : 0 }
@@ -51,6 +53,7 @@ enum BenchLatent {
 
     struct Memory {
         var model: String
+        var precision = "float32"
         var parameterBytes: Int?           // float32 bytes of every tensor the loader reads (nil: --model folder)
         var writeSeconds: Double?, loadSeconds: Double
         var rssBeforeLoadMiB: Double, rssAfterLoadMiB: Double, peakLoadMiB: Double, peakMiB: Double
@@ -62,26 +65,43 @@ enum BenchLatent {
                     keep: String?, tokenizer: String?, json: Bool) throws {
         var rows: [Row] = [], memories: [Memory] = []
         var peaks: [Int: Peak] = [:]
-        func bench(folder: String, name: String, written: BenchLatentFolder.Written?, wroteNow: Bool = true) throws {
-            let resetWorked = ProcessMemory.resetPeak()
-            let before = ProcessMemory.residentMiB()
-            let t0 = DispatchTime.now().uptimeNanoseconds
-            let pipeline = try TextToImagePipeline.load(path: folder, name: name)
-            let loadSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
-            let after = ProcessMemory.residentMiB(), peakLoad = ProcessMemory.peakMiB()
+        func bench(folder: String, name: String, written: BenchLatentFolder.Written?, wroteNow: Bool = true, keepInt8: String? = nil) throws {
+            // One pipeline per precision, each loaded through TextToImagePipeline.load; int8 from the folder that
+            // `onestep-serve quantize` would write (LatentQuantizer.writeInt8Folder), made in a temporary folder.
+            var loaded: [(ConvPrecision, TextToImagePipeline)] = []
+            var int8Folder: String?
+            defer { if let int8Folder, keepInt8 == nil { try? FileManager.default.removeItem(atPath: int8Folder) } }
             for precision in precisions {
-                guard let p = prepare(pipeline, precision: precision) else { continue }
-                for t in threads {
-                    let measured = measure(p, precision: precision, threads: t, runs: runs, peak: &peaks)
-                    rows += measured
-                    if json { measured.forEach { print(jsonLine($0)) } }
+                var path = folder
+                switch precision {
+                case .fp32: break
+                case .blas:
+                    FileHandle.standardError.write(Data("precision blas: not a path of text-to-image (latent) pipelines; those rows are skipped\n".utf8))
+                    continue
+                case .int8:
+                    let float = try loaded.first { $0.0 == .fp32 }?.1 ?? TextToImagePipeline.load(path: folder, name: name)
+                    path = try quantizedFolder(float, source: folder, name: name, to: keepInt8)
+                    int8Folder = path
                 }
+                let resetWorked = ProcessMemory.resetPeak()
+                let before = ProcessMemory.residentMiB()
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                let pipeline = try TextToImagePipeline.load(path: path, name: name)
+                let loadSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+                let after = ProcessMemory.residentMiB(), peakLoad = ProcessMemory.peakMiB()
+                loaded.append((precision, pipeline))
+                let m = Memory(model: name, precision: precisionName(precision), parameterBytes: written.map { $0.parameters * 4 },
+                               writeSeconds: wroteNow && precision == .fp32 ? written?.seconds : nil,
+                               loadSeconds: loadSeconds, rssBeforeLoadMiB: before, rssAfterLoadMiB: after, peakLoadMiB: peakLoad,
+                               peakMiB: ProcessMemory.peakMiB(), peakResetWorked: resetWorked)
+                memories.append(m)
+                if json { print(jsonLine(m)) }
             }
-            let m = Memory(model: name, parameterBytes: written.map { $0.parameters * 4 }, writeSeconds: wroteNow ? written?.seconds : nil,
-                           loadSeconds: loadSeconds, rssBeforeLoadMiB: before, rssAfterLoadMiB: after, peakLoadMiB: peakLoad,
-                           peakMiB: ProcessMemory.peakMiB(), peakResetWorked: resetWorked)
-            memories.append(m)
-            if json { print(jsonLine(m)) }
+            for t in threads {
+                let measured = measure(loaded, threads: t, runs: runs, peak: &peaks)
+                rows += measured
+                if json { measured.forEach { print(jsonLine($0)) } }
+            }
         }
         for config in configs {
             let folder = keep ?? FileManager.default.temporaryDirectory.path + "/onestep-bench-\(config.name)-\(getpid())"
@@ -94,7 +114,7 @@ enum BenchLatent {
             let written = try BenchLatentFolder.write(config, to: folder, tokenizer: tok)
             FileHandle.standardError.write(Data(String(format: "%@: wrote %.2f GB of float32 weights (%d M parameters) to %@ in %.1f s\n",
                                                        config.name, Double(written.parameters * 4) / 1e9, written.parameters / 1_000_000, folder, written.seconds).utf8))
-            try bench(folder: folder, name: config.name, written: written)
+            try bench(folder: folder, name: config.name, written: written, keepInt8: keep.map { $0 + "-int8" })
         }
         for folder in folders {
             var written = BenchLatentFolder.Written()
@@ -107,54 +127,47 @@ enum BenchLatent {
         if !json { print(table(rows) + memories.map(describe).joined()) }
     }
 
-    /// The pipeline run at `precision`, or nil (with a note) where this build has no such path. The hook for int8
-    /// latent networks: when they exist, convert `p` here (its UNet / text encoder / decoder) and return it.
-    static func prepare(_ p: TextToImagePipeline, precision: ConvPrecision) -> TextToImagePipeline? {
-        switch precision {
-        case .fp32: return p
-        case .int8, .blas:
-            FileHandle.standardError.write(Data("precision \(precision.rawValue): not built for text-to-image (latent) pipelines yet; those rows are skipped (fp32 only)\n".utf8))
-            return nil
-        }
+    static func precisionName(_ p: ConvPrecision) -> String { p == .fp32 ? "float32" : p.rawValue }
+
+    /// Writes the int8 form of the text-to-image folder `source` (whose fp32 pipeline is `float`) with the code of
+    /// `onestep-serve quantize` (LatentQuantizer.writeInt8Folder: unet/, vae/ and text_encoder/, default weight
+    /// error threshold) into `to` (--keep DIR gives DIR-int8, which must not exist) or a temporary folder the
+    /// caller removes, and returns its path. Prints how many layers of each component went int8.
+    static func quantizedFolder(_ float: TextToImagePipeline, source: String, name: String, to: String? = nil) throws -> String {
+        let path = to ?? FileManager.default.temporaryDirectory.path + "/onestep-bench-\(name)-int8-\(getpid())"
+        if to == nil { try? FileManager.default.removeItem(atPath: path) }
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        let written = try LatentQuantizer.writeInt8Folder(float, source: source, destination: path)
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        let counts = written.layers.sorted { $0.key < $1.key }.map { "\($0.key) \($0.value.filter(\.int8).count) of \($0.value.count)" }
+        FileHandle.standardError.write(Data(String(format: "%@: quantized (onestep-serve quantize's writer) in %.1f s to %@; int8 layers: %@\n",
+                                                   name, seconds, path, counts.joined(separator: ", ")).utf8))
+        return path
     }
 
-    /// Best-of-`runs` wall and CPU ms of each part on `threads` cores (a thread team for the UNet and decoder,
-    /// BLAS threads for the text encoder), parts interleaved within each run.
-    static func measure(_ pipeline: TextToImagePipeline, precision: ConvPrecision, threads t: Int, runs: Int,
+    /// Best-of-`runs` wall and CPU ms of each part of each pipeline on `threads` cores (a thread team for the UNet
+    /// and decoder, BLAS threads for the text encoder), parts and pipelines interleaved within each run (fp32 part,
+    /// then int8 part...), so a change of the machine's load hits both precisions alike.
+    static func measure(_ pipelines: [(ConvPrecision, TextToImagePipeline)], threads t: Int, runs: Int,
                         peak peaks: inout [Int: Peak]) -> [Row] {
-        var p = pipeline
-        p.threads = t
+        guard let first = pipelines.first?.1 else { return [] }
         let savedBLAS = BLAS.threads
         BLAS.threads = t
         defer { BLAS.threads = savedBLAS }
         // 2048^3 for real sizes; the tiny configs (64x64 images, a check of the bench) take a 512^3 one.
-        let peakSize = p.defaultSize >= 512 ? 2048 : 512
+        let peakSize = first.defaultSize >= 512 ? 2048 : 512
         let peakBefore = sgemmPeak(threads: t, n: peakSize)
-        let side = p.defaultSize, h = side / p.decoder.scaleFactor
-        var g = TorchGenerator(seed: 1)
-        let latents = g.randn(shape: [1, p.unet.config.inChannels, h, h])
-        let prompt = "a photo of an astronaut riding a horse on mars, highly detailed"
-        // (name, GFLOP, body). The UNet step is what the sampler calls: timestep 999 (Euler, trailing, 1 step).
-        let embeddings = try! p.encode([prompt])
-        let textFlops = CLIPTextBench.flops(p.textEncoder.config, batch: 1, length: embeddings.shape[1])
-        let unetFlops = p.unet.flops(batch: 1, height: h, width: h, tokens: embeddings.shape[1])
-        let decoderFlops: Double
-        switch p.decoder {
-        case .kl(let d): decoderFlops = d.flops(batch: 1, height: h, width: h)
-        case .tiny(let d): decoderFlops = d.flops(batch: 1, height: h, width: h)
+        // (pipeline index, name, GFLOP, body), interleaved part by part.
+        var parts: [(Int, String, Double, () throws -> Void)] = []
+        let perPipeline = pipelines.map { partsOf($0.1, threads: t) }
+        for i in perPipeline[0].indices {
+            for (k, list) in perPipeline.enumerated() { parts.append((k, list[i].0, list[i].1, list[i].2)) }
         }
-        let parts: [(String, Double, () throws -> Void)] = [
-            ("text encoder", textFlops, { _ = try p.encode([prompt]) }),
-            ("unet step", unetFlops, { _ = try p.unet.forward(latents, timesteps: [999], encoderHiddenStates: embeddings, threads: t) }),
-            ("decoder \(p.decoder.className)", decoderFlops, { _ = try p.decoder.decodeScaled(latents, threads: t) }),
-            ("total \(side)x\(side) 1 step", textFlops + unetFlops + decoderFlops,
-             { _ = try p.generate([TextGenerationRequest(prompt: prompt, seed: 1)], steps: 1) }),
-        ]
         var wall = Array(repeating: [Double](), count: parts.count), cpu = wall
         for _ in 0..<max(1, runs) {
             for (i, part) in parts.enumerated() {
                 let c0 = ProcessMemory.cpuSeconds(), w0 = DispatchTime.now().uptimeNanoseconds
-                do { try part.2() } catch { fatalError("bench \(p.name) \(part.0): \(error)") }
+                do { try part.3() } catch { fatalError("bench \(first.name) \(part.1): \(error)") }
                 wall[i].append(Double(DispatchTime.now().uptimeNanoseconds - w0) / 1e6)
                 cpu[i].append((ProcessMemory.cpuSeconds() - c0) * 1000)
             }
@@ -164,21 +177,55 @@ enum BenchLatent {
         peaks[t] = peak
         FileHandle.standardError.write(Data(String(format: "sgemm %d^3 on %d thread(s): %.1f GFLOP per wall second, %.1f per CPU second (best calls, before and after the parts); load average %@\n",
                                                    peakSize, t, peak.wall, peak.cpu, loadAverage()).utf8))
-        return parts.indices.map { i in
+        var rows = parts.indices.map { i in
             let best = wall[i].indices.min { wall[i][$0] < wall[i][$1] }!
-            return Row(model: p.name, part: parts[i].0, precision: precision == .fp32 ? "float32" : precision.rawValue, threads: t,
-                       gflop: parts[i].1 / 1e9, firstMs: wall[i][0], bestMs: wall[i][best], bestCPUms: cpu[i][best], peak: peak)
+            return Row(model: first.name, part: parts[i].1, precision: precisionName(pipelines[parts[i].0].0), threads: t,
+                       gflop: parts[i].2 / 1e9, firstMs: wall[i][0], bestMs: wall[i][best], bestCPUms: cpu[i][best], peak: peak)
         }
+        for i in rows.indices where rows[i].precision == "int8" {
+            if let f = rows.first(where: { $0.precision == "float32" && $0.part == rows[i].part }) {
+                rows[i].cpuRatioVsFP32 = rows[i].bestCPUms / max(f.bestCPUms, 1e-9)
+            }
+        }
+        return rows
+    }
+
+    /// The four timed parts of `pipeline` on `t` threads: (name, GFLOP, body). The UNet step is what the sampler
+    /// calls: timestep 999 (Euler, trailing, 1 step), on the embeddings of this pipeline's own text encoder.
+    static func partsOf(_ pipeline: TextToImagePipeline, threads t: Int) -> [(String, Double, () throws -> Void)] {
+        var p = pipeline
+        p.threads = t
+        let side = p.defaultSize, h = side / p.decoder.scaleFactor
+        var g = TorchGenerator(seed: 1)
+        let latents = g.randn(shape: [1, p.unet.config.inChannels, h, h])
+        let prompt = "a photo of an astronaut riding a horse on mars, highly detailed"
+        let embeddings = try! p.encode([prompt])
+        let textFlops = CLIPTextBench.flops(p.textEncoder.config, batch: 1, length: embeddings.shape[1])
+        let unetFlops = p.unet.flops(batch: 1, height: h, width: h, tokens: embeddings.shape[1])
+        let decoderFlops: Double
+        switch p.decoder {
+        case .kl(let d): decoderFlops = d.flops(batch: 1, height: h, width: h)
+        case .tiny(let d): decoderFlops = d.flops(batch: 1, height: h, width: h)
+        }
+        let q = p
+        return [
+            ("text encoder", textFlops, { _ = try q.encode([prompt]) }),
+            ("unet step", unetFlops, { _ = try q.unet.forward(latents, timesteps: [999], encoderHiddenStates: embeddings, threads: t) }),
+            ("decoder \(q.decoder.className)", decoderFlops, { _ = try q.decoder.decodeScaled(latents, threads: t) }),
+            ("total \(side)x\(side) 1 step", textFlops + unetFlops + decoderFlops,
+             { _ = try q.generate([TextGenerationRequest(prompt: prompt, seed: 1)], steps: 1) }),
+        ]
     }
 
     static func table(_ rows: [Row]) -> String {
         func pad(_ s: String, _ w: Int) -> String { s + String(repeating: " ", count: max(0, w - s.count)) }
         let mw = max(10, (rows.map(\.model.count).max() ?? 0) + 1), pw = max(12, (rows.map(\.part.count).max() ?? 0) + 1)
-        var s = pad("model", mw) + pad("part", pw) + "dtype   threads    GFLOP  first ms   best ms    CPU ms   GFLOP/s  of peak  GFLOP/CPU-s  of peak\n"
+        var s = pad("model", mw) + pad("part", pw) + "dtype   threads    GFLOP  first ms   best ms    CPU ms   GFLOP/s  of peak  GFLOP/CPU-s  of peak  int8/fp32 CPU\n"
         for r in rows {
             s += pad(r.model, mw) + pad(r.part, pw) + pad(r.precision, 8)
             s += String(format: "%7d %8.1f %9.0f %9.0f %9.0f %9.1f %7.1f%% %12.1f %7.1f%%\n", r.threads, r.gflop, r.firstMs, r.bestMs, r.bestCPUms,
                         r.gflops, 100 * r.gflops / max(r.peak.wall, 1e-9), r.gflopsPerCPUSecond, 100 * r.gflopsPerCPUSecond / max(r.peak.cpu, 1e-9))
+            if let ratio = r.cpuRatioVsFP32 { s.removeLast(); s += String(format: " %14.2f\n", ratio) }
         }
         var peaks: [Int: Peak] = [:]
         for r in rows { peaks[r.threads] = r.peak }
@@ -200,7 +247,7 @@ enum BenchLatent {
     }
 
     static func describe(_ m: Memory) -> String {
-        var s = "\(m.model): "
+        var s = "\(m.model) \(m.precision): "
         if let w = m.writeSeconds { s += String(format: "folder written in %.1f s; ", w) }
         s += String(format: "load %.1f s; RSS before load %.0f MiB, after load %.0f MiB, peak during load %.0f MiB, peak overall %.0f MiB",
                     m.loadSeconds, m.rssBeforeLoadMiB, m.rssAfterLoadMiB, m.peakLoadMiB, m.peakMiB)
@@ -208,7 +255,11 @@ enum BenchLatent {
         if !SafetensorsFile.mapsFiles { s += " (weight files read whole into memory: ONESTEP_SAFETENSORS_MMAP=0)" }
         if let bytes = m.parameterBytes {
             let params = Double(bytes) / 1048576, added = m.rssAfterLoadMiB - m.rssBeforeLoadMiB
-            s += String(format: "\n  float32 parameters %.0f MiB; the load added %.0f MiB resident = %.2fx the parameters (2x or more would mean a second copy beside the packed form)", params, added, added / params)
+            if m.precision == "float32" {
+                s += String(format: "\n  float32 parameters %.0f MiB; the load added %.0f MiB resident = %.2fx the parameters (2x or more would mean a second copy beside the packed form)", params, added, added / params)
+            } else {
+                s += String(format: "\n  float32 parameters %.0f MiB; the int8 load added %.0f MiB resident = %.2fx their float32 bytes (int8 codes are 0.25x; fp32 layers, norms and packing add to that)", params, added, added / params)
+            }
         }
         return s + "\n"
     }
@@ -219,14 +270,16 @@ enum BenchLatent {
     }
 
     static func jsonLine(_ r: Row) -> String {
-        jsonLine(["model": r.model, "part": r.part, "dtype": r.precision, "threads": r.threads, "gflop": r.gflop,
+        var d: [String: Any] = ["model": r.model, "part": r.part, "dtype": r.precision, "threads": r.threads, "gflop": r.gflop,
                   "first_ms": r.firstMs, "best_ms": r.bestMs, "best_cpu_ms": r.bestCPUms, "gflops": r.gflops,
                   "gflop_per_cpu_s": r.gflopsPerCPUSecond, "sgemm_peak_gflops": r.peak.wall, "sgemm_peak_gflop_per_cpu_s": r.peak.cpu,
-                  "load_average": loadAverage()])
+                  "load_average": loadAverage()]
+        if let ratio = r.cpuRatioVsFP32 { d["cpu_ratio_vs_float32"] = ratio }
+        return jsonLine(d)
     }
 
     static func jsonLine(_ m: Memory) -> String {
-        var d: [String: Any] = ["model": m.model, "load_s": m.loadSeconds, "rss_before_load_mib": m.rssBeforeLoadMiB,
+        var d: [String: Any] = ["model": m.model, "precision": m.precision, "load_s": m.loadSeconds, "rss_before_load_mib": m.rssBeforeLoadMiB,
                                 "rss_after_load_mib": m.rssAfterLoadMiB, "peak_load_mib": m.peakLoadMiB, "peak_mib": m.peakMiB,
                                 "weights_mapped": SafetensorsFile.mapsFiles,
                                 "peak_reset": m.peakResetWorked]

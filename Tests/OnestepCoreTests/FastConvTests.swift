@@ -304,3 +304,49 @@ final class FastConvTests: XCTestCase {
         }
     }
 }
+
+/// The int8 conv's activation quantization split over a team (each image's positions split when there are fewer
+/// images than threads) gives the same codes, scales and zero points as one thread, at every level; and the scale
+/// and zero point are the per-image range rule (range widened to hold 0, 255 steps).
+final class QuantizeActivationsSplitTests: XCTestCase {
+    func quantize(_ x: [Float], channels c: Int, batch n: Int, height h: Int, width w: Int, level: KernelLevel,
+                  threads: Int) -> (codes: [UInt32], scales: [Float], zps: [Int32]) {
+        let pool = BufferPool()
+        let a = FastConvTests.activation(x, channels: c, batch: n, height: h, width: w, pool: pool)
+        var codes = [UInt32](repeating: 0xDEAD_BEEF, count: (c + 3) / 4 * n * h * w)
+        var scales = [Float](repeating: -1, count: n), zps = [Int32](repeating: -1, count: n)
+        codes.withUnsafeMutableBufferPointer { cp in scales.withUnsafeMutableBufferPointer { sp in zps.withUnsafeMutableBufferPointer { zp in
+            FastConv.quantizeActivations(a, codes: cp.baseAddress!, scales: sp.baseAddress!, zeroPoints: zp.baseAddress!,
+                                         level: level, team: FastConvTests.team(threads))
+        } } }
+        return (codes, scales, zps)
+    }
+
+    func testSplitOverPositionsEqualsOneThread() {
+        var r = TestRandom(31)
+        // (C, N, H, W): odd channel counts (a partial 4-channel word), odd position counts (masked tails), one and
+        // two images, all at least splitQuantizeMinPixels positions so the split path runs on 2 and 3 threads.
+        for (c, n, h, w) in [(5, 1, 67, 71), (64, 1, 64, 64), (3, 1, 80, 81), (8, 2, 70, 70), (1, 1, 64, 65)] {
+            XCTAssertGreaterThanOrEqual(h * w, FastConv.splitQuantizeMinPixels)
+            // Skewed values: image ranges neither symmetric nor holding 0 until widened.
+            let x = (0..<(c * n * h * w)).map { i in Float(Int(r.next() % 20001) - 4000) / 1000 + (i % 7 == 0 ? 0.5 : 0) }
+            for level in KernelLevel.allCases where level.isSupported {
+                let one = quantize(x, channels: c, batch: n, height: h, width: w, level: level, threads: 1)
+                XCTAssertFalse(one.codes.contains(0xDEAD_BEEF), "every code word written")
+                for threads in [2, 3] {
+                    let split = quantize(x, channels: c, batch: n, height: h, width: w, level: level, threads: threads)
+                    XCTAssertEqual(split.scales.map(\.bitPattern), one.scales.map(\.bitPattern), "\(c)x\(n)x\(h)x\(w) \(level) threads \(threads)")
+                    XCTAssertEqual(split.zps, one.zps, "\(c)x\(n)x\(h)x\(w) \(level) threads \(threads)")
+                    XCTAssertTrue(split.codes == one.codes, "codes differ: \(c)x\(n)x\(h)x\(w) \(level) threads \(threads)")
+                }
+                // The rule: s = (max(hi, 0) - min(lo, 0)) / 255, zp = round(-lo / s), per image.
+                for i in 0..<n {
+                    var lo: Float = 0, hi: Float = 0
+                    for ch in 0..<c { for j in 0..<(h * w) { let v = x[(ch * n + i) * h * w + j]; lo = min(lo, v); hi = max(hi, v) } }
+                    XCTAssertEqual(one.scales[i], (hi - lo) / 255, "image \(i)")
+                    XCTAssertEqual(one.zps[i], Int32((-lo / one.scales[i]).rounded(.toNearestOrEven)), "image \(i)")
+                }
+            }
+        }
+    }
+}

@@ -113,6 +113,27 @@ final class ActivationKernelTests: XCTestCase {
     }
 }
 
+final class ReLUKernelTests: XCTestCase {
+    /// FastConv.relu at every level equals Reference.relu bit for bit, on odd lengths (the masked AVX-512 tail and
+    /// the 64-wide body) and on NaN, +-0, +-inf and subnormals.
+    func testReLUMatchesReferenceBitForBit() {
+        var r = TestRandom(21)
+        let specials: [Float] = [.nan, -.nan, 0, -0.0, .infinity, -.infinity, .leastNonzeroMagnitude, -.leastNonzeroMagnitude,
+                                 .greatestFiniteMagnitude, -.greatestFiniteMagnitude, 1, -1]
+        for n in [1, 5, 15, 16, 17, 63, 64, 65, 127, 130, 1000, 4099] {
+            var x = r.floats(n).map { $0 * 4 }
+            for (i, v) in specials.enumerated() where i < n { x[(i * 7) % n] = v }
+            let want = Reference.relu(Tensor(shape: [n], data: x)).data.map(\.bitPattern)
+            XCTAssertTrue(want.contains(0), "n \(n): the input has values that must clamp")
+            for level in KernelLevel.allCases where level.isSupported {
+                var y = x
+                y.withUnsafeMutableBufferPointer { FastConv.relu($0.baseAddress!, count: n, level: level) }
+                XCTAssertEqual(y.map(\.bitPattern), want, "n \(n) \(level)")
+            }
+        }
+    }
+}
+
 final class AttentionHeadKernelTests: XCTestCase {
     /// The C attention head (every level) vs a double-precision softmax(QK^T)V on strided slices.
     static let relative = 2e-6

@@ -81,17 +81,62 @@ final class BenchLatentCommandTests: XCTestCase {
         XCTAssertTrue(again.err.contains("exists and is not empty"), again.err)
     }
 
-    func testTemporaryFolderIsRemovedAndInt8IsSkippedWithANote() throws {
-        let r = try run(["bench", "--config", "sd-turbo-tiny", "--runs", "1", "--precision", "fp32,int8",
+    func testTemporaryFoldersAreRemovedAndInt8RowsSitBesideFP32() throws {
+        let r = try run(["bench", "--config", "sd-turbo-tiny", "--runs", "1", "--precision", "fp32,int8,blas", "--json",
                          "--tokenizer", Fixtures.golden + "/sd_turbo_tiny/tokenizer"])
         XCTAssertEqual(r.status, 0, r.err)
-        XCTAssertTrue(r.err.contains("precision int8: not built for text-to-image"), r.err)
-        XCTAssertTrue(r.out.contains("decoder AutoencoderKL"), r.out)
-        XCTAssertFalse(r.out.contains("int8"), "no int8 rows: \(r.out)")
-        // "sd-turbo-tiny: wrote ... to FOLDER in ..." names the temporary folder, which must be gone.
+        XCTAssertTrue(r.err.contains("precision blas: not a path of text-to-image"), r.err)
+        let lines = try jsonLines(r.out)
+        let rows = lines.filter { $0["part"] != nil }, memory = lines.filter { $0["rss_after_load_mib"] != nil }
+        XCTAssertEqual(rows.count, 8, "4 parts x fp32, int8: \(r.out)")
+        XCTAssertEqual(memory.compactMap { $0["precision"] as? String }, ["float32", "int8"])
+        let fp32 = rows.filter { $0["dtype"] as? String == "float32" }, int8 = rows.filter { $0["dtype"] as? String == "int8" }
+        XCTAssertEqual(Set(int8.compactMap { $0["part"] as? String }), Set(fp32.compactMap { $0["part"] as? String }))
+        XCTAssertTrue(Set(int8.compactMap { $0["part"] as? String }).contains("decoder AutoencoderKL"), r.out)
+        for row in int8 {
+            // The ratio printed is this run's int8 CPU ms over the fp32 row's of the same part.
+            let part = try XCTUnwrap(row["part"] as? String)
+            let f = try XCTUnwrap(fp32.first { $0["part"] as? String == part })
+            let ratio = try XCTUnwrap(row["cpu_ratio_vs_float32"] as? Double, "\(row)")
+            let expected = try XCTUnwrap(row["best_cpu_ms"] as? Double) / max(try XCTUnwrap(f["best_cpu_ms"] as? Double), 1e-9)
+            XCTAssertEqual(ratio, expected, accuracy: 1e-9 * max(1, expected))
+            XCTAssertNil(f["cpu_ratio_vs_float32"])
+        }
+        // Both folders ("wrote ... to FOLDER in", "quantized ... to FOLDER;") are temporary and must be gone.
         let line = try XCTUnwrap(r.err.split(separator: "\n").first { $0.contains(" wrote ") })
         let folder = try XCTUnwrap(line.components(separatedBy: " to ").last?.components(separatedBy: " in ").first)
         XCTAssertTrue(folder.contains("onestep-bench-sd-turbo-tiny"), folder)
         XCTAssertFalse(FileManager.default.fileExists(atPath: folder), "\(folder) was left behind")
+        let qline = try XCTUnwrap(r.err.split(separator: "\n").first { $0.contains(" quantized ") }, r.err)
+        let qfolder = try XCTUnwrap(qline.components(separatedBy: " to ").last?.components(separatedBy: ";").first)
+        XCTAssertTrue(qfolder.contains("onestep-bench-sd-turbo-tiny-int8"), qfolder)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: qfolder), "\(qfolder) was left behind")
+        XCTAssertTrue(qline.contains("unet 197 of 197"), String(qline))
+    }
+
+    /// The int8 pipeline the bench times is the one `onestep-serve quantize` writes from the same folder: with
+    /// --keep DIR the bench keeps DIR-int8, and every weights file equals, byte for byte, quantize's.
+    func testInt8FolderIsWhatQuantizeWrites() throws {
+        let keep = NSTemporaryDirectory() + "onestep-bench-q-\(UUID().uuidString.prefix(8))"
+        let out = keep + "-quantize"
+        defer { for d in [keep, keep + "-int8", out] { try? FileManager.default.removeItem(atPath: d) } }
+        let r = try run(["bench", "--config", "sdxs-tiny", "--keep", keep, "--runs", "1", "--precision", "int8", "--json",
+                         "--tokenizer", Fixtures.golden + "/sdxs_tiny/tokenizer"])
+        XCTAssertEqual(r.status, 0, r.err)
+        let rows = try jsonLines(r.out).filter { $0["part"] != nil }
+        XCTAssertEqual(rows.count, 4, r.out)
+        XCTAssertEqual(Set(rows.compactMap { $0["dtype"] as? String }), ["int8"], "int8 only: \(r.out)")
+        let q = try run(["quantize", "--model", keep, "--out", out])
+        XCTAssertEqual(q.status, 0, q.err)
+        for file in ["unet/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"] {
+            let a = try Data(contentsOf: URL(fileURLWithPath: keep + "-int8/" + file))
+            let b = try Data(contentsOf: URL(fileURLWithPath: out + "/" + file))
+            XCTAssertEqual(a, b, file)
+            XCTAssertTrue(try SafetensorsFile(path: out + "/" + file).entries.values.contains { $0.dtype == .I8 }, file)
+        }
+        // A second bench into the same --keep refuses (both folders exist) instead of overwriting.
+        let again = try run(["bench", "--config", "sdxs-tiny", "--keep", keep, "--precision", "int8",
+                             "--tokenizer", Fixtures.golden + "/sdxs_tiny/tokenizer"])
+        XCTAssertEqual(again.status, 2, again.err)
     }
 }

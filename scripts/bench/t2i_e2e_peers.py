@@ -1,11 +1,14 @@
 """End-to-end text-to-image benchmark: Onestep against diffusers/PyTorch fp32 and OpenVINO, same weights, same run.
 
     /work/venv/bin/python scripts/bench/t2i_e2e_peers.py [--configs sdxs,sd-turbo] [--threads 1,2] [--rounds 2]
-        [--runs 1] [--peers pytorch,openvino] [--onestep .build/release/onestep-serve] [--workdir /tmp/...] [--keep]
+        [--runs 1] [--peers pytorch,openvino] [--onestep .build/release/onestep-serve] [--onestep-precision fp32,int8]
+        [--workdir /tmp/...] [--keep]
 
 For each config, `onestep-serve bench --config C --keep DIR` writes the random-weight diffusers folder (the
 full-size SD-Turbo or SDXS-512-DreamShaper layout) and benches it; then, round after round, each engine runs in
-its own process (so its peak RSS is its own) on that same folder, interleaved: Onestep (`bench --model DIR`),
+its own process (so its peak RSS is its own) on that same folder, interleaved: Onestep (`bench --model DIR`; with
+`--onestep-precision fp32,int8` it also writes the folder's int8 form with `onestep-serve quantize`'s writer and
+times fp32 and int8 part by part in the same process: columns onestep and onestep-int8),
 PyTorch (StableDiffusionPipeline.from_pretrained(DIR), fp32), OpenVINO (the diffusers UNet, text encoder and
 decoder converted with openvino.convert_model, compiled for CPU; SDXS only unless --openvino-all). Every engine times
 the same parts of one 512x512 image in one step: text encoder (tokenize + encode), one UNet step (timestep 999),
@@ -241,7 +244,8 @@ def onestep_rows(cmd):
         if not line.startswith("{"):
             continue
         r = json.loads(line)
-        r["engine"] = "onestep"
+        int8 = r.get("dtype", r.get("precision")) == "int8"
+        r["engine"] = "onestep-int8" if int8 else "onestep"
         if "part" in r:
             p = r["part"]
             r["part"] = "text" if p.startswith("text") else "unet" if p.startswith("unet") else "decoder" if p.startswith("decoder") else "total"
@@ -274,6 +278,8 @@ def main():
                     help="openvino (its own precision choice: bf16 where the CPU has it) and/or openvino-f32 (f32 hint)")
     ap.add_argument("--openvino-all", action="store_true", help="OpenVINO on every config, not only sdxs")
     ap.add_argument("--onestep", default=".build/release/onestep-serve")
+    ap.add_argument("--onestep-precision", default="fp32,int8",
+                    help="Onestep's precisions (bench --precision): fp32 and/or int8 (the folder quantized as `quantize` writes it)")
     ap.add_argument("--workdir", default="/tmp/onestep-t2i-e2e")
     ap.add_argument("--keep", action="store_true", help="keep the written folders")
     ap.add_argument("--json-out", help="also append every row to this file as it comes")
@@ -290,7 +296,8 @@ def main():
         for config in dict.fromkeys(r["config"] for r in rows):
             mine = [r for r in rows if r["config"] == config]
             engines = list(dict.fromkeys(r["engine"] for r in mine if "part" in r))
-            engines = ["onestep"] + [e for e in engines if e != "onestep"]
+            ours = [e for e in ("onestep", "onestep-int8") if e in engines]
+            engines = ours + [e for e in engines if e not in ours]
             threads = sorted({r["threads"] for r in mine if "part" in r})
             print(table(config, mine, engines, threads))
         return
@@ -308,11 +315,12 @@ def main():
                 for engine in engines:
                     print(f"# {config} round {r + 1} {engine}: load average {load_average()}", flush=True)
                     if engine == "onestep":
-                        base = [a.onestep, "bench", "--threads", ",".join(map(str, a.threads)), "--runs", str(a.runs), "--json"]
+                        base = [a.onestep, "bench", "--threads", ",".join(map(str, a.threads)), "--runs", str(a.runs), "--json",
+                                "--precision", a.onestep_precision]
                         cmd = base + (["--config", config, "--keep", folder] if r == 0 else ["--model", folder])
                         got, err = onestep_rows(cmd)
                         for line in err.splitlines():
-                            if "sgemm" in line or "wrote" in line:
+                            if "sgemm" in line or "wrote" in line or "quantized" in line:
                                 print("#   " + line, flush=True)
                     else:
                         got = worker_rows(engine, folder, a.threads, a.runs, a.ov_engines)
@@ -326,34 +334,38 @@ def main():
                     rows += got
         finally:
             if not a.keep:
-                subprocess.run(["rm", "-rf", folder])
-        columns = [c for e in engines for c in (a.ov_engines.split(",") if e == "openvino" else [e])]
+                subprocess.run(["rm", "-rf", folder, folder + "-int8"])  # -int8: bench --keep's quantized form
+        ours = ["onestep"] * ("fp32" in a.onestep_precision) + ["onestep-int8"] * ("int8" in a.onestep_precision)
+        columns = [c for e in engines for c in (a.ov_engines.split(",") if e == "openvino" else ours if e == "onestep" else [e])]
         print(table(config, rows, columns, a.threads), flush=True)
 
 
 def table(config, rows, engines, threads):
-    """part x engine: best wall ms / its CPU ms over every round, ratios Onestep / peer, memory."""
+    """part x engine: best wall ms / its CPU ms over every round (@ the 1-minute load average when that row was
+    printed), ratios of each Onestep column / each peer (wall, CPU), memory."""
     def best(engine, part, t):
         cands = [r for r in rows if r.get("engine") == engine and r.get("part") == part and r.get("threads") == t]
         return min(cands, key=lambda r: r["best_ms"]) if cands else None
 
-    peers = [e for e in engines if e != "onestep"]
-    head = f"{'part':<9}{'thr':>4}  " + "".join(f"{e + ' wall/CPU ms':>28}" for e in engines)
-    head += "".join(f"{'Onestep/' + p + ' wall, CPU':>34}" for p in peers)
-    lines = [f"## {config}: one image at the unet sample size x 8, 1 step, best of all rounds (wall ms / CPU ms of that run)", head]
-    def cell(b):
-        return f"{b['best_ms']:.0f} / {b['best_cpu_ms']:.0f}" if b else "-"
+    ours = [e for e in engines if e.startswith("onestep")]
+    peers = [e for e in engines if not e.startswith("onestep")]
+    head = f"{'part':<9}{'thr':>4}  " + "".join(f"{e + ' wall/CPU ms @load':>34}" for e in engines)
+    head += "".join(f"{o.replace('onestep', 'Onestep') + '/' + p + ' wall, CPU':>36}" for o in ours for p in peers)
+    lines = [f"## {config}: one image at the unet sample size x 8, 1 step, best of all rounds (wall ms / CPU ms of that run @ 1-min load average)", head]
 
-    def ratio(ours, b):
-        return f"{ours['best_ms'] / b['best_ms']:.2f}, {ours['best_cpu_ms'] / max(b['best_cpu_ms'], 1e-9):.2f}" if b and ours else "-"
+    def cell(b):
+        load = b.get("load_average", "?").split()[0] if b else ""
+        return f"{b['best_ms']:.0f} / {b['best_cpu_ms']:.0f} @{load}" if b else "-"
+
+    def ratio(mine, b):
+        return f"{mine['best_ms'] / b['best_ms']:.2f}, {mine['best_cpu_ms'] / max(b['best_cpu_ms'], 1e-9):.2f}" if b and mine else "-"
 
     for t in threads:
         for part in PARTS:
-            ours = best("onestep", part, t)
-            cells = "".join(f"{cell(best(e, part, t)):>28}" for e in engines)
-            cells += "".join(f"{ratio(ours, best(p, part, t)):>34}" for p in peers)
+            cells = "".join(f"{cell(best(e, part, t)):>34}" for e in engines)
+            cells += "".join(f"{ratio(best(o, part, t), best(p, part, t)):>36}" for o in ours for p in peers)
             lines.append(f"{part:<9}{t:>4}  {cells}")
-    for e in dict.fromkeys(e.split("-")[0] for e in engines):
+    for e in dict.fromkeys(e if e.startswith("onestep") else e.split("-")[0] for e in engines):
         mem = [r for r in rows if r.get("engine") == e and r.get("memory")]
         if mem:
             m = min(mem, key=lambda r: r.get("peak_mib", 0))

@@ -74,6 +74,16 @@ void osk_q8_pack(const float *w, int32_t m, int32_t cin, int32_t taps, int32_t *
 void osk_q8_quantize(int level, const float *x, int32_t c, int32_t n, int32_t hw, int32_t i0, int32_t i1,
                      uint32_t *xq, float *scale, int32_t *zp);
 
+/// The two halves of osk_q8_quantize for one image i, so its positions can be split between threads with the
+/// same result: osk_q8_range folds the min / max of positions j0..<j1 (all channels) into *lo / *hi (start both
+/// at 0); osk_q8_set_params sets scale / zp from the whole image's range; osk_q8_encode writes the codes of
+/// positions j0..<j1 with scale[i] / zp[i].
+void osk_q8_range(int level, const float *x, int32_t c, int32_t n, int32_t hw, int32_t i, int32_t j0, int32_t j1,
+                  float *lo, float *hi);
+void osk_q8_set_params(float lo, float hi, float *scale, int32_t *zp);
+void osk_q8_encode(int level, const float *x, int32_t c, int32_t n, int32_t hw, int32_t i, int32_t j0, int32_t j1,
+                   uint32_t *xq, const float *scale, const int32_t *zp);
+
 /// y[:, n0..<n1] += dequant(conv(xq)) : y += s_w[m] * s_x[img] * (sum_k wq * xq - zp[img] * rowsum[m]).
 void osk_conv_q8(int level, const osk_conv *g, const int32_t *packed, const int32_t *rowsum,
                  const float *wscale, const uint32_t *xq, const float *xscale, const int32_t *xzp,
@@ -146,6 +156,9 @@ void osk_gemm_bf16(int level, const uint32_t *packed, int32_t m, int32_t k, cons
 #ifdef __cplusplus
 }
 #endif
+
+/// x[i] = x[i] > 0 ? x[i] : +0 for i < n, in place (NaN and -0 become +0, as the Swift reference).
+void osk_relu(int level, float *x, int64_t n);
 
 /// y[i] = silu(x[i] * a + b) for i < n (x and y may alias); polynomial exp, same arithmetic for every element.
 void osk_affine_silu(int level, const float *x, float *y, int64_t n, float a, float b);

@@ -107,6 +107,12 @@ public enum Reference {
         Tensor(shape: x.shape, data: x.data.map { Float(Double($0) / (1 + exp(-Double($0)))) })
     }
 
+    /// ReLU as the latent runner applies it (TAESD): x > 0 ? x : +0, so NaN and -0 give +0. The reference for
+    /// FastConv.relu, which must match it bit for bit.
+    public static func relu(_ x: Tensor) -> Tensor {
+        Tensor(shape: x.shape, data: x.data.map { $0 > 0 ? $0 : 0 })
+    }
+
     /// Convolution of a channel-major activation x (Cin, N, H, W), read as nearest-upsampled 2x when `upsample`,
     /// added onto `initial` (Cout, N*Ho*Wo) (bias and residual), accumulated in double. The reference for
     /// FastConv. weight (Cout, Cin, KH, KW).

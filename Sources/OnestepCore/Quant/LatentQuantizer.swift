@@ -90,6 +90,50 @@ public enum LatentQuantizer {
             throw ModelLoadError(path: source, problem: "max weight error \(maxWeightError) must be a finite number >= 0 (default \(LatentInt8.defaultMaxWeightError))")
         }
         let float = try TextToImagePipeline.load(path: source)   // refuses anything that would not serve
+        let written = try writeInt8Folder(float, source: source, destination: destination, parts: parts, maxWeightError: maxWeightError)
+        // A failure part-way (loading or measuring the written model) leaves no half-written model behind.
+        var finished = false
+        defer { if !finished { try? FileManager.default.removeItem(atPath: destination) } }
+        let plans = written.plans, layers = written.layers
+        let unetFolder = written.unetFolder, textFolder = written.textFolder
+        let int8 = try TextToImagePipeline.load(path: destination)
+        var components: [LatentQuantizationReport.Component] = []
+        for (folder, (_, _, cls)) in plans.sorted(by: { $0.key > $1.key }) {
+            let error = folder == unetFolder ? try unetError(float, int8)
+                : folder == textFolder ? try textError(float, int8) : try decoderError(float, int8)
+            components.append(.init(folder: folder, className: cls, layers: layers[folder] ?? [], outputRelativeL2: error))
+        }
+        var report = LatentQuantizationReport(source: source, destination: destination, maxWeightError: maxWeightError,
+                                              components: components, images: [])
+        report.images = try compareImages(float, int8, prompts: reportPrompts, seeds: reportSeeds, steps: steps)
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
+        try AtomicFile.write([UInt8](try encoder.encode(report)), to: destination + "/" + reportFile)
+        finished = true
+        return report
+    }
+
+    /// What `writeInt8Folder` wrote: per component folder (weights file base name, candidates, class name) and
+    /// the per-layer decisions.
+    public struct WrittenFolder: Sendable {
+        public var plans: [String: (String, [String: [Int]], String)]
+        public var layers: [String: [LatentInt8.LayerError]]
+        public var unetFolder: String, vaeFolder: String, textFolder: String
+    }
+
+    /// The file half of `quantizePipeline`, without its report: writes `destination` (must not exist) from `source`,
+    /// whose fp32 pipeline `float` is already loaded, the weights of `parts` int8 where the per-layer error allows
+    /// (LatentInt8.write). The bench uses it to run exactly what `quantize` writes. A failure part-way removes
+    /// `destination`.
+    /// - Throws: ModelLoadError naming the file when a weights file is unreadable or already int8.
+    public static func writeInt8Folder(_ float: TextToImagePipeline, source: String, destination: String,
+                                       parts: Set<Part> = Set(Part.allCases),
+                                       maxWeightError: Double = LatentInt8.defaultMaxWeightError) throws -> WrittenFolder {
+        let fm = FileManager.default
+        guard !fm.fileExists(atPath: destination) else {
+            throw ModelLoadError(path: destination, problem: "already exists; give a new output folder (quantize does not overwrite)")
+        }
         let index = try ModelIndex(path: source + "/model_index.json")
         let unetFolder = index.component(.denoiser)!.folder, vaeFolder = index.component(.decoder)!.folder
         let textFolder = index.component(.textEncoder)!.folder
@@ -130,22 +174,8 @@ public enum LatentQuantizer {
                 throw ModelLoadError(path: e.file, problem: "\(e.tensor.map { "tensor '\($0)' " } ?? "")\(e.problem)")
             }
         }
-        let int8 = try TextToImagePipeline.load(path: destination)
-        var components: [LatentQuantizationReport.Component] = []
-        for (folder, (_, _, cls)) in plans.sorted(by: { $0.key > $1.key }) {
-            let error = folder == unetFolder ? try unetError(float, int8)
-                : folder == textFolder ? try textError(float, int8) : try decoderError(float, int8)
-            components.append(.init(folder: folder, className: cls, layers: layers[folder] ?? [], outputRelativeL2: error))
-        }
-        var report = LatentQuantizationReport(source: source, destination: destination, maxWeightError: maxWeightError,
-                                              components: components, images: [])
-        report.images = try compareImages(float, int8, prompts: reportPrompts, seeds: reportSeeds, steps: steps)
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
-        try AtomicFile.write([UInt8](try encoder.encode(report)), to: destination + "/" + reportFile)
         finished = true
-        return report
+        return WrittenFolder(plans: plans, layers: layers, unetFolder: unetFolder, vaeFolder: vaeFolder, textFolder: textFolder)
     }
 
     /// UNet output of b against a on fixed inputs: 2 latents of the model's size, timesteps 999 and 500, the

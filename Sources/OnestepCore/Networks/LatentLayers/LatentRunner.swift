@@ -186,7 +186,7 @@ private struct Walk {
         }
     }
 
-    func relu(_ a: Activation) { for j in 0..<a.count where !(a.data[j] > 0) { a.data[j] = 0 } }
+    func relu(_ a: Activation) { FastConv.relu(a.data, count: a.count) }
 
     func scale(_ a: Activation, by s: Float, shift b: Float) { for j in 0..<a.count { a.data[j] = a.data[j] * s + b } }
 
