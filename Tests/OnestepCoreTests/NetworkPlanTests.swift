@@ -123,6 +123,15 @@ final class Int8FromFileTests: XCTestCase {
             default: fp32.append(layer.key)
             }
         }
+        /// Linear layers (attention projections) are packed as 1x1 int8 convolutions: read back as (out, in).
+        mutating func visit(_ layer: inout LinearLayer) {
+            guard let p = layer.packed8 else { fp32Linears.append(layer.key); return }
+            let u = p.unpacked()
+            packedCodes[layer.key] = Int8Tensor(shape: [u.shape[0], u.shape[1]], codes: u.codes, scales: u.scales)
+            linearKeys.append(layer.key)
+        }
+        var linearKeys: [String] = []
+        var fp32Linears: [String] = []
     }
 
     /// Compares the packed codes and scales with the file's I8 tensors, bit for bit.
@@ -188,6 +197,35 @@ final class Int8FromFileTests: XCTestCase {
         }
         let selected = model.plan.layers.filter(Int8Policy.innerConvolutions.selects).count
         XCTAssertEqual(try assertPackedKeepsFileCodes(model, file: file, "cd_tiny int8"), selected)
+    }
+
+    /// Attention projections stored I8 (policy inner-convolutions+attention-projections) are packed from the
+    /// file's codes too, not re-quantized from their dequantized floats: halved codes (no row reaches 127) would
+    /// come back as other codes and scales.
+    func testAttentionProjectionsArePackedFromTheFilesCodes() throws {
+        let out = Fixtures.tempDir()
+        _ = try Quantizer.quantizeDirectory(source: try Fixtures.goldenCase("cd_tiny"), destination: out)
+        let policy = Int8Policy.innerConvolutionsAndAttention
+        let projections = Set(try ModelDirectory(path: out).loadModel().0.plan.layers
+            .filter { $0.role == .attentionProjection }.map { $0.key + ".weight" })
+        XCTAssertFalse(projections.isEmpty, "cd_tiny has attention blocks")
+        try Self.rewrite(out + "/diffusion_pytorch_model.safetensors") { meta, tensors in
+            meta[Int8Policy.metadataKey] = policy.rawValue
+            for i in tensors.indices where projections.contains(tensors[i].0) {
+                var q = Int8Weights.quantize(tensors[i].1!)
+                q.codes = q.codes.map { $0 / 2 }
+                tensors[i] = (tensors[i].0, nil, q)
+            }
+        }
+        let (model, file) = try ModelDirectory(path: out).loadModel()
+        XCTAssertEqual(model.int8Policy, policy)
+        var m = model
+        m.packForServing(.int8)
+        var audit = Int8Audit()
+        m.visitLayers(&audit)
+        XCTAssertEqual(Set(audit.linearKeys.map { $0 + ".weight" }), projections)
+        let selected = model.plan.layers.filter(policy.selects).count
+        XCTAssertEqual(try assertPackedKeepsFileCodes(model, file: file, "cd_tiny attention int8"), selected)
     }
 
     /// The shipped model predates the policy key: it loads with the role rule, and its stored codes are packed

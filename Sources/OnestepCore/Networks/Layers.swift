@@ -85,6 +85,9 @@ public struct LinearLayer: Sendable {
     /// Set instead when the int8 policy selects this layer (attention projections): the weight as a 1x1 int8
     /// convolution, run over channel-major activations by ChannelMajor.attention.
     public var packed8: PackedConvInt8?
+    /// The int8 codes and scales the weight file stores for this layer, if it stores them: packing for int8 uses
+    /// them as they are (no dequantize -> requantize), as Conv2DLayer.stored8.
+    public var stored8: Int8Tensor?
 
     public var key: String { spec.key }
     public var inFeatures: Int { weight.shape[1] }
@@ -95,6 +98,7 @@ public struct LinearLayer: Sendable {
         guard case .linear(let i, let o) = spec.kind else { preconditionFailure("\(spec.key) is not a linear layer") }
         self.spec = spec
         weight = try src.tensor(spec.key + ".weight", shape: [o, i])
+        stored8 = try src.int8(spec.key + ".weight", shape: [o, i])
         bias = try src.tensor(spec.key + ".bias", shape: [o])
     }
 

@@ -30,9 +30,11 @@ struct ServingPacker: LayerVisitor {
         layer.packed8 = nil
         if precision == .int8 && policy.selects(layer.spec) {
             let (i, o) = (layer.inFeatures, layer.outFeatures)
-            let w = Tensor(shape: [o, i, 1, 1], data: layer.weight.data)
+            // The file's codes when it stores them (bit for bit), else quantized from the float weight now.
+            let codes = layer.stored8.map { Int8Tensor(shape: [o, i, 1, 1], codes: $0.codes, scales: $0.scales) }
+                ?? Int8Weights.quantize(Tensor(shape: [o, i, 1, 1], data: layer.weight.data))
             layer.packed8 = PackedConvInt8(geometry: ConvGeometry(inChannels: i, outChannels: o, kernel: 1, padding: 0),
-                                           bias: layer.bias.data, weights: Int8Weights.quantize(w))
+                                           bias: layer.bias.data, weights: codes)
         }
     }
 }
