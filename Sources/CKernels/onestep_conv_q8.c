@@ -248,33 +248,6 @@ static void kernel_q8_scalar(int k4, const int32_t *a, const uint32_t *bt, const
 }
 
 #if OSK_X86
-AVX512 static void kernel_q8_avx512(int k4, const int32_t *a, const uint32_t *bt, const int32_t *rowsum, const float *wscale,
-                                    const qcols_t *qc, float *const crow[MR], int mr, int nc) {
-    (void)mr;
-    __mmask16 m0 = (__mmask16)(nc >= 16 ? 0xffff : (1u << nc) - 1);
-    __mmask16 m1 = (__mmask16)(nc >= 32 ? 0xffff : nc > 16 ? (1u << (nc - 16)) - 1 : 0);
-#define ZERO(r) __m512i c##r##0 = _mm512_setzero_si512(), c##r##1 = _mm512_setzero_si512();
-    ZERO(0) ZERO(1) ZERO(2) ZERO(3) ZERO(4) ZERO(5) ZERO(6) ZERO(7)
-    for (int kq = 0; kq < k4; kq++) {
-        __m512i b0 = _mm512_load_si512(bt), b1 = _mm512_load_si512(bt + 16);
-#define STEP(r) { __m512i av = _mm512_set1_epi32(a[r]); c##r##0 = _mm512_dpbusd_epi32(c##r##0, b0, av); c##r##1 = _mm512_dpbusd_epi32(c##r##1, b1, av); }
-        STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5) STEP(6) STEP(7)
-        a += MR; bt += NR;
-    }
-    const __m512i zp0 = _mm512_loadu_si512(qc->zp), zp1 = _mm512_loadu_si512(qc->zp + 16);
-    const __m512 s0 = _mm512_loadu_ps(qc->scale), s1 = _mm512_loadu_ps(qc->scale + 16);
-#define OUT(r) { \
-        __m512i rs = _mm512_set1_epi32(rowsum[r]); __m512 ws = _mm512_set1_ps(wscale[r]); \
-        __m512 f0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(c##r##0, _mm512_mullo_epi32(zp0, rs))); \
-        __m512 f1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(c##r##1, _mm512_mullo_epi32(zp1, rs))); \
-        _mm512_mask_storeu_ps(crow[r], m0, _mm512_fmadd_ps(f0, _mm512_mul_ps(ws, s0), _mm512_maskz_loadu_ps(m0, crow[r]))); \
-        _mm512_mask_storeu_ps(crow[r] + 16, m1, _mm512_fmadd_ps(f1, _mm512_mul_ps(ws, s1), _mm512_maskz_loadu_ps(m1, crow[r] + 16))); }
-    OUT(0) OUT(1) OUT(2) OUT(3) OUT(4) OUT(5) OUT(6) OUT(7)
-#undef ZERO
-#undef STEP
-#undef OUT
-}
-
 /// 4 rows x 8 columns. Exact without saturation: codes widened to 16 bits, vpmaddwd sums pairs into int32.
 AVX2 static void kernel_q8_avx2_4x8(int k4, const int32_t *a, const uint32_t *bt, __m256i acc[4]) {
     __m256i lo[4], hi[4];
@@ -360,7 +333,8 @@ AVX512 static void pack_q8_range_avx512(const geo_t *g, const tap_t *taps, const
 
 /// 8 rows x 32 columns over kc k-quads: 16 zmm accumulators, per k-quad 2 loads of bt and 8 broadcasts of a
 /// (folded into vpdpbusd's memory operand) for 16 vpdpbusd. The sums start at 0 (`first`) or from acc, and end
-/// in acc or, on the last k block, dequantized onto y exactly as kernel_q8_avx512 does.
+/// in acc or, on the last k block, dequantized onto y (kernel_q8_scalar's formula). With first and last set (acc
+/// unused) it is the per-tile kernel of run_q8_tiles too.
 AVX512 static void kernel_q8_block_avx512(int kc, const int32_t *a, const uint32_t *bt, int32_t *acc, int first, int last,
                                           const int32_t *rowsum, const float *wscale, const qcols_t *qc,
                                           float *const crow[MR], int nc) {
@@ -470,7 +444,7 @@ static void run_q8_tiles(int level, const geo_t *g, const int32_t *packed, const
             for (int r = 0; r < MR; r++) crow[r] = r < mr ? y + (int64_t)(p * MR + r) * ldc + j0 : osk_dummy_rows[r];
             const int32_t *a = packed + (size_t)p * k4 * MR;
 #if OSK_X86
-            if (level == OSK_AVX512) kernel_q8_avx512(k4, a, bt, rowsum + p * MR, wscale + p * MR, &qc, crow, mr, nc);
+            if (level == OSK_AVX512) kernel_q8_block_avx512(k4, a, bt, NULL, 1, 1, rowsum + p * MR, wscale + p * MR, &qc, crow, nc);
             else if (level == OSK_AVX2) kernel_q8_avx2(k4, a, bt, rowsum + p * MR, wscale + p * MR, &qc, crow, mr, nc);
             else
 #endif
@@ -478,6 +452,22 @@ static void run_q8_tiles(int level, const geo_t *g, const int32_t *packed, const
         }
     }
 }
+
+/// The per-tile driver on AVX-512 too (before/after measurements): ONESTEP_Q8_UNBLOCKED=1 at start-up, or
+/// osk_q8_set_unblocked. Kept in a variable: this runs for every part of every int8 conv, and getenv scans the
+/// whole environment (and races with setenv).
+static int q8_unblocked_flag = -1;   // -1: not read yet
+
+static int q8_unblocked(void) {
+    int v = __atomic_load_n(&q8_unblocked_flag, __ATOMIC_RELAXED);
+    if (v < 0) {
+        v = getenv("ONESTEP_Q8_UNBLOCKED") != NULL;   // threads racing here store the same value
+        __atomic_store_n(&q8_unblocked_flag, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+void osk_q8_set_unblocked(int on) { __atomic_store_n(&q8_unblocked_flag, on ? 1 : 0, __ATOMIC_RELAXED); }
 
 void osk_conv_q8_part(int level, const osk_conv *conv, const int32_t *packed, const int32_t *rowsum,
                       const float *wscale, const uint32_t *xq, const float *xscale, const int32_t *xzp,
@@ -488,7 +478,7 @@ void osk_conv_q8_part(int level, const osk_conv *conv, const int32_t *packed, co
     const int64_t ldc = (int64_t)n * g.howo;
     if (n1 <= n0 || p1 <= p0) return;
 #if OSK_X86
-    if (level == OSK_AVX512 && !getenv("ONESTEP_Q8_UNBLOCKED")) {
+    if (level == OSK_AVX512 && !q8_unblocked()) {
         run_q8_blocked(&g, packed, rowsum, wscale, xq, xscale, xzp, m, y, ldc, n0, n1, p0, p1);
         return;
     }

@@ -65,19 +65,12 @@ func runStudent(_ flags: ParsedFlags) throws {
             cfg = try StudentConfigs.narrower(teacher.config, channels: try parseChannels(flags.required("student-channels")))
         }
         var s = RegressionSettings()
-        s.steps = try flags.requiredInt("steps", 1...10_000_000)
-        s.batch = try flags.requiredInt("batch", 1...4096)
+        try readRunFlags(&s, flags, seed: seed, schedule: schedule)
         s.pairs = try flags.requiredInt("pairs", 1...1_000_000)
         s.heunSteps = try flags.requiredInt("heun-steps", 1...64)
         if flags.has("lr") { s.optimizer.learningRate = try flags.requiredFloat("lr", 1e-8...1) }
         if flags.has("warmup") { s.optimizer.warmupSteps = try flags.requiredInt("warmup", 0...10_000_000) }
-        s.saveEMA = try flags.requiredFloat("ema", 0...0.999999)
-        s.seed = seed
-        s.logEvery = try flags.requiredInt("log-every", 1...1_000_000)
-        s.checkpointEvery = try flags.requiredInt("checkpoint-every", 1...10_000_000)
-        s.sampleEvery = try flags.requiredInt("sample-every", 1...10_000_000)
         s.workers = workers
-        s.schedule = schedule
         s.timesteps = try flags.requiredInt("sigmas", 2...1000)
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
         // Pairs need a deterministic map from noise to image: Heun for an EDM teacher, DDIM (eta 0, from the
@@ -92,8 +85,7 @@ func runStudent(_ flags: ParsedFlags) throws {
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     } else if method == "dmd" {
         var s = DMDSettings()
-        s.steps = try flags.requiredInt("steps", 1...10_000_000)
-        s.batch = try flags.requiredInt("batch", 1...4096)
+        try readRunFlags(&s, flags, seed: seed, schedule: schedule)
         s.sigmas = try flags.requiredInt("sigmas", 2...1000)
         s.fakeUpdatesPerGenerator = try flags.requiredInt("dmd-ratio", 1...1000)
         s.gridSize = try flags.requiredInt("dmd-grid", 2...100_000)
@@ -105,12 +97,6 @@ func runStudent(_ flags: ParsedFlags) throws {
             let w = try flags.requiredInt("warmup", 0...10_000_000)
             (s.generatorOptimizer.warmupSteps, s.fakeOptimizer.warmupSteps) = (w, w)
         }
-        s.saveEMA = try flags.requiredFloat("ema", 0...0.999999)
-        s.seed = seed
-        s.logEvery = try flags.requiredInt("log-every", 1...1_000_000)
-        s.checkpointEvery = try flags.requiredInt("checkpoint-every", 1...10_000_000)
-        s.sampleEvery = try flags.requiredInt("sample-every", 1...10_000_000)
-        s.schedule = schedule
         if flags.has("data") { stderrLine("warning: --data is not used by --method dmd (it needs no data images, only the teacher's classes)") }
         if workers > 1 { stderrLine("note: --method dmd runs each step on one thread (not data parallel yet); --workers \(workers) is ignored") }
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
@@ -122,22 +108,14 @@ func runStudent(_ flags: ParsedFlags) throws {
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     } else if method == "ect" {
         var s = ECTSettings()
-        s.steps = try flags.requiredInt("steps", 1...10_000_000)
-        s.batch = try flags.requiredInt("batch", 1...4096)
+        try readRunFlags(&s, flags, seed: seed, schedule: schedule)
         s.sigmas = try flags.requiredInt("sigmas", 2...1000)
         s.q = Double(try flags.requiredFloat("ect-q", 1.01...1e6))
         s.stages = try flags.requiredInt("ect-stages", 1...64)
         if flags.has("lr") { s.optimizer.learningRate = try flags.requiredFloat("lr", 1e-8...1) }
         if flags.has("warmup") { s.optimizer.warmupSteps = try flags.requiredInt("warmup", 0...10_000_000) }
-        s.saveEMA = try flags.requiredFloat("ema", 0...0.999999)
-        s.seed = seed
-        s.logEvery = try flags.requiredInt("log-every", 1...1_000_000)
-        s.checkpointEvery = try flags.requiredInt("checkpoint-every", 1...10_000_000)
-        s.sampleEvery = try flags.requiredInt("sample-every", 1...10_000_000)
         s.workers = workers
-        s.schedule = schedule
-        let dataDir = try flags.string("data") ?? StudentConfigs.teacherDataFolder(teacherDir)
-        let data = try ImageFolder.load(path: dataDir, size: teacher.imageSize, channels: teacher.channels, warn: { stderrLine("warning: " + $0) })
+        let (dataDir, data) = try teacherData(flags, teacherDir: teacherDir, teacher: teacher)
         let trainer = try ECTStudentTrainer(teacher: teacher.model, dataset: data, settings: s, runDir: out, resume: resume)
         trainer.plotLabels.subtitle += " - teacher \(teacherDir)"
         stdoutLine("easy consistency tuning (ECT) from the weights of \(teacherDir) (\(loaded.denoiser.description)) on the images in \(dataDir)")
@@ -146,21 +124,13 @@ func runStudent(_ flags: ParsedFlags) throws {
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     } else {
         var s = DistillSettings()
+        try readRunFlags(&s, flags, seed: seed, schedule: schedule)
         s.sigmas = try flags.requiredInt("sigmas", 2...1000)
-        s.steps = try flags.requiredInt("steps", 1...10_000_000)
-        s.batch = try flags.requiredInt("batch", 1...4096)
         if flags.has("lr") { s.optimizer.learningRate = try flags.requiredFloat("lr", 1e-8...1) }
         if flags.has("warmup") { s.optimizer.warmupSteps = try flags.requiredInt("warmup", 0...10_000_000) }
         s.targetEMA = try flags.requiredFloat("target-ema", 0...0.999999)
-        s.saveEMA = try flags.requiredFloat("ema", 0...0.999999)
-        s.seed = seed
-        s.logEvery = try flags.requiredInt("log-every", 1...1_000_000)
-        s.checkpointEvery = try flags.requiredInt("checkpoint-every", 1...10_000_000)
-        s.sampleEvery = try flags.requiredInt("sample-every", 1...10_000_000)
         s.workers = workers
-        s.schedule = schedule
-        let dataDir = try flags.string("data") ?? StudentConfigs.teacherDataFolder(teacherDir)
-        let data = try ImageFolder.load(path: dataDir, size: teacher.imageSize, channels: teacher.channels, warn: { stderrLine("warning: " + $0) })
+        let (dataDir, data) = try teacherData(flags, teacherDir: teacherDir, teacher: teacher)
         let trainer = try ConsistencyStudentTrainer(denoiser: loaded.denoiser, dataset: data, settings: s, runDir: out, resume: resume)
         trainer.plotLabels.subtitle += " - teacher \(teacherDir)"
         stdoutLine("consistency distillation of the teacher \(teacherDir) (\(loaded.denoiser.description)) on the images in \(dataDir)")
@@ -192,4 +162,23 @@ func parseChannels(_ s: String) throws -> [Int] {
         throw FlagError("channels '\(s)': expected comma-separated positive integers, e.g. 16,32,32")
     }
     return v
+}
+
+/// The settings every student method shares (steps, batch, saved EMA, seed, log/checkpoint/sample cadence, the
+/// student's sigma schedule), read from the same flags whatever the method.
+private func readRunFlags<S: StudentRunSettings>(_ s: inout S, _ flags: ParsedFlags, seed: UInt64, schedule: EDMSchedulerConfig) throws {
+    s.steps = try flags.requiredInt("steps", 1...10_000_000)
+    s.batch = try flags.requiredInt("batch", 1...4096)
+    s.saveEMA = try flags.requiredFloat("ema", 0...0.999999)
+    s.seed = seed
+    s.logEvery = try flags.requiredInt("log-every", 1...1_000_000)
+    s.checkpointEvery = try flags.requiredInt("checkpoint-every", 1...10_000_000)
+    s.sampleEvery = try flags.requiredInt("sample-every", 1...10_000_000)
+    s.schedule = schedule
+}
+
+/// The images a method that trains on data reads: --data, or the folder the teacher was trained on.
+private func teacherData(_ flags: ParsedFlags, teacherDir: String, teacher: ImagePipeline) throws -> (String, ImageDataset) {
+    let dataDir = try flags.string("data") ?? StudentConfigs.teacherDataFolder(teacherDir)
+    return (dataDir, try ImageFolder.load(path: dataDir, size: teacher.imageSize, channels: teacher.channels, warn: { stderrLine("warning: " + $0) }))
 }

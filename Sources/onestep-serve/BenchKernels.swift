@@ -4,7 +4,7 @@
 // thread (best call: a shared machine steals wall time, not CPU time) and as a fraction of the machine's peak
 // measured in the same run (VNNI for int8, vdpbf16ps for bf16, vfmadd231ps for fp32; MachinePeaks). int8
 // convolutions run twice, interleaved call by call: the blocked AVX-512 driver and the per-tile driver it
-// replaced (ONESTEP_Q8_UNBLOCKED=1), so the ratio between them is measured in one run.
+// replaced (FastConv.usePerTileInt8Driver), so the ratio between them is measured in one run.
 import Foundation
 import OnestepCore
 
@@ -68,9 +68,9 @@ enum BenchKernels {
             let packed = PackedConvInt8(layer)
             let blocked = { FastConv.conv(x, packed, pool: pool).release(to: pool) }
             let perTile = {
-                setenv("ONESTEP_Q8_UNBLOCKED", "1", 1)
+                FastConv.usePerTileInt8Driver(true)
                 FastConv.conv(x, packed, pool: pool).release(to: pool)
-                unsetenv("ONESTEP_Q8_UNBLOCKED")
+                FastConv.usePerTileInt8Driver(false)
             }
             let t = bestCPU(seconds: seconds, [blocked, perTile])
             let g = s.ops / t[0] / 1e9, g0 = s.ops / t[1] / 1e9

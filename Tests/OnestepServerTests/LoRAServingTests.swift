@@ -231,23 +231,8 @@ struct CLIHelpers {
 
     func temp(_ name: String) -> String { Fixtures.tempDir("lora-cli") + "/" + name }
 
-    func cases(_ io: SafetensorsFile) throws -> [Case] {
-        let meta = try XCTUnwrap(io.metadata["cases"]?.data(using: .utf8))
-        let d = try XCTUnwrap(try JSONSerialization.jsonObject(with: meta) as? [String: [String: String]])
-        return try d.keys.sorted().map { k in
-            Case(key: k, c: d[k]!, expected: try io.integers("uint8_" + k).values, reference: try io.floats("image_" + k).data)
-        }
-    }
+    func cases(_ io: SafetensorsFile) throws -> [Case] { try TextCommandLineTests.cases(io) }
 
     /// uint8 equal to diffusers' except within 1e-4 of a rounding boundary (T2I_README.md's tolerance).
-    func assertMatches(_ got: [UInt8], _ c: Case, _ what: String) {
-        XCTAssertEqual(got.count, c.expected.count, what)
-        guard got.count == c.expected.count else { return }
-        let bad = got.indices.filter { j in
-            guard Int64(got[j]) != c.expected[j] else { return false }
-            let boundary = ((Double(c.reference[j]) * 255).rounded(.down) + 0.5) / 255
-            return abs(Int64(got[j]) - c.expected[j]) > 1 || abs(Double(c.reference[j]) - boundary) > 1e-4
-        }
-        XCTAssertTrue(bad.isEmpty, "\(what): \(bad.count) uint8 values differ away from a rounding boundary")
-    }
+    func assertMatches(_ got: [UInt8], _ c: Case, _ what: String) { TextCommandLineTests.assertMatches(got, c, what) }
 }

@@ -30,7 +30,7 @@ final class TextCommandLineTests: XCTestCase {
 
     struct Case { var key: String; var c: [String: String]; var expected: [Int64]; var reference: [Float] }
 
-    func cases(_ io: SafetensorsFile) throws -> [Case] {
+    static func cases(_ io: SafetensorsFile) throws -> [Case] {
         let meta = try XCTUnwrap(io.metadata["cases"]?.data(using: .utf8))
         let d = try XCTUnwrap(try JSONSerialization.jsonObject(with: meta) as? [String: [String: String]])
         return try d.keys.sorted().map { k in
@@ -39,7 +39,7 @@ final class TextCommandLineTests: XCTestCase {
     }
 
     /// uint8 equal to diffusers' except within 1e-4 of a rounding boundary (T2I_README.md's tolerance).
-    func assertMatches(_ got: [UInt8], _ c: Case, _ what: String) {
+    static func assertMatches(_ got: [UInt8], _ c: Case, _ what: String) {
         XCTAssertEqual(got.count, c.expected.count, what)
         guard got.count == c.expected.count else { return }
         let bad = got.indices.filter { j in
@@ -56,7 +56,7 @@ final class TextCommandLineTests: XCTestCase {
         for name in Self.folders {
             let dir = Fixtures.golden + "/" + name
             let io = try SafetensorsFile(path: dir + "/io.safetensors")
-            for c in try cases(io) {
+            for c in try Self.cases(io) {
                 let out = temp("img.png")
                 var args = ["generate", "--model", dir, "--prompt", c.c["prompt"]!, "--seed", c.c["seed"]!, "--steps", c.c["steps"]!,
                             "--guidance", c.c["guidance_scale"]!, "--eta", c.c["eta"] ?? "0", "--out", out]
@@ -66,7 +66,7 @@ final class TextCommandLineTests: XCTestCase {
                 guard r.status == 0 else { continue }
                 let png = try PNG.read(path: out)
                 XCTAssertEqual(png.channels, 3)
-                assertMatches(png.pixels, c, "generate \(name) \(c.key)")
+                Self.assertMatches(png.pixels, c, "generate \(name) \(c.key)")
             }
         }
     }
@@ -84,9 +84,9 @@ final class TextCommandLineTests: XCTestCase {
                 print("run-pipeline \(name) \(t) relative L2 \(e)")
                 XCTAssertLessThanOrEqual(e, 1e-5, "\(name) \(t)")
             }
-            for c in try cases(want) {
+            for c in try Self.cases(want) {
                 XCTAssertLessThanOrEqual(TensorError.maxAbs(try got.floats("image_" + c.key).data, c.reference), 1e-4, "\(name) image_\(c.key)")
-                assertMatches(try got.integers("uint8_" + c.key).values.map { UInt8($0) }, c, "run-pipeline \(name) \(c.key)")
+                Self.assertMatches(try got.integers("uint8_" + c.key).values.map { UInt8($0) }, c, "run-pipeline \(name) \(c.key)")
             }
         }
     }

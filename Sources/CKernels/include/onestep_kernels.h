@@ -91,6 +91,9 @@ void osk_conv_q8(int level, const osk_conv *g, const int32_t *packed, const int3
 /// osk_conv_q8 for the output rows m0..<m1 only (m0 a multiple of OSK_MR; m1 a multiple of it or >= M) and the
 /// columns n0..<n1: threads may run disjoint (rows, columns) rectangles concurrently, and every output element is
 /// the same bits as osk_conv_q8 gives it.
+/// Selects the per-tile int8 driver on AVX-512 as well (1) or the blocked one (0; the default unless
+/// ONESTEP_Q8_UNBLOCKED is set at start-up). Same bits either way; for before/after benchmarks.
+void osk_q8_set_unblocked(int on);
 void osk_conv_q8_part(int level, const osk_conv *conv, const int32_t *packed, const int32_t *rowsum,
                       const float *wscale, const uint32_t *xq, const float *xscale, const int32_t *xzp,
                       int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1, int32_t m0, int32_t m1);

@@ -121,22 +121,38 @@ public enum FastConv {
     /// Output columns per microkernel tile; thread splits are rounded to it.
     public static let tileColumns = Int(OSK_NR)
 
+    /// Runs int8 convolutions with the per-tile driver instead of the blocked one on AVX-512 (same bits; for the
+    /// before/after rows of `bench --kernels`). Process-wide.
+    public static func usePerTileInt8Driver(_ on: Bool) { osk_q8_set_unblocked(on ? 1 : 0) }
+
     /// y (Cout, N, Ho, Wo) = conv(x) + bias [+ existing]. With `upsample`, x is read as if nearest-upsampled
     /// 2x first. A `team` splits the output columns between its threads (same bytes for any team size).
     public static func conv(_ x: Activation, _ w: PackedConvF32, upsample: Bool = false, pool: BufferPool,
                             accumulateInto existing: Activation? = nil, level: KernelLevel = .best,
                             team: ThreadTeam? = nil) -> Activation {
-        let g = cGeometry(w.geometry, upsample: upsample)
-        precondition(x.channels == w.geometry.inChannels, "conv: input has \(x.channels) channels, needs \(w.geometry.inChannels)")
+        floatOutputConv(x, w.geometry, bias: w.bias, packed: w.panels, upsample: upsample, pool: pool, existing: existing,
+                        level: level, team: team, kernel: osk_conv_f32)
+    }
+
+    /// The conv drivers whose output columns are independent fp32 chains (fp32 and bf16 weights): checks, the
+    /// output (bias or `existing`), then `kernel` over column ranges split between the team's threads.
+    static func floatOutputConv<Word>(
+        _ x: Activation, _ geometry: ConvGeometry, bias: [Float]?, packed: [Word], upsample: Bool, pool: BufferPool,
+        existing: Activation?, level: KernelLevel, team: ThreadTeam?,
+        kernel: @escaping (Int32, UnsafePointer<osk_conv>?, UnsafePointer<Word>?, UnsafePointer<Float>?, Int32, Int32, Int32,
+                           UnsafeMutablePointer<Float>?, Int64, Int64) -> Void
+    ) -> Activation {
+        let g = cGeometry(geometry, upsample: upsample)
+        precondition(x.channels == geometry.inChannels, "conv: input has \(x.channels) channels, needs \(geometry.inChannels)")
         precondition(level.isSupported, "conv: kernel level \(level) not supported on this CPU")
-        let y = prepareOutput(x, w.geometry, bias: w.bias, upsample: upsample, pool: pool, existing: existing)
-        nonisolated(unsafe) let xp = x.data, yp = y.data
-        let n = Int32(x.batch), h = Int32(x.height), wd = Int32(x.width)
-        w.panels.withUnsafeBufferPointer { a in
+        let y = prepareOutput(x, geometry, bias: bias, upsample: upsample, pool: pool, existing: existing)
+        nonisolated(unsafe) let xp = x.data, yp = y.data, run = kernel
+        let n = Int32(x.batch), h = Int32(x.height), wd = Int32(x.width), lv = level.rawValue
+        packed.withUnsafeBufferPointer { a in
             nonisolated(unsafe) let ap = a.baseAddress!
             forEachColumnRange(y.columns, team: team) { n0, n1 in
                 var gc = g
-                osk_conv_f32(level.rawValue, &gc, ap, xp, n, h, wd, yp, Int64(n0), Int64(n1))
+                run(lv, &gc, ap, xp, n, h, wd, yp, Int64(n0), Int64(n1))
             }
         }
         return y
@@ -607,20 +623,8 @@ extension FastConv {
     public static func conv(_ x: Activation, _ w: PackedConvBF16, upsample: Bool = false, pool: BufferPool,
                             accumulateInto existing: Activation? = nil, level: KernelLevel = .best,
                             team: ThreadTeam? = nil) -> Activation {
-        let g = cGeometry(w.geometry, upsample: upsample)
-        precondition(x.channels == w.geometry.inChannels, "conv: input has \(x.channels) channels, needs \(w.geometry.inChannels)")
-        precondition(level.isSupported, "conv: kernel level \(level) not supported on this CPU")
-        let y = prepareOutput(x, w.geometry, bias: w.bias, upsample: upsample, pool: pool, existing: existing)
-        nonisolated(unsafe) let xp = x.data, yp = y.data
-        let n = Int32(x.batch), h = Int32(x.height), wd = Int32(x.width)
-        w.words.withUnsafeBufferPointer { a in
-            nonisolated(unsafe) let ap = a.baseAddress!
-            forEachColumnRange(y.columns, team: team) { n0, n1 in
-                var gc = g
-                osk_conv_bf16(level.rawValue, &gc, ap, xp, n, h, wd, yp, Int64(n0), Int64(n1))
-            }
-        }
-        return y
+        floatOutputConv(x, w.geometry, bias: w.bias, packed: w.words, upsample: upsample, pool: pool, existing: existing,
+                        level: level, team: team, kernel: osk_conv_bf16)
     }
 
     /// C (M, cols) += A (M, K) * B (K, cols) in bf16 products, row-major B and C; columns `columns`.

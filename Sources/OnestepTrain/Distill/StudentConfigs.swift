@@ -27,3 +27,21 @@ public enum StudentConfigs {
         return folder
     }
 }
+
+/// What the four student methods' settings share, so a command reads them from the same flags in one place.
+public protocol StudentRunSettings {
+    var steps: Int { get set }
+    var batch: Int { get set }
+    /// EMA rate of the student weights that are saved (the model that ships).
+    var saveEMA: Float { get set }
+    var seed: UInt64 { get set }
+    var logEvery: Int { get set }
+    var checkpointEvery: Int { get set }
+    var sampleEvery: Int { get set }
+    var schedule: EDMSchedulerConfig { get set }
+}
+
+extension DistillSettings: StudentRunSettings {}
+extension ECTSettings: StudentRunSettings {}
+extension DMDSettings: StudentRunSettings {}
+extension RegressionSettings: StudentRunSettings {}
