@@ -458,6 +458,7 @@ static void run_q8_tiles(int level, const geo_t *g, const int32_t *packed, const
 /// whole environment (and races with setenv).
 static int q8_unblocked_flag = -1;   // -1: not read yet
 
+#if OSK_X86   // only the AVX-512 path has two drivers
 static int q8_unblocked(void) {
     int v = __atomic_load_n(&q8_unblocked_flag, __ATOMIC_RELAXED);
     if (v < 0) {
@@ -466,6 +467,7 @@ static int q8_unblocked(void) {
     }
     return v;
 }
+#endif
 
 void osk_q8_set_unblocked(int on) { __atomic_store_n(&q8_unblocked_flag, on ? 1 : 0, __ATOMIC_RELAXED); }
 
