@@ -19,10 +19,7 @@ func runPipeline(_ flags: ParsedFlags) throws {
     var settings = flags.isSet("quick") ? PipelineSettings.quick : PipelineSettings()
     if flags.has("checkpoint-every") { settings.setCheckpointInterval(try flags.requiredInt("checkpoint-every", 1...10_000_000)) }
     if flags.has("log-every") { settings.setLogInterval(try flags.requiredInt("log-every", 1...1_000_000)) }
-    let p: DistillPipeline
-    do {
-        p = try DistillPipeline(dir: out, settings: settings, force: flags.isSet("force"), shouldStop: { interruptRequested != 0 }, log: stdoutLine)
-    } catch let e as PipelineSettingsError { throw FlagError(e.description) }
+    let p = try DistillPipeline(dir: out, settings: settings, force: flags.isSet("force"), shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     guard try p.run() != nil || FileManager.default.fileExists(atPath: out + "/report.md") else { return }
     if let report = try? String(contentsOfFile: out + "/report.md", encoding: .utf8) { stdoutLine("\n" + report) }
     if settings.isQuick { stdoutLine(PipelineSettings.quickWarning) }

@@ -31,13 +31,16 @@ let studentCommand = Subcommand("student", summary: "distil a teacher (Onestep E
     FlagSpec("workers", "threads splitting each batch", default: "2"),
     FlagSpec("threads", "OpenBLAS threads per worker", default: "1"),
     FlagSpec("resume", "continue the run in --out from its checkpoint", isSwitch: true),
+    FlagSpec("force", "with --resume: continue a run whose checkpoint records other settings (steps, batch, lr, seed, the method's, teacher, data); without it such a resume is refused naming them. --workers, --threads and the log/checkpoint/sample cadence may change freely", isSwitch: true),
 ], run: runStudent)
 
 func runStudent(_ flags: ParsedFlags) throws {
     let teacherDir = try flags.required("teacher"), out = try flags.required("out")
     BLAS.threads = try flags.requiredInt("threads", 1...64)
-    let resume = flags.isSet("resume")
+    let resume = flags.isSet("resume"), force = flags.isSet("force")
     try checkResumeFlag(resume, out: out)
+    // Recorded in the checkpoint beside the method's settings and compared on resume (RunSettings.swift).
+    var inputs = RunSettings(["teacher": absolutePath(teacherDir)])
     let loaded: TeacherLoader.Loaded
     do { loaded = try TeacherLoader.load(path: teacherDir) } catch let e as TeacherLoadError { throw FlagError("--teacher " + e.description) }
     let teacher = loaded.pipeline
@@ -78,7 +81,7 @@ func runStudent(_ flags: ParsedFlags) throws {
         let pairTeacher = loaded.edmSchedule == nil ? try teacher.withScheduler(DDIMSampler.className) : teacher
         let pairs = try TeacherPairs.loadOrGenerate(path: flags.string("pairs-file") ?? out + "/pairs.safetensors", teacher: pairTeacher,
                                                     count: s.pairs, heunSteps: s.heunSteps, workers: workers, log: stdoutLine)
-        let trainer = try RegressionStudentTrainer(config: cfg, pairs: pairs, settings: s, runDir: out, resume: resume)
+        let trainer = try RegressionStudentTrainer(config: cfg, pairs: pairs, settings: s, runDir: out, resume: resume, force: force, inputs: inputs)
         trainer.plotLabels.subtitle += " - teacher \(teacherDir)"
         stdoutLine("small student of the teacher \(teacherDir) (\(teacher.model.parameterCount) parameters)")
         trainer.resumeLines.forEach(stdoutLine)
@@ -98,9 +101,9 @@ func runStudent(_ flags: ParsedFlags) throws {
             (s.generatorOptimizer.warmupSteps, s.fakeOptimizer.warmupSteps) = (w, w)
         }
         if flags.has("data") { stderrLine("warning: --data is not used by --method dmd (it needs no data images, only the teacher's classes)") }
-        if workers > 1 { stderrLine("note: --method dmd runs each step on one thread (not data parallel yet); --workers \(workers) is ignored") }
+        s.workers = workers
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-        let trainer = try DMDStudentTrainer(teacher: loaded.denoiser, settings: s, runDir: out, resume: resume)
+        let trainer = try DMDStudentTrainer(teacher: loaded.denoiser, settings: s, runDir: out, resume: resume, force: force, inputs: inputs)
         trainer.plotLabels.subtitle += " - teacher \(teacherDir)"
         stdoutLine("distribution matching (DMD2 without GAN) of the teacher \(teacherDir) (\(loaded.denoiser.description)); the logged loss is the fake score's")
         stdoutLine(String(format: "student sigmas %.4g..%.4g%@", schedule.sigmaMin, schedule.sigmaMax, loaded.edmSchedule == nil ? " (clamped to the teacher's)" : ""))
@@ -116,7 +119,8 @@ func runStudent(_ flags: ParsedFlags) throws {
         if flags.has("warmup") { s.optimizer.warmupSteps = try flags.requiredInt("warmup", 0...10_000_000) }
         s.workers = workers
         let (dataDir, data) = try teacherData(flags, teacherDir: teacherDir, teacher: teacher)
-        let trainer = try ECTStudentTrainer(teacher: teacher.model, dataset: data, settings: s, runDir: out, resume: resume)
+        inputs["data"] = absolutePath(dataDir)
+        let trainer = try ECTStudentTrainer(teacher: teacher.model, dataset: data, settings: s, runDir: out, resume: resume, force: force, inputs: inputs)
         trainer.plotLabels.subtitle += " - teacher \(teacherDir)"
         stdoutLine("easy consistency tuning (ECT) from the weights of \(teacherDir) (\(loaded.denoiser.description)) on the images in \(dataDir)")
         stdoutLine(String(format: "student sigmas %.4g..%.4g%@", schedule.sigmaMin, schedule.sigmaMax, loaded.edmSchedule == nil ? " (clamped to the teacher's)" : ""))
@@ -131,7 +135,9 @@ func runStudent(_ flags: ParsedFlags) throws {
         s.targetEMA = try flags.requiredFloat("target-ema", 0...0.999999)
         s.workers = workers
         let (dataDir, data) = try teacherData(flags, teacherDir: teacherDir, teacher: teacher)
-        let trainer = try ConsistencyStudentTrainer(denoiser: loaded.denoiser, dataset: data, settings: s, runDir: out, resume: resume)
+        inputs["data"] = absolutePath(dataDir)
+        let trainer = try ConsistencyStudentTrainer(denoiser: loaded.denoiser, dataset: data, settings: s, runDir: out, resume: resume,
+                                                    force: force, inputs: inputs)
         trainer.plotLabels.subtitle += " - teacher \(teacherDir)"
         stdoutLine("consistency distillation of the teacher \(teacherDir) (\(loaded.denoiser.description)) on the images in \(dataDir)")
         if loaded.edmSchedule == nil {
@@ -155,6 +161,10 @@ func checkResumeFlag(_ resume: Bool, out: String) throws {
     }
     if !resume && hasCheckpoint { throw FlagError("\(out) already holds a training run; pass --resume to continue it or choose another --out") }
 }
+
+/// A folder as the run records it: absolute and standardized, so the same folder given from another working
+/// directory compares equal.
+func absolutePath(_ path: String) -> String { URL(fileURLWithPath: path).standardizedFileURL.path }
 
 func parseChannels(_ s: String) throws -> [Int] {
     let v = s.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }

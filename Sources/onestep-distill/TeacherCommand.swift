@@ -24,6 +24,7 @@ let teacherCommand = Subcommand("teacher", summary: "train an EDM teacher (diffu
     FlagSpec("workers", "threads splitting each batch (data parallel; 2 on a 2-core machine)", default: "2"),
     FlagSpec("threads", "OpenBLAS threads per worker", default: "1"),
     FlagSpec("resume", "continue the run in --out from its checkpoint", isSwitch: true),
+    FlagSpec("force", "with --resume: continue a run whose checkpoint records other settings (steps, batch, lr, optimizer, seed, data...); without it such a resume is refused naming them. --workers, --threads and the log/checkpoint/sample cadence may change freely", isSwitch: true),
 ], run: runTeacher)
 
 func runTeacher(_ flags: ParsedFlags) throws {
@@ -70,7 +71,8 @@ func runTeacher(_ flags: ParsedFlags) throws {
         c.classNames = names
         config = c
     }
-    let trainer = try TeacherTrainer(config: config!, dataset: data, settings: s, runDir: out, resume: resume)
+    let trainer = try TeacherTrainer(config: config!, dataset: data, settings: s, runDir: out, resume: resume, force: flags.isSet("force"),
+                                     inputs: RunSettings(["data": absolutePath(dataDir)]))
     trainer.plotLabels.subtitle += " - data \(dataDir)"
     trainer.resumeLines.forEach(stdoutLine)
     try AtomicFile.write(trainingRecord(s, data: dataDir), to: out + "/train.json")

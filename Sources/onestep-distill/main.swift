@@ -1,7 +1,8 @@
 // onestep-distill: the offline half of Onestep. `data` writes a synthetic data set, `teacher` trains an EDM
 // teacher on a folder of PNGs, `student` distils it, `quantize`, `eval`, `pipeline` (all of it, resumable), `bench`
 // measures training speed. Flags and dispatch: CommandLineKit. Exit 2 for a bad command line (a --data folder
-// that is missing, empty or of the wrong kind counts: DataError), 1 for a failure, with a damaged or mismatched
+// that is missing, empty or of the wrong kind counts: DataError; so does --resume or a pipeline folder with other
+// settings than the run recorded: RunSettingsError), 1 for a failure, with a damaged or mismatched
 // checkpoint reported as a checkpoint error; Ctrl-C during training saves a checkpoint and exits 0.
 import CommandLineKit
 import Foundation
@@ -25,6 +26,7 @@ func stdoutLine(_ s: String) { FileHandle.standardOutput.write(Data((s + "\n").u
 
 var tool = CommandLineTool(name: "onestep-distill", summary: "trains a teacher, distils one-step students, quantizes and evaluates them",
                            commands: [dataCommand, teacherCommand, benchCommand, studentCommand, quantizeCommand, evalCommand, pipelineCommand])
-tool.isUsageError = { $0 is DataError }
+// A run folder continued with other settings than it was made with (RunSettingsError) is a command-line error too.
+tool.isUsageError = { $0 is DataError || $0 is RunSettingsError }
 tool.errorPrefix = { $0 is CheckpointError ? "checkpoint error: " : "" }
 exit(tool.main(Array(CommandLine.arguments.dropFirst())))

@@ -118,14 +118,15 @@ final class KillResumeTests: XCTestCase {
                        FileManager.default.contents(atPath: killed + "/" + ModelExport.weightsFile), "exported student weights differ")
     }
 
-    /// `student --method dmd` (two networks), killed with SIGKILL mid-run and resumed: the straight run's tensors.
+    /// `student --method dmd` (two networks, data parallel on two workers), killed with SIGKILL mid-run and resumed:
+    /// the straight run's tensors.
     func testDMDStudentKilledMidRunResumesFromCheckpointToTheStraightRunsWeights() throws {
         let teacher = dir + "/teacher"
         let model = TrainableUNet(config: try UNetConfig.load(path: dir + "/tiny.json").withClasses(8), seed: 3)
         try ModelExport.writeEDMTeacher(model, to: teacher)
         func args(_ out: String) -> [String] {
             ["student", "--method", "dmd", "--teacher", teacher, "--out", out, "--steps", String(Self.steps), "--dmd-ratio", "2",
-             "--batch", "4", "--log-every", "1", "--checkpoint-every", String(Self.interval), "--sample-every", "100000", "--workers", "1"]
+             "--batch", "4", "--log-every", "1", "--checkpoint-every", String(Self.interval), "--sample-every", "100000", "--workers", "2"]
         }
         let straight = dir + "/straight", killed = dir + "/killed"
         let start = Date()

@@ -16,6 +16,8 @@ final class TwoNetworkObjective: TrainingObjective {
     var groups: [TrainingGroup] { [generator, critic] }
     var imagesPerStep: Int { 1 }
     var summary: String { "two tiny networks" }
+    /// What the checkpoints record; a test changes it to play a resume with other settings.
+    var runSettings = RunSettings(["lr": "0.01", "steps": "6"])
 
     init(config: UNetConfig) {
         let g = TrainableUNet(config: config, seed: 1), c = TrainableUNet(config: config, seed: 2)
@@ -99,6 +101,72 @@ final class TrainingLoopTests: XCTestCase {
         XCTAssertThrowsError(try TrainingLoop(objective: TwoNetworkObjective(config: cfg), runDir: dir, settings: settings, resume: true)) {
             XCTAssertTrue("\($0)".contains("it holds the networks [generator, fake-score] but this run trains [generator, critic]"), "\($0)")
         }
+    }
+
+    /// The checkpoint records the objective's settings and the command's inputs; a resume with another value of
+    /// either is refused naming each (old -> new) unless forced, and a forced resume records the new values.
+    func testResumeWithOtherSettingsIsRefusedNamingThemUnlessForced() throws {
+        let cfg = try TinyData.config(classes: ["a", "b"])
+        let settings = LoopSettings(steps: 2, logEvery: 100, checkpointEvery: 100, sampleEvery: 100_000, seed: 7)
+        let inputs = RunSettings(["teacher": "/models/a"])
+        _ = try TrainingLoop(objective: TwoNetworkObjective(config: cfg), runDir: dir, settings: settings, resume: false, inputs: inputs)
+            .run(shouldStop: { false }, log: { _ in })
+        func record() throws -> RunSettings? {
+            try SafetensorsFile(path: dir + "/" + Checkpoint.fileName).metadata[Checkpoint.runSettingsKey].flatMap { RunSettings(json: $0) }
+        }
+        XCTAssertEqual(try record(), RunSettings(["lr": "0.01", "steps": "6", "teacher": "/models/a"]))
+
+        // The same settings: resumed without a note about them.
+        let same = try TrainingLoop(objective: TwoNetworkObjective(config: cfg), runDir: dir, settings: settings, resume: true, inputs: inputs)
+        XCTAssertEqual(same.resumeNotes, [])
+
+        let other = TwoNetworkObjective(config: cfg)
+        other.runSettings["steps"] = "8"
+        XCTAssertThrowsError(try TrainingLoop(objective: other, runDir: dir, settings: settings, resume: true,
+                                              inputs: RunSettings(["teacher": "/models/b"]))) { e in
+            guard let e = e as? RunSettingsError else { return XCTFail("not a RunSettingsError: \(e)") }
+            XCTAssertEqual(e.differences.map(\.description), ["steps 6 -> 8", "teacher /models/a -> /models/b"])
+            for part in ["\(self.dir) holds a training run made with other settings (steps 6 -> 8; teacher /models/a -> /models/b)", "--force", "another --out"] {
+                XCTAssertTrue(e.description.contains(part), "missing '\(part)' in: \(e)")
+            }
+        }
+        let forced = try TrainingLoop(objective: other, runDir: dir, settings: settings, resume: true, force: true, inputs: inputs)
+        XCTAssertEqual(forced.step, 2)
+        XCTAssertEqual(forced.resumeNotes.count, 1)
+        XCTAssertTrue(forced.resumeNotes[0].hasPrefix("--force: continuing \(dir) with settings other than its checkpoint's (steps 6 -> 8)"), "\(forced.resumeNotes)")
+        var longer = settings
+        longer.steps = 3
+        _ = try TrainingLoop(objective: other, runDir: dir, settings: longer, resume: true, force: true, inputs: inputs).run(shouldStop: { false }, log: { _ in })
+        XCTAssertEqual(try record(), RunSettings(["lr": "0.01", "steps": "8", "teacher": "/models/a"]), "the forced run's checkpoint records its settings")
+    }
+
+    /// A checkpoint written before run settings were recorded resumes with a note saying they cannot be compared.
+    func testACheckpointWithoutARecordResumesWithANote() throws {
+        let cfg = try TinyData.config(classes: ["a", "b"])
+        let settings = LoopSettings(steps: 2, logEvery: 100, checkpointEvery: 100, sampleEvery: 100_000, seed: 7)
+        _ = try TrainingLoop(objective: TwoNetworkObjective(config: cfg), runDir: dir, settings: settings, resume: false)
+            .run(shouldStop: { false }, log: { _ in })
+        let f = try SafetensorsFile(path: dir + "/" + Checkpoint.fileName)
+        let md = f.metadata.filter { $0.key != CheckpointFile.checksumKey && $0.key != Checkpoint.runSettingsKey }
+        let tensors = try Dictionary(uniqueKeysWithValues: f.names.map { ($0, try f.floats($0).data) })
+        try CheckpointFile.write(tensors: tensors, metadata: md, to: dir + "/" + Checkpoint.fileName, previous: dir + "/" + Checkpoint.previousName)
+        let other = TwoNetworkObjective(config: cfg)
+        other.runSettings["steps"] = "8"
+        let resumed = try TrainingLoop(objective: other, runDir: dir, settings: settings, resume: true)
+        XCTAssertEqual(resumed.step, 2)
+        XCTAssertEqual(resumed.resumeNotes.count, 1, "\(resumed.resumeNotes)")
+        XCTAssertTrue(resumed.resumeNotes[0].contains("predates recorded run settings, so this run's settings (lr 0.01, steps 8) cannot be compared"),
+                      resumed.resumeNotes[0])
+    }
+
+    /// pipeline.json's typed values (JSON numbers, booleans, arrays) compare as the current settings print.
+    func testParsedJSONValuesCompareLikeTheCurrentOnes() throws {
+        let current: [String: Any] = ["quick": false, "steps": 300, "channels": [16, 32]]
+        let data = try JSONSerialization.data(withJSONObject: current)
+        let parsed = try XCTUnwrap(JSONSerialization.jsonObject(with: data) as? [String: Any])
+        for (k, v) in current { XCTAssertEqual(RunSettings.text(parsed: parsed[k]!, like: v), RunSettings.text(v), k) }
+        XCTAssertEqual(RunSettings.text(parsed: NSNumber(value: 1), like: false), "true")
+        XCTAssertEqual(RunSettings.text([16, 32]), "[16, 32]")
     }
 
     func testDataParallelSplitsInOrderAndReducesGradients() throws {

@@ -8,7 +8,8 @@
 //   losses                                      (S) the loss of each of the S steps so far
 //   __metadata__  onestep.kind, onestep.checkpoint_format "2", onestep.groups "NAME,NAME", step, rng_state,
 //                 elapsed_seconds, unet_config (the first group's), and per group GROUP/unet_config,
-//                 GROUP/optimizer_step, GROUP/AVERAGE/updates; onestep.checksum
+//                 GROUP/optimizer_step, GROUP/AVERAGE/updates; onestep.run_settings (RunSettings as JSON: what the
+//                 run was started with, compared on resume; absent before it existed); onestep.checksum
 // Format 1 (before; no onestep.checkpoint_format): one network, tensors values, ema, adam.m, adam.v, and target
 //   for consistency distillation; metadata optimizer_step, ema_updates. Still read, into an objective with one
 //   group (what every format-1 run was), with a note; a format the reader does not know is refused.
@@ -34,6 +35,11 @@ public enum Checkpoint {
     public static let teacherKind = "teacher-checkpoint"
     static let formatKey = "onestep.checkpoint_format"
     static let groupsKey = "onestep.groups"
+    static let runSettingsKey = "onestep.run_settings"
+    /// The command that writes each onestep.kind, for messages about a checkpoint of another kind.
+    static let commands = ["teacher-checkpoint": "onestep-distill teacher", "consistency-distillation": "student --method cd",
+                           "consistency-tuning": "student --method ect", "distribution-matching": "student --method dmd",
+                           "regression": "student --method regression"]
     static let format = "2"
 
     /// The UNet config a checkpoint (of any kind) was written with (its first group's); the file is verified first.
@@ -59,12 +65,13 @@ public enum Checkpoint {
     }
 
     /// Writes every group and the loop state to DIR/checkpoint.safetensors (the previous one kept), then losses.csv.
-    static func write(kind: String, groups: [TrainingGroup], state: TrainingState, to dir: String) throws {
+    /// `settings`: the run's record (RunSettings), compared by the next resume.
+    static func write(kind: String, groups: [TrainingGroup], state: TrainingState, settings: RunSettings, to dir: String) throws {
         var tensors: [String: [Float]] = ["losses": state.losses]
         var metadata = [
             CheckpointFile.kindKey: kind, formatKey: format, groupsKey: groups.map(\.name).joined(separator: ","),
             "step": String(state.step), "rng_state": String(state.rngState), "elapsed_seconds": String(state.elapsedSeconds),
-            "unet_config": groups[0].model.config.jsonString(),
+            "unet_config": groups[0].model.config.jsonString(), runSettingsKey: settings.json,
         ]
         for g in groups {
             let n = g.model.store.count
@@ -87,13 +94,28 @@ public enum Checkpoint {
 
     /// Restores every group (values, optimizer moments and step, averages) into objects built for the same
     /// configs, and returns the loop state. Throws CheckpointError naming the file, the problem and what to do.
-    static func read(kind: String, groups: [TrainingGroup], from dir: String) throws -> TrainingState {
+    /// `settings`: this run's record, compared with the checkpoint's before anything is restored: a difference
+    /// throws RunSettingsError, or with `force` becomes a note; a checkpoint without a record gets a note.
+    static func read(kind: String, groups: [TrainingGroup], from dir: String, settings: RunSettings, force: Bool) throws -> TrainingState {
         let path = dir + "/" + fileName, previous = dir + "/" + previousName
         let contents = try CheckpointFile.read(path, previous: previous, kinds: [kind])
         func refuse(_ problem: String, advice: String? = nil) -> CheckpointError {
             CheckpointError(path: path, problem: problem, advice: advice ?? CheckpointFile.advice(for: path, previous: previous, kinds: [kind]))
         }
         var notes: [String] = []
+        if let text = contents.metadata[runSettingsKey] {
+            guard let recorded = RunSettings(json: text) else { throw refuse("its \(runSettingsKey) is not a JSON object of strings") }
+            let differing = settings.differences(from: recorded)
+            if !differing.isEmpty {
+                guard force else {
+                    throw RunSettingsError(dir: dir, what: "training run", differences: differing,
+                                           consequence: "resuming would continue its steps as if they had been taken with these")
+                }
+                notes.append("--force: continuing \(dir) with settings other than its checkpoint's (\(RunSettingsError.list(differing))); the next checkpoint records the new ones")
+            }
+        } else {
+            notes.append("\(path) predates recorded run settings, so this run's settings (\(settings)) cannot be compared with the ones it was started with; resuming with them (the next checkpoint records them)")
+        }
         let layout: Layout
         switch contents.metadata[formatKey] {
         case format?:

@@ -143,7 +143,8 @@ enum CheckpointFile {
             throw CheckpointProblem(text: "it has no \(kindKey) in its metadata, so it is not an onestep-distill checkpoint")
         }
         if let kinds, !kinds.contains(kind) {
-            throw CheckpointProblem(text: "it is a '\(kind)' checkpoint, this run needs \(kinds.sorted().map { "'\($0)'" }.joined(separator: " or ")); is --out the right folder?")
+            func named(_ k: String) -> String { "'\(k)'" + (Checkpoint.commands[k].map { " (\($0))" } ?? "") }
+            throw CheckpointProblem(text: "it is a \(named(kind)) checkpoint, this run needs \(kinds.sorted().map(named).joined(separator: " or ")); is --out the right folder (or --method the run's)?")
         }
         var tensors: [String: [Float]] = [:]
         for name in file.names {

@@ -202,6 +202,10 @@ public final class ConsistencyDistillationObjective: TrainingObjective {
     public var summary: String {
         "\(model.parameterCount) parameters from the teacher, \(dataset.count) images, N = \(settings.sigmas), mu = \(settings.targetEMA), batch \(settings.batch)"
     }
+    public var runSettings: RunSettings {
+        settings.sharedRunSettings.merging(settings.optimizer.runSettings()).merging(RunSettings([
+            "method": "cd", "sigmas": String(settings.sigmas), "target-ema": RunSettings.text(settings.targetEMA), "data-images": String(dataset.count)]))
+    }
 
     /// `teacher` is an EDM teacher's inference model; the student is its copy (same config and weights).
     public convenience init(teacher: UNet2DModel, dataset: ImageDataset, settings: DistillSettings) throws {
@@ -257,13 +261,15 @@ public final class ConsistencyDistillationObjective: TrainingObjective {
 public typealias ConsistencyStudentTrainer = TrainingLoop<ConsistencyDistillationObjective>
 
 extension TrainingLoop where Objective == ConsistencyDistillationObjective {
-    public convenience init(teacher: UNet2DModel, dataset: ImageDataset, settings: DistillSettings, runDir: String, resume: Bool) throws {
+    public convenience init(teacher: UNet2DModel, dataset: ImageDataset, settings: DistillSettings, runDir: String, resume: Bool,
+                            force: Bool = false, inputs: RunSettings = RunSettings()) throws {
         try self.init(objective: ConsistencyDistillationObjective(teacher: teacher, dataset: dataset, settings: settings), runDir: runDir,
-                      settings: settings.loop, resume: resume)
+                      settings: settings.loop, resume: resume, force: force, inputs: inputs)
     }
 
-    public convenience init(denoiser: any TeacherDenoiser, dataset: ImageDataset, settings: DistillSettings, runDir: String, resume: Bool) throws {
+    public convenience init(denoiser: any TeacherDenoiser, dataset: ImageDataset, settings: DistillSettings, runDir: String, resume: Bool,
+                            force: Bool = false, inputs: RunSettings = RunSettings()) throws {
         try self.init(objective: ConsistencyDistillationObjective(denoiser: denoiser, dataset: dataset, settings: settings), runDir: runDir,
-                      settings: settings.loop, resume: resume)
+                      settings: settings.loop, resume: resume, force: force, inputs: inputs)
     }
 }

@@ -87,6 +87,14 @@ public final class ConsistencyTuningObjective: TrainingObjective {
     public var summary: String {
         "\(model.parameterCount) parameters from the teacher, \(dataset.count) images, q = \(settings.q), \(settings.stages) stages, batch \(settings.batch)"
     }
+    /// --steps is part of it twice over: the stage schedule is spread over the run's steps.
+    public var runSettings: RunSettings {
+        let s = settings
+        return s.sharedRunSettings.merging(s.optimizer.runSettings()).merging(RunSettings([
+            "method": "ect", "sigmas": String(s.sigmas), "ect-q": RunSettings.text(Float(s.q)), "ect-stages": String(s.stages),
+            "ect-r-sigmoid": "k \(s.k), b \(s.b)", "ect-t-lognormal": "p_mean \(s.pMean), p_std \(s.pStd)",
+            "ect-huber-c": s.huberC.map { "\($0)" } ?? "0.00054 sqrt(P)", "data-images": String(dataset.count)]))
+    }
 
     public init(teacher: UNet2DModel, dataset: ImageDataset, settings: ECTSettings) throws {
         guard dataset.size == teacher.config.sampleSize, dataset.channels == teacher.config.inChannels else {
@@ -202,8 +210,9 @@ private struct ECTJob {
 public typealias ECTStudentTrainer = TrainingLoop<ConsistencyTuningObjective>
 
 extension TrainingLoop where Objective == ConsistencyTuningObjective {
-    public convenience init(teacher: UNet2DModel, dataset: ImageDataset, settings: ECTSettings, runDir: String, resume: Bool) throws {
+    public convenience init(teacher: UNet2DModel, dataset: ImageDataset, settings: ECTSettings, runDir: String, resume: Bool,
+                            force: Bool = false, inputs: RunSettings = RunSettings()) throws {
         try self.init(objective: ConsistencyTuningObjective(teacher: teacher, dataset: dataset, settings: settings), runDir: runDir,
-                      settings: settings.loop, resume: resume)
+                      settings: settings.loop, resume: resume, force: force, inputs: inputs)
     }
 }

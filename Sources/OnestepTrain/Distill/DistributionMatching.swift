@@ -13,7 +13,12 @@
 // Matches tianweiy/DMD2 main/edm/edm_guidance.py (compute_distribution_matching_loss, compute_loss_fake) with
 // gan_classifier off; the fake score runs in the teacher's own parameterisation (TeacherDenoiser.preconditioning),
 // so it starts equal to the teacher and the first generator gradients are ~0.
-// Not data parallel yet: one thread per step (`workers` is ignored and the run says so).
+// Data parallel like the other methods (DataParallel.swift): every random number of the step is drawn first, in
+// image order; each worker takes a contiguous chunk of the batch on its own replicas of both networks (worker 0 on
+// the networks themselves) and runs the whole chain for its images (generator forward, matching gradient and
+// generator backward on a generator turn, fake-score forward and backward); the replicas' gradients are added
+// into each network's in worker order, then the optimizers step. A step's bytes are fixed for a worker count;
+// across counts only the grouping of the batch sums changes (as for the other methods; DistributionMatchingTests).
 //
 // Legend: B batch, P = C*S*S values per image.
 import Foundation
@@ -36,6 +41,8 @@ public struct DMDSettings: Sendable {
     public var logEvery = 50
     public var checkpointEvery = 250
     public var sampleEvery = 500
+    /// Threads that split each batch (data parallel, one replica of each network per extra thread).
+    public var workers = 2
     public var schedule = EDMSchedulerConfig()
     public init() {
         for k in [\DMDSettings.generatorOptimizer, \DMDSettings.fakeOptimizer] {
@@ -53,7 +60,7 @@ public struct DMDSettings: Sendable {
 }
 
 /// Runs `m` on x (B, P) at per-image scalings and writes cSkip x + cOut F into out; the forward's caches stay
-/// for a backward.
+/// for a backward (and keep pointing at `scratch`, which must not be reused before it).
 func preconditionedOutput(_ m: TrainableUNet, _ x: UnsafePointer<Float>, scalings sc: [TeacherScalings], labels: [Int]?,
                           scratch: Buffer, into out: UnsafeMutablePointer<Float>) {
     let b = sc.count, per = m.config.inChannels * m.config.sampleSize * m.config.sampleSize
@@ -77,15 +84,32 @@ public final class DistributionMatchingObjective: TrainingObjective {
     public let settings: DMDSettings
     /// (gridSize) ascending Karras sigmas, as DMD2 flips them (small sigma first).
     public let grid: [Double]
-    let x = Buffer(), noisy = Buffer(), real = Buffer(), fakeOut = Buffer(), grad = Buffer(), scratch = Buffer(), gen = Buffer()
+    private var workers: [Worker] = []
     /// The last step's two losses (generator, fake score), for tests and logs.
     public private(set) var lastLosses: (generator: Double?, fake: Double) = (nil, 0)
+
+    /// One data-parallel lane: a generator and a fake score (worker 0: the groups' own networks, else replicas) and
+    /// its buffers. Each network's forward keeps pointing at its own input buffer (genInput, fakeInput) until its
+    /// backward, so the two networks never share one.
+    final class Worker {
+        let generator: TrainableUNet, fake: TrainableUNet
+        let x = Buffer(), genInput = Buffer(), fakeInput = Buffer(), noisy = Buffer(), real = Buffer(), fakeOut = Buffer()
+        let target = Buffer(), grad = Buffer()
+        init(generator: TrainableUNet, fake: TrainableUNet) { (self.generator, self.fake) = (generator, fake) }
+    }
 
     public var groups: [TrainingGroup] { [generator, fake] }
     public var imagesPerStep: Int { settings.batch }
     public var per: Int { let c = generator.model.config; return c.inChannels * c.sampleSize * c.sampleSize }
     public var summary: String {
         "generator and fake score of \(generator.model.parameterCount) parameters each from the teacher, \(settings.fakeUpdatesPerGenerator) fake updates per generator update, batch \(settings.batch)"
+    }
+    /// The generator's optimizer under the flag names (lr, warmup, ...), the fake score's under "fake-score-".
+    public var runSettings: RunSettings {
+        let s = settings
+        return s.sharedRunSettings.merging(s.generatorOptimizer.runSettings()).merging(s.fakeOptimizer.runSettings(prefix: "fake-score-"))
+            .merging(RunSettings(["method": "dmd", "sigmas": String(s.sigmas), "dmd-ratio": String(s.fakeUpdatesPerGenerator),
+                                  "dmd-grid": String(s.gridSize), "dmd-generator-range": "\(s.minStepPercent)..\(s.maxStepPercent)"]))
     }
 
     public init(teacher: any TeacherDenoiser, settings: DMDSettings) throws {
@@ -96,26 +120,31 @@ public final class DistributionMatchingObjective: TrainingObjective {
         fake = TrainingGroup(name: "fake-score", model: f, optimizer: settings.fakeOptimizer, averages: [])
         (self.teacher, self.settings) = (teacher, settings)
         grid = Array(settings.schedule.karrasSigmas(settings.gridSize).prefix(settings.gridSize).reversed())
+        for k in 0..<max(1, settings.workers) {
+            workers.append(Worker(generator: k == 0 ? g : g.clone(), fake: k == 0 ? f : f.clone()))
+        }
     }
 
-    /// x = G(sigma_max z) for z (B, P): the generator's forward (caches kept for its backward), into `x`.
-    func generate(z: UnsafePointer<Float>, labels: [Int]?, batch b: Int) -> UnsafeMutablePointer<Float> {
-        let s = settings.schedule, out = x.ensure(b * per), input = gen.ensure(b * per)
-        for j in 0..<(b * per) { input[j] = Float(s.sigmaMax) * z[j] }
-        consistencyOutput(generator.model, input, sigmas: Array(repeating: s.sigmaMax, count: b), labels: labels,
-                          sigmaMin: s.sigmaMin, sigmaData: s.sigmaData, scratch: scratch, into: out)
+    // MARK: the pieces of a step, on one worker's chunk of m images (pointers at the chunk's first image)
+
+    /// x = G(sigma_max z) for z (m, P): the worker's generator forward (caches kept for its backward), into w.x.
+    func generate(_ w: Worker, z: UnsafePointer<Float>, labels: [Int]?, count m: Int) -> UnsafeMutablePointer<Float> {
+        let s = settings.schedule, p = per, out = w.x.ensure(m * p), input = w.noisy.ensure(m * p)
+        for j in 0..<(m * p) { input[j] = Float(s.sigmaMax) * z[j] }
+        consistencyOutput(w.generator, input, sigmas: Array(repeating: s.sigmaMax, count: m), labels: labels,
+                          sigmaMin: s.sigmaMin, sigmaData: s.sigmaData, scratch: w.genInput, into: out)
         return out
     }
 
-    /// DMD2's gradient g = (p_real - p_fake) / mean|p_real| (B, P) for samples x at sigma indices `idx` with noise n.
-    func matchingGradient(x: UnsafePointer<Float>, n: UnsafePointer<Float>, idx: [Int], labels: [Int]?) -> [Float] {
-        let b = idx.count, p = per, xs = noisy.ensure(b * p), dr = real.ensure(b * p), df = fakeOut.ensure(b * p)
-        let sig = idx.map { grid[$0] }
-        for i in 0..<b { for j in (i * p)..<((i + 1) * p) { xs[j] = x[j] + Float(sig[i]) * n[j] } }
+    /// DMD2's gradient g = (p_real - p_fake) / mean|p_real| (m, P) for samples x at grid sigmas `sig` with noise n,
+    /// into w.grad (the worker's fake score runs without a backward).
+    func matchingGradient(_ w: Worker, x: UnsafePointer<Float>, n: UnsafePointer<Float>, sigmas sig: [Double], labels: [Int]?) -> UnsafeMutablePointer<Float> {
+        let m = sig.count, p = per, xs = w.noisy.ensure(m * p), dr = w.real.ensure(m * p), df = w.fakeOut.ensure(m * p)
+        for i in 0..<m { for j in (i * p)..<((i + 1) * p) { xs[j] = x[j] + Float(sig[i]) * n[j] } }
         teacher.denoise(xs, sigmas: sig, labels: labels, into: dr)
-        preconditionedOutput(fake.model, xs, scalings: sig.map(teacher.preconditioning), labels: labels, scratch: scratch, into: df)
-        var g = [Float](repeating: 0, count: b * p)
-        for i in 0..<b {
+        preconditionedOutput(w.fake, xs, scalings: sig.map(teacher.preconditioning), labels: labels, scratch: w.fakeInput, into: df)
+        let g = w.grad.ensure(m * p)
+        for i in 0..<m {
             var meanAbs = 0.0
             for j in (i * p)..<((i + 1) * p) { meanAbs += Double(abs(x[j] - dr[j])) }
             meanAbs /= Double(p)
@@ -127,42 +156,77 @@ public final class DistributionMatchingObjective: TrainingObjective {
         return g
     }
 
-    /// Generator loss 0.5 mean((x - target)^2) for x = G(sigma_max z); with `backward`, adds its gradient (scaled
-    /// by `scale`) into the generator's grads. `target` (B, P) = sg(x - g).
-    func generatorLoss(z: UnsafePointer<Float>, target: UnsafePointer<Float>, labels: [Int]?, batch b: Int, backward: Bool, scale: Float = 1) -> Double {
-        let xg = generate(z: z, labels: labels, batch: b), p = per, n = Double(b * p)
-        let s = settings.schedule
+    /// The generator's part of L_G = 0.5 mean((x - target)^2) over a batch of `total` values, for its chunk x (m, P),
+    /// the output of the worker's last generator forward; with `backward`, adds the gradient into that generator's
+    /// grads. Returns the chunk's sum.
+    func generatorLoss(_ w: Worker, x: UnsafePointer<Float>, target: UnsafePointer<Float>, count m: Int, total: Int, backward: Bool) -> Double {
+        let s = settings.schedule, p = per, n = Double(total)
         let cOut = Float(ConsistencyParameterization.scalings(sigma: s.sigmaMax, sigmaMin: s.sigmaMin, sigmaData: s.sigmaData).cOut)
-        let g = grad.ensure(b * p)
+        let g = w.grad.ensure(m * p)
         var loss = 0.0
-        for j in 0..<(b * p) {
-            let d = xg[j] - target[j]
+        for j in 0..<(m * p) {
+            let d = x[j] - target[j]
             loss += 0.5 * Double(d * d) / n
-            g[j] = scale * cOut * d / Float(n)
+            g[j] = cOut * d / Float(n)
         }
-        if backward { generator.model.backward(g) }
+        if backward { w.generator.backward(g) }
         return loss
     }
 
-    /// Fake-score loss mean(w (mu_fake(x + sigma n; sigma) - x)^2) on samples x (detached); with `backward`, its
-    /// gradient into the fake score's grads.
-    func fakeLoss(x: UnsafePointer<Float>, n: UnsafePointer<Float>, idx: [Int], labels: [Int]?, backward: Bool) -> Double {
-        let b = idx.count, p = per, xs = noisy.ensure(b * p), df = fakeOut.ensure(b * p), g = grad.ensure(b * p)
-        let sig = idx.map { grid[$0] }, sc = sig.map(teacher.preconditioning), sd = settings.schedule.sigmaData
-        for i in 0..<b { for j in (i * p)..<((i + 1) * p) { xs[j] = x[j] + Float(sig[i]) * n[j] } }
-        preconditionedOutput(fake.model, xs, scalings: sc, labels: labels, scratch: scratch, into: df)
-        let count = Double(b * p)
+    /// The fake score's part of mean(w (mu_fake(x + sigma n; sigma) - x)^2) over a batch of `total` values, for
+    /// its chunk of samples x (m, P; detached); with `backward`, its gradient into the worker's fake-score grads.
+    func fakeLoss(_ w: Worker, x: UnsafePointer<Float>, n: UnsafePointer<Float>, sigmas sig: [Double], labels: [Int]?, total: Int, backward: Bool) -> Double {
+        let m = sig.count, p = per, xs = w.noisy.ensure(m * p), df = w.fakeOut.ensure(m * p), g = w.grad.ensure(m * p)
+        let sc = sig.map(teacher.preconditioning), sd = settings.schedule.sigmaData
+        for i in 0..<m { for j in (i * p)..<((i + 1) * p) { xs[j] = x[j] + Float(sig[i]) * n[j] } }
+        preconditionedOutput(w.fake, xs, scalings: sc, labels: labels, scratch: w.fakeInput, into: df)
+        let count = Double(total)
         var loss = 0.0
-        for i in 0..<b {
-            let w = 1 / (sig[i] * sig[i]) + 1 / (sd * sd)
+        for i in 0..<m {
+            let wt = 1 / (sig[i] * sig[i]) + 1 / (sd * sd)
             for j in (i * p)..<((i + 1) * p) {
                 let d = Double(df[j] - x[j])
-                loss += w * d * d / count
-                g[j] = Float(2 * w * d / count * sc[i].cOut)  // dL/dF = dL/dD * c_out
+                loss += wt * d * d / count
+                g[j] = Float(2 * wt * d / count * sc[i].cOut)  // dL/dF = dL/dD * c_out
             }
         }
-        if backward { fake.model.backward(g) }
+        if backward { w.fake.backward(g) }
         return loss
+    }
+
+    /// One worker's share of step: images lo..<hi of the batch. Returns its (generator, fake-score) loss sums.
+    func runChunk(_ w: Worker, lo: Int, hi: Int, draws d: StepDraws, turn: Bool) -> (generator: Double, fake: Double) {
+        let m = hi - lo, p = per, total = d.batch * p
+        guard m > 0 else { return (0, 0) }
+        let lab = d.labels.map { Array($0[lo..<hi]) }
+        return d.z.withUnsafeBufferPointer { z in
+            d.fakeNoise.withUnsafeBufferPointer { fakeNoise in
+                d.genNoise.withUnsafeBufferPointer { genNoise in
+                    let xg = generate(w, z: z.baseAddress! + lo * p, labels: lab, count: m)
+                    var genLoss = 0.0
+                    if turn {
+                        let g = matchingGradient(w, x: xg, n: genNoise.baseAddress! + lo * p, sigmas: d.genIdx[lo..<hi].map { grid[$0] }, labels: lab)
+                        let target = w.target.ensure(m * p)
+                        for j in 0..<(m * p) { target[j] = xg[j] - g[j] }  // sg(x - g)
+                        genLoss = generatorLoss(w, x: xg, target: target, count: m, total: total, backward: true)
+                    }
+                    let fl = fakeLoss(w, x: xg, n: fakeNoise.baseAddress! + lo * p, sigmas: d.fakeIdx[lo..<hi].map { grid[$0] }, labels: lab,
+                                      total: total, backward: true)
+                    return (genLoss, fl)
+                }
+            }
+        }
+    }
+
+    /// Every random number of a step, drawn before the batch is split (so the stream is the same for any worker count).
+    struct StepDraws {
+        let batch: Int
+        let z: [Float]               // (B, P)
+        let labels: [Int]?           // (B)
+        let fakeIdx: [Int]           // (B) grid indices of the fake score's sigmas
+        let fakeNoise: [Float]       // (B, P)
+        let genIdx: [Int]            // (B) on a generator turn, else empty
+        let genNoise: [Float]        // (B, P) on a generator turn, else empty
     }
 
     public func step(number: Int, rng: inout TrainRandom) -> Double {
@@ -177,22 +241,50 @@ public final class DistributionMatchingObjective: TrainingObjective {
         let lo = Int(settings.minStepPercent * Double(grid.count)), hi = min(Int(settings.maxStepPercent * Double(grid.count)) + 1, grid.count)
         let genIdx = turn ? (0..<b).map { _ in lo + rng.int(max(1, hi - lo)) } : []
         let genNoise = turn ? (0..<(b * p)).map { _ in rng.normal() } : []
+        let draws = StepDraws(batch: b, z: z, labels: labels, fakeIdx: fakeIdx, fakeNoise: fakeNoise, genIdx: genIdx, genNoise: genNoise)
 
-        let xg = generate(z: z, labels: labels, batch: b)
-        let sample = Array(UnsafeBufferPointer(start: xg, count: b * p))  // detached copy for the fake turn
-        var genLoss: Double? = nil
+        let active = Array(workers.prefix(DataParallel.activeWorkers(count: b, available: workers.count)))
+        DataParallel.broadcast(generator.model.store, to: active.dropFirst().map(\.generator.store))
+        DataParallel.broadcast(fake.model.store, to: active.dropFirst().map(\.fake.store))
+        generator.zeroGradients()
+        fake.zeroGradients()
+        let job = DMDJob(objective: self, workers: active, draws: draws, turn: turn)
+        let losses = DataParallel.map(count: b, workers: active.count) { k, chunk in job.run(k, chunk) }
         if turn {
-            let g = matchingGradient(x: sample, n: genNoise, idx: genIdx, labels: labels)
-            let target = zip(sample, g).map { $0 - $1 }
-            generator.zeroGradients()
-            genLoss = generatorLoss(z: z, target: target, labels: labels, batch: b, backward: true)
+            DataParallel.reduceGradients(active.dropFirst().map(\.generator.store), into: generator.model.store)
             generator.applyUpdate()
         }
-        fake.zeroGradients()
-        let fl = fakeLoss(x: sample, n: fakeNoise, idx: fakeIdx, labels: labels, backward: true)
+        DataParallel.reduceGradients(active.dropFirst().map(\.fake.store), into: fake.model.store)
         fake.applyUpdate()
-        lastLosses = (genLoss, fl)
+        let fl = losses.reduce(0) { $0 + $1.fake }
+        lastLosses = (turn ? losses.reduce(0) { $0 + $1.generator } : nil, fl)
         return fl
+    }
+
+    // MARK: whole-batch forms on worker 0 (the groups' own networks), for the gradient checks
+
+    var firstWorker: Worker { workers[0] }
+
+    /// x = G(sigma_max z) for z (B, P), into worker 0's buffer.
+    func generate(z: UnsafePointer<Float>, labels: [Int]?, batch b: Int) -> UnsafeMutablePointer<Float> {
+        generate(workers[0], z: z, labels: labels, count: b)
+    }
+
+    /// DMD2's gradient g (B, P) for samples x at sigma indices `idx` with noise n.
+    func matchingGradient(x: UnsafePointer<Float>, n: UnsafePointer<Float>, idx: [Int], labels: [Int]?) -> [Float] {
+        let g = matchingGradient(workers[0], x: x, n: n, sigmas: idx.map { grid[$0] }, labels: labels)
+        return Array(UnsafeBufferPointer(start: g, count: idx.count * per))
+    }
+
+    /// Generator loss 0.5 mean((G(sigma_max z) - target)^2); with `backward`, its gradient into the generator's grads.
+    func generatorLoss(z: UnsafePointer<Float>, target: UnsafePointer<Float>, labels: [Int]?, batch b: Int, backward: Bool) -> Double {
+        let x = generate(workers[0], z: z, labels: labels, count: b)
+        return generatorLoss(workers[0], x: x, target: target, count: b, total: b * per, backward: backward)
+    }
+
+    /// Fake-score loss on samples x (B, P; detached); with `backward`, its gradient into the fake score's grads.
+    func fakeLoss(x: UnsafePointer<Float>, n: UnsafePointer<Float>, idx: [Int], labels: [Int]?, backward: Bool) -> Double {
+        fakeLoss(workers[0], x: x, n: n, sigmas: idx.map { grid[$0] }, labels: labels, total: idx.count * per, backward: backward)
     }
 
     public func export(to dir: String, step: Int) throws {
@@ -206,12 +298,24 @@ public final class DistributionMatchingObjective: TrainingObjective {
     }
 }
 
+/// Workers touch disjoint networks and buffers; the draws are read-only while they run.
+private struct DMDJob {
+    let objective: DistributionMatchingObjective
+    let workers: [DistributionMatchingObjective.Worker]
+    let draws: DistributionMatchingObjective.StepDraws
+    let turn: Bool
+    func run(_ k: Int, _ chunk: Range<Int>) -> (generator: Double, fake: Double) {
+        objective.runChunk(workers[k], lo: chunk.lowerBound, hi: chunk.upperBound, draws: draws, turn: turn)
+    }
+}
+
 /// TrainingLoop of a DMD generator.
 public typealias DMDStudentTrainer = TrainingLoop<DistributionMatchingObjective>
 
 extension TrainingLoop where Objective == DistributionMatchingObjective {
-    public convenience init(teacher: any TeacherDenoiser, settings: DMDSettings, runDir: String, resume: Bool) throws {
+    public convenience init(teacher: any TeacherDenoiser, settings: DMDSettings, runDir: String, resume: Bool,
+                            force: Bool = false, inputs: RunSettings = RunSettings()) throws {
         try self.init(objective: DistributionMatchingObjective(teacher: teacher, settings: settings), runDir: runDir,
-                      settings: settings.loop, resume: resume)
+                      settings: settings.loop, resume: resume, force: force, inputs: inputs)
     }
 }

@@ -124,6 +124,12 @@ public final class RegressionObjective: TrainingObjective {
     public var summary: String {
         "\(model.parameterCount) parameters, channels \(model.config.blockOutChannels), regression on \(pairs.count) pairs, batch \(settings.batch)"
     }
+    public var runSettings: RunSettings {
+        let s = settings
+        return s.sharedRunSettings.merging(s.optimizer.runSettings()).merging(RunSettings([
+            "method": "regression", "sigmas": String(s.timesteps), "pairs": String(pairs.count), "heun-steps": String(s.heunSteps),
+            "student-channels": RunSettings.text(model.config.blockOutChannels)]))
+    }
 
     public init(config: UNetConfig, pairs: TeacherPairs, settings: RegressionSettings) throws {
         guard config.inChannels * config.sampleSize * config.sampleSize == pairs.per else {
@@ -196,8 +202,9 @@ private struct RegressionJob {
 public typealias RegressionStudentTrainer = TrainingLoop<RegressionObjective>
 
 extension TrainingLoop where Objective == RegressionObjective {
-    public convenience init(config: UNetConfig, pairs: TeacherPairs, settings: RegressionSettings, runDir: String, resume: Bool) throws {
+    public convenience init(config: UNetConfig, pairs: TeacherPairs, settings: RegressionSettings, runDir: String, resume: Bool,
+                            force: Bool = false, inputs: RunSettings = RunSettings()) throws {
         try self.init(objective: RegressionObjective(config: config, pairs: pairs, settings: settings), runDir: runDir,
-                      settings: settings.loop, resume: resume)
+                      settings: settings.loop, resume: resume, force: force, inputs: inputs)
     }
 }

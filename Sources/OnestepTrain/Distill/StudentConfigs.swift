@@ -45,3 +45,24 @@ extension DistillSettings: StudentRunSettings {}
 extension ECTSettings: StudentRunSettings {}
 extension DMDSettings: StudentRunSettings {}
 extension RegressionSettings: StudentRunSettings {}
+
+extension StudentRunSettings {
+    /// The record entries every student method shares (RunSettings.swift): steps, batch, ema, seed and the
+    /// student's sigma schedule (set from the teacher: clamped to a DDPM teacher's range).
+    var sharedRunSettings: RunSettings {
+        RunSettings(["steps": String(steps), "batch": String(batch), "ema": RunSettings.text(saveEMA), "seed": String(seed),
+                     "student-schedule": "sigma \(schedule.sigmaMin)..\(schedule.sigmaMax), sigma_data \(schedule.sigmaData), rho \(schedule.rho)"])
+    }
+}
+
+extension OptimizerConfig {
+    /// lr, warmup, clip, optimizer, weight-decay (the teacher command's flag names) and Adam's betas and epsilon,
+    /// each name after `prefix`.
+    func runSettings(prefix: String = "") -> RunSettings {
+        var r = RunSettings([prefix + "lr": RunSettings.text(learningRate), prefix + "warmup": String(warmupSteps),
+                             prefix + "clip": RunSettings.text(gradientClip), prefix + "optimizer": kind.rawValue,
+                             prefix + "weight-decay": RunSettings.text(weightDecay)])
+        r[prefix + "adam-betas"] = "\(beta1), \(beta2), eps \(epsilon)"
+        return r
+    }
+}

@@ -27,16 +27,23 @@ public final class TrainingLoop<Objective: TrainingObjective> {
     /// where the data or teacher came from), the y quantity (the objective's lossName) and "training step".
     public var plotLabels: LossPlotLabels
 
+    /// What the checkpoints record as the run's settings: the objective's `runSettings` plus the command's `inputs`.
+    public let runSettings: RunSettings
+
     /// Creates the run folder, removes what a killed run left, and on `resume` restores the checkpoint in it
-    /// (throws CheckpointError when it is missing, damaged, or of another kind or model).
-    public init(objective: Objective, runDir: String, settings: LoopSettings, resume: Bool) throws {
+    /// (throws CheckpointError when it is missing, damaged, or of another kind or model; RunSettingsError when it
+    /// was made with other settings, unless `force`). `inputs`: settings the objective does not know, recorded and
+    /// compared with its own, e.g. the teacher and data folders (RunSettings.swift).
+    public init(objective: Objective, runDir: String, settings: LoopSettings, resume: Bool, force: Bool = false,
+                inputs: RunSettings = RunSettings()) throws {
         (self.objective, self.runDir, self.settings) = (objective, runDir, settings)
+        runSettings = objective.runSettings.merging(inputs)
         plotLabels = LossPlotLabels(title: objective.plotTitle, subtitle: objective.summary, quantity: objective.lossName)
         rng = TrainRandom(seed: settings.seed)
         try FileManager.default.createDirectory(atPath: runDir, withIntermediateDirectories: true)
         resumeNotes = Checkpoint.cleanUpAfterKilledRun(runDir)
         if resume {
-            let state = try Checkpoint.read(kind: objective.kind, groups: objective.groups, from: runDir)
+            let state = try Checkpoint.read(kind: objective.kind, groups: objective.groups, from: runDir, settings: runSettings, force: force)
             (step, rng.state, elapsed, losses) = (state.step, state.rngState, state.elapsedSeconds, state.losses)
             resumeNotes += state.notes
             checkpointedStep = step
@@ -91,7 +98,8 @@ public final class TrainingLoop<Objective: TrainingObjective> {
         // The same step twice (a checkpoint step that is also the last) would make checkpoint.prev a copy of it.
         if step != checkpointedStep {
             try Checkpoint.write(kind: objective.kind, groups: objective.groups,
-                                 state: TrainingState(step: step, rngState: rng.state, elapsedSeconds: elapsed, losses: losses), to: runDir)
+                                 state: TrainingState(step: step, rngState: rng.state, elapsedSeconds: elapsed, losses: losses),
+                                 settings: runSettings, to: runDir)
             checkpointedStep = step
         }
         try objective.export(to: runDir, step: step)

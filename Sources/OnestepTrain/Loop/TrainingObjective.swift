@@ -63,6 +63,10 @@ public protocol TrainingObjective: AnyObject {
     var plotTitle: String { get }
     /// What `step` returns, named for the loss plot's y axis, e.g. "EDM denoising loss (weighted MSE)". Default "loss".
     var lossName: String { get }
+    /// The settings that define the run (named by their flags: steps, batch, lr, seed, the method's own), recorded
+    /// in every checkpoint and compared on resume (RunSettings.swift). Not the cadence or thread counts, which a
+    /// resumed run may change freely.
+    var runSettings: RunSettings { get }
 
     /// Training step `number` (1-based, restored on resume): zero the gradients, forward and backward passes (data
     /// parallel if it likes, see DataParallel), `applyUpdate()` of each group it updates (a method may update a

@@ -122,31 +122,31 @@ public struct PipelineSettings: Sendable {
     }
 }
 
-public struct PipelineSettingsError: Error, CustomStringConvertible {
-    public let description: String
-}
-
 public final class DistillPipeline {
     public static let stages = ["data", "teacher", "student", "student-small", "quantize", "eval"]
     public let dir: String
     public let settings: PipelineSettings
     public private(set) var seconds: [String: Double] = [:]
+    /// Given --force: a stage's training run resumed with other settings than its checkpoint's continues too.
+    let force: Bool
     let shouldStop: () -> Bool
     let log: (String) -> Void
 
     /// `force`: use a folder whose pipeline.json records other settings anyway (its finished stages are kept as
-    /// they are; the unfinished ones run with `settings`). Without it such a folder is refused, naming the settings.
+    /// they are; the unfinished ones run with `settings`). Without it such a folder is refused with a
+    /// RunSettingsError naming the settings (old -> new), as a training run resumed with other settings is.
     public init(dir: String, settings: PipelineSettings, force: Bool = false, shouldStop: @escaping () -> Bool = { false },
                 log: @escaping (String) -> Void) throws {
-        (self.dir, self.settings, self.shouldStop, self.log) = (dir, settings, shouldStop, log)
+        (self.dir, self.settings, self.force, self.shouldStop, self.log) = (dir, settings, force, shouldStop, log)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         if let data = FileManager.default.contents(atPath: dir + "/pipeline.json"),
            let d = (try? JSONSerialization.jsonObject(with: data)) as? [String: Any], let st = d["stage_seconds"] as? [String: Double] {
             let differing = Self.differences(recorded: d, current: Self.recordedSettings(settings))
             if !differing.isEmpty && !st.isEmpty {
-                let list = differing.joined(separator: "; ")
+                let list = RunSettingsError.list(differing)
                 guard force else {
-                    throw PipelineSettingsError(description: "\(dir) holds a pipeline run made with other settings (\(list)); its finished stages (\(Self.stages.filter { st[$0] != nil }.joined(separator: ", "))) would be reused as if made with these. Choose another --out, or pass --force to keep them anyway")
+                    throw RunSettingsError(dir: dir, what: "pipeline run", differences: differing,
+                                           consequence: "its finished stages (\(Self.stages.filter { st[$0] != nil }.joined(separator: ", "))) would be reused as if made with these")
                 }
                 log("warning: --force: reusing the finished stages of \(dir), made with other settings (\(list))")
             }
@@ -160,17 +160,16 @@ public final class DistillPipeline {
          "distill_steps": s.distill.steps, "distill_sigmas": s.distill.sigmas, "small_channels": s.smallChannels, "small_steps": s.small.steps]
     }
 
-    /// "key: recorded R, now N" for every recorded setting that differs (a key missing from an older file: "quick"
-    /// is read as false, others are not compared).
-    static func differences(recorded: [String: Any], current: [String: Any]) -> [String] {
-        current.keys.sorted().compactMap { k in
-            let now = "\(current[k]!)"
-            guard let was = recorded[k].map({ "\($0)" }) ?? (k == "quick" ? "false" : nil) else { return nil }
-            // JSONSerialization reads true/false as 1/0 and arrays with newlines: compare normalised text.
-            func norm(_ v: String) -> String { v.filter { !$0.isWhitespace }.replacingOccurrences(of: "(", with: "[").replacingOccurrences(of: ")", with: "]")
-                .replacingOccurrences(of: "true", with: "1").replacingOccurrences(of: "false", with: "0") }
-            return norm(was) == norm(now) ? nil : "\(k): recorded \(norm(was)), now \(norm(now))"
+    /// Every recorded setting that differs, compared as a training checkpoint's are (RunSettings.differences):
+    /// pipeline.json's typed JSON values are read as text the way the current ones print. A key missing from an
+    /// older file: "quick" is read as false, others are not compared.
+    static func differences(recorded: [String: Any], current: [String: Any]) -> [RunSettings.Difference] {
+        var was = RunSettings(), now = RunSettings()
+        for (k, v) in current {
+            now[k] = RunSettings.text(v)
+            was[k] = recorded[k].map { RunSettings.text(parsed: $0, like: v) } ?? (k == "quick" ? "false" : nil)
         }
+        return now.differences(from: was)
     }
 
     public var evalSpecs: [EvalSpec] {
@@ -250,7 +249,7 @@ public final class DistillPipeline {
         let run = dir + "/teacher"
         let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
         let cfg = try settings.teacherConfig(classNames: data.classNames ?? [])
-        let t = try TeacherTrainer(config: cfg, dataset: data, settings: settings.teacher, runDir: run, resume: resume)
+        let t = try TeacherTrainer(config: cfg, dataset: data, settings: settings.teacher, runDir: run, resume: resume, force: force)
         t.plotLabels.title = "pipeline " + t.plotLabels.title
         t.plotLabels.subtitle += " - data \(dir)/data"
         t.resumeLines.forEach(log)
@@ -263,7 +262,7 @@ public final class DistillPipeline {
         let teacher = try ImagePipeline.load(path: dir + "/teacher")
         let run = dir + "/student"
         let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
-        let t = try ConsistencyStudentTrainer(teacher: teacher.model, dataset: data, settings: settings.distill, runDir: run, resume: resume)
+        let t = try ConsistencyStudentTrainer(teacher: teacher.model, dataset: data, settings: settings.distill, runDir: run, resume: resume, force: force)
         t.plotLabels.title = "pipeline " + t.plotLabels.title
         t.plotLabels.subtitle += " - teacher \(dir)/teacher"
         t.resumeLines.forEach(log)
@@ -280,7 +279,7 @@ public final class DistillPipeline {
         var s = settings.small
         s.timesteps = settings.distill.sigmas
         let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
-        let t = try RegressionStudentTrainer(config: cfg, pairs: pairs, settings: s, runDir: run, resume: resume)
+        let t = try RegressionStudentTrainer(config: cfg, pairs: pairs, settings: s, runDir: run, resume: resume, force: force)
         t.plotLabels.title = "pipeline " + t.plotLabels.title
         t.plotLabels.subtitle += " - teacher \(dir)/teacher"
         log("small student: \(t.objective.model.parameterCount) parameters (teacher \(teacher.model.parameterCount))")

@@ -53,6 +53,13 @@ public final class EDMTeacherObjective: TrainingObjective {
     public var summary: String {
         "\(model.parameterCount) parameters, \(dataset.count) images\(dataset.classNames.map { " in \($0.count) classes" } ?? ""), batch \(settings.batch)"
     }
+    /// Named by the teacher command's flags; the model config is checked apart (Checkpoint.read: parameter counts).
+    public var runSettings: RunSettings {
+        let s = settings, e = s.edm
+        return s.optimizer.runSettings().merging(RunSettings([
+            "steps": String(s.steps), "batch": String(s.batch), "ema": RunSettings.text(s.emaDecay), "seed": String(s.seed),
+            "edm": "sigma_data \(e.sigmaData), p_mean \(e.pMean), p_std \(e.pStd)", "data-images": String(dataset.count)]))
+    }
 
     /// A fresh network for `config` (initialised from `settings.seed`); throws DataError when the data does not fit it.
     public init(config: UNetConfig, dataset: ImageDataset, settings: TeacherSettings) throws {
@@ -111,8 +118,9 @@ public typealias TeacherTrainer = TrainingLoop<EDMTeacherObjective>
 
 extension TrainingLoop where Objective == EDMTeacherObjective {
     /// A teacher run in `runDir`: a fresh network for `config`, or on `resume` the one in its checkpoint.
-    public convenience init(config: UNetConfig, dataset: ImageDataset, settings: TeacherSettings, runDir: String, resume: Bool) throws {
+    public convenience init(config: UNetConfig, dataset: ImageDataset, settings: TeacherSettings, runDir: String, resume: Bool,
+                            force: Bool = false, inputs: RunSettings = RunSettings()) throws {
         try self.init(objective: EDMTeacherObjective(config: config, dataset: dataset, settings: settings), runDir: runDir,
-                      settings: settings.loop, resume: resume)
+                      settings: settings.loop, resume: resume, force: force, inputs: inputs)
     }
 }
