@@ -127,7 +127,7 @@ final class CheckpointIntegrityTests: XCTestCase {
         md[CheckpointFile.kindKey] = "consistency-distillation"
         let tensors = try Dictionary(uniqueKeysWithValues: f.names.map { ($0, try f.floats($0).data) })
         try CheckpointFile.write(tensors: tensors, metadata: md.filter { $0.key != CheckpointFile.checksumKey }, to: checkpoint, previous: previous)
-        assertRefused(problem: "it is a 'consistency-distillation' checkpoint", advice: "is intact (step 4)")
+        assertRefused(problem: "it is a 'consistency-distillation' (student --method cd) checkpoint, this run needs 'teacher-checkpoint' (onestep-distill teacher)", advice: "is intact (step 4)")
     }
 
     func testCheckpointFromBeforeChecksumsResumesWithANote() throws {

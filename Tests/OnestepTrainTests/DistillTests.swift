@@ -67,7 +67,7 @@ final class DistillTests: XCTestCase {
     }
 
     /// A few distillation steps on a tiny teacher: the run folder loads as a consistency model that samples in
-    /// 1 and 2 steps, the student started as the teacher, and --resume continues the step count.
+    /// 1 and 2 steps, the student started as the teacher, and a forced resume continues to a larger step count.
     func testDistilledStudentLoadsAsConsistencyModelAndResumes() throws {
         let dir = NSTemporaryDirectory() + "onestep-distill-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -94,8 +94,12 @@ final class DistillTests: XCTestCase {
             XCTAssertEqual(x.shape, [1, 3, 8, 8])
             XCTAssertTrue(x.data.allSatisfy { $0.isFinite && abs($0) <= 1 })
         }
+        // Going on to 5 steps is a change of the run's settings: refused naming it, accepted with force.
         s.steps = 5
-        let resumed = try ConsistencyStudentTrainer(teacher: teacher, dataset: data, settings: s, runDir: dir, resume: true)
+        XCTAssertThrowsError(try ConsistencyStudentTrainer(teacher: teacher, dataset: data, settings: s, runDir: dir, resume: true)) {
+            XCTAssertEqual(($0 as? RunSettingsError)?.list, "steps 3 -> 5", "\($0)")
+        }
+        let resumed = try ConsistencyStudentTrainer(teacher: teacher, dataset: data, settings: s, runDir: dir, resume: true, force: true)
         XCTAssertEqual(resumed.step, 3)
         XCTAssertEqual(try resumed.run(shouldStop: { false }, log: { _ in }).steps, 5)
         XCTAssertEqual(resumed.losses.count, 5)
