@@ -38,7 +38,7 @@ func runStudent(_ flags: ParsedFlags) throws {
     let teacherDir = try flags.required("teacher"), out = try flags.required("out")
     BLAS.threads = try flags.requiredInt("threads", 1...64)
     let resume = flags.isSet("resume"), force = flags.isSet("force")
-    try checkResumeFlag(resume, out: out)
+    try checkResumeFlag(resume, out: out, force: force)
     // Recorded in the checkpoint beside the method's settings and compared on resume (RunSettings.swift).
     var inputs = RunSettings(["teacher": absolutePath(teacherDir)])
     let loaded: TeacherLoader.Loaded
@@ -151,7 +151,9 @@ func runStudent(_ flags: ParsedFlags) throws {
 }
 
 /// --resume needs a checkpoint in --out; a run folder with one needs --resume (never silently overwritten).
-func checkResumeFlag(_ resume: Bool, out: String) throws {
+/// --force without --resume is said to do nothing (a fresh run has no recorded settings to differ from).
+func checkResumeFlag(_ resume: Bool, out: String, force: Bool = false) throws {
+    if force && !resume { stderrLine("note: --force only matters with --resume (it continues a run whose checkpoint records other settings); ignored") }
     let hasCheckpoint = FileManager.default.fileExists(atPath: out + "/" + Checkpoint.fileName)
     if resume && !hasCheckpoint {
         let previous = out + "/" + Checkpoint.previousName

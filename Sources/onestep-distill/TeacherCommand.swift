@@ -46,7 +46,7 @@ func runTeacher(_ flags: ParsedFlags) throws {
     BLAS.threads = try flags.requiredInt("threads", 1...64)
     s.workers = try flags.requiredInt("workers", 1...64)
     let resume = flags.isSet("resume")
-    try checkResumeFlag(resume, out: out)
+    try checkResumeFlag(resume, out: out, force: flags.isSet("force"))
 
     // The model config: the checkpoint's on resume, else --config, else the default sized to --size.
     var config: UNetConfig?
