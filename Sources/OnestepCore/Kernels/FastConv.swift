@@ -641,3 +641,25 @@ extension FastConv {
         }
     }
 }
+
+// MARK: - Training kernels (include/onestep_train_kernels.h; used by OnestepTrain only)
+
+extension FastConv {
+    /// Scratch floats `weightGradient` needs for this geometry and input size.
+    public static func weightGradientScratch(_ g: ConvGeometry, batch: Int, height: Int, width: Int) -> Int {
+        var gc = cGeometry(g, upsample: false)
+        return osk_conv_wgrad_f32_scratch(&gc, Int32(batch), Int32(height), Int32(width))
+    }
+
+    /// Weight gradient of a convolution (onestep_conv_grad.c): dW (Cout, Cin*KH*KW) += dY (Cout, cols) x col(X)^T,
+    /// db (Cout) += row sums of dY (when given). x (Cin, N, H, W) and dy (Cout, N, Ho, Wo) are channel-major.
+    /// Each dW entry is one FMA chain over the columns in order from dW's value: the same bits at every level.
+    public static func weightGradient(x: UnsafePointer<Float>, dy: UnsafePointer<Float>, geometry g: ConvGeometry, batch: Int,
+                                      height: Int, width: Int, dw: UnsafeMutablePointer<Float>, db: UnsafeMutablePointer<Float>?,
+                                      scratch: UnsafeMutablePointer<Float>, level: KernelLevel = .best) {
+        precondition(level.isSupported, "weightGradient: kernel level \(level) not supported on this CPU")
+        var gc = cGeometry(g, upsample: false)
+        let status = osk_conv_wgrad_f32(level.rawValue, &gc, x, Int32(batch), Int32(height), Int32(width), dy, dw, db, scratch)
+        precondition(status == 0, "weightGradient: unsupported geometry \(g)")
+    }
+}
