@@ -24,6 +24,7 @@ let benchCommand = Subcommand("bench", summary: "training images/s next to the i
     FlagSpec("pytorch", "python with torch + diffusers: also run scripts/bench/train_pytorch.py (default model only)"),
     FlagSpec("pytorch-threads", "torch threads of the PyTorch run", default: "2"),
     FlagSpec("rounds", "interleaved rounds of ours / PyTorch's measurement", default: "1"),
+    FlagSpec("train-only", "skip the inference-forward timing (for profiling a training step alone)", isSwitch: true),
     FlagSpec("reference", "also time the first trainer's NCHW kernels (ReferenceConvGrad, ReferenceGroupNorm) each round",
              isSwitch: true),
 ], run: runBench)
@@ -87,10 +88,11 @@ func runBench(_ flags: ParsedFlags) throws {
             defer { TrainingKernels.reference = false }
             let replicas = (1..<workers).map { _ in trainable.clone() }
             BLAS.threads = th
+            let forwards = flags.isSet("train-only") ? 0 : steps
             _ = inference.forwardBatched(x, timesteps: t, classLabels: labels, pool: pool)
             var start = Date()
-            for _ in 0..<steps { _ = inference.forwardBatched(x, timesteps: t, classLabels: labels, pool: pool) }
-            let fwd = Date().timeIntervalSince(start) / Double(steps)
+            for _ in 0..<forwards { _ = inference.forwardBatched(x, timesteps: t, classLabels: labels, pool: pool) }
+            let fwd = Date().timeIntervalSince(start) / Double(max(forwards, 1))
             var cpu = 0.0
             let step: Double = x.data.withUnsafeBufferPointer { xp in
                 func trainStep() {

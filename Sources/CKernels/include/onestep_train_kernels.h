@@ -28,6 +28,17 @@ size_t osk_conv_wgrad_f32_scratch(const osk_conv *g, int32_t n, int32_t h, int32
 int osk_conv_wgrad_f32(int level, const osk_conv *g, const float *x, int32_t n, int32_t h, int32_t w,
                        const float *dy, float *dw, float *db, float *scratch);
 
+/// sum of g[i]^2 in double precision, in a fixed order at every level: 8 partial sums (lane l takes i = 8q + l,
+/// q ascending; the tail after the last full 8 goes to lanes 0..), then folded as ((l0 + l4) + (l2 + l6)) +
+/// ((l1 + l5) + (l3 + l7)).
+double osk_sum_squares(int level, const float *g, int64_t n);
+
+/// One Adam step over n parameters (torch.optim.Adam's update, as Optim/Optimizer.swift), element by element:
+///   gi = g[i] * clip;  m = b1 m + (1 - b1) gi;  v = b2 v + (1 - b2) gi gi;  w -= step_size m / (sqrt(v) / sqrt_bc2 + eps)
+/// every operation rounded on its own (no fused multiply-add): the same bits as the Swift loop, at every level.
+void osk_adam_update(int level, float *w, const float *g, float *m, float *v, int64_t n, float clip, float b1, float b2,
+                     float step_size, float sqrt_bc2, float eps);
+
 #ifdef __cplusplus
 }
 #endif

@@ -10,8 +10,8 @@
 // dX as a stride-1 convolution: dX[ci, y, x] = sum W[co, ci, ky, kx] dY[co, oy, ox] over y = oy*s - pad + ky, i.e.
 // a correlation of dY (zeros inserted between rows/columns when s > 1) with the kernel flipped in both axes and
 // its channel axes swapped, padded by KH-1-padTop on top (the bottom pad makes the output H rows).
-// The weights are packed at every forward and backward: a copy of Cout*K floats, against GEMMs that read them
-// N*P times. ReferenceConvGrad (the first trainer's NCHW code) is what FastTrainingKernelTests compare with.
+// The weights are packed at every forward and backward (into the layer's own buffer): a copy of Cout*K floats,
+// against GEMMs that read them N*P times. ReferenceConvGrad (the first trainer's NCHW code) is what FastTrainingKernelTests compare with.
 import OnestepCore
 
 /// Which kernels the trainable layers run. `reference` runs the first trainer's NCHW code (ReferenceConvGrad,
@@ -32,6 +32,8 @@ public final class TrainableConv2D {
     // Channel-major copies: input (Cin, N, H, W) kept for backward, output (Cout, N, Ho, Wo), dY, dilated dY, dX.
     private let inputCM = Buffer(), outputCM = Buffer(), gradCM = Buffer(), dilatedCM = Buffer(), inputGradCM = Buffer()
     private let output = Buffer(), inputGradient = Buffer(), columns = Buffer(), flipped = Buffer()
+    /// The weights (forward) or flipped transposed weights (dX) packed for osk_conv_f32, repacked at every call.
+    private let packedWeights = Buffer()
     private var input: UnsafePointer<Float>?
     private var n = 0, h = 0, w = 0
 
@@ -65,10 +67,9 @@ public final class TrainableConv2D {
         } else {
             yc.update(repeating: 0, count: g.outChannels * cols)
         }
-        let packed = PackedConvF32(geometry: g, weights: store.value(weight), bias: nil)
-        let pool = BufferPool()  // never used: the output exists (FastConv.conv allocates only without one)
-        _ = FastConv.conv(Activation(viewing: xc, channels: g.inChannels, batch: batch, height: height, width: width), packed,
-                          pool: pool, accumulateInto: Activation(viewing: yc, channels: g.outChannels, batch: batch, height: ho, width: wo))
+        let packed = packedWeights.ensure(FastConv.packedWeightCount(g))
+        FastConv.packWeights(store.value(weight), geometry: g, into: packed)
+        FastConv.convAccumulate(x: xc, packed: packed, geometry: g, batch: batch, height: height, width: width, y: yc)
         let y = output.ensure(batch * g.outChannels * p)
         Layout.toBatchMajor(yc, batch: batch, channels: g.outChannels, spatial: p, into: y)
         return y
@@ -139,11 +140,10 @@ public final class TrainableConv2D {
             let a = wv + (co * cin + ci) * taps, b = wt + (ci * cout + co) * taps
             for t in 0..<taps { b[t] = a[taps - 1 - t] }
         } }
-        let packed = PackedConvF32(geometry: gt, weights: wt, bias: nil)
+        let packed = packedWeights.ensure(FastConv.packedWeightCount(gt))
+        FastConv.packWeights(wt, geometry: gt, into: packed)
         dxc.update(repeating: 0, count: cin * n * h * w)
-        _ = FastConv.conv(Activation(viewing: UnsafeMutablePointer(mutating: src), channels: cout, batch: n, height: hd, width: wd),
-                          packed, pool: BufferPool(),
-                          accumulateInto: Activation(viewing: dxc, channels: cin, batch: n, height: h, width: w))
+        FastConv.convAccumulate(x: src, packed: packed, geometry: gt, batch: n, height: hd, width: wd, y: dxc)
     }
 }
 
