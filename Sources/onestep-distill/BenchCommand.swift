@@ -110,9 +110,15 @@ func runBench(_ flags: ParsedFlags) throws {
             if th == threads.last && workers == workerCounts.last && !reference {
                 ours.append(TrainRate(wall: Double(batch) / step, cpu: Double(batch) / cpu))
             }
-            stdoutLine(String(format: "round %d, threads %d, workers %d, %@ kernels: inference forward %.0f img/s (%.1f GFLOP/s); training step (EDM loss + Adam) %.1f img/s (%.1f GFLOP/s, %.0f ms/step wall, %.0f ms/step CPU); train/forward time %.2fx",
-                              round + 1, th, workers, reference ? "reference" : "fast", Double(batch) / fwd, flops * Double(batch) / fwd / 1e9,
-                              Double(batch) / step, 3 * flops * Double(batch) / step / 1e9, step * 1000, cpu * 1000, step / fwd))
+            let training = String(format: "training step (EDM loss + Adam) %.1f img/s (%.1f GFLOP/s, %.0f ms/step wall, %.0f ms/step CPU)",
+                                  Double(batch) / step, 3 * flops * Double(batch) / step / 1e9, step * 1000, cpu * 1000)
+            let head = String(format: "round %d, threads %d, workers %d, %@ kernels: ", round + 1, th, workers, reference ? "reference" : "fast")
+            if forwards == 0 {
+                stdoutLine(head + training)
+            } else {
+                stdoutLine(head + String(format: "inference forward %.0f img/s (%.1f GFLOP/s); ", Double(batch) / fwd,
+                                         flops * Double(batch) / fwd / 1e9) + training + String(format: "; train/forward time %.2fx", step / fwd))
+            }
         } } }
         if let python {
             let r = try runPyTorch(python: python, threads: torchThreads, batch: batch, steps: steps, size: cfg.sampleSize, classes: classes)
