@@ -24,6 +24,7 @@ let benchCommand = Subcommand("bench", summary: "training images/s next to the i
     FlagSpec("pytorch", "python with torch + diffusers: also run scripts/bench/train_pytorch.py (default model only)"),
     FlagSpec("pytorch-threads", "torch threads of the PyTorch run", default: "2"),
     FlagSpec("rounds", "interleaved rounds of ours / PyTorch's measurement", default: "1"),
+    FlagSpec("train-only", "skip the inference-forward timing (for profiling a training step alone)", isSwitch: true),
     FlagSpec("reference", "also time the first trainer's NCHW kernels (ReferenceConvGrad, ReferenceGroupNorm) each round",
              isSwitch: true),
 ], run: runBench)
@@ -87,10 +88,11 @@ func runBench(_ flags: ParsedFlags) throws {
             defer { TrainingKernels.reference = false }
             let replicas = (1..<workers).map { _ in trainable.clone() }
             BLAS.threads = th
+            let forwards = flags.isSet("train-only") ? 0 : steps
             _ = inference.forwardBatched(x, timesteps: t, classLabels: labels, pool: pool)
             var start = Date()
-            for _ in 0..<steps { _ = inference.forwardBatched(x, timesteps: t, classLabels: labels, pool: pool) }
-            let fwd = Date().timeIntervalSince(start) / Double(steps)
+            for _ in 0..<forwards { _ = inference.forwardBatched(x, timesteps: t, classLabels: labels, pool: pool) }
+            let fwd = Date().timeIntervalSince(start) / Double(max(forwards, 1))
             var cpu = 0.0
             let step: Double = x.data.withUnsafeBufferPointer { xp in
                 func trainStep() {
@@ -108,9 +110,15 @@ func runBench(_ flags: ParsedFlags) throws {
             if th == threads.last && workers == workerCounts.last && !reference {
                 ours.append(TrainRate(wall: Double(batch) / step, cpu: Double(batch) / cpu))
             }
-            stdoutLine(String(format: "round %d, threads %d, workers %d, %@ kernels: inference forward %.0f img/s (%.1f GFLOP/s); training step (EDM loss + Adam) %.1f img/s (%.1f GFLOP/s, %.0f ms/step wall, %.0f ms/step CPU); train/forward time %.2fx",
-                              round + 1, th, workers, reference ? "reference" : "fast", Double(batch) / fwd, flops * Double(batch) / fwd / 1e9,
-                              Double(batch) / step, 3 * flops * Double(batch) / step / 1e9, step * 1000, cpu * 1000, step / fwd))
+            let training = String(format: "training step (EDM loss + Adam) %.1f img/s (%.1f GFLOP/s, %.0f ms/step wall, %.0f ms/step CPU)",
+                                  Double(batch) / step, 3 * flops * Double(batch) / step / 1e9, step * 1000, cpu * 1000)
+            let head = String(format: "round %d, threads %d, workers %d, %@ kernels: ", round + 1, th, workers, reference ? "reference" : "fast")
+            if forwards == 0 {
+                stdoutLine(head + training)
+            } else {
+                stdoutLine(head + String(format: "inference forward %.0f img/s (%.1f GFLOP/s); ", Double(batch) / fwd,
+                                         flops * Double(batch) / fwd / 1e9) + training + String(format: "; train/forward time %.2fx", step / fwd))
+            }
         } } }
         if let python {
             let r = try runPyTorch(python: python, threads: torchThreads, batch: batch, steps: steps, size: cfg.sampleSize, classes: classes)

@@ -641,3 +641,61 @@ extension FastConv {
         }
     }
 }
+
+// MARK: - Training kernels (include/onestep_train_kernels.h; used by OnestepTrain only)
+
+extension FastConv {
+    /// Scratch floats `weightGradient` needs for this geometry and input size.
+    public static func weightGradientScratch(_ g: ConvGeometry, batch: Int, height: Int, width: Int) -> Int {
+        var gc = cGeometry(g, upsample: false)
+        return osk_conv_wgrad_f32_scratch(&gc, Int32(batch), Int32(height), Int32(width))
+    }
+
+    /// Weight gradient of a convolution (onestep_conv_grad.c): dW (Cout, Cin*KH*KW) += dY (Cout, cols) x col(X)^T,
+    /// db (Cout) += row sums of dY (when given). x (Cin, N, H, W) and dy (Cout, N, Ho, Wo) are channel-major.
+    /// Each dW entry is one FMA chain over the columns in order from dW's value: the same bits at every level.
+    public static func weightGradient(x: UnsafePointer<Float>, dy: UnsafePointer<Float>, geometry g: ConvGeometry, batch: Int,
+                                      height: Int, width: Int, dw: UnsafeMutablePointer<Float>, db: UnsafeMutablePointer<Float>?,
+                                      scratch: UnsafeMutablePointer<Float>, level: KernelLevel = .best) {
+        precondition(level.isSupported, "weightGradient: kernel level \(level) not supported on this CPU")
+        var gc = cGeometry(g, upsample: false)
+        let status = osk_conv_wgrad_f32(level.rawValue, &gc, x, Int32(batch), Int32(height), Int32(width), dy, dw, db, scratch)
+        precondition(status == 0, "weightGradient: unsupported geometry \(g)")
+    }
+}
+
+extension FastConv {
+    /// Floats of a conv's fp32 weights packed for the microkernel (Cout rounded up to 8, times K).
+    public static func packedWeightCount(_ g: ConvGeometry) -> Int {
+        osk_f32_packed_count(Int32(g.outChannels), Int32(g.reduction))
+    }
+
+    /// Packs weights (Cout, Cin, KH, KW) into a caller-owned buffer of `packedWeightCount` floats (the training
+    /// layers repack after every optimizer step into the same buffer: no allocation per call).
+    public static func packWeights(_ w: UnsafePointer<Float>, geometry g: ConvGeometry, into packed: UnsafeMutablePointer<Float>) {
+        osk_f32_pack(w, Int32(g.outChannels), Int32(g.reduction), packed)
+    }
+
+    /// y (Cout, N, Ho, Wo) += conv(x (Cin, N, H, W)) with weights packed by `packWeights`, single-threaded, all
+    /// columns (the same kernel and bits as `conv`; for the training layers, which own their buffers).
+    public static func convAccumulate(x: UnsafePointer<Float>, packed: UnsafePointer<Float>, geometry g: ConvGeometry, batch: Int,
+                                      height: Int, width: Int, y: UnsafeMutablePointer<Float>, level: KernelLevel = .best) {
+        var gc = cGeometry(g, upsample: false)
+        let cols = batch * g.outputHeight(height) * g.outputWidth(width)
+        osk_conv_f32(level.rawValue, &gc, packed, x, Int32(batch), Int32(height), Int32(width), y, 0, Int64(cols))
+    }
+
+    /// sum of g[i]^2 in double precision, in a fixed order (the same at every level; onestep_optim.c).
+    public static func sumOfSquares(_ g: UnsafePointer<Float>, count: Int, level: KernelLevel = .best) -> Double {
+        osk_sum_squares(level.rawValue, g, Int64(count))
+    }
+
+    /// One Adam step in place (torch.optim.Adam's rule; onestep_optim.c): gi = g*clip, m = b1 m + (1-b1) gi,
+    /// v = b2 v + (1-b2) gi^2, w -= stepSize m / (sqrt(v)/sqrtBc2 + eps), each operation rounded on its own.
+    public static func adamUpdate(weights w: UnsafeMutablePointer<Float>, gradients g: UnsafePointer<Float>,
+                                  m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>, count: Int, clip: Float,
+                                  beta1: Float, beta2: Float, stepSize: Float, sqrtBiasCorrection2: Float, epsilon: Float,
+                                  level: KernelLevel = .best) {
+        osk_adam_update(level.rawValue, w, g, m, v, Int64(count), clip, beta1, beta2, stepSize, sqrtBiasCorrection2, epsilon)
+    }
+}

@@ -114,11 +114,10 @@ public final class ParameterStore {
         values.update(from: other.values, count: count)
     }
 
-    /// sqrt(sum of squared gradients), in double precision.
+    /// sqrt(sum of squared gradients), in double precision, summed in 8 lanes in a fixed order
+    /// (FastConv.sumOfSquares: the same value at every kernel level and worker count).
     public func gradientNorm() -> Double {
-        var s = 0.0
-        for i in 0..<count { s += Double(grads[i]) * Double(grads[i]) }
-        return s.squareRoot()
+        FastConv.sumOfSquares(grads, count: count).squareRoot()
     }
 }
 

@@ -4,14 +4,14 @@
 //
 // Legend: N batch, Cin/Cout channels, H/W input size, Ho/Wo output size, K = Cin*KH*KW, P = Ho*Wo, cols = N*P.
 //   forward   Y (Cout, cols)  = W (Cout, K) x col(X) (K, cols) + b          osk_conv_f32, W packed each forward
-//   backward  dW (Cout, K)   += dY (Cout, cols) x col(X)^T (cols, K)         stride 1: osk_conv_f32 again, as a conv
-//                                                                            of x with dY as the kernel; else sgemm
+//   backward  dW (Cout, K)   += dY (Cout, cols) x col(X)^T (cols, K)         osk_conv_wgrad_f32 (with db): no im2col,
+//                                                                            x read from a zero-padded copy
 //             dX              = conv(dilate_s(dY), flip(W)^T), stride 1     osk_conv_f32 on the transposed kernel
 // dX as a stride-1 convolution: dX[ci, y, x] = sum W[co, ci, ky, kx] dY[co, oy, ox] over y = oy*s - pad + ky, i.e.
 // a correlation of dY (zeros inserted between rows/columns when s > 1) with the kernel flipped in both axes and
 // its channel axes swapped, padded by KH-1-padTop on top (the bottom pad makes the output H rows).
-// The weights are packed at every forward and backward: a copy of Cout*K floats, against GEMMs that read them
-// N*P times. ReferenceConvGrad (the first trainer's NCHW code) is what FastTrainingKernelTests compare with.
+// The weights are packed at every forward and backward (into the layer's own buffer): a copy of Cout*K floats,
+// against GEMMs that read them N*P times. ReferenceConvGrad (the first trainer's NCHW code) is what FastTrainingKernelTests compare with.
 import OnestepCore
 
 /// Which kernels the trainable layers run. `reference` runs the first trainer's NCHW code (ReferenceConvGrad,
@@ -32,12 +32,10 @@ public final class TrainableConv2D {
     // Channel-major copies: input (Cin, N, H, W) kept for backward, output (Cout, N, Ho, Wo), dY, dilated dY, dX.
     private let inputCM = Buffer(), outputCM = Buffer(), gradCM = Buffer(), dilatedCM = Buffer(), inputGradCM = Buffer()
     private let output = Buffer(), inputGradient = Buffer(), columns = Buffer(), flipped = Buffer()
+    /// The weights (forward) or flipped transposed weights (dX) packed for osk_conv_f32, repacked at every call.
+    private let packedWeights = Buffer()
     private var input: UnsafePointer<Float>?
     private var n = 0, h = 0, w = 0
-
-    /// Images per weight-gradient GEMM: enough columns (>= 2048) for sgemm to run near its peak, few enough that the
-    /// columns (K, chunk*P) stay a few MB.
-    static let weightGradColumns = 2048
 
     public init(_ prefix: String, _ store: ParameterStore, geometry g: ConvGeometry, bias hasBias: Bool = true) {
         self.store = store
@@ -69,10 +67,9 @@ public final class TrainableConv2D {
         } else {
             yc.update(repeating: 0, count: g.outChannels * cols)
         }
-        let packed = PackedConvF32(geometry: g, weights: store.value(weight), bias: nil)
-        let pool = BufferPool()  // never used: the output exists (FastConv.conv allocates only without one)
-        _ = FastConv.conv(Activation(viewing: xc, channels: g.inChannels, batch: batch, height: height, width: width), packed,
-                          pool: pool, accumulateInto: Activation(viewing: yc, channels: g.outChannels, batch: batch, height: ho, width: wo))
+        let packed = packedWeights.ensure(FastConv.packedWeightCount(g))
+        FastConv.packWeights(store.value(weight), geometry: g, into: packed)
+        FastConv.convAccumulate(x: xc, packed: packed, geometry: g, batch: batch, height: height, width: width, y: yc)
         let y = output.ensure(batch * g.outChannels * p)
         Layout.toBatchMajor(yc, batch: batch, channels: g.outChannels, spatial: p, into: y)
         return y
@@ -95,16 +92,7 @@ public final class TrainableConv2D {
         let xc = UnsafePointer(inputCM.pointer)
         let dyc = gradCM.ensure(cout * cols)
         Layout.toChannelMajor(dy, batch: n, channels: cout, spatial: p, into: dyc)
-        if let bias {
-            let db = store.grad(bias)
-            for co in 0..<cout {
-                var s: Float = 0
-                let row = dyc + co * cols
-                for j in 0..<cols { s += row[j] }
-                db[co] += s
-            }
-        }
-        accumulateWeightGradient(xc, UnsafePointer(dyc))
+        accumulateWeightGradient(xc, UnsafePointer(dyc))  // and db
         let dx = inputGradient.ensure(n * g.inChannels * h * w)
         guard needsInputGradient else { return dx }
         let dxc = inputGradCM.ensure(n * g.inChannels * h * w)
@@ -113,36 +101,15 @@ public final class TrainableConv2D {
         return dx
     }
 
-    /// dW (Cout, K) += dY (Cout, cols) x col(X)^T.
-    ///
-    /// Stride 1: dW[co, ci, ky, kx] = sum over (i, oy, ox) of dY[co, i, oy, ox] x[i, ci, oy - padTop + ky, ox - padLeft + kx]
-    /// is itself a stride-1 convolution, run by the same packed kernel: its input is x read as channel-major with the
-    /// images as channels and the input channels as the batch ((N, Cin, H, W) as stored), its kernel dY (Cout, N, Ho, Wo)
-    /// (channel-major dY as stored), its output dW (Cout, Cin, KH, KW) (channel-major with Cin as the batch, accumulated
-    /// in place). Each dW entry is one FMA chain over (i, oy, ox) in order. Other strides: one sgemm per chunk of images.
+    /// dW (Cout, K) += dY (Cout, cols) x col(X)^T and db += row sums of dY, by FastConv.weightGradient
+    /// (onestep_conv_grad.c): x is read from a zero-padded copy, dY transposed once, no im2col. Each dW entry is one
+    /// FMA chain over (i, oy, ox) in order from dW's value (the order of the earlier stride-1 path, so those layers
+    /// give the same bits as before), each db entry one chain of adds from 0 then added to db.
     private func accumulateWeightGradient(_ xc: UnsafePointer<Float>, _ dyc: UnsafePointer<Float>) {
-        let g = geometry, ho = g.outputHeight(h), wo = g.outputWidth(w), p = ho * wo, cols = n * p, k = g.reduction
-        let dw = store.grad(weight)
-        let padBottom = g.kernelH - 1 + ho - h - g.padTop, padRight = g.kernelW - 1 + wo - w - g.padLeft
-        if g.stride == 1, let x = input, padBottom >= 0, padRight >= 0 {
-            let gw = ConvGeometry(inChannels: n, outChannels: g.outChannels, kernelH: ho, kernelW: wo, stride: 1,
-                                  padTop: g.padTop, padLeft: g.padLeft, padBottom: padBottom, padRight: padRight)
-            let packed = PackedConvF32(geometry: gw, weights: dyc, bias: nil)
-            _ = FastConv.conv(Activation(viewing: UnsafeMutablePointer(mutating: x), channels: n, batch: g.inChannels, height: h, width: w),
-                              packed, pool: BufferPool(),
-                              accumulateInto: Activation(viewing: dw, channels: g.outChannels, batch: g.inChannels,
-                                                         height: g.kernelH, width: g.kernelW))
-            return
-        }
-        let chunk = max(1, min(n, Self.weightGradColumns / max(p, 1)))
-        let col = columns.ensure(k * chunk * p)
-        var i0 = 0
-        while i0 < n {
-            let i1 = min(n, i0 + chunk), cc = (i1 - i0) * p
-            Layout.im2colChannelMajor(xc, batch: n, height: h, width: w, geometry: g, images: i0..<i1, into: col)
-            BLAS.sgemm(transB: true, m: g.outChannels, n: k, k: cc, a: dyc + i0 * p, lda: cols, b: col, ldb: cc, beta: 1, c: dw, ldc: k)
-            i0 = i1
-        }
+        let g = geometry
+        let scratch = columns.ensure(FastConv.weightGradientScratch(g, batch: n, height: h, width: w))
+        FastConv.weightGradient(x: xc, dy: dyc, geometry: g, batch: n, height: h, width: w, dw: store.grad(weight),
+                                db: bias.map { store.grad($0) }, scratch: scratch)
     }
 
     /// dX (Cin, N, H, W) = conv(dilate(dY), flip(W)^T) (see the header).
@@ -173,15 +140,14 @@ public final class TrainableConv2D {
             let a = wv + (co * cin + ci) * taps, b = wt + (ci * cout + co) * taps
             for t in 0..<taps { b[t] = a[taps - 1 - t] }
         } }
-        let packed = PackedConvF32(geometry: gt, weights: wt, bias: nil)
+        let packed = packedWeights.ensure(FastConv.packedWeightCount(gt))
+        FastConv.packWeights(wt, geometry: gt, into: packed)
         dxc.update(repeating: 0, count: cin * n * h * w)
-        _ = FastConv.conv(Activation(viewing: UnsafeMutablePointer(mutating: src), channels: cout, batch: n, height: hd, width: wd),
-                          packed, pool: BufferPool(),
-                          accumulateInto: Activation(viewing: dxc, channels: cin, batch: n, height: h, width: w))
+        FastConv.convAccumulate(x: src, packed: packed, geometry: gt, batch: n, height: hd, width: wd, y: dxc)
     }
 }
 
-/// NCHW <-> channel-major (C, N, HW) copies and the channel-major im2col of the training layers.
+/// NCHW <-> channel-major (C, N, HW) copies of the training layers.
 public enum Layout {
     /// x (N, C, HW) -> (C, N, HW).
     public static func toChannelMajor(_ x: UnsafePointer<Float>, batch n: Int, channels c: Int, spatial hw: Int,
@@ -193,39 +159,5 @@ public enum Layout {
     public static func toBatchMajor(_ x: UnsafePointer<Float>, batch n: Int, channels c: Int, spatial hw: Int,
                                     into y: UnsafeMutablePointer<Float>) {
         for i in 0..<n { for ch in 0..<c { (y + (i * c + ch) * hw).update(from: x + (ch * n + i) * hw, count: hw) } }
-    }
-
-    /// Columns (K, m*Ho*Wo) of images `images` (m of them) of x (Cin, N, H, W); rows (c, ky, kx) as Conv2D.im2col,
-    /// out-of-image taps zero.
-    public static func im2colChannelMajor(_ x: UnsafePointer<Float>, batch n: Int, height h: Int, width w: Int,
-                                          geometry g: ConvGeometry, images: Range<Int>, into col: UnsafeMutablePointer<Float>) {
-        let ho = g.outputHeight(h), wo = g.outputWidth(w), p = ho * wo, cc = images.count * p, s = g.stride
-        var row = 0
-        for c in 0..<g.inChannels {
-            for ky in 0..<g.kernelH {
-                for kx in 0..<g.kernelW {
-                    let dstRow = col + row * cc
-                    // Output columns ox whose tap ix = ox*s - padLeft + kx lies inside the image.
-                    let oxLo = max(0, (g.padLeft - kx + s - 1) / s), right = w - 1 + g.padLeft - kx
-                    let oxHi = right < 0 ? 0 : min(wo, right / s + 1)
-                    for (j, i) in images.enumerated() {
-                        let plane = x + (c * n + i) * h * w, dst = dstRow + j * p
-                        for oy in 0..<ho {
-                            let iy = oy * s - g.padTop + ky, d = dst + oy * wo
-                            guard iy >= 0 && iy < h, oxLo < oxHi else { d.update(repeating: 0, count: wo); continue }
-                            let r = plane + iy * w
-                            for ox in 0..<oxLo { d[ox] = 0 }
-                            if s == 1 {
-                                (d + oxLo).update(from: r + (oxLo - g.padLeft + kx), count: oxHi - oxLo)
-                            } else {
-                                for ox in oxLo..<oxHi { d[ox] = r[ox * s - g.padLeft + kx] }
-                            }
-                            for ox in oxHi..<wo { d[ox] = 0 }
-                        }
-                    }
-                    row += 1
-                }
-            }
-        }
     }
 }

@@ -10,6 +10,10 @@ public final class TrainableResampler {
     let channels: Int
     private let upsampled = Buffer(), inputGradient = Buffer()
     private var n = 0, h = 0, w = 0
+    /// Upsample + 3x3 conv as four 2x2 convs of the low-res input (UpsampleConvPhases.swift), except with the
+    /// reference kernels; `usedPhases` records which path the last forward took, for its backward.
+    private let phases: UpsampleConvPhases?
+    private var usedPhases = false
 
     init(_ plan: UNet2DPlan.Resampler, channels: Int, _ store: ParameterStore) {
         switch plan {
@@ -18,6 +22,11 @@ public final class TrainableResampler {
         case .resnet(let r): kind = .resnet(TrainableResnet(r, store))
         }
         self.channels = channels
+        if case .upsampleConv(let c) = kind, UpsampleConvPhases.applies(to: c.geometry) {
+            phases = UpsampleConvPhases(c, store)
+        } else {
+            phases = nil
+        }
     }
 
     func outputSize(height: Int, width: Int) -> (Int, Int) {
@@ -33,6 +42,8 @@ public final class TrainableResampler {
         switch kind {
         case .strideConv(let c): return c.forward(x, batch: batch, height: height, width: width)
         case .upsampleConv(let c):
+            usedPhases = phases != nil && !TrainingKernels.reference
+            if usedPhases, let phases { return phases.forward(x, batch: batch, height: height, width: width) }
             let u = upsampled.ensure(batch * channels * 4 * height * width)
             Resample.upsampleNearest2x(x, planes: batch * channels, height: height, width: width, y: u)
             return c.forward(u, batch: batch, height: 2 * height, width: 2 * width)
@@ -44,6 +55,7 @@ public final class TrainableResampler {
         switch kind {
         case .strideConv(let c): return c.backward(dy)
         case .upsampleConv(let c):
+            if usedPhases, let phases { return phases.backward(dy) }
             let du = c.backward(dy), dx = inputGradient.ensure(n * channels * h * w)
             ResampleGrad.upsampleNearest2xBackward(du, planes: n * channels, height: h, width: w, dx: dx)
             return dx

@@ -146,10 +146,12 @@ public final class TrainableResnet {
             }
             da = UnsafePointer(dab)
             dxr = UnsafePointer(dx)
+            addInPlace(dx, norm1.backward(da), count: n * cin * h * w)
         } else {
-            dx.update(from: dxr, count: n * cin * h * w)
+            // dx = shortcut gradient + norm1's, in one pass (no copy of the shortcut gradient first).
+            let dn = norm1.backward(da)
+            for j in 0..<(n * cin * h * w) { dx[j] = dxr[j] + dn[j] }
         }
-        addInPlace(dx, norm1.backward(da), count: n * cin * h * w)
         return dx
     }
 }

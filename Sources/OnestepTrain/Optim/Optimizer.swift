@@ -2,6 +2,7 @@
 // decay (AdamW, Loshchilov & Hutter 2019), and clipping of the global gradient norm. Matches torch.optim.Adam /
 // AdamW / RAdam update rules (RAdam: Liu et al. 2020, rectification when rho_t > 5, else an SGD-with-momentum step).
 import Foundation
+import OnestepCore
 
 public enum OptimizerKind: String, Sendable, CaseIterable { case adam, radam }
 
@@ -63,13 +64,9 @@ public final class Optimizer {
         let w = store.values, g = store.grads
         switch config.kind {
         case .adam:
-            let stepSize = lr / bc1, sqrtBc2 = bc2.squareRoot()
-            for i in 0..<count {
-                let gi = g[i] * clip
-                m[i] = b1 * m[i] + (1 - b1) * gi
-                v[i] = b2 * v[i] + (1 - b2) * gi * gi
-                w[i] -= stepSize * m[i] / (v[i].squareRoot() / sqrtBc2 + eps)
-            }
+            // onestep_optim.c: the bits of `referenceAdam` at every level (OptimizerKernelTests).
+            FastConv.adamUpdate(weights: w, gradients: g, m: m, v: v, count: count, clip: clip, beta1: b1, beta2: b2,
+                                stepSize: lr / bc1, sqrtBiasCorrection2: bc2.squareRoot(), epsilon: eps)
         case .radam:
             let rhoInf = 2 / (1 - Double(b2)) - 1
             let b2t = Foundation.pow(Double(b2), Double(t))
@@ -86,6 +83,21 @@ public final class Optimizer {
             }
         }
         return norm
+    }
+}
+
+extension Optimizer {
+    /// The Adam rule as plain Swift (what `update` ran before onestep_optim.c; the reference of
+    /// OptimizerKernelTests): one element at a time, each operation rounded on its own.
+    static func referenceAdam(w: UnsafeMutablePointer<Float>, g: UnsafePointer<Float>, m: UnsafeMutablePointer<Float>,
+                              v: UnsafeMutablePointer<Float>, count: Int, clip: Float, b1: Float, b2: Float, stepSize: Float,
+                              sqrtBc2: Float, eps: Float) {
+        for i in 0..<count {
+            let gi = g[i] * clip
+            m[i] = b1 * m[i] + (1 - b1) * gi
+            v[i] = b2 * v[i] + (1 - b2) * gi * gi
+            w[i] -= stepSize * m[i] / (v[i].squareRoot() / sqrtBc2 + eps)
+        }
     }
 }
 

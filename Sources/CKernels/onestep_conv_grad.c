@@ -1,0 +1,302 @@
+// Weight gradient of a convolution for training (include/onestep_train_kernels.h):
+//   dW (M, K) += dY (M, cols) x col(X)^T (cols, K)
+// computed as its transpose dW^T (K, M), so that neither operand needs an im2col:
+//   - the 8 K-rows of a panel, (c, ky, kx) each, are read straight from a zero-padded copy of x: row r at column
+//     j = (i, oy, ox) is xpad[c][i][oy*s + ky][ox*s + kx], i.e. one pointer per row plus an offset shared by the
+//     8 rows; the microkernel broadcasts these 8 values from memory (no packing of col(X) at all);
+//   - dY is transposed once per call into 32-channel tiles dyt[tile][j][32] (16x16 register transposes on
+//     AVX-512), two aligned vector loads per column.
+// The microkernel keeps an 8 x 32 block of dW^T in 16 zmm registers and runs over a chunk of ~256 columns (the
+// chunk's dY tile, 32 KiB, stays in L1 across panels). The chain of each entry continues from chunk to chunk in
+// column order, so chunking changes nothing: dW[m][k] is fmaf(x, dy, acc) over j = 0..cols-1 from dW's value.
+// That is the order of the previous path (a stride-1 osk_conv_f32 with dY as the kernel), so stride-1 layers
+// give the same bits as before.
+//
+// The naive reference is osk_conv_wgrad_f32 at OSK_SCALAR (plain loops, same chain) and, independently,
+// Swift's ReferenceConvGrad (im2col + sgemm); ConvWeightGradientTests compares every level with both.
+#include "onestep_train_kernels.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "onestep_isa.h"
+
+#define WR 8   // K rows per panel
+#define WC 32  // output channels per tile
+#define CHUNK_COLS 256
+
+#if OSK_X86
+#define AVX512 OSK_AVX512_TARGET
+#define AVX2 OSK_AVX2_TARGET
+#endif
+
+typedef struct {
+    int32_t cin, m, kh, kw, taps, s, pt, pl, n, h, w, ho, wo, hp, wp, tiles;
+    int64_t k, kpad, cols, hpwp, chan;  // chan: floats per channel of xpad (n * hp * wp)
+} wg_t;
+
+static wg_t wg_make(const osk_conv *g, int32_t n, int32_t h, int32_t w) {
+    wg_t s;
+    s.cin = g->in_channels; s.m = g->out_channels; s.kh = g->kernel_h; s.kw = g->kernel_w; s.taps = s.kh * s.kw;
+    s.s = g->stride; s.pt = g->pad_top; s.pl = g->pad_left; s.n = n; s.h = h; s.w = w;
+    s.ho = (h + g->pad_top + g->pad_bottom - s.kh) / s.s + 1;
+    s.wo = (w + g->pad_left + g->pad_right - s.kw) / s.s + 1;
+    // Every tap a column reads: rows oy*s + ky in 0 ..< (ho-1)*s + kh of the padded image.
+    s.hp = (s.ho - 1) * s.s + s.kh; s.wp = (s.wo - 1) * s.s + s.kw;
+    s.tiles = (s.m + WC - 1) / WC;
+    s.k = (int64_t)s.cin * s.taps; s.kpad = (s.k + WR - 1) / WR * WR;
+    s.cols = (int64_t)n * s.ho * s.wo; s.hpwp = (int64_t)s.hp * s.wp; s.chan = (int64_t)n * s.hpwp;
+    return s;
+}
+
+size_t osk_conv_wgrad_f32_scratch(const osk_conv *g, int32_t n, int32_t h, int32_t w) {
+    wg_t s = wg_make(g, n, h, w);
+    return (size_t)(s.cin * s.chan + (int64_t)s.tiles * WC * s.cols + s.kpad * s.tiles * WC) + 16;
+}
+
+// MARK: - Operand preparation
+
+/// xpad (Cin, N, Hp, Wp): x shifted by (pt, pl), zeros outside the image. Only the border is zeroed (the interior
+/// is overwritten): for 16x16 images the border is 68 of 324 values a plane.
+static void pad_input(const wg_t *g, const float *x, float *xpad) {
+    int x1 = g->w;  // source columns landing inside 0 ..< wp (pads are >= 0)
+    if (x1 + g->pl > g->wp) x1 = g->wp - g->pl;
+    if (x1 < 0) x1 = 0;
+    const int right = g->pl + x1;  // first padded column after the copied ones
+    for (int64_t plane = 0; plane < (int64_t)g->cin * g->n; plane++) {
+        const float *src = x + plane * g->h * g->w;
+        float *dst = xpad + plane * g->hpwp;
+        for (int py = 0; py < g->hp; py++) {
+            float *row = dst + (int64_t)py * g->wp;
+            int y = py - g->pt;
+            if (y < 0 || y >= g->h || x1 == 0) { memset(row, 0, sizeof(float) * (size_t)g->wp); continue; }
+            for (int c = 0; c < g->pl; c++) row[c] = 0;
+            memcpy(row + g->pl, src + (int64_t)y * g->w, sizeof(float) * (size_t)x1);
+            for (int c = right; c < g->wp; c++) row[c] = 0;
+        }
+    }
+}
+
+/// dyt[tile][j][32] = dy[tile*32 + c][j] (0 past M); db[m] += (sum over j in order from 0).
+static void transpose_dy_scalar(const wg_t *g, const float *dy, float *dyt, float *db) {
+    for (int t = 0; t < g->tiles; t++) {
+        float *d = dyt + (int64_t)t * g->cols * WC;
+        for (int c = 0; c < WC; c++) {
+            int m = t * WC + c;
+            float sum = 0;
+            if (m < g->m) {
+                const float *row = dy + (int64_t)m * g->cols;
+                for (int64_t j = 0; j < g->cols; j++) { d[j * WC + c] = row[j]; sum += row[j]; }
+                if (db) db[m] += sum;
+            } else {
+                for (int64_t j = 0; j < g->cols; j++) d[j * WC + c] = 0;
+            }
+        }
+    }
+}
+
+#if OSK_X86
+/// r[0..15] (rows) -> r[0..15] (columns) of a 16 x 16 block.
+AVX512 static inline void transpose16(__m512 r[16]) {
+    __m512 t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
+        __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
+        r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+        r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+        r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+        r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+    }
+    // r[4i + c], 128-bit lane L, now holds rows 4i..4i+3 of column 4L + c.
+    __m512 o[16];
+    for (int c = 0; c < 4; c++) {
+        __m512 a = _mm512_shuffle_f32x4(r[c], r[4 + c], 0x88), b = _mm512_shuffle_f32x4(r[c], r[4 + c], 0xDD);
+        __m512 d = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0x88), e = _mm512_shuffle_f32x4(r[8 + c], r[12 + c], 0xDD);
+        o[c] = _mm512_shuffle_f32x4(a, d, 0x88);
+        o[8 + c] = _mm512_shuffle_f32x4(a, d, 0xDD);
+        o[4 + c] = _mm512_shuffle_f32x4(b, e, 0x88);
+        o[12 + c] = _mm512_shuffle_f32x4(b, e, 0xDD);
+    }
+    for (int i = 0; i < 16; i++) r[i] = o[i];
+}
+
+/// As transpose_dy_scalar, 16 x 16 blocks in registers; db's sums are the same adds in the same order (one lane
+/// per channel).
+AVX512 static void transpose_dy_avx512(const wg_t *g, const float *dy, float *dyt, float *db) {
+    const int64_t full = g->cols / 16 * 16;
+    for (int t = 0; t < g->tiles; t++) {
+        float *d = dyt + (int64_t)t * g->cols * WC;
+        for (int half = 0; half < 2; half++) {
+            const int m0 = t * WC + half * 16;
+            const int rows = g->m - m0 < 0 ? 0 : g->m - m0 > 16 ? 16 : g->m - m0;
+            const float *src[16];
+            for (int r = 0; r < 16; r++) src[r] = r < rows ? dy + (int64_t)(m0 + r) * g->cols : NULL;
+            __m512 sum = _mm512_setzero_ps();
+            for (int64_t j = 0; j < full; j += 16) {
+                __m512 v[16];
+                for (int r = 0; r < 16; r++) v[r] = src[r] ? _mm512_loadu_ps(src[r] + j) : _mm512_setzero_ps();
+                transpose16(v);
+                for (int jj = 0; jj < 16; jj++) {
+                    _mm512_store_ps(d + (j + jj) * WC + half * 16, v[jj]);
+                    sum = _mm512_add_ps(sum, v[jj]);
+                }
+            }
+            float lanes[16];
+            _mm512_storeu_ps(lanes, sum);
+            for (int64_t j = full; j < g->cols; j++)
+                for (int r = 0; r < 16; r++) {
+                    float v = src[r] ? src[r][j] : 0.0f;
+                    d[j * WC + half * 16 + r] = v;
+                    lanes[r] += v;
+                }
+            if (db) for (int r = 0; r < rows; r++) db[m0 + r] += lanes[r];
+        }
+    }
+}
+#endif
+
+// MARK: - Microkernels: acc[r][c] (8 rows of dW^T, 32 channels) += sum over the chunk's columns of x_r * dy_c
+
+/// Rows R0 ..< R1 of output rows (image, oy); column j = R * wo + ox. xr[r] points at row r's tap origin.
+static void wg_kernel_scalar(const wg_t *g, const float *const xr[WR], int mr, const float *dyt, int64_t r0, int64_t r1,
+                             float *acc, int64_t ldt, int nc) {
+    for (int r = 0; r < mr; r++)
+        for (int c = 0; c < nc; c++) {
+            float a = acc[r * ldt + c];
+            for (int64_t row = r0; row < r1; row++) {
+                int64_t img = row / g->ho, oy = row % g->ho;
+                int64_t base = img * g->hpwp + oy * g->s * g->wp;
+                const float *b = dyt + row * g->wo * WC + c;
+                for (int ox = 0; ox < g->wo; ox++) a = fmaf(xr[r][base + (int64_t)ox * g->s], b[(int64_t)ox * WC], a);
+            }
+            acc[r * ldt + c] = a;
+        }
+}
+
+#if OSK_X86
+AVX512 static void wg_kernel_avx512(const wg_t *g, const float *const xr[WR], const float *dyt, int64_t r0, int64_t r1,
+                                    float *acc, int64_t ldt, int nc) {
+    const float *x0 = xr[0], *x1 = xr[1], *x2 = xr[2], *x3 = xr[3], *x4 = xr[4], *x5 = xr[5], *x6 = xr[6], *x7 = xr[7];
+    const int s = g->s, wo = g->wo;
+#define LOADC(r) __m512 c##r##0 = _mm512_loadu_ps(acc + r * ldt), c##r##1 = _mm512_loadu_ps(acc + r * ldt + 16);
+    LOADC(0) LOADC(1) LOADC(2) LOADC(3) LOADC(4) LOADC(5) LOADC(6) LOADC(7)
+#undef LOADC
+    if (nc > 16) {
+        for (int64_t row = r0; row < r1; row++) {
+            int64_t img = row / g->ho, oy = row - img * g->ho;
+            int64_t off = img * g->hpwp + oy * s * g->wp;
+            const float *b = dyt + row * wo * WC;
+            for (int ox = 0; ox < wo; ox++, off += s, b += WC) {
+                __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
+#define STEP(r) { __m512 a = _mm512_set1_ps(x##r[off]); c##r##0 = _mm512_fmadd_ps(a, b0, c##r##0); c##r##1 = _mm512_fmadd_ps(a, b1, c##r##1); }
+                STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5) STEP(6) STEP(7)
+#undef STEP
+            }
+        }
+    } else {  // 16 channels or fewer: half the work (conv_out has 3)
+        for (int64_t row = r0; row < r1; row++) {
+            int64_t img = row / g->ho, oy = row - img * g->ho;
+            int64_t off = img * g->hpwp + oy * s * g->wp;
+            const float *b = dyt + row * wo * WC;
+            for (int ox = 0; ox < wo; ox++, off += s, b += WC) {
+                __m512 b0 = _mm512_load_ps(b);
+#define STEP(r) { c##r##0 = _mm512_fmadd_ps(_mm512_set1_ps(x##r[off]), b0, c##r##0); }
+                STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5) STEP(6) STEP(7)
+#undef STEP
+            }
+        }
+    }
+#define STOREC(r) _mm512_storeu_ps(acc + r * ldt, c##r##0); _mm512_storeu_ps(acc + r * ldt + 16, c##r##1);
+    STOREC(0) STOREC(1) STOREC(2) STOREC(3) STOREC(4) STOREC(5) STOREC(6) STOREC(7)
+#undef STOREC
+}
+
+/// 4 rows x 16 channels (8 ymm accumulators), called for each quarter of the 8 x 32 block.
+AVX2 static void wg_kernel_avx2_4x16(const wg_t *g, const float *const xr[4], const float *dyt, int64_t r0, int64_t r1,
+                                     float *acc, int64_t ldt) {
+    const float *x0 = xr[0], *x1 = xr[1], *x2 = xr[2], *x3 = xr[3];
+    const int s = g->s, wo = g->wo;
+#define LOADC(r) __m256 c##r##0 = _mm256_loadu_ps(acc + r * ldt), c##r##1 = _mm256_loadu_ps(acc + r * ldt + 8);
+    LOADC(0) LOADC(1) LOADC(2) LOADC(3)
+#undef LOADC
+    for (int64_t row = r0; row < r1; row++) {
+        int64_t img = row / g->ho, oy = row - img * g->ho;
+        int64_t off = img * g->hpwp + oy * s * g->wp;
+        const float *b = dyt + row * wo * WC;
+        for (int ox = 0; ox < wo; ox++, off += s, b += WC) {
+            __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+#define STEP(r) { __m256 a = _mm256_broadcast_ss(x##r + off); c##r##0 = _mm256_fmadd_ps(a, b0, c##r##0); c##r##1 = _mm256_fmadd_ps(a, b1, c##r##1); }
+            STEP(0) STEP(1) STEP(2) STEP(3)
+#undef STEP
+        }
+    }
+#define STOREC(r) _mm256_storeu_ps(acc + r * ldt, c##r##0); _mm256_storeu_ps(acc + r * ldt + 8, c##r##1);
+    STOREC(0) STOREC(1) STOREC(2) STOREC(3)
+#undef STOREC
+}
+#endif
+
+// MARK: - Driver
+
+int osk_conv_wgrad_f32(int level, const osk_conv *conv, const float *x, int32_t n, int32_t h, int32_t w,
+                       const float *dy, float *dw, float *db, float *scratch) {
+    if (conv->upsample) return -1;
+    const wg_t g = wg_make(conv, n, h, w);
+    // Scratch: xpad | dyt (64-byte aligned) | dwt (K padded to 8 rows, tiles*32 channels).
+    float *xpad = scratch;
+    float *dyt = xpad + g.cin * g.chan;
+    dyt += (16 - ((uintptr_t)dyt / sizeof(float)) % 16) % 16;
+    float *dwt = dyt + (int64_t)g.tiles * WC * g.cols;
+    const int64_t ldt = (int64_t)g.tiles * WC;
+
+    pad_input(&g, x, xpad);
+#if OSK_X86
+    if (level == OSK_AVX512) transpose_dy_avx512(&g, dy, dyt, db);
+    else
+#endif
+        transpose_dy_scalar(&g, dy, dyt, db);
+    for (int64_t k = 0; k < g.kpad; k++)
+        for (int64_t c = 0; c < ldt; c++) dwt[k * ldt + c] = k < g.k && c < g.m ? dw[c * g.k + k] : 0.0f;
+
+    // Each K row's tap origin in xpad: channel c, tap (ky, kx).
+    const int64_t rows = (int64_t)g.n * g.ho;
+    int64_t chunkRows = CHUNK_COLS / (g.wo > 0 ? g.wo : 1);
+    if (chunkRows < 1) chunkRows = 1;
+    for (int64_t r0 = 0; r0 < rows; r0 += chunkRows) {
+        const int64_t r1 = r0 + chunkRows < rows ? r0 + chunkRows : rows;
+        for (int64_t k0 = 0; k0 < g.kpad; k0 += WR) {
+            const float *xr[WR];
+            const int mr = g.k - k0 < WR ? (int)(g.k - k0) : WR;
+            for (int r = 0; r < WR; r++) {
+                int64_t k = k0 + (r < mr ? r : 0);  // rows past K repeat row k0 (computed, never read back)
+                int64_t c = k / g.taps, t = k % g.taps;
+                xr[r] = xpad + c * g.chan + (t / g.kw) * g.wp + t % g.kw;
+            }
+            for (int t = 0; t < g.tiles; t++) {
+                const int nc = g.m - t * WC < WC ? g.m - t * WC : WC;
+                float *acc = dwt + k0 * ldt + t * WC;
+                const float *tile = dyt + (int64_t)t * g.cols * WC;
+#if OSK_X86
+                if (level == OSK_AVX512) { wg_kernel_avx512(&g, xr, tile, r0, r1, acc, ldt, nc); continue; }
+                if (level == OSK_AVX2) {
+                    for (int q = 0; q < 4; q++) {
+                        if ((q & 1) && nc <= 16) continue;
+                        const float *x4[4];
+                        for (int r = 0; r < 4; r++) x4[r] = xr[(q >> 1) * 4 + r];
+                        wg_kernel_avx2_4x16(&g, x4, tile + (q & 1) * 16, r0, r1, acc + (q >> 1) * 4 * ldt + (q & 1) * 16, ldt);
+                    }
+                    continue;
+                }
+#endif
+                wg_kernel_scalar(&g, xr, mr, tile, r0, r1, acc, ldt, nc);
+            }
+        }
+    }
+    for (int64_t c = 0; c < g.m; c++)
+        for (int64_t k = 0; k < g.k; k++) dw[c * g.k + k] = dwt[k * ldt + c];
+    return 0;
+}
