@@ -290,6 +290,113 @@ AVX2 static void kernel_q8_avx2(int k4, const int32_t *a, const uint32_t *bt, co
 }
 #endif
 
+// MARK: - fused epilogue (osk_conv_q8_fused)
+//
+// Per output tile (up to 8 rows x 32 columns), in L1: before the tile's last k block the tile of y is set to
+// init = residual (+ bias) or bias (or 0), so the kernel's fmaf(sum, s, y) computes what prepareOutput + the
+// kernel computed; after it, ReLU (v > 0 ? v : +0) and the min / max of each image's values are folded in. Those
+// were separate passes over the whole (64, N, 512, 512) output for TAESD. Same bits as the unfused calls.
+
+typedef struct {
+    const osk_q8_epilogue *ep;
+    const float *bias;   // ep->bias + row of the panel's first row, or NULL
+    int64_t j0, howo, ldc;
+    int mr, nc, row0;    // row0: first output row of the panel
+} ep_tile_t;
+
+static void ep_init_scalar(const ep_tile_t *e, float *const crow[MR]) {
+    for (int r = 0; r < e->mr; r++) {
+        const float b = e->bias ? e->bias[r] : 0.0f;
+        const float *res = e->ep->residual ? e->ep->residual + (int64_t)(e->row0 + r) * e->ldc + e->j0 : NULL;
+        for (int jj = 0; jj < e->nc; jj++) crow[r][jj] = res ? (e->bias ? res[jj] + b : res[jj]) : b;
+    }
+}
+
+/// Folds value v of column j0 + jj into its image's range.
+static inline void ep_fold(float *range, int64_t image, float lo, float hi) {
+    float *p = range + 2 * image;
+    p[0] = lo < p[0] ? lo : p[0];
+    p[1] = hi > p[1] ? hi : p[1];
+}
+
+static void ep_finish_scalar(const ep_tile_t *e, float *const crow[MR]) {
+    const osk_q8_epilogue *ep = e->ep;
+    for (int r = 0; r < e->mr; r++)
+        for (int jj = 0; jj < e->nc; jj++) {
+            float v = crow[r][jj];
+            if (ep->relu) crow[r][jj] = v = v > 0.0f ? v : 0.0f;
+            if (ep->range) ep_fold(ep->range, (e->j0 + jj) / e->howo, v, v);
+        }
+}
+
+#if OSK_X86
+AVX512 static void ep_init_avx512(const ep_tile_t *e, float *const crow[MR]) {
+    const __mmask16 m0 = (__mmask16)(e->nc >= 16 ? 0xffff : (1u << e->nc) - 1);
+    const __mmask16 m1 = (__mmask16)(e->nc >= 32 ? 0xffff : e->nc > 16 ? (1u << (e->nc - 16)) - 1 : 0);
+    for (int r = 0; r < e->mr; r++) {
+        __m512 b = _mm512_set1_ps(e->bias ? e->bias[r] : 0.0f), v0 = b, v1 = b;
+        if (e->ep->residual) {
+            const float *res = e->ep->residual + (int64_t)(e->row0 + r) * e->ldc + e->j0;
+            v0 = _mm512_maskz_loadu_ps(m0, res);
+            v1 = _mm512_maskz_loadu_ps(m1, res + 16);
+            if (e->bias) { v0 = _mm512_add_ps(v0, b); v1 = _mm512_add_ps(v1, b); }
+        }
+        _mm512_mask_storeu_ps(crow[r], m0, v0);
+        _mm512_mask_storeu_ps(crow[r] + 16, m1, v1);
+    }
+}
+
+AVX512 static void ep_finish_avx512(const ep_tile_t *e, float *const crow[MR]) {
+    const osk_q8_epilogue *ep = e->ep;
+    const __mmask16 m0 = (__mmask16)(e->nc >= 16 ? 0xffff : (1u << e->nc) - 1);
+    const __mmask16 m1 = (__mmask16)(e->nc >= 32 ? 0xffff : e->nc > 16 ? (1u << (e->nc - 16)) - 1 : 0);
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 lo0 = zero, lo1 = zero, hi0 = zero, hi1 = zero;   // lanes = columns; 0 is in every range
+    for (int r = 0; r < e->mr; r++) {
+        __m512 v0 = _mm512_maskz_loadu_ps(m0, crow[r]), v1 = _mm512_maskz_loadu_ps(m1, crow[r] + 16);
+        if (ep->relu) {
+            v0 = _mm512_max_ps(v0, zero);   // second operand on NaN or equal: v > 0 ? v : +0
+            v1 = _mm512_max_ps(v1, zero);
+            _mm512_mask_storeu_ps(crow[r], m0, v0);
+            _mm512_mask_storeu_ps(crow[r] + 16, m1, v1);
+        }
+        lo0 = _mm512_min_ps(lo0, v0); lo1 = _mm512_min_ps(lo1, v1);   // masked lanes read 0
+        hi0 = _mm512_max_ps(hi0, v0); hi1 = _mm512_max_ps(hi1, v1);
+    }
+    if (!ep->range) return;
+    const int64_t first = e->j0 / e->howo, last = (e->j0 + e->nc - 1) / e->howo;
+    if (first == last) {
+        ep_fold(ep->range, first, _mm512_reduce_min_ps(_mm512_min_ps(lo0, lo1)), _mm512_reduce_max_ps(_mm512_max_ps(hi0, hi1)));
+        return;
+    }
+    float l[32], h[32];   // the tile straddles images: fold column by column
+    _mm512_storeu_ps(l, lo0); _mm512_storeu_ps(l + 16, lo1);
+    _mm512_storeu_ps(h, hi0); _mm512_storeu_ps(h + 16, hi1);
+    for (int jj = 0; jj < e->nc; jj++) ep_fold(ep->range, (e->j0 + jj) / e->howo, l[jj], h[jj]);
+}
+#endif
+
+static void ep_init(int level, const ep_tile_t *e, float *const crow[MR]) {
+#if OSK_X86
+    if (level == OSK_AVX512) { ep_init_avx512(e, crow); return; }
+#endif
+    (void)level;
+    ep_init_scalar(e, crow);
+}
+
+static void ep_finish(int level, const ep_tile_t *e, float *const crow[MR]) {
+#if OSK_X86
+    if (level == OSK_AVX512) { ep_finish_avx512(e, crow); return; }
+#endif
+    (void)level;
+    ep_finish_scalar(e, crow);
+}
+
+static ep_tile_t ep_tile(const osk_q8_epilogue *ep, int p, int m, int64_t j0, int nc, int64_t howo, int64_t ldc) {
+    ep_tile_t e = { ep, ep->bias ? ep->bias + p * MR : NULL, j0, howo, ldc, m - p * MR < MR ? m - p * MR : MR, nc, p * MR };
+    return e;
+}
+
 #if OSK_X86
 // MARK: - AVX-512 blocked driver
 //
@@ -372,7 +479,7 @@ AVX512 static void kernel_q8_block_avx512(int kc, const int32_t *a, const uint32
 /// Output rows (panels p0..<p1) x columns n0..<n1 on AVX-512, blocked as described above.
 static void run_q8_blocked(const geo_t *g, const int32_t *packed, const int32_t *rowsum, const float *wscale,
                            const uint32_t *xq, const float *xscale, const int32_t *xzp, int m, float *y, int64_t ldc,
-                           int64_t n0, int64_t n1, int p0, int p1) {
+                           int64_t n0, int64_t n1, int p0, int p1, const osk_q8_epilogue *ep) {
     const int k4 = (g->c + 3) / 4 * g->taps, kblocks = (k4 + QKC - 1) / QKC;
     tap_t *taps = osk_ws_get(OSK_WS_TAPS, (size_t)QTILES * g->taps * sizeof(tap_t));
     uint32_t *bb = osk_ws_get(OSK_WS_BLOCK, (size_t)QTILES * QKC * NR * sizeof(uint32_t));
@@ -405,8 +512,11 @@ static void run_q8_blocked(const geo_t *g, const int32_t *packed, const int32_t 
                     float *crow[MR];
                     for (int r = 0; r < MR; r++) crow[r] = r < mr ? y + (int64_t)(p * MR + r) * ldc + j0 : osk_dummy_rows[r];
                     int32_t *ap = acc ? acc + ((size_t)(p - p0) * QTILES + t) * MR * NR : NULL;
+                    ep_tile_t e;
+                    if (ep && last) { e = ep_tile(ep, p, m, j0, nc, g->howo, ldc); ep_init_avx512(&e, crow); }
                     kernel_q8_block_avx512(kc, a, bb + (size_t)t * QKC * NR, ap, first, last, rowsum + p * MR,
                                            wscale + p * MR, &qc[t], crow, nc);
+                    if (ep && last) ep_finish_avx512(&e, crow);
                 }
             }
         }
@@ -417,7 +527,7 @@ static void run_q8_blocked(const geo_t *g, const int32_t *packed, const int32_t 
 /// Output rows (panels p0..<p1) x columns n0..<n1, one 32-column tile at a time (AVX2 and scalar levels).
 static void run_q8_tiles(int level, const geo_t *g, const int32_t *packed, const int32_t *rowsum, const float *wscale,
                          const uint32_t *xq, const float *xscale, const int32_t *xzp, int m, float *y, int64_t ldc,
-                         int64_t n0, int64_t n1, int p0, int p1) {
+                         int64_t n0, int64_t n1, int p0, int p1, const osk_q8_epilogue *ep) {
     const int k4 = (g->c + 3) / 4 * g->taps;
     uint32_t *bt = osk_ws_get(OSK_WS_TILE, (size_t)k4 * NR * sizeof(uint32_t));
     tap_t *taps = osk_ws_get(OSK_WS_TAPS, (size_t)g->taps * sizeof(tap_t));
@@ -443,12 +553,15 @@ static void run_q8_tiles(int level, const geo_t *g, const int32_t *packed, const
             float *crow[MR];
             for (int r = 0; r < MR; r++) crow[r] = r < mr ? y + (int64_t)(p * MR + r) * ldc + j0 : osk_dummy_rows[r];
             const int32_t *a = packed + (size_t)p * k4 * MR;
+            ep_tile_t e;
+            if (ep) { e = ep_tile(ep, p, m, j0, nc, g->howo, ldc); ep_init(level, &e, crow); }
 #if OSK_X86
             if (level == OSK_AVX512) kernel_q8_block_avx512(k4, a, bt, NULL, 1, 1, rowsum + p * MR, wscale + p * MR, &qc, crow, nc);
             else if (level == OSK_AVX2) kernel_q8_avx2(k4, a, bt, rowsum + p * MR, wscale + p * MR, &qc, crow, mr, nc);
             else
 #endif
                 kernel_q8_scalar(k4, a, bt, rowsum + p * MR, wscale + p * MR, &qc, crow, mr, nc);
+            if (ep) ep_finish(level, &e, crow);
         }
     }
 }
@@ -474,6 +587,13 @@ void osk_q8_set_unblocked(int on) { __atomic_store_n(&q8_unblocked_flag, on ? 1 
 void osk_conv_q8_part(int level, const osk_conv *conv, const int32_t *packed, const int32_t *rowsum,
                       const float *wscale, const uint32_t *xq, const float *xscale, const int32_t *xzp,
                       int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1, int32_t m0, int32_t m1) {
+    osk_conv_q8_fused(level, conv, packed, rowsum, wscale, xq, xscale, xzp, n, h, w, y, n0, n1, m0, m1, NULL);
+}
+
+void osk_conv_q8_fused(int level, const osk_conv *conv, const int32_t *packed, const int32_t *rowsum,
+                       const float *wscale, const uint32_t *xq, const float *xscale, const int32_t *xzp,
+                       int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1, int32_t m0, int32_t m1,
+                       const osk_q8_epilogue *ep) {
     geo_t g = osk_make_geo(conv, n, h, w);
     const int m = conv->out_channels, panels = (m + MR - 1) / MR;
     const int p0 = m0 / MR, p1 = m1 >= m ? panels : m1 / MR;
@@ -481,11 +601,11 @@ void osk_conv_q8_part(int level, const osk_conv *conv, const int32_t *packed, co
     if (n1 <= n0 || p1 <= p0) return;
 #if OSK_X86
     if (level == OSK_AVX512 && !q8_unblocked()) {
-        run_q8_blocked(&g, packed, rowsum, wscale, xq, xscale, xzp, m, y, ldc, n0, n1, p0, p1);
+        run_q8_blocked(&g, packed, rowsum, wscale, xq, xscale, xzp, m, y, ldc, n0, n1, p0, p1, ep);
         return;
     }
 #endif
-    run_q8_tiles(level, &g, packed, rowsum, wscale, xq, xscale, xzp, m, y, ldc, n0, n1, p0, p1);
+    run_q8_tiles(level, &g, packed, rowsum, wscale, xq, xscale, xzp, m, y, ldc, n0, n1, p0, p1, ep);
 }
 
 void osk_conv_q8(int level, const osk_conv *conv, const int32_t *packed, const int32_t *rowsum,

@@ -37,15 +37,11 @@ public enum LatentKernels {
         }
     }
 
-    /// GELU, exact form (torch F.gelu, approximate="none"): 0.5 x (1 + erf(x / sqrt 2)).
-    @inline(__always)
-    public static func gelu(_ x: Float) -> Float { 0.5 * x * (1 + Foundation.erf(x * 0.70710678118654752)) }
-
     /// out (I, cols) = a (I, cols) * gelu(gate (I, cols)), where proj (2I, cols) = [a; gate] (diffusers GEGLU:
     /// hidden_states, gate = proj(x).chunk(2, dim=-1)).
+    /// One thread; the runner calls FastConv.geglu (team split, output range) directly.
     public static func geglu(_ proj: UnsafePointer<Float>, inner: Int, columns cols: Int, out: UnsafeMutablePointer<Float>) {
-        let n = inner * cols, gate = proj + n
-        for j in 0..<n { out[j] = proj[j] * gelu(gate[j]) }
+        _ = FastConv.geglu(proj, inner: inner, columns: cols, length: max(cols, 1), out: out, range: false)
     }
 
     /// Floats of scratch `crossAttentionHead` needs.
