@@ -346,6 +346,21 @@ AVX512 static void ep_init_avx512(const ep_tile_t *e, float *const crow[MR]) {
     }
 }
 
+/// Folds per-column (lane) minima / maxima of a tile into the images' ranges.
+AVX512 static void ep_fold_lanes(const ep_tile_t *e, __m512 lo0, __m512 lo1, __m512 hi0, __m512 hi1) {
+    const osk_q8_epilogue *ep = e->ep;
+    if (!ep->range) return;
+    const int64_t first = e->j0 / e->howo, last = (e->j0 + e->nc - 1) / e->howo;
+    if (first == last) {
+        ep_fold(ep->range, first, _mm512_reduce_min_ps(_mm512_min_ps(lo0, lo1)), _mm512_reduce_max_ps(_mm512_max_ps(hi0, hi1)));
+        return;
+    }
+    float l[32], h[32];   // the tile straddles images: fold column by column
+    _mm512_storeu_ps(l, lo0); _mm512_storeu_ps(l + 16, lo1);
+    _mm512_storeu_ps(h, hi0); _mm512_storeu_ps(h + 16, hi1);
+    for (int jj = 0; jj < e->nc; jj++) ep_fold(ep->range, (e->j0 + jj) / e->howo, l[jj], h[jj]);
+}
+
 AVX512 static void ep_finish_avx512(const ep_tile_t *e, float *const crow[MR]) {
     const osk_q8_epilogue *ep = e->ep;
     const __mmask16 m0 = (__mmask16)(e->nc >= 16 ? 0xffff : (1u << e->nc) - 1);
@@ -363,16 +378,7 @@ AVX512 static void ep_finish_avx512(const ep_tile_t *e, float *const crow[MR]) {
         lo0 = _mm512_min_ps(lo0, v0); lo1 = _mm512_min_ps(lo1, v1);   // masked lanes read 0
         hi0 = _mm512_max_ps(hi0, v0); hi1 = _mm512_max_ps(hi1, v1);
     }
-    if (!ep->range) return;
-    const int64_t first = e->j0 / e->howo, last = (e->j0 + e->nc - 1) / e->howo;
-    if (first == last) {
-        ep_fold(ep->range, first, _mm512_reduce_min_ps(_mm512_min_ps(lo0, lo1)), _mm512_reduce_max_ps(_mm512_max_ps(hi0, hi1)));
-        return;
-    }
-    float l[32], h[32];   // the tile straddles images: fold column by column
-    _mm512_storeu_ps(l, lo0); _mm512_storeu_ps(l + 16, lo1);
-    _mm512_storeu_ps(h, hi0); _mm512_storeu_ps(h + 16, hi1);
-    for (int jj = 0; jj < e->nc; jj++) ep_fold(ep->range, (e->j0 + jj) / e->howo, l[jj], h[jj]);
+    ep_fold_lanes(e, lo0, lo1, hi0, hi1);
 }
 #endif
 
@@ -444,7 +450,7 @@ AVX512 static void pack_q8_range_avx512(const geo_t *g, const tap_t *taps, const
 /// unused) it is the per-tile kernel of run_q8_tiles too.
 AVX512 static void kernel_q8_block_avx512(int kc, const int32_t *a, const uint32_t *bt, int32_t *acc, int first, int last,
                                           const int32_t *rowsum, const float *wscale, const qcols_t *qc,
-                                          float *const crow[MR], int nc) {
+                                          float *const crow[MR], int nc, const ep_tile_t *e) {
 #define INIT(r) __m512i c##r##0 = first ? _mm512_setzero_si512() : _mm512_load_si512(acc + 32 * r), \
                         c##r##1 = first ? _mm512_setzero_si512() : _mm512_load_si512(acc + 32 * r + 16);
     INIT(0) INIT(1) INIT(2) INIT(3) INIT(4) INIT(5) INIT(6) INIT(7)
@@ -469,6 +475,31 @@ AVX512 static void kernel_q8_block_avx512(int kc, const int32_t *a, const uint32
         __m512 f1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(c##r##1, _mm512_mullo_epi32(zp1, rs))); \
         _mm512_mask_storeu_ps(crow[r], m0, _mm512_fmadd_ps(f0, _mm512_mul_ps(ws, s0), _mm512_maskz_loadu_ps(m0, crow[r]))); \
         _mm512_mask_storeu_ps(crow[r] + 16, m1, _mm512_fmadd_ps(f1, _mm512_mul_ps(ws, s1), _mm512_maskz_loadu_ps(m1, crow[r] + 16))); }
+    if (e) {
+        // The fused epilogue in registers (ep_init + the OUT below + ep_finish, the same operations): y is
+        // written once and never read, the start value comes from the bias and the residual.
+        const osk_q8_epilogue *ep = e->ep;
+        const __m512 zero = _mm512_setzero_ps();
+        __m512 lo0 = zero, lo1 = zero, hi0 = zero, hi1 = zero;
+#define OUTE(r) if (r < e->mr) { \
+        __m512 b = _mm512_set1_ps(e->bias ? e->bias[r] : 0.0f), i0 = b, i1 = b; \
+        if (ep->residual) { \
+            const float *res = ep->residual + (int64_t)(e->row0 + r) * e->ldc + e->j0; \
+            i0 = _mm512_maskz_loadu_ps(m0, res); i1 = _mm512_maskz_loadu_ps(m1, res + 16); \
+            if (e->bias) { i0 = _mm512_add_ps(i0, b); i1 = _mm512_add_ps(i1, b); } } \
+        __m512i rs = _mm512_set1_epi32(rowsum[r]); __m512 ws = _mm512_set1_ps(wscale[r]); \
+        __m512 f0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(c##r##0, _mm512_mullo_epi32(zp0, rs))); \
+        __m512 f1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(c##r##1, _mm512_mullo_epi32(zp1, rs))); \
+        __m512 v0 = _mm512_fmadd_ps(f0, _mm512_mul_ps(ws, s0), i0), v1 = _mm512_fmadd_ps(f1, _mm512_mul_ps(ws, s1), i1); \
+        if (ep->relu) { v0 = _mm512_max_ps(v0, zero); v1 = _mm512_max_ps(v1, zero); } \
+        _mm512_mask_storeu_ps(crow[r], m0, v0); _mm512_mask_storeu_ps(crow[r] + 16, m1, v1); \
+        lo0 = _mm512_mask_min_ps(lo0, m0, lo0, v0); lo1 = _mm512_mask_min_ps(lo1, m1, lo1, v1); \
+        hi0 = _mm512_mask_max_ps(hi0, m0, hi0, v0); hi1 = _mm512_mask_max_ps(hi1, m1, hi1, v1); }
+        OUTE(0) OUTE(1) OUTE(2) OUTE(3) OUTE(4) OUTE(5) OUTE(6) OUTE(7)
+#undef OUTE
+        ep_fold_lanes(e, lo0, lo1, hi0, hi1);
+        return;
+    }
     OUT(0) OUT(1) OUT(2) OUT(3) OUT(4) OUT(5) OUT(6) OUT(7)
 #undef INIT
 #undef STEP
@@ -513,10 +544,9 @@ static void run_q8_blocked(const geo_t *g, const int32_t *packed, const int32_t 
                     for (int r = 0; r < MR; r++) crow[r] = r < mr ? y + (int64_t)(p * MR + r) * ldc + j0 : osk_dummy_rows[r];
                     int32_t *ap = acc ? acc + ((size_t)(p - p0) * QTILES + t) * MR * NR : NULL;
                     ep_tile_t e;
-                    if (ep && last) { e = ep_tile(ep, p, m, j0, nc, g->howo, ldc); ep_init_avx512(&e, crow); }
+                    if (ep && last) e = ep_tile(ep, p, m, j0, nc, g->howo, ldc);
                     kernel_q8_block_avx512(kc, a, bb + (size_t)t * QKC * NR, ap, first, last, rowsum + p * MR,
-                                           wscale + p * MR, &qc[t], crow, nc);
-                    if (ep && last) ep_finish_avx512(&e, crow);
+                                           wscale + p * MR, &qc[t], crow, nc, ep && last ? &e : NULL);
                 }
             }
         }
@@ -556,7 +586,7 @@ static void run_q8_tiles(int level, const geo_t *g, const int32_t *packed, const
             ep_tile_t e;
             if (ep) { e = ep_tile(ep, p, m, j0, nc, g->howo, ldc); ep_init(level, &e, crow); }
 #if OSK_X86
-            if (level == OSK_AVX512) kernel_q8_block_avx512(k4, a, bt, NULL, 1, 1, rowsum + p * MR, wscale + p * MR, &qc, crow, nc);
+            if (level == OSK_AVX512) kernel_q8_block_avx512(k4, a, bt, NULL, 1, 1, rowsum + p * MR, wscale + p * MR, &qc, crow, nc, NULL);
             else if (level == OSK_AVX2) kernel_q8_avx2(k4, a, bt, rowsum + p * MR, wscale + p * MR, &qc, crow, mr, nc);
             else
 #endif

@@ -143,3 +143,41 @@ final class GEGLUKernelTests: XCTestCase {
         }
     }
 }
+
+/// Convolutions on maps at least one tile (32 columns) wide, where osk_tile_taps takes its one-row stride-1 path
+/// (valid columns as one interval): int8 bit for bit against the integer reference and fp32 within
+/// FastConvTests.fp32RelativeL2, at every level, on 1 and 2 threads. FastConvTests' maps are narrower.
+final class WideTileTapsTests: XCTestCase {
+    static let cases: [FastConvTests.Case] = [
+        .init(geometry: ConvGeometry(inChannels: 6, outChannels: 9, kernel: 3, padding: 1), batch: 2, height: 3, width: 70, name: "3x3 p1 width 70"),
+        .init(geometry: ConvGeometry(inChannels: 5, outChannels: 8, kernel: 3, padding: 1), batch: 1, height: 4, width: 64, name: "3x3 p1 width 64"),
+        .init(geometry: ConvGeometry(inChannels: 5, outChannels: 7, kernel: 3, padding: 0), batch: 2, height: 4, width: 41, name: "3x3 p0 width 41"),
+        .init(geometry: ConvGeometry(inChannels: 4, outChannels: 11, kernel: 3, padding: 1), batch: 2, height: 3, width: 33, upsample: true, name: "upsample 3x3 width 33 -> 66"),
+        .init(geometry: ConvGeometry(inChannels: 9, outChannels: 5, kernel: 1, padding: 0), batch: 2, height: 2, width: 96, name: "1x1 width 96"),
+        .init(geometry: ConvGeometry(inChannels: 3, outChannels: 4, kernelH: 3, kernelW: 3, stride: 1, padTop: 0, padLeft: 2, padBottom: 2, padRight: 0),
+              batch: 1, height: 5, width: 50, name: "3x3 pads (0, 2, 2, 0) width 50"),
+    ]
+
+    func testWideMapsMatchTheReferences() {
+        for (ci, c) in Self.cases.enumerated() {
+            let layer = FastConvTests.layer(c.geometry, seed: UInt64(ci + 90))
+            var r = FastConvTests.Rand(state: UInt64(1700 + ci))
+            let x = r.values(c.geometry.inChannels * c.batch * c.height * c.width)
+            let packed = PackedConvInt8(layer)
+            let cols = FastConvTests.outputCount(c, batch: c.batch) / c.geometry.outChannels
+            var initial = [Float](repeating: 0, count: c.geometry.outChannels * cols)
+            for co in 0..<c.geometry.outChannels { for j in 0..<cols { initial[co * cols + j] = layer.bias!.data[co] } }
+            let ref8 = Reference.convInt8ChannelMajor(x, batch: c.batch, height: c.height, width: c.width, upsample: c.upsample,
+                                                      weights: packed.unpacked(), geometry: c.geometry, initial: initial)
+            let ref32 = FastConvTests.reference(c, layer, x: x, batch: c.batch, residual: nil)
+            for level in FastConvTests.levels {
+                for threads in [1, 2] {
+                    let y8 = FastConvTests.run(c, layer, x: x, batch: c.batch, residual: nil, int8: true, level: level, threads: threads)
+                    XCTAssertEqual(y8.map(\.bitPattern), ref8.map(\.bitPattern), "\(c.name) int8 \(level) threads \(threads)")
+                    let y32 = FastConvTests.run(c, layer, x: x, batch: c.batch, residual: nil, int8: false, level: level, threads: threads)
+                    XCTAssertLessThanOrEqual(TensorError.relativeL2(y32, ref32), FastConvTests.fp32RelativeL2, "\(c.name) fp32 \(level) threads \(threads)")
+                }
+            }
+        }
+    }
+}
