@@ -85,16 +85,13 @@ static void tile_taps_row_stride1(const geo_t *g, int64_t img, int32_t oy, int32
             if (hi < lo) hi = lo;
             rowbase = img * g->h * g->w + (int64_t)(iy >> g->up) * g->w;
         }
-        const int64_t x0 = (int64_t)ox0 - g->pl + kx;   // input column of jj = 0 (before the upsample shift)
-        uint32_t valid = 0;
-        for (int jj = 0; jj < NR; jj++) {
-            const int in = jj >= lo && jj < hi;
-            tp->off[jj] = in ? (int32_t)(rowbase + ((x0 + jj) >> g->up)) : -1;
-            valid |= (uint32_t)in << jj;
-        }
+        // Offsets fit int32 (tap_t.off); x0 = input column of jj = 0 before the upsample shift. A branch-free loop
+        // the compiler vectorizes.
+        const int32_t x0 = ox0 - g->pl + kx, rb = (int32_t)rowbase, up = g->up;
+        for (int jj = 0; jj < NR; jj++) tp->off[jj] = jj >= lo && jj < hi ? rb + ((x0 + jj) >> up) : -1;
         // Contiguous when the valid offsets are base + jj: always without the upsample, and with it only for a
         // single valid column (then base is that column's offset minus jj, as the general loop sets it).
-        tp->valid = valid;
+        tp->valid = hi > lo ? (uint32_t)(((1ull << hi) - 1) & ~((1ull << lo) - 1)) : 0;
         tp->contiguous = !g->up || hi - lo <= 1;
         tp->base = hi > lo ? (int64_t)tp->off[lo] - lo : 0;
     }

@@ -282,7 +282,7 @@ public enum FastConv {
         let threads = team?.threads ?? 1
         if let knownRange {
             for i in 0..<x.batch { osk_q8_set_params(knownRange[2 * i], knownRange[2 * i + 1], xs + i, xz + i) }
-            if threads > 1, x.batch < threads, x.pixels >= splitQuantizeMinPixels {
+            if threads > 1, x.batch < threads, splitsQuantizationByPositions(x) {
                 for i in 0..<n {
                     forEachRange(x.pixels, granule: 16, team: team) { j0, j1 in
                         osk_q8_encode(level.rawValue, xp, c, n, hw, i, Int32(j0), Int32(j1), q, xs, xz)
@@ -295,7 +295,7 @@ public enum FastConv {
             }
             return
         }
-        guard threads > 1, x.batch < threads, x.pixels >= splitQuantizeMinPixels else {
+        guard threads > 1, x.batch < threads, splitsQuantizationByPositions(x) else {
             forEachRange(x.batch, granule: 1, team: team) { i0, i1 in
                 osk_q8_quantize(level.rawValue, xp, c, n, hw, Int32(i0), Int32(i1), q, xs, xz)
             }
@@ -346,9 +346,16 @@ public enum FastConv {
         return r
     }
 
-    /// Positions per image below which a batch smaller than the team is still quantized image by image: a
-    /// 32x32 map (1024 positions) costs less than waking the team twice.
+    /// Positions per image from which a batch smaller than the team has each image's positions split; below it a
+    /// 32x32 map of few channels costs less than waking the team twice.
     public static let splitQuantizeMinPixels = 4096
+    /// Values per image (channels x positions) from which the positions are split even on smaller maps: the SDXS
+    /// UNet's 640 x 32x32 and 1280 x 16x16 activations (0.3-0.7 M values) were quantized on one thread.
+    public static let splitQuantizeMinValues = 1 << 18
+
+    static func splitsQuantizationByPositions(_ x: Activation) -> Bool {
+        x.pixels >= splitQuantizeMinPixels || (x.channels * x.pixels >= splitQuantizeMinValues && x.pixels >= 64)
+    }
 
     /// C (M, cols) += A (M, K) * B (K, cols), all row-major, A packed by `PackedGemmF32`; columns n0..<n1.
     /// A `team` splits the columns between its threads (each column's sum is the same chain either way).
