@@ -448,17 +448,40 @@ AVX512 static void pack_q8_range_avx512(const geo_t *g, const tap_t *taps, const
 /// (folded into vpdpbusd's memory operand) for 16 vpdpbusd. The sums start at 0 (`first`) or from acc, and end
 /// in acc or, on the last k block, dequantized onto y (kernel_q8_scalar's formula). With first and last set (acc
 /// unused) it is the per-tile kernel of run_q8_tiles too.
+/// Where a tile's B rows come from when it is not packed: every tap of a full tile is a contiguous, fully valid
+/// run of the code planes (an interior tile of a stride-1 conv), so row kq = (q, t) is xq + q * plane + base[t]
+/// and the kernel reads it in place. Packing those rows (pack_q8_range_avx512) took 14% of the int8 TAESD
+/// decoder; the same words are read, so the sums and the bits are the same.
+typedef struct {
+    const uint32_t *xq;
+    int64_t plane;
+    int32_t c4, taps;
+    int64_t base[16];   // per tap (taps <= 16: 3x3 and 1x1)
+} direct_b_t;
+
 AVX512 static void kernel_q8_block_avx512(int kc, const int32_t *a, const uint32_t *bt, int32_t *acc, int first, int last,
                                           const int32_t *rowsum, const float *wscale, const qcols_t *qc,
-                                          float *const crow[MR], int nc, const ep_tile_t *e) {
+                                          float *const crow[MR], int nc, const ep_tile_t *e, const direct_b_t *direct) {
 #define INIT(r) __m512i c##r##0 = first ? _mm512_setzero_si512() : _mm512_load_si512(acc + 32 * r), \
                         c##r##1 = first ? _mm512_setzero_si512() : _mm512_load_si512(acc + 32 * r + 16);
     INIT(0) INIT(1) INIT(2) INIT(3) INIT(4) INIT(5) INIT(6) INIT(7)
-    for (int kq = 0; kq < kc; kq++) {
-        __m512i b0 = _mm512_load_si512(bt), b1 = _mm512_load_si512(bt + 16);
 #define STEP(r) { __m512i av = _mm512_set1_epi32(a[r]); c##r##0 = _mm512_dpbusd_epi32(c##r##0, b0, av); c##r##1 = _mm512_dpbusd_epi32(c##r##1, b1, av); }
-        STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5) STEP(6) STEP(7)
-        a += MR; bt += NR;
+    if (direct) {   // the whole k range (one k block), rows read in place
+        for (int q = 0; q < direct->c4; q++) {
+            const uint32_t *pq = direct->xq + (int64_t)q * direct->plane;
+            for (int t = 0; t < direct->taps; t++) {
+                const uint32_t *src = pq + direct->base[t];
+                __m512i b0 = _mm512_loadu_si512(src), b1 = _mm512_loadu_si512(src + 16);
+                STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5) STEP(6) STEP(7)
+                a += MR;
+            }
+        }
+    } else {
+        for (int kq = 0; kq < kc; kq++) {
+            __m512i b0 = _mm512_load_si512(bt), b1 = _mm512_load_si512(bt + 16);
+            STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5) STEP(6) STEP(7)
+            a += MR; bt += NR;
+        }
     }
     if (!last) {
 #define SAVE(r) _mm512_store_si512(acc + 32 * r, c##r##0); _mm512_store_si512(acc + 32 * r + 16, c##r##1);
@@ -530,10 +553,19 @@ static void run_q8_blocked(const geo_t *g, const int32_t *packed, const int32_t 
                 qc[t].scale[jj] = i >= 0 ? xscale[i] : 0;
             }
         }
+        // Tiles read in place (direct_b_t): one k block, a full tile, every tap contiguous and valid.
+        int direct[QTILES];
+        for (int t = 0; t < tiles; t++) {
+            direct[t] = kblocks == 1 && g->taps <= 16 && nb - t * NR >= NR;
+            for (int k = 0; direct[t] && k < g->taps; k++) {
+                const tap_t *tp = &taps[(size_t)t * g->taps + k];
+                direct[t] = tp->contiguous && tp->valid == 0xffffffffu;
+            }
+        }
         for (int kb = 0; kb < k4; kb += QKC) {
             const int kc = k4 - kb < QKC ? k4 - kb : QKC, first = kb == 0, last = kb + kc == k4;
             for (int t = 0; t < tiles; t++)
-                pack_q8_range_avx512(g, taps + (size_t)t * g->taps, &qc[t], xq, kb, kc, bb + (size_t)t * QKC * NR);
+                if (!direct[t]) pack_q8_range_avx512(g, taps + (size_t)t * g->taps, &qc[t], xq, kb, kc, bb + (size_t)t * QKC * NR);
             for (int p = p0; p < p1; p++) {
                 const int mr = m - p * MR < MR ? m - p * MR : MR;
                 const int32_t *a = packed + ((size_t)p * k4 + kb) * MR;
@@ -545,8 +577,13 @@ static void run_q8_blocked(const geo_t *g, const int32_t *packed, const int32_t 
                     int32_t *ap = acc ? acc + ((size_t)(p - p0) * QTILES + t) * MR * NR : NULL;
                     ep_tile_t e;
                     if (ep && last) e = ep_tile(ep, p, m, j0, nc, g->howo, ldc);
+                    direct_b_t d;
+                    if (direct[t]) {
+                        d.xq = xq; d.plane = g->plane; d.c4 = (g->c + 3) / 4; d.taps = g->taps;
+                        for (int k = 0; k < g->taps; k++) d.base[k] = taps[(size_t)t * g->taps + k].base;
+                    }
                     kernel_q8_block_avx512(kc, a, bb + (size_t)t * QKC * NR, ap, first, last, rowsum + p * MR,
-                                           wscale + p * MR, &qc[t], crow, nc, ep && last ? &e : NULL);
+                                           wscale + p * MR, &qc[t], crow, nc, ep && last ? &e : NULL, direct[t] ? &d : NULL);
                 }
             }
         }
@@ -586,7 +623,7 @@ static void run_q8_tiles(int level, const geo_t *g, const int32_t *packed, const
             ep_tile_t e;
             if (ep) { e = ep_tile(ep, p, m, j0, nc, g->howo, ldc); ep_init(level, &e, crow); }
 #if OSK_X86
-            if (level == OSK_AVX512) kernel_q8_block_avx512(k4, a, bt, NULL, 1, 1, rowsum + p * MR, wscale + p * MR, &qc, crow, nc, NULL);
+            if (level == OSK_AVX512) kernel_q8_block_avx512(k4, a, bt, NULL, 1, 1, rowsum + p * MR, wscale + p * MR, &qc, crow, nc, NULL, NULL);
             else if (level == OSK_AVX2) kernel_q8_avx2(k4, a, bt, rowsum + p * MR, wscale + p * MR, &qc, crow, mr, nc);
             else
 #endif
