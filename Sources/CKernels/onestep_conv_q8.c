@@ -435,6 +435,21 @@ AVX512 static void pack_q8_range_avx512(const geo_t *g, const tap_t *taps, const
             const uint32_t *src = p + tp->base;
             _mm512_store_si512(d, _mm512_mask_loadu_epi32(z0, m0, src));
             _mm512_store_si512(d + 16, _mm512_mask_loadu_epi32(z1, m1, src + 16));
+        } else if (tp->pairs) {
+            // Valid columns lo..hi-1 read source words (lo + odd) >> 1 .. (hi - 1 + odd) >> 1 of pbase (at most
+            // 17): two masked loads of exactly those words (no read outside the row), then a permute doubles them.
+            const int lo = __builtin_ctz(tp->valid), hi = 32 - __builtin_clz(tp->valid);
+            const int slo = (lo + tp->odd) >> 1, shi = (hi - 1 + tp->odd) >> 1;
+            const uint64_t smask = ((2ull << shi) - 1) & ~((1ull << slo) - 1);
+            const uint32_t *src = p + tp->pbase;
+            const __m512i w0 = _mm512_maskz_loadu_epi32((__mmask16)smask, src);
+            const __m512i w1 = _mm512_maskz_loadu_epi32((__mmask16)(smask >> 16), src + 16);
+            const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            const __m512i odd = _mm512_set1_epi32(tp->odd);
+            const __m512i i0 = _mm512_srli_epi32(_mm512_add_epi32(lane, odd), 1);
+            const __m512i i1 = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(lane, _mm512_set1_epi32(16)), odd), 1);
+            _mm512_store_si512(d, _mm512_mask_mov_epi32(z0, m0, _mm512_permutex2var_epi32(w0, i0, w1)));
+            _mm512_store_si512(d + 16, _mm512_mask_mov_epi32(z1, m1, _mm512_permutex2var_epi32(w0, i1, w1)));
         } else {
             __m512i i0 = _mm512_loadu_si512(tp->off), i1 = _mm512_loadu_si512(tp->off + 16);
             _mm512_store_si512(d, _mm512_mask_i32gather_epi32(z0, m0, i0, p, 4));

@@ -93,6 +93,9 @@ static void tile_taps_row_stride1(const geo_t *g, int64_t img, int32_t oy, int32
         // single valid column (then base is that column's offset minus jj, as the general loop sets it).
         tp->valid = hi > lo ? (uint32_t)(((1ull << hi) - 1) & ~((1ull << lo) - 1)) : 0;
         tp->contiguous = !g->up || hi - lo <= 1;
+        tp->pairs = !tp->contiguous;
+        tp->odd = x0 & 1;
+        tp->pbase = rowbase + (x0 >> 1);   // floor: x0 may be -1
         tp->base = hi > lo ? (int64_t)tp->off[lo] - lo : 0;
     }
 }
@@ -127,6 +130,7 @@ void osk_tile_taps(const geo_t *g, int64_t j0, int nc, tap_t *taps) {
             tp->off[jj] = o;
         }
         tp->base = base; tp->valid = valid; tp->contiguous = contiguous;
+        tp->pairs = 0; tp->odd = 0; tp->pbase = 0;
     }
 }
 

@@ -1,6 +1,14 @@
 import XCTest
 @testable import OnestepCore
 
+/// Fails naming the first differing element (not the whole arrays) unless a and b have the same bits.
+func assertSameBits(_ a: [Float], _ b: [Float], _ name: String, file: StaticString = #filePath, line: UInt = #line) {
+    guard a.count == b.count else { return XCTFail("\(name): \(a.count) values, expected \(b.count)", file: file, line: line) }
+    if let i = a.indices.first(where: { a[$0].bitPattern != b[$0].bitPattern }) {
+        XCTFail("\(name): element \(i) is \(a[i]), expected \(b[i])", file: file, line: line)
+    }
+}
+
 /// FastConv.convFused (osk_conv_q8_fused: bias, residual, ReLU and the per-image output range in the int8 conv's
 /// tile epilogue) against the unfused calls it replaces: FastConv.conv accumulating onto a copy of the residual,
 /// then Reference.relu, then the per-image min / max (with 0) the quantizer's range pass finds. Tolerance: none, the bits must be equal (the unfused
@@ -60,7 +68,7 @@ final class FusedConvTests: XCTestCase {
                                 let (y, range) = FastConv.convFused(xa, w, upsample: c.upsample, pool: pool, residual: res, relu: relu,
                                                                     outputRange: true, level: level, team: FastConvTests.team(threads))
                                 let got = Array(UnsafeBufferPointer(start: y.data, count: y.count))
-                                XCTAssertEqual(got.map(\.bitPattern), ref.map(\.bitPattern), name)
+                                assertSameBits(got, ref, name)
                                 XCTAssertEqual(range, refRange, name)
                                 // The measured range fed back as the next conv's input range gives the codes a range pass gives.
                                 if c.geometry.inChannels == c.geometry.outChannels && !c.upsample && c.geometry.stride == 1 {
@@ -97,8 +105,7 @@ final class FusedConvTests: XCTestCase {
                     let y = FastConvTests.activation(residual, channels: c.geometry.outChannels, batch: c.batch, height: ho, width: wo, pool: pool)
                     _ = FastConv.convFused(xa, w, pool: pool, into: y, residual: y, bias: bias, relu: false, outputRange: false,
                                            level: level, team: FastConvTests.team(threads))
-                    XCTAssertEqual(Array(UnsafeBufferPointer(start: y.data, count: y.count)).map(\.bitPattern), ref.map(\.bitPattern),
-                                   "\(c.name) \(level) threads \(threads)")
+                    assertSameBits(Array(UnsafeBufferPointer(start: y.data, count: y.count)), ref, "\(c.name) \(level) threads \(threads)")
                 }
             }
         }
@@ -128,7 +135,7 @@ final class GEGLUKernelTests: XCTestCase {
                     let range = FastConv.geglu(proj, inner: inner, columns: cols, length: length, out: &out, range: true,
                                                level: level, team: FastConvTests.team(threads))!
                     let name = "\(inner)x\(images)x\(length) \(level) threads \(threads)"
-                    if let f = first { XCTAssertEqual(out.map(\.bitPattern), f.map(\.bitPattern), name) } else { first = out }
+                    if let f = first { assertSameBits(out, f, name) } else { first = out }
                     var worst: Float = 0
                     for j in out.indices { worst = max(worst, abs(out[j] - ref[j]) / max(1, abs(proj[j]) * max(1, abs(proj[inner * cols + j])))) }
                     XCTAssertLessThanOrEqual(worst, Self.maxScaledError, name)
@@ -173,7 +180,7 @@ final class WideTileTapsTests: XCTestCase {
             for level in FastConvTests.levels {
                 for threads in [1, 2] {
                     let y8 = FastConvTests.run(c, layer, x: x, batch: c.batch, residual: nil, int8: true, level: level, threads: threads)
-                    XCTAssertEqual(y8.map(\.bitPattern), ref8.map(\.bitPattern), "\(c.name) int8 \(level) threads \(threads)")
+                    assertSameBits(y8, ref8, "\(c.name) int8 \(level) threads \(threads)")
                     let y32 = FastConvTests.run(c, layer, x: x, batch: c.batch, residual: nil, int8: false, level: level, threads: threads)
                     XCTAssertLessThanOrEqual(TensorError.relativeL2(y32, ref32), FastConvTests.fp32RelativeL2, "\(c.name) fp32 \(level) threads \(threads)")
                 }
