@@ -270,6 +270,31 @@ AVX512 static void kernel_f32_avx512(int k, const float *a, const float *bt, flo
 #undef STOREC
 }
 
+/// kernel_f32_avx512 for a layer of at most 4 output channels (one panel; TAESD's and the VAE's conv_out, 3 rows)
+/// on an interior tile (every tap a contiguous, fully valid run of x): rows kk = (c, t) are read in place at
+/// x + c * plane + base[t] instead of being packed (a 576 x 32 tile packed for one panel cost as much as the
+/// FMAs), and only 4 of the panel's 8 rows run. Each output is the same fma chain (k ascending from y): same bits.
+AVX512 static void kernel_f32_direct4_avx512(int c, int taps, const float *a, const float *x, int64_t plane,
+                                             const int64_t *base, float *const crow[MR]) {
+#define LOADC(r) __m512 c##r##0 = _mm512_loadu_ps(crow[r]), c##r##1 = _mm512_loadu_ps(crow[r] + 16);
+    LOADC(0) LOADC(1) LOADC(2) LOADC(3)
+    for (int ch = 0; ch < c; ch++) {
+        const float *xc = x + (int64_t)ch * plane;
+        for (int t = 0; t < taps; t++) {
+            const float *src = xc + base[t];
+            __m512 b0 = _mm512_loadu_ps(src), b1 = _mm512_loadu_ps(src + 16);
+#define STEP(r) { __m512 av = _mm512_set1_ps(a[r]); c##r##0 = _mm512_fmadd_ps(av, b0, c##r##0); c##r##1 = _mm512_fmadd_ps(av, b1, c##r##1); }
+            STEP(0) STEP(1) STEP(2) STEP(3)
+            a += MR;
+        }
+    }
+#define STOREC(r) _mm512_storeu_ps(crow[r], c##r##0); _mm512_storeu_ps(crow[r] + 16, c##r##1);
+    STOREC(0) STOREC(1) STOREC(2) STOREC(3)
+#undef LOADC
+#undef STEP
+#undef STOREC
+}
+
 /// 4 rows (stride MR in a) x 16 columns (stride NR in bt).
 AVX2 static void kernel_f32_avx2_4x16(int k, const float *a, const float *bt, float *const crow[4], __m256i m0, __m256i m1) {
 #define LOADC(r) __m256 c##r##0 = _mm256_maskload_ps(crow[r], m0), c##r##1 = _mm256_maskload_ps(crow[r] + 8, m1);
@@ -313,6 +338,20 @@ static void run_f32(int level, const geo_t *g, const float *packed, int32_t m, c
         int nc = (int)(n1 - j0 < NR ? n1 - j0 : NR);
         osk_tile_taps(g, j0, nc, taps);
 #if OSK_X86
+        if (level == OSK_AVX512 && m <= 4 && nc == NR && g->taps <= 16) {
+            int direct = 1;
+            int64_t base[16];
+            for (int t = 0; t < g->taps && direct; t++) {
+                direct = taps[t].contiguous && taps[t].valid == 0xffffffffu;
+                base[t] = taps[t].base;
+            }
+            if (direct) {
+                float *crow[MR];
+                for (int r = 0; r < MR; r++) crow[r] = r < m ? y + (int64_t)r * ldc + j0 : osk_dummy_rows[r];
+                kernel_f32_direct4_avx512(g->c, g->taps, packed, x, g->plane, base, crow);
+                continue;
+            }
+        }
         if (level == OSK_AVX512) pack_f32_avx512(g, taps, x, bt);
         else if (level == OSK_AVX2) pack_f32_avx2(g, taps, x, bt);
         else

@@ -152,8 +152,9 @@ final class GEGLUKernelTests: XCTestCase {
 }
 
 /// Convolutions on maps at least one tile (32 columns) wide, where osk_tile_taps takes its one-row stride-1 path
-/// (valid columns as one interval): int8 bit for bit against the integer reference and fp32 within
-/// FastConvTests.fp32RelativeL2, at every level, on 1 and 2 threads. FastConvTests' maps are narrower.
+/// (valid columns as one interval) and interior tiles are read in place: int8 bit for bit against the integer
+/// reference, fp32 within FastConvTests.fp32RelativeL2 and bit for bit against the scalar level, at every level,
+/// on 1 and 2 threads. FastConvTests' maps are narrower.
 final class WideTileTapsTests: XCTestCase {
     static let cases: [FastConvTests.Case] = [
         .init(geometry: ConvGeometry(inChannels: 6, outChannels: 9, kernel: 3, padding: 1), batch: 2, height: 3, width: 70, name: "3x3 p1 width 70"),
@@ -163,6 +164,7 @@ final class WideTileTapsTests: XCTestCase {
         .init(geometry: ConvGeometry(inChannels: 9, outChannels: 5, kernel: 1, padding: 0), batch: 2, height: 2, width: 96, name: "1x1 width 96"),
         .init(geometry: ConvGeometry(inChannels: 3, outChannels: 4, kernelH: 3, kernelW: 3, stride: 1, padTop: 0, padLeft: 2, padBottom: 2, padRight: 0),
               batch: 1, height: 5, width: 50, name: "3x3 pads (0, 2, 2, 0) width 50"),
+        .init(geometry: ConvGeometry(inChannels: 13, outChannels: 3, kernel: 3, padding: 1), batch: 2, height: 4, width: 70, name: "conv_out-like 13->3 width 70"),
     ]
 
     func testWideMapsMatchTheReferences() {
@@ -177,8 +179,13 @@ final class WideTileTapsTests: XCTestCase {
             let ref8 = Reference.convInt8ChannelMajor(x, batch: c.batch, height: c.height, width: c.width, upsample: c.upsample,
                                                       weights: packed.unpacked(), geometry: c.geometry, initial: initial)
             let ref32 = FastConvTests.reference(c, layer, x: x, batch: c.batch, residual: nil)
+            // fp32 outputs are one fma chain per element in the same order on every level (the AVX-512 path reads
+            // interior tiles of layers with <= 4 outputs in place): the scalar level's bits.
+            let scalar32 = FastConvTests.run(c, layer, x: x, batch: c.batch, residual: nil, int8: false, level: .scalar)
             for level in FastConvTests.levels {
                 for threads in [1, 2] {
+                    assertSameBits(FastConvTests.run(c, layer, x: x, batch: c.batch, residual: nil, int8: false, level: level, threads: threads),
+                                   scalar32, "\(c.name) fp32 \(level) threads \(threads) vs scalar")
                     let y8 = FastConvTests.run(c, layer, x: x, batch: c.batch, residual: nil, int8: true, level: level, threads: threads)
                     assertSameBits(y8, ref8, "\(c.name) int8 \(level) threads \(threads)")
                     let y32 = FastConvTests.run(c, layer, x: x, batch: c.batch, residual: nil, int8: false, level: level, threads: threads)
