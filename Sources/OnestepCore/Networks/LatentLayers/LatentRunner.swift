@@ -321,8 +321,19 @@ private struct Walk {
         }
         pool.release(stats, count: 4 * cols)
         tmp.release(to: pool)
-        let out = copy(x)   // residual; proj_out accumulates onto it
-        project(w.linear(t.projOut), h.data, batch: n, columns: cols, into: out.data, accumulate: true)
+        // out = x + proj_out(h): an int8 proj_out adds x in its epilogue; fp32 accumulates onto a copy of x.
+        let out: Activation
+        if let q = w.linear(t.projOut).int8 {
+            out = like(x)
+            let ha = Activation(viewing: h.data, channels: h.channels, batch: n, height: 1, width: l)
+            let oa = Activation(viewing: out.data, channels: c, batch: n, height: 1, width: l)
+            let xa = Activation(viewing: x.data, channels: c, batch: n, height: 1, width: l)
+            _ = FastConv.convFused(ha, q, pool: pool, into: oa, residual: xa, bias: w.linear(t.projOut).bias, relu: false,
+                                   outputRange: false, team: team)
+        } else {
+            out = copy(x)
+            project(w.linear(t.projOut), h.data, batch: n, columns: cols, into: out.data, accumulate: true)
+        }
         h.release(to: pool)
         precondition(out.channels == c)
         return out
@@ -359,8 +370,13 @@ private struct Walk {
         let layer = w.norm(s)
         layer.gamma.data.withUnsafeBufferPointer { g in
             layer.beta.data.withUnsafeBufferPointer { b in
-                LatentKernels.layerNormChannels(x, channels: s.channels, columns: cols, gamma: g.baseAddress!, beta: b.baseAddress!,
-                                                eps: s.eps, y: y, scratch: scratch)
+                // Columns (tokens) are independent: split over the team, same arithmetic per column.
+                nonisolated(unsafe) let xp = x, yp = y, sp = scratch, gp = g.baseAddress!, bp = b.baseAddress!
+                let c = s.channels, eps = s.eps
+                FastConv.forEachRange(cols, granule: 16, team: team) { j0, j1 in
+                    LatentKernels.layerNormChannels(xp + j0, channels: c, columns: j1 - j0, ld: cols, gamma: gp, beta: bp,
+                                                    eps: eps, y: yp + j0, scratch: sp + 4 * j0)
+                }
             }
         }
     }
