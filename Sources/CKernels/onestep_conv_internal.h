@@ -28,6 +28,10 @@ typedef struct {
     int64_t base;
     uint32_t valid;
     int contiguous;
+    /// A nearest-2x-upsampled row read (one-row stride-1 tiles): valid column jj reads pbase + ((jj + odd) >> 1),
+    /// so the int8 packer loads the source words once and duplicates them with a permute instead of a gather.
+    int pairs, odd;
+    int64_t pbase;
 } tap_t;
 
 geo_t osk_make_geo(const osk_conv *g, int32_t n, int32_t h, int32_t w);

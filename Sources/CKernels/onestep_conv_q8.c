@@ -290,6 +290,119 @@ AVX2 static void kernel_q8_avx2(int k4, const int32_t *a, const uint32_t *bt, co
 }
 #endif
 
+// MARK: - fused epilogue (osk_conv_q8_fused)
+//
+// Per output tile (up to 8 rows x 32 columns), in L1: before the tile's last k block the tile of y is set to
+// init = residual (+ bias) or bias (or 0), so the kernel's fmaf(sum, s, y) computes what prepareOutput + the
+// kernel computed; after it, ReLU (v > 0 ? v : +0) and the min / max of each image's values are folded in. Those
+// were separate passes over the whole (64, N, 512, 512) output for TAESD. Same bits as the unfused calls.
+
+typedef struct {
+    const osk_q8_epilogue *ep;
+    const float *bias;   // ep->bias + row of the panel's first row, or NULL
+    int64_t j0, howo, ldc;
+    int mr, nc, row0;    // row0: first output row of the panel
+} ep_tile_t;
+
+static void ep_init_scalar(const ep_tile_t *e, float *const crow[MR]) {
+    for (int r = 0; r < e->mr; r++) {
+        const float b = e->bias ? e->bias[r] : 0.0f;
+        const float *res = e->ep->residual ? e->ep->residual + (int64_t)(e->row0 + r) * e->ldc + e->j0 : NULL;
+        for (int jj = 0; jj < e->nc; jj++) crow[r][jj] = res ? (e->bias ? res[jj] + b : res[jj]) : b;
+    }
+}
+
+/// Folds value v of column j0 + jj into its image's range.
+static inline void ep_fold(float *range, int64_t image, float lo, float hi) {
+    float *p = range + 2 * image;
+    p[0] = lo < p[0] ? lo : p[0];
+    p[1] = hi > p[1] ? hi : p[1];
+}
+
+static void ep_finish_scalar(const ep_tile_t *e, float *const crow[MR]) {
+    const osk_q8_epilogue *ep = e->ep;
+    for (int r = 0; r < e->mr; r++)
+        for (int jj = 0; jj < e->nc; jj++) {
+            float v = crow[r][jj];
+            if (ep->relu) crow[r][jj] = v = v > 0.0f ? v : 0.0f;
+            if (ep->range) ep_fold(ep->range, (e->j0 + jj) / e->howo, v, v);
+        }
+}
+
+#if OSK_X86
+AVX512 static void ep_init_avx512(const ep_tile_t *e, float *const crow[MR]) {
+    const __mmask16 m0 = (__mmask16)(e->nc >= 16 ? 0xffff : (1u << e->nc) - 1);
+    const __mmask16 m1 = (__mmask16)(e->nc >= 32 ? 0xffff : e->nc > 16 ? (1u << (e->nc - 16)) - 1 : 0);
+    for (int r = 0; r < e->mr; r++) {
+        __m512 b = _mm512_set1_ps(e->bias ? e->bias[r] : 0.0f), v0 = b, v1 = b;
+        if (e->ep->residual) {
+            const float *res = e->ep->residual + (int64_t)(e->row0 + r) * e->ldc + e->j0;
+            v0 = _mm512_maskz_loadu_ps(m0, res);
+            v1 = _mm512_maskz_loadu_ps(m1, res + 16);
+            if (e->bias) { v0 = _mm512_add_ps(v0, b); v1 = _mm512_add_ps(v1, b); }
+        }
+        _mm512_mask_storeu_ps(crow[r], m0, v0);
+        _mm512_mask_storeu_ps(crow[r] + 16, m1, v1);
+    }
+}
+
+/// Folds per-column (lane) minima / maxima of a tile into the images' ranges.
+AVX512 static void ep_fold_lanes(const ep_tile_t *e, __m512 lo0, __m512 lo1, __m512 hi0, __m512 hi1) {
+    const osk_q8_epilogue *ep = e->ep;
+    if (!ep->range) return;
+    const int64_t first = e->j0 / e->howo, last = (e->j0 + e->nc - 1) / e->howo;
+    if (first == last) {
+        ep_fold(ep->range, first, _mm512_reduce_min_ps(_mm512_min_ps(lo0, lo1)), _mm512_reduce_max_ps(_mm512_max_ps(hi0, hi1)));
+        return;
+    }
+    float l[32], h[32];   // the tile straddles images: fold column by column
+    _mm512_storeu_ps(l, lo0); _mm512_storeu_ps(l + 16, lo1);
+    _mm512_storeu_ps(h, hi0); _mm512_storeu_ps(h + 16, hi1);
+    for (int jj = 0; jj < e->nc; jj++) ep_fold(ep->range, (e->j0 + jj) / e->howo, l[jj], h[jj]);
+}
+
+AVX512 static void ep_finish_avx512(const ep_tile_t *e, float *const crow[MR]) {
+    const osk_q8_epilogue *ep = e->ep;
+    const __mmask16 m0 = (__mmask16)(e->nc >= 16 ? 0xffff : (1u << e->nc) - 1);
+    const __mmask16 m1 = (__mmask16)(e->nc >= 32 ? 0xffff : e->nc > 16 ? (1u << (e->nc - 16)) - 1 : 0);
+    const __m512 zero = _mm512_setzero_ps();
+    __m512 lo0 = zero, lo1 = zero, hi0 = zero, hi1 = zero;   // lanes = columns; 0 is in every range
+    for (int r = 0; r < e->mr; r++) {
+        __m512 v0 = _mm512_maskz_loadu_ps(m0, crow[r]), v1 = _mm512_maskz_loadu_ps(m1, crow[r] + 16);
+        if (ep->relu) {
+            v0 = _mm512_max_ps(v0, zero);   // second operand on NaN or equal: v > 0 ? v : +0
+            v1 = _mm512_max_ps(v1, zero);
+            _mm512_mask_storeu_ps(crow[r], m0, v0);
+            _mm512_mask_storeu_ps(crow[r] + 16, m1, v1);
+        }
+        lo0 = _mm512_min_ps(lo0, v0); lo1 = _mm512_min_ps(lo1, v1);   // masked lanes read 0
+        hi0 = _mm512_max_ps(hi0, v0); hi1 = _mm512_max_ps(hi1, v1);
+    }
+    ep_fold_lanes(e, lo0, lo1, hi0, hi1);
+}
+#endif
+
+static void ep_init(int level, const ep_tile_t *e, float *const crow[MR]) {
+#if OSK_X86
+    if (level == OSK_AVX512) { ep_init_avx512(e, crow); return; }
+#endif
+    (void)level;
+    ep_init_scalar(e, crow);
+}
+
+static void ep_finish(int level, const ep_tile_t *e, float *const crow[MR]) {
+#if OSK_X86
+    if (level == OSK_AVX512) { ep_finish_avx512(e, crow); return; }
+#endif
+    (void)level;
+    ep_finish_scalar(e, crow);
+}
+
+static ep_tile_t ep_tile(const osk_q8_epilogue *ep, int p, int m, int64_t j0, int nc, int64_t howo, int64_t ldc) {
+    ep_tile_t e = { ep, ep->bias ? ep->bias + p * MR : NULL, j0, howo, ldc, m - p * MR < MR ? m - p * MR : MR, nc, p * MR };
+    return e;
+}
+
 #if OSK_X86
 // MARK: - AVX-512 blocked driver
 //
@@ -322,6 +435,21 @@ AVX512 static void pack_q8_range_avx512(const geo_t *g, const tap_t *taps, const
             const uint32_t *src = p + tp->base;
             _mm512_store_si512(d, _mm512_mask_loadu_epi32(z0, m0, src));
             _mm512_store_si512(d + 16, _mm512_mask_loadu_epi32(z1, m1, src + 16));
+        } else if (tp->pairs) {
+            // Valid columns lo..hi-1 read source words (lo + odd) >> 1 .. (hi - 1 + odd) >> 1 of pbase (at most
+            // 17): two masked loads of exactly those words (no read outside the row), then a permute doubles them.
+            const int lo = __builtin_ctz(tp->valid), hi = 32 - __builtin_clz(tp->valid);
+            const int slo = (lo + tp->odd) >> 1, shi = (hi - 1 + tp->odd) >> 1;
+            const uint64_t smask = ((2ull << shi) - 1) & ~((1ull << slo) - 1);
+            const uint32_t *src = p + tp->pbase;
+            const __m512i w0 = _mm512_maskz_loadu_epi32((__mmask16)smask, src);
+            const __m512i w1 = _mm512_maskz_loadu_epi32((__mmask16)(smask >> 16), src + 16);
+            const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+            const __m512i odd = _mm512_set1_epi32(tp->odd);
+            const __m512i i0 = _mm512_srli_epi32(_mm512_add_epi32(lane, odd), 1);
+            const __m512i i1 = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(lane, _mm512_set1_epi32(16)), odd), 1);
+            _mm512_store_si512(d, _mm512_mask_mov_epi32(z0, m0, _mm512_permutex2var_epi32(w0, i0, w1)));
+            _mm512_store_si512(d + 16, _mm512_mask_mov_epi32(z1, m1, _mm512_permutex2var_epi32(w0, i1, w1)));
         } else {
             __m512i i0 = _mm512_loadu_si512(tp->off), i1 = _mm512_loadu_si512(tp->off + 16);
             _mm512_store_si512(d, _mm512_mask_i32gather_epi32(z0, m0, i0, p, 4));
@@ -335,17 +463,40 @@ AVX512 static void pack_q8_range_avx512(const geo_t *g, const tap_t *taps, const
 /// (folded into vpdpbusd's memory operand) for 16 vpdpbusd. The sums start at 0 (`first`) or from acc, and end
 /// in acc or, on the last k block, dequantized onto y (kernel_q8_scalar's formula). With first and last set (acc
 /// unused) it is the per-tile kernel of run_q8_tiles too.
+/// Where a tile's B rows come from when it is not packed: every tap of a full tile is a contiguous, fully valid
+/// run of the code planes (an interior tile of a stride-1 conv), so row kq = (q, t) is xq + q * plane + base[t]
+/// and the kernel reads it in place. Packing those rows (pack_q8_range_avx512) took 14% of the int8 TAESD
+/// decoder; the same words are read, so the sums and the bits are the same.
+typedef struct {
+    const uint32_t *xq;
+    int64_t plane;
+    int32_t c4, taps;
+    int64_t base[16];   // per tap (taps <= 16: 3x3 and 1x1)
+} direct_b_t;
+
 AVX512 static void kernel_q8_block_avx512(int kc, const int32_t *a, const uint32_t *bt, int32_t *acc, int first, int last,
                                           const int32_t *rowsum, const float *wscale, const qcols_t *qc,
-                                          float *const crow[MR], int nc) {
+                                          float *const crow[MR], int nc, const ep_tile_t *e, const direct_b_t *direct) {
 #define INIT(r) __m512i c##r##0 = first ? _mm512_setzero_si512() : _mm512_load_si512(acc + 32 * r), \
                         c##r##1 = first ? _mm512_setzero_si512() : _mm512_load_si512(acc + 32 * r + 16);
     INIT(0) INIT(1) INIT(2) INIT(3) INIT(4) INIT(5) INIT(6) INIT(7)
-    for (int kq = 0; kq < kc; kq++) {
-        __m512i b0 = _mm512_load_si512(bt), b1 = _mm512_load_si512(bt + 16);
 #define STEP(r) { __m512i av = _mm512_set1_epi32(a[r]); c##r##0 = _mm512_dpbusd_epi32(c##r##0, b0, av); c##r##1 = _mm512_dpbusd_epi32(c##r##1, b1, av); }
-        STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5) STEP(6) STEP(7)
-        a += MR; bt += NR;
+    if (direct) {   // the whole k range (one k block), rows read in place
+        for (int q = 0; q < direct->c4; q++) {
+            const uint32_t *pq = direct->xq + (int64_t)q * direct->plane;
+            for (int t = 0; t < direct->taps; t++) {
+                const uint32_t *src = pq + direct->base[t];
+                __m512i b0 = _mm512_loadu_si512(src), b1 = _mm512_loadu_si512(src + 16);
+                STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5) STEP(6) STEP(7)
+                a += MR;
+            }
+        }
+    } else {
+        for (int kq = 0; kq < kc; kq++) {
+            __m512i b0 = _mm512_load_si512(bt), b1 = _mm512_load_si512(bt + 16);
+            STEP(0) STEP(1) STEP(2) STEP(3) STEP(4) STEP(5) STEP(6) STEP(7)
+            a += MR; bt += NR;
+        }
     }
     if (!last) {
 #define SAVE(r) _mm512_store_si512(acc + 32 * r, c##r##0); _mm512_store_si512(acc + 32 * r + 16, c##r##1);
@@ -362,6 +513,31 @@ AVX512 static void kernel_q8_block_avx512(int kc, const int32_t *a, const uint32
         __m512 f1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(c##r##1, _mm512_mullo_epi32(zp1, rs))); \
         _mm512_mask_storeu_ps(crow[r], m0, _mm512_fmadd_ps(f0, _mm512_mul_ps(ws, s0), _mm512_maskz_loadu_ps(m0, crow[r]))); \
         _mm512_mask_storeu_ps(crow[r] + 16, m1, _mm512_fmadd_ps(f1, _mm512_mul_ps(ws, s1), _mm512_maskz_loadu_ps(m1, crow[r] + 16))); }
+    if (e) {
+        // The fused epilogue in registers (ep_init + the OUT below + ep_finish, the same operations): y is
+        // written once and never read, the start value comes from the bias and the residual.
+        const osk_q8_epilogue *ep = e->ep;
+        const __m512 zero = _mm512_setzero_ps();
+        __m512 lo0 = zero, lo1 = zero, hi0 = zero, hi1 = zero;
+#define OUTE(r) if (r < e->mr) { \
+        __m512 b = _mm512_set1_ps(e->bias ? e->bias[r] : 0.0f), i0 = b, i1 = b; \
+        if (ep->residual) { \
+            const float *res = ep->residual + (int64_t)(e->row0 + r) * e->ldc + e->j0; \
+            i0 = _mm512_maskz_loadu_ps(m0, res); i1 = _mm512_maskz_loadu_ps(m1, res + 16); \
+            if (e->bias) { i0 = _mm512_add_ps(i0, b); i1 = _mm512_add_ps(i1, b); } } \
+        __m512i rs = _mm512_set1_epi32(rowsum[r]); __m512 ws = _mm512_set1_ps(wscale[r]); \
+        __m512 f0 = _mm512_cvtepi32_ps(_mm512_sub_epi32(c##r##0, _mm512_mullo_epi32(zp0, rs))); \
+        __m512 f1 = _mm512_cvtepi32_ps(_mm512_sub_epi32(c##r##1, _mm512_mullo_epi32(zp1, rs))); \
+        __m512 v0 = _mm512_fmadd_ps(f0, _mm512_mul_ps(ws, s0), i0), v1 = _mm512_fmadd_ps(f1, _mm512_mul_ps(ws, s1), i1); \
+        if (ep->relu) { v0 = _mm512_max_ps(v0, zero); v1 = _mm512_max_ps(v1, zero); } \
+        _mm512_mask_storeu_ps(crow[r], m0, v0); _mm512_mask_storeu_ps(crow[r] + 16, m1, v1); \
+        lo0 = _mm512_mask_min_ps(lo0, m0, lo0, v0); lo1 = _mm512_mask_min_ps(lo1, m1, lo1, v1); \
+        hi0 = _mm512_mask_max_ps(hi0, m0, hi0, v0); hi1 = _mm512_mask_max_ps(hi1, m1, hi1, v1); }
+        OUTE(0) OUTE(1) OUTE(2) OUTE(3) OUTE(4) OUTE(5) OUTE(6) OUTE(7)
+#undef OUTE
+        ep_fold_lanes(e, lo0, lo1, hi0, hi1);
+        return;
+    }
     OUT(0) OUT(1) OUT(2) OUT(3) OUT(4) OUT(5) OUT(6) OUT(7)
 #undef INIT
 #undef STEP
@@ -372,7 +548,7 @@ AVX512 static void kernel_q8_block_avx512(int kc, const int32_t *a, const uint32
 /// Output rows (panels p0..<p1) x columns n0..<n1 on AVX-512, blocked as described above.
 static void run_q8_blocked(const geo_t *g, const int32_t *packed, const int32_t *rowsum, const float *wscale,
                            const uint32_t *xq, const float *xscale, const int32_t *xzp, int m, float *y, int64_t ldc,
-                           int64_t n0, int64_t n1, int p0, int p1) {
+                           int64_t n0, int64_t n1, int p0, int p1, const osk_q8_epilogue *ep) {
     const int k4 = (g->c + 3) / 4 * g->taps, kblocks = (k4 + QKC - 1) / QKC;
     tap_t *taps = osk_ws_get(OSK_WS_TAPS, (size_t)QTILES * g->taps * sizeof(tap_t));
     uint32_t *bb = osk_ws_get(OSK_WS_BLOCK, (size_t)QTILES * QKC * NR * sizeof(uint32_t));
@@ -392,10 +568,19 @@ static void run_q8_blocked(const geo_t *g, const int32_t *packed, const int32_t 
                 qc[t].scale[jj] = i >= 0 ? xscale[i] : 0;
             }
         }
+        // Tiles read in place (direct_b_t): one k block, a full tile, every tap contiguous and valid.
+        int direct[QTILES];
+        for (int t = 0; t < tiles; t++) {
+            direct[t] = kblocks == 1 && g->taps <= 16 && nb - t * NR >= NR;
+            for (int k = 0; direct[t] && k < g->taps; k++) {
+                const tap_t *tp = &taps[(size_t)t * g->taps + k];
+                direct[t] = tp->contiguous && tp->valid == 0xffffffffu;
+            }
+        }
         for (int kb = 0; kb < k4; kb += QKC) {
             const int kc = k4 - kb < QKC ? k4 - kb : QKC, first = kb == 0, last = kb + kc == k4;
             for (int t = 0; t < tiles; t++)
-                pack_q8_range_avx512(g, taps + (size_t)t * g->taps, &qc[t], xq, kb, kc, bb + (size_t)t * QKC * NR);
+                if (!direct[t]) pack_q8_range_avx512(g, taps + (size_t)t * g->taps, &qc[t], xq, kb, kc, bb + (size_t)t * QKC * NR);
             for (int p = p0; p < p1; p++) {
                 const int mr = m - p * MR < MR ? m - p * MR : MR;
                 const int32_t *a = packed + ((size_t)p * k4 + kb) * MR;
@@ -405,8 +590,15 @@ static void run_q8_blocked(const geo_t *g, const int32_t *packed, const int32_t 
                     float *crow[MR];
                     for (int r = 0; r < MR; r++) crow[r] = r < mr ? y + (int64_t)(p * MR + r) * ldc + j0 : osk_dummy_rows[r];
                     int32_t *ap = acc ? acc + ((size_t)(p - p0) * QTILES + t) * MR * NR : NULL;
+                    ep_tile_t e;
+                    if (ep && last) e = ep_tile(ep, p, m, j0, nc, g->howo, ldc);
+                    direct_b_t d;
+                    if (direct[t]) {
+                        d.xq = xq; d.plane = g->plane; d.c4 = (g->c + 3) / 4; d.taps = g->taps;
+                        for (int k = 0; k < g->taps; k++) d.base[k] = taps[(size_t)t * g->taps + k].base;
+                    }
                     kernel_q8_block_avx512(kc, a, bb + (size_t)t * QKC * NR, ap, first, last, rowsum + p * MR,
-                                           wscale + p * MR, &qc[t], crow, nc);
+                                           wscale + p * MR, &qc[t], crow, nc, ep && last ? &e : NULL, direct[t] ? &d : NULL);
                 }
             }
         }
@@ -417,7 +609,7 @@ static void run_q8_blocked(const geo_t *g, const int32_t *packed, const int32_t 
 /// Output rows (panels p0..<p1) x columns n0..<n1, one 32-column tile at a time (AVX2 and scalar levels).
 static void run_q8_tiles(int level, const geo_t *g, const int32_t *packed, const int32_t *rowsum, const float *wscale,
                          const uint32_t *xq, const float *xscale, const int32_t *xzp, int m, float *y, int64_t ldc,
-                         int64_t n0, int64_t n1, int p0, int p1) {
+                         int64_t n0, int64_t n1, int p0, int p1, const osk_q8_epilogue *ep) {
     const int k4 = (g->c + 3) / 4 * g->taps;
     uint32_t *bt = osk_ws_get(OSK_WS_TILE, (size_t)k4 * NR * sizeof(uint32_t));
     tap_t *taps = osk_ws_get(OSK_WS_TAPS, (size_t)g->taps * sizeof(tap_t));
@@ -443,12 +635,15 @@ static void run_q8_tiles(int level, const geo_t *g, const int32_t *packed, const
             float *crow[MR];
             for (int r = 0; r < MR; r++) crow[r] = r < mr ? y + (int64_t)(p * MR + r) * ldc + j0 : osk_dummy_rows[r];
             const int32_t *a = packed + (size_t)p * k4 * MR;
+            ep_tile_t e;
+            if (ep) { e = ep_tile(ep, p, m, j0, nc, g->howo, ldc); ep_init(level, &e, crow); }
 #if OSK_X86
-            if (level == OSK_AVX512) kernel_q8_block_avx512(k4, a, bt, NULL, 1, 1, rowsum + p * MR, wscale + p * MR, &qc, crow, nc);
+            if (level == OSK_AVX512) kernel_q8_block_avx512(k4, a, bt, NULL, 1, 1, rowsum + p * MR, wscale + p * MR, &qc, crow, nc, NULL, NULL);
             else if (level == OSK_AVX2) kernel_q8_avx2(k4, a, bt, rowsum + p * MR, wscale + p * MR, &qc, crow, mr, nc);
             else
 #endif
                 kernel_q8_scalar(k4, a, bt, rowsum + p * MR, wscale + p * MR, &qc, crow, mr, nc);
+            if (ep) ep_finish(level, &e, crow);
         }
     }
 }
@@ -474,6 +669,13 @@ void osk_q8_set_unblocked(int on) { __atomic_store_n(&q8_unblocked_flag, on ? 1 
 void osk_conv_q8_part(int level, const osk_conv *conv, const int32_t *packed, const int32_t *rowsum,
                       const float *wscale, const uint32_t *xq, const float *xscale, const int32_t *xzp,
                       int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1, int32_t m0, int32_t m1) {
+    osk_conv_q8_fused(level, conv, packed, rowsum, wscale, xq, xscale, xzp, n, h, w, y, n0, n1, m0, m1, NULL);
+}
+
+void osk_conv_q8_fused(int level, const osk_conv *conv, const int32_t *packed, const int32_t *rowsum,
+                       const float *wscale, const uint32_t *xq, const float *xscale, const int32_t *xzp,
+                       int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1, int32_t m0, int32_t m1,
+                       const osk_q8_epilogue *ep) {
     geo_t g = osk_make_geo(conv, n, h, w);
     const int m = conv->out_channels, panels = (m + MR - 1) / MR;
     const int p0 = m0 / MR, p1 = m1 >= m ? panels : m1 / MR;
@@ -481,11 +683,11 @@ void osk_conv_q8_part(int level, const osk_conv *conv, const int32_t *packed, co
     if (n1 <= n0 || p1 <= p0) return;
 #if OSK_X86
     if (level == OSK_AVX512 && !q8_unblocked()) {
-        run_q8_blocked(&g, packed, rowsum, wscale, xq, xscale, xzp, m, y, ldc, n0, n1, p0, p1);
+        run_q8_blocked(&g, packed, rowsum, wscale, xq, xscale, xzp, m, y, ldc, n0, n1, p0, p1, ep);
         return;
     }
 #endif
-    run_q8_tiles(level, &g, packed, rowsum, wscale, xq, xscale, xzp, m, y, ldc, n0, n1, p0, p1);
+    run_q8_tiles(level, &g, packed, rowsum, wscale, xq, xscale, xzp, m, y, ldc, n0, n1, p0, p1, ep);
 }
 
 void osk_conv_q8(int level, const osk_conv *conv, const int32_t *packed, const int32_t *rowsum,

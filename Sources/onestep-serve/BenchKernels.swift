@@ -27,6 +27,7 @@ enum BenchKernels {
         Shape(name: "sd 1280ch 3x3 @16x16", cin: 1280, cout: 1280, kernel: 3, size: 16),
         Shape(name: "sd attn 320->320 x4096", cin: 320, cout: 320, kernel: 1, size: 64),
         Shape(name: "sd ff 320->2560 x4096", cin: 320, cout: 2560, kernel: 1, size: 64),
+        Shape(name: "taesd 64ch 3x3 @256x256", cin: 64, cout: 64, kernel: 3, size: 256),
     ]
     static let bf16Shapes = [0, 6, 8, 9].map { convShapes[$0] }
     static let fp32Shapes = [6, 9].map { convShapes[$0] }
@@ -76,6 +77,22 @@ enum BenchKernels {
             let g = s.ops / t[0] / 1e9, g0 = s.ops / t[1] / 1e9
             out += row("int8", s) + String(format: "%8.3f %8.1f  %@   %8.3f %8.1f  %@  %6.2fx\n", 1e3 * t[0], g, pct(g, peaks.vnniGops),
                                           1e3 * t[1], g0, pct(g0, peaks.vnniGops), t[1] / t[0])
+            if s.name.hasPrefix("taesd") || s.name == "sd 320ch 3x3 @64x64" {
+                // As TAESD's blocks run it: ReLU and the output range in the epilogue, the input's range known (so
+                // quantizing x only encodes); per-tile column: the unfused call above plus a ReLU pass.
+                let range = FastConv.convFused(x, packed, pool: pool, relu: true, outputRange: true)
+                range.0.release(to: pool)
+                let fused = { FastConv.convFused(x, packed, pool: pool, relu: true, inputRange: range.1, outputRange: true).0.release(to: pool) }
+                let unfused = {
+                    let y = FastConv.conv(x, packed, pool: pool)
+                    FastConv.relu(y.data, count: y.count)
+                    y.release(to: pool)
+                }
+                let f = bestCPU(seconds: seconds, [fused, unfused])
+                let gf = s.ops / f[0] / 1e9, gu = s.ops / f[1] / 1e9
+                out += row("int8+ep", s) + String(format: "%8.3f %8.1f  %@   %8.3f %8.1f  %@  %6.2fx\n", 1e3 * f[0], gf, pct(gf, peaks.vnniGops),
+                                                   1e3 * f[1], gu, pct(gu, peaks.vnniGops), f[1] / f[0])
+            }
             x.release(to: pool)
         }
         for (si, s) in bf16Shapes.enumerated() {

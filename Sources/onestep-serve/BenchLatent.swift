@@ -146,13 +146,16 @@ enum BenchLatent {
     }
 
     /// Best-of-`runs` wall and CPU ms of each part of each pipeline on `threads` cores (a thread team for the UNet
-    /// and decoder, BLAS threads for the text encoder), parts and pipelines interleaved within each run (fp32 part,
+    /// and decoder; OpenBLAS on one thread, as the server runs it), parts and pipelines interleaved within each run (fp32 part,
     /// then int8 part...), so a change of the machine's load hits both precisions alike.
     static func measure(_ pipelines: [(ConvPrecision, TextToImagePipeline)], threads t: Int, runs: Int,
                         peak peaks: inout [Int: Peak]) -> [Row] {
         guard let first = pipelines.first?.1 else { return [] }
+        // One OpenBLAS thread, as the server runs (--threads 1): the team splits our layers, and OpenBLAS threads
+        // nested in the attention heads' concurrentPerform (cross-attention's sgemm) spin-yielded for each other:
+        // the int8 SDXS UNet's cross-attention heads took 223 ms of the caller's CPU on 2 threads against 39 ms on 1.
         let savedBLAS = BLAS.threads
-        BLAS.threads = t
+        BLAS.threads = 1
         defer { BLAS.threads = savedBLAS }
         // 2048^3 for real sizes; the tiny configs (64x64 images, a check of the bench) take a 512^3 one.
         let peakSize = first.defaultSize >= 512 ? 2048 : 512

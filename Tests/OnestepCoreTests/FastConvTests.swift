@@ -325,9 +325,11 @@ final class QuantizeActivationsSplitTests: XCTestCase {
     func testSplitOverPositionsEqualsOneThread() {
         var r = TestRandom(31)
         // (C, N, H, W): odd channel counts (a partial 4-channel word), odd position counts (masked tails), one and
-        // two images, all at least splitQuantizeMinPixels positions so the split path runs on 2 and 3 threads.
-        for (c, n, h, w) in [(5, 1, 67, 71), (64, 1, 64, 64), (3, 1, 80, 81), (8, 2, 70, 70), (1, 1, 64, 65)] {
-            XCTAssertGreaterThanOrEqual(h * w, FastConv.splitQuantizeMinPixels)
+        // two images, all large enough (splitsQuantizationByPositions) that the split path runs on 2 and 3 threads.
+        // (1283, 1, 15, 17): few positions but many channels (splitQuantizeMinValues), as the UNet's inner levels.
+        for (c, n, h, w) in [(5, 1, 67, 71), (64, 1, 64, 64), (3, 1, 80, 81), (8, 2, 70, 70), (1, 1, 64, 65), (1283, 1, 15, 17)] {
+            let a = Activation(viewing: UnsafeMutablePointer<Float>(bitPattern: 64)!, channels: c, batch: n, height: h, width: w)
+            XCTAssertTrue(FastConv.splitsQuantizationByPositions(a), "\(c)x\(n)x\(h)x\(w) must take the split path")
             // Skewed values: image ranges neither symmetric nor holding 0 until widened.
             let x = (0..<(c * n * h * w)).map { i in Float(Int(r.next() % 20001) - 4000) / 1000 + (i % 7 == 0 ? 0.5 : 0) }
             for level in KernelLevel.allCases where level.isSupported {

@@ -109,6 +109,12 @@ final class LatentInt8Tests: XCTestCase {
             XCTAssertGreaterThan(err, 1e-5, "\(name): equal to fp32, so int8 did not run")
             let one = try enc.forward(ids: [rows[3]])
             XCTAssertEqual(one.data, got.slice(first: 3, count: 1).data, "\(name): prompt 3 alone vs in the batch")
+            // Projections split over a team of 2 or 3 threads (token rows) give the same bits.
+            for threads in [2, 3] {
+                XCTAssertEqual(try enc.forward(ids: rows, team: FastConvTests.team(threads)).data.map(\.bitPattern), got.data.map(\.bitPattern),
+                               "\(name): text encoder on a team of \(threads)")
+                XCTAssertEqual(try enc.forward(ids: [rows[3]], team: FastConvTests.team(threads)).data, one.data, "\(name): one prompt on \(threads)")
+            }
             // The bench's in-memory switch gives the written file's bits.
             let float = CLIPTextWeightFile(file: try SafetensorsFile(path: T2IGoldenCase.folder(name) + "/text_encoder/model.safetensors"))
             let inMemory = try CLIPTextModel(config: enc.config, weights: QuantizingWeights(float, selected: LatentInt8.textEncoderCandidates(enc.config)))

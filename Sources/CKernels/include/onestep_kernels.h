@@ -98,6 +98,29 @@ void osk_conv_q8_part(int level, const osk_conv *conv, const int32_t *packed, co
                       const float *wscale, const uint32_t *xq, const float *xscale, const int32_t *xzp,
                       int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1, int32_t m0, int32_t m1);
 
+/// What osk_conv_q8_fused writes instead of y += dequant(conv(xq)): each output y[m][j] is set (y is not read) to
+///   v = fmaf(sum - zp * rowsum, s_w * s_x, init),  init = residual[m][j] + bias[m] | residual | bias[m] | 0
+/// (as prepareOutput's bias fill or residual + bias followed by osk_conv_q8_part), then v = v > 0 ? v : +0 when
+/// `relu`, and each image's min / max of the written values folded into range[2 i], range[2 i + 1] (start them
+/// at 0; the range osk_q8_range would find over the output). Bits equal those separate passes at every level.
+typedef struct {
+    const float *bias;       // (M), or NULL
+    const float *residual;   // laid out like y (row stride N * Ho * Wo), or NULL; may be y itself (y += ...)
+    int32_t relu;
+    float *range;            // (2 N) per image lo, hi, or NULL; not shared between concurrent calls
+} osk_q8_epilogue;
+/// osk_conv_q8_part with the epilogue above (ep NULL: exactly osk_conv_q8_part).
+void osk_conv_q8_fused(int level, const osk_conv *conv, const int32_t *packed, const int32_t *rowsum,
+                       const float *wscale, const uint32_t *xq, const float *xscale, const int32_t *xzp,
+                       int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1, int32_t m0, int32_t m1,
+                       const osk_q8_epilogue *ep);
+
+/// GEGLU (onestep_geglu.c): out[r][j] = proj[r][j] * gelu(proj[inner + r][j]) for rows r < inner and columns
+/// j0..<j1 of (inner, cols) (proj is (2 inner, cols)), gelu with a rational erf (same bits at every level); with
+/// `range` (2 per image, column j in image j / length), each image's min / max of out folded in (start at 0).
+void osk_geglu(int level, const float *proj, int64_t inner, int64_t cols, int64_t j0, int64_t j1, int64_t length,
+               float *out, float *range);
+
 /// A persistent team of threads splitting one job into chunks (onestep_team.c): every thread, the caller
 /// included, claims the next chunk until none is left; helpers spin briefly after a job, then park. One caller
 /// at a time per team.

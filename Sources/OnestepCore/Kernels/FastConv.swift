@@ -163,36 +163,109 @@ public enum FastConv {
     public static func conv(_ x: Activation, _ w: PackedConvInt8, upsample: Bool = false, pool: BufferPool,
                             accumulateInto existing: Activation? = nil, level: KernelLevel = .best,
                             team: ThreadTeam? = nil) -> Activation {
-        let g = cGeometry(w.geometry, upsample: upsample)
         precondition(x.channels == w.geometry.inChannels, "conv: input has \(x.channels) channels, needs \(w.geometry.inChannels)")
         precondition(level.isSupported, "conv: kernel level \(level) not supported on this CPU")
         let y = prepareOutput(x, w.geometry, bias: w.bias, upsample: upsample, pool: pool, existing: existing)
+        runInt8(x, w, upsample: upsample, into: y, pool: pool, inputRange: nil, epilogue: nil, level: level, team: team)
+        return y
+    }
+
+    /// The int8 convolution with its output passes fused into the kernel's tiles (osk_conv_q8_fused):
+    /// y = conv(x) + bias (+ `residual`), then ReLU when `relu`, written once; the same bits as `conv` (with
+    /// `accumulateInto: residual` copy) followed by `relu` and a range pass. `inputRange` is x's per-image
+    /// (lo, hi) when a previous fused conv measured it (`outputRange`), so quantizing x skips its range pass.
+    /// Returns y and, with `outputRange`, y's per-image ranges ([lo0, hi0, lo1, hi1, ...], each holding 0).
+    /// TAESD's 64-channel convs at 512x512 were bound by those passes over 67 MB outputs, and they ran on one
+    /// thread while the kernel ran on all.
+    /// `into` receives y instead of a new activation from the pool (it may also be the `residual`: y += conv);
+    /// `bias` is the bias of a layer packed without one (a projection's), instead of w's.
+    public static func convFused(_ x: Activation, _ w: PackedConvInt8, upsample: Bool = false, pool: BufferPool,
+                                 into target: Activation? = nil, residual: Activation? = nil, bias extraBias: [Float]? = nil,
+                                 relu: Bool, inputRange: [Float]? = nil, outputRange: Bool,
+                                 level: KernelLevel = .best, team: ThreadTeam? = nil) -> (Activation, [Float]?) {
+        precondition(x.channels == w.geometry.inChannels, "conv: input has \(x.channels) channels, needs \(w.geometry.inChannels)")
+        precondition(level.isSupported, "conv: kernel level \(level) not supported on this CPU")
+        precondition(inputRange == nil || inputRange!.count == 2 * x.batch, "conv: input range needs 2 values per image")
+        precondition(extraBias == nil || w.bias == nil, "conv: a bias given for a layer packed with one")
+        let h = upsample ? 2 * x.height : x.height, wd = upsample ? 2 * x.width : x.width
+        let ho = w.geometry.outputHeight(h), wo = w.geometry.outputWidth(wd)
+        let y = target ?? Activation(pool: pool, channels: w.geometry.outChannels, batch: x.batch, height: ho, width: wo)
+        for a in [target, residual].compactMap({ $0 }) {
+            precondition(a.channels == w.geometry.outChannels && a.batch == x.batch && a.height == ho && a.width == wo,
+                         "conv: output or residual has the wrong shape")
+        }
+        let threads = team?.threads ?? 1, slots = 2 * x.batch * threads
+        let ranges = outputRange ? pool.acquire(slots) : nil
+        ranges?.initialize(repeating: 0, count: slots)
+        defer { if let ranges { pool.release(ranges, count: slots) } }
+        (w.bias ?? extraBias).withOptionalPointer { bias in
+            let epilogue = FusedEpilogue(bias: bias, residual: residual.map { UnsafePointer($0.data) },
+                                         relu: relu, ranges: ranges, imageCount: x.batch)
+            inputRange.withOptionalPointer { ir in
+                runInt8(x, w, upsample: upsample, into: y, pool: pool, inputRange: ir, epilogue: epilogue, level: level, team: team)
+            }
+        }
+        guard let ranges else { return (y, nil) }
+        var out = [Float](repeating: 0, count: 2 * x.batch)
+        for t in 0..<threads {
+            for i in 0..<x.batch {
+                out[2 * i] = min(out[2 * i], ranges[t * 2 * x.batch + 2 * i])
+                out[2 * i + 1] = max(out[2 * i + 1], ranges[t * 2 * x.batch + 2 * i + 1])
+            }
+        }
+        return (y, out)
+    }
+
+    /// Pointers of a fused epilogue; `ranges` has 2 * imageCount floats per team thread.
+    struct FusedEpilogue: @unchecked Sendable {
+        let bias: UnsafePointer<Float>?
+        let residual: UnsafePointer<Float>?
+        let relu: Bool
+        let ranges: UnsafeMutablePointer<Float>?
+        let imageCount: Int
+    }
+
+    /// Quantizes x and runs the int8 kernel over the (rows, columns) grid split between the team's threads,
+    /// accumulating onto y (epilogue nil) or writing y through the fused epilogue.
+    static func runInt8(_ x: Activation, _ w: PackedConvInt8, upsample: Bool, into y: Activation, pool: BufferPool,
+                        inputRange: UnsafePointer<Float>?, epilogue: FusedEpilogue?, level: KernelLevel, team: ThreadTeam?) {
+        let g = cGeometry(w.geometry, upsample: upsample)
         let c4 = (x.channels + 3) / 4, qCount = c4 * x.batch * x.pixels
         // Activation codes [C4][N*H*W] (4 channels per word) and per-image (scale, zero point), from the pool.
         let qBuffer = pool.acquire(qCount), params = pool.acquire(2 * x.batch)
         defer { pool.release(qBuffer, count: qCount); pool.release(params, count: 2 * x.batch) }
-        nonisolated(unsafe) let xp = x.data, yp = y.data
+        nonisolated(unsafe) let yp = y.data
         nonisolated(unsafe) let xq = UnsafeMutableRawPointer(qBuffer).assumingMemoryBound(to: UInt32.self)
         nonisolated(unsafe) let xs = params
         nonisolated(unsafe) let xz = UnsafeMutableRawPointer(params + x.batch).assumingMemoryBound(to: Int32.self)
         let n = Int32(x.batch), h = Int32(x.height), wd = Int32(x.width)
-        quantizeActivations(x, codes: xq, scales: xs, zeroPoints: xz, level: level, team: team)
+        quantizeActivations(x, codes: xq, scales: xs, zeroPoints: xz, knownRange: inputRange, level: level, team: team)
         w.codes.withUnsafeBufferPointer { a in
             w.rowSums.withUnsafeBufferPointer { rs in
                 w.scales.withUnsafeBufferPointer { sc in
                     nonisolated(unsafe) let ap = a.baseAddress!, rsp = rs.baseAddress!, scp = sc.baseAddress!
                     let grid = int8Grid(rows: w.geometry.outChannels, columns: y.columns, threads: team?.threads ?? 1)
-                    forEachRange(grid.rowParts * grid.columnParts, granule: 1, team: grid.rowParts * grid.columnParts > 1 ? team : nil) { c0, c1 in
+                    let cells = grid.rowParts * grid.columnParts
+                    forEachPart(cells, granule: 1, team: cells > 1 ? team : nil) { worker, c0, c1 in
+                        var ep = epilogue.map {
+                            osk_q8_epilogue(bias: $0.bias, residual: $0.residual, relu: $0.relu ? 1 : 0,
+                                            range: $0.ranges.map { $0 + worker * 2 * Int(n) })
+                        }
                         for cell in c0..<c1 {
                             let (m0, m1) = grid.rows(cell / grid.columnParts), (n0, n1) = grid.columns(cell % grid.columnParts)
                             var gc = g
-                            osk_conv_q8_part(level.rawValue, &gc, ap, rsp, scp, xq, xs, xz, n, h, wd, yp, Int64(n0), Int64(n1), Int32(m0), Int32(m1))
+                            if ep != nil {
+                                osk_conv_q8_fused(level.rawValue, &gc, ap, rsp, scp, xq, xs, xz, n, h, wd, yp, Int64(n0), Int64(n1),
+                                                  Int32(m0), Int32(m1), &ep!)
+                            } else {
+                                osk_conv_q8_part(level.rawValue, &gc, ap, rsp, scp, xq, xs, xz, n, h, wd, yp, Int64(n0), Int64(n1),
+                                                 Int32(m0), Int32(m1))
+                            }
                         }
                     }
                 }
             }
         }
-        return y
     }
 
     /// Quantizes x (C, N, H, W) for the int8 conv: codes [C4][N*H*W] (4 channels per word) and one (scale, zero
@@ -200,12 +273,29 @@ public enum FastConv {
     /// threads; with fewer (one image on two cores) each image's positions are split instead, range first and
     /// codes second, which gives the same bits: the range is a min / max, exact in any order. Before the split a
     /// batch of 1 quantized on one thread while the other waited (5% of the int8 SDXS UNet, 12% of TAESD).
+    /// `knownRange` (lo, hi per image, as osk_q8_range finds them) skips the range pass.
     public static func quantizeActivations(_ x: Activation, codes xq: UnsafeMutablePointer<UInt32>, scales: UnsafeMutablePointer<Float>,
-                                           zeroPoints: UnsafeMutablePointer<Int32>, level: KernelLevel = .best, team: ThreadTeam?) {
+                                           zeroPoints: UnsafeMutablePointer<Int32>, knownRange: UnsafePointer<Float>? = nil,
+                                           level: KernelLevel = .best, team: ThreadTeam?) {
         nonisolated(unsafe) let xp = x.data, q = xq, xs = scales, xz = zeroPoints
         let c = Int32(x.channels), n = Int32(x.batch), hw = Int32(x.pixels)
         let threads = team?.threads ?? 1
-        guard threads > 1, x.batch < threads, x.pixels >= splitQuantizeMinPixels else {
+        if let knownRange {
+            for i in 0..<x.batch { osk_q8_set_params(knownRange[2 * i], knownRange[2 * i + 1], xs + i, xz + i) }
+            if threads > 1, x.batch < threads, splitsQuantizationByPositions(x) {
+                for i in 0..<n {
+                    forEachRange(x.pixels, granule: 16, team: team) { j0, j1 in
+                        osk_q8_encode(level.rawValue, xp, c, n, hw, i, Int32(j0), Int32(j1), q, xs, xz)
+                    }
+                }
+            } else {
+                forEachRange(x.batch, granule: 1, team: team) { i0, i1 in
+                    for i in Int32(i0)..<Int32(i1) { osk_q8_encode(level.rawValue, xp, c, n, hw, i, 0, hw, q, xs, xz) }
+                }
+            }
+            return
+        }
+        guard threads > 1, x.batch < threads, splitsQuantizationByPositions(x) else {
             forEachRange(x.batch, granule: 1, team: team) { i0, i1 in
                 osk_q8_quantize(level.rawValue, xp, c, n, hw, Int32(i0), Int32(i1), q, xs, xz)
             }
@@ -229,9 +319,43 @@ public enum FastConv {
         }
     }
 
-    /// Positions per image below which a batch smaller than the team is still quantized image by image: a
-    /// 32x32 map (1024 positions) costs less than waking the team twice.
+    /// GEGLU, out (I, cols) = a * gelu(gate) with proj (2I, cols) = [a; gate] (onestep_geglu.c, erf by a rational
+    /// approximation, LatentReference.geglu its reference), columns split over the team; cols = images x `length`.
+    /// With `range`, returns out's per-image (lo, hi) as FastConv.convFused's `inputRange` takes it. The Swift loop
+    /// it replaces (erff per value, one thread) was 6% of the int8 SDXS UNet on one thread.
+    public static func geglu(_ proj: UnsafePointer<Float>, inner: Int, columns cols: Int, length: Int, out: UnsafeMutablePointer<Float>,
+                             range: Bool, level: KernelLevel = .best, team: ThreadTeam? = nil) -> [Float]? {
+        precondition(length > 0 && cols % length == 0, "geglu: \(cols) columns are not whole images of \(length)")
+        let images = cols / length, threads = team?.threads ?? 1
+        let slots = range ? UnsafeMutablePointer<Float>.allocate(capacity: 2 * images * threads) : nil
+        slots?.initialize(repeating: 0, count: 2 * images * threads)
+        defer { slots?.deallocate() }
+        nonisolated(unsafe) let pp = proj, op = out, sp = slots
+        forEachPart(cols, granule: 16, team: team) { worker, j0, j1 in
+            osk_geglu(level.rawValue, pp, Int64(inner), Int64(cols), Int64(j0), Int64(j1), Int64(length), op,
+                      sp.map { $0 + worker * 2 * images })
+        }
+        guard let slots else { return nil }
+        var r = [Float](repeating: 0, count: 2 * images)
+        for t in 0..<threads {
+            for i in 0..<images {
+                r[2 * i] = min(r[2 * i], slots[t * 2 * images + 2 * i])
+                r[2 * i + 1] = max(r[2 * i + 1], slots[t * 2 * images + 2 * i + 1])
+            }
+        }
+        return r
+    }
+
+    /// Positions per image from which a batch smaller than the team has each image's positions split; below it a
+    /// 32x32 map of few channels costs less than waking the team twice.
     public static let splitQuantizeMinPixels = 4096
+    /// Values per image (channels x positions) from which the positions are split even on smaller maps: the SDXS
+    /// UNet's 640 x 32x32 and 1280 x 16x16 activations (0.3-0.7 M values) were quantized on one thread.
+    public static let splitQuantizeMinValues = 1 << 18
+
+    static func splitsQuantizationByPositions(_ x: Activation) -> Bool {
+        x.pixels >= splitQuantizeMinPixels || (x.channels * x.pixels >= splitQuantizeMinValues && x.pixels >= 64)
+    }
 
     /// C (M, cols) += A (M, K) * B (K, cols), all row-major, A packed by `PackedGemmF32`; columns n0..<n1.
     /// A `team` splits the columns between its threads (each column's sum is the same chain either way).
@@ -697,5 +821,13 @@ extension FastConv {
                                   beta1: Float, beta2: Float, stepSize: Float, sqrtBiasCorrection2: Float, epsilon: Float,
                                   level: KernelLevel = .best) {
         osk_adam_update(level.rawValue, w, g, m, v, Int64(count), clip, beta1, beta2, stepSize, sqrtBiasCorrection2, epsilon)
+    }
+}
+
+extension Optional where Wrapped == [Float] {
+    /// Calls body with a pointer to the array's floats, or nil.
+    func withOptionalPointer<R>(_ body: (UnsafePointer<Float>?) -> R) -> R {
+        guard let a = self else { return body(nil) }
+        return a.withUnsafeBufferPointer { body($0.baseAddress) }
     }
 }

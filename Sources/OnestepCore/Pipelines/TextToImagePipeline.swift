@@ -88,8 +88,11 @@ public struct TextToImagePipeline: Sendable {
     // MARK: generation
 
     /// prompt_embeds (N, 77, D) for `prompts`: tokenizer (padded to 77) then the text encoder's last_hidden_state.
+    /// int8 projections split over the calling thread's team (a server worker's pool), else over `threads`
+    /// (a team made for the call); same bytes either way.
     public func encode(_ prompts: [String]) throws -> Tensor {
-        try textEncoder.forward(ids: tokenizer.encode(prompts))
+        let team = BufferPool.forCurrentThread.team ?? (threads > 1 ? ThreadTeam(threads: threads) : nil)
+        return try textEncoder.forward(ids: tokenizer.encode(prompts), team: team)
     }
 
     /// The sampler with a pipeline `eta` applied: TCDScheduler takes it (nil keeps its 0.3 default), DDIMScheduler

@@ -117,7 +117,9 @@ public struct CLIPTextModel: Sendable {
     /// same length; the tokenizer gives 77).
     /// - Throws: CLIPTextInputError for an empty batch, rows of different lengths, too long rows or ids outside
     ///   the vocabulary.
-    public func forward(ids: [[Int]]) throws -> Tensor {
+    /// A `team` splits each int8 projection's token rows between its threads (rows are quantized one by one, so
+    /// the bytes are the same on any team size); fp32 projections use OpenBLAS's own threads.
+    public func forward(ids: [[Int]], team: ThreadTeam? = nil) throws -> Tensor {
         guard let l = ids.first?.count, l > 0 else { throw CLIPTextInputError(problem: "no token ids: pass at least one prompt of at least one token") }
         guard ids.allSatisfy({ $0.count == l }) else { throw CLIPTextInputError(problem: "prompts have different token counts; pad them to one length") }
         guard l <= config.maxPositionEmbeddings else {
@@ -139,7 +141,7 @@ public struct CLIPTextModel: Sendable {
             }
             let work = CLIPTextWorkspace(tokens: n, length: l, width: d, intermediate: config.intermediateSize)
             defer { work.free() }
-            for layer in layers { run(layer, x: xp.baseAddress!, batch: b, length: l, work: work) }
+            for layer in layers { run(layer, x: xp.baseAddress!, batch: b, length: l, work: work, team: team) }
             finalNormWeight.data.withUnsafeBufferPointer { g in finalNormBias.data.withUnsafeBufferPointer { be in
                 LayerNorm.forward(x: xp.baseAddress!, rows: n, width: d, eps: config.layerNormEps,
                                   gamma: g.baseAddress!, beta: be.baseAddress!, y: xp.baseAddress!)
@@ -149,47 +151,48 @@ public struct CLIPTextModel: Sendable {
     }
 
     /// One pre-LN encoder layer, x (B*L, D) updated in place.
-    func run(_ layer: Layer, x: UnsafeMutablePointer<Float>, batch b: Int, length l: Int, work w: CLIPTextWorkspace) {
+    func run(_ layer: Layer, x: UnsafeMutablePointer<Float>, batch b: Int, length l: Int, work w: CLIPTextWorkspace,
+             team: ThreadTeam? = nil) {
         let n = b * l, d = config.hiddenSize, eps = config.layerNormEps
         layer.norm1Weight.data.withUnsafeBufferPointer { g in layer.norm1Bias.data.withUnsafeBufferPointer { be in
             LayerNorm.forward(x: x, rows: n, width: d, eps: eps, gamma: g.baseAddress!, beta: be.baseAddress!, y: w.h)
         } }
-        linear(layer.q, w.h, rows: n, length: l, into: w.q)
-        linear(layer.k, w.h, rows: n, length: l, into: w.k)
-        linear(layer.v, w.h, rows: n, length: l, into: w.v)
+        linear(layer.q, w.h, rows: n, length: l, into: w.q, team: team)
+        linear(layer.k, w.h, rows: n, length: l, into: w.k, team: team)
+        linear(layer.v, w.h, rows: n, length: l, into: w.v, team: team)
         CausalSelfAttention.forward(q: w.q, k: w.k, v: w.v, batch: b, length: l, channels: d,
                                     heads: config.numAttentionHeads, out: w.h, scratch: w.scores)
-        linear(layer.out, w.h, rows: n, length: l, into: x, accumulate: true)  // residual
+        linear(layer.out, w.h, rows: n, length: l, into: x, accumulate: true, team: team)  // residual
         layer.norm2Weight.data.withUnsafeBufferPointer { g in layer.norm2Bias.data.withUnsafeBufferPointer { be in
             LayerNorm.forward(x: x, rows: n, width: d, eps: eps, gamma: g.baseAddress!, beta: be.baseAddress!, y: w.h)
         } }
-        linear(layer.fc1, w.h, rows: n, length: l, into: w.mlp)
+        linear(layer.fc1, w.h, rows: n, length: l, into: w.mlp, team: team)
         switch config.hiddenAct {
         case .quickGELU: GELU.quick(w.mlp, count: n * config.intermediateSize)
         case .gelu: GELU.exact(w.mlp, count: n * config.intermediateSize)
         }
-        linear(layer.fc2, w.mlp, rows: n, length: l, into: x, accumulate: true)  // residual
+        linear(layer.fc2, w.mlp, rows: n, length: l, into: x, accumulate: true, team: team)  // residual
     }
 
     /// y (rows, out) (+)= x (rows, in) W^T + b: one sgemm per prompt of `length` rows (or over all rows when
     /// not batchInvariant). With `accumulate` the product is added to y (the residual), as torch's r + (x W^T + b).
     func linear(_ layer: LinearLayer, _ x: UnsafePointer<Float>, rows n: Int, length l: Int,
-                into y: UnsafeMutablePointer<Float>, accumulate: Bool = false) {
+                into y: UnsafeMutablePointer<Float>, accumulate: Bool = false, team: ThreadTeam? = nil) {
         let chunk = batchInvariant ? l : n, inF = layer.weight.shape[1], outF = layer.weight.shape[0]
         for start in stride(from: 0, to: n, by: chunk) {
-            Self.linear(layer, x + start * inF, rows: chunk, into: y + start * outF, accumulate: accumulate)
+            Self.linear(layer, x + start * inF, rows: chunk, into: y + start * outF, accumulate: accumulate, team: team)
         }
     }
 
     static func linear(_ layer: LinearLayer, _ x: UnsafePointer<Float>, rows: Int, into y: UnsafeMutablePointer<Float>,
-                       accumulate: Bool) {
+                       accumulate: Bool, team: ThreadTeam? = nil) {
         let outF = layer.weight.shape[0], inF = layer.weight.shape[1]
         if let q = layer.packedRows8 {
             // int8 (stored codes): each token row quantized alone, so batching cannot change its bits; bias inside.
-            guard accumulate else { FastConv.linear(x, rows: rows, q, into: y); return }
+            guard accumulate else { FastConv.linear(x, rows: rows, q, into: y, team: team); return }
             let t = UnsafeMutablePointer<Float>.allocate(capacity: rows * outF)
             defer { t.deallocate() }
-            FastConv.linear(x, rows: rows, q, into: t)
+            FastConv.linear(x, rows: rows, q, into: t, team: team)
             for j in 0..<(rows * outF) { y[j] += t[j] }
             return
         }

@@ -9,21 +9,23 @@ public enum LatentKernels {
     /// y (C, cols) = LayerNorm over the C values of each column, * gamma[c] + beta[c] (torch.nn.LayerNorm(C) on
     /// the token-major view; biased variance). Statistics in double, per column in a fixed order, so a column's
     /// result does not depend on the others. `scratch` holds 4*cols floats. y must not alias x.
-    public static func layerNormChannels(_ x: UnsafePointer<Float>, channels c: Int, columns cols: Int,
+    /// `ld` is the row stride of x and y (default `cols`), so a thread can take a range of columns.
+    public static func layerNormChannels(_ x: UnsafePointer<Float>, channels c: Int, columns cols: Int, ld: Int? = nil,
                                          gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, eps: Float,
                                          y: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>) {
+        let ld = ld ?? cols
         scratch.withMemoryRebound(to: Double.self, capacity: 2 * cols) { s in
             let mean = s, rstd = s + cols
             mean.update(repeating: 0, count: cols)
             rstd.update(repeating: 0, count: cols)
             for r in 0..<c {
-                let row = x + r * cols
+                let row = x + r * ld
                 for j in 0..<cols { mean[j] += Double(row[j]) }
             }
             let invC = 1 / Double(c)
             for j in 0..<cols { mean[j] *= invC }
             for r in 0..<c {
-                let row = x + r * cols
+                let row = x + r * ld
                 for j in 0..<cols {
                     let d = Double(row[j]) - mean[j]
                     rstd[j] += d * d
@@ -31,21 +33,17 @@ public enum LatentKernels {
             }
             for j in 0..<cols { rstd[j] = 1 / (rstd[j] * invC + Double(eps)).squareRoot() }
             for r in 0..<c {
-                let row = x + r * cols, out = y + r * cols, g = gamma[r], b = beta[r]
+                let row = x + r * ld, out = y + r * ld, g = gamma[r], b = beta[r]
                 for j in 0..<cols { out[j] = Float((Double(row[j]) - mean[j]) * rstd[j]) * g + b }
             }
         }
     }
 
-    /// GELU, exact form (torch F.gelu, approximate="none"): 0.5 x (1 + erf(x / sqrt 2)).
-    @inline(__always)
-    public static func gelu(_ x: Float) -> Float { 0.5 * x * (1 + Foundation.erf(x * 0.70710678118654752)) }
-
     /// out (I, cols) = a (I, cols) * gelu(gate (I, cols)), where proj (2I, cols) = [a; gate] (diffusers GEGLU:
     /// hidden_states, gate = proj(x).chunk(2, dim=-1)).
+    /// One thread; the runner calls FastConv.geglu (team split, output range) directly.
     public static func geglu(_ proj: UnsafePointer<Float>, inner: Int, columns cols: Int, out: UnsafeMutablePointer<Float>) {
-        let n = inner * cols, gate = proj + n
-        for j in 0..<n { out[j] = proj[j] * gelu(gate[j]) }
+        _ = FastConv.geglu(proj, inner: inner, columns: cols, length: max(cols, 1), out: out, range: false)
     }
 
     /// Floats of scratch `crossAttentionHead` needs.

@@ -104,6 +104,9 @@ private struct Walk {
     var current: Activation
     var skips: [Activation] = []
     var holders: [UnsafeMutablePointer<Float>: Int] = [:]
+    /// Per image (lo, hi) of `current`'s values when the fused conv that wrote it measured them (nil otherwise),
+    /// so the next int8 conv skips its range pass.
+    var currentRange: [Float]?
     var temb: (UnsafeMutablePointer<Float>, Int, Int)?   // silu(temb) (T, N)
     var context: LatentContext?
     var w: LatentWeights { runner.weights }
@@ -153,8 +156,16 @@ private struct Walk {
     }
 
     mutating func step(_ step: LatentStep) {
+        let inputRange = currentRange
+        currentRange = nil   // every step but the fused convs below changes `current` without measuring it
         switch step {
-        case .conv(let s, let up): replace(with: timed("conv") { conv(current, s, up) })
+        case .conv(let s, let up):
+            if let (y, range) = timed("conv", { fusedConv(current, s, up, inputRange: inputRange) }) {
+                replace(with: y)
+                currentRange = range
+            } else {
+                replace(with: timed("conv") { conv(current, s, up) })
+            }
         case .resnet(let r): replace(with: timed("resnet") { resnet(current, r) })
         case .transformer(let t): replace(with: transformer(current, t))
         case .spatialAttention(let s):
@@ -165,7 +176,10 @@ private struct Walk {
             hn.release(to: pool)
             if s.rescaleOutputFactor != 1 { scale(out, by: 1 / s.rescaleOutputFactor, shift: 0) }
             replace(with: out)
-        case .tinyBlock(let b): replace(with: timed("tiny block") { tinyBlock(current, b) })
+        case .tinyBlock(let b):
+            let (y, range) = timed("tiny block") { tinyBlock(current, b, inputRange: inputRange) }
+            replace(with: y)
+            currentRange = range
         case .pushSkip:
             skips.append(current)
             holders[current.data, default: 0] += 1
@@ -218,6 +232,24 @@ private struct Walk {
         return y
     }
 
+    /// An int8 convolution with bias, residual, ReLU and its output's range fused into the kernel's tiles
+    /// (FastConv.convFused; same bits as conv + copy + relu + range passes), or nil when the layer runs fp32 or
+    /// its input must be resized first. `inputRange` is x's range when the conv that wrote x measured it.
+    func fusedConv(_ x: Activation, _ s: ConvSpec, _ up: Upsampling = .none, residual: Activation? = nil, relu: Bool = false,
+                   inputRange: [Float]?) -> (Activation, [Float]?)? {
+        guard case .int8(let p) = w.conv(s) else { return nil }
+        let upsample: Bool
+        switch up {
+        case .none: upsample = false
+        case .double: upsample = true
+        case .toSkip:
+            guard skips.last!.height == 2 * x.height && skips.last!.width == 2 * x.width else { return nil }
+            upsample = true
+        }
+        return FastConv.convFused(x, p, upsample: upsample, pool: pool, residual: residual, relu: relu, inputRange: inputRange,
+                                  outputRange: true, team: team)
+    }
+
     /// One packed convolution, fp32 or int8 (activations quantized per image inside FastConv.conv).
     func run(_ packed: LatentConv, _ x: Activation, upsample: Bool, accumulate: Activation?) -> Activation {
         switch packed {
@@ -243,7 +275,15 @@ private struct Walk {
         } else {
             ChannelMajor.groupNorm(h1, w.norm(r.norm2), silu: true, into: h1.data)
         }
-        // out = shortcut(x) + conv2(h1): the residual is written first and conv2 accumulates onto it.
+        // out = shortcut(x) + conv2(h1): int8 conv2 adds the residual in its epilogue; fp32 accumulates onto a copy.
+        if case .int8 = w.conv(r.conv2) {
+            let shortcut = r.shortcut.map { conv(x, $0) }
+            let (out, _) = fusedConv(h1, r.conv2, residual: shortcut ?? x, inputRange: nil)!
+            shortcut?.release(to: pool)
+            h1.release(to: pool)
+            if r.outputScaleFactor != 1 { scale(out, by: 1 / r.outputScaleFactor, shift: 0) }
+            return out
+        }
         let residual = r.shortcut.map { conv(x, $0) } ?? copy(x)
         let out = conv(h1, r.conv2, accumulate: residual)
         h1.release(to: pool)
@@ -269,22 +309,50 @@ private struct Walk {
             let inner = b.ffOut.inFeatures
             let proj = pool.acquire(2 * inner * cols), gated = pool.acquire(inner * cols)
             timed("ff projections") { project(w.linear(b.ffIn), tmp.data, batch: n, columns: cols, into: proj, accumulate: false) }
-            timed("geglu") { LatentKernels.geglu(proj, inner: inner, columns: cols, out: gated) }
+            // The range feeds an int8 ff.net.2's quantization (no range pass over the 4C x L gated activations).
+            let gatedRange = timed("geglu") {
+                FastConv.geglu(proj, inner: inner, columns: cols, length: l, out: gated, range: w.linear(b.ffOut).int8 != nil, team: team)
+            }
             pool.release(proj, count: 2 * inner * cols)
-            timed("ff projections") { project(w.linear(b.ffOut), gated, batch: n, columns: cols, into: h.data, accumulate: true) }
+            timed("ff projections") {
+                project(w.linear(b.ffOut), gated, batch: n, columns: cols, into: h.data, accumulate: true, inputRange: gatedRange)
+            }
             pool.release(gated, count: inner * cols)
         }
         pool.release(stats, count: 4 * cols)
         tmp.release(to: pool)
-        let out = copy(x)   // residual; proj_out accumulates onto it
-        project(w.linear(t.projOut), h.data, batch: n, columns: cols, into: out.data, accumulate: true)
+        // out = x + proj_out(h): an int8 proj_out adds x in its epilogue; fp32 accumulates onto a copy of x.
+        let out: Activation
+        if let q = w.linear(t.projOut).int8 {
+            out = like(x)
+            let ha = Activation(viewing: h.data, channels: h.channels, batch: n, height: 1, width: l)
+            let oa = Activation(viewing: out.data, channels: c, batch: n, height: 1, width: l)
+            let xa = Activation(viewing: x.data, channels: c, batch: n, height: 1, width: l)
+            _ = FastConv.convFused(ha, q, pool: pool, into: oa, residual: xa, bias: w.linear(t.projOut).bias, relu: false,
+                                   outputRange: false, team: team)
+        } else {
+            out = copy(x)
+            project(w.linear(t.projOut), h.data, batch: n, columns: cols, into: out.data, accumulate: true)
+        }
         h.release(to: pool)
         precondition(out.channels == c)
         return out
     }
 
-    /// AutoencoderTinyBlock. Keeps x.
-    func tinyBlock(_ x: Activation, _ b: TinyBlockSpec) -> Activation {
+    /// AutoencoderTinyBlock. Keeps x. int8 blocks run fused (ReLU, residual and ranges in the conv epilogues,
+    /// each conv's input range from the previous conv: no pass over the 64-channel maps outside the kernels) and
+    /// return their output's range.
+    func tinyBlock(_ x: Activation, _ b: TinyBlockSpec, inputRange: [Float]?) -> (Activation, [Float]?) {
+        if b.convs.allSatisfy({ w.conv($0).isInt8 }) {
+            let (a, ra) = fusedConv(x, b.convs[0], relu: true, inputRange: inputRange)!
+            let (a2, ra2) = fusedConv(a, b.convs[1], relu: true, inputRange: ra)!
+            a.release(to: pool)
+            let skip = b.skip.map { conv(x, $0) }
+            let (out, range) = fusedConv(a2, b.convs[2], residual: skip ?? x, relu: true, inputRange: ra2)!
+            skip?.release(to: pool)
+            a2.release(to: pool)
+            return (out, range)
+        }
         let a = conv(x, b.convs[0])
         relu(a)
         let a2 = conv(a, b.convs[1])
@@ -294,7 +362,7 @@ private struct Walk {
         let out = conv(a2, b.convs[2], accumulate: residual)
         a2.release(to: pool)
         relu(out)
-        return out
+        return (out, nil)
     }
 
     func layerNorm(_ x: UnsafePointer<Float>, _ s: NormSpec, columns cols: Int, into y: UnsafeMutablePointer<Float>,
@@ -302,8 +370,13 @@ private struct Walk {
         let layer = w.norm(s)
         layer.gamma.data.withUnsafeBufferPointer { g in
             layer.beta.data.withUnsafeBufferPointer { b in
-                LatentKernels.layerNormChannels(x, channels: s.channels, columns: cols, gamma: g.baseAddress!, beta: b.baseAddress!,
-                                                eps: s.eps, y: y, scratch: scratch)
+                // Columns (tokens) are independent: split over the team, same arithmetic per column.
+                nonisolated(unsafe) let xp = x, yp = y, sp = scratch, gp = g.baseAddress!, bp = b.baseAddress!
+                let c = s.channels, eps = s.eps
+                FastConv.forEachRange(cols, granule: 16, team: team) { j0, j1 in
+                    LatentKernels.layerNormChannels(xp + j0, channels: c, columns: j1 - j0, ld: cols, gamma: gp, beta: bp,
+                                                    eps: eps, y: yp + j0, scratch: sp + 4 * j0)
+                }
             }
         }
     }
@@ -311,17 +384,22 @@ private struct Walk {
     /// y (out, cols) = W x (in, cols) + b, or y += that when `accumulate`; cols = n images x L columns each.
     /// Columns split between threads. An int8 projection quantizes x per image (its L columns, all channels),
     /// so an image's result does not depend on its batch neighbours.
-    func project(_ l: PackedLinear, _ x: UnsafePointer<Float>, batch n: Int, columns cols: Int, into y: UnsafeMutablePointer<Float>, accumulate: Bool) {
-        for r in 0..<l.outFeatures {
-            let row = y + r * cols, bv = l.bias?[r] ?? 0
-            if accumulate { if bv != 0 { for j in 0..<cols { row[j] += bv } } } else { row.update(repeating: bv, count: cols) }
-        }
+    /// `inputRange`: x's per-image (lo, hi) when known (int8 projections then skip the range pass).
+    func project(_ l: PackedLinear, _ x: UnsafePointer<Float>, batch n: Int, columns cols: Int, into y: UnsafeMutablePointer<Float>, accumulate: Bool,
+                 inputRange: [Float]? = nil) {
         if let q = l.int8 {
+            // Bias and the accumulated y are added in the kernel's epilogue (split over the team), not by a
+            // serial pass over y first; same bits.
             precondition(cols % n == 0, "project: \(cols) columns do not split into \(n) images")
             let xa = Activation(viewing: UnsafeMutablePointer(mutating: x), channels: l.inFeatures, batch: n, height: 1, width: cols / n)
             let ya = Activation(viewing: y, channels: l.outFeatures, batch: n, height: 1, width: cols / n)
-            _ = FastConv.conv(xa, q, pool: pool, accumulateInto: ya, team: team)
+            _ = FastConv.convFused(xa, q, pool: pool, into: ya, residual: accumulate ? ya : nil, bias: l.bias, relu: false,
+                                   inputRange: inputRange, outputRange: false, team: team)
             return
+        }
+        for r in 0..<l.outFeatures {
+            let row = y + r * cols, bv = l.bias?[r] ?? 0
+            if accumulate { if bv != 0 { for j in 0..<cols { row[j] += bv } } } else { row.update(repeating: bv, count: cols) }
         }
         nonisolated(unsafe) let xp = x, yp = y
         let packed = l.weight!
