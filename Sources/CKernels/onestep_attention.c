@@ -74,7 +74,7 @@ BF16_TARGET static inline __m512i pair_words(__m512 lo, __m512 hi) {
 }
 
 /// kt [LKP/32][DP][32]: word (tile, cp, jj) = bf16 K[2cp][32 tile + jj] | bf16 K[2cp+1][...] << 16, zero padded.
-BF16_TARGET static void pack_k(const float *k, int64_t ldk, int lk, int d, uint32_t *kt) {
+BF16_TARGET static void att_pack_k(const float *k, int64_t ldk, int lk, int d, uint32_t *kt) {
     const int dp = (d + 1) / 2, tiles = (int)(round_up(lk, AKT) / AKT);
     for (int t = 0; t < tiles; t++)
         for (int cp = 0; cp < dp; cp++) {
@@ -91,7 +91,7 @@ BF16_TARGET static void pack_k(const float *k, int64_t ldk, int lk, int d, uint3
 }
 
 /// vp [LKP/2][DPAD]: word (jp, c) = bf16 V[c][2jp] | bf16 V[c][2jp+1] << 16, zero padded.
-BF16_TARGET static void pack_v(const float *v, int64_t ldk, int lk, int d, uint32_t *vp) {
+BF16_TARGET static void att_pack_v(const float *v, int64_t ldk, int lk, int d, uint32_t *vp) {
     const int64_t lkp = round_up(lk, AKT), dpad = round_up(d, 16);
     memset(vp, 0, sizeof(uint32_t) * (size_t)(lkp / 2 * dpad));
     const __m512i idx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
@@ -203,8 +203,8 @@ BF16_TARGET static void attention_bf16_avx512(const float *q, int64_t ldq, int l
     float *s = align64(qp + AR * dp);
     uint32_t *pp = align64(s + AR * lkp);
     float *ot = align64(pp + AR * lkp / 2);
-    pack_k(k, ldk, lk, d, kt);
-    pack_v(v, ldk, lk, d, vp);
+    att_pack_k(k, ldk, lk, d, kt);
+    att_pack_v(v, ldk, lk, d, vp);
     int i = 0;
     for (; i + AR <= lq; i += AR) attention_block_bf16(q, ldq, i, AR, kt, vp, lk, d, scale, out, qp, s, pp, ot);
     for (; i < lq; i++) attention_block_bf16(q, ldq, i, 1, kt, vp, lk, d, scale, out, qp, s, pp, ot);

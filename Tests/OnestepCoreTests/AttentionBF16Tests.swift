@@ -91,6 +91,30 @@ final class AttentionBF16Tests: XCTestCase {
         }
     }
 
+    /// A head cut into query chunks at multiples of the 8-query block (how LatentRunner spreads few heads over
+    /// threads) gives the bytes of the whole head.
+    func testBF16HeadInQueryChunksGivesTheWholeHeadsBytes() throws {
+        try requireBF16()
+        var r = TestRandom(24)
+        for (l, d, cuts) in [(200, 64, [0, 96, 200]), (131, 40, [0, 8, 64, 131]), (77, 80, [0, 72, 77])] {
+            let q = r.floats(d * l), k = r.floats(d * l), v = r.floats(d * l)
+            let whole = run(q, k, v, lq: l, lk: l, d: d, ldq: l, ldk: l, offsetQ: 0, offsetK: 0).out
+            var chunked = [Float](repeating: 0, count: d * l)
+            var scratch = [Float](repeating: 0, count: FastAttention.bf16ScratchCount(queries: l, keys: l, headDim: d))
+            for (q0, q1) in zip(cuts, cuts.dropFirst()) {
+                q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in v.withUnsafeBufferPointer { vp in
+                    chunked.withUnsafeMutableBufferPointer { op in scratch.withUnsafeMutableBufferPointer { sp in
+                        _ = FastAttention.crossHeadBF16(q: qp.baseAddress! + q0, ldq: l, queries: q1 - q0, k: kp.baseAddress!,
+                                                        v: vp.baseAddress!, ldk: l, keys: l, headDim: d,
+                                                        scale: Float(1 / Double(d).squareRoot()),
+                                                        out: op.baseAddress! + q0, scratch: sp.baseAddress!)
+                    } }
+                } } }
+            }
+            XCTAssertEqual(chunked.map(\.bitPattern), whole.map(\.bitPattern), "l \(l) d \(d) cut at \(cuts)")
+        }
+    }
+
     /// Where bf16 does not run (a level below avx512, or a CPU without AVX512-BF16), a bf16 request is the fp32
     /// head, bit for bit.
     func testFallbackIsTheFP32Head() {
