@@ -121,8 +121,9 @@ BF16_TARGET static inline __attribute__((always_inline)) void attention_block_bf
             __m128i w = (__m128i)_mm_cvtneps_pbh(_mm_setr_ps(a, b, 0, 0));
             qp[r * dp + cp] = (uint32_t)_mm_cvtsi128_si32(w);
         }
-    // 1. scores
-    __m512 a0[AR], a1[AR];
+    // 1. scores, and each row's running max over the real keys (pad keys score 0 and are masked out)
+    __m512 a0[AR], a1[AR], mx[AR];
+    for (int r = 0; r < rows; r++) mx[r] = _mm512_set1_ps(-INFINITY);
     for (int64_t jt = 0; jt < lkp; jt += AKT) {
         const uint32_t *tile = kt + jt / AKT * dp * AKT;
         for (int r = 0; r < rows; r++) { a0[r] = _mm512_setzero_ps(); a1[r] = _mm512_setzero_ps(); }
@@ -134,9 +135,12 @@ BF16_TARGET static inline __attribute__((always_inline)) void attention_block_bf
                 a1[r] = _mm512_dpbf16_ps(a1[r], qb, k1);
             }
         }
+        const __mmask16 m0 = tail_mask(lk - jt), m1 = tail_mask(lk - jt - 16);
         for (int r = 0; r < rows; r++) {
             _mm512_storeu_ps(s + r * lkp + jt, a0[r]);
             _mm512_storeu_ps(s + r * lkp + jt + 16, a1[r]);
+            mx[r] = _mm512_mask_max_ps(mx[r], m0, mx[r], a0[r]);
+            mx[r] = _mm512_mask_max_ps(mx[r], m1, mx[r], a1[r]);
         }
     }
     // 2. softmax numerators in bf16 pairs, sums of the rounded values
@@ -145,19 +149,17 @@ BF16_TARGET static inline __attribute__((always_inline)) void attention_block_bf
     const __m512i himask = _mm512_set1_epi32((int)0xFFFF0000u);
     for (int r = 0; r < rows; r++) {
         const float *row = s + r * lkp;
-        __m512 vmax = _mm512_set1_ps(-INFINITY);
-        for (int64_t j = 0; j < lk; j += 16) vmax = _mm512_mask_max_ps(vmax, tail_mask(lk - j), vmax, _mm512_loadu_ps(row + j));
-        const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax));
-        __m512 vsum = _mm512_setzero_ps();
+        const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx[r]));
+        __m512 vsum = _mm512_setzero_ps(), vsum1 = _mm512_setzero_ps();
         for (int64_t j = 0; j < lkp; j += 32) {
             __m512 e0 = _mm512_maskz_mov_ps(tail_mask(lk - j), att_exp512(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(row + j), m), vs)));
             __m512 e1 = _mm512_maskz_mov_ps(tail_mask(lk - j - 16), att_exp512(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(row + j + 16), m), vs)));
             __m512i w = (__m512i)_mm512_cvtne2ps_pbh(e1, e0);
             _mm512_storeu_si512(pp + r * half + j / 2, w);
             vsum = _mm512_add_ps(vsum, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
-            vsum = _mm512_add_ps(vsum, _mm512_castsi512_ps(_mm512_and_si512(w, himask)));
+            vsum1 = _mm512_add_ps(vsum1, _mm512_castsi512_ps(_mm512_and_si512(w, himask)));
         }
-        inv[r] = 1.0f / _mm512_reduce_add_ps(vsum);
+        inv[r] = 1.0f / _mm512_reduce_add_ps(_mm512_add_ps(vsum, vsum1));
     }
     // 3. O^T = P V^T over the key pairs that hold keys
     const int64_t pairs = (lk + 1) / 2;
@@ -208,6 +210,100 @@ BF16_TARGET static void attention_bf16_avx512(const float *q, int64_t ldq, int l
     int i = 0;
     for (; i + AR <= lq; i += AR) attention_block_bf16(q, ldq, i, AR, kt, vp, lk, d, scale, out, qp, s, pp, ot);
     for (; i < lq; i++) attention_block_bf16(q, ldq, i, 1, kt, vp, lk, d, scale, out, qp, s, pp, ot);
+}
+#endif
+
+// MARK: - fp32 head, AVX2 (osk_attention_head's avx2 level; its avx512 and scalar paths are in onestep_activations.c)
+//
+// The same layout and order as attention_rows_avx512 there, 8 lanes wide: q (D, L) already scaled, k (D, L),
+// vt = V^T (L, D) contiguous copies; ot = O^T (L, D). Blocks of 8 query rows; both passes broadcast a scalar
+// against a row of 8, the softmax takes its max and sum over 8 lanes then across them.
+#if OSK_X86
+#define AVX2_TARGET OSK_AVX2_TARGET
+
+AVX2_TARGET static inline __m256 att_exp256(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.7f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 er = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(er, _mm256_castsi256_ps(e));
+}
+
+/// Lanes < left set (all lanes from 8 on), as a maskload/maskstore mask.
+AVX2_TARGET static inline __m256i att_mask8(int64_t left) {
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(left > 8 ? 8 : left)), lanes);
+}
+
+AVX2_TARGET static inline float att_hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+AVX2_TARGET static inline float att_hsum8(__m256 v) {
+    __m128 m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_add_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+AVX2_TARGET static inline __attribute__((always_inline)) void attention_rows_avx2(
+    const float *q, const float *k, const float *vt, int l, int d, int i0, const int rows, float *p, float *ot) {
+    __m256 acc[AR];
+    for (int j = 0; j < l; j += 8) {
+        const __m256i mk = att_mask8(l - j);
+        for (int r = 0; r < rows; r++) acc[r] = _mm256_setzero_ps();
+        for (int c = 0; c < d; c++) {
+            __m256 kv = _mm256_maskload_ps(k + (int64_t)c * l + j, mk);
+            for (int r = 0; r < rows; r++) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(q[(int64_t)c * l + i0 + r]), kv, acc[r]);
+        }
+        for (int r = 0; r < rows; r++) _mm256_maskstore_ps(p + (int64_t)(i0 + r) * l + j, mk, acc[r]);
+    }
+    float inv[AR];
+    for (int r = 0; r < rows; r++) {
+        float *row = p + (int64_t)(i0 + r) * l;
+        __m256 vmax = _mm256_set1_ps(-INFINITY);
+        for (int j = 0; j < l; j += 8) {
+            const __m256i mk = att_mask8(l - j);
+            vmax = _mm256_blendv_ps(vmax, _mm256_max_ps(vmax, _mm256_maskload_ps(row + j, mk)), _mm256_castsi256_ps(mk));
+        }
+        const __m256 m = _mm256_set1_ps(att_hmax8(vmax));
+        __m256 vsum = _mm256_setzero_ps();
+        for (int j = 0; j < l; j += 8) {
+            const __m256i mk = att_mask8(l - j);
+            __m256 e = _mm256_and_ps(att_exp256(_mm256_sub_ps(_mm256_maskload_ps(row + j, mk), m)), _mm256_castsi256_ps(mk));
+            _mm256_maskstore_ps(row + j, mk, e);
+            vsum = _mm256_add_ps(vsum, e);
+        }
+        inv[r] = 1.0f / att_hsum8(vsum);
+    }
+    for (int c = 0; c < d; c += 8) {
+        const __m256i mk = att_mask8(d - c);
+        for (int r = 0; r < rows; r++) acc[r] = _mm256_setzero_ps();
+        for (int j = 0; j < l; j++) {
+            __m256 vv = _mm256_maskload_ps(vt + (int64_t)j * d + c, mk);
+            for (int r = 0; r < rows; r++) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(p[(int64_t)(i0 + r) * l + j]), vv, acc[r]);
+        }
+        for (int r = 0; r < rows; r++)
+            _mm256_maskstore_ps(ot + (int64_t)(i0 + r) * d + c, mk, _mm256_mul_ps(acc[r], _mm256_set1_ps(inv[r])));
+    }
+}
+
+AVX2_TARGET void osk_attention_head_f32_avx2(const float *q, const float *k, const float *vt, int32_t l, int32_t d,
+                                             float *ot, float *p) {
+    int i = 0;
+    for (; i + AR <= l; i += AR) attention_rows_avx2(q, k, vt, l, d, i, AR, p, ot);
+    for (; i < l; i++) attention_rows_avx2(q, k, vt, l, d, i, 1, p, ot);
 }
 #endif
 

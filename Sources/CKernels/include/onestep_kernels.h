@@ -177,6 +177,9 @@ void osk_attention_head(int level, const float *q, const float *k, const float *
 /// any alignment. Returns 1, or 0 without doing anything when osk_attention_bf16_runs(level) is 0.
 int osk_attention_head_bf16(int level, const float *q, int64_t ldq, int32_t lq, const float *k, const float *v,
                             int64_t ldk, int32_t lk, int32_t d, float scale, float *out, float *scratch);
+/// The avx2 level of osk_attention_head (x86 only; called by it): q (D, L) scaled, k (D, L), vt = V^T (L, D)
+/// contiguous, p L*L scratch; writes ot = O^T (L, D).
+void osk_attention_head_f32_avx2(const float *q, const float *k, const float *vt, int32_t l, int32_t d, float *ot, float *p);
 /// Floats of scratch osk_attention_head_bf16 needs.
 int64_t osk_attention_bf16_scratch(int32_t lq, int32_t lk, int32_t d);
 /// 1 when osk_attention_head_bf16 runs at `level` on this CPU (level avx512 and AVX512-BF16).
