@@ -170,6 +170,29 @@ final class AttentionBF16Tests: XCTestCase {
         }
     }
 
+    /// `quantize --int8-policy P` records P in the file, and a server loading that file runs its heads (and, for
+    /// bf16-attention, its projections) as P says, with the I8 tensors P selects.
+    func testQuantizedFileCarriesTheBF16PolicyToServing() throws {
+        for policy in [Int8Policy.innerConvolutionsAndAttentionBF16Heads, .innerConvolutionsBF16Attention] {
+            let out = Fixtures.tempDir()
+            _ = try Quantizer.quantizeDirectory(source: try Fixtures.goldenCase("cd_tiny"), destination: out, policy: policy)
+            let (model, file) = try ModelDirectory(path: out).loadModel()
+            XCTAssertEqual(file.metadata[Int8Policy.metadataKey], policy.rawValue)
+            XCTAssertEqual(model.int8Policy, policy)
+            for layer in model.plan.layers {
+                guard let dtype = file.entries[layer.key + ".weight"]?.dtype else { continue }
+                XCTAssertEqual(dtype == .I8, policy.selects(layer), "\(policy) \(layer.key)")
+            }
+            let served = try ImagePipeline.load(path: out, precision: .int8).model
+            var m = served
+            var audit = AttentionPrecisionAudit()
+            m.visitLayers(&audit)
+            XCTAssertFalse(audit.heads.isEmpty)
+            XCTAssertTrue(audit.heads.allSatisfy { $0 == .bf16 }, "\(policy): heads \(audit.heads)")
+            XCTAssertEqual(audit.bf16Linears > 0, policy == .innerConvolutionsBF16Attention && FastConv.hasBF16Instructions, "\(policy)")
+        }
+    }
+
     /// One forward with bf16 attention gives the same bytes alone or in a batch, and on 1, 2 or 3 threads.
     func testBF16AttentionForwardIsBatchAndThreadInvariant() throws {
         var cases: [(String, String)] = [("cd_tiny", try Fixtures.goldenCase("cd_tiny"))]
