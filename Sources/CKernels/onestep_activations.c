@@ -192,7 +192,7 @@ void osk_attention_head(int level, const float *q, const float *k, const float *
     // they are first copied to contiguous blocks (q scaled on the way, V transposed for the AVX-512 path), and the
     // result is copied back — at the same cost for every batch size.
     float *p = scratch, *qc = p + (int64_t)l * l, *kc = qc + (int64_t)d * l, *vc = kc + (int64_t)d * l, *oc = vc + (int64_t)d * l;
-    const int fast = OSK_X86 && level >= OSK_AVX512;
+    const int fast = OSK_X86 && level >= OSK_AVX2;   // avx2: osk_attention_head_f32_avx2 (onestep_attention.c)
     for (int c = 0; c < d; c++) {
         for (int j = 0; j < l; j++) qc[(int64_t)c * l + j] = q[c * ld + j] * scale;
         memcpy(kc + (int64_t)c * l, k + c * ld, sizeof(float) * (size_t)l);
@@ -201,7 +201,8 @@ void osk_attention_head(int level, const float *q, const float *k, const float *
     }
 #if OSK_X86
     if (fast) {
-        attention_head_avx512(qc, kc, vc, l, d, oc, p);
+        if (level >= OSK_AVX512) attention_head_avx512(qc, kc, vc, l, d, oc, p);
+        else osk_attention_head_f32_avx2(qc, kc, vc, l, d, oc, p);
         for (int c = 0; c < d; c++) for (int i = 0; i < l; i++) out[c * ld + i] = oc[(int64_t)i * d + c];
     } else
 #endif

@@ -19,7 +19,7 @@ enum BenchCommand {
         FlagSpec("batch", "comma-separated batch sizes", default: "1,16"),
         FlagSpec("seconds", "time to spend per row", default: "2"),
         FlagSpec("threads", "comma-separated: cores one forward is split over (a thread team; BLAS threads too for blas)", default: "1"),
-        FlagSpec("int8-policy", "layers run int8 for --config models: inner-convolutions or inner-convolutions+attention-projections", default: "inner-convolutions+attention-projections"),
+        FlagSpec("int8-policy", "layers run int8 (and bf16) for --config models: inner-convolutions, inner-convolutions+attention-projections, inner-convolutions+attention-projections+bf16-heads or inner-convolutions+bf16-attention", default: "inner-convolutions+attention-projections+bf16-heads"),
         FlagSpec("peak", "also measure the machine's peaks (clock; VNNI, fp32 FMA and bf16 chains; sgemm 2048^3, int8 GEMM) and print each row's fraction of them", isSwitch: true),
         FlagSpec("kernels", "bench the int8 / bf16 / fp32 kernels alone on the cd_imagenet64 and SD-family layer shapes (one core, GOP per CPU second, fraction of the measured peaks)", isSwitch: true),
         FlagSpec("workers", "forward passes run side by side, each on its own batch (as the server's workers do); images/s is their sum", default: "1"),
@@ -65,7 +65,7 @@ enum BenchCommand {
         // Every model runs with fp32 kernels and with int8 kernels (weights quantized per output channel at
         // load if the file is float); --precision picks one, "blas" adds the im2col + OpenBLAS baseline.
         let precisions = try parsePrecisions(f)
-        let policyName = f.string("int8-policy") ?? Int8Policy.innerConvolutionsAndAttention.rawValue
+        let policyName = f.string("int8-policy") ?? Int8Policy.innerConvolutionsAndAttentionBF16Heads.rawValue
         guard let policy = Int8Policy(rawValue: policyName) else {
             throw FlagError("--int8-policy \(policyName): expected \(Int8Policy.allCases.map(\.rawValue).joined(separator: " or "))")
         }

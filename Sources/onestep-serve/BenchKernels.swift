@@ -4,7 +4,8 @@
 // thread (best call: a shared machine steals wall time, not CPU time) and as a fraction of the machine's peak
 // measured in the same run (VNNI for int8, vdpbf16ps for bf16, vfmadd231ps for fp32; MachinePeaks). int8
 // convolutions run twice, interleaved call by call: the blocked AVX-512 driver and the per-tile driver it
-// replaced (FastConv.usePerTileInt8Driver), so the ratio between them is measured in one run.
+// replaced (FastConv.usePerTileInt8Driver), so the ratio between them is measured in one run. Attention heads
+// run bf16 and fp32, interleaved the same way (attentionRows).
 import Foundation
 import OnestepCore
 
@@ -124,6 +125,52 @@ enum BenchKernels {
             let g = 2 * Double(rows * k * n) / t[0] / 1e9
             out += "int8-lin " + name.padding(toLength: 28, withPad: " ", startingAt: 0)
                 + String(format: "%7d %6d %6d %8.3f %8.1f  %@\n", n, k, rows, 1e3 * t[0], g, pct(g, peaks.vnniGops))
+        }
+        out += attentionRows(seconds: seconds, peaks: peaks)
+        return out
+    }
+
+    /// One attention head (one image) on the cd_imagenet64 and SD shapes: bf16 (FastAttention) and the fp32 head,
+    /// interleaved call by call, as GFLOP per CPU second (4 Lq Lk D flops: Q^T K and P V) and fraction of the bf16
+    /// and FMA peaks. The fp32 column is empty for cross-attention (its fp32 path is two OpenBLAS GEMMs).
+    static func attentionRows(seconds: Double, peaks: MachinePeaks) -> String {
+        func pct(_ g: Double, _ peak: Double?) -> String { peak.map { String(format: "%6.1f%%", 100 * g / $0) } ?? "      -" }
+        var out = "attention head   shape                Lq     Lk    D   bf16 ms  GFLOP/s  of bf16   fp32 ms  GFLOP/s  of FMA  speed-up\n"
+        guard FastAttention.resolved(.bf16) == .bf16 else { return out + "(no AVX512-BF16 here: bf16 heads run the fp32 head)\n" }
+        let shapes = [("cd64 @32x32", 1024, 1024, 64), ("cd64 @16x16", 256, 256, 64), ("cd64 @8x8", 64, 64, 64),
+                      ("sd self @64x64", 4096, 4096, 64), ("sd self @32x32", 1024, 1024, 64), ("sd cross 77 tokens", 4096, 77, 64)]
+        for (name, lq, lk, d) in shapes {
+            var r = TorchGenerator(seed: 17)
+            let q = r.randn(count: d * lq), k = r.randn(count: d * lk), v = r.randn(count: d * lk)
+            var o = [Float](repeating: 0, count: d * lq)
+            var sb = [Float](repeating: 0, count: FastAttention.bf16ScratchCount(queries: lq, keys: lk, headDim: d))
+            var sf = [Float](repeating: 0, count: lq == lk ? FastAttention.scratchCount(.fp32, length: lq, headDim: d) : 0)
+            let scale = Float(1 / Double(d).squareRoot())
+            let bf16 = {
+                q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in v.withUnsafeBufferPointer { vp in
+                    o.withUnsafeMutableBufferPointer { op in sb.withUnsafeMutableBufferPointer { sp in
+                        _ = FastAttention.crossHeadBF16(q: qp.baseAddress!, ldq: lq, queries: lq, k: kp.baseAddress!, v: vp.baseAddress!,
+                                                        ldk: lk, keys: lk, headDim: d, scale: scale, out: op.baseAddress!, scratch: sp.baseAddress!)
+                    } }
+                } } }
+            }
+            let fp32 = {
+                q.withUnsafeBufferPointer { qp in k.withUnsafeBufferPointer { kp in v.withUnsafeBufferPointer { vp in
+                    o.withUnsafeMutableBufferPointer { op in sf.withUnsafeMutableBufferPointer { sp in
+                        FastAttention.head(.fp32, q: qp.baseAddress!, k: kp.baseAddress!, v: vp.baseAddress!, ld: lq, length: lq, headDim: d,
+                                           scale: scale, out: op.baseAddress!, scratch: sp.baseAddress!)
+                    } }
+                } } }
+            }
+            let t = bestCPU(seconds: seconds, lq == lk ? [bf16, fp32] : [bf16])
+            let flops = 4 * Double(lq) * Double(lk) * Double(d), g = flops / t[0] / 1e9
+            out += "attn " + name.padding(toLength: 27, withPad: " ", startingAt: 0)
+                + String(format: "%6d %6d %4d %9.3f %8.1f  %@", lq, lk, d, 1e3 * t[0], g, pct(g, peaks.bf16Gflops))
+            if t.count > 1 {
+                let g0 = flops / t[1] / 1e9
+                out += String(format: " %9.3f %8.1f  %@  %6.2fx", 1e3 * t[1], g0, pct(g0, peaks.fmaGflops), t[1] / t[0])
+            }
+            out += "\n"
         }
         return out
     }

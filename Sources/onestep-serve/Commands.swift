@@ -137,7 +137,7 @@ enum Commands {
     }
 
     static let quantize = Subcommand("quantize", summary: "write the int8 form of a float model",
-                                     synopsis: "quantize --model DIR --out DIR [--components unet,vae,text_encoder] [--max-weight-error E]",
+                                     synopsis: "quantize --model DIR --out DIR [--int8-policy P] [--components unet,vae,text_encoder] [--max-weight-error E]",
                                      flags: quantizeFlags, run: quantize)
 
     static let quantizeFlags = [
@@ -147,6 +147,8 @@ enum Commands {
         FlagSpec("max-weight-error", "text-to-image only: a layer whose weight relative L2 error after int8 exceeds this stays fp32",
                  default: String(LatentInt8.defaultMaxWeightError)),
         FlagSpec("steps", "text-to-image only: steps of the int8-vs-fp32 images of the report", default: "1"),
+        FlagSpec("int8-policy", "pixel models only: which layers run int8 (and bf16), recorded in the file: inner-convolutions, inner-convolutions+attention-projections, inner-convolutions+attention-projections+bf16-heads or inner-convolutions+bf16-attention",
+                 default: Int8Policy.innerConvolutions.rawValue),
     ]
 
     static func quantize(_ f: ParsedFlags) throws {
@@ -160,7 +162,11 @@ enum Commands {
             print(report.text + "report written to \(out)/\(LatentQuantizer.reportFile)")
             return
         }
-        let report = try Quantizer.quantizeDirectory(source: model, destination: out)
+        let policyName = f.string("int8-policy") ?? Int8Policy.innerConvolutions.rawValue
+        guard let policy = Int8Policy(rawValue: policyName) else {
+            throw FlagError("--int8-policy \(policyName): expected \(Int8Policy.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        let report = try Quantizer.quantizeDirectory(source: model, destination: out, policy: policy)
         print(report.text, terminator: "")
     }
 }

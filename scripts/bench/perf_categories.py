@@ -25,6 +25,8 @@ def category(frames):
         return f"int8 VNNI conv/projection kernels (in {w})"
     if "quantize_avx512" in s0 or "q8_quantize" in s0 or "range_avx512" in s0 or "encode_avx512" in s0:
         return "activation quantization to uint8 (per image)"
+    if any(k in s0 for k in ("attention_bf16", "attention_block_bf16", "att_pack_")):
+        return "attention heads QK^T/softmax/AV (bf16)"
     if any(k in s0 for k in ("attention_head", "softmaxRows", "expf", "crossAttention")):
         return "attention heads QK^T/softmax/AV (fp32)"
     if "erff" in s0 or "geglu" in s0.lower(): return "GEGLU (fp32)"

@@ -194,6 +194,20 @@ void osk_affine_silu(int level, const float *x, float *y, int64_t n, float a, fl
 void osk_attention_head(int level, const float *q, const float *k, const float *v, int64_t ld, int32_t l, int32_t d,
                         float scale, float *out, float *scratch);
 
+/// One attention head in bf16 products (onestep_attention.c): out (D, Lq) = V softmax(scale Q^T K)^T with Q (D, Lq)
+/// and out at row stride ldq, K and V (D, Lk) at row stride ldk; Q, K, V and the softmax numerators rounded to bf16,
+/// products summed in fp32 (vdpbf16ps), no Lq x Lk matrix held. scratch holds osk_attention_bf16_scratch floats,
+/// any alignment. Returns 1, or 0 without doing anything when osk_attention_bf16_runs(level) is 0.
+int osk_attention_head_bf16(int level, const float *q, int64_t ldq, int32_t lq, const float *k, const float *v,
+                            int64_t ldk, int32_t lk, int32_t d, float scale, float *out, float *scratch);
+/// The avx2 level of osk_attention_head (x86 only; called by it): q (D, L) scaled, k (D, L), vt = V^T (L, D)
+/// contiguous, p L*L scratch; writes ot = O^T (L, D).
+void osk_attention_head_f32_avx2(const float *q, const float *k, const float *vt, int32_t l, int32_t d, float *ot, float *p);
+/// Floats of scratch osk_attention_head_bf16 needs.
+int64_t osk_attention_bf16_scratch(int32_t lq, int32_t lk, int32_t d);
+/// 1 when osk_attention_head_bf16 runs at `level` on this CPU (level avx512 and AVX512-BF16).
+int osk_attention_bf16_runs(int level);
+
 /// Mean and (biased) variance of one GroupNorm group of one image: `planes` planes of hw floats, plane p at
 /// x + p * plane_stride, each read as x + shift[p] when shift is not NULL (the time embedding added before the
 /// norm). Two passes (mean, then centred squares); identical bits on every level (onestep_norm.c).

@@ -146,7 +146,8 @@ public enum ChannelMajor {
         let c = h.channels, l = h.pixels, n = h.batch, cols = n * l, heads = block.heads, d = c / heads
         let team = pool.team, parts = team?.threads ?? 1
         let q = pool.acquire(c * cols), k = pool.acquire(c * cols), v = pool.acquire(c * cols), o = pool.acquire(c * cols)
-        let scratchCount = l * l + 4 * d * l   // per team thread: each runs whole heads
+        let precision = block.headPrecision
+        let scratchCount = FastAttention.scratchCount(precision, length: l, headDim: d)   // per team thread: whole heads
         let p = pool.acquire(scratchCount * parts)
         defer {
             for b in [q, k, v, o] { pool.release(b, count: c * cols) }
@@ -167,7 +168,9 @@ public enum ChannelMajor {
                     if accumulate { for j in 0..<cols { row[j] += bv } } else { row.update(repeating: bv, count: cols) }
                 }
             }
-            if let packed = layer.packed {
+            if let bf = layer.packedBF16 {
+                FastConv.gemm(bf, b: x, ldb: cols, c: y, ldc: cols, columns: 0..<cols, team: team)
+            } else if let packed = layer.packed {
                 FastConv.gemm(packed, b: x, ldb: cols, c: y, ldc: cols, columns: 0..<cols, team: team)
             } else {
                 layer.weight.data.withUnsafeBufferPointer { wp in
@@ -181,13 +184,14 @@ public enum ChannelMajor {
         let scale = Float(1.0 / Double(d).squareRoot())
         nonisolated(unsafe) let qp = q, kp = k, vp = v, op = o, pp = p
         // (image, head) pairs split into one contiguous range per thread, each with its own scratch; each pair
-        // is one C call, Oh (D, Lq) = Vh softmax(scale Qh^T Kh)^T, computed the same way on any thread.
+        // is one C call, Oh (D, Lq) = Vh softmax(scale Qh^T Kh)^T, computed the same way on any thread (fp32, or bf16
+        // products when the policy says so: FastAttention).
         FastConv.forEachPart(n * heads, granule: 1, team: team) { worker, u0, u1 in
             let scratch = pp + scratchCount * worker
             for u in u0..<u1 {
                 let off = (u % heads) * d * cols + (u / heads) * l
-                FastConv.attentionHead(q: qp + off, k: kp + off, v: vp + off, ld: cols, length: l, headDim: d, scale: scale,
-                                       out: op + off, scratch: scratch)
+                FastAttention.head(precision, q: qp + off, k: kp + off, v: vp + off, ld: cols, length: l, headDim: d,
+                                   scale: scale, out: op + off, scratch: scratch)
             }
         }
         let y = Activation(pool: pool, channels: c, batch: n, height: h.height, width: h.width)

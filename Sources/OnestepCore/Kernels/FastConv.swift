@@ -395,6 +395,26 @@ public enum FastConv {
         osk_attention_head(level.rawValue, q, k, v, Int64(ld), Int32(l), Int32(d), scale, out, scratch)
     }
 
+    /// True when `attentionHeadBF16` runs at `level` here (avx512 with AVX512-BF16).
+    public static func attentionBF16Runs(level: KernelLevel = .best) -> Bool { osk_attention_bf16_runs(level.rawValue) != 0 }
+
+    /// Floats of scratch one `attentionHeadBF16` call needs.
+    public static func attentionBF16Scratch(queries lq: Int, keys lk: Int, headDim d: Int) -> Int {
+        Int(osk_attention_bf16_scratch(Int32(lq), Int32(lk), Int32(d)))
+    }
+
+    /// One attention head in bf16 products (onestep_attention.c): out (D, Lq) = V softmax(scale Q^T K)^T, Q and out
+    /// at row stride ldq, K and V (D, Lk) at row stride ldk. Returns false, having done nothing, when
+    /// `attentionBF16Runs(level)` is false. FastAttention chooses between this and `attentionHead`.
+    @inline(__always) @discardableResult
+    public static func attentionHeadBF16(q: UnsafePointer<Float>, ldq: Int, queries lq: Int, k: UnsafePointer<Float>,
+                                         v: UnsafePointer<Float>, ldk: Int, keys lk: Int, headDim d: Int, scale: Float,
+                                         out: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>,
+                                         level: KernelLevel = .best) -> Bool {
+        osk_attention_head_bf16(level.rawValue, q, Int64(ldq), Int32(lq), k, v, Int64(ldk), Int32(lk), Int32(d), scale,
+                                out, scratch) != 0
+    }
+
     /// Mean and variance of one GroupNorm group of one image (onestep_norm.c): `planes` planes of `count` floats,
     /// `planeStride` apart, plane p read as x + shift[p] when `shift` is given. Identical bits on every level.
     @inline(__always)

@@ -84,9 +84,17 @@ public struct LayerSpec: Sendable, Equatable {
     }
 }
 
-/// Which layers run their GEMMs in int8. One policy serves both sides of the int8 format: `quantize` stores
-/// I8 codes for exactly the layers it selects and writes its name into the file's metadata
+/// The arithmetic a layer runs in when a model is served at int8 (Int8Policy.precision(of:)).
+public enum LayerPrecision: String, Sendable {
+    case fp32, int8
+    /// bf16 products summed in fp32 (vdpbf16ps; fp32 where the CPU lacks it): for layers int8 hurts.
+    case bf16
+}
+
+/// Which layers run their GEMMs in int8, and which in bf16. One policy serves both sides of the int8 format:
+/// `quantize` stores I8 codes for exactly the layers it selects and writes its name into the file's metadata
 /// ("onestep.int8_policy"); loading reads the name back and packs those layers straight from the stored codes.
+/// bf16 layers are stored F32 (rounded to bf16 at load), so a policy's I8 set alone decides the file.
 public enum Int8Policy: String, Sendable, CaseIterable {
     /// Every convolution except the edge ones (conv_in, conv_out: 1 to 4 channels, where the error would show
     /// directly in the pixels). Linear layers stay fp32. This is also the rule for int8 files written before
@@ -95,15 +103,29 @@ public enum Int8Policy: String, Sendable, CaseIterable {
     /// innerConvolutions plus the attention blocks' q/k/v/out projections (1x1 int8 products over each
     /// image's pixels, activations quantized per image). Chosen explicitly (bench, quantize --policy).
     case innerConvolutionsAndAttention = "inner-convolutions+attention-projections"
+    /// innerConvolutionsAndAttention, and the attention cores (softmax(scale Q^T K) V of each head) in bf16
+    /// products (FastAttention, onestep_attention.c): the heads were the largest fp32 part of the int8 forward
+    /// (24% of cd_imagenet64's). Same I8 tensors as innerConvolutionsAndAttention.
+    case innerConvolutionsAndAttentionBF16Heads = "inner-convolutions+attention-projections+bf16-heads"
+    /// Inner convolutions int8; the attention projections and cores bf16 (projections rounded to bf16 at load,
+    /// PackedGemmBF16): for models whose attention int8 hurts. Same I8 tensors as innerConvolutions.
+    case innerConvolutionsBF16Attention = "inner-convolutions+bf16-attention"
 
     public static let metadataKey = "onestep.int8_policy"
 
-    /// True when `layer` runs in int8 under this policy.
-    public func selects(_ layer: LayerSpec) -> Bool {
+    /// How `layer` runs under this policy when the model is served at int8.
+    public func precision(of layer: LayerSpec) -> LayerPrecision {
+        let innerConv = layer.convGeometry != nil && layer.role == .inner
+        let projection = layer.role == .attentionProjection
+        let core: Bool = { if case .attention = layer.kind { return true } else { return false } }()
         switch self {
-        case .innerConvolutions: return layer.convGeometry != nil && layer.role == .inner
-        case .innerConvolutionsAndAttention:
-            return (layer.convGeometry != nil && layer.role == .inner) || layer.role == .attentionProjection
+        case .innerConvolutions: return innerConv ? .int8 : .fp32
+        case .innerConvolutionsAndAttention: return innerConv || projection ? .int8 : .fp32
+        case .innerConvolutionsAndAttentionBF16Heads: return innerConv || projection ? .int8 : core ? .bf16 : .fp32
+        case .innerConvolutionsBF16Attention: return innerConv ? .int8 : projection || core ? .bf16 : .fp32
         }
     }
+
+    /// True when `layer` runs in int8 under this policy (and `quantize` stores it I8).
+    public func selects(_ layer: LayerSpec) -> Bool { precision(of: layer) == .int8 }
 }

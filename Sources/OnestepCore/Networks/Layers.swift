@@ -85,6 +85,9 @@ public struct LinearLayer: Sendable {
     /// Set instead when the int8 policy selects this layer (attention projections): the weight as a 1x1 int8
     /// convolution, run over channel-major activations by ChannelMajor.attention.
     public var packed8: PackedConvInt8?
+    /// Set instead when the policy runs this layer in bf16 (Int8Policy.innerConvolutionsBF16Attention): the
+    /// weight rounded to bf16 for FastConv.gemm.
+    public var packedBF16: PackedGemmBF16?
     /// The int8 codes and scales the weight file stores for this layer, if it stores them: packing for int8 uses
     /// them as they are (no dequantize -> requantize), as Conv2DLayer.stored8.
     public var stored8: Int8Tensor?
@@ -206,6 +209,8 @@ public protocol LayerVisitor {
     mutating func visit(_ layer: inout GroupNormLayer)
     /// A lookup table (class_embedding): (rows, dim).
     mutating func visit(embedding spec: LayerSpec, table: inout Tensor)
+    /// The weights-free core of an attention block (a `.attention` spec) and the precision its heads run at.
+    mutating func visit(attentionCore spec: LayerSpec, precision: inout AttentionPrecision)
 }
 
 extension LayerVisitor {
@@ -213,6 +218,7 @@ extension LayerVisitor {
     public mutating func visit(_ layer: inout LinearLayer) {}
     public mutating func visit(_ layer: inout GroupNormLayer) {}
     public mutating func visit(embedding spec: LayerSpec, table: inout Tensor) {}
+    public mutating func visit(attentionCore spec: LayerSpec, precision: inout AttentionPrecision) {}
 }
 
 /// Collects every tensor with its checkpoint key, in visiting order.

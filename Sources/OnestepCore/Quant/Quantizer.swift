@@ -23,7 +23,8 @@ public enum Quantizer {
     public static let reportSeeds: [UInt64] = Array(0..<16)
 
     /// Reads the float model at `source`, writes `destination` (config, scheduler config, int8 weights).
-    public static func quantizeDirectory(source: String, destination: String) throws -> QuantizationReport {
+    public static func quantizeDirectory(source: String, destination: String,
+                                         policy: Int8Policy = .innerConvolutions) throws -> QuantizationReport {
         let dir = try ModelDirectory(path: source)
         let float = try ImagePipeline.load(path: source)
         guard float.weightDType == "float32" else {
@@ -34,7 +35,7 @@ public enum Quantizer {
         if let sched = dir.schedulerConfigPath, let data = FileManager.default.contents(atPath: sched) {
             try AtomicFile.write([UInt8](data), to: destination + "/scheduler_config.json")
         }
-        let errors = try Int8Weights.write(parameters: float.model.parameters, layers: float.model.plan.layers,
+        let errors = try Int8Weights.write(parameters: float.model.parameters, layers: float.model.plan.layers, policy: policy,
                                            to: destination + "/diffusion_pytorch_model.safetensors")
         let int8 = try ImagePipeline.load(path: destination)
         let (rel, psnr) = compare(float, int8, seeds: reportSeeds)

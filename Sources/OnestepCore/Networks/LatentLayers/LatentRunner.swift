@@ -65,6 +65,14 @@ public struct LatentRunner {
     /// Self-attention heads wider than this run as two OpenBLAS GEMMs (LatentKernels.crossAttentionHead) instead
     /// of the C head kernel, which suits the UNets' heads (D 40 to 160) but not the VAE's single 512-wide head.
     public var gemmAttentionAboveHeadDim = 256
+    /// How attention heads run. nil (the default): as the weights say, bf16 products (FastAttention) for an
+    /// attention whose q, k and v projections are stored int8 (LatentInt8's policy: an int8 model's heads), fp32
+    /// otherwise; bf16 falls back to fp32 where the CPU lacks vdpbf16ps. Set to compare the two; its default
+    /// is ONESTEP_ATTENTION_HEADS=fp32|bf16 when set (read once; for A/B benchmarks of whole pipelines only).
+    public var attentionHeads: AttentionPrecision? = LatentRunner.attentionHeadsFromEnvironment
+
+    static let attentionHeadsFromEnvironment: AttentionPrecision? =
+        ProcessInfo.processInfo.environment["ONESTEP_ATTENTION_HEADS"].flatMap(AttentionPrecision.init(rawValue:))
 
     /// The thread team convolutions and projections split their columns over when the pool carries none (a
     /// server worker's pool carries its own): made once per runner for `threads` > 1.
@@ -429,18 +437,30 @@ private struct Walk {
         project(w.linear(a.toK), kvSource, batch: n, columns: kvCols, into: k, accumulate: false)
         project(w.linear(a.toV), kvSource, batch: n, columns: kvCols, into: v, accumulate: false)
         let scale = Float(1.0 / Double(d).squareRoot())
+        let int8Block = [a.toQ, a.toK, a.toV].allSatisfy { w.linear($0).int8 != nil }
+        let bf16 = FastAttention.resolved(runner.attentionHeads ?? (int8Block ? .bf16 : .fp32)) == .bf16
         let selfAttention = a.contextDim == nil && d <= runner.gemmAttentionAboveHeadDim
-        let scratchCount = selfAttention ? l * l + 4 * d * l : LatentKernels.crossAttentionScratch(queries: l, keys: lk)
-        // Each (image, head) writes its own rows of o: spread them over the threads, one scratch each.
-        let units = n * heads, parts = max(1, min(threads, units))
+        let scratchCount = bf16 ? FastAttention.bf16ScratchCount(queries: l, keys: lk, headDim: d)
+            : selfAttention ? l * l + 4 * d * l : LatentKernels.crossAttentionScratch(queries: l, keys: lk)
+        // Each (image, head) writes its own rows of o: spread them over the threads, one scratch each. bf16 heads
+        // also cut a head's queries into chunks (multiples of the kernel's 8-query block, each row computed alone,
+        // so the same bits) when there are few heads per thread: SD-Turbo's 5 heads of 4096 queries on 2 threads.
+        let heads1 = n * heads
+        let chunks = bf16 ? max(1, min((4 * threads + heads1 - 1) / heads1, l / 64)) : 1
+        let units = heads1 * chunks, parts = max(1, min(threads, units))
         let scratch = pool.acquire(scratchCount * parts)
         nonisolated(unsafe) let qp = q, kp = k, vp = v, op = o, sp = scratch
         timed(a.contextDim == nil ? "self-attention heads" : "cross-attention heads") { DispatchQueue.concurrentPerform(iterations: parts) { part in
             let p = sp + part * scratchCount
             for unit in (units * part / parts)..<(units * (part + 1) / parts) {
-                let i = unit / heads, hd = unit % heads
+                let i = unit / chunks / heads, hd = unit / chunks % heads, chunk = unit % chunks
                 let qo = hd * d * cols + i * l, ko = hd * d * kvCols + i * lk
-                if selfAttention {
+                if bf16 {
+                    // any head width and key count (self, cross, the VAE's single 512-wide head)
+                    let q0 = l * chunk / chunks / 8 * 8, q1 = chunk == chunks - 1 ? l : l * (chunk + 1) / chunks / 8 * 8
+                    FastAttention.crossHeadBF16(q: qp + qo + q0, ldq: cols, queries: q1 - q0, k: kp + ko, v: vp + ko, ldk: kvCols,
+                                                keys: lk, headDim: d, scale: scale, out: op + qo + q0, scratch: p)
+                } else if selfAttention {
                     FastConv.attentionHead(q: qp + qo, k: kp + ko, v: vp + ko, ld: cols, length: l, headDim: d, scale: scale,
                                            out: op + qo, scratch: p)
                 } else {

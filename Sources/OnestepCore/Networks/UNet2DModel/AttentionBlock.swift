@@ -9,6 +9,10 @@ public struct AttentionBlock: Sendable {
     public var toQ: LinearLayer, toK: LinearLayer, toV: LinearLayer, toOut: LinearLayer
     public var heads: Int
     public var rescaleOutputFactor: Float
+    /// The block's core (softmax(QK^T/sqrt(d))V of every head), `.attention` kind.
+    public var core: LayerSpec
+    /// How the heads run: set by packForServing from the Int8Policy (fp32 unless the policy says bf16).
+    public var headPrecision: AttentionPrecision = .fp32
 
     public init(_ plan: UNet2DPlan.Attention, _ src: WeightSource) throws {
         norm = try plan.norm.map { try GroupNormLayer($0, src) }
@@ -18,6 +22,7 @@ public struct AttentionBlock: Sendable {
         toOut = try LinearLayer(plan.toOut, src)
         heads = plan.heads
         rescaleOutputFactor = plan.rescaleOutputFactor
+        core = plan.core
     }
 
     /// Checkpoint order, as UNet2DPlan.Attention.layers.
@@ -26,6 +31,7 @@ public struct AttentionBlock: Sendable {
         v.visit(&toQ)
         v.visit(&toK)
         v.visit(&toV)
+        v.visit(attentionCore: core, precision: &headPrecision)
         v.visit(&toOut)
     }
 }

@@ -1,7 +1,8 @@
 // Preparing a loaded model for serving: one walk over the model's layers (visitLayers, the same walk that lists
 // its parameters) repacks every convolution and every linear layer for the fast kernels (CKernels via
 // Kernels/FastConv.swift). At `.int8`, the layers the model's Int8Policy selects run in int8 (vpdpbusd), packed
-// straight from the codes the weight file stores; the others run fp32.
+// straight from the codes the weight file stores; those it puts in bf16 are rounded to bf16 (projections) or run
+// their heads in bf16 (attention cores, FastAttention); the others run fp32.
 
 public enum ConvPrecision: String, Sendable {
     /// im2col + OpenBLAS sgemm, no repacking (the path before the fast kernels; kept as a baseline).
@@ -28,6 +29,11 @@ struct ServingPacker: LayerVisitor {
             PackedGemmF32($0, rows: layer.outFeatures, depth: layer.inFeatures)
         }
         layer.packed8 = nil
+        layer.packedBF16 = nil
+        // bf16 only where vdpbf16ps runs: elsewhere the bf16 GEMM is an exact scalar emulation, slower than fp32.
+        if precision == .int8 && policy.precision(of: layer.spec) == .bf16 && FastConv.hasBF16Instructions {
+            layer.packedBF16 = PackedGemmBF16(layer.weight.data, rows: layer.outFeatures, depth: layer.inFeatures)
+        }
         if precision == .int8 && policy.selects(layer.spec) {
             let (i, o) = (layer.inFeatures, layer.outFeatures)
             // The file's codes when it stores them (bit for bit), else quantized from the float weight now.
@@ -36,6 +42,10 @@ struct ServingPacker: LayerVisitor {
             layer.packed8 = PackedConvInt8(geometry: ConvGeometry(inChannels: i, outChannels: o, kernel: 1, padding: 0),
                                            bias: layer.bias.data, weights: codes)
         }
+    }
+
+    mutating func visit(attentionCore spec: LayerSpec, precision headPrecision: inout AttentionPrecision) {
+        headPrecision = precision == .int8 && policy.precision(of: spec) == .bf16 ? .bf16 : .fp32
     }
 }
 
