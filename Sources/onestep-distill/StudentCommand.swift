@@ -42,6 +42,11 @@ func runStudent(_ flags: ParsedFlags) throws {
     do { loaded = try TeacherLoader.load(path: teacherDir) } catch let e as TeacherLoadError { throw FlagError("--teacher " + e.description) }
     let teacher = loaded.pipeline
     let schedule = loaded.edmSchedule ?? loaded.denoiser.clamped(EDMSchedulerConfig())
+    // cd, ect and dmd start the student as the teacher's copy, in the form the teacher chooses: the consistency form
+    // for an EDM teacher, the LCM form (LCMScheduler folder) for a DDPM-family one.
+    let form: StudentParameterization
+    do { form = try StudentParameterization.forTeacher(loaded, schedule: schedule) } catch let e as TeacherLoadError { throw FlagError("--teacher " + e.description) }
+    let formLine = "student: " + form.description
     let small = flags.has("student-config") || flags.has("student-channels")
     let method = try flags.required("method")
     guard ["cd", "ect", "dmd", "regression"].contains(method) else {
@@ -86,6 +91,7 @@ func runStudent(_ flags: ParsedFlags) throws {
     } else if method == "dmd" {
         var s = DMDSettings()
         try readRunFlags(&s, flags, seed: seed, schedule: schedule)
+        s.use(form)
         s.sigmas = try flags.requiredInt("sigmas", 2...1000)
         s.fakeUpdatesPerGenerator = try flags.requiredInt("dmd-ratio", 1...1000)
         s.gridSize = try flags.requiredInt("dmd-grid", 2...100_000)
@@ -103,12 +109,13 @@ func runStudent(_ flags: ParsedFlags) throws {
         let trainer = try DMDStudentTrainer(teacher: loaded.denoiser, settings: s, runDir: out, resume: resume)
         trainer.plotLabels.subtitle += " - teacher \(teacherDir)"
         stdoutLine("distribution matching (DMD2 without GAN) of the teacher \(teacherDir) (\(loaded.denoiser.description)); the logged loss is the fake score's")
-        stdoutLine(String(format: "student sigmas %.4g..%.4g%@", schedule.sigmaMin, schedule.sigmaMax, loaded.edmSchedule == nil ? " (clamped to the teacher's)" : ""))
+        stdoutLine(formLine)
         trainer.resumeLines.forEach(stdoutLine)
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     } else if method == "ect" {
         var s = ECTSettings()
         try readRunFlags(&s, flags, seed: seed, schedule: schedule)
+        s.use(form)
         s.sigmas = try flags.requiredInt("sigmas", 2...1000)
         s.q = Double(try flags.requiredFloat("ect-q", 1.01...1e6))
         s.stages = try flags.requiredInt("ect-stages", 1...64)
@@ -119,12 +126,13 @@ func runStudent(_ flags: ParsedFlags) throws {
         let trainer = try ECTStudentTrainer(teacher: teacher.model, dataset: data, settings: s, runDir: out, resume: resume)
         trainer.plotLabels.subtitle += " - teacher \(teacherDir)"
         stdoutLine("easy consistency tuning (ECT) from the weights of \(teacherDir) (\(loaded.denoiser.description)) on the images in \(dataDir)")
-        stdoutLine(String(format: "student sigmas %.4g..%.4g%@", schedule.sigmaMin, schedule.sigmaMax, loaded.edmSchedule == nil ? " (clamped to the teacher's)" : ""))
+        stdoutLine(formLine)
         trainer.resumeLines.forEach(stdoutLine)
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     } else {
         var s = DistillSettings()
         try readRunFlags(&s, flags, seed: seed, schedule: schedule)
+        s.use(form)
         s.sigmas = try flags.requiredInt("sigmas", 2...1000)
         if flags.has("lr") { s.optimizer.learningRate = try flags.requiredFloat("lr", 1e-8...1) }
         if flags.has("warmup") { s.optimizer.warmupSteps = try flags.requiredInt("warmup", 0...10_000_000) }
@@ -134,9 +142,7 @@ func runStudent(_ flags: ParsedFlags) throws {
         let trainer = try ConsistencyStudentTrainer(denoiser: loaded.denoiser, dataset: data, settings: s, runDir: out, resume: resume)
         trainer.plotLabels.subtitle += " - teacher \(teacherDir)"
         stdoutLine("consistency distillation of the teacher \(teacherDir) (\(loaded.denoiser.description)) on the images in \(dataDir)")
-        if loaded.edmSchedule == nil {
-            stdoutLine(String(format: "student sigmas %.4g..%.4g (clamped to the teacher's)", schedule.sigmaMin, schedule.sigmaMax))
-        }
+        stdoutLine(formLine)
         trainer.resumeLines.forEach(stdoutLine)
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     }

@@ -119,7 +119,8 @@ final class DDPMTeacherTests: XCTestCase {
     }
 
     /// `onestep-distill student --teacher DIR` on a DDPM-family folder (a tiny 8-class UNet with DDPMScheduler):
-    /// runs, says the sigma range was clamped, and its folder loads as a consistency model.
+    /// runs, says the student takes the LCM form of the teacher's network over the teacher's sigma range, and its
+    /// folder loads as an LCMScheduler model (the teacher's betas) sampled at 1 and 2 steps.
     func testStudentCommandDistilsADDPMTeacher() throws {
         let dir = makeTempDir()
         _ = try ShapesGenerator.write(count: 32, size: 16, seed: 0, to: dir + "/data")
@@ -134,10 +135,16 @@ final class DDPMTeacherTests: XCTestCase {
                                         "--sample-every", "100000"])
         XCTAssertEqual(r.status, 0, r.output)
         XCTAssertTrue(r.output.contains("DDPMScheduler epsilon, 1000 timesteps"), r.output)
-        XCTAssertTrue(r.output.contains("student sigmas 0.01..80 (clamped"), r.output)
+        XCTAssertTrue(r.output.contains("student: LCM form of the teacher's epsilon network (LCMScheduler, original_inference_steps 50), sigma 0.01..157 (t 0..999)"), r.output)
         print("DDPM teacher -> student, 3 steps: \(String(format: "%.1f", Date().timeIntervalSince(start))) s")
         let student = try ImagePipeline.load(path: dir + "/student")
-        XCTAssertTrue(student.sampler is ConsistencySampler, "\(type(of: student.sampler))")
+        let lcm = try XCTUnwrap(student.sampler as? LCMSampler, "\(type(of: student.sampler))")
+        let teacherSampler = try XCTUnwrap(try ImagePipeline.load(path: dir + "/teacher").sampler as? DDPMSampler)
+        XCTAssertEqual(lcm.schedule.alphasCumprod, teacherSampler.schedule.alphasCumprod)
+        XCTAssertEqual(lcm.prediction, .epsilon)
+        for steps in [1, 2] {
+            XCTAssertTrue(student.generate([GenerationRequest(seed: 1, label: 3)], steps: steps).data.allSatisfy(\.isFinite))
+        }
         XCTAssertEqual(DistillProcess.lastStep(in: r.output), 3)
     }
 
@@ -168,7 +175,8 @@ final class DDPMTeacherTests: XCTestCase {
     }
 
     /// An unconditional v_prediction DDPM teacher (DDIMScheduler) on class-folder data: every method runs (the
-    /// folders' labels are not passed to the unconditional networks) and exports an unconditional consistency model.
+    /// folders' labels are not passed to the unconditional networks) and exports an unconditional LCMScheduler model
+    /// with the teacher's v_prediction.
     func testEveryMethodDistilsAnUnconditionalVPredictionTeacher() throws {
         let dir = makeTempDir()
         _ = try ShapesGenerator.write(count: 32, size: 16, seed: 0, to: dir + "/data")
@@ -188,6 +196,7 @@ final class DDPMTeacherTests: XCTestCase {
             print("unconditional DDPM teacher, --method \(method), 3 steps: \(String(format: "%.1f", Date().timeIntervalSince(start))) s")
             let student = try ImagePipeline.load(path: dir + "/" + method)
             XCTAssertNil(student.numClasses)
+            XCTAssertEqual((student.sampler as? LCMSampler)?.prediction, .vPrediction, "\(type(of: student.sampler))")
             XCTAssertTrue(student.generate([GenerationRequest(seed: 2, label: nil)], steps: 1).data.allSatisfy { $0.isFinite && abs($0) <= 1 })
         }
     }

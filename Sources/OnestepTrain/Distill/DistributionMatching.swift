@@ -2,7 +2,7 @@
 // Distribution Matching Distillation"): a one-step generator G and a fake score network mu_fake, both copies of
 // the teacher's network; the teacher mu_real is frozen. No data images are used (only class labels, drawn
 // uniformly). Per step `number`, for a batch of noise z and labels c:
-//   x = G(sigma_max z, c)                                       one-step sample (consistency parameterisation)
+//   x = G(sigma_max z, c)                  one-step sample (the teacher's student form: StudentParameterization.swift)
 //   generator turn (number % fakeUpdatesPerGenerator == 0):
 //     sigma ~ Karras grid index U{min_step .. max_step},  x_s = x + sigma n
 //     p_real = x - mu_real(x_s; sigma),  p_fake = x - mu_fake(x_s; sigma)          (no gradient through either)
@@ -37,6 +37,8 @@ public struct DMDSettings: Sendable {
     public var checkpointEvery = 250
     public var sampleEvery = 500
     public var schedule = EDMSchedulerConfig()
+    /// The LCM form of a DDPM-family teacher (StudentParameterization.swift); nil: the consistency form of `schedule`.
+    public var lcmForm: LatentConsistencyForm? = nil
     public init() {
         for k in [\DMDSettings.generatorOptimizer, \DMDSettings.fakeOptimizer] {
             self[keyPath: k].learningRate = 2e-5
@@ -98,12 +100,14 @@ public final class DistributionMatchingObjective: TrainingObjective {
         grid = Array(settings.schedule.karrasSigmas(settings.gridSize).prefix(settings.gridSize).reversed())
     }
 
-    /// x = G(sigma_max z) for z (B, P): the generator's forward (caches kept for its backward), into `x`.
+    /// x = G(scale z) at sigma_max for z (B, P), as the exported scheduler's 1-step run starts (scale: sigma_max
+    /// for the consistency form, sqrt(sigma_max^2 + 1) for the LCM form): the generator's forward (caches kept for its
+    /// backward), into `x`.
     func generate(z: UnsafePointer<Float>, labels: [Int]?, batch b: Int) -> UnsafeMutablePointer<Float> {
-        let s = settings.schedule, out = x.ensure(b * per), input = gen.ensure(b * per)
-        for j in 0..<(b * per) { input[j] = Float(s.sigmaMax) * z[j] }
-        consistencyOutput(generator.model, input, sigmas: Array(repeating: s.sigmaMax, count: b), labels: labels,
-                          sigmaMin: s.sigmaMin, sigmaData: s.sigmaData, scratch: scratch, into: out)
+        let s = settings.schedule, form = settings.parameterization, out = x.ensure(b * per), input = gen.ensure(b * per)
+        let scale = Float(form.initialNoiseScale(sigmaMax: s.sigmaMax))
+        for j in 0..<(b * per) { input[j] = scale * z[j] }
+        studentOutput(generator.model, input, sigmas: Array(repeating: s.sigmaMax, count: b), labels: labels, form: form, scratch: scratch, into: out)
         return out
     }
 
@@ -132,7 +136,7 @@ public final class DistributionMatchingObjective: TrainingObjective {
     func generatorLoss(z: UnsafePointer<Float>, target: UnsafePointer<Float>, labels: [Int]?, batch b: Int, backward: Bool, scale: Float = 1) -> Double {
         let xg = generate(z: z, labels: labels, batch: b), p = per, n = Double(b * p)
         let s = settings.schedule
-        let cOut = Float(ConsistencyParameterization.scalings(sigma: s.sigmaMax, sigmaMin: s.sigmaMin, sigmaData: s.sigmaData).cOut)
+        let cOut = Float(settings.parameterization.scalings(sigma: s.sigmaMax).cOut)
         let g = grad.ensure(b * p)
         var loss = 0.0
         for j in 0..<(b * p) {
@@ -196,12 +200,12 @@ public final class DistributionMatchingObjective: TrainingObjective {
     }
 
     public func export(to dir: String, step: Int) throws {
-        try StudentExport.write(generator.model, weights: generator.ema.shadow, timesteps: settings.sigmas, schedule: settings.schedule, to: dir,
+        try StudentExport.write(generator.model, weights: generator.ema.shadow, timesteps: settings.sigmas, form: settings.parameterization, to: dir,
                                 metadata: ["onestep.trained_steps": String(step), "onestep.weights": "ema \(generator.ema.decay)", "onestep.kind": kind])
     }
 
     public func writeSamples(to dir: String) throws {
-        try StudentExport.writeSamples(generator.model, weights: generator.ema.shadow, timesteps: settings.sigmas, to: dir + "/samples.png",
+        try StudentExport.writeSamples(generator.model, weights: generator.ema.shadow, timesteps: settings.sigmas, form: settings.parameterization, to: dir + "/samples.png",
                                        title: "dmd generator (EMA weights), 1 step")
     }
 }
