@@ -135,7 +135,7 @@ final class DDPMTeacherTests: XCTestCase {
                                         "--sample-every", "100000"])
         XCTAssertEqual(r.status, 0, r.output)
         XCTAssertTrue(r.output.contains("DDPMScheduler epsilon, 1000 timesteps"), r.output)
-        XCTAssertTrue(r.output.contains("student: LCM form of the teacher's epsilon network (LCMScheduler, original_inference_steps 50), sigma 0.01..157 (t 0..999)"), r.output)
+        XCTAssertTrue(r.output.contains("student: LCM form of the teacher's epsilon network (LCMScheduler, original_inference_steps 50), sigma 0.01..157.4 (t 0..999)"), r.output)
         print("DDPM teacher -> student, 3 steps: \(String(format: "%.1f", Date().timeIntervalSince(start))) s")
         let student = try ImagePipeline.load(path: dir + "/student")
         let lcm = try XCTUnwrap(student.sampler as? LCMSampler, "\(type(of: student.sampler))")
@@ -197,7 +197,8 @@ final class DDPMTeacherTests: XCTestCase {
             let student = try ImagePipeline.load(path: dir + "/" + method)
             XCTAssertNil(student.numClasses)
             XCTAssertEqual((student.sampler as? LCMSampler)?.prediction, .vPrediction, "\(type(of: student.sampler))")
-            XCTAssertTrue(student.generate([GenerationRequest(seed: 2, label: nil)], steps: 1).data.allSatisfy { $0.isFinite && abs($0) <= 1 })
+            // LCMScheduler with clip_sample false (as the student is trained): finite, clamped only when made uint8.
+            XCTAssertTrue(student.generate([GenerationRequest(seed: 2, label: nil)], steps: 1).data.allSatisfy(\.isFinite))
         }
     }
 }
