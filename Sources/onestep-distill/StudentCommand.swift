@@ -12,6 +12,7 @@ let studentCommand = Subcommand("student", summary: "distil a teacher (Onestep E
     FlagSpec("method", "cd: consistency distillation (teacher Heun steps, target network); ect: easy consistency tuning from the teacher's weights (no teacher calls; --ect-q, --ect-stages); dmd: distribution matching (DMD2 without GAN: a generator and a fake score network, both from the teacher; no data images; --dmd-ratio); regression: a smaller student on cached teacher pairs (implied by --student-config/--student-channels). See docs/DISTILLATION-METHODS.md", default: "cd"),
     FlagSpec("dmd-ratio", "dmd: fake-score updates per generator update (DMD2 dfake_gen_update_ratio)", default: "5"),
     FlagSpec("dmd-grid", "dmd: Karras sigmas of the score noise levels (DMD2 num_train_timesteps); the generator uses the middle 2%..98%", default: "1000"),
+    FlagSpec("lcm-timesteps", "cd/ect/dmd of a DDPM-family teacher: the student's num_train_timesteps K (its LCMScheduler takes one step at t = K-1, the teacher's first K timesteps); auto: the largest multiple of 50 with sigma_{K-1} <= 15, LCM's terminal noise level on Stable Diffusion's schedule (14.6; K = 700 for linear 1e-4..0.02 betas)", default: "auto"),
     FlagSpec("ect-q", "ect: r(t) = t (1 - q^-(stage+1) (1 + 8 sigmoid(-t))); larger q, r nearer t", default: "4"),
     FlagSpec("ect-stages", "ect: stages of the run, q-fold smaller t - r each", default: "4"),
     FlagSpec("sigmas", "Karras sigmas N of the distillation grid (scheduler num_train_timesteps)", default: "18"),
@@ -45,7 +46,8 @@ func runStudent(_ flags: ParsedFlags) throws {
     // cd, ect and dmd start the student as the teacher's copy, in the form the teacher chooses: the consistency form
     // for an EDM teacher, the LCM form (LCMScheduler folder) for a DDPM-family one.
     let form: StudentParameterization
-    do { form = try StudentParameterization.forTeacher(loaded, schedule: schedule) } catch let e as TeacherLoadError { throw FlagError("--teacher " + e.description) }
+    let lcmTimesteps: Int? = try flags.required("lcm-timesteps") == "auto" ? nil : flags.requiredInt("lcm-timesteps", 1...100_000)
+    do { form = try StudentParameterization.forTeacher(loaded, schedule: schedule, lcmTimesteps: lcmTimesteps) } catch let e as TeacherLoadError { throw FlagError("--teacher " + e.description) }
     let formLine = "student: " + form.description
     let small = flags.has("student-config") || flags.has("student-channels")
     let method = try flags.required("method")

@@ -14,15 +14,15 @@ final class LCMStudentTests: XCTestCase {
     static let forwardTolerance: Float = 2e-4
 
     /// A tiny class-conditional UNet as an epsilon DDPMScheduler teacher (linear betas, 1000 timesteps) and its
-    /// LCM student form.
-    func makeTeacher(prediction: String = "epsilon", classes: Int = 3) throws -> (data: ImageDataset, teacher: DiscreteDDPMTeacher, form: StudentParameterization) {
+    /// LCM student form over the teacher's first `timesteps` (nil: the default terminal timestep).
+    func makeTeacher(prediction: String = "epsilon", classes: Int = 3, timesteps: Int? = 1000) throws -> (data: ImageDataset, teacher: DiscreteDDPMTeacher, form: StudentParameterization) {
         let data = TinyData.shapes(count: 8, size: 8, classes: classes)
         let model = try TrainableUNet(config: TinyData.config(classes: data.classNames!), seed: 2).inferenceModel()
         let config = SchedulerConfig(values: ["num_train_timesteps": 1000, "beta_schedule": "linear", "prediction_type": prediction],
                                      path: "test", className: "DDPMScheduler")
         let sampler = try DDPMSampler(config: config)
         let teacher = try DiscreteDDPMTeacher(model: model, alphasCumprod: sampler.schedule.alphasCumprod, prediction: sampler.prediction)
-        return (data, teacher, .latentConsistency(try LatentConsistencyForm(teacher: sampler, model: model)))
+        return (data, teacher, .latentConsistency(try LatentConsistencyForm(teacher: sampler, model: model, timesteps: timesteps)))
     }
 
     func relativeError(_ a: [Float], _ b: [Float]) -> Float {
@@ -90,7 +90,11 @@ final class LCMStudentTests: XCTestCase {
     /// d1 = f(x; sigma_999); 2 steps: x' = d1 + sigma_499 z' (= LCMScheduler's sqrt(abar) d1 + sqrt(1-abar) z' in
     /// VE), d2 = f(x'; sigma_499).
     func testExportedLCMFolderSamplesTheTrainedFunction() throws {
-        let (_, teacher, form) = try makeTeacher()
+        for k in [1000, 700] { try checkExportedFolder(timesteps: k) }
+    }
+
+    func checkExportedFolder(timesteps k: Int) throws {
+        let (_, teacher, form) = try makeTeacher(timesteps: k)
         guard case .latentConsistency(let l) = form else { return XCTFail("not the LCM form") }
         // Weights moved off the teacher's, so the check is not of the teacher copy only.
         let net = try TrainableUNet(config: teacher.model.config, weights: TensorDictionary(teacher.model.parameters))
@@ -100,11 +104,13 @@ final class LCMStudentTests: XCTestCase {
         let pipeline = try ImagePipeline.load(path: dir)
         let lcm = try XCTUnwrap(pipeline.sampler as? LCMSampler, "\(type(of: pipeline.sampler))")
         XCTAssertEqual(lcm.schedule.alphasCumprod, l.alphasCumprod)
+        XCTAssertEqual(Array(teacher.logSigmas.prefix(k)), l.ddpm.logSigmas)
         XCTAssertEqual(lcm.prediction, .epsilon)
-        XCTAssertEqual(lcm.start(steps: 2).timesteps, [999, 499])
+        let top = k - 1, middle = k / 2 - 1
+        XCTAssertEqual(lcm.start(steps: 2).timesteps, [Float(top), Float(middle)])
         let per = 3 * 8 * 8, seeds: [UInt64] = [5, 6], labels = [2, 0]
         let reqs = zip(seeds, labels).map { GenerationRequest(seed: $0, label: $1) }
-        let s999 = Foundation.exp(teacher.logSigmas[999]), s499 = Foundation.exp(teacher.logSigmas[499])
+        let s999 = Foundation.exp(teacher.logSigmas[top]), s499 = Foundation.exp(teacher.logSigmas[middle])
         var z1: [Float] = [], z2: [Float] = []
         for s in seeds {
             var g = TorchGenerator(seed: s)
@@ -119,9 +125,31 @@ final class LCMStudentTests: XCTestCase {
         studentOutput(net, x2, sigmas: [s499, s499], labels: labels, form: form, scratch: scratch, into: &d2)
         let one = pipeline.generate(reqs, steps: 1).data, two = pipeline.generate(reqs, steps: 2).data
         let e1 = relativeError(one, d1), e2 = relativeError(two, d2)
-        print("LCM folder vs training-side f: 1 step relative error \(e1), 2 steps \(e2)")
+        print("LCM folder (K = \(k)) vs training-side f: 1 step relative error \(e1), 2 steps \(e2)")
         XCTAssertLessThan(e1, Self.forwardTolerance)
         XCTAssertLessThan(e2, Self.forwardTolerance)
+    }
+
+    /// The default K for linear 1e-4..0.02 betas: 700 (sigma_699 = 11.94 <= 15 < sigma_749 = 17.4), exported as the
+    /// teacher's first 700 betas; for a schedule whose sigma_{T-1} is already below 15 (Stable Diffusion's
+    /// scaled_linear 0.00085..0.012, T = 1000: 14.6) K = T and the config keeps the teacher's beta keys. K out of range is refused.
+    func testDefaultTerminalTimestepBoundsTheOneStepAmplification() throws {
+        let (_, teacher, form) = try makeTeacher(timesteps: nil)
+        guard case .latentConsistency(let l) = form else { return XCTFail("not the LCM form") }
+        XCTAssertEqual(l.alphasCumprod.count, 700)
+        XCTAssertEqual(l.firstTimestep, 699)
+        XCTAssertEqual(l.sigmaMax, 11.94, accuracy: 0.01)
+        XCTAssertGreaterThan(Foundation.exp(teacher.logSigmas[749]), LatentConsistencyForm.defaultTerminalSigma)
+        let d = try l.schedulerDictionary()
+        XCTAssertEqual(d["num_train_timesteps"] as? Int, 700)
+        XCTAssertEqual((d["trained_betas"] as? [Double])?.count, 700)
+        let sd = SchedulerConfig(values: ["num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012],
+                                 path: "test", className: "DDIMScheduler")
+        let sdForm = try LatentConsistencyForm(teacher: try DDIMSampler(config: sd), model: teacher.model)
+        XCTAssertEqual(sdForm.alphasCumprod.count, 1000)
+        XCTAssertTrue(try sdForm.schedulerDictionary()["trained_betas"] is NSNull)
+        XCTAssertEqual(try sdForm.schedulerDictionary()["beta_schedule"] as? String, "scaled_linear")
+        XCTAssertThrowsError(try makeTeacher(timesteps: 1001)) { e in XCTAssertTrue("\(e)".contains("--lcm-timesteps"), "\(e)") }
     }
 
     /// Relative L2 error of analytic vs Richardson-extrapolated central differences on 2 coordinates per tensor.

@@ -11,7 +11,9 @@
               A run folder that already holds a finished student (timing.json) is reused, and the table says so.
   4. eval     one `onestep-distill eval` on the evaluation set: the teacher with DDIMScheduler and
               DPMSolverMultistepScheduler (from its DDPMScheduler config, as diffusers' from_config) at 35 steps
-              (35 NFE) and DDIM at 1 step, each student at 1 and 2 steps.
+              (35 NFE) and DDIM at 1 step (leading spacing: that one step is at t = 0), and with LCMScheduler at 1
+              and 2 steps (t = 999, 499: the teacher's own x0 prediction, which is what the cd/ect/dmd students
+              start from), each student at 1 and 2 steps.
   5. table    OUT/method_table.md: method, sampler, steps, NFE, FD-cls, KID, conditional accuracy (95% bootstrap
               intervals), training wall/CPU time, eval sampling wall time. Printed at the end.
 
@@ -147,7 +149,9 @@ def main():
     k = args.teacher_steps
     specs = [f"teacher-ddim{k}={args.teacher}:{k}@DDIMScheduler",
              f"teacher-dpmpp{k}={args.teacher}:{k}@DPMSolverMultistepScheduler",
-             f"teacher-ddim1={args.teacher}:1@DDIMScheduler"]
+             f"teacher-ddim1={args.teacher}:1@DDIMScheduler",
+             f"teacher-lcm1={args.teacher}:1@LCMScheduler",
+             f"teacher-lcm2={args.teacher}:2@LCMScheduler"]
     for m in methods:
         specs += [f"{m}-1step={os.path.join(args.out, m)}:1", f"{m}-2step={os.path.join(args.out, m)}:2"]
     cmd = [distill, "eval", "--data", args.eval_data, "--out", os.path.join(args.out, "eval"), "--samples", str(args.samples),

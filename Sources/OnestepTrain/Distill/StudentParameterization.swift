@@ -15,8 +15,18 @@
 //     f = c_skip(t) x_vp + c_out(t) x0_pred,  c_skip = sd^2 / ((10 t)^2 + sd^2), c_out = 10 t / sqrt((10 t)^2 + sd^2)
 //   so cSkip = c_skip(t) cIn + c_out(t) tSkip, cOut = c_out(t) tOut, with t = t(sigma) interpolated in log sigma as
 //   DiscreteDDPMTeacher does (integer at the schedule's own sigmas, which is where LCMScheduler samples).
-//   A copy of the teacher is then already the teacher's one-step x0 prediction at sigma_max (c_skip(999) ~ 3e-9),
+//   A copy of the teacher is then already the teacher's one-step x0 prediction at sigma_max (c_skip(t) ~ 1e-8),
 //   and f(x, sigma_min) = c_in x ~ x (t = 0: c_skip 1, c_out 0; c_in = sqrt(abar_0) = 0.99995 for linear betas).
+//
+//   The terminal timestep. LCMScheduler takes its one step at t = K-1 of its num_train_timesteps K. For an epsilon
+//   teacher x0_pred's error is the eps error times sqrt(1 - abar_t) / sqrt(abar_t) = sigma_t: 157 at t = 999 of the
+//   DDPM linear 1e-4..0.02 schedule (shapes16-ddpm: 5% eps RMSE -> x0 RMSE 8.1, 16x the error of the mean image),
+//   against 14.6 at t = 999 of Stable Diffusion's scaled_linear 0.00085..0.012 schedule that LCM was made for. So
+//   the student's schedule is the teacher's first K timesteps (LCMScheduler config: num_train_timesteps K and
+//   trained_betas = the teacher's first K betas, so alphas_cumprod are the teacher's bit for bit), K by default
+//   the largest multiple of original_inference_steps with sigma_{K-1} <= 15 (LCM's own terminal noise level, 14.6):
+//   700 for the linear schedule (sigma 11.94). The 1-step sample then starts from pure noise at a level where the
+//   data still has 8% of the amplitude (abar 0.0069; SD's LCM: 0.0047), as LCM and SD-Turbo do at t = 999.
 import Foundation
 import OnestepCore
 
@@ -32,10 +42,18 @@ public struct LatentConsistencyForm: @unchecked Sendable {
     public let timestepScaling: Double = 10, sigmaData: Double = 0.5
     /// The teacher's scheduler config values (betas, num_train_timesteps), for the exported LCMScheduler config.
     let teacherConfig: [String: Any]
+    /// The teacher's num_train_timesteps T and its betas (T).
+    public let teacherTimesteps: Int
+    let teacherBetas: [Float]
+    /// The default bound on the student's sigma_max: LCM's terminal sigma on Stable Diffusion's schedule
+    /// (scaled_linear 0.00085..0.012, t = 999: 14.61), rounded up.
+    public static let defaultTerminalSigma = 15.0
 
-    /// - Throws: TeacherLoadError when the sampler is not DDPM-family, or the betas cannot be restated for
-    ///   LCMScheduler so that its alphas_cumprod equal the teacher's bit for bit.
-    public init(teacher sampler: any Sampler, model: UNet2DModel, originalInferenceSteps: Int = 50) throws {
+    /// - Parameter timesteps: the student's num_train_timesteps K <= T (its one step at t = K-1); nil: the largest
+    ///   multiple of original_inference_steps whose sigma_{K-1} <= `defaultTerminalSigma` (at least one multiple).
+    /// - Throws: TeacherLoadError when the sampler is not DDPM-family, K is out of range, or the betas cannot be
+    ///   restated for LCMScheduler so that its alphas_cumprod equal the teacher's bit for bit.
+    public init(teacher sampler: any Sampler, model: UNet2DModel, originalInferenceSteps: Int = 50, timesteps: Int? = nil) throws {
         let found: (DiscreteSchedule, PredictionType)?
         switch sampler {
         case let s as DDPMSampler: found = (s.schedule, s.prediction)
@@ -46,9 +64,16 @@ public struct LatentConsistencyForm: @unchecked Sendable {
         guard let (schedule, prediction) = found else {
             throw TeacherLoadError("an LCM-form student needs a DDPM-family teacher scheduler, not \(type(of: sampler).className)")
         }
-        ddpm = try DiscreteDDPMTeacher(model: model, alphasCumprod: schedule.alphasCumprod, prediction: prediction)
-        (alphasCumprod, self.prediction) = (schedule.alphasCumprod, prediction)
-        self.originalInferenceSteps = min(originalInferenceSteps, schedule.numTrainTimesteps)
+        let t = schedule.numTrainTimesteps, orig = min(originalInferenceSteps, t)
+        let sigmas = schedule.alphasCumprod.map { Double(((1 - $0) / $0).squareRoot()) }
+        let k = timesteps ?? max(orig, Array(stride(from: orig, through: t, by: orig)).last { sigmas[$0 - 1] <= Self.defaultTerminalSigma } ?? orig)
+        guard (orig...t).contains(k) else {
+            throw TeacherLoadError("the student's num_train_timesteps (--lcm-timesteps) \(k) must lie in \(orig)...\(t) (original_inference_steps ... the teacher's)")
+        }
+        let ac = Array(schedule.alphasCumprod.prefix(k))
+        ddpm = try DiscreteDDPMTeacher(model: model, alphasCumprod: ac, prediction: prediction)
+        (alphasCumprod, self.prediction, self.originalInferenceSteps) = (ac, prediction, orig)
+        (teacherTimesteps, teacherBetas) = (t, schedule.betas)
         teacherConfig = sampler.configDictionary
         let check = try lcmSampler()
         guard check.schedule.alphasCumprod == alphasCumprod else {
@@ -56,8 +81,8 @@ public struct LatentConsistencyForm: @unchecked Sendable {
         }
     }
 
-    /// The LCMScheduler config of the student folder: the teacher's betas and prediction type, clip_sample false (the
-    /// student was trained on the unclipped f), timestep_scaling 10.
+    /// The LCMScheduler config of the student folder: the teacher's betas (its first K as trained_betas when K < T)
+    /// and prediction type, clip_sample false (the student was trained on the unclipped f), timestep_scaling 10.
     public func schedulerDictionary() throws -> [String: Any] {
         let c = SchedulerConfig(values: teacherConfig, path: "the teacher's scheduler config")
         var d: [String: Any] = [
@@ -75,6 +100,10 @@ public struct LatentConsistencyForm: @unchecked Sendable {
             "rescale_betas_zero_snr": false,
         ]
         d["trained_betas"] = try c.doubles("trained_betas") ?? NSNull()
+        if alphasCumprod.count < teacherTimesteps {
+            d["num_train_timesteps"] = alphasCumprod.count
+            d["trained_betas"] = teacherBetas.prefix(alphasCumprod.count).map { Double($0) }
+        }
         return d
     }
 
@@ -103,9 +132,10 @@ public enum StudentParameterization: Sendable {
 
     /// The form a teacher's students take: consistency for an Onestep EDM teacher (its `schedule`), the LCM form for
     /// a diffusers DDPM-family teacher.
-    public static func forTeacher(_ loaded: TeacherLoader.Loaded, schedule: EDMSchedulerConfig) throws -> StudentParameterization {
+    /// `lcmTimesteps`: the LCM form's num_train_timesteps K (nil: LatentConsistencyForm's default).
+    public static func forTeacher(_ loaded: TeacherLoader.Loaded, schedule: EDMSchedulerConfig, lcmTimesteps: Int? = nil) throws -> StudentParameterization {
         if loaded.edmSchedule != nil { return .consistency(schedule) }
-        return .latentConsistency(try LatentConsistencyForm(teacher: loaded.pipeline.sampler, model: loaded.pipeline.model))
+        return .latentConsistency(try LatentConsistencyForm(teacher: loaded.pipeline.sampler, model: loaded.pipeline.model, timesteps: lcmTimesteps))
     }
 
     /// f(x, sigma) = cSkip x + cOut F(cIn x; timestep), in double.
@@ -155,8 +185,8 @@ public enum StudentParameterization: Sendable {
         case .consistency(let s):
             return String(format: "consistency form (CMStochasticIterativeScheduler), sigma %.4g..%.4g", s.sigmaMin, s.sigmaMax)
         case .latentConsistency(let l):
-            return String(format: "LCM form of the teacher's %@ network (LCMScheduler, original_inference_steps %d), sigma %.4g..%.4g (t 0..%d)",
-                          l.prediction.rawValue, l.originalInferenceSteps, l.sigmaMin, l.sigmaMax, l.firstTimestep)
+            return String(format: "LCM form of the teacher's %@ network (LCMScheduler, num_train_timesteps %d of the teacher's %d, original_inference_steps %d), sigma %.4g..%.4g (t 0..%d)",
+                          l.prediction.rawValue, l.alphasCumprod.count, l.teacherTimesteps, l.originalInferenceSteps, l.sigmaMin, l.sigmaMax, l.firstTimestep)
         }
     }
 }
