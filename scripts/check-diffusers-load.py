@@ -40,7 +40,9 @@ scheduler_class = json.load(open(os.path.join(a.student, "scheduler_config.json"
 k = unet.config.num_class_embeds
 if scheduler_class == "LCMScheduler":
     sched = LCMScheduler.from_pretrained(a.student)
-    detail = (f"{sched.config.prediction_type}, {sched.config.beta_schedule} betas {sched.config.beta_start}..{sched.config.beta_end}, "
+    betas = (f"trained_betas ({len(sched.config.trained_betas)})" if sched.config.trained_betas is not None
+             else f"{sched.config.beta_schedule} betas {sched.config.beta_start}..{sched.config.beta_end}")
+    detail = (f"{sched.config.prediction_type}, num_train_timesteps {sched.config.num_train_timesteps}, {betas}, "
               f"original_inference_steps {sched.config.original_inference_steps}")
 
     @torch.no_grad()

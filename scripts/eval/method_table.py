@@ -13,7 +13,9 @@
               DPMSolverMultistepScheduler (from its DDPMScheduler config, as diffusers' from_config) at 35 steps
               (35 NFE) and DDIM at 1 step (leading spacing: that one step is at t = 0), and with LCMScheduler at 1
               and 2 steps (t = 999, 499: the teacher's own x0 prediction, which is what the cd/ect/dmd students
-              start from), each student at 1 and 2 steps.
+              start from when their scheduler is the teacher's), each student at 1 and 2 steps, and "initial": the
+              teacher's weights in the students' own folder form (the first student's scheduler_config.json: for a
+              DDPM-family teacher the LCMScheduler over its first K timesteps), i.e. every cd/ect/dmd student at step 0.
   5. table    OUT/method_table.md: method, sampler, steps, NFE, FD-cls, KID, conditional accuracy (95% bootstrap
               intervals), training wall/CPU time, eval sampling wall time. Printed at the end.
 
@@ -152,6 +154,17 @@ def main():
              f"teacher-ddim1={args.teacher}:1@DDIMScheduler",
              f"teacher-lcm1={args.teacher}:1@LCMScheduler",
              f"teacher-lcm2={args.teacher}:2@LCMScheduler"]
+    # The students' starting point: the teacher's UNet with the first copy-initialised student's scheduler config.
+    first = next((m for m in methods if m != "regression"), None)
+    if first is not None:
+        initial = os.path.join(args.out, "initial")
+        os.makedirs(initial, exist_ok=True)
+        unet_dir = os.path.join(args.teacher, "unet") if os.path.isdir(os.path.join(args.teacher, "unet")) else args.teacher
+        for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+            if not os.path.exists(os.path.join(initial, name)):
+                os.symlink(os.path.abspath(os.path.join(unet_dir, name)), os.path.join(initial, name))
+        open(os.path.join(initial, "scheduler_config.json"), "w").write(open(os.path.join(args.out, first, "scheduler_config.json")).read())
+        specs += [f"initial-1step={initial}:1", f"initial-2step={initial}:2"]
     for m in methods:
         specs += [f"{m}-1step={os.path.join(args.out, m)}:1", f"{m}-2step={os.path.join(args.out, m)}:2"]
     cmd = [distill, "eval", "--data", args.eval_data, "--out", os.path.join(args.out, "eval"), "--samples", str(args.samples),
@@ -169,6 +182,8 @@ def main():
 
     def train_cell(name):
         m = name.rsplit("-", 1)[0]
+        if m == "initial":
+            return "0 steps (the teacher's weights)"
         if m == "teacher":
             return (f"PyTorch: {teacher_record.get('steps')} steps x {teacher_record.get('batch')}, "
                     f"{teacher_record.get('wall_seconds', 0) / 60:.1f} min ({teacher_record.get('cpu_seconds', 0) / 60:.1f} CPU min)")
