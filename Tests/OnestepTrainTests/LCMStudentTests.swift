@@ -238,3 +238,47 @@ final class LCMStudentTests: XCTestCase {
         XCTAssertLessThan(dmdError, GradientTolerance.maxRelativeError)
     }
 }
+
+/// kill -9 / resume of an LCM-form student (cd of a DDPMScheduler teacher) through the real binary: resumed within
+/// one checkpoint interval and ending on the straight run's tensors, weights and LCMScheduler config, byte for byte.
+/// (KillResumeTests covers the consistency form with EDM teachers.)
+final class LCMStudentKillResumeTests: XCTestCase {
+    func testLCMStudentKilledMidRunResumesToTheStraightRunsWeights() throws {
+        let dir = makeTempDir("lcmkillresume")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        _ = try ShapesGenerator.write(count: 64, size: 16, seed: 0, to: dir + "/data")
+        try writeTinyConfig(to: dir + "/tiny.json")
+        let teacher = dir + "/teacher"
+        try ModelExport.writeEDMTeacher(TrainableUNet(config: try UNetConfig.load(path: dir + "/tiny.json").withClasses(8), seed: 3), to: teacher)
+        try JSONSerialization.data(withJSONObject: ["_class_name": "DDPMScheduler", "num_train_timesteps": 1000, "beta_schedule": "linear"])
+            .write(to: URL(fileURLWithPath: teacher + "/scheduler_config.json"))
+        let interval = KillResumeTests.interval
+        func args(_ out: String) -> [String] {
+            ["student", "--teacher", teacher, "--data", dir + "/data", "--out", out, "--steps", String(KillResumeTests.steps), "--batch", "4",
+             "--sigmas", "6", "--log-every", "1", "--checkpoint-every", String(interval), "--sample-every", "100000"]
+        }
+        let straight = dir + "/straight", killed = dir + "/killed"
+        let reference = try DistillProcess.run(args(straight))
+        XCTAssertEqual(reference.status, 0, reference.output)
+        XCTAssertTrue(reference.output.contains("student: LCM form"), reference.output)
+
+        let run = try DistillProcess(args(killed))
+        let killedAt = try run.kill9(atStep: KillResumeTests.killAfter)
+        let resumed = try DistillProcess.run(args(killed) + ["--resume"])
+        XCTAssertEqual(resumed.status, 0, resumed.output)
+        let from = try XCTUnwrap(DistillProcess.resumedStep(in: resumed.output), resumed.output)
+        XCTAssertGreaterThan(from, 0)
+        XCTAssertLessThanOrEqual(from, killedAt)
+        XCTAssertLessThanOrEqual(killedAt - from, interval)
+
+        let a = try checkpointTensors(straight), b = try checkpointTensors(killed)
+        for key in ["student/values", "student/target", "student/ema", "student/adam.m", "student/adam.v", "losses"] {
+            XCTAssertNotNil(a[key], key)
+            XCTAssertEqual(a[key], b[key], key)
+        }
+        for file in [ModelExport.weightsFile, "scheduler_config.json"] {
+            XCTAssertEqual(FileManager.default.contents(atPath: straight + "/" + file), FileManager.default.contents(atPath: killed + "/" + file), file)
+        }
+        XCTAssertTrue(try ImagePipeline.load(path: killed).sampler is LCMSampler)
+    }
+}
