@@ -77,6 +77,7 @@ def main():
     ap.add_argument("--workers", type=int, default=2, help="threads of each student run and of the eval")
     ap.add_argument("--parallel", type=int, default=1, help="student runs at a time (each with --workers threads)")
     ap.add_argument("--train-teacher", type=float, default=0, help="retrain the teacher for this many minutes first")
+    ap.add_argument("--student-args", default="", help="more flags for every student run, e.g. \"--lcm-timesteps 600\"")
     ap.add_argument("--bin", default=os.path.join(ROOT, ".build", "release"))
     args = ap.parse_args()
     distill = os.path.join(args.bin, "onestep-distill")
@@ -115,6 +116,7 @@ def main():
         cmd = [distill, "student", "--teacher", args.teacher, "--method", m, "--data", args.data, "--out", run_dir,
                "--steps", str(args.steps), "--batch", str(args.batch), "--workers", str(args.workers),
                "--sample-every", str(args.steps), "--checkpoint-every", str(max(50, args.steps // 4))]
+        cmd += args.student_args.split()
         if m == "regression":
             cmd += ["--student-channels", channels, "--pairs", str(args.pairs), "--heun-steps", str(args.pair_steps)]
         if m == "dmd":
@@ -205,7 +207,8 @@ def main():
             info.setdefault(key, value)
     cpu = f"{info.get('model name', 'unknown')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
     note = (f"\n{args.samples} generated images per model against held-out images of {args.eval_data}; students: "
-            f"{args.steps} steps x {args.batch} images each (regression: + {args.pairs} DDIM-{args.pair_steps} pairs). "
+            f"{args.steps} steps x {args.batch} images each (regression: + {args.pairs} DDIM-{args.pair_steps} pairs)"
+            f"{', student flags ' + args.student_args if args.student_args else ''}. "
             f"CPU: {cpu}, {os.cpu_count()} vCPUs; load average before the eval {' '.join(load0)}, "
             f"eval wall {eval_wall:.0f}s. Timings per run: {json.dumps(timings)}\n")
     table = "\n".join(lines) + "\n" + note
