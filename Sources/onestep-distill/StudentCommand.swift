@@ -50,6 +50,9 @@ func runStudent(_ flags: ParsedFlags) throws {
     do { form = try StudentParameterization.forTeacher(loaded, schedule: schedule, lcmTimesteps: lcmTimesteps) } catch let e as TeacherLoadError { throw FlagError("--teacher " + e.description) }
     let formLine = "student: " + form.description
     let small = flags.has("student-config") || flags.has("student-channels")
+    if flags.has("lcm-timesteps"), loaded.edmSchedule != nil || small {
+        stderrLine("note: --lcm-timesteps is used only by cd/ect/dmd students of a DDPM-family teacher; ignored here")
+    }
     let method = try flags.required("method")
     guard ["cd", "ect", "dmd", "regression"].contains(method) else {
         throw FlagError("--method \(method): expected cd, ect, dmd or regression")
