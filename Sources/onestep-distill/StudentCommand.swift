@@ -12,6 +12,7 @@ let studentCommand = Subcommand("student", summary: "distil a teacher (Onestep E
     FlagSpec("method", "cd: consistency distillation (teacher Heun steps, target network); ect: easy consistency tuning from the teacher's weights (no teacher calls; --ect-q, --ect-stages); dmd: distribution matching (DMD2 without GAN: a generator and a fake score network, both from the teacher; no data images; --dmd-ratio); regression: a smaller student on cached teacher pairs (implied by --student-config/--student-channels). See docs/DISTILLATION-METHODS.md", default: "cd"),
     FlagSpec("dmd-ratio", "dmd: fake-score updates per generator update (DMD2 dfake_gen_update_ratio)", default: "5"),
     FlagSpec("dmd-grid", "dmd: Karras sigmas of the score noise levels (DMD2 num_train_timesteps); the generator uses the middle 2%..98%", default: "1000"),
+    FlagSpec("lcm-timesteps", "cd/ect/dmd of a DDPM-family teacher: the student's num_train_timesteps K (its LCMScheduler takes one step at t = K-1, the teacher's first K timesteps); auto: the largest multiple of 50 with sigma_{K-1} <= 15, LCM's terminal noise level on Stable Diffusion's schedule (14.6; K = 700 for linear 1e-4..0.02 betas)", default: "auto"),
     FlagSpec("ect-q", "ect: r(t) = t (1 - q^-(stage+1) (1 + 8 sigmoid(-t))); larger q, r nearer t", default: "4"),
     FlagSpec("ect-stages", "ect: stages of the run, q-fold smaller t - r each", default: "4"),
     FlagSpec("sigmas", "Karras sigmas N of the distillation grid (scheduler num_train_timesteps)", default: "18"),
@@ -45,7 +46,16 @@ func runStudent(_ flags: ParsedFlags) throws {
     do { loaded = try TeacherLoader.load(path: teacherDir) } catch let e as TeacherLoadError { throw FlagError("--teacher " + e.description) }
     let teacher = loaded.pipeline
     let schedule = loaded.edmSchedule ?? loaded.denoiser.clamped(EDMSchedulerConfig())
+    // cd, ect and dmd start the student as the teacher's copy, in the form the teacher chooses: the consistency form
+    // for an EDM teacher, the LCM form (LCMScheduler folder) for a DDPM-family one.
+    let form: StudentParameterization
+    let lcmTimesteps: Int? = try flags.required("lcm-timesteps") == "auto" ? nil : flags.requiredInt("lcm-timesteps", 1...100_000)
+    do { form = try StudentParameterization.forTeacher(loaded, schedule: schedule, lcmTimesteps: lcmTimesteps) } catch let e as TeacherLoadError { throw FlagError("--teacher " + e.description) }
+    let formLine = "student: " + form.description
     let small = flags.has("student-config") || flags.has("student-channels")
+    if flags.has("lcm-timesteps"), loaded.edmSchedule != nil || small {
+        stderrLine("note: --lcm-timesteps is used only by cd/ect/dmd students of a DDPM-family teacher; ignored here")
+    }
     let method = try flags.required("method")
     guard ["cd", "ect", "dmd", "regression"].contains(method) else {
         throw FlagError("--method \(method): expected cd, ect, dmd or regression")
@@ -89,6 +99,7 @@ func runStudent(_ flags: ParsedFlags) throws {
     } else if method == "dmd" {
         var s = DMDSettings()
         try readRunFlags(&s, flags, seed: seed, schedule: schedule)
+        s.use(form)
         s.sigmas = try flags.requiredInt("sigmas", 2...1000)
         s.fakeUpdatesPerGenerator = try flags.requiredInt("dmd-ratio", 1...1000)
         s.gridSize = try flags.requiredInt("dmd-grid", 2...100_000)
@@ -106,12 +117,13 @@ func runStudent(_ flags: ParsedFlags) throws {
         let trainer = try DMDStudentTrainer(teacher: loaded.denoiser, settings: s, runDir: out, resume: resume, force: force, inputs: inputs)
         trainer.plotLabels.subtitle += " - teacher \(teacherDir)"
         stdoutLine("distribution matching (DMD2 without GAN) of the teacher \(teacherDir) (\(loaded.denoiser.description)); the logged loss is the fake score's")
-        stdoutLine(String(format: "student sigmas %.4g..%.4g%@", schedule.sigmaMin, schedule.sigmaMax, loaded.edmSchedule == nil ? " (clamped to the teacher's)" : ""))
+        stdoutLine(formLine)
         trainer.resumeLines.forEach(stdoutLine)
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     } else if method == "ect" {
         var s = ECTSettings()
         try readRunFlags(&s, flags, seed: seed, schedule: schedule)
+        s.use(form)
         s.sigmas = try flags.requiredInt("sigmas", 2...1000)
         s.q = Double(try flags.requiredFloat("ect-q", 1.01...1e6))
         s.stages = try flags.requiredInt("ect-stages", 1...64)
@@ -123,12 +135,13 @@ func runStudent(_ flags: ParsedFlags) throws {
         let trainer = try ECTStudentTrainer(teacher: teacher.model, dataset: data, settings: s, runDir: out, resume: resume, force: force, inputs: inputs)
         trainer.plotLabels.subtitle += " - teacher \(teacherDir)"
         stdoutLine("easy consistency tuning (ECT) from the weights of \(teacherDir) (\(loaded.denoiser.description)) on the images in \(dataDir)")
-        stdoutLine(String(format: "student sigmas %.4g..%.4g%@", schedule.sigmaMin, schedule.sigmaMax, loaded.edmSchedule == nil ? " (clamped to the teacher's)" : ""))
+        stdoutLine(formLine)
         trainer.resumeLines.forEach(stdoutLine)
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     } else {
         var s = DistillSettings()
         try readRunFlags(&s, flags, seed: seed, schedule: schedule)
+        s.use(form)
         s.sigmas = try flags.requiredInt("sigmas", 2...1000)
         if flags.has("lr") { s.optimizer.learningRate = try flags.requiredFloat("lr", 1e-8...1) }
         if flags.has("warmup") { s.optimizer.warmupSteps = try flags.requiredInt("warmup", 0...10_000_000) }
@@ -140,9 +153,7 @@ func runStudent(_ flags: ParsedFlags) throws {
                                                     force: force, inputs: inputs)
         trainer.plotLabels.subtitle += " - teacher \(teacherDir)"
         stdoutLine("consistency distillation of the teacher \(teacherDir) (\(loaded.denoiser.description)) on the images in \(dataDir)")
-        if loaded.edmSchedule == nil {
-            stdoutLine(String(format: "student sigmas %.4g..%.4g (clamped to the teacher's)", schedule.sigmaMin, schedule.sigmaMax))
-        }
+        stdoutLine(formLine)
         trainer.resumeLines.forEach(stdoutLine)
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     }

@@ -119,7 +119,8 @@ final class DDPMTeacherTests: XCTestCase {
     }
 
     /// `onestep-distill student --teacher DIR` on a DDPM-family folder (a tiny 8-class UNet with DDPMScheduler):
-    /// runs, says the sigma range was clamped, and its folder loads as a consistency model.
+    /// runs, says the student takes the LCM form of the teacher's network over the teacher's first 700 timesteps,
+    /// and its folder loads as an LCMScheduler model (the teacher's betas) sampled at 1 and 2 steps.
     func testStudentCommandDistilsADDPMTeacher() throws {
         let dir = makeTempDir()
         _ = try ShapesGenerator.write(count: 32, size: 16, seed: 0, to: dir + "/data")
@@ -134,10 +135,17 @@ final class DDPMTeacherTests: XCTestCase {
                                         "--sample-every", "100000"])
         XCTAssertEqual(r.status, 0, r.output)
         XCTAssertTrue(r.output.contains("DDPMScheduler epsilon, 1000 timesteps"), r.output)
-        XCTAssertTrue(r.output.contains("student sigmas 0.01..80 (clamped"), r.output)
+        XCTAssertTrue(r.output.contains("student: LCM form of the teacher's epsilon network (LCMScheduler, num_train_timesteps 700 of the teacher's 1000, original_inference_steps 50), sigma 0.01..11.94 (t 0..699)"), r.output)
         print("DDPM teacher -> student, 3 steps: \(String(format: "%.1f", Date().timeIntervalSince(start))) s")
         let student = try ImagePipeline.load(path: dir + "/student")
-        XCTAssertTrue(student.sampler is ConsistencySampler, "\(type(of: student.sampler))")
+        let lcm = try XCTUnwrap(student.sampler as? LCMSampler, "\(type(of: student.sampler))")
+        let teacherSampler = try XCTUnwrap(try ImagePipeline.load(path: dir + "/teacher").sampler as? DDPMSampler)
+        XCTAssertEqual(lcm.schedule.alphasCumprod.count, 700)  // the default terminal timestep (LCMStudentTests)
+        XCTAssertTrue(lcm.schedule.alphasCumprod == Array(teacherSampler.schedule.alphasCumprod.prefix(700)), "not the teacher's first 700 alphas_cumprod")
+        XCTAssertEqual(lcm.prediction, .epsilon)
+        for steps in [1, 2] {
+            XCTAssertTrue(student.generate([GenerationRequest(seed: 1, label: 3)], steps: steps).data.allSatisfy(\.isFinite))
+        }
         XCTAssertEqual(DistillProcess.lastStep(in: r.output), 3)
     }
 
@@ -168,7 +176,8 @@ final class DDPMTeacherTests: XCTestCase {
     }
 
     /// An unconditional v_prediction DDPM teacher (DDIMScheduler) on class-folder data: every method runs (the
-    /// folders' labels are not passed to the unconditional networks) and exports an unconditional consistency model.
+    /// folders' labels are not passed to the unconditional networks) and exports an unconditional LCMScheduler model
+    /// with the teacher's v_prediction.
     func testEveryMethodDistilsAnUnconditionalVPredictionTeacher() throws {
         let dir = makeTempDir()
         _ = try ShapesGenerator.write(count: 32, size: 16, seed: 0, to: dir + "/data")
@@ -188,7 +197,9 @@ final class DDPMTeacherTests: XCTestCase {
             print("unconditional DDPM teacher, --method \(method), 3 steps: \(String(format: "%.1f", Date().timeIntervalSince(start))) s")
             let student = try ImagePipeline.load(path: dir + "/" + method)
             XCTAssertNil(student.numClasses)
-            XCTAssertTrue(student.generate([GenerationRequest(seed: 2, label: nil)], steps: 1).data.allSatisfy { $0.isFinite && abs($0) <= 1 })
+            XCTAssertEqual((student.sampler as? LCMSampler)?.prediction, .vPrediction, "\(type(of: student.sampler))")
+            // LCMScheduler with clip_sample false (as the student is trained): finite, clamped only when made uint8.
+            XCTAssertTrue(student.generate([GenerationRequest(seed: 2, label: nil)], steps: 1).data.allSatisfy(\.isFinite))
         }
     }
 }

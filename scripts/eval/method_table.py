@@ -11,7 +11,11 @@
               A run folder that already holds a finished student (timing.json) is reused, and the table says so.
   4. eval     one `onestep-distill eval` on the evaluation set: the teacher with DDIMScheduler and
               DPMSolverMultistepScheduler (from its DDPMScheduler config, as diffusers' from_config) at 35 steps
-              (35 NFE) and DDIM at 1 step, each student at 1 and 2 steps.
+              (35 NFE) and DDIM at 1 step (leading spacing: that one step is at t = 0), and with LCMScheduler at 1
+              and 2 steps (t = 999, 499: the teacher's own x0 prediction, which is what the cd/ect/dmd students
+              start from when their scheduler is the teacher's), each student at 1 and 2 steps, and "initial": the
+              teacher's weights in the students' own folder form (the first student's scheduler_config.json: for a
+              DDPM-family teacher the LCMScheduler over its first K timesteps), i.e. every cd/ect/dmd student at step 0.
   5. table    OUT/method_table.md: method, sampler, steps, NFE, FD-cls, KID, conditional accuracy (95% bootstrap
               intervals), training wall/CPU time, eval sampling wall time. Printed at the end.
 
@@ -73,6 +77,7 @@ def main():
     ap.add_argument("--workers", type=int, default=2, help="threads of each student run and of the eval")
     ap.add_argument("--parallel", type=int, default=1, help="student runs at a time (each with --workers threads)")
     ap.add_argument("--train-teacher", type=float, default=0, help="retrain the teacher for this many minutes first")
+    ap.add_argument("--student-args", default="", help="more flags for every student run, e.g. \"--lcm-timesteps 600\"")
     ap.add_argument("--bin", default=os.path.join(ROOT, ".build", "release"))
     args = ap.parse_args()
     distill = os.path.join(args.bin, "onestep-distill")
@@ -111,6 +116,7 @@ def main():
         cmd = [distill, "student", "--teacher", args.teacher, "--method", m, "--data", args.data, "--out", run_dir,
                "--steps", str(args.steps), "--batch", str(args.batch), "--workers", str(args.workers),
                "--sample-every", str(args.steps), "--checkpoint-every", str(max(50, args.steps // 4))]
+        cmd += args.student_args.split()
         if m == "regression":
             cmd += ["--student-channels", channels, "--pairs", str(args.pairs), "--heun-steps", str(args.pair_steps)]
         if m == "dmd":
@@ -147,7 +153,20 @@ def main():
     k = args.teacher_steps
     specs = [f"teacher-ddim{k}={args.teacher}:{k}@DDIMScheduler",
              f"teacher-dpmpp{k}={args.teacher}:{k}@DPMSolverMultistepScheduler",
-             f"teacher-ddim1={args.teacher}:1@DDIMScheduler"]
+             f"teacher-ddim1={args.teacher}:1@DDIMScheduler",
+             f"teacher-lcm1={args.teacher}:1@LCMScheduler",
+             f"teacher-lcm2={args.teacher}:2@LCMScheduler"]
+    # The students' starting point: the teacher's UNet with the first copy-initialised student's scheduler config.
+    first = next((m for m in methods if m != "regression"), None)
+    if first is not None:
+        initial = os.path.join(args.out, "initial")
+        os.makedirs(initial, exist_ok=True)
+        unet_dir = os.path.join(args.teacher, "unet") if os.path.isdir(os.path.join(args.teacher, "unet")) else args.teacher
+        for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+            if not os.path.exists(os.path.join(initial, name)):
+                os.symlink(os.path.abspath(os.path.join(unet_dir, name)), os.path.join(initial, name))
+        open(os.path.join(initial, "scheduler_config.json"), "w").write(open(os.path.join(args.out, first, "scheduler_config.json")).read())
+        specs += [f"initial-1step={initial}:1", f"initial-2step={initial}:2"]
     for m in methods:
         specs += [f"{m}-1step={os.path.join(args.out, m)}:1", f"{m}-2step={os.path.join(args.out, m)}:2"]
     cmd = [distill, "eval", "--data", args.eval_data, "--out", os.path.join(args.out, "eval"), "--samples", str(args.samples),
@@ -165,6 +184,8 @@ def main():
 
     def train_cell(name):
         m = name.rsplit("-", 1)[0]
+        if m == "initial":
+            return "0 steps (the teacher's weights)"
         if m == "teacher":
             return (f"PyTorch: {teacher_record.get('steps')} steps x {teacher_record.get('batch')}, "
                     f"{teacher_record.get('wall_seconds', 0) / 60:.1f} min ({teacher_record.get('cpu_seconds', 0) / 60:.1f} CPU min)")
@@ -186,7 +207,8 @@ def main():
             info.setdefault(key, value)
     cpu = f"{info.get('model name', 'unknown')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
     note = (f"\n{args.samples} generated images per model against held-out images of {args.eval_data}; students: "
-            f"{args.steps} steps x {args.batch} images each (regression: + {args.pairs} DDIM-{args.pair_steps} pairs). "
+            f"{args.steps} steps x {args.batch} images each (regression: + {args.pairs} DDIM-{args.pair_steps} pairs)"
+            f"{', student flags ' + args.student_args if args.student_args else ''}. "
             f"CPU: {cpu}, {os.cpu_count()} vCPUs; load average before the eval {' '.join(load0)}, "
             f"eval wall {eval_wall:.0f}s. Timings per run: {json.dumps(timings)}\n")
     table = "\n".join(lines) + "\n" + note

@@ -31,6 +31,8 @@ public struct DistillSettings: Sendable {
     public var sampleEvery = 500
     public var workers = 2
     public var schedule = EDMSchedulerConfig()
+    /// The LCM form of a DDPM-family teacher (StudentParameterization.swift); nil: the consistency form of `schedule`.
+    public var lcmForm: LatentConsistencyForm? = nil
     public init() {
         optimizer.learningRate = 1e-4
         optimizer.warmupSteps = 0
@@ -105,7 +107,7 @@ public final class ConsistencyDistillationLoss {
     public let teacher: any TeacherDenoiser
     public let settings: DistillSettings
     public let karras: [Double]  // (N) descending, sigma_max ... sigma_min
-    private var workers: [Worker] = []
+    private(set) var workers: [Worker] = []
 
     final class Worker {
         let student: TrainableUNet, target: TrainableUNet
@@ -151,16 +153,16 @@ public final class ConsistencyDistillationLoss {
         let x = noisy + lo * per
         let from = (lo..<hi).map { karras[n[$0]] }, to = (lo..<hi).map { karras[n[$0] + 1] }
         let lab = labels.map { Array($0[lo..<hi]) }
-        let sm = settings.schedule.sigmaMin, sd = settings.schedule.sigmaData
+        let form = settings.parameterization
         let heun = w.heun.ensure(m * per)
         teacher.heunStep(x, from: from, to: to, labels: lab, into: heun)
         let tgt = w.targetOut.ensure(m * per)
-        consistencyOutput(w.target, heun, sigmas: to, labels: lab, sigmaMin: sm, sigmaData: sd, scratch: w.scratch, into: tgt)
+        studentOutput(w.target, heun, sigmas: to, labels: lab, form: form, scratch: w.scratch, into: tgt)
         let out = w.studentOut.ensure(m * per), g = w.grad.ensure(m * per)
-        consistencyOutput(w.student, x, sigmas: from, labels: lab, sigmaMin: sm, sigmaData: sd, scratch: w.scratch, into: out)
+        studentOutput(w.student, x, sigmas: from, labels: lab, form: form, scratch: w.scratch, into: out)
         var loss = 0.0
         for i in 0..<m {
-            let cOut = Float(ConsistencyParameterization.scalings(sigma: from[i], sigmaMin: sm, sigmaData: sd).cOut)
+            let cOut = Float(form.scalings(sigma: from[i]).cOut)
             // d loss / dF = c_out * d loss / d f.
             loss += PseudoHuber.lossAndGradient(out + i * per, tgt + i * per, count: per, c: c, gradScale: scale * cOut, grad: g + i * per)
         }
@@ -213,9 +215,9 @@ public final class ConsistencyDistillationObjective: TrainingObjective {
     }
 
     /// Any teacher denoiser (EDM, or a diffusers DDPM-family UNet through DiscreteDDPMTeacher); the student is a copy
-    /// of its network, trained in the consistency parameterisation of `settings.schedule` (the caller clamps that
-    /// schedule's sigma range to the teacher's: `TeacherDenoiser.clamped`). A DDPM teacher's copy starts with
-    /// another input scaling and timestep map than the student's, so its first steps mostly re-learn those.
+    /// of its network, trained in `settings.parameterization`: the consistency form of `settings.schedule` for an
+    /// EDM teacher, the LCM form of a DDPM-family teacher (set with `settings.use(StudentParameterization.forTeacher)`,
+    /// which also sets the sigma range), so the copy starts as the teacher's own one-step denoiser.
     public init(denoiser: any TeacherDenoiser, dataset: ImageDataset, settings: DistillSettings) throws {
         let teacher = denoiser.model
         guard dataset.size == teacher.config.sampleSize, dataset.channels == teacher.config.inChannels else {
@@ -247,12 +249,12 @@ public final class ConsistencyDistillationObjective: TrainingObjective {
     }
 
     public func export(to dir: String, step: Int) throws {
-        try StudentExport.write(model, weights: student.ema.shadow, timesteps: settings.sigmas, schedule: settings.schedule, to: dir,
+        try StudentExport.write(model, weights: student.ema.shadow, timesteps: settings.sigmas, form: settings.parameterization, to: dir,
                                 metadata: ["onestep.trained_steps": String(step), "onestep.weights": "ema \(student.ema.decay)", "onestep.kind": kind])
     }
 
     public func writeSamples(to dir: String) throws {
-        try StudentExport.writeSamples(model, weights: student.ema.shadow, timesteps: settings.sigmas, to: dir + "/samples.png",
+        try StudentExport.writeSamples(model, weights: student.ema.shadow, timesteps: settings.sigmas, form: settings.parameterization, to: dir + "/samples.png",
                                        title: "cd student (EMA weights), 1 step")
     }
 }

@@ -7,8 +7,9 @@
 //   loss = w(t) * (sqrt(||f_theta(x_t, t) - target||^2 + c^2) - c),   w(t) = (t^2 + sigma_data^2) / (t sigma_data)^2
 // The stage grows from 0 to `stages - 1` evenly over the run, so r approaches t (dt shrinks q-fold per stage).
 // Matches locuslab/ect training/loss.py ECMLoss (adj="sigmoid", wt="snrpk") with iCT's pseudo-Huber c
-// (ECT's c=0 is the plain L2 norm). f_theta is the consistency parameterisation (ConsistencyParameterization.swift),
-// as the exported CMStochasticIterativeScheduler folder samples it.
+// (ECT's c=0 is the plain L2 norm). f_theta is the student parameterisation the teacher chose
+// (StudentParameterization.swift: consistency for an EDM teacher, LCM for a DDPM-family one), as the exported folder
+// samples it.
 //
 // Legend: B batch, P = C*S*S values per image.
 import Foundation
@@ -36,6 +37,8 @@ public struct ECTSettings: Sendable {
     public var sampleEvery = 500
     public var workers = 2
     public var schedule = EDMSchedulerConfig()
+    /// The LCM form of a DDPM-family teacher (StudentParameterization.swift); nil: the consistency form of `schedule`.
+    public var lcmForm: LatentConsistencyForm? = nil
     public init() {
         optimizer.learningRate = 1e-4
         optimizer.warmupSteps = 0
@@ -140,7 +143,7 @@ public final class ConsistencyTuningObjective: TrainingObjective {
                    labels: [Int]?, scale: Float, backward: Bool = true, fixedTarget: UnsafePointer<Float>? = nil) -> Double {
         let m = hi - lo, per = dataset.imageFloats
         guard m > 0 else { return 0 }
-        let s = settings.schedule, c = settings.huberC ?? PseudoHuber.constant(dimension: per)
+        let s = settings.schedule, form = settings.parameterization, c = settings.huberC ?? PseudoHuber.constant(dimension: per)
         let xt = w.xt.ensure(m * per), xr = w.xr.ensure(m * per), tgt = w.target.ensure(m * per)
         for i in 0..<m {
             let ti = Float(t[lo + i]), ri = Float(r[lo + i])
@@ -155,18 +158,18 @@ public final class ConsistencyTuningObjective: TrainingObjective {
             tgt.update(from: fixedTarget + lo * per, count: m * per)
         } else {
             let rr = (lo..<hi).map { max(r[$0], s.sigmaMin) }
-            consistencyOutput(w.net, xr, sigmas: rr, labels: lab, sigmaMin: s.sigmaMin, sigmaData: s.sigmaData, scratch: w.scratch, into: tgt)
+            studentOutput(w.net, xr, sigmas: rr, labels: lab, form: form, scratch: w.scratch, into: tgt)
             for i in 0..<m where r[lo + i] <= s.sigmaMin {  // boundary: f(x, sigma_min) = x0 exactly, as ECT's mask
                 tgt.advanced(by: i * per).update(from: x0 + (lo + i) * per, count: per)
             }
         }
         let out = w.out.ensure(m * per), g = w.grad.ensure(m * per)
         let ts = Array(t[lo..<hi])
-        consistencyOutput(w.net, xt, sigmas: ts, labels: lab, sigmaMin: s.sigmaMin, sigmaData: s.sigmaData, scratch: w.scratch, into: out)
+        studentOutput(w.net, xt, sigmas: ts, labels: lab, form: form, scratch: w.scratch, into: out)
         var loss = 0.0
         for i in 0..<m {
             let wt = settings.weight(t: ts[i])
-            let cOut = Float(ConsistencyParameterization.scalings(sigma: ts[i], sigmaMin: s.sigmaMin, sigmaData: s.sigmaData).cOut)
+            let cOut = Float(form.scalings(sigma: ts[i]).cOut)
             loss += wt * PseudoHuber.lossAndGradient(out + i * per, tgt + i * per, count: per, c: c, gradScale: scale * Float(wt) * cOut, grad: g + i * per)
         }
         if backward { w.net.backward(g) }
@@ -183,12 +186,12 @@ public final class ConsistencyTuningObjective: TrainingObjective {
     var firstWorker: Worker { workers[0] }
 
     public func export(to dir: String, step: Int) throws {
-        try StudentExport.write(model, weights: student.ema.shadow, timesteps: settings.sigmas, schedule: settings.schedule, to: dir,
+        try StudentExport.write(model, weights: student.ema.shadow, timesteps: settings.sigmas, form: settings.parameterization, to: dir,
                                 metadata: ["onestep.trained_steps": String(step), "onestep.weights": "ema \(student.ema.decay)", "onestep.kind": kind])
     }
 
     public func writeSamples(to dir: String) throws {
-        try StudentExport.writeSamples(model, weights: student.ema.shadow, timesteps: settings.sigmas, to: dir + "/samples.png",
+        try StudentExport.writeSamples(model, weights: student.ema.shadow, timesteps: settings.sigmas, form: settings.parameterization, to: dir + "/samples.png",
                                        title: "ect student (EMA weights), 1 step")
     }
 }

@@ -2,7 +2,7 @@
 // Distribution Matching Distillation"): a one-step generator G and a fake score network mu_fake, both copies of
 // the teacher's network; the teacher mu_real is frozen. No data images are used (only class labels, drawn
 // uniformly). Per step `number`, for a batch of noise z and labels c:
-//   x = G(sigma_max z, c)                                       one-step sample (consistency parameterisation)
+//   x = G(sigma_max z, c)                  one-step sample (the teacher's student form: StudentParameterization.swift)
 //   generator turn (number % fakeUpdatesPerGenerator == 0):
 //     sigma ~ Karras grid index U{min_step .. max_step},  x_s = x + sigma n
 //     p_real = x - mu_real(x_s; sigma),  p_fake = x - mu_fake(x_s; sigma)          (no gradient through either)
@@ -44,6 +44,8 @@ public struct DMDSettings: Sendable {
     /// Threads that split each batch (data parallel, one replica of each network per extra thread).
     public var workers = 2
     public var schedule = EDMSchedulerConfig()
+    /// The LCM form of a DDPM-family teacher (StudentParameterization.swift); nil: the consistency form of `schedule`.
+    public var lcmForm: LatentConsistencyForm? = nil
     public init() {
         for k in [\DMDSettings.generatorOptimizer, \DMDSettings.fakeOptimizer] {
             self[keyPath: k].learningRate = 2e-5
@@ -127,12 +129,15 @@ public final class DistributionMatchingObjective: TrainingObjective {
 
     // MARK: the pieces of a step, on one worker's chunk of m images (pointers at the chunk's first image)
 
-    /// x = G(sigma_max z) for z (m, P): the worker's generator forward (caches kept for its backward), into w.x.
+    /// x = G(scale z) at sigma_max for z (m, P), as the exported scheduler's 1-step run starts (scale: sigma_max for
+    /// the consistency form, sqrt(sigma_max^2 + 1) for the LCM form): the worker's generator forward (caches kept for
+    /// its backward), into w.x.
     func generate(_ w: Worker, z: UnsafePointer<Float>, labels: [Int]?, count m: Int) -> UnsafeMutablePointer<Float> {
-        let s = settings.schedule, p = per, out = w.x.ensure(m * p), input = w.noisy.ensure(m * p)
-        for j in 0..<(m * p) { input[j] = Float(s.sigmaMax) * z[j] }
-        consistencyOutput(w.generator, input, sigmas: Array(repeating: s.sigmaMax, count: m), labels: labels,
-                          sigmaMin: s.sigmaMin, sigmaData: s.sigmaData, scratch: w.genInput, into: out)
+        let s = settings.schedule, form = settings.parameterization, p = per, out = w.x.ensure(m * p), input = w.noisy.ensure(m * p)
+        let scale = Float(form.initialNoiseScale(sigmaMax: s.sigmaMax))
+        for j in 0..<(m * p) { input[j] = scale * z[j] }
+        studentOutput(w.generator, input, sigmas: Array(repeating: s.sigmaMax, count: m), labels: labels, form: form,
+                      scratch: w.genInput, into: out)
         return out
     }
 
@@ -161,7 +166,7 @@ public final class DistributionMatchingObjective: TrainingObjective {
     /// grads. Returns the chunk's sum.
     func generatorLoss(_ w: Worker, x: UnsafePointer<Float>, target: UnsafePointer<Float>, count m: Int, total: Int, backward: Bool) -> Double {
         let s = settings.schedule, p = per, n = Double(total)
-        let cOut = Float(ConsistencyParameterization.scalings(sigma: s.sigmaMax, sigmaMin: s.sigmaMin, sigmaData: s.sigmaData).cOut)
+        let cOut = Float(settings.parameterization.scalings(sigma: s.sigmaMax).cOut)
         let g = w.grad.ensure(m * p)
         var loss = 0.0
         for j in 0..<(m * p) {
@@ -288,12 +293,12 @@ public final class DistributionMatchingObjective: TrainingObjective {
     }
 
     public func export(to dir: String, step: Int) throws {
-        try StudentExport.write(generator.model, weights: generator.ema.shadow, timesteps: settings.sigmas, schedule: settings.schedule, to: dir,
+        try StudentExport.write(generator.model, weights: generator.ema.shadow, timesteps: settings.sigmas, form: settings.parameterization, to: dir,
                                 metadata: ["onestep.trained_steps": String(step), "onestep.weights": "ema \(generator.ema.decay)", "onestep.kind": kind])
     }
 
     public func writeSamples(to dir: String) throws {
-        try StudentExport.writeSamples(generator.model, weights: generator.ema.shadow, timesteps: settings.sigmas, to: dir + "/samples.png",
+        try StudentExport.writeSamples(generator.model, weights: generator.ema.shadow, timesteps: settings.sigmas, form: settings.parameterization, to: dir + "/samples.png",
                                        title: "dmd generator (EMA weights), 1 step")
     }
 }

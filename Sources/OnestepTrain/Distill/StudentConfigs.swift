@@ -51,7 +51,15 @@ extension StudentRunSettings {
     /// student's sigma schedule (set from the teacher: clamped to a DDPM teacher's range).
     var sharedRunSettings: RunSettings {
         RunSettings(["steps": String(steps), "batch": String(batch), "ema": RunSettings.text(saveEMA), "seed": String(seed),
-                     "student-schedule": "sigma \(schedule.sigmaMin)..\(schedule.sigmaMax), sigma_data \(schedule.sigmaData), rho \(schedule.rho)"])
+                     "student-schedule": "sigma \(schedule.sigmaMin)..\(schedule.sigmaMax), sigma_data \(schedule.sigmaData), rho \(schedule.rho)",
+                     "student-form": studentFormRecord])
+    }
+
+    /// The student's form (StudentParameterization.swift): a resume in the other form, or with another LCM terminal
+    /// timestep K (`--lcm-timesteps`), would read the checkpoint's network as another function.
+    private var studentFormRecord: String {
+        guard let l = (self as? any TeacherCopyStudentSettings)?.lcmForm else { return "consistency" }
+        return "lcm, \(l.alphasCumprod.count) timesteps, \(l.prediction.rawValue), original_inference_steps \(l.originalInferenceSteps)"
     }
 }
 
