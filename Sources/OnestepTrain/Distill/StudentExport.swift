@@ -29,7 +29,7 @@ public enum StudentExport {
         let inference = try UNet2DModel(config: model.config, weights: TensorDictionary(model.store.tensors(from: weights)))
         var c = ConsistencySchedulerConfig()
         c.numTrainTimesteps = timesteps
-        let rows = model.config.numClassEmbeds ?? columns
+        let rows = model.config.numClasses ?? columns
         let conditional = model.config.numClassEmbeds != nil
         let reqs = (0..<rows).flatMap { r in (0..<columns).map { GenerationRequest(seed: UInt64(conditional ? $0 : r * columns + $0), label: conditional ? r : nil) } }
         let images = ConsistencySampler(config: c).sample(reqs, steps: 1, channels: model.config.inChannels, size: model.config.sampleSize) { x, t, l in
