@@ -199,3 +199,55 @@ final class GuidanceTests: XCTestCase {
         XCTAssertTrue(student.generate([GenerationRequest(seed: 1, label: 7)], steps: 1).data.allSatisfy { $0.isFinite })
     }
 }
+
+/// `onestep-distill teacher --label-dropout`: the EDM teacher gets the null label row and trains it.
+final class TeacherLabelDropoutTests: XCTestCase {
+    /// The null label's embedding row moves only when labels are dropped to it (Adam leaves a row with zero
+    /// gradient exactly where it was).
+    func testLabelDropoutTrainsTheNullRow() throws {
+        let dir = makeTempDir()
+        _ = try ShapesGenerator.write(count: 32, size: 16, seed: 0, to: dir + "/data")
+        let data = try ImageFolder.load(path: dir + "/data", size: 16, channels: 3, warn: { _ in })
+        try writeTinyConfig(to: dir + "/tiny.json")
+        var cfg = try UNetConfig.load(path: dir + "/tiny.json").withClasses(8)
+        (cfg.numClassEmbeds, cfg.nullClassLabel) = (9, 8)
+        func nullRowChange(dropout: Double) throws -> Float {
+            var s = TeacherSettings()
+            (s.batch, s.labelDropout, s.optimizer.warmupSteps) = (8, dropout, 0)
+            let objective = try EDMTeacherObjective(config: cfg, dataset: data, settings: s)
+            let before = try XCTUnwrap(objective.model.store.tensors().first { $0.0 == "class_embedding.weight" }?.1)
+            var rng = TrainRandom(seed: 1)
+            for n in 0..<3 { _ = objective.step(number: n, rng: &rng) }
+            let after = try XCTUnwrap(objective.model.store.tensors().first { $0.0 == "class_embedding.weight" }?.1)
+            XCTAssertEqual(before.shape, [9, after.shape[1]])
+            let d = after.shape[1]
+            return zip(before.data[(8 * d)...], after.data[(8 * d)...]).map { abs($0 - $1) }.max()!
+        }
+        XCTAssertEqual(try nullRowChange(dropout: 0), 0, "the null row moved without label dropout")
+        XCTAssertGreaterThan(try nullRowChange(dropout: 0.5), 1e-6, "label dropout 0.5 never trained the null row")
+        // A model without a null label cannot drop labels.
+        var s = TeacherSettings()
+        s.labelDropout = 0.1
+        XCTAssertThrowsError(try EDMTeacherObjective(config: try UNetConfig.load(path: dir + "/tiny.json").withClasses(8), dataset: data, settings: s)) {
+            XCTAssertTrue("\($0)".contains("needs a class-conditional model with a null label"), "\($0)")
+        }
+    }
+
+    func testTeacherCommandLabelDropoutWritesTheNullLabel() throws {
+        let dir = makeTempDir()
+        _ = try ShapesGenerator.write(count: 32, size: 16, seed: 0, to: dir + "/data")
+        try writeTinyConfig(to: dir + "/tiny.json")
+        let r = try DistillProcess.run(["teacher", "--data", dir + "/data", "--out", dir + "/t", "--config", dir + "/tiny.json",
+                                        "--label-dropout", "0.2", "--steps", "2", "--batch", "4", "--log-every", "1",
+                                        "--sample-every", "100000", "--checkpoint-every", "2", "--workers", "1"])
+        XCTAssertEqual(r.status, 0, r.output)
+        let p = try ImagePipeline.load(path: dir + "/t")
+        XCTAssertEqual(p.config.numClassEmbeds, 9)
+        XCTAssertEqual(p.config.nullClassLabel, 8)
+        XCTAssertEqual(p.numClasses, 8)
+        XCTAssertTrue(try p.withClassGuidance(2).generate([GenerationRequest(seed: 0, label: 3)], steps: 2).data.allSatisfy { $0.isFinite })
+        let bad = try DistillProcess.run(["teacher", "--data", dir + "/data", "--out", dir + "/u", "--label-dropout", "2"])
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.output.contains("--label-dropout"), bad.output)
+    }
+}
