@@ -251,3 +251,31 @@ final class TeacherLabelDropoutTests: XCTestCase {
         XCTAssertTrue(bad.output.contains("--label-dropout"), bad.output)
     }
 }
+
+/// `onestep-distill pipeline --teacher-label-dropout P --guidance W`: the settings reach the teacher's config, the
+/// recorded settings and the eval rows; --guidance without a null label is refused before anything runs.
+final class PipelineGuidanceTests: XCTestCase {
+    func testPipelineSettingsCarryLabelDropoutAndGuidance() throws {
+        var s = PipelineSettings.quick
+        (s.teacher.labelDropout, s.guidance) = (0.2, 2)
+        let names = ShapeClass.allCases.map(\.rawValue)
+        let cfg = try s.teacherConfig(classNames: names)
+        XCTAssertEqual(cfg.numClassEmbeds, names.count + 1)
+        XCTAssertEqual(cfg.nullClassLabel, names.count)
+        XCTAssertEqual(cfg.numClasses, names.count)
+        XCTAssertNil(try PipelineSettings.quick.teacherConfig(classNames: names).nullClassLabel)
+        let recorded = DistillPipeline.recordedSettings(s)
+        XCTAssertEqual(recorded["guidance"] as? Double, 2)
+        XCTAssertEqual(recorded["teacher_label_dropout"] as? Double, 0.2)
+        XCTAssertEqual(DistillPipeline.differences(recorded: DistillPipeline.recordedSettings(.quick), current: recorded).sorted(),
+                       ["guidance: recorded 1.0, now 2.0", "teacher_label_dropout: recorded 0.0, now 0.2"])
+        let p = try DistillPipeline(dir: makeTempDir(), settings: s, force: false, shouldStop: { false }, log: { _ in })
+        XCTAssertEqual(p.evalSpecs.first, EvalSpec(name: "teacher-heun18-guidance2.0", path: p.dir + "/teacher", steps: 18, guidance: 2))
+    }
+
+    func testPipelineGuidanceNeedsLabelDropout() throws {
+        let r = try DistillProcess.run(["pipeline", "--quick", "--out", makeTempDir() + "/p", "--guidance", "2"])
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.output.contains("--guidance 2.0 needs a teacher with a null label: add --teacher-label-dropout"), r.output)
+    }
+}
