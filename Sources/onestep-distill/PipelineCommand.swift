@@ -21,7 +21,7 @@ func runPipeline(_ flags: ParsedFlags) throws {
     var settings = flags.isSet("quick") ? PipelineSettings.quick : PipelineSettings()
     if flags.has("checkpoint-every") { settings.setCheckpointInterval(try flags.requiredInt("checkpoint-every", 1...10_000_000)) }
     if flags.has("log-every") { settings.setLogInterval(try flags.requiredInt("log-every", 1...1_000_000)) }
-    settings.teacher.labelDropout = Double(try flags.requiredFloat("teacher-label-dropout", 0...0.9))
+    settings.teacher.labelDropout = try flags.double("teacher-label-dropout", range: 0...0.9) ?? 0
     if let w = try flags.double("guidance", range: 0...GuidanceLimits.maxScale) {
         guard settings.teacher.labelDropout > 0 else {
             throw FlagError("--guidance \(w) needs a teacher with a null label: add --teacher-label-dropout (e.g. 0.15)")

@@ -45,7 +45,7 @@ func runTeacher(_ flags: ParsedFlags) throws {
     s.sampleSteps = try flags.requiredInt("sample-steps", 1...64)
     BLAS.threads = try flags.requiredInt("threads", 1...64)
     s.workers = try flags.requiredInt("workers", 1...64)
-    s.labelDropout = Double(try flags.requiredFloat("label-dropout", 0...0.9))
+    s.labelDropout = try flags.double("label-dropout", range: 0...0.9) ?? 0
     let resume = flags.isSet("resume")
     try checkResumeFlag(resume, out: out)
 

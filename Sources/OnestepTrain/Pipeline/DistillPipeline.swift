@@ -175,6 +175,8 @@ public final class DistillPipeline {
             // JSONSerialization reads true/false as 1/0 and arrays with newlines: compare normalised text.
             func norm(_ v: String) -> String { v.filter { !$0.isWhitespace }.replacingOccurrences(of: "(", with: "[").replacingOccurrences(of: ")", with: "]")
                 .replacingOccurrences(of: "true", with: "1").replacingOccurrences(of: "false", with: "0") }
+            // Numbers compare by value: JSONSerialization reads a recorded 1.0 back as 1.
+            if let a = Double(norm(was)), let b = Double(norm(now)), a == b { return nil }
             return norm(was) == norm(now) ? nil : "\(k): recorded \(norm(was)), now \(norm(now))"
         }
     }
