@@ -4,7 +4,7 @@ import OnestepCore
 import OnestepTrain
 
 let evalCommand = Subcommand("eval", summary: "FD-cls, KID and conditional accuracy of models against held-out data", flags: [
-    FlagSpec("model", "[NAME=]DIR[:STEPS][@SCHEDULER]; repeat for several models (STEPS: consistency steps, Heun sigmas of an EDM teacher, or the scheduler's steps; @SCHEDULER samples the folder's network with that diffusers scheduler class made from its scheduler config, e.g. teacher=models/shapes16-ddpm:35@DDIMScheduler)"),
+    FlagSpec("model", "[NAME=]DIR[:STEPS][@SCHEDULER][,guidance=W]; repeat for several models (STEPS: consistency steps, Heun sigmas of an EDM teacher, or the scheduler's steps; @SCHEDULER samples the folder's network with that diffusers scheduler class made from its scheduler config, e.g. teacher=models/shapes16-ddpm:35@DDIMScheduler; W: classifier-free guidance scale of a model with a null label, e.g. teacher-w3=models/shapes16-ddpm:35@DDIMScheduler,guidance=3)"),
     FlagSpec("data", "labelled image folder (class sub-folders); the classifier is trained on it once and cached there"),
     FlagSpec("out", "folder for eval.md and one grid-NAME.png per model", default: "eval"),
     FlagSpec("samples", "generated images per model (and held-out real images per reference set)", default: "1000"),

@@ -10,6 +10,7 @@ let studentCommand = Subcommand("student", summary: "distil a teacher (Onestep E
     FlagSpec("student-config", "UNet config.json of a smaller student: trained by regression on cached teacher pairs"),
     FlagSpec("student-channels", "like --student-config: the teacher's config with these block_out_channels, e.g. 16,32,32"),
     FlagSpec("method", "cd: consistency distillation (teacher Heun steps, target network); ect: easy consistency tuning from the teacher's weights (no teacher calls; --ect-q, --ect-stages); dmd: distribution matching (DMD2 without GAN: a generator and a fake score network, both from the teacher; no data images; --dmd-ratio); regression: a smaller student on cached teacher pairs (implied by --student-config/--student-channels). See docs/DISTILLATION-METHODS.md", default: "cd"),
+    FlagSpec("teacher-guidance", "classifier-free guidance scale w of the teacher (a class-conditional teacher with a null label, \"null_class_label\" in its unet/config.json): the methods distil D_null + w (D_label - D_null), so the student bakes guidance in and serves with one forward. 1 = the plain conditional teacher. cd, dmd and regression (its pairs); not ect (no teacher calls)"),
     FlagSpec("dmd-ratio", "dmd: fake-score updates per generator update (DMD2 dfake_gen_update_ratio)", default: "5"),
     FlagSpec("dmd-grid", "dmd: Karras sigmas of the score noise levels (DMD2 num_train_timesteps); the generator uses the middle 2%..98%", default: "1000"),
     FlagSpec("lcm-timesteps", "cd/ect/dmd of a DDPM-family teacher: the student's num_train_timesteps K (its LCMScheduler takes one step at t = K-1, the teacher's first K timesteps); auto: the largest multiple of 50 with sigma_{K-1} <= 15, LCM's terminal noise level on Stable Diffusion's schedule (14.6; K = 700 for linear 1e-4..0.02 betas)", default: "auto"),
@@ -44,7 +45,7 @@ func runStudent(_ flags: ParsedFlags) throws {
     var inputs = RunSettings(["teacher": absolutePath(teacherDir)])
     let loaded: TeacherLoader.Loaded
     do { loaded = try TeacherLoader.load(path: teacherDir) } catch let e as TeacherLoadError { throw FlagError("--teacher " + e.description) }
-    let teacher = loaded.pipeline
+    var teacher = loaded.pipeline
     let schedule = loaded.edmSchedule ?? loaded.denoiser.clamped(EDMSchedulerConfig())
     // cd, ect and dmd start the student as the teacher's copy, in the form the teacher chooses: the consistency form
     // for an EDM teacher, the LCM form (LCMScheduler folder) for a DDPM-family one.
@@ -60,6 +61,21 @@ func runStudent(_ flags: ParsedFlags) throws {
     guard ["cd", "ect", "dmd", "regression"].contains(method) else {
         throw FlagError("--method \(method): expected cd, ect, dmd or regression")
     }
+    // The teacher every method calls: guided when --teacher-guidance is given (GuidedTeacher; the regression
+    // pairs come from the guided pipeline).
+    var denoiser = loaded.denoiser
+    let guidance = try teacherGuidance(flags)
+    // Guidance changes the function the student learns: part of the run's record ("1" = the plain teacher).
+    inputs["teacher-guidance"] = RunSettings.text(guidance ?? 1)
+    if let w = guidance {
+        guard method != "ect" || small else {
+            throw FlagError("--teacher-guidance: --method ect makes no teacher calls (it tunes the teacher's weights on data), so guidance would not reach it; use cd, dmd or regression, or drop --teacher-guidance")
+        }
+        do {
+            denoiser = try GuidedTeacher(loaded.denoiser, scale: w)
+            teacher = try teacher.withClassGuidance(w)
+        } catch let e as ModelLoadError { throw FlagError(e.description + " (teacher \(teacherDir))") }
+    }
     if small != (method == "regression") && flags.has("method") {
         throw FlagError(small ? "--student-config/--student-channels train by regression; drop --method \(method) or pass --method regression"
                               : "--method regression needs the smaller student's --student-config or --student-channels")
@@ -73,6 +89,7 @@ func runStudent(_ flags: ParsedFlags) throws {
         if let path = flags.string("student-config") {
             do { cfg = try UNetConfig.load(path: path) } catch let e as ConfigError { throw FlagError("--student-config \(path): \(e)") }
             cfg.numClassEmbeds = teacher.config.numClassEmbeds
+            cfg.nullClassLabel = teacher.config.nullClassLabel
             cfg.classNames = teacher.config.classNames
         } else {
             cfg = try StudentConfigs.narrower(teacher.config, channels: try parseChannels(flags.required("student-channels")))
@@ -114,9 +131,9 @@ func runStudent(_ flags: ParsedFlags) throws {
         if flags.has("data") { stderrLine("warning: --data is not used by --method dmd (it needs no data images, only the teacher's classes)") }
         s.workers = workers
         try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-        let trainer = try DMDStudentTrainer(teacher: loaded.denoiser, settings: s, runDir: out, resume: resume, force: force, inputs: inputs)
+        let trainer = try DMDStudentTrainer(teacher: denoiser, settings: s, runDir: out, resume: resume, force: force, inputs: inputs)
         trainer.plotLabels.subtitle += " - teacher \(teacherDir)"
-        stdoutLine("distribution matching (DMD2 without GAN) of the teacher \(teacherDir) (\(loaded.denoiser.description)); the logged loss is the fake score's")
+        stdoutLine("distribution matching (DMD2 without GAN) of the teacher \(teacherDir) (\(denoiser.description)); the logged loss is the fake score's")
         stdoutLine(formLine)
         trainer.resumeLines.forEach(stdoutLine)
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
@@ -149,16 +166,26 @@ func runStudent(_ flags: ParsedFlags) throws {
         s.workers = workers
         let (dataDir, data) = try teacherData(flags, teacherDir: teacherDir, teacher: teacher)
         inputs["data"] = absolutePath(dataDir)
-        let trainer = try ConsistencyStudentTrainer(denoiser: loaded.denoiser, dataset: data, settings: s, runDir: out, resume: resume,
+        let trainer = try ConsistencyStudentTrainer(denoiser: denoiser, dataset: data, settings: s, runDir: out, resume: resume,
                                                     force: force, inputs: inputs)
         trainer.plotLabels.subtitle += " - teacher \(teacherDir)"
-        stdoutLine("consistency distillation of the teacher \(teacherDir) (\(loaded.denoiser.description)) on the images in \(dataDir)")
+        stdoutLine("consistency distillation of the teacher \(teacherDir) (\(denoiser.description)) on the images in \(dataDir)")
         stdoutLine(formLine)
         trainer.resumeLines.forEach(stdoutLine)
         summary = try trainer.run(shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     }
     stdoutLine(String(format: "%@ at step %d: loss %.5f, %.0fs; model, checkpoint, loss.png and samples.png in %@",
                       summary.interrupted ? "interrupted, saved" : "done", summary.steps, summary.finalLoss, summary.seconds, out))
+}
+
+/// --teacher-guidance W: nil when absent; a finite number in 0...GuidanceLimits.maxScale (the teacher's null label
+/// is checked when the teacher is wrapped).
+func teacherGuidance(_ flags: ParsedFlags) throws -> Double? {
+    guard let text = flags.string("teacher-guidance") else { return nil }
+    guard let w = Double(text), w.isFinite, (0...GuidanceLimits.maxScale).contains(w) else {
+        throw FlagError("--teacher-guidance \(text): expected a number in 0...\(Int(GuidanceLimits.maxScale)) (1 = no guidance; typical 1.5-5)")
+    }
+    return w
 }
 
 /// --resume needs a checkpoint in --out; a run folder with one needs --resume (never silently overwritten).

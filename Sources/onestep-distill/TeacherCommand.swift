@@ -23,6 +23,7 @@ let teacherCommand = Subcommand("teacher", summary: "train an EDM teacher (diffu
     FlagSpec("sample-steps", "Heun steps (Karras sigmas) for the sample grids", default: "18"),
     FlagSpec("workers", "threads splitting each batch (data parallel; 2 on a 2-core machine)", default: "2"),
     FlagSpec("threads", "OpenBLAS threads per worker", default: "1"),
+    FlagSpec("label-dropout", "probability of training an image on a null label instead of its class (class-conditional data): the model gets one more class embedding, the null label (\"null_class_label\" in config.json), and can then be sampled and distilled with classifier-free guidance (eval ,guidance=W; student --teacher-guidance W)", default: "0"),
     FlagSpec("resume", "continue the run in --out from its checkpoint", isSwitch: true),
     FlagSpec("force", "with --resume: continue a run whose checkpoint records other settings (steps, batch, lr, optimizer, seed, data...); without it such a resume is refused naming them. --workers, --threads and the log/checkpoint/sample cadence may change freely", isSwitch: true),
 ], run: runTeacher)
@@ -45,6 +46,7 @@ func runTeacher(_ flags: ParsedFlags) throws {
     s.sampleSteps = try flags.requiredInt("sample-steps", 1...64)
     BLAS.threads = try flags.requiredInt("threads", 1...64)
     s.workers = try flags.requiredInt("workers", 1...64)
+    s.labelDropout = try flags.double("label-dropout", range: 0...0.9) ?? 0
     let resume = flags.isSet("resume")
     try checkResumeFlag(resume, out: out, force: flags.isSet("force"))
 
@@ -64,11 +66,20 @@ func runTeacher(_ flags: ParsedFlags) throws {
     } else if var c = config, c.numClassEmbeds != nil || data.classNames != nil, !resume {
         // A given config is made to agree with the data's classes (names in id2label, count in num_class_embeds).
         guard let names = data.classNames else { throw FlagError("--config has num_class_embeds but \(dataDir) has no class folders") }
-        if let k = c.numClassEmbeds, k != names.count {
-            throw FlagError("--config has num_class_embeds \(k) but the data has \(names.count) classes")
+        if let k = c.numClasses, k != names.count {
+            throw FlagError("--config has \(k) classes (num_class_embeds less a null label) but the data has \(names.count)")
         }
         c.numClassEmbeds = names.count
+        c.nullClassLabel = nil
         c.classNames = names
+        config = c
+    }
+    // Label dropout: the null label is one more embedding row, the last (UNetConfig.nullClassLabel).
+    if s.labelDropout > 0, !resume, var c = config {
+        guard let k = c.numClassEmbeds, c.nullClassLabel == nil || c.numClasses == data.classNames?.count else {
+            throw FlagError("--label-dropout needs class-conditional data (class sub-folders in \(dataDir))")
+        }
+        if c.nullClassLabel == nil { (c.numClassEmbeds, c.nullClassLabel) = (k + 1, k) }
         config = c
     }
     let trainer = try TeacherTrainer(config: config!, dataset: data, settings: s, runDir: out, resume: resume, force: flags.isSet("force"),
@@ -88,7 +99,7 @@ func trainingRecord(_ s: TeacherSettings, data: String) -> String {
         "data": data, "steps": s.steps, "batch": s.batch, "lr": Double(s.optimizer.learningRate),
         "optimizer": s.optimizer.kind.rawValue, "warmup": s.optimizer.warmupSteps, "weight_decay": Double(s.optimizer.weightDecay),
         "clip": Double(s.optimizer.gradientClip), "ema": Double(s.emaDecay), "seed": Int(s.seed), "blas_threads": BLAS.threads, "workers": s.workers,
-        "sigma_data": s.edm.sigmaData, "p_mean": s.edm.pMean, "p_std": s.edm.pStd, "c_noise": "250*ln(sigma)",
+        "sigma_data": s.edm.sigmaData, "label_dropout": s.labelDropout, "p_mean": s.edm.pMean, "p_std": s.edm.pStd, "c_noise": "250*ln(sigma)",
     ]
     let data = (try? JSONSerialization.data(withJSONObject: d, options: [.prettyPrinted, .sortedKeys])) ?? Data()
     return String(decoding: data, as: UTF8.self) + "\n"

@@ -24,12 +24,17 @@ enum Commands {
     static func generate(_ f: ParsedFlags) throws {
         let out = try f.required("out")
         let loaded = try GenerationPipeline.load(path: try f.required("model"), extras: try TextCommands.extras(f))
-        guard case .pixel(let pipeline) = loaded else {
+        guard case .pixel(var pipeline) = loaded else {
             if case .text(let t) = loaded { try TextCommands.generate(f, t) }
             return
         }
-        for spec in TextCommands.generateFlags where f.has(spec.name) && spec.name != "scheduler" {
+        // --scheduler and --guidance also apply to pixel models (--guidance: classifier-free guidance of a
+        // class-conditional model with a null label).
+        for spec in TextCommands.generateFlags where f.has(spec.name) && spec.name != "scheduler" && spec.name != "guidance" {
             throw FlagError("--\(spec.name) is for text-to-image models; \(pipeline.name) is a pixel model")
+        }
+        if let w = try f.double("guidance", range: 0...GuidanceLimits.maxScale) {
+            do { pipeline = try pipeline.withClassGuidance(w) } catch let e as ModelLoadError { throw FlagError("--guidance: \(e)") }
         }
         guard let seedText = f.string("seed"), let seed = UInt64(seedText) else {
             throw FlagError("--seed \(f.string("seed") ?? ""): expected a non-negative integer")

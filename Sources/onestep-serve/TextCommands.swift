@@ -11,7 +11,7 @@ enum TextCommands {
     static let generateFlags = [
         FlagSpec("prompt", "text prompt (text-to-image models; may be empty)"),
         FlagSpec("negative-prompt", "the unconditional branch of classifier-free guidance (default \"\"; used when --guidance > 1)"),
-        FlagSpec("guidance", "guidance_scale: CFG weight, or LCM's w (default 0, or 8.5 for a model with a guidance embedding)"),
+        FlagSpec("guidance", "guidance_scale: CFG weight, or LCM's w (default 0, or 8.5 for a model with a guidance embedding); a class-conditional pixel model with a null label (\"null_class_label\"): classifier-free guidance scale of its class (1 = none)"),
         FlagSpec("size", "image size WxH in pixels, multiples of 8 (default: the UNet's sample_size x 8)"),
         FlagSpec("eta", "eta of TCDScheduler (default 0.3) or DDIMScheduler (default 0)"),
     ] + loadFlags

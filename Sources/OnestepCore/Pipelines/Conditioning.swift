@@ -8,6 +8,10 @@ public enum Conditioning: Sendable {
     case none
     /// One class index per image (UNet2DModel num_class_embeds).
     case classLabels([Int])
+    /// Classifier-free guidance of a class-conditional UNet with a null label (UNetConfig.nullClassLabel): one
+    /// forward of 2N images (N with the null label, then the N labels), out = uncond + scale * (cond - uncond)
+    /// on the raw network output, diffusers' order of operations (TextConditioning.combine).
+    case guidedClassLabels([Int], null: Int, scale: Float)
     /// Text embeddings (N, L, D) for a UNet2DConditionModel, with optional guidance.
     case text(TextConditioning)
 
@@ -18,6 +22,13 @@ public enum Conditioning: Sendable {
         switch self {
         case .none: return denoise(x, t, nil)
         case .classLabels(let l): return denoise(x, t, l)
+        case .guidedClassLabels(let l, let null, let w):
+            let n = x.shape[0], per = x.count / max(n, 1)
+            let both = denoise(Tensor(shape: [2 * n] + x.shape.dropFirst(), data: x.data + x.data),
+                               t, Array(repeating: null, count: n) + l)  // (2N, C, H, W): null rows, then labelled
+            let u = Tensor(shape: x.shape, data: Array(both.data[0..<(n * per)]))
+            let c = Tensor(shape: x.shape, data: Array(both.data[(n * per)...]))
+            return TextConditioning.combine(unconditional: u, conditional: c, scale: w)
         case .text: preconditionFailure("text conditioning given to a class-conditional denoiser")
         }
     }

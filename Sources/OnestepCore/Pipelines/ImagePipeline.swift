@@ -19,7 +19,10 @@ public struct ImagePipeline: Sendable {
     public var imageSize: Int { config.sampleSize }
     public var channels: Int { config.outChannels }
     public var classNames: [String]? { config.classNames }
-    public var numClasses: Int? { config.numClassEmbeds }
+    /// Real classes (a null label of a guidance model is not one). nil: unconditional.
+    public var numClasses: Int? { config.numClasses }
+    /// Classifier-free guidance scale w for models with a null label (withClassGuidance); nil: no guidance.
+    public private(set) var classGuidance: Float?
 
     /// Packs the model's convolutions for `precision` (default: int8 for an int8 file, else fp32).
     public init(name: String, model: UNet2DModel, sampler: any Sampler, weightDType: String, precision: ConvPrecision? = nil,
@@ -50,7 +53,21 @@ public struct ImagePipeline: Sendable {
     public func withScheduler(_ className: String) throws -> ImagePipeline {
         let config = Data(try SamplerRegistry.json(for: sampler))
         let s = try SamplerRegistry.sampler(json: config, path: "\(name)'s scheduler config read as \(className)", className: className)
-        return ImagePipeline(name: name, model: model, sampler: s, weightDType: weightDType, precision: precision)
+        var p = ImagePipeline(name: name, model: model, sampler: s, weightDType: weightDType, precision: precision)
+        p.classGuidance = classGuidance
+        return p
+    }
+
+    /// The same pipeline sampled with classifier-free guidance at scale `w` (diffusers' guidance_scale:
+    /// out = uncond + w (cond - uncond) on the network output, uncond = the null label's; w = 1 is the plain
+    /// conditional model, 0 the unconditional one). Each step runs one forward of 2N images.
+    /// - Throws: ModelLoadError when the model has no null label (unet/config.json "null_class_label"; train it with
+    ///   label dropout) or w is not a finite number in 0...GuidanceLimits.maxScale.
+    public func withClassGuidance(_ w: Double) throws -> ImagePipeline {
+        try GuidanceLimits.check(scale: w, config: config, what: name)
+        var p = self
+        p.classGuidance = Float(w)
+        return p
     }
 
     /// Loads a model directory (see ModelDirectory for the layouts).
@@ -109,7 +126,13 @@ public struct ImagePipeline: Sendable {
 
     /// Images in model space (N, C, S, S) for the requests, all with the same step count (in sampler.stepRange).
     public func generate(_ requests: [GenerationRequest], steps: Int) -> Tensor {
-        let conditioning: Conditioning = GenerationRequest.labels(of: requests).map { .classLabels($0) } ?? .none
+        let labels = GenerationRequest.labels(of: requests)
+        let conditioning: Conditioning
+        if let l = labels, let w = classGuidance, let null = config.nullClassLabel {
+            conditioning = .guidedClassLabels(l, null: null, scale: w)
+        } else {
+            conditioning = labels.map { .classLabels($0) } ?? .none
+        }
         return sampler.sample(requests, steps: steps, channels: config.inChannels, size: imageSize, model: modelCall(conditioning))
     }
 
@@ -139,5 +162,26 @@ public struct ImagePipeline: Sendable {
             } } }
         }
         return img
+    }
+}
+
+/// What a classifier-free guidance scale of a class-conditional pixel model may be, checked in one place for the
+/// pipeline (serving, eval rows) and the distillation teacher.
+public enum GuidanceLimits {
+    /// Beyond ~10 guided samples of these models saturate; 50 leaves room while catching typos (e.g. 75 for 7.5).
+    public static let maxScale = 50.0
+
+    /// - Throws: ModelLoadError naming `what` when the config has no null label (unconditional, or trained
+    ///   without label dropout) or `scale` is not finite or outside 0...maxScale.
+    public static func check(scale: Double, config: UNetConfig, what: String) throws {
+        guard scale.isFinite, scale >= 0, scale <= maxScale else {
+            throw ModelLoadError(path: what, problem: "guidance \(scale) is not a number in 0...\(Int(maxScale)) (1 = no guidance, the conditional model; 0 = the unconditional model; typical 1.5-5)")
+        }
+        guard config.numClassEmbeds != nil else {
+            throw ModelLoadError(path: what, problem: "is unconditional (no num_class_embeds): classifier-free guidance needs a class-conditional model with a null label")
+        }
+        guard config.nullClassLabel != nil else {
+            throw ModelLoadError(path: what, problem: "has no null label (\"null_class_label\" in unet/config.json), so it has no unconditional output to guide with; train it with label dropout (scripts/teacher/train_ddpm_shapes.py --label-dropout 0.15)")
+        }
     }
 }

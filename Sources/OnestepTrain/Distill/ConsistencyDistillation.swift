@@ -223,7 +223,7 @@ public final class ConsistencyDistillationObjective: TrainingObjective {
         guard dataset.size == teacher.config.sampleSize, dataset.channels == teacher.config.inChannels else {
             throw DataError("the teacher makes \(teacher.config.inChannels)x\(teacher.config.sampleSize)x\(teacher.config.sampleSize) images, the data is \(dataset.channels)x\(dataset.size)x\(dataset.size)")
         }
-        if let k = teacher.config.numClassEmbeds, dataset.classNames?.count != k {
+        if let k = teacher.config.numClasses, dataset.classNames?.count != k {
             throw DataError("the teacher has \(k) classes but the data has \(dataset.classNames?.count ?? 0) class folders")
         }
         let model = try TrainableUNet(config: teacher.config, weights: TensorDictionary(teacher.parameters))

@@ -239,7 +239,7 @@ public final class DistributionMatchingObjective: TrainingObjective {
         // Every random number first, in a fixed order: z, labels, then the fake turn's sigmas and noise, then the
         // generator turn's (drawn only on its steps, decided from `number`).
         let z = (0..<(b * p)).map { _ in rng.normal() }
-        let labels = generator.model.config.numClassEmbeds.map { k in (0..<b).map { _ in rng.int(k) } }
+        let labels = generator.model.config.numClasses.map { k in (0..<b).map { _ in rng.int(k) } }  // real classes, never the null label
         let fakeIdx = (0..<b).map { _ in rng.int(grid.count) }
         let fakeNoise = (0..<(b * p)).map { _ in rng.normal() }
         let turn = settings.isGeneratorTurn(step: number)

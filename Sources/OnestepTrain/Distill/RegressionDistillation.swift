@@ -26,7 +26,8 @@ public struct TeacherPairs: Sendable {
     public static func loadOrGenerate(path: String, teacher: ImagePipeline, count: Int, heunSteps: Int, seedBase: UInt64 = 1_000_000,
                                       workers: Int, log: (String) -> Void) throws -> TeacherPairs {
         let per = teacher.channels * teacher.imageSize * teacher.imageSize
-        let samplerName = type(of: teacher.sampler).className
+        // A guided teacher's pairs are other pairs: the guidance scale is part of the cached sampler's name.
+        let samplerName = type(of: teacher.sampler).className + (teacher.classGuidance.map { " guidance \($0)" } ?? "")
         if FileManager.default.fileExists(atPath: path), let f = try? SafetensorsFile(path: path),
            f.metadata["count"] == String(count), f.metadata["heun_steps"] == String(heunSteps),
            (f.metadata["sampler"] ?? EDMHeunSampler.className) == samplerName {

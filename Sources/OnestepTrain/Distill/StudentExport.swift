@@ -34,7 +34,7 @@ public enum StudentExport {
                                     form: StudentParameterization = .consistency(EDMSchedulerConfig()), to path: String, columns: Int = 8,
                                     title: String = "student (EMA weights), 1 step") throws {
         let inference = try UNet2DModel(config: model.config, weights: TensorDictionary(model.store.tensors(from: weights)))
-        let rows = model.config.numClassEmbeds ?? columns
+        let rows = model.config.numClasses ?? columns
         let conditional = model.config.numClassEmbeds != nil
         let reqs = (0..<rows).flatMap { r in (0..<columns).map { GenerationRequest(seed: UInt64(conditional ? $0 : r * columns + $0), label: conditional ? r : nil) } }
         let labels = GenerationRequest.labels(of: reqs)

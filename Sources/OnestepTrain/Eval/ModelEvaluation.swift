@@ -10,22 +10,32 @@ import Dispatch
 import Foundation
 import OnestepCore
 
-/// One model to evaluate: `[NAME=]DIR[:STEPS][@SCHEDULER]`. SCHEDULER (a diffusers scheduler class name, e.g.
-/// DDIMScheduler) samples the folder's network with that class built from its scheduler config (as diffusers'
-/// `from_config`), so a DDPMScheduler teacher is evaluated with DDIM or DPM-Solver++ at a chosen step count.
+/// One model to evaluate: `[NAME=]DIR[:STEPS][@SCHEDULER][,guidance=W]`. SCHEDULER (a diffusers scheduler class
+/// name, e.g. DDIMScheduler) samples the folder's network with that class built from its scheduler config (as
+/// diffusers' `from_config`), so a DDPMScheduler teacher is evaluated with DDIM or DPM-Solver++ at a chosen step
+/// count. W: classifier-free guidance scale of a model with a null label (ImagePipeline.withClassGuidance).
 public struct EvalSpec: Sendable, Equatable {
     public var name: String
     public var path: String
     public var steps: Int?
     public var scheduler: String?
+    public var guidance: Double?
 
-    public init(name: String, path: String, steps: Int?, scheduler: String? = nil) {
-        (self.name, self.path, self.steps, self.scheduler) = (name, path, steps, scheduler)
+    public init(name: String, path: String, steps: Int?, scheduler: String? = nil, guidance: Double? = nil) {
+        (self.name, self.path, self.steps, self.scheduler, self.guidance) = (name, path, steps, scheduler, guidance)
     }
 
     public init(parsing s: String) throws {
-        var rest = s, name: String?, scheduler: String?
-        if let eq = rest.firstIndex(of: "=") { name = String(rest[..<eq]); rest = String(rest[rest.index(after: eq)...]) }
+        var rest = s, name: String?, scheduler: String?, guidance: Double?
+        if let eq = rest.firstIndex(of: "="), !rest[..<eq].contains(",") { name = String(rest[..<eq]); rest = String(rest[rest.index(after: eq)...]) }
+        if let r = rest.range(of: ",guidance=", options: .backwards) {
+            let text = String(rest[r.upperBound...])
+            guard let w = Double(text), w.isFinite, (0...GuidanceLimits.maxScale).contains(w) else {
+                throw DataError("model spec '\(s)': guidance '\(text)' is not a number in 0...\(Int(GuidanceLimits.maxScale)) (1 = no guidance; typical 1.5-5)")
+            }
+            guidance = w
+            rest = String(rest[..<r.lowerBound])
+        }
         if let at = rest.lastIndex(of: "@") {
             let cls = String(rest[rest.index(after: at)...])
             guard !cls.isEmpty, cls.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) else {
@@ -43,10 +53,10 @@ public struct EvalSpec: Sendable, Equatable {
             steps = k
             rest = String(rest[..<colon])
         }
-        guard !rest.isEmpty else { throw DataError("model spec '\(s)': expected [NAME=]DIR[:STEPS][@SCHEDULER]") }
+        guard !rest.isEmpty else { throw DataError("model spec '\(s)': expected [NAME=]DIR[:STEPS][@SCHEDULER][,guidance=W]") }
         let base = URL(fileURLWithPath: rest).standardizedFileURL.lastPathComponent
-        let defaultName = base + (scheduler.map { "-" + $0 } ?? "") + (steps.map { "-\($0)step" } ?? "")
-        self.init(name: name ?? defaultName, path: rest, steps: steps, scheduler: scheduler)
+        let defaultName = base + (scheduler.map { "-" + $0 } ?? "") + (steps.map { "-\($0)step" } ?? "") + (guidance.map { "-cfg\($0)" } ?? "")
+        self.init(name: name ?? defaultName, path: rest, steps: steps, scheduler: scheduler, guidance: guidance)
     }
 }
 
@@ -118,6 +128,7 @@ public enum ModelEvaluation {
         for spec in specs {
             var p = try ImagePipeline.load(path: spec.path, name: spec.name)
             if let cls = spec.scheduler { p = try p.withScheduler(cls) }
+            if let w = spec.guidance { p = try p.withClassGuidance(w) }
             guard p.imageSize == data.size, p.channels == data.channels, p.numClasses == names.count else {
                 throw DataError("\(spec.path): makes \(p.channels)x\(p.imageSize)px images in \(p.numClasses ?? 0) classes; the data is \(data.channels)x\(data.size)px in \(names.count)")
             }
@@ -132,7 +143,7 @@ public enum ModelEvaluation {
             let out = classifier.featuresAndPredictions(images.data)
             let dist = FeatureBootstrap.distances(out.features, refFeatures, dimension: d, resamples: settings.resamples, seed: settings.seed + 3)
             let acc = FeatureBootstrap.proportion(zip(out.predictions, reqs).map { $0 == $1.label! }, resamples: settings.resamples, seed: settings.seed + 4)
-            let (sampler, nfe): (String, Int)
+            var (sampler, nfe): (String, Int)
             if p.sampler is EDMHeunSampler {
                 (sampler, nfe) = (steps == 1 ? "Euler, 1 step" : "Heun, \(steps) sigmas", 2 * steps - 1)
             } else if p.sampler is ConsistencySampler {
@@ -140,6 +151,8 @@ public enum ModelEvaluation {
             } else {
                 (sampler, nfe) = ("\(type(of: p.sampler).className), \(steps) steps", p.sampler.start(steps: steps).timesteps.count)
             }
+            // Guidance runs the network on the null label as well: two evaluations per step (one batched forward).
+            if let w = p.classGuidance { (sampler, nfe) = (sampler + String(format: ", guidance %g", w), 2 * nfe) }
             let row = EvalRow(name: spec.name, sampler: sampler, nfe: nfe, weights: p.weightDType, fd: dist.fd, kid: dist.kid,
                               accuracy: acc, msPerImage: 1000 * seconds / Double(n) * Double(settings.workers))
             rows.append(row)

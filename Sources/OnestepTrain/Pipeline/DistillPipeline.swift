@@ -36,6 +36,9 @@ public struct PipelineSettings: Sendable {
     public var seed: UInt64 = 0
     /// Set by `quick`: every result of the run carries a warning that it only exercises the code.
     public var isQuick = false
+    /// Classifier-free guidance scale the students distil (GuidedTeacher) and the eval's extra teacher row samples;
+    /// needs `teacher.labelDropout` > 0 (the teacher's null label). nil: no guidance.
+    public var guidance: Double?
 
     /// What a report of a --quick run starts with (and onestep-distill prints after it).
     public static let quickWarning = "WARNING: --quick run: tiny data, networks and step counts that only exercise the code; its FD-cls, KID and accuracy numbers say nothing about model quality"
@@ -111,13 +114,15 @@ public struct PipelineSettings: Sendable {
         let levels = teacherChannels.count
         var down = Array(repeating: "DownBlock2D", count: levels), up = Array(repeating: "UpBlock2D", count: levels)
         if teacherAttention { down[levels - 1] = "AttnDownBlock2D"; up[0] = "AttnUpBlock2D" }
-        let json: [String: Any] = [
+        var json: [String: Any] = [
             "sample_size": size, "in_channels": 3, "out_channels": 3, "block_out_channels": teacherChannels,
             "layers_per_block": 1, "down_block_types": down, "up_block_types": up, "norm_num_groups": 8,
             "attention_head_dim": 32, "add_attention": teacherAttention,
             "num_class_embeds": classNames.count,
             "id2label": Dictionary(uniqueKeysWithValues: classNames.enumerated().map { (String($0.offset), $0.element) }),
         ]
+        // Label dropout trains a null label: one more embedding row, the last.
+        if teacher.labelDropout > 0 { (json["num_class_embeds"], json["null_class_label"]) = (classNames.count + 1, classNames.count) }
         return try UNetConfig(json: json)
     }
 }
@@ -157,7 +162,8 @@ public final class DistillPipeline {
     /// The settings pipeline.json records and a later run compares.
     static func recordedSettings(_ s: PipelineSettings) -> [String: Any] {
         ["quick": s.isQuick, "data_count": s.dataCount, "size": s.size, "teacher_channels": s.teacherChannels, "teacher_steps": s.teacher.steps,
-         "distill_steps": s.distill.steps, "distill_sigmas": s.distill.sigmas, "small_channels": s.smallChannels, "small_steps": s.small.steps]
+         "distill_steps": s.distill.steps, "distill_sigmas": s.distill.sigmas, "small_channels": s.smallChannels, "small_steps": s.small.steps,
+         "teacher_label_dropout": s.teacher.labelDropout, "guidance": s.guidance ?? 1]
     }
 
     /// Every recorded setting that differs, compared as a training checkpoint's are (RunSettings.differences):
@@ -173,7 +179,8 @@ public final class DistillPipeline {
     }
 
     public var evalSpecs: [EvalSpec] {
-        [EvalSpec(name: "teacher-heun18", path: dir + "/teacher", steps: 18),
+        (settings.guidance.map { [EvalSpec(name: "teacher-heun18-guidance\($0)", path: dir + "/teacher", steps: 18, guidance: $0)] } ?? [])
+        + [EvalSpec(name: "teacher-heun18", path: dir + "/teacher", steps: 18),
          EvalSpec(name: "teacher-euler1", path: dir + "/teacher", steps: 1),
          EvalSpec(name: "student-1step", path: dir + "/student", steps: 1),
          EvalSpec(name: "student-2step", path: dir + "/student", steps: 2),
@@ -262,7 +269,9 @@ public final class DistillPipeline {
         let teacher = try ImagePipeline.load(path: dir + "/teacher")
         let run = dir + "/student"
         let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
-        let t = try ConsistencyStudentTrainer(teacher: teacher.model, dataset: data, settings: settings.distill, runDir: run, resume: resume, force: force)
+        var denoiser: any TeacherDenoiser = EDMTeacher(model: teacher.model, sigmaData: settings.distill.schedule.sigmaData)
+        if let w = settings.guidance { denoiser = try GuidedTeacher(denoiser, scale: w) }
+        let t = try ConsistencyStudentTrainer(denoiser: denoiser, dataset: data, settings: settings.distill, runDir: run, resume: resume, force: force)
         t.plotLabels.title = "pipeline " + t.plotLabels.title
         t.plotLabels.subtitle += " - teacher \(dir)/teacher"
         t.resumeLines.forEach(log)
@@ -270,7 +279,8 @@ public final class DistillPipeline {
     }
 
     func runSmall() throws -> Bool {
-        let teacher = try ImagePipeline.load(path: dir + "/teacher")
+        var teacher = try ImagePipeline.load(path: dir + "/teacher")
+        if let w = settings.guidance { teacher = try teacher.withClassGuidance(w) }
         let run = dir + "/student-small"
         try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
         let pairs = try TeacherPairs.loadOrGenerate(path: run + "/pairs.safetensors", teacher: teacher, count: settings.small.pairs,

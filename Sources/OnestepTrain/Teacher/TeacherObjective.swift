@@ -21,6 +21,9 @@ public struct TeacherSettings: Sendable {
     public var edm = EDMTrainingConfig()
     /// Threads that split each batch (data parallel, one model replica per extra thread).
     public var workers = 1
+    /// Probability of training an image on the null label instead of its class (classifier-free guidance, Ho &
+    /// Salimans 2022); needs a config with a null label (UNetConfig.nullClassLabel). 0: every image its class.
+    public var labelDropout = 0.0
     public init() {
         optimizer.learningRate = 1e-3
         optimizer.warmupSteps = 200
@@ -58,7 +61,8 @@ public final class EDMTeacherObjective: TrainingObjective {
         let s = settings, e = s.edm
         return s.optimizer.runSettings().merging(RunSettings([
             "steps": String(s.steps), "batch": String(s.batch), "ema": RunSettings.text(s.emaDecay), "seed": String(s.seed),
-            "edm": "sigma_data \(e.sigmaData), p_mean \(e.pMean), p_std \(e.pStd)", "data-images": String(dataset.count)]))
+            "edm": "sigma_data \(e.sigmaData), p_mean \(e.pMean), p_std \(e.pStd)", "data-images": String(dataset.count),
+            "label-dropout": RunSettings.text(s.labelDropout)]))
     }
 
     /// A fresh network for `config` (initialised from `settings.seed`); throws DataError when the data does not fit it.
@@ -66,10 +70,13 @@ public final class EDMTeacherObjective: TrainingObjective {
         guard config.sampleSize == dataset.size, config.inChannels == dataset.channels, config.outChannels == dataset.channels else {
             throw DataError("the model takes \(config.inChannels)x\(config.sampleSize)x\(config.sampleSize) images but the data is \(dataset.channels)x\(dataset.size)x\(dataset.size)")
         }
-        if let k = config.numClassEmbeds {
+        if let k = config.numClasses {
             guard let names = dataset.classNames, names.count == k else {
                 throw DataError("the model has \(k) classes but the data has \(dataset.classNames?.count ?? 0) class folders")
             }
+        }
+        guard settings.labelDropout == 0 || config.nullClassLabel != nil else {
+            throw DataError("label dropout \(settings.labelDropout) needs a class-conditional model with a null label (null_class_label in its config)")
         }
         (self.dataset, self.settings) = (dataset, settings)
         let model = TrainableUNet(config: config, seed: settings.seed)
@@ -85,7 +92,12 @@ public final class EDMTeacherObjective: TrainingObjective {
         let x = batchBuffer.ensure(b * dataset.imageFloats)
         let indices = (0..<b).map { _ in rng.int(dataset.count) }
         dataset.gather(indices, into: x)
-        let labels = dataset.labels.map { l in indices.map { l[$0] } }
+        var labels = dataset.labels.map { l in indices.map { l[$0] } }
+        // Drawn only with label dropout on, so runs without it keep their random stream (and resume the same).
+        if settings.labelDropout > 0, let null = model.config.nullClassLabel, var l = labels {
+            for i in 0..<b where Double(rng.uniform()) < settings.labelDropout { l[i] = null }
+            labels = l
+        }
         teacher.zeroGradients()
         let value = loss.step(model: model, replicas: replicas, clean: x, batch: b, labels: labels, rng: &rng)
         teacher.applyUpdate()
@@ -100,7 +112,7 @@ public final class EDMTeacherObjective: TrainingObjective {
     public func writeSamples(to dir: String) throws {
         ema.copy(into: sampler.store)
         let cols = settings.samplesPerClass
-        let rows = model.config.numClassEmbeds ?? cols
+        let rows = model.config.numClasses ?? cols
         let requests = (0..<rows).flatMap { r in
             // Unconditional: every image its own seed (rows of one seed range each would repeat the same row).
             (0..<cols).map { c in model.config.numClassEmbeds == nil ? GenerationRequest(seed: UInt64(r * cols + c), label: nil)

@@ -51,7 +51,15 @@ public struct UNetConfig: Sendable, Equatable {
     public var numClassEmbeds: Int?
     public var timeEmbeddingDim: Int?
     /// Class names by index, from "id2label" when the config has it (Onestep writes it; diffusers ignores it).
+    /// With a null label it names the `numClasses` real classes only.
     public var classNames: [String]?
+    /// The unconditional ("null") class of a classifier-free-guidance model, from "null_class_label" (Onestep's key;
+    /// diffusers ignores it): always the embedding table's last row, num_class_embeds - 1, the convention of
+    /// diffusers' DiT LabelEmbedding (class_dropout_prob > 0 adds one row, index num_classes; DiTPipeline's class_null).
+    public var nullClassLabel: Int?
+
+    /// The number of real classes: num_class_embeds, less the null label's row when there is one. nil: unconditional.
+    public var numClasses: Int? { numClassEmbeds.map { nullClassLabel == nil ? $0 : $0 - 1 } }
 
     public var timeEmbedDim: Int { timeEmbeddingDim ?? blockOutChannels[0] * 4 }
     public var levels: Int { blockOutChannels.count }
@@ -118,7 +126,16 @@ public struct UNetConfig: Sendable, Equatable {
         numClassEmbeds = try r.optionalInt("num_class_embeds", default: nil)
         // diffusers: `time_embedding_dim or block_out_channels[0] * 4`, so 0 also means the default.
         timeEmbeddingDim = JSONValues.integer(r.d["time_embedding_dim"] as Any) == 0 ? nil : try r.optionalInt("time_embedding_dim", default: nil)
-        classNames = try Self.parseLabels(r.d["id2label"], count: numClassEmbeds)
+        nullClassLabel = try r.optionalInt("null_class_label", default: nil)
+        if let null = nullClassLabel {
+            guard let k = numClassEmbeds, k >= 2 else {
+                throw ConfigError(key: "null_class_label", problem: "\(null) needs num_class_embeds of at least 2 (the real classes plus the null row)")
+            }
+            guard null == k - 1 else {
+                throw ConfigError(key: "null_class_label", problem: "\(null) must be the last class embedding, num_class_embeds - 1 = \(k - 1) (the null label follows the real classes, as diffusers' DiT LabelEmbedding)")
+            }
+        }
+        classNames = try Self.parseLabels(r.d["id2label"], count: numClasses)
         try validate()
     }
 
@@ -204,6 +221,7 @@ public struct UNetConfig: Sendable, Equatable {
             "time_embedding_type": "positional", "up_block_types": upBlockTypes.map(\.rawValue),
             "upsample_type": upsampleType.rawValue,
         ]
+        if let null = nullClassLabel { d["null_class_label"] = null }
         if let names = classNames {
             var m: [String: String] = [:]
             for (i, n) in names.enumerated() { m[String(i)] = n }
