@@ -267,8 +267,11 @@ final class PipelineGuidanceTests: XCTestCase {
         let recorded = DistillPipeline.recordedSettings(s)
         XCTAssertEqual(recorded["guidance"] as? Double, 2)
         XCTAssertEqual(recorded["teacher_label_dropout"] as? Double, 0.2)
-        XCTAssertEqual(DistillPipeline.differences(recorded: DistillPipeline.recordedSettings(.quick), current: recorded).sorted(),
-                       ["guidance: recorded 1.0, now 2.0", "teacher_label_dropout: recorded 0.0, now 0.2"])
+        XCTAssertEqual(DistillPipeline.differences(recorded: DistillPipeline.recordedSettings(.quick), current: recorded).map(\.description),
+                       ["guidance 1.0 -> 2.0", "teacher_label_dropout 0.0 -> 0.2"])
+        // Read back from JSON, a recorded 1.0 is the NSNumber 1: still equal to the current 1.0.
+        let json = try JSONSerialization.jsonObject(with: JSONSerialization.data(withJSONObject: DistillPipeline.recordedSettings(.quick))) as! [String: Any]
+        XCTAssertEqual(DistillPipeline.differences(recorded: json, current: DistillPipeline.recordedSettings(.quick)), [])
         let p = try DistillPipeline(dir: makeTempDir(), settings: s, force: false, shouldStop: { false }, log: { _ in })
         XCTAssertEqual(p.evalSpecs.first, EvalSpec(name: "teacher-heun18-guidance2.0", path: p.dir + "/teacher", steps: 18, guidance: 2))
     }

@@ -88,6 +88,8 @@ public struct RunSettings: Sendable, Equatable, CustomStringConvertible {
             return "[" + a.map { text(parsed: $0, like: template) }.joined(separator: ", ") + "]"
         }
         if let n = value as? NSNumber, current is Int { return String(n.intValue) }
+        // A recorded 1.0 reads back as the NSNumber 1: print it as the Double it was written from.
+        if let n = value as? NSNumber, current is Double { return text(n.doubleValue) }
         return text(value)
     }
 }
