@@ -212,9 +212,16 @@ void osk_attention_head(int level, const float *q, const float *k, const float *
     }
 }
 
+// The 16 lanes summed as _mm512_reduce_add_ps does (halves added: 8, then 4, 2, 1 lanes apart), in place.
+static float lanes_tree16(float *l) {
+    for (int w = 8; w >= 1; w >>= 1)
+        for (int j = 0; j < w; j++) l[j] = l[j] + l[j + w];
+    return l[0];
+}
+
 // GroupNorm (+ fused SiLU) backward of one channel plane, the training layers' (TrainableGroupNorm):
 //   xhat = (x - mean) * rstd;  z = xhat * gamma + beta;  dz = dy * silu'(z) (or dy without SiLU)
-// writes dz and returns sum(dz) and sum(dz * xhat), summed in 16 lanes then lane 0..15 in order (fixed for a given n).
+// writes dz and returns sum(dz) and sum(dz * xhat), summed in 16 lanes then the lanes as a tree (fixed for a given n).
 static void gn_grad_scalar(const float *x, const float *dy, float *dz, int64_t n, float mean, float rstd, float gamma,
                            float beta, int silu, float *sum_dz, float *sum_dzx) {
     float lanes_dz[16] = {0}, lanes_dzx[16] = {0};
@@ -228,9 +235,7 @@ static void gn_grad_scalar(const float *x, const float *dy, float *dz, int64_t n
         lanes_dz[i & 15] += d;
         lanes_dzx[i & 15] += d * xh;
     }
-    float a = 0, b = 0;
-    for (int j = 0; j < 16; j++) { a += lanes_dz[j]; b += lanes_dzx[j]; }
-    *sum_dz = a; *sum_dzx = b;
+    *sum_dz = lanes_tree16(lanes_dz); *sum_dzx = lanes_tree16(lanes_dzx);
 }
 
 #if OSK_X86
@@ -245,19 +250,19 @@ AVX512 static void gn_grad_avx512(const float *x, const float *dy, float *dz, in
         __m512 d = _mm512_maskz_loadu_ps(m, dy + i);
         if (silu) {
             __m512 z = _mm512_fmadd_ps(xh, vg, vb);
-            __m512 s = _mm512_div_ps(one, _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), z))));
+            // s = 1 / (1 + e^-z) by rcp14 and one Newton step (relative error ~2^-23) instead of a vdivps, which
+            // was most of this loop's time; exp512 clamps its input, so the denominator is finite and a * r is not NaN.
+            __m512 den = _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), z)));
+            __m512 s = _mm512_rcp14_ps(den);
+            s = _mm512_fmadd_ps(s, _mm512_fnmadd_ps(den, s, one), s);
             d = _mm512_mul_ps(d, _mm512_mul_ps(s, _mm512_fmadd_ps(z, _mm512_sub_ps(one, s), one)));
         }
         _mm512_mask_storeu_ps(dz + i, m, d);
         acc = _mm512_add_ps(acc, d);
         accx = _mm512_fmadd_ps(d, xh, accx);
     }
-    float la[16], lb[16];
-    _mm512_storeu_ps(la, acc);
-    _mm512_storeu_ps(lb, accx);
-    float a = 0, b = 0;
-    for (int j = 0; j < 16; j++) { a += la[j]; b += lb[j]; }
-    *sum_dz = a; *sum_dzx = b;
+    // In registers: a 64-byte store read back as 32 scalars in one chain cost more than the loop on small planes.
+    *sum_dz = _mm512_reduce_add_ps(acc); *sum_dzx = _mm512_reduce_add_ps(accx);
 }
 
 // dx = rstd * (dz * gamma - mean_g - xhat * mean_gx), in place over dz.
@@ -281,6 +286,38 @@ void osk_groupnorm_grad(int level, const float *x, const float *dy, float *dz, i
     if (level >= OSK_AVX512) { gn_grad_avx512(x, dy, dz, n, mean, rstd, gamma, beta, silu, sum_dz, sum_dzx); return; }
 #endif
     gn_grad_scalar(x, dy, dz, n, mean, rstd, gamma, beta, silu, sum_dz, sum_dzx);
+}
+
+void osk_groupnorm_backward(int level, const float *x, const float *dy, float *dx, int32_t n, int32_t c, int32_t groups,
+                            int32_t hw, const float *stats, const float *gamma, const float *beta, int silu, float *dgamma,
+                            float *dbeta) {
+    const int cpg = c / groups;
+    const float m = (float)(cpg * hw);
+    for (int i = 0; i < n; i++) {
+        for (int gi = 0; gi < groups; gi++) {
+            const float mean = stats[((int64_t)i * groups + gi) * 2], rstd = stats[((int64_t)i * groups + gi) * 2 + 1];
+            const int64_t base = ((int64_t)i * c + (int64_t)gi * cpg) * hw;
+            // First pass: dz into dx, the per-channel parameter sums and the two group means (products kept in
+            // separate statements so they are not contracted into FMAs: the Swift loop this replaces rounded them).
+            float sum_g = 0, sum_gx = 0;
+            for (int cc = 0; cc < cpg; cc++) {
+                const int ch = gi * cpg + cc;
+                const int64_t off = base + (int64_t)cc * hw;
+                float sdz, sdzx;
+                osk_groupnorm_grad(level, x + off, dy + off, dx + off, hw, mean, rstd, gamma[ch], beta[ch], silu, &sdz, &sdzx);
+                dgamma[ch] += sdzx;
+                dbeta[ch] += sdz;
+                const float tg = sdz * gamma[ch], tgx = sdzx * gamma[ch];
+                sum_g += tg;
+                sum_gx += tgx;
+            }
+            const float mean_g = sum_g / m, mean_gx = sum_gx / m;
+            for (int cc = 0; cc < cpg; cc++) {
+                const int64_t off = base + (int64_t)cc * hw;
+                osk_groupnorm_grad_finish(level, x + off, dx + off, hw, mean, rstd, gamma[gi * cpg + cc], mean_g, mean_gx);
+            }
+        }
+    }
 }
 
 void osk_groupnorm_grad_finish(int level, const float *x, float *d, int64_t n, float mean, float rstd, float gamma,

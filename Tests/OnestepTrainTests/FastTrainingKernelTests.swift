@@ -106,6 +106,15 @@ extension FastTrainingKernelTests {
         XCTAssertLessThanOrEqual(TensorError.relativeL2(dg, dgRef), Self.groupNormGradientRelativeL2, "\(what): dgamma")
         XCTAssertLessThanOrEqual(TensorError.relativeL2(db, dbRef), Self.groupNormGradientRelativeL2, "\(what): dbeta")
         XCTAssertGreaterThan(dxRef.map { abs($0) }.max() ?? 0, 0, what)
+        // The layer's C entry point at every level this CPU has, on the reference's statistics.
+        for level in KernelLevel.allCases where level.isSupported {
+            var dxL = [Float](repeating: 0, count: x.count), dgL = [Float](repeating: 0, count: c), dbL = dgL
+            FastConv.groupNormBackward(x: x, dy: dy, dx: &dxL, batch: n, channels: c, groups: groups, spatial: hw, stats: stats,
+                                       gamma: gv, beta: bv, silu: silu, dgamma: &dgL, dbeta: &dbL, level: level)
+            XCTAssertLessThanOrEqual(TensorError.relativeL2(dxL, dxRef), Self.groupNormGradientRelativeL2, "\(what), \(level): dX")
+            XCTAssertLessThanOrEqual(TensorError.relativeL2(dgL, dgRef), Self.groupNormGradientRelativeL2, "\(what), \(level): dgamma")
+            XCTAssertLessThanOrEqual(TensorError.relativeL2(dbL, dbRef), Self.groupNormGradientRelativeL2, "\(what), \(level): dbeta")
+        }
     }
 
     func testGroupNormMatchesReference() {

@@ -443,6 +443,19 @@ public enum FastConv {
         osk_groupnorm_grad_finish(level.rawValue, x, d, Int64(count), mean, rstd, gamma, meanG, meanGX)
     }
 
+    /// The whole GroupNorm (+ SiLU) backward of a layer in one C call (training, onestep_activations.c): x, dy, dx
+    /// (N, C, HW); stats (N, groups, 2) = (mean, rstd) of the forward; gamma, beta (C); dgamma, dbeta (C) accumulated.
+    /// Per (image, group) the two passes above, with the group means of dz * gamma and dz * xhat * gamma between them.
+    @inline(__always)
+    public static func groupNormBackward(x: UnsafePointer<Float>, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>,
+                                         batch: Int, channels: Int, groups: Int, spatial: Int, stats: UnsafePointer<Float>,
+                                         gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, silu: Bool,
+                                         dgamma: UnsafeMutablePointer<Float>, dbeta: UnsafeMutablePointer<Float>,
+                                         level: KernelLevel = .best) {
+        osk_groupnorm_backward(level.rawValue, x, dy, dx, Int32(batch), Int32(channels), Int32(groups), Int32(spatial), stats,
+                               gamma, beta, silu ? 1 : 0, dgamma, dbeta)
+    }
+
     // MARK: - Helpers
 
     static func cGeometry(_ g: ConvGeometry, upsample: Bool) -> osk_conv {

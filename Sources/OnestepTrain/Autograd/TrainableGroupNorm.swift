@@ -1,6 +1,6 @@
 // GroupNorm (affine) with the optional fused SiLU, trainable, on the serving path's vectorized kernels: the
 // statistics by FastConv.groupMoments (double-precision, two passes, as serving), the affine + SiLU by
-// FastConv.affineSiLU, the backward by FastConv.groupNormGradient / groupNormGradientFinish (AVX-512, polynomial
+// FastConv.affineSiLU, the backward by FastConv.groupNormBackward (one C call per layer; AVX-512, polynomial
 // exp). It keeps mean and 1/std per (image, group) for the backward. ReferenceGroupNorm (the first trainer's plain
 // loops) is what FastTrainingKernelTests compare it with.
 //
@@ -65,7 +65,7 @@ public final class TrainableGroupNorm {
     @discardableResult
     public func backward(_ dy: UnsafePointer<Float>) -> UnsafeMutablePointer<Float> {
         guard let x = input else { preconditionFailure("group norm backward before forward") }
-        let c = channels, cpg = c / groups, m = Float(cpg * hw)
+        let c = channels
         let dx = inputGradient.ensure(n * c * hw), st = stats.pointer
         let gv = store.value(gamma), bv = store.value(beta), dg = store.grad(gamma), db = store.grad(beta)
         if TrainingKernels.reference {
@@ -73,29 +73,9 @@ public final class TrainableGroupNorm {
                                         beta: bv, stats: st, dgamma: dg, dbeta: db, dx: dx)
             return dx
         }
-        for i in 0..<n {
-            for gi in 0..<groups {
-                let mean = st[(i * groups + gi) * 2], rstd = st[(i * groups + gi) * 2 + 1]
-                let base = (i * c + gi * cpg) * hw
-                // First pass: dz into dx, the per-channel parameter sums and the two group means.
-                var sumG: Float = 0, sumGX: Float = 0
-                for cc in 0..<cpg {
-                    let ch = gi * cpg + cc, off = base + cc * hw
-                    let (sdz, sdzx) = FastConv.groupNormGradient(x: x + off, dy: dy + off, dz: dx + off, count: hw, mean: mean,
-                                                                 rstd: rstd, gamma: gv[ch], beta: bv[ch], silu: silu)
-                    dg[ch] += sdzx
-                    db[ch] += sdz
-                    sumG += sdz * gv[ch]
-                    sumGX += sdzx * gv[ch]
-                }
-                let meanG = sumG / m, meanGX = sumGX / m
-                for cc in 0..<cpg {
-                    let ch = gi * cpg + cc, off = base + cc * hw
-                    FastConv.groupNormGradientFinish(x: x + off, dx + off, count: hw, mean: mean, rstd: rstd, gamma: gv[ch],
-                                                     meanG: meanG, meanGX: meanGX)
-                }
-            }
-        }
+        // One C call for the layer: per-plane calls from Swift cost more than the work on 4x4 and 8x8 planes.
+        FastConv.groupNormBackward(x: x, dy: dy, dx: dx, batch: n, channels: c, groups: groups, spatial: hw, stats: st,
+                                   gamma: gv, beta: bv, silu: silu, dgamma: dg, dbeta: db)
         return dx
     }
 }
