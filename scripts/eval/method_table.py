@@ -207,7 +207,7 @@ def main():
             lines.append(f"| {name} | {cells[1]} | - | {cells[4]} | {cells[5]} | {cells[6]} | - | - | - |")
             continue
         lines.append(f"| {name} | {cells[1]} | {cells[2]} | {cells[4]} | {cells[5]} | {cells[6]} | {train_cell(name)} | "
-                     f"{gen_seconds.get(name, float('nan')):.0f} | {cells[7]} |")
+                     f"{gen_seconds.get(name, float('nan')):.1f} | {cells[7]} |")
     info = {}
     for line in open("/proc/cpuinfo"):
         if ":" in line:
@@ -215,7 +215,8 @@ def main():
             info.setdefault(key, value)
     cpu = f"{info.get('model name', 'unknown')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
     note = (f"\n{args.samples} generated images per model against held-out images of {args.eval_data}; students: "
-            f"{args.steps} steps x {args.batch} images each (regression: + {args.pairs} DDIM-{args.pair_steps} pairs)"
+            f"{args.steps} steps x {args.batch} images each"
+            f"{f' (regression: + {args.pairs} DDIM-{args.pair_steps} pairs)' if 'regression' in methods else ''}"
             f"{', student flags ' + args.student_args if args.student_args else ''}"
             f"{f', teacher guidance {args.teacher_guidance:g} for cd/dmd/regression' if args.teacher_guidance != 1 else ''}. "
             f"CPU: {cpu}, {os.cpu_count()} vCPUs; load average before the eval {' '.join(load0)}, "
