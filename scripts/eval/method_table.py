@@ -78,6 +78,10 @@ def main():
     ap.add_argument("--parallel", type=int, default=1, help="student runs at a time (each with --workers threads)")
     ap.add_argument("--train-teacher", type=float, default=0, help="retrain the teacher for this many minutes first")
     ap.add_argument("--student-args", default="", help="more flags for every student run, e.g. \"--lcm-timesteps 600\"")
+    ap.add_argument("--teacher-guidance", type=float, default=1,
+                    help="classifier-free guidance W of the teacher (needs a null label): cd, dmd and regression distil "
+                         "the guided teacher (`student --teacher-guidance W`; ect makes no teacher calls and takes none), "
+                         "and the table gains a teacher-ddimK-guidanceW row (2 NFE per step)")
     ap.add_argument("--bin", default=os.path.join(ROOT, ".build", "release"))
     args = ap.parse_args()
     distill = os.path.join(args.bin, "onestep-distill")
@@ -117,6 +121,8 @@ def main():
                "--steps", str(args.steps), "--batch", str(args.batch), "--workers", str(args.workers),
                "--sample-every", str(args.steps), "--checkpoint-every", str(max(50, args.steps // 4))]
         cmd += args.student_args.split()
+        if args.teacher_guidance != 1 and m != "ect":
+            cmd += ["--teacher-guidance", f"{args.teacher_guidance:g}"]
         if m == "regression":
             cmd += ["--student-channels", channels, "--pairs", str(args.pairs), "--heun-steps", str(args.pair_steps)]
         if m == "dmd":
@@ -153,6 +159,8 @@ def main():
     k = args.teacher_steps
     specs = [f"teacher-ddim{k}={args.teacher}:{k}@DDIMScheduler",
              f"teacher-dpmpp{k}={args.teacher}:{k}@DPMSolverMultistepScheduler",
+             *([f"teacher-ddim{k}-guidance{args.teacher_guidance:g}={args.teacher}:{k}@DDIMScheduler,guidance={args.teacher_guidance:g}"]
+               if args.teacher_guidance != 1 else []),
              f"teacher-ddim1={args.teacher}:1@DDIMScheduler",
              f"teacher-lcm1={args.teacher}:1@LCMScheduler",
              f"teacher-lcm2={args.teacher}:2@LCMScheduler"]
@@ -183,7 +191,7 @@ def main():
             rows[cells[0].strip("*")] = cells
 
     def train_cell(name):
-        m = name.rsplit("-", 1)[0]
+        m = name.split("-", 1)[0]
         if m == "initial":
             return "0 steps (the teacher's weights)"
         if m == "teacher":
@@ -199,7 +207,7 @@ def main():
             lines.append(f"| {name} | {cells[1]} | - | {cells[4]} | {cells[5]} | {cells[6]} | - | - | - |")
             continue
         lines.append(f"| {name} | {cells[1]} | {cells[2]} | {cells[4]} | {cells[5]} | {cells[6]} | {train_cell(name)} | "
-                     f"{gen_seconds.get(name, float('nan')):.0f} | {cells[7]} |")
+                     f"{gen_seconds.get(name, float('nan')):.1f} | {cells[7]} |")
     info = {}
     for line in open("/proc/cpuinfo"):
         if ":" in line:
@@ -207,8 +215,10 @@ def main():
             info.setdefault(key, value)
     cpu = f"{info.get('model name', 'unknown')} (family {info.get('cpu family', '?')}, model {info.get('model', '?')})"
     note = (f"\n{args.samples} generated images per model against held-out images of {args.eval_data}; students: "
-            f"{args.steps} steps x {args.batch} images each (regression: + {args.pairs} DDIM-{args.pair_steps} pairs)"
-            f"{', student flags ' + args.student_args if args.student_args else ''}. "
+            f"{args.steps} steps x {args.batch} images each"
+            f"{f' (regression: + {args.pairs} DDIM-{args.pair_steps} pairs)' if 'regression' in methods else ''}"
+            f"{', student flags ' + args.student_args if args.student_args else ''}"
+            f"{f', teacher guidance {args.teacher_guidance:g} for cd/dmd/regression' if args.teacher_guidance != 1 else ''}. "
             f"CPU: {cpu}, {os.cpu_count()} vCPUs; load average before the eval {' '.join(load0)}, "
             f"eval wall {eval_wall:.0f}s. Timings per run: {json.dumps(timings)}\n")
     table = "\n".join(lines) + "\n" + note
