@@ -4,6 +4,7 @@
 // tail with a mask, so every element of a row gets the same arithmetic wherever it sits.
 #include "onestep_kernels.h"
 #include "onestep_isa.h"
+#include "onestep_simd_math.h"
 #include <math.h>
 #include <string.h>
 
@@ -35,28 +36,13 @@ static void silu_scalar(const float *x, float *y, int64_t n, float a, float b) {
 }
 
 #if OSK_X86
-AVX512 static inline __m512 exp512(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    __m512 er = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(er, _mm512_castsi512_ps(e));
-}
 
 AVX512 static void silu_avx512(const float *x, float *y, int64_t n, float a, float b) {
     const __m512 va = _mm512_set1_ps(a), vb = _mm512_set1_ps(b), one = _mm512_set1_ps(1.0f);
     for (int64_t i = 0; i < n; i += 16) {
         __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
         __m512 v = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, x + i), va, vb);
-        __m512 d = _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), v)));
+        __m512 d = _mm512_add_ps(one, osk_exp512(_mm512_sub_ps(_mm512_setzero_ps(), v)));
         _mm512_mask_storeu_ps(y + i, m, _mm512_div_ps(v, d));
     }
 }
@@ -160,7 +146,7 @@ AVX512 static inline __attribute__((always_inline)) void attention_rows_avx512(
         __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(vmax)), vsum = _mm512_setzero_ps();
         for (int j = 0; j < l; j += 16) {
             __mmask16 mk = l - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (l - j)) - 1);
-            __m512 e = _mm512_maskz_mov_ps(mk, exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, row + j), m)));
+            __m512 e = _mm512_maskz_mov_ps(mk, osk_exp512(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, row + j), m)));
             _mm512_mask_storeu_ps(row + j, mk, e);
             vsum = _mm512_add_ps(vsum, e);
         }
@@ -251,8 +237,8 @@ AVX512 static void gn_grad_avx512(const float *x, const float *dy, float *dz, in
         if (silu) {
             __m512 z = _mm512_fmadd_ps(xh, vg, vb);
             // s = 1 / (1 + e^-z) by rcp14 and one Newton step (relative error ~2^-23) instead of a vdivps, which
-            // was most of this loop's time; exp512 clamps its input, so the denominator is finite and a * r is not NaN.
-            __m512 den = _mm512_add_ps(one, exp512(_mm512_sub_ps(_mm512_setzero_ps(), z)));
+            // was most of this loop's time; osk_exp512 clamps its input, so the denominator is finite and a * r is not NaN.
+            __m512 den = _mm512_add_ps(one, osk_exp512(_mm512_sub_ps(_mm512_setzero_ps(), z)));
             __m512 s = _mm512_rcp14_ps(den);
             s = _mm512_fmadd_ps(s, _mm512_fnmadd_ps(den, s, one), s);
             d = _mm512_mul_ps(d, _mm512_mul_ps(s, _mm512_fmadd_ps(z, _mm512_sub_ps(one, s), one)));

@@ -21,6 +21,7 @@
 // the caller (Kernels/FastAttention.swift) checks osk_attention_bf16_runs first and runs the fp32 head instead.
 #include "onestep_kernels.h"
 #include "onestep_isa.h"
+#include "onestep_simd_math.h"
 #include <math.h>
 #include <string.h>
 
@@ -44,23 +45,6 @@ int64_t osk_attention_bf16_scratch(int32_t lq, int32_t lk, int32_t d) {
 #if OSK_X86
 #define BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma")))
 
-// e^x as onestep_activations.c's exp512 (Cody-Waite split of ln2, Cephes expf polynomial, relative error < 2e-7
-// over [-87.3, 88.7]); copied rather than shared so the two files stay independent.
-BF16_TARGET static inline __m512 att_exp512(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.7f));
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    __m512 er = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0f));
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(er, _mm512_castsi512_ps(e));
-}
 
 static inline __mmask16 tail_mask(int64_t left) {
     return left >= 16 ? (__mmask16)0xFFFF : left <= 0 ? (__mmask16)0 : (__mmask16)((1u << left) - 1);
@@ -152,8 +136,8 @@ BF16_TARGET static inline __attribute__((always_inline)) void attention_block_bf
         const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx[r]));
         __m512 vsum = _mm512_setzero_ps(), vsum1 = _mm512_setzero_ps();
         for (int64_t j = 0; j < lkp; j += 32) {
-            __m512 e0 = _mm512_maskz_mov_ps(tail_mask(lk - j), att_exp512(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(row + j), m), vs)));
-            __m512 e1 = _mm512_maskz_mov_ps(tail_mask(lk - j - 16), att_exp512(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(row + j + 16), m), vs)));
+            __m512 e0 = _mm512_maskz_mov_ps(tail_mask(lk - j), osk_exp512(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(row + j), m), vs)));
+            __m512 e1 = _mm512_maskz_mov_ps(tail_mask(lk - j - 16), osk_exp512(_mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(row + j + 16), m), vs)));
             __m512i w = (__m512i)_mm512_cvtne2ps_pbh(e1, e0);
             _mm512_storeu_si512(pp + r * half + j / 2, w);
             vsum = _mm512_add_ps(vsum, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)));
@@ -221,21 +205,6 @@ BF16_TARGET static void attention_bf16_avx512(const float *q, int64_t ldq, int l
 #if OSK_X86
 #define AVX2_TARGET OSK_AVX2_TARGET
 
-AVX2_TARGET static inline __m256 att_exp256(__m256 x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.7f));
-    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fmadd_ps(n, _mm256_set1_ps(2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-    __m256 er = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
-    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(er, _mm256_castsi256_ps(e));
-}
 
 /// Lanes < left set (all lanes from 8 on), as a maskload/maskstore mask.
 AVX2_TARGET static inline __m256i att_mask8(int64_t left) {
@@ -281,7 +250,7 @@ AVX2_TARGET static inline __attribute__((always_inline)) void attention_rows_avx
         __m256 vsum = _mm256_setzero_ps();
         for (int j = 0; j < l; j += 8) {
             const __m256i mk = att_mask8(l - j);
-            __m256 e = _mm256_and_ps(att_exp256(_mm256_sub_ps(_mm256_maskload_ps(row + j, mk), m)), _mm256_castsi256_ps(mk));
+            __m256 e = _mm256_and_ps(osk_exp256(_mm256_sub_ps(_mm256_maskload_ps(row + j, mk), m)), _mm256_castsi256_ps(mk));
             _mm256_maskstore_ps(row + j, mk, e);
             vsum = _mm256_add_ps(vsum, e);
         }

@@ -8,16 +8,7 @@ import OnestepCore
 /// Speeds are not checked here (benchmarks print them); shapes of the report and the folder are.
 final class BenchLatentCommandTests: XCTestCase {
     func run(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        try CommandLineTests.runProcess(CommandLineTests.binary, args)
     }
 
     func jsonLines(_ text: String) throws -> [[String: Any]] {

@@ -18,6 +18,12 @@ final class CommandLineTests: XCTestCase {
 
     @discardableResult
     func run(_ exe: String, _ args: [String]) throws -> (status: Int32, out: String, err: String) {
+        try Self.runProcess(exe, args)
+    }
+
+    /// `exe args` in a subprocess: its exit status, standard output and standard error (the one subprocess runner
+    /// of the onestep-serve command-line tests).
+    static func runProcess(_ exe: String, _ args: [String]) throws -> (status: Int32, out: String, err: String) {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: exe)
         p.arguments = args

@@ -10,16 +10,7 @@ final class TextCommandLineTests: XCTestCase {
 
     /// The built onestep-serve run in a subprocess, as CommandLineTests runs it.
     func run(_ args: [String]) throws -> (status: Int32, out: String, err: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: CommandLineTests.binary)
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        try CommandLineTests.runProcess(CommandLineTests.binary, args)
     }
 
     func temp(_ name: String) -> String {

@@ -54,14 +54,7 @@ public struct LatentConsistencyForm: @unchecked Sendable {
     /// - Throws: TeacherLoadError when the sampler is not DDPM-family, K is out of range, or the betas cannot be
     ///   restated for LCMScheduler so that its alphas_cumprod equal the teacher's bit for bit.
     public init(teacher sampler: any Sampler, model: UNet2DModel, originalInferenceSteps: Int = 50, timesteps: Int? = nil) throws {
-        let found: (DiscreteSchedule, PredictionType)?
-        switch sampler {
-        case let s as DDPMSampler: found = (s.schedule, s.prediction)
-        case let s as DDIMSampler: found = (s.schedule, s.prediction)
-        case let s as DPMSolverMultistepSampler: found = (s.schedule, s.prediction)
-        default: found = nil
-        }
-        guard let (schedule, prediction) = found else {
+        guard let (schedule, prediction) = ddpmFamilySchedule(of: sampler) else {
             throw TeacherLoadError("an LCM-form student needs a DDPM-family teacher scheduler, not \(type(of: sampler).className)")
         }
         let t = schedule.numTrainTimesteps, orig = min(originalInferenceSteps, t)

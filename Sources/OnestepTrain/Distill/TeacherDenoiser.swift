@@ -79,14 +79,7 @@ public enum TeacherLoader {
         if let edm = p.sampler as? EDMHeunSampler {
             return Loaded(pipeline: p, denoiser: EDMTeacher(model: p.model, sigmaData: edm.config.sigmaData), edmSchedule: edm.config)
         }
-        let found: (DiscreteSchedule, PredictionType)?
-        switch p.sampler {
-        case let s as DDPMSampler: found = (s.schedule, s.prediction)
-        case let s as DDIMSampler: found = (s.schedule, s.prediction)
-        case let s as DPMSolverMultistepSampler: found = (s.schedule, s.prediction)
-        default: found = nil
-        }
-        guard let (schedule, prediction) = found else {
+        guard let (schedule, prediction) = ddpmFamilySchedule(of: p.sampler) else {
             throw TeacherLoadError("\(path): its scheduler is \(type(of: p.sampler).className); a teacher needs OnestepEDMHeunScheduler (onestep-distill teacher) or a DDPM-family scheduler (DDPMScheduler, GaussianDDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler) with the UNet's training betas")
         }
         let teacher = try DiscreteDDPMTeacher(model: p.model, alphasCumprod: schedule.alphasCumprod, prediction: prediction,
@@ -98,4 +91,15 @@ public enum TeacherLoader {
 public struct TeacherLoadError: Error, CustomStringConvertible {
     public let description: String
     public init(_ d: String) { description = d }
+}
+
+/// The training schedule and prediction type of a DDPM-family sampler (DDPM / GaussianDDPM, DDIM,
+/// DPMSolverMultistep); nil for any other scheduler.
+func ddpmFamilySchedule(of sampler: any Sampler) -> (DiscreteSchedule, PredictionType)? {
+    switch sampler {
+    case let s as DDPMSampler: return (s.schedule, s.prediction)
+    case let s as DDIMSampler: return (s.schedule, s.prediction)
+    case let s as DPMSolverMultistepSampler: return (s.schedule, s.prediction)
+    default: return nil
+    }
 }
