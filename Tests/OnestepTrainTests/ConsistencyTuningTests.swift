@@ -41,34 +41,8 @@ final class ConsistencyTuningTests: XCTestCase {
                 o.chunkLoss(o.firstWorker, lo: 0, hi: b, x0: x0, z: z, t: t, r: r, labels: labels, scale: 1, backward: backward, fixedTarget: tp.baseAddress!)
             }
         }
-        let store = o.model.store
-        store.zeroGrads()
-        _ = loss(backward: true)
-        let e: Float = 1e-2
-        var analytic: [Double] = [], numeric: [Double] = []
-        var pick = TrainRandom(seed: 5)
-        for entry in store.entries {
-            for _ in 0..<min(2, entry.count) {
-                let j = entry.offset + pick.int(entry.count), keep = store.values[j]
-                analytic.append(Double(store.grads[j]))
-                func central(_ h: Float) -> Double {
-                    store.values[j] = keep + h
-                    let up = loss(backward: false)
-                    store.values[j] = keep - h
-                    let down = loss(backward: false)
-                    store.values[j] = keep
-                    return (up - down) / Double(2 * h)
-                }
-                // Richardson extrapolation of central differences at e and e/2: removes the O(e^2) curvature
-                // term, which the weight w(t) (up to 15 at t = 0.3) and the sqrt of pseudo-Huber make larger
-                // than in the layer checks (2.9e-3 measured with e alone).
-                numeric.append((4 * central(e / 2) - central(e)) / 3)
-            }
-        }
-        var num = 0.0, den = 0.0
-        for i in analytic.indices { num += (analytic[i] - numeric[i]) * (analytic[i] - numeric[i]); den += numeric[i] * numeric[i] }
-        let relative = (num / den).squareRoot()
-        print("ECT objective gradient: relative error \(relative) over \(analytic.count) coordinates")
+        let (relative, coordinates, den) = objectiveGradientError(o.model.store) { loss(backward: $0) }
+        print("ECT objective gradient: relative error \(relative) over \(coordinates) coordinates")
         XCTAssertGreaterThan(den, 0)
         XCTAssertLessThan(relative, GradientTolerance.maxRelativeError)
     }

@@ -75,32 +75,10 @@ final class DistributionMatchingTests: XCTestCase {
         XCTAssertEqual(r1.state, r2.state, "the random stream does not depend on the worker count")
     }
 
-    /// Relative L2 error of analytic vs Richardson-extrapolated central differences on 2 coordinates per tensor.
+    /// objectiveGradientError of `loss`, asserted below GradientTolerance.maxRelativeError.
     func check(_ store: ParameterStore, _ what: String, loss: (_ backward: Bool) -> Double) {
-        store.zeroGrads()
-        _ = loss(true)
-        let e: Float = 1e-2
-        var analytic: [Double] = [], numeric: [Double] = []
-        var pick = TrainRandom(seed: 5)
-        for entry in store.entries {
-            for _ in 0..<min(2, entry.count) {
-                let j = entry.offset + pick.int(entry.count), keep = store.values[j]
-                analytic.append(Double(store.grads[j]))
-                func central(_ h: Float) -> Double {
-                    store.values[j] = keep + h
-                    let up = loss(false)
-                    store.values[j] = keep - h
-                    let down = loss(false)
-                    store.values[j] = keep
-                    return (up - down) / Double(2 * h)
-                }
-                numeric.append((4 * central(e / 2) - central(e)) / 3)
-            }
-        }
-        var num = 0.0, den = 0.0
-        for i in analytic.indices { num += (analytic[i] - numeric[i]) * (analytic[i] - numeric[i]); den += numeric[i] * numeric[i] }
-        let relative = (num / den).squareRoot()
-        print("DMD \(what) gradient: relative error \(relative) over \(analytic.count) coordinates")
+        let (relative, coordinates, den) = objectiveGradientError(store, loss: loss)
+        print("DMD \(what) gradient: relative error \(relative) over \(coordinates) coordinates")
         XCTAssertGreaterThan(den, 0, what)
         XCTAssertLessThan(relative, GradientTolerance.maxRelativeError, what)
     }

@@ -14,6 +14,37 @@ enum GradientTolerance {
     static let epsilon: Float = 1e-2
 }
 
+/// Analytic gradients of a whole objective against Richardson-extrapolated central differences (at e and e/2:
+/// removes the O(e^2) curvature term, which objectives with weights w(t) and pseudo-Huber's sqrt make larger than
+/// in the layer checks) on 2 coordinates per tensor of `store`, chosen by TrainRandom(seed: 5). `loss(backward)`
+/// returns the loss and, with backward, adds its gradient into `store.grads`. Returns ||analytic - numeric|| /
+/// ||numeric||, the number of coordinates, and ||numeric||^2 (must be > 0 for the ratio to mean anything).
+func objectiveGradientError(_ store: ParameterStore, loss: (_ backward: Bool) -> Double) -> (relative: Double, coordinates: Int, numericNormSquared: Double) {
+    store.zeroGrads()
+    _ = loss(true)
+    let e = GradientTolerance.epsilon
+    var analytic: [Double] = [], numeric: [Double] = []
+    var pick = TrainRandom(seed: 5)
+    for entry in store.entries {
+        for _ in 0..<min(2, entry.count) {
+            let j = entry.offset + pick.int(entry.count), keep = store.values[j]
+            analytic.append(Double(store.grads[j]))
+            func central(_ h: Float) -> Double {
+                store.values[j] = keep + h
+                let up = loss(false)
+                store.values[j] = keep - h
+                let down = loss(false)
+                store.values[j] = keep
+                return (up - down) / Double(2 * h)
+            }
+            numeric.append((4 * central(e / 2) - central(e)) / 3)
+        }
+    }
+    var num = 0.0, den = 0.0
+    for i in analytic.indices { num += (analytic[i] - numeric[i]) * (analytic[i] - numeric[i]); den += numeric[i] * numeric[i] }
+    return ((num / den).squareRoot(), analytic.count, den)
+}
+
 /// An input the check perturbs in place: a stable allocation, so layers may keep its pointer between calls.
 final class CheckedInput {
     let pointer: UnsafeMutablePointer<Float>

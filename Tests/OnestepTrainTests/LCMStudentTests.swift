@@ -152,32 +152,11 @@ final class LCMStudentTests: XCTestCase {
         XCTAssertThrowsError(try makeTeacher(timesteps: 1001)) { e in XCTAssertTrue("\(e)".contains("--lcm-timesteps"), "\(e)") }
     }
 
-    /// Relative L2 error of analytic vs Richardson-extrapolated central differences on 2 coordinates per tensor.
+    /// objectiveGradientError's relative error (its denominator asserted non-zero).
     func gradientError(_ store: ParameterStore, loss: (_ backward: Bool) -> Double) -> Double {
-        store.zeroGrads()
-        _ = loss(true)
-        let e: Float = 1e-2
-        var analytic: [Double] = [], numeric: [Double] = []
-        var pick = TrainRandom(seed: 5)
-        for entry in store.entries {
-            for _ in 0..<min(2, entry.count) {
-                let j = entry.offset + pick.int(entry.count), keep = store.values[j]
-                analytic.append(Double(store.grads[j]))
-                func central(_ h: Float) -> Double {
-                    store.values[j] = keep + h
-                    let up = loss(false)
-                    store.values[j] = keep - h
-                    let down = loss(false)
-                    store.values[j] = keep
-                    return (up - down) / Double(2 * h)
-                }
-                numeric.append((4 * central(e / 2) - central(e)) / 3)
-            }
-        }
-        var num = 0.0, den = 0.0
-        for i in analytic.indices { num += (analytic[i] - numeric[i]) * (analytic[i] - numeric[i]); den += numeric[i] * numeric[i] }
+        let (relative, _, den) = objectiveGradientError(store, loss: loss)
         XCTAssertGreaterThan(den, 0)
-        return (num / den).squareRoot()
+        return relative
     }
 
     /// CD (teacher Heun step and target held fixed: neither depends on the student's weights), ECT (targets held
