@@ -6,7 +6,7 @@ import OnestepTrain
 let teacherCommand = Subcommand("teacher", summary: "train an EDM teacher (diffusers UNet2DModel) on a folder of PNGs", flags: [
     FlagSpec("data", "folder of PNGs, or of class sub-folders of PNGs"),
     FlagSpec("out", "run folder: becomes a model directory, plus checkpoint, losses, loss.png, samples.png"),
-    FlagSpec("config", "UNet config.json to train (default: a small 3-level teacher sized to --size)"),
+    FlagSpec("config", "UNet config.json to train (default: a small 3-level teacher sized to --size); with --resume it must describe the checkpoint's network"),
     FlagSpec("size", "image side when no --config is given", default: "16"),
     FlagSpec("steps", "total optimizer steps", default: "4000"),
     FlagSpec("batch", "images per step", default: "32"),
@@ -50,39 +50,27 @@ func runTeacher(_ flags: ParsedFlags) throws {
     let resume = flags.isSet("resume")
     try checkResumeFlag(resume, out: out, force: flags.isSet("force"))
 
-    // The model config: the checkpoint's on resume, else --config, else the default sized to --size.
-    var config: UNetConfig?
-    if resume { config = try Checkpoint.config(in: out) } else if let path = flags.string("config") {
-        do { config = try UNetConfig.load(path: path) } catch let e as ConfigError { throw FlagError("--config \(path): \(e)") }
+    // The model config: the checkpoint's on resume, else --config, else the default sized to --size. A resumed
+    // run cannot change its network, so a --config given with --resume must describe the checkpoint's.
+    var given: UNetConfig?
+    if let path = flags.string("config") {
+        do { given = try UNetConfig.load(path: path) } catch let e as ConfigError { throw FlagError("--config \(path): \(e)") }
     }
-    let size = try config?.sampleSize ?? Int(flags.choice("size", ["8", "16", "32", "64"]))!
-    let channels = config?.inChannels ?? 3
+    let recorded = resume ? try Checkpoint.config(in: out) : nil
+    let size = try (recorded ?? given)?.sampleSize ?? Int(flags.choice("size", ["8", "16", "32", "64"]))!
+    let channels = (recorded ?? given)?.inChannels ?? 3
     let data = try ImageFolder.load(path: dataDir, size: size, channels: channels, warn: { stderrLine("warning: " + $0) })
     stdoutLine("data: \(data.count) images \(size)x\(size) from \(dataDir)"
                + (data.classNames.map { ", classes: \($0.joined(separator: " "))" } ?? ", unconditional")
                + (data.skipped > 0 ? ", \(data.skipped) unreadable files skipped" : ""))
-    if config == nil {
-        config = try ModelExport.defaultTeacherConfig(size: size, channels: channels, classNames: data.classNames)
-    } else if var c = config, c.numClassEmbeds != nil || data.classNames != nil, !resume {
-        // A given config is made to agree with the data's classes (names in id2label, count in num_class_embeds).
-        guard let names = data.classNames else { throw FlagError("--config has num_class_embeds but \(dataDir) has no class folders") }
-        if let k = c.numClasses, k != names.count {
-            throw FlagError("--config has \(k) classes (num_class_embeds less a null label) but the data has \(names.count)")
-        }
-        c.numClassEmbeds = names.count
-        c.nullClassLabel = nil
-        c.classNames = names
-        config = c
+    let fresh = try teacherConfig(given: given, size: size, channels: channels, data: data, dataDir: dataDir, labelDropout: s.labelDropout)
+    if let recorded, given != nil, fresh != recorded {
+        throw FlagError("--config \(flags.string("config")!) describes another network than the checkpoint in \(out) "
+                        + "(a resumed run keeps the network it started with): drop --config to continue that run, "
+                        + "or start the new network in another --out")
     }
-    // Label dropout: the null label is one more embedding row, the last (UNetConfig.nullClassLabel).
-    if s.labelDropout > 0, !resume, var c = config {
-        guard let k = c.numClassEmbeds, c.nullClassLabel == nil || c.numClasses == data.classNames?.count else {
-            throw FlagError("--label-dropout needs class-conditional data (class sub-folders in \(dataDir))")
-        }
-        if c.nullClassLabel == nil { (c.numClassEmbeds, c.nullClassLabel) = (k + 1, k) }
-        config = c
-    }
-    let trainer = try TeacherTrainer(config: config!, dataset: data, settings: s, runDir: out, resume: resume, force: flags.isSet("force"),
+    let config = recorded ?? fresh
+    let trainer = try TeacherTrainer(config: config, dataset: data, settings: s, runDir: out, resume: resume, force: flags.isSet("force"),
                                      inputs: RunSettings(["data": absolutePath(dataDir)]))
     trainer.plotLabels.subtitle += " - data \(dataDir)"
     trainer.resumeLines.forEach(stdoutLine)
@@ -103,4 +91,31 @@ func trainingRecord(_ s: TeacherSettings, data: String) -> String {
     ]
     let data = (try? JSONSerialization.data(withJSONObject: d, options: [.prettyPrinted, .sortedKeys])) ?? Data()
     return String(decoding: data, as: UTF8.self) + "\n"
+}
+
+/// The network a new teacher run trains: `given` (--config) made to agree with the data's classes, else the default
+/// sized to `size`; label dropout adds the null label as one more embedding row, the last (UNetConfig.nullClassLabel).
+/// Errors: a config whose classes disagree with the data's, label dropout on unconditional data.
+private func teacherConfig(given: UNetConfig?, size: Int, channels: Int, data: ImageDataset, dataDir: String,
+                           labelDropout: Double) throws -> UNetConfig {
+    var c: UNetConfig
+    if var g = given {
+        if g.numClassEmbeds != nil || data.classNames != nil {
+            guard let names = data.classNames else { throw FlagError("--config has num_class_embeds but \(dataDir) has no class folders") }
+            if let k = g.numClasses, k != names.count {
+                throw FlagError("--config has \(k) classes (num_class_embeds less a null label) but the data has \(names.count)")
+            }
+            (g.numClassEmbeds, g.nullClassLabel, g.classNames) = (names.count, nil, names)
+        }
+        c = g
+    } else {
+        c = try ModelExport.defaultTeacherConfig(size: size, channels: channels, classNames: data.classNames)
+    }
+    if labelDropout > 0 {
+        guard let k = c.numClassEmbeds, c.nullClassLabel == nil || c.numClasses == data.classNames?.count else {
+            throw FlagError("--label-dropout needs class-conditional data (class sub-folders in \(dataDir))")
+        }
+        if c.nullClassLabel == nil { (c.numClassEmbeds, c.nullClassLabel) = (k + 1, k) }
+    }
+    return c
 }

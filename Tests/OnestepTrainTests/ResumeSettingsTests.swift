@@ -104,4 +104,20 @@ final class ResumeSettingsTests: XCTestCase {
         XCTAssertEqual(forced.status, 0, forced.output)
         XCTAssertTrue(forced.output.contains("(lr 0.001 -> 0.0005)"), forced.output)
     }
+
+    /// A resumed run keeps its network: the same --config is accepted (above), another one is refused before any
+    /// training, naming the checkpoint and what to do.
+    func testTeacherResumedWithAnotherConfigIsRefused() throws {
+        let out = dir + "/t2"
+        let args = ["teacher", "--data", dir + "/data", "--out", out, "--steps", "2", "--batch", "2", "--log-every", "1",
+                    "--checkpoint-every", "2", "--sample-every", "100000", "--sample-steps", "2"]
+        XCTAssertEqual(try DistillProcess.run(args + ["--config", dir + "/tiny.json"]).status, 0)
+        let wider = try String(contentsOfFile: dir + "/tiny.json", encoding: .utf8).replacingOccurrences(of: "[8, 16]", with: "[8, 24]")
+        try wider.write(toFile: dir + "/wider.json", atomically: true, encoding: .utf8)
+        let r = try DistillProcess.run(args + ["--config", dir + "/wider.json", "--resume", "--steps", "4"])
+        XCTAssertEqual(r.status, 2, r.output)
+        XCTAssertTrue(r.output.contains("--config \(dir)/wider.json describes another network than the checkpoint in \(out)"), r.output)
+        XCTAssertTrue(r.output.contains("drop --config to continue that run"), r.output)
+        XCTAssertNil(DistillProcess.lastStep(in: r.output), "a refused resume must not train")
+    }
 }
