@@ -125,7 +125,15 @@ public final class ComputeWorkers: @unchecked Sendable {
         case nil:
             for job in live { job.complete(.failed("model \(batch.model) is not loaded")) }
             return
-        case .pixel(let pipeline)?:
+        case .pixel(let loaded)?:
+            // Guidance 1 is the conditional model itself: no second forward, the same bytes as no guidance_scale.
+            var pipeline = loaded
+            if loaded.takesClassGuidance, batch.guidanceScale != 1 {
+                do { pipeline = try loaded.withClassGuidance(batch.guidanceScale) } catch {
+                    for job in live { job.complete(.failed("guidance_scale \(batch.guidanceScale): \(error)")) }
+                    return
+                }
+            }
             let output = pipeline.generate(live.flatMap(\.images), steps: batch.steps)
             do { pngs = try ImagePipeline.pngs(output) } catch {
                 for job in live { job.complete(.failed("PNG encoding failed: \(error)")) }

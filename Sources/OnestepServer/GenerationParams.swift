@@ -171,9 +171,7 @@ struct RawGenerationFields {
                 problems.append("size must be \"\(want)\" for model \(name), got \(Self.show(sz)) (it generates one size only; leave size out)")
             }
         }
-        if let g = guidanceScale, !(g is NSNull) {
-            problems.append("guidance_scale is for text-to-image models; model \(name) has no classifier-free guidance (leave guidance_scale out)")
-        }
+        let guidance = Self.pixelGuidance(guidanceScale, p, model: name, problems: &problems)
         if let d = decoder, !(d is NSNull) {
             problems.append("decoder is for text-to-image models; model \(name) is a pixel model with no decoder (leave decoder out)")
         }
@@ -203,7 +201,31 @@ struct RawGenerationFields {
             return GenerationRequest(seed: s, label: l)
         }
         return GenerationParams(model: name, steps: steps, images: images, deadlineMs: deadline,
-                                labelNames: p.classNames, resolvedFromPrompt: resolved?.fromPrompt)
+                                labelNames: p.classNames, resolvedFromPrompt: resolved?.fromPrompt, guidanceScale: guidance)
+    }
+
+    /// The classifier-free guidance scale of a pixel model's request (the batch key's): 0 for a model that takes
+    /// none, else the scale sent or 1 when none is (1 = the conditional model itself, no guidance: the same bytes
+    /// with or without the field). Problems are appended, each saying what to send instead.
+    static func pixelGuidance(_ g: Any?, _ p: ImagePipeline, model name: String, problems: inout [String]) -> Double {
+        guard p.takesClassGuidance else {
+            if let g, !(g is NSNull) {
+                problems.append(p.config.nullClassLabel != nil
+                    ? "guidance_scale: model \(name) is a distilled student (\(type(of: p.sampler).className)) whose guidance, if any, was distilled into it; leave guidance_scale out"
+                    : p.numClasses == nil
+                    ? "guidance_scale: model \(name) is unconditional, so it has no classifier-free guidance (leave guidance_scale out)"
+                    : "guidance_scale: model \(name) has no null label (\"null_class_label\" in its config: trained without label dropout), so it has no classifier-free guidance (leave guidance_scale out)")
+            }
+            return 0
+        }
+        guard let g, !(g is NSNull) else { return 1 }
+        let v: Double? = (g as? String).flatMap { Double($0.trimmingCharacters(in: .whitespaces)) }
+            ?? (JSONValues.isBool(g) ? nil : JSONValues.number(g)?.doubleValue)
+        guard let v, v.isFinite, (0...GuidanceLimits.maxScale).contains(v) else {
+            problems.append("guidance_scale must be a number in 0...\(Int(GuidanceLimits.maxScale)) (1 = no guidance, 0 = the unconditional model, typical 1.5-5), got \(show(g))")
+            return 1
+        }
+        return v
     }
 
     /// Largest deadline_ms a request may send (one hour); the server's --max-deadline-ms then caps it.

@@ -48,8 +48,19 @@ public enum GenerationPipeline: Sendable {
 }
 
 extension ImagePipeline {
-    /// Request fields a pixel model takes: seed, steps, n, and label for a class-conditional model.
-    public var fields: [String] { (numClasses == nil ? [] : ["label"]) + ["seed", "steps", "n"] }
+    /// Request fields a pixel model takes: seed, steps, n, label for a class-conditional model, and guidance_scale
+    /// for one that `takesClassGuidance`.
+    public var fields: [String] {
+        (numClasses == nil ? [] : ["label"]) + (takesClassGuidance ? ["guidance_scale"] : []) + ["seed", "steps", "n"]
+    }
+
+    /// Whether a request may set a classifier-free guidance scale: a class-conditional model with a null label
+    /// sampled by a diffusion sampler (DDIM, DDPM, Euler, DPM-Solver, EDM Heun). A consistency, LCM or TCD student
+    /// is not: its guidance, if any, was distilled in (student --teacher-guidance), and its null row is the teacher's
+    /// copy, never trained through the student's own objective.
+    public var takesClassGuidance: Bool {
+        config.nullClassLabel != nil && !(sampler is ConsistencySampler || sampler is LCMSampler || sampler is TCDSampler)
+    }
 }
 
 /// What a text-to-image model is loaded with beyond its folder (command-line flags): LoRAs fused at load, a
