@@ -3,6 +3,7 @@
 // polynomial, 2^n from the exponent bits; relative error < 2e-7 over [-87.3, 88.7]. The AVX-512 path handles the
 // tail with a mask, so every element of a row gets the same arithmetic wherever it sits.
 #include "onestep_kernels.h"
+#include "onestep_train_kernels.h"
 #include "onestep_isa.h"
 #include "onestep_simd_math.h"
 #include <math.h>
@@ -277,20 +278,31 @@ void osk_groupnorm_grad(int level, const float *x, const float *dy, float *dz, i
 void osk_groupnorm_backward(int level, const float *x, const float *dy, float *dx, int32_t n, int32_t c, int32_t groups,
                             int32_t hw, const float *stats, const float *gamma, const float *beta, int silu, float *dgamma,
                             float *dbeta) {
+    osk_groupnorm_backward_layouts(level, x, 0, dy, 0, dx, 0, n, c, groups, hw, stats, gamma, beta, silu, dgamma, dbeta);
+}
+
+// Offset of channel `ch` of image i: (N, C, HW) or, channel-major, (C, N, HW). The planes are visited in the same
+// order in either layout, so the results are the same bits; only where each plane lives changes.
+static inline int64_t gn_plane(int cm, int32_t n, int32_t c, int32_t hw, int32_t i, int32_t ch) {
+    return (cm ? (int64_t)ch * n + i : (int64_t)i * c + ch) * hw;
+}
+
+void osk_groupnorm_backward_layouts(int level, const float *x, int x_cm, const float *dy, int dy_cm, float *dx, int dx_cm,
+                                    int32_t n, int32_t c, int32_t groups, int32_t hw, const float *stats, const float *gamma,
+                                    const float *beta, int silu, float *dgamma, float *dbeta) {
     const int cpg = c / groups;
     const float m = (float)(cpg * hw);
     for (int i = 0; i < n; i++) {
         for (int gi = 0; gi < groups; gi++) {
             const float mean = stats[((int64_t)i * groups + gi) * 2], rstd = stats[((int64_t)i * groups + gi) * 2 + 1];
-            const int64_t base = ((int64_t)i * c + (int64_t)gi * cpg) * hw;
             // First pass: dz into dx, the per-channel parameter sums and the two group means (products kept in
             // separate statements so they are not contracted into FMAs: the Swift loop this replaces rounded them).
             float sum_g = 0, sum_gx = 0;
             for (int cc = 0; cc < cpg; cc++) {
                 const int ch = gi * cpg + cc;
-                const int64_t off = base + (int64_t)cc * hw;
                 float sdz, sdzx;
-                osk_groupnorm_grad(level, x + off, dy + off, dx + off, hw, mean, rstd, gamma[ch], beta[ch], silu, &sdz, &sdzx);
+                osk_groupnorm_grad(level, x + gn_plane(x_cm, n, c, hw, i, ch), dy + gn_plane(dy_cm, n, c, hw, i, ch),
+                                   dx + gn_plane(dx_cm, n, c, hw, i, ch), hw, mean, rstd, gamma[ch], beta[ch], silu, &sdz, &sdzx);
                 dgamma[ch] += sdzx;
                 dbeta[ch] += sdz;
                 const float tg = sdz * gamma[ch], tgx = sdzx * gamma[ch];
@@ -299,8 +311,9 @@ void osk_groupnorm_backward(int level, const float *x, const float *dy, float *d
             }
             const float mean_g = sum_g / m, mean_gx = sum_gx / m;
             for (int cc = 0; cc < cpg; cc++) {
-                const int64_t off = base + (int64_t)cc * hw;
-                osk_groupnorm_grad_finish(level, x + off, dx + off, hw, mean, rstd, gamma[gi * cpg + cc], mean_g, mean_gx);
+                const int ch = gi * cpg + cc;
+                osk_groupnorm_grad_finish(level, x + gn_plane(x_cm, n, c, hw, i, ch), dx + gn_plane(dx_cm, n, c, hw, i, ch), hw,
+                                          mean, rstd, gamma[ch], mean_g, mean_gx);
             }
         }
     }
