@@ -287,6 +287,24 @@ static inline int64_t gn_plane(int cm, int32_t n, int32_t c, int32_t hw, int32_t
     return (cm ? (int64_t)ch * n + i : (int64_t)i * c + ch) * hw;
 }
 
+// The first pass is bound by loading x and dy (the forward's input, long out of cache, and the gradient that the
+// conv before it wrote): perf annotate put two thirds of its samples on those two loads. Each plane is 1 KiB or less
+// (16x16 and smaller), and in the channel-major layout the next plane lives elsewhere, so the hardware prefetcher
+// starts late: fetch the planes two ahead in (image, channel) order. A hint only: the results do not change.
+#define GN_PREFETCH_PLANES 2
+static inline void gn_prefetch_ahead(const float *x, int x_cm, const float *dy, int dy_cm, int32_t n, int32_t c, int32_t hw,
+                                     int32_t i, int32_t ch) {
+    const int64_t q = (int64_t)i * c + ch + GN_PREFETCH_PLANES;
+    if (q >= (int64_t)n * c) return;
+    const int32_t i2 = (int32_t)(q / c), ch2 = (int32_t)(q % c);
+    const char *px = (const char *)(x + gn_plane(x_cm, n, c, hw, i2, ch2));
+    const char *pd = (const char *)(dy + gn_plane(dy_cm, n, c, hw, i2, ch2));
+    for (int64_t b = 0; b < (int64_t)hw * (int64_t)sizeof(float); b += 64) {
+        __builtin_prefetch(px + b, 0, 3);
+        __builtin_prefetch(pd + b, 0, 3);
+    }
+}
+
 void osk_groupnorm_backward_layouts(int level, const float *x, int x_cm, const float *dy, int dy_cm, float *dx, int dx_cm,
                                     int32_t n, int32_t c, int32_t groups, int32_t hw, const float *stats, const float *gamma,
                                     const float *beta, int silu, float *dgamma, float *dbeta) {
@@ -300,6 +318,7 @@ void osk_groupnorm_backward_layouts(int level, const float *x, int x_cm, const f
             float sum_g = 0, sum_gx = 0;
             for (int cc = 0; cc < cpg; cc++) {
                 const int ch = gi * cpg + cc;
+                gn_prefetch_ahead(x, x_cm, dy, dy_cm, n, c, hw, i, ch);
                 float sdz, sdzx;
                 osk_groupnorm_grad(level, x + gn_plane(x_cm, n, c, hw, i, ch), dy + gn_plane(dy_cm, n, c, hw, i, ch),
                                    dx + gn_plane(dx_cm, n, c, hw, i, ch), hw, mean, rstd, gamma[ch], beta[ch], silu, &sdz, &sdzx);

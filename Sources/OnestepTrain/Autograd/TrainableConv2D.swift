@@ -39,6 +39,10 @@ public final class TrainableConv2D {
     private let packedWeights = Buffer()
     private var input: UnsafePointer<Float>?
     private var n = 0, h = 0, w = 0
+    /// dX by output phases for stride > 1, for the input size it was made for (nil size: not made, or not possible).
+    private var strided: (size: (Int, Int), phases: StridedInputGradient)?
+    /// False: dX of a strided conv by the dilated-dY path below (the tests compare the two bit for bit).
+    var stridedByPhases = true
 
     public init(_ prefix: String, _ store: ParameterStore, geometry g: ConvGeometry, bias hasBias: Bool = true) {
         self.store = store
@@ -162,6 +166,14 @@ public final class TrainableConv2D {
     private func inputGradientChannelMajor(_ dyc: UnsafePointer<Float>, into dxc: UnsafeMutablePointer<Float>) {
         let g = geometry, ho = g.outputHeight(h), wo = g.outputWidth(w), cin = g.inChannels, cout = g.outChannels
         let kh = g.kernelH, kw = g.kernelW, taps = kh * kw, s = g.stride
+        if s > 1 && stridedByPhases {
+            // One stride-1 conv of dY per output phase (StridedInputGradient.swift): the same bits, s*s fewer products.
+            if strided?.size ?? (0, 0) != (h, w) { strided = StridedInputGradient(g, height: h, width: w).map { ((h, w), $0) } }
+            if let (_, phases) = strided {
+                phases.run(g, weights: store.value(weight), dy: dyc, batch: n, height: h, width: w, into: dxc)
+                return
+            }
+        }
         // dY with s-1 zeros between rows and columns: (Cout, N, Hd, Wd).
         let hd = (ho - 1) * s + 1, wd = (wo - 1) * s + 1
         var src = dyc
