@@ -292,6 +292,13 @@ static inline int64_t gn_plane(int cm, int32_t n, int32_t c, int32_t hw, int32_t
 // (16x16 and smaller), and in the channel-major layout the next plane lives elsewhere, so the hardware prefetcher
 // starts late: fetch the planes two ahead in (image, channel) order. A hint only: the results do not change.
 #define GN_PREFETCH_PLANES 2
+/// Prefetches plane q = image * C + channel of x (nothing past the last).
+static inline void gn_prefetch_plane(const float *x, int x_cm, int32_t n, int32_t c, int32_t hw, int64_t q) {
+    if (q >= (int64_t)n * c) return;
+    const char *p = (const char *)(x + gn_plane(x_cm, n, c, hw, (int32_t)(q / c), (int32_t)(q % c)));
+    for (int64_t b = 0; b < (int64_t)hw * (int64_t)sizeof(float); b += 64) __builtin_prefetch(p + b, 0, 3);
+}
+
 static inline void gn_prefetch_ahead(const float *x, int x_cm, const float *dy, int dy_cm, int32_t n, int32_t c, int32_t hw,
                                      int32_t i, int32_t ch) {
     const int64_t q = (int64_t)i * c + ch + GN_PREFETCH_PLANES;
@@ -302,6 +309,44 @@ static inline void gn_prefetch_ahead(const float *x, int x_cm, const float *dy, 
     for (int64_t b = 0; b < (int64_t)hw * (int64_t)sizeof(float); b += 64) {
         __builtin_prefetch(px + b, 0, 3);
         __builtin_prefetch(pd + b, 0, 3);
+    }
+}
+
+void osk_groupnorm_forward_layouts(int level, const float *x, int x_cm, float *y, int y_cm, int32_t n, int32_t c,
+                                   int32_t groups, int32_t hw, float eps, const float *gamma, const float *beta, int silu,
+                                   float *stats) {
+    const int cpg = c / groups;
+    const int64_t stride = x_cm ? (int64_t)n * hw : hw;  // between channels ch and ch + 1 of one image
+    for (int i = 0; i < n; i++) {
+        for (int gi = 0; gi < groups; gi++) {
+            double mean, variance;
+            osk_group_moments(level, x + gn_plane(x_cm, n, c, hw, i, gi * cpg), stride, cpg, hw, NULL, &mean, &variance);
+            const double rstd = 1.0 / sqrt(variance + (double)eps);
+            stats[((int64_t)i * groups + gi) * 2] = (float)mean;
+            stats[((int64_t)i * groups + gi) * 2 + 1] = (float)rstd;
+            for (int cc = 0; cc < cpg; cc++) {
+                const int ch = gi * cpg + cc;
+                // The next group's plane cc, so that its statistics read it from cache (see gn_prefetch_ahead).
+                gn_prefetch_plane(x, x_cm, n, c, hw, (int64_t)i * c + ch + cpg);
+                // Each product its own statement (no contraction into an FMA): the rounding of the Swift loop this
+                // replaces, scale = Float(rstd * gamma), shift = Float(beta - mean * rstd * gamma) in double.
+                const double g = (double)gamma[ch];
+                const float scale = (float)(rstd * g);
+                double t = mean * rstd;
+                t = t * g;
+                const float shift = (float)((double)beta[ch] - t);
+                const float *src = x + gn_plane(x_cm, n, c, hw, i, ch);
+                float *dst = y + gn_plane(y_cm, n, c, hw, i, ch);
+                if (silu) {
+                    osk_affine_silu(level, src, dst, hw, scale, shift);
+                } else {
+                    for (int32_t j = 0; j < hw; j++) {
+                        const float p = src[j] * scale;
+                        dst[j] = p + shift;
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -146,7 +146,11 @@ final class ChannelMajorTrainingTests: XCTestCase {
                     var xi = [Float](repeating: 0, count: g.inChannels * h * w), yi = [Float](repeating: 0, count: g.outChannels * p)
                     for c in 0..<g.inChannels { for j in 0..<(h * w) { xi[c * h * w + j] = x[(c * n + i) * h * w + j] } }
                     FastConv.convAccumulate(x: xi, packed: packed, geometry: g, batch: 1, height: h, width: w, y: &yi, level: level)
-                    let fromBatch = (0..<g.outChannels).flatMap { co in batch[((co * n + i) * p)..<((co * n + i + 1) * p)] }
+                    var fromBatch: [Float] = []
+                    for co in 0..<g.outChannels {
+                        let start: Int = (co * n + i) * p
+                        fromBatch += batch[start..<(start + p)]
+                    }
                     XCTAssertEqual(fromBatch, yi, "\(g) \(h)x\(w), \(level), image \(i)")
                 }
                 XCTAssertGreaterThan(batch.map { abs($0) }.max() ?? 0, 0)

@@ -46,6 +46,14 @@ void osk_groupnorm_backward_layouts(int level, const float *x, int x_cm, const f
                                     int32_t n, int32_t c, int32_t groups, int32_t hw, const float *stats, const float *gamma,
                                     const float *beta, int silu, float *dgamma, float *dbeta);
 
+/// GroupNorm (+ SiLU when silu != 0) forward of a layer in one call (TrainableGroupNorm), x and y each (N, C, HW)
+/// (x_cm / y_cm 0) or channel-major (C, N, HW) (1): per (image, group) the statistics of osk_group_moments, stats
+/// (N, groups, 2) = (mean, rstd) as floats, then y = silu(x * scale + shift) (osk_affine_silu) or x * scale + shift
+/// with scale = rstd * gamma and shift = beta - mean * rstd * gamma rounded from double. Prefetches the next group.
+void osk_groupnorm_forward_layouts(int level, const float *x, int x_cm, float *y, int y_cm, int32_t n, int32_t c,
+                                   int32_t groups, int32_t hw, float eps, const float *gamma, const float *beta, int silu,
+                                   float *stats);
+
 #ifdef __cplusplus
 }
 #endif

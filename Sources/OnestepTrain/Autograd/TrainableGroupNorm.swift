@@ -1,7 +1,7 @@
-// GroupNorm (affine) with the optional fused SiLU, trainable, on the serving path's vectorized kernels: the
-// statistics by FastConv.groupMoments (double-precision, two passes, as serving), the affine + SiLU by
-// FastConv.affineSiLU, the backward by FastConv.groupNormBackward (one C call per layer; AVX-512, polynomial
-// exp). It keeps mean and 1/std per (image, group) for the backward. ReferenceGroupNorm (the first trainer's plain
+// GroupNorm (affine) with the optional fused SiLU, trainable, on the serving path's vectorized kernels: the forward
+// by FastConv.groupNormForward (one C call per layer: osk_group_moments' double-precision two-pass statistics, as
+// serving, then osk_affine_silu), the backward by FastConv.groupNormBackward (one C call per layer; AVX-512,
+// polynomial exp). It keeps mean and 1/std per (image, group) for the backward. ReferenceGroupNorm (the first trainer's plain
 // loops) is what FastTrainingKernelTests compare it with.
 //
 // Legend: N batch, C channels, G groups, HW pixels, M = (C/G)*HW values per group.
@@ -39,7 +39,7 @@ public final class TrainableGroupNorm {
     /// transposes. The backward takes dy in `to`'s layout and returns dx in `from`'s. Same bits in every layout.
     public func forward(_ x: UnsafePointer<Float>, batch: Int, spatial: Int, from: PlaneLayout, to: PlaneLayout) -> UnsafeMutablePointer<Float> {
         (input, n, hw, layouts) = (x, batch, spatial, (from, to))
-        let c = channels, cpg = c / groups
+        let c = channels
         let y = output.ensure(batch * c * spatial), st = stats.ensure(batch * groups * 2)
         let gv = store.value(gamma), bv = store.value(beta)
         if TrainingKernels.reference {
@@ -51,28 +51,10 @@ public final class TrainableGroupNorm {
             if to == .channelMajor { Layout.toChannelMajor(ys, batch: batch, channels: c, spatial: spatial, into: y) }
             return y
         }
-        for i in 0..<batch {
-            for gi in 0..<groups {
-                let src = x + from.plane(image: i, channel: gi * cpg, batch: batch, channels: c, spatial: spatial)
-                let (mean, variance) = FastConv.groupMoments(src, planeStride: from.planeStride(batch: batch, spatial: spatial),
-                                                             planes: cpg, count: spatial, shift: nil)
-                let rstd = 1.0 / (variance + Double(eps)).squareRoot()
-                st[(i * groups + gi) * 2] = Float(mean)
-                st[(i * groups + gi) * 2 + 1] = Float(rstd)
-                for cc in 0..<cpg {
-                    let ch = gi * cpg + cc
-                    let scale = Float(rstd * Double(gv[ch]))
-                    let shift = Float(Double(bv[ch]) - mean * rstd * Double(gv[ch]))
-                    let s = x + from.plane(image: i, channel: ch, batch: batch, channels: c, spatial: spatial)
-                    let d = y + to.plane(image: i, channel: ch, batch: batch, channels: c, spatial: spatial)
-                    if silu {
-                        Activations.affineSiLU(s, d, count: spatial, a: scale, b: shift)
-                    } else {
-                        for j in 0..<spatial { d[j] = s[j] * scale + shift }
-                    }
-                }
-            }
-        }
+        // One C call for the layer (statistics, affine, SiLU; the next group prefetched), as the Swift loop over
+        // FastConv.groupMoments and affineSiLU it replaces, with the same bits.
+        FastConv.groupNormForward(x: x, y: y, channelMajor: (from == .channelMajor, to == .channelMajor), batch: batch, channels: c,
+                                  groups: groups, spatial: spatial, eps: eps, gamma: gv, beta: bv, silu: silu, stats: st)
         return y
     }
 
@@ -112,14 +94,4 @@ public final class TrainableGroupNorm {
 /// channel-major (C, N, HW), as the conv kernels read and write them.
 public enum PlaneLayout: Sendable {
     case batchMajor, channelMajor
-
-    /// Offset of channel `ch` of image i.
-    @inline(__always)
-    func plane(image i: Int, channel ch: Int, batch n: Int, channels c: Int, spatial hw: Int) -> Int {
-        self == .batchMajor ? (i * c + ch) * hw : (ch * n + i) * hw
-    }
-
-    /// Distance between channels ch and ch + 1 of one image.
-    @inline(__always)
-    func planeStride(batch n: Int, spatial hw: Int) -> Int { self == .batchMajor ? hw : n * hw }
 }
