@@ -57,7 +57,9 @@ size_t osk_conv_wgrad_f32_scratch(const osk_conv *g, int32_t n, int32_t h, int32
 // MARK: - Operand preparation
 
 /// xpad (Cin, N, Hp, Wp): x shifted by (pt, pl), zeros outside the image. Only the border is zeroed (the interior
-/// is overwritten): for 16x16 images the border is 68 of 324 values a plane.
+/// is overwritten): for 16x16 images the border is 68 of 324 values a plane. Rows are copied by a plain loop: a
+/// memcpy call per 64-byte row was 1.5% of a training step, and an AVX-512 masked-load version was slower still
+/// (the masked loads of rows shifted by the pad stalled: 8.6% of the step).
 static void pad_input(const wg_t *g, const float *x, float *xpad) {
     int x1 = g->w;  // source columns landing inside 0 ..< wp (pads are >= 0)
     if (x1 + g->pl > g->wp) x1 = g->wp - g->pl;
@@ -67,11 +69,12 @@ static void pad_input(const wg_t *g, const float *x, float *xpad) {
         const float *src = x + plane * g->h * g->w;
         float *dst = xpad + plane * g->hpwp;
         for (int py = 0; py < g->hp; py++) {
-            float *row = dst + (int64_t)py * g->wp;
+            float *restrict row = dst + (int64_t)py * g->wp;
             int y = py - g->pt;
-            if (y < 0 || y >= g->h || x1 == 0) { memset(row, 0, sizeof(float) * (size_t)g->wp); continue; }
+            if (y < 0 || y >= g->h || x1 == 0) { for (int c = 0; c < g->wp; c++) row[c] = 0; continue; }
+            const float *restrict s = src + (int64_t)y * g->w;
             for (int c = 0; c < g->pl; c++) row[c] = 0;
-            memcpy(row + g->pl, src + (int64_t)y * g->w, sizeof(float) * (size_t)x1);
+            for (int c = 0; c < x1; c++) row[g->pl + c] = s[c];
             for (int c = right; c < g->wp; c++) row[c] = 0;
         }
     }
@@ -158,6 +161,41 @@ AVX512 static void transpose_dy_avx512(const wg_t *g, const float *dy, float *dy
     }
 }
 #endif
+
+/// dst[c][r] = src[r][c] for an (rows, cols) block with row strides lds and ldd, in 16 x 16 blocks (the element by
+/// element loops read one of the two with a stride of K or 32 floats: 1% of a training step).
+static void transpose_block_scalar(const float *src, int64_t lds, float *dst, int64_t ldd, int64_t rows, int64_t cols) {
+    for (int64_t r0 = 0; r0 < rows; r0 += 16)
+        for (int64_t c0 = 0; c0 < cols; c0 += 16) {
+            const int64_t r1 = r0 + 16 < rows ? r0 + 16 : rows, c1 = c0 + 16 < cols ? c0 + 16 : cols;
+            for (int64_t c = c0; c < c1; c++)
+                for (int64_t r = r0; r < r1; r++) dst[c * ldd + r] = src[r * lds + c];
+        }
+}
+
+#if OSK_X86
+/// transpose_block_scalar with the full 16 x 16 blocks transposed in registers (transpose16); the edges as before.
+AVX512 static void transpose_block_avx512(const float *src, int64_t lds, float *dst, int64_t ldd, int64_t rows, int64_t cols) {
+    const int64_t rf = rows / 16 * 16, cf = cols / 16 * 16;
+    for (int64_t r0 = 0; r0 < rf; r0 += 16)
+        for (int64_t c0 = 0; c0 < cf; c0 += 16) {
+            __m512 v[16];
+            for (int i = 0; i < 16; i++) v[i] = _mm512_loadu_ps(src + (r0 + i) * lds + c0);
+            transpose16(v);
+            for (int i = 0; i < 16; i++) _mm512_storeu_ps(dst + (c0 + i) * ldd + r0, v[i]);
+        }
+    for (int64_t c = 0; c < cols; c++)
+        for (int64_t r = c < cf ? rf : 0; r < rows; r++) dst[c * ldd + r] = src[r * lds + c];
+}
+#endif
+
+static void transpose_block(int level, const float *src, int64_t lds, float *dst, int64_t ldd, int64_t rows, int64_t cols) {
+#if OSK_X86
+    if (level == OSK_AVX512) { transpose_block_avx512(src, lds, dst, ldd, rows, cols); return; }
+#endif
+    (void)level;
+    transpose_block_scalar(src, lds, dst, ldd, rows, cols);
+}
 
 // MARK: - Microkernels: acc[r][c] (8 rows of dW^T, 32 channels) += sum over the chunk's columns of x_r * dy_c
 
@@ -259,8 +297,10 @@ int osk_conv_wgrad_f32(int level, const osk_conv *conv, const float *x, int32_t 
     else
 #endif
         transpose_dy_scalar(&g, dy, dyt, db);
+    // dwt (kpad, ldt) = dW^T, zero past K and M.
+    transpose_block(level, dw, g.k, dwt, ldt, g.m, g.k);
     for (int64_t k = 0; k < g.kpad; k++)
-        for (int64_t c = 0; c < ldt; c++) dwt[k * ldt + c] = k < g.k && c < g.m ? dw[c * g.k + k] : 0.0f;
+        for (int64_t c = k < g.k ? g.m : 0; c < ldt; c++) dwt[k * ldt + c] = 0.0f;
 
     // Each K row's tap origin in xpad: channel c, tap (ky, kx).
     const int64_t rows = (int64_t)g.n * g.ho;
@@ -296,7 +336,6 @@ int osk_conv_wgrad_f32(int level, const osk_conv *conv, const float *x, int32_t 
             }
         }
     }
-    for (int64_t c = 0; c < g.m; c++)
-        for (int64_t k = 0; k < g.k; k++) dw[c * g.k + k] = dwt[k * ldt + c];
+    transpose_block(level, dwt, ldt, dw, g.k, g.k, g.m);
     return 0;
 }

@@ -327,16 +327,34 @@ AVX2 static void kernel_f32_avx2(int k, const float *a, const float *bt, float *
 
 // MARK: - fp32 drivers
 
-static void run_f32(int level, const geo_t *g, const float *packed, int32_t m, const float *x,
+static void run_f32(int level, const geo_t *g, const float *packed, int32_t m, const float *x0,
                     float *y, int64_t ldc, int64_t n0, int64_t n1) {
     const int k = g->c * g->taps;
+    // A tile within one image has the taps of the tile at the same position in image 0, every offset shifted by
+    // the image's start (h * w floats into each plane). When whole tiles tile an image and the call spans more
+    // than one, each position's taps are found once (slots 0 ..< positions) and the tiles read x shifted instead:
+    // the same loads, so the same bits. osk_tile_taps per tile was 3% of a training step (16x16 and 8x8 tiles
+    // span image rows, so they take its general, per-column path). The last slot is for a partial tile. Large
+    // images (more than 64 positions) keep the per-tile taps: their rows take the fast path, and a table would
+    // crowd L2.
+    const int64_t positions =
+        g->howo % NR == 0 && g->howo / NR <= 64 && n0 % NR == 0 && n1 - n0 > g->howo ? g->howo / NR : 0;
     float *bt = osk_ws_get(OSK_WS_TILE, (size_t)k * NR * sizeof(float));
-    tap_t *taps = osk_ws_get(OSK_WS_TAPS, (size_t)g->taps * sizeof(tap_t));
-    if (!bt || !taps) abort();
+    tap_t *table = osk_ws_get(OSK_WS_TAPS, (size_t)(positions + 1) * g->taps * sizeof(tap_t));
+    if (!bt || !table) abort();
+    for (int64_t q = 0; q < positions; q++) osk_tile_taps(g, q * NR, NR, table + q * g->taps);
     const int panels = (m + MR - 1) / MR;
     for (int64_t j0 = n0; j0 < n1; j0 += NR) {
         int nc = (int)(n1 - j0 < NR ? n1 - j0 : NR);
-        osk_tile_taps(g, j0, nc, taps);
+        const float *x = x0;
+        tap_t *taps = table + positions * g->taps;
+        if (positions && nc == NR) {
+            const int64_t img = j0 / g->howo;
+            taps = table + (j0 - img * g->howo) / NR * g->taps;
+            x = x0 + img * g->h * g->w;
+        } else {
+            osk_tile_taps(g, j0, nc, taps);
+        }
 #if OSK_X86
         if (level == OSK_AVX512 && m <= 4 && nc == NR && g->taps <= 16) {
             int direct = 1;

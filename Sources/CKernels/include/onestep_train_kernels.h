@@ -39,6 +39,21 @@ double osk_sum_squares(int level, const float *g, int64_t n);
 void osk_adam_update(int level, float *w, const float *g, float *m, float *v, int64_t n, float clip, float b1, float b2,
                      float step_size, float sqrt_bc2, float eps);
 
+/// osk_groupnorm_backward (onestep_kernels.h) with each of x, dy and dx in either layout: 0 = (N, C, HW), 1 =
+/// channel-major (C, N, HW), so a norm between channel-major convs needs no transposes (a mixed call also converts
+/// the layout for free). Same planes in the same order as osk_groupnorm_backward: the same bits.
+void osk_groupnorm_backward_layouts(int level, const float *x, int x_cm, const float *dy, int dy_cm, float *dx, int dx_cm,
+                                    int32_t n, int32_t c, int32_t groups, int32_t hw, const float *stats, const float *gamma,
+                                    const float *beta, int silu, float *dgamma, float *dbeta);
+
+/// GroupNorm (+ SiLU when silu != 0) forward of a layer in one call (TrainableGroupNorm), x and y each (N, C, HW)
+/// (x_cm / y_cm 0) or channel-major (C, N, HW) (1): per (image, group) the statistics of osk_group_moments, stats
+/// (N, groups, 2) = (mean, rstd) as floats, then y = silu(x * scale + shift) (osk_affine_silu) or x * scale + shift
+/// with scale = rstd * gamma and shift = beta - mean * rstd * gamma rounded from double. Prefetches the next group.
+void osk_groupnorm_forward_layouts(int level, const float *x, int x_cm, float *y, int y_cm, int32_t n, int32_t c,
+                                   int32_t groups, int32_t hw, float eps, const float *gamma, const float *beta, int silu,
+                                   float *stats);
+
 #ifdef __cplusplus
 }
 #endif

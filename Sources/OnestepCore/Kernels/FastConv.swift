@@ -443,17 +443,30 @@ public enum FastConv {
         osk_groupnorm_grad_finish(level.rawValue, x, d, Int64(count), mean, rstd, gamma, meanG, meanGX)
     }
 
+    /// The whole GroupNorm (+ SiLU) forward of a layer in one C call (training, osk_groupnorm_forward_layouts): x -> y,
+    /// each (N, C, HW) or channel-major (C, N, HW); stats (N, groups, 2) = (mean, rstd) written for the backward.
+    @inline(__always)
+    public static func groupNormForward(x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>, channelMajor cm: (x: Bool, y: Bool),
+                                        batch: Int, channels: Int, groups: Int, spatial: Int, eps: Float, gamma: UnsafePointer<Float>,
+                                        beta: UnsafePointer<Float>, silu: Bool, stats: UnsafeMutablePointer<Float>,
+                                        level: KernelLevel = .best) {
+        osk_groupnorm_forward_layouts(level.rawValue, x, cm.x ? 1 : 0, y, cm.y ? 1 : 0, Int32(batch), Int32(channels), Int32(groups),
+                                      Int32(spatial), eps, gamma, beta, silu ? 1 : 0, stats)
+    }
+
     /// The whole GroupNorm (+ SiLU) backward of a layer in one C call (training, onestep_activations.c): x, dy, dx
     /// (N, C, HW); stats (N, groups, 2) = (mean, rstd) of the forward; gamma, beta (C); dgamma, dbeta (C) accumulated.
     /// Per (image, group) the two passes above, with the group means of dz * gamma and dz * xhat * gamma between them.
+    /// `channelMajor` (x, dy, dx): which of them are (C, N, HW) instead (osk_groupnorm_backward_layouts; same bits).
     @inline(__always)
     public static func groupNormBackward(x: UnsafePointer<Float>, dy: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>,
                                          batch: Int, channels: Int, groups: Int, spatial: Int, stats: UnsafePointer<Float>,
                                          gamma: UnsafePointer<Float>, beta: UnsafePointer<Float>, silu: Bool,
                                          dgamma: UnsafeMutablePointer<Float>, dbeta: UnsafeMutablePointer<Float>,
+                                         channelMajor cm: (x: Bool, dy: Bool, dx: Bool) = (false, false, false),
                                          level: KernelLevel = .best) {
-        osk_groupnorm_backward(level.rawValue, x, dy, dx, Int32(batch), Int32(channels), Int32(groups), Int32(spatial), stats,
-                               gamma, beta, silu ? 1 : 0, dgamma, dbeta)
+        osk_groupnorm_backward_layouts(level.rawValue, x, cm.x ? 1 : 0, dy, cm.dy ? 1 : 0, dx, cm.dx ? 1 : 0, Int32(batch),
+                                       Int32(channels), Int32(groups), Int32(spatial), stats, gamma, beta, silu ? 1 : 0, dgamma, dbeta)
     }
 
     // MARK: - Helpers

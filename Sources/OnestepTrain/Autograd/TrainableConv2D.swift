@@ -32,10 +32,17 @@ public final class TrainableConv2D {
     // Channel-major copies: input (Cin, N, H, W) kept for backward, output (Cout, N, Ho, Wo), dY, dilated dY, dX.
     private let inputCM = Buffer(), outputCM = Buffer(), gradCM = Buffer(), dilatedCM = Buffer(), inputGradCM = Buffer()
     private let output = Buffer(), inputGradient = Buffer(), columns = Buffer(), flipped = Buffer()
+    private let stagedInput = Buffer(), stagedGradient = Buffer()  // NCHW copies for the reference path
+    /// The channel-major input of the last fast forward (inputCM, or the caller's tensor).
+    private var inputChannelMajor: UnsafePointer<Float>?
     /// The weights (forward) or flipped transposed weights (dX) packed for osk_conv_f32, repacked at every call.
     private let packedWeights = Buffer()
     private var input: UnsafePointer<Float>?
     private var n = 0, h = 0, w = 0
+    /// dX by output phases for stride > 1, for the input size it was made for (nil size: not made, or not possible).
+    private var strided: (size: (Int, Int), phases: StridedInputGradient)?
+    /// False: dX of a strided conv by the dilated-dY path below (the tests compare the two bit for bit).
+    var stridedByPhases = true
 
     public init(_ prefix: String, _ store: ParameterStore, geometry g: ConvGeometry, bias hasBias: Bool = true) {
         self.store = store
@@ -47,19 +54,32 @@ public final class TrainableConv2D {
 
     public func outputSize(height: Int, width: Int) -> (Int, Int) { (geometry.outputHeight(height), geometry.outputWidth(width)) }
 
-    /// x (N, Cin, H, W) -> (N, Cout, Ho, Wo). x must stay unchanged until `backward` (the weight gradient reads it).
+    /// x (N, Cin, H, W) -> (N, Cout, Ho, Wo). x must stay unchanged until `backward`.
     public func forward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int) -> UnsafeMutablePointer<Float> {
-        (input, n, h, w) = (x, batch, height, width)
-        let g = geometry, ho = g.outputHeight(height), wo = g.outputWidth(width), p = ho * wo, cols = batch * p
-        if TrainingKernels.reference {
-            let y = output.ensure(batch * g.outChannels * p)
-            let scratch = columns.ensure(ReferenceConvGrad.scratchCount(height: height, width: width, geometry: g))
-            ReferenceConvGrad.forward(x: x, batch: batch, height: height, width: width, weight: store.value(weight),
-                                      bias: bias.map { UnsafePointer(store.value($0)) }, geometry: g, y: y, scratch: scratch)
-            return y
-        }
+        let g = geometry, p = g.outputHeight(height) * g.outputWidth(width)
+        if TrainingKernels.reference { return referenceForward(x, batch: batch, height: height, width: width) }
         let xc = inputCM.ensure(batch * g.inChannels * height * width)
         Layout.toChannelMajor(x, batch: batch, channels: g.inChannels, spatial: height * width, into: xc)
+        let yc = forwardChannelMajor(xc, batch: batch, height: height, width: width)
+        let y = output.ensure(batch * g.outChannels * p)
+        Layout.toBatchMajor(yc, batch: batch, channels: g.outChannels, spatial: p, into: y)
+        return y
+    }
+
+    /// The forward on channel-major tensors, as the kernels keep them: xc (Cin, N, H, W) -> (Cout, N, Ho, Wo), so
+    /// that neighbouring layers that take channel-major input (TrainableGroupNorm's layouts) need no transposes.
+    /// xc must stay unchanged until `backwardChannelMajor` (or `backward`); the result is valid until the next forward.
+    public func forwardChannelMajor(_ xc: UnsafePointer<Float>, batch: Int, height: Int, width: Int) -> UnsafeMutablePointer<Float> {
+        let g = geometry, ho = g.outputHeight(height), wo = g.outputWidth(width), p = ho * wo, cols = batch * p
+        if TrainingKernels.reference {
+            let x = stagedInput.ensure(batch * g.inChannels * height * width)
+            Layout.toBatchMajor(xc, batch: batch, channels: g.inChannels, spatial: height * width, into: x)
+            let y = referenceForward(x, batch: batch, height: height, width: width)
+            let yc = outputCM.ensure(g.outChannels * cols)
+            Layout.toChannelMajor(y, batch: batch, channels: g.outChannels, spatial: p, into: yc)
+            return yc
+        }
+        (inputChannelMajor, n, h, w) = (xc, batch, height, width)
         let yc = outputCM.ensure(g.outChannels * cols)
         if let bias {
             let b = store.value(bias)
@@ -70,8 +90,17 @@ public final class TrainableConv2D {
         let packed = packedWeights.ensure(FastConv.packedWeightCount(g))
         FastConv.packWeights(store.value(weight), geometry: g, into: packed)
         FastConv.convAccumulate(x: xc, packed: packed, geometry: g, batch: batch, height: height, width: width, y: yc)
+        return yc
+    }
+
+    /// The first trainer's NCHW forward (ReferenceConvGrad), keeping x for `backward`.
+    private func referenceForward(_ x: UnsafePointer<Float>, batch: Int, height: Int, width: Int) -> UnsafeMutablePointer<Float> {
+        (input, n, h, w) = (x, batch, height, width)
+        let g = geometry, p = g.outputHeight(height) * g.outputWidth(width)
         let y = output.ensure(batch * g.outChannels * p)
-        Layout.toBatchMajor(yc, batch: batch, channels: g.outChannels, spatial: p, into: y)
+        let scratch = columns.ensure(ReferenceConvGrad.scratchCount(height: height, width: width, geometry: g))
+        ReferenceConvGrad.forward(x: x, batch: batch, height: height, width: width, weight: store.value(weight),
+                                  bias: bias.map { UnsafePointer(store.value($0)) }, geometry: g, y: y, scratch: scratch)
         return y
     }
 
@@ -80,24 +109,45 @@ public final class TrainableConv2D {
     @discardableResult
     public func backward(_ dy: UnsafePointer<Float>) -> UnsafeMutablePointer<Float> {
         precondition(n > 0, "conv backward before forward")
-        let g = geometry, ho = g.outputHeight(h), wo = g.outputWidth(w), p = ho * wo, cols = n * p, cout = g.outChannels
-        if TrainingKernels.reference, let x = input {
-            let dx = inputGradient.ensure(n * g.inChannels * h * w)
-            let count = ReferenceConvGrad.scratchCount(height: h, width: w, geometry: g)
-            ReferenceConvGrad.backward(x: x, dy: dy, batch: n, height: h, width: w, weight: store.value(weight), geometry: g,
-                                       dw: store.grad(weight), db: bias.map { store.grad($0) }, dx: needsInputGradient ? dx : nil,
-                                       col: columns.ensure(count), dcol: flipped.ensure(count))
-            return dx
-        }
-        let xc = UnsafePointer(inputCM.pointer)
-        let dyc = gradCM.ensure(cout * cols)
+        let g = geometry, p = g.outputHeight(h) * g.outputWidth(w), cout = g.outChannels
+        if TrainingKernels.reference { return referenceBackward(dy) }
+        let dyc = gradCM.ensure(cout * n * p)
         Layout.toChannelMajor(dy, batch: n, channels: cout, spatial: p, into: dyc)
-        accumulateWeightGradient(xc, UnsafePointer(dyc))  // and db
+        let dxc = backwardChannelMajor(dyc)
         let dx = inputGradient.ensure(n * g.inChannels * h * w)
-        guard needsInputGradient else { return dx }
+        if needsInputGradient { Layout.toBatchMajor(dxc, batch: n, channels: g.inChannels, spatial: h * w, into: dx) }
+        return dx
+    }
+
+    /// dyc (Cout, N, Ho, Wo) -> dxc (Cin, N, H, W), accumulating dW and db: the backward of `forwardChannelMajor`
+    /// (or of `forward`). The result is the caller's to modify until the next backward (left unset when
+    /// `needsInputGradient` is false).
+    @discardableResult
+    public func backwardChannelMajor(_ dyc: UnsafePointer<Float>) -> UnsafeMutablePointer<Float> {
+        precondition(n > 0, "conv backward before forward")
+        let g = geometry, p = g.outputHeight(h) * g.outputWidth(w)
+        if TrainingKernels.reference {
+            let dy = stagedGradient.ensure(n * g.outChannels * p)
+            Layout.toBatchMajor(dyc, batch: n, channels: g.outChannels, spatial: p, into: dy)
+            let dx = referenceBackward(dy), dxc = inputGradCM.ensure(n * g.inChannels * h * w)
+            Layout.toChannelMajor(dx, batch: n, channels: g.inChannels, spatial: h * w, into: dxc)
+            return dxc
+        }
+        guard let xc = inputChannelMajor else { preconditionFailure("conv backward before forward") }
+        accumulateWeightGradient(xc, dyc)  // and db
         let dxc = inputGradCM.ensure(n * g.inChannels * h * w)
-        inputGradientChannelMajor(UnsafePointer(dyc), into: dxc)
-        Layout.toBatchMajor(dxc, batch: n, channels: g.inChannels, spatial: h * w, into: dx)
+        if needsInputGradient { inputGradientChannelMajor(dyc, into: dxc) }
+        return dxc
+    }
+
+    /// The first trainer's NCHW backward (ReferenceConvGrad) of `referenceForward`.
+    private func referenceBackward(_ dy: UnsafePointer<Float>) -> UnsafeMutablePointer<Float> {
+        guard let x = input else { preconditionFailure("conv backward before forward") }
+        let g = geometry, dx = inputGradient.ensure(n * g.inChannels * h * w)
+        let count = ReferenceConvGrad.scratchCount(height: h, width: w, geometry: g)
+        ReferenceConvGrad.backward(x: x, dy: dy, batch: n, height: h, width: w, weight: store.value(weight), geometry: g,
+                                   dw: store.grad(weight), db: bias.map { store.grad($0) }, dx: needsInputGradient ? dx : nil,
+                                   col: columns.ensure(count), dcol: flipped.ensure(count))
         return dx
     }
 
@@ -116,6 +166,14 @@ public final class TrainableConv2D {
     private func inputGradientChannelMajor(_ dyc: UnsafePointer<Float>, into dxc: UnsafeMutablePointer<Float>) {
         let g = geometry, ho = g.outputHeight(h), wo = g.outputWidth(w), cin = g.inChannels, cout = g.outChannels
         let kh = g.kernelH, kw = g.kernelW, taps = kh * kw, s = g.stride
+        if s > 1 && stridedByPhases {
+            // One stride-1 conv of dY per output phase (StridedInputGradient.swift): the same bits, s*s fewer products.
+            if strided?.size ?? (0, 0) != (h, w) { strided = StridedInputGradient(g, height: h, width: w).map { ((h, w), $0) } }
+            if let (_, phases) = strided {
+                phases.run(g, weights: store.value(weight), dy: dyc, batch: n, height: h, width: w, into: dxc)
+                return
+            }
+        }
         // dY with s-1 zeros between rows and columns: (Cout, N, Hd, Wd).
         let hd = (ho - 1) * s + 1, wd = (wo - 1) * s + 1
         var src = dyc
@@ -134,7 +192,8 @@ public final class TrainableConv2D {
                      "conv backward: padding \(g) larger than the kernel is not supported")
         let gt = ConvGeometry(inChannels: cout, outChannels: cin, kernelH: kh, kernelW: kw, stride: 1,
                               padTop: padTop, padLeft: padLeft, padBottom: padBottom, padRight: padRight)
-        // flip(W)^T (Cin, Cout, KH, KW): wt[ci, co, t] = W[co, ci, taps - 1 - t].
+        // flip(W)^T (Cin, Cout, KH, KW): wt[ci, co, t] = W[co, ci, taps - 1 - t]. (Writing it straight into the
+        // packed panels in one Swift loop was slower than this copy and osk_f32_pack: 1.8% against 1.5% of a step.)
         let wt = flipped.ensure(cin * cout * taps), wv = store.value(weight)
         for co in 0..<cout { for ci in 0..<cin {
             let a = wv + (co * cin + ci) * taps, b = wt + (ci * cout + co) * taps
