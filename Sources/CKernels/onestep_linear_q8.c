@@ -15,14 +15,28 @@
 #include "onestep_conv_internal.h"
 #include "onestep_geglu.h"
 
-static int linear_q8_enabled = 1;
+#include <stdlib.h>
+
+/// On unless ONESTEP_Q8_LINEAR=0 at start-up (whole-pipeline A/B runs) or osk_linear_q8_set_enabled(0); -1: not
+/// read yet. Kept in a variable: getenv scans the environment and races with setenv.
+static int linear_q8_enabled = -1;
 
 void osk_linear_q8_set_enabled(int on) { __atomic_store_n(&linear_q8_enabled, on ? 1 : 0, __ATOMIC_RELAXED); }
+
+static int linear_q8_on(void) {
+    int v = __atomic_load_n(&linear_q8_enabled, __ATOMIC_RELAXED);
+    if (v < 0) {
+        const char *e = getenv("ONESTEP_Q8_LINEAR");
+        v = !(e && e[0] == '0');   // threads racing here store the same value
+        __atomic_store_n(&linear_q8_enabled, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
 
 int osk_linear_q8_applies(const osk_conv *c) {
     // Up to K = 2560: past it a panel's A sliver (K/4 x 8 words) no longer stays in L1 beside the streamed B
     // tiles and the blocked driver was faster (SDXS 5120 -> 1280 at 16x16: 0.88x).
-    return __atomic_load_n(&linear_q8_enabled, __ATOMIC_RELAXED) && c->in_channels <= 2560 && c->kernel_h == 1 && c->kernel_w == 1 && c->stride == 1
+    return linear_q8_on() && c->in_channels <= 2560 && c->kernel_h == 1 && c->kernel_w == 1 && c->stride == 1
         && !c->upsample && c->pad_top == 0 && c->pad_left == 0 && c->pad_bottom == 0 && c->pad_right == 0;
 }
 

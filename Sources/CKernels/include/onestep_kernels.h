@@ -95,7 +95,8 @@ void osk_conv_q8(int level, const osk_conv *g, const int32_t *packed, const int3
 /// ONESTEP_Q8_UNBLOCKED is set at start-up). Same bits either way; for before/after benchmarks.
 void osk_q8_set_unblocked(int on);
 /// Whether osk_conv_q8_fused / _part run 1x1 stride-1 convs (projections) on the AVX-512 linear driver of
-/// onestep_linear_q8.c (1, the default) or on the blocked driver (0). Same bits either way; for tests and benchmarks.
+/// onestep_linear_q8.c (1, the default unless ONESTEP_Q8_LINEAR=0 at start-up) or on the blocked driver (0), which
+/// also turns off osk_linear_q8_geglu. Same bits either way; for tests and benchmarks.
 void osk_linear_q8_set_enabled(int on);
 void osk_conv_q8_part(int level, const osk_conv *conv, const int32_t *packed, const int32_t *rowsum,
                       const float *wscale, const uint32_t *xq, const float *xscale, const int32_t *xzp,
