@@ -56,6 +56,14 @@ void osk_linear_q8_avx512(const osk_conv *conv, const int32_t *packed, const int
                           float *y, int64_t n0, int64_t n1, int32_t m0, int32_t m1, const osk_q8_epilogue *ep);
 #endif
 
+/// onestep_conv_few.c: whether the fp32 3x3 stride-1 pad-1 conv of m <= 4 outputs runs on its AVX-512 ring
+/// kernel at `level` (and that kernel is on), and the kernel (run_f32's arguments).
+int osk_conv_f32_few_applies(int level, const geo_t *g, int m);
+#if OSK_X86
+void osk_conv_f32_few_avx512(const geo_t *g, const float *packed, int m, const float *x, float *y, int64_t ldc,
+                             int64_t n0, int64_t n1);
+#endif
+
 #if OSK_X86
 AVX2 static inline __m256i mask8_avx2(uint32_t bits) {
     const __m256i pow2 = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);

@@ -98,6 +98,10 @@ void osk_q8_set_unblocked(int on);
 /// onestep_linear_q8.c (1, the default unless ONESTEP_Q8_LINEAR=0 at start-up) or on the blocked driver (0), which
 /// also turns off osk_linear_q8_geglu. Same bits either way; for tests and benchmarks.
 void osk_linear_q8_set_enabled(int on);
+/// Whether osk_conv_f32 runs 3x3 stride-1 pad-1 convs of at most 4 outputs (the decoders' conv_out) on the AVX-512
+/// ring kernel of onestep_conv_few.c (1, the default unless ONESTEP_F32_FEW=0 at start-up) or on the tile driver
+/// (0). Same bits either way; for tests and benchmarks.
+void osk_conv_f32_few_set_enabled(int on);
 void osk_conv_q8_part(int level, const osk_conv *conv, const int32_t *packed, const int32_t *rowsum,
                       const float *wscale, const uint32_t *xq, const float *xscale, const int32_t *xzp,
                       int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1, int32_t m0, int32_t m1);

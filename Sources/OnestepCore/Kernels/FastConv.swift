@@ -127,6 +127,9 @@ public enum FastConv {
     /// Runs 1x1 int8 convolutions (projections) on the AVX-512 linear driver (onestep_linear_q8.c; the default) or
     /// on the blocked conv driver (false). Same bits; for tests and `bench --kernels`. Process-wide.
     public static func useLinearInt8Driver(_ on: Bool) { osk_linear_q8_set_enabled(on ? 1 : 0) }
+    /// Runs fp32 3x3 convs of at most 4 outputs (conv_out) on the AVX-512 ring kernel (onestep_conv_few.c; the
+    /// default) or on the tile driver (false). Same bits; for tests. Process-wide.
+    public static func useFewOutputConvKernel(_ on: Bool) { osk_conv_f32_few_set_enabled(on ? 1 : 0) }
 
     /// Whether osk_linear_q8_geglu runs `w` at `level` (FastConvGEGLU.swift; the C calls stay in this file).
     static func linearGEGLUApplies(_ w: PackedConvInt8, level: KernelLevel) -> Bool {
