@@ -47,6 +47,23 @@ void *osk_ws_get(int which, size_t bytes);
 /// Rows of a panel past M point here: computed (their weights are 0) but never read back.
 extern _Thread_local float osk_dummy_rows[MR][NR];
 
+/// onestep_linear_q8.c: whether a conv is a 1x1 stride-1 unpadded one without upsampling that the AVX-512 linear
+/// driver takes (and that driver is on), and the driver (the arguments of osk_conv_q8_fused).
+int osk_linear_q8_applies(const osk_conv *c);
+#if OSK_X86
+void osk_linear_q8_avx512(const osk_conv *conv, const int32_t *packed, const int32_t *rowsum, const float *wscale,
+                          const uint32_t *xq, const float *xscale, const int32_t *xzp, int32_t n, int32_t h, int32_t w,
+                          float *y, int64_t n0, int64_t n1, int32_t m0, int32_t m1, const osk_q8_epilogue *ep);
+#endif
+
+/// onestep_conv_few.c: whether the fp32 3x3 stride-1 pad-1 conv of m <= 4 outputs runs on its AVX-512 ring
+/// kernel at `level` (and that kernel is on), and the kernel (run_f32's arguments).
+int osk_conv_f32_few_applies(int level, const geo_t *g, int m);
+#if OSK_X86
+void osk_conv_f32_few_avx512(const geo_t *g, const float *packed, int m, const float *x, float *y, int64_t ldc,
+                             int64_t n0, int64_t n1);
+#endif
+
 #if OSK_X86
 AVX2 static inline __m256i mask8_avx2(uint32_t bits) {
     const __m256i pow2 = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);

@@ -683,6 +683,10 @@ void osk_conv_q8_fused(int level, const osk_conv *conv, const int32_t *packed, c
     if (n1 <= n0 || p1 <= p0) return;
 #if OSK_X86
     if (level == OSK_AVX512 && !q8_unblocked()) {
+        if (osk_linear_q8_applies(conv)) {   // 1x1 projections: onestep_linear_q8.c
+            osk_linear_q8_avx512(conv, packed, rowsum, wscale, xq, xscale, xzp, n, h, w, y, n0, n1, m0, m1, ep);
+            return;
+        }
         run_q8_blocked(&g, packed, rowsum, wscale, xq, xscale, xzp, m, y, ldc, n0, n1, p0, p1, ep);
         return;
     }

@@ -329,6 +329,12 @@ AVX2 static void kernel_f32_avx2(int k, const float *a, const float *bt, float *
 
 static void run_f32(int level, const geo_t *g, const float *packed, int32_t m, const float *x0,
                     float *y, int64_t ldc, int64_t n0, int64_t n1) {
+#if OSK_X86
+    if (osk_conv_f32_few_applies(level, g, m)) {   // conv_out of the decoders: onestep_conv_few.c
+        osk_conv_f32_few_avx512(g, packed, m, x, y, ldc, n0, n1);
+        return;
+    }
+#endif
     const int k = g->c * g->taps;
     // A tile within one image has the taps of the tile at the same position in image 0, every offset shifted by
     // the image's start (h * w floats into each plane). When whole tiles tile an image and the call spans more

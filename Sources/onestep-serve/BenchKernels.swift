@@ -29,6 +29,13 @@ enum BenchKernels {
         Shape(name: "sd attn 320->320 x4096", cin: 320, cout: 320, kernel: 1, size: 64),
         Shape(name: "sd ff 320->2560 x4096", cin: 320, cout: 2560, kernel: 1, size: 64),
         Shape(name: "taesd 64ch 3x3 @256x256", cin: 64, cout: 64, kernel: 3, size: 256),
+        // SDXS-512's transformer projections: feed-forward in / out and q, k, v, out at 32x32 and 16x16 latents
+        Shape(name: "sdxs ff 640->5120 @32x32", cin: 640, cout: 5120, kernel: 1, size: 32),
+        Shape(name: "sdxs ff 2560->640 @32x32", cin: 2560, cout: 640, kernel: 1, size: 32),
+        Shape(name: "sdxs ff 1280->10240 @16x16", cin: 1280, cout: 10240, kernel: 1, size: 16),
+        Shape(name: "sdxs ff 5120->1280 @16x16", cin: 5120, cout: 1280, kernel: 1, size: 16),
+        Shape(name: "sdxs attn 640->640 @32x32", cin: 640, cout: 640, kernel: 1, size: 32),
+        Shape(name: "sdxs attn 1280->1280 @16x16", cin: 1280, cout: 1280, kernel: 1, size: 16),
     ]
     static let bf16Shapes = [0, 6, 8, 9].map { convShapes[$0] }
     static let fp32Shapes = [6, 9].map { convShapes[$0] }
@@ -78,6 +85,20 @@ enum BenchKernels {
             let g = s.ops / t[0] / 1e9, g0 = s.ops / t[1] / 1e9
             out += row("int8", s) + String(format: "%8.3f %8.1f  %@   %8.3f %8.1f  %@  %6.2fx\n", 1e3 * t[0], g, pct(g, peaks.vnniGops),
                                           1e3 * t[1], g0, pct(g0, peaks.vnniGops), t[1] / t[0])
+            if s.kernel == 1 {
+                // As the latent networks' projections run it (bias in the epilogue): the 1x1 linear driver
+                // (onestep_linear_q8.c) against the blocked conv driver it replaced for 1x1 layers.
+                let linear = { FastConv.convFused(x, packed, pool: pool, relu: false, outputRange: false).0.release(to: pool) }
+                let convDriver = {
+                    FastConv.useLinearInt8Driver(false)
+                    FastConv.convFused(x, packed, pool: pool, relu: false, outputRange: false).0.release(to: pool)
+                    FastConv.useLinearInt8Driver(true)
+                }
+                let f = bestCPU(seconds: seconds, [linear, convDriver])
+                let gl = s.ops / f[0] / 1e9, gb = s.ops / f[1] / 1e9
+                out += row("int8 1x1", s) + String(format: "%8.3f %8.1f  %@   %8.3f %8.1f  %@  %6.2fx  (per-tile = blocked conv driver)\n",
+                                                    1e3 * f[0], gl, pct(gl, peaks.vnniGops), 1e3 * f[1], gb, pct(gb, peaks.vnniGops), f[1] / f[0])
+            }
             if s.name.hasPrefix("taesd") || s.name == "sd 320ch 3x3 @64x64" {
                 // As TAESD's blocks run it: ReLU and the output range in the epilogue, the input's range known (so
                 // quantizing x only encodes); per-tile column: the unfused call above plus a ReLU pass.
@@ -138,7 +159,9 @@ enum BenchKernels {
         var out = "attention head   shape                Lq     Lk    D   bf16 ms  GFLOP/s  of bf16   fp32 ms  GFLOP/s  of FMA  speed-up\n"
         guard FastAttention.resolved(.bf16) == .bf16 else { return out + "(no AVX512-BF16 here: bf16 heads run the fp32 head)\n" }
         let shapes = [("cd64 @32x32", 1024, 1024, 64), ("cd64 @16x16", 256, 256, 64), ("cd64 @8x8", 64, 64, 64),
-                      ("sd self @64x64", 4096, 4096, 64), ("sd self @32x32", 1024, 1024, 64), ("sd cross 77 tokens", 4096, 77, 64)]
+                      ("sd self @64x64", 4096, 4096, 64), ("sd self @32x32", 1024, 1024, 64), ("sd cross 77 tokens", 4096, 77, 64),
+                      ("sdxs self @32x32", 1024, 1024, 80), ("sdxs self @16x16", 256, 256, 160),
+                      ("sdxs cross @32x32", 1024, 77, 80), ("sdxs cross @16x16", 256, 77, 160)]
         for (name, lq, lk, d) in shapes {
             var r = TorchGenerator(seed: 17)
             let q = r.randn(count: d * lq), k = r.randn(count: d * lk), v = r.randn(count: d * lk)

@@ -167,6 +167,27 @@ final class LatentInt8Tests: XCTestCase {
         }
     }
 
+    /// The AVX-512 1x1 driver and GEGLU fused into ff.net.0.proj (onestep_linear_q8.c, FastConv.projectGEGLU) give
+    /// the int8 UNets the bits of the blocked conv driver followed by the separate GEGLU pass, on 1 and 2 threads
+    /// (the tiny UNets' feed-forwards, 128 and 256 hidden rows, take the fused path).
+    func testLinearDriverAndFusedGEGLUKeepTheUNetsBits() throws {
+        try XCTSkipUnless(KernelLevel.avx512.isSupported, "no AVX-512 VNNI on this CPU: the 1x1 driver is not used")
+        defer { FastConv.useLinearInt8Driver(true) }
+        for name in ["sd_turbo_tiny", "sdxs_tiny", "lcm_tiny"] {
+            let dir = try quantizedFolder(name), io = try SafetensorsFile(path: T2IGoldenCase.folder(name) + "/io.safetensors")
+            let unet = try UNet2DConditionModel.load(directory: dir + "/unet")
+            let x = try io.floats("unet_x"), t = try io.floats("unet_t").data, ehs = try io.floats("unet_encoder_hidden_states")
+            let cond = io.entries["unet_timestep_cond"] != nil ? try io.floats("unet_timestep_cond") : nil
+            for threads in [1, 2] {
+                FastConv.useLinearInt8Driver(true)
+                let fused = try unet.forward(x, timesteps: t, encoderHiddenStates: ehs, timestepCond: cond, threads: threads)
+                FastConv.useLinearInt8Driver(false)
+                let separate = try unet.forward(x, timesteps: t, encoderHiddenStates: ehs, timestepCond: cond, threads: threads)
+                XCTAssertEqual(fused.data.map(\.bitPattern), separate.data.map(\.bitPattern), "\(name) threads \(threads)")
+            }
+        }
+    }
+
     /// The int8 UNet against the fp32 UNet holding the same dequantized weights (the reference: fp32 kernels,
     /// checked against diffusers by LatentGoldenTests): only the activation quantization differs.
     /// In-memory quantization (the bench's switch) gives the bits of the written file.

@@ -94,6 +94,14 @@ void osk_conv_q8(int level, const osk_conv *g, const int32_t *packed, const int3
 /// Selects the per-tile int8 driver on AVX-512 as well (1) or the blocked one (0; the default unless
 /// ONESTEP_Q8_UNBLOCKED is set at start-up). Same bits either way; for before/after benchmarks.
 void osk_q8_set_unblocked(int on);
+/// Whether osk_conv_q8_fused / _part run 1x1 stride-1 convs (projections) on the AVX-512 linear driver of
+/// onestep_linear_q8.c (1, the default unless ONESTEP_Q8_LINEAR=0 at start-up) or on the blocked driver (0), which
+/// also turns off osk_linear_q8_geglu. Same bits either way; for tests and benchmarks.
+void osk_linear_q8_set_enabled(int on);
+/// Whether osk_conv_f32 runs 3x3 stride-1 pad-1 convs of at most 4 outputs (the decoders' conv_out) on the AVX-512
+/// ring kernel of onestep_conv_few.c (1, the default unless ONESTEP_F32_FEW=0 at start-up) or on the tile driver
+/// (0). Same bits either way; for tests and benchmarks.
+void osk_conv_f32_few_set_enabled(int on);
 void osk_conv_q8_part(int level, const osk_conv *conv, const int32_t *packed, const int32_t *rowsum,
                       const float *wscale, const uint32_t *xq, const float *xscale, const int32_t *xzp,
                       int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1, int32_t m0, int32_t m1);
@@ -114,6 +122,17 @@ void osk_conv_q8_fused(int level, const osk_conv *conv, const int32_t *packed, c
                        const float *wscale, const uint32_t *xq, const float *xscale, const int32_t *xzp,
                        int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1, int32_t m0, int32_t m1,
                        const osk_q8_epilogue *ep);
+
+/// The int8 feed-forward projection with GEGLU in its epilogue (onestep_linear_q8.c): conv is the 1x1 layer
+/// net.0.proj with 2I outputs (packed without bias; `bias` its 2I biases or NULL); writes out (I, N*H*W) =
+/// proj[:I] * gelu(proj[I:]) for output rows m0..<m1 of out (multiples of OSK_MR) and columns n0..<n1, the same
+/// bits as osk_conv_q8_fused (bias epilogue) followed by osk_geglu, and folds each image's min / max of out into
+/// range (2 N, start at 0; NULL: none). Returns 0 without doing anything where it does not apply (not AVX-512,
+/// not a 1x1 stride-1 layer, I not a multiple of OSK_MR, the linear driver off): run the two steps then.
+int osk_linear_q8_geglu_applies(int level, const osk_conv *conv);
+int osk_linear_q8_geglu(int level, const osk_conv *conv, const int32_t *packed, const int32_t *rowsum, const float *wscale,
+                        const float *bias, const uint32_t *xq, const float *xscale, const int32_t *xzp, int32_t n, int32_t h,
+                        int32_t w, float *out, int64_t n0, int64_t n1, int32_t m0, int32_t m1, float *range);
 
 /// GEGLU (onestep_geglu.c): out[r][j] = proj[r][j] * gelu(proj[inner + r][j]) for rows r < inner and columns
 /// j0..<j1 of (inner, cols) (proj is (2 inner, cols)), gelu with a rational erf (same bits at every level); with

@@ -124,6 +124,31 @@ public enum FastConv {
     /// Runs int8 convolutions with the per-tile driver instead of the blocked one on AVX-512 (same bits; for the
     /// before/after rows of `bench --kernels`). Process-wide.
     public static func usePerTileInt8Driver(_ on: Bool) { osk_q8_set_unblocked(on ? 1 : 0) }
+    /// Runs 1x1 int8 convolutions (projections) on the AVX-512 linear driver (onestep_linear_q8.c; the default) or
+    /// on the blocked conv driver (false). Same bits; for tests and `bench --kernels`. Process-wide.
+    public static func useLinearInt8Driver(_ on: Bool) { osk_linear_q8_set_enabled(on ? 1 : 0) }
+    /// Runs fp32 3x3 convs of at most 4 outputs (conv_out) on the AVX-512 ring kernel (onestep_conv_few.c; the
+    /// default) or on the tile driver (false). Same bits; for tests. Process-wide.
+    public static func useFewOutputConvKernel(_ on: Bool) { osk_conv_f32_few_set_enabled(on ? 1 : 0) }
+
+    /// Whether osk_linear_q8_geglu runs `w` at `level` (FastConvGEGLU.swift; the C calls stay in this file).
+    static func linearGEGLUApplies(_ w: PackedConvInt8, level: KernelLevel) -> Bool {
+        var g = cGeometry(w.geometry, upsample: false)
+        return osk_linear_q8_geglu_applies(level.rawValue, &g) != 0
+    }
+
+    /// osk_linear_q8_geglu over hidden rows m0..<m1 and columns n0..<n1 of x's (N, H, W) map, from codes
+    /// quantized by quantizeActivations; `range` is the calling worker's 2N slots.
+    static func linearGEGLUCell(_ w: PackedConvInt8, bias: UnsafePointer<Float>?, codes: UnsafePointer<UInt32>, scales: UnsafePointer<Float>,
+                                zeroPoints: UnsafePointer<Int32>, batch: Int, height: Int, width: Int, out: UnsafeMutablePointer<Float>,
+                                columns: Range<Int>, rows: Range<Int>, range: UnsafeMutablePointer<Float>?, level: KernelLevel) {
+        var g = cGeometry(w.geometry, upsample: false)
+        w.codes.withUnsafeBufferPointer { a in w.rowSums.withUnsafeBufferPointer { rs in w.scales.withUnsafeBufferPointer { sc in
+            _ = osk_linear_q8_geglu(level.rawValue, &g, a.baseAddress!, rs.baseAddress!, sc.baseAddress!, bias, codes, scales, zeroPoints,
+                                    Int32(batch), Int32(height), Int32(width), out, Int64(columns.lowerBound), Int64(columns.upperBound),
+                                    Int32(rows.lowerBound), Int32(rows.upperBound), range)
+        } } }
+    }
 
     /// y (Cout, N, Ho, Wo) = conv(x) + bias [+ existing]. With `upsample`, x is read as if nearest-upsampled
     /// 2x first. A `team` splits the output columns between its threads (same bytes for any team size).

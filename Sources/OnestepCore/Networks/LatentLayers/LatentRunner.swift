@@ -314,14 +314,26 @@ private struct Walk {
             timed("attn2") { attention(b.attn2, input: tmp.data, batch: n, length: l, into: h.data) }
             timed("layer norm") { layerNorm(h.data, b.norm3, columns: cols, into: tmp.data, scratch: stats) }
             // ff: net.2(GEGLU(net.0.proj(x))), added onto h.
-            let inner = b.ffOut.inFeatures
-            let proj = pool.acquire(2 * inner * cols), gated = pool.acquire(inner * cols)
-            timed("ff projections") { project(w.linear(b.ffIn), tmp.data, batch: n, columns: cols, into: proj, accumulate: false) }
+            let inner = b.ffOut.inFeatures, ffIn = w.linear(b.ffIn), wantRange = w.linear(b.ffOut).int8 != nil
+            let gated = pool.acquire(inner * cols)
             // The range feeds an int8 ff.net.2's quantization (no range pass over the 4C x L gated activations).
-            let gatedRange = timed("geglu") {
-                FastConv.geglu(proj, inner: inner, columns: cols, length: l, out: gated, range: w.linear(b.ffOut).int8 != nil, team: team)
+            // An int8 net.0.proj on AVX-512 runs GEGLU in its epilogue (FastConv.projectGEGLU, same bits): the
+            // (2I, cols) projection is never written.
+            let fused: [Float]?? = ffIn.int8.flatMap { q in
+                timed("ff projections") {
+                    FastConv.projectGEGLU(Activation(viewing: tmp.data, channels: c, batch: n, height: 1, width: l), q, bias: ffIn.bias,
+                                          out: gated, range: wantRange, pool: pool, team: team)
+                }
             }
-            pool.release(proj, count: 2 * inner * cols)
+            let gatedRange: [Float]?
+            if let fused {
+                gatedRange = fused
+            } else {
+                let proj = pool.acquire(2 * inner * cols)
+                timed("ff projections") { project(ffIn, tmp.data, batch: n, columns: cols, into: proj, accumulate: false) }
+                gatedRange = timed("geglu") { FastConv.geglu(proj, inner: inner, columns: cols, length: l, out: gated, range: wantRange, team: team) }
+                pool.release(proj, count: 2 * inner * cols)
+            }
             timed("ff projections") {
                 project(w.linear(b.ffOut), gated, batch: n, columns: cols, into: h.data, accumulate: true, inputRange: gatedRange)
             }
@@ -442,17 +454,19 @@ private struct Walk {
         let selfAttention = a.contextDim == nil && d <= runner.gemmAttentionAboveHeadDim
         let scratchCount = bf16 ? FastAttention.bf16ScratchCount(queries: l, keys: lk, headDim: d)
             : selfAttention ? l * l + 4 * d * l : LatentKernels.crossAttentionScratch(queries: l, keys: lk)
-        // Each (image, head) writes its own rows of o: spread them over the threads, one scratch each. bf16 heads
-        // also cut a head's queries into chunks (multiples of the kernel's 8-query block, each row computed alone,
-        // so the same bits) when there are few heads per thread: SD-Turbo's 5 heads of 4096 queries on 2 threads.
+        // Each (image, head) writes its own rows of o: the units are claimed by the team's threads (a thread the
+        // OS deschedules leaves its share to the others; libdispatch's static split of one part per thread made
+        // the other core wait), one scratch per team thread. bf16 heads also cut a head's queries into chunks
+        // (multiples of the kernel's 8-query block, each row computed alone, so the same bits) when there are few
+        // heads per thread: SD-Turbo's 5 heads of 4096 queries on 2 threads.
         let heads1 = n * heads
         let chunks = bf16 ? max(1, min((4 * threads + heads1 - 1) / heads1, l / 64)) : 1
-        let units = heads1 * chunks, parts = max(1, min(threads, units))
-        let scratch = pool.acquire(scratchCount * parts)
+        let units = heads1 * chunks, workers = team?.threads ?? 1
+        let scratch = pool.acquire(scratchCount * workers)
         nonisolated(unsafe) let qp = q, kp = k, vp = v, op = o, sp = scratch
-        timed(a.contextDim == nil ? "self-attention heads" : "cross-attention heads") { DispatchQueue.concurrentPerform(iterations: parts) { part in
-            let p = sp + part * scratchCount
-            for unit in (units * part / parts)..<(units * (part + 1) / parts) {
+        timed(a.contextDim == nil ? "self-attention heads" : "cross-attention heads") { FastConv.forEachPart(units, granule: 1, team: team) { worker, u0, u1 in
+            let p = sp + worker * scratchCount
+            for unit in u0..<u1 {
                 let i = unit / chunks / heads, hd = unit / chunks % heads, chunk = unit % chunks
                 let qo = hd * d * cols + i * l, ko = hd * d * kvCols + i * lk
                 if bf16 {
@@ -469,7 +483,7 @@ private struct Walk {
                 }
             }
         } }
-        pool.release(scratch, count: scratchCount * parts)
+        pool.release(scratch, count: scratchCount * workers)
         pool.release(k, count: c * kvCols)
         pool.release(v, count: c * kvCols)
         project(w.linear(a.toOut), o, batch: n, columns: cols, into: y, accumulate: true)
