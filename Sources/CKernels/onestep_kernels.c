@@ -331,7 +331,7 @@ static void run_f32(int level, const geo_t *g, const float *packed, int32_t m, c
                     float *y, int64_t ldc, int64_t n0, int64_t n1) {
 #if OSK_X86
     if (osk_conv_f32_few_applies(level, g, m)) {   // conv_out of the decoders: onestep_conv_few.c
-        osk_conv_f32_few_avx512(g, packed, m, x, y, ldc, n0, n1);
+        osk_conv_f32_few_avx512(g, packed, m, x0, y, ldc, n0, n1);
         return;
     }
 #endif
