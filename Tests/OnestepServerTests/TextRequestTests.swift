@@ -79,7 +79,7 @@ final class TextRequestTests: XCTestCase {
         XCTAssertTrue(g.text.contains(#""label":3"#), g.text)
     }
 
-    /// On pixel models: guidance_scale is refused (with every other problem, in one error); negative_prompt is
+    /// On pixel models without a null label: guidance_scale is refused (with every other problem, in one error); negative_prompt is
     /// accepted and ignored as before.
     func testPixelModelsRefuseGuidanceAndReportEveryProblem() throws {
         let server = try RunningServer()
@@ -87,7 +87,7 @@ final class TextRequestTests: XCTestCase {
         XCTAssertEqual(r.status, 400)
         let message = r.errorMessage ?? ""
         for part in ["4 problems", "unknown field 'sead'", "size must be \"16x16\"", "steps must be an integer in 1...",
-                     "guidance_scale is for text-to-image models"] {
+                     "guidance_scale: model cd_tiny has no null label", "so it has no classifier-free guidance"] {
             XCTAssertTrue(message.contains(part), "\(part) in \(message)")
         }
         let ok = try server.post("/v1/images/generations", json: #"{"model": "cd_tiny", "negative_prompt": "blurry", "seed": 2}"#)
