@@ -44,11 +44,13 @@ public struct PipelineSettings: Sendable {
     public static let quickWarning = "WARNING: --quick run: tiny data, networks and step counts that only exercise the code; its FD-cls, KID and accuracy numbers say nothing about model quality"
 
     public init() {
-        teacher.steps = 8000
+        teacher.steps = 40000
         teacher.batch = 32
         teacher.workers = 2
-        teacher.sampleEvery = 1000
-        distill.steps = 1200
+        teacher.sampleEvery = 5000
+        teacher.labelDropout = 0.15
+        guidance = 3
+        distill.steps = 2000
         distill.batch = 32
         distill.sigmas = 12
         distill.optimizer.learningRate = 2e-4
@@ -69,6 +71,8 @@ public struct PipelineSettings: Sendable {
         s.teacherAttention = false
         s.teacher.steps = 300
         s.teacher.batch = 16
+        s.teacher.labelDropout = 0
+        s.guidance = nil
         s.teacher.logEvery = 100
         s.teacher.sampleEvery = 100_000
         s.teacher.checkpointEvery = 100_000
@@ -162,6 +166,8 @@ public final class DistillPipeline {
     /// The settings pipeline.json records and a later run compares.
     static func recordedSettings(_ s: PipelineSettings) -> [String: Any] {
         ["quick": s.isQuick, "data_count": s.dataCount, "size": s.size, "teacher_channels": s.teacherChannels, "teacher_steps": s.teacher.steps,
+         // The Float as the Double it prints as (0.999, not 0.99900001...), so it reads back equal from JSON.
+         "teacher_ema": Double("\(s.teacher.emaDecay)") ?? 0,
          "distill_steps": s.distill.steps, "distill_sigmas": s.distill.sigmas, "small_channels": s.smallChannels, "small_steps": s.small.steps,
          "teacher_label_dropout": s.teacher.labelDropout, "guidance": s.guidance ?? 1]
     }
