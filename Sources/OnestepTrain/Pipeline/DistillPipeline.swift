@@ -44,13 +44,13 @@ public struct PipelineSettings: Sendable {
     public static let quickWarning = "WARNING: --quick run: tiny data, networks and step counts that only exercise the code; its FD-cls, KID and accuracy numbers say nothing about model quality"
 
     public init() {
-        teacher.steps = 40000
+        teacher.steps = 20000
         teacher.batch = 32
         teacher.workers = 2
         teacher.sampleEvery = 5000
         teacher.labelDropout = 0.15
         guidance = 3
-        distill.steps = 2000
+        distill.steps = 1200
         distill.batch = 32
         distill.sigmas = 12
         distill.optimizer.learningRate = 2e-4
