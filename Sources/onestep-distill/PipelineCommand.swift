@@ -10,8 +10,8 @@ let pipelineCommand = Subcommand("pipeline", summary: "data -> teacher -> studen
     FlagSpec("threads", "OpenBLAS threads per worker", default: "1"),
     FlagSpec("checkpoint-every", "steps between checkpoints in every training stage (default: each stage's own)"),
     FlagSpec("log-every", "steps between progress lines in every training stage (default: each stage's own)"),
-    FlagSpec("teacher-label-dropout", "train the teacher with this label dropout to a null label (classifier-free guidance)", default: "0"),
-    FlagSpec("guidance", "classifier-free guidance scale the students distil and an extra teacher eval row samples (needs --teacher-label-dropout)"),
+    FlagSpec("teacher-label-dropout", "train the teacher with this label dropout to a null label (classifier-free guidance; default 0.15, --quick 0)"),
+    FlagSpec("guidance", "classifier-free guidance scale the students distil and an extra teacher eval row samples, or 'none' (default 3 when the teacher has a null label, --quick none; needs --teacher-label-dropout > 0)"),
 ], run: runPipeline)
 
 func runPipeline(_ flags: ParsedFlags) throws {
@@ -21,12 +21,16 @@ func runPipeline(_ flags: ParsedFlags) throws {
     var settings = flags.isSet("quick") ? PipelineSettings.quick : PipelineSettings()
     if flags.has("checkpoint-every") { settings.setCheckpointInterval(try flags.requiredInt("checkpoint-every", 1...10_000_000)) }
     if flags.has("log-every") { settings.setLogInterval(try flags.requiredInt("log-every", 1...1_000_000)) }
-    settings.teacher.labelDropout = try flags.double("teacher-label-dropout", range: 0...0.9) ?? 0
-    if let w = try flags.double("guidance", range: 0...GuidanceLimits.maxScale) {
+    if let p = try flags.double("teacher-label-dropout", range: 0...0.9) { settings.teacher.labelDropout = p }
+    if flags.string("guidance") == "none" {
+        settings.guidance = nil
+    } else if let w = try flags.double("guidance", range: 0...GuidanceLimits.maxScale) {
         guard settings.teacher.labelDropout > 0 else {
             throw FlagError("--guidance \(w) needs a teacher with a null label: add --teacher-label-dropout (e.g. 0.15)")
         }
         settings.guidance = w
+    } else if settings.teacher.labelDropout == 0 {
+        settings.guidance = nil  // the default guidance needs the default null label: none without it
     }
     let p = try DistillPipeline(dir: out, settings: settings, force: flags.isSet("force"), shouldStop: { interruptRequested != 0 }, log: stdoutLine)
     guard try p.run() != nil || FileManager.default.fileExists(atPath: out + "/report.md") else { return }

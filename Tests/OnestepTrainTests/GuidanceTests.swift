@@ -276,6 +276,31 @@ final class PipelineGuidanceTests: XCTestCase {
         XCTAssertEqual(p.evalSpecs.first, EvalSpec(name: "teacher-heun18-guidance2.0", path: p.dir + "/teacher", steps: 18, guidance: 2))
     }
 
+    /// The default run (the default model's recipe) trains the null label and distils guidance 3; --quick does
+    /// neither; `--guidance none` keeps the null label but distils the plain conditional teacher. Checked through
+    /// the binary's refusal of a folder a --quick run left, which names every recorded setting that differs.
+    func testDefaultRunGuidesAndGuidanceNoneTurnsItOff() throws {
+        let full = PipelineSettings(), quick = PipelineSettings.quick
+        XCTAssertEqual(full.teacher.labelDropout, 0.15)
+        XCTAssertEqual(full.guidance, 3)
+        XCTAssertNotNil(try full.teacherConfig(classNames: ShapeClass.allCases.map(\.rawValue)).nullClassLabel)
+        XCTAssertEqual(quick.teacher.labelDropout, 0)
+        XCTAssertNil(quick.guidance)
+        let dir = makeTempDir()
+        var d = DistillPipeline.recordedSettings(.quick)
+        d["stage_seconds"] = ["data": 3.0]
+        try JSONSerialization.data(withJSONObject: d).write(to: URL(fileURLWithPath: dir + "/pipeline.json"))
+        let byDefault = try DistillProcess.run(["pipeline", "--out", dir])
+        XCTAssertNotEqual(byDefault.status, 0)
+        for part in ["guidance 1.0 -> 3.0", "teacher_label_dropout 0.0 -> 0.15"] {
+            XCTAssertTrue(byDefault.output.contains(part), "missing '\(part)' in: \(byDefault.output)")
+        }
+        let none = try DistillProcess.run(["pipeline", "--out", dir, "--guidance", "none"])
+        XCTAssertNotEqual(none.status, 0)
+        XCTAssertTrue(none.output.contains("teacher_label_dropout 0.0 -> 0.15"), none.output)
+        XCTAssertFalse(none.output.contains("guidance 1.0 ->"), none.output)
+    }
+
     func testPipelineGuidanceNeedsLabelDropout() throws {
         let r = try DistillProcess.run(["pipeline", "--quick", "--out", makeTempDir() + "/p", "--guidance", "2"])
         XCTAssertNotEqual(r.status, 0)

@@ -20,7 +20,7 @@ final class PipelineHonestyTests: XCTestCase {
         XCTAssertThrowsError(try DistillPipeline(dir: dir, settings: PipelineSettings(), log: { _ in })) { e in
             let text = "\(e)"
             XCTAssertTrue(e is RunSettingsError, "the pipeline refuses as a resumed training run does: \(type(of: e))")
-            for part in ["holds a pipeline run made with other settings (", "quick true -> false", "teacher_steps 300 -> 8000", "data_count 800 -> 8000",
+            for part in ["holds a pipeline run made with other settings (", "quick true -> false", "teacher_steps 300 -> 20000", "data_count 800 -> 8000",
                          "teacher_channels [16, 32] -> [32, 64, 64]", "finished stages (data, teacher)", "--force"] {
                 XCTAssertTrue(text.contains(part), "missing '\(part)' in: \(text)")
             }

@@ -12,14 +12,20 @@
 // stage resumes from its checkpoint (Checkpoint/), losing at most one checkpoint interval. Every file is written
 // with AtomicFile, so a kill -9 never leaves a torn pipeline.json, checkpoint or model.
 //
-// Sizing of the default run (2 cores, shared with other work): 16x16 RGB shapes, 8000 images. 16x16 is the
-// smallest size at which the 8 classes are still told apart by outline. The teacher is the engine's default
-// 3-level UNet (32, 64, 64 channels, attention at 4x4 and in the mid block, 1.1M parameters); a step of 32 images
-// takes ~0.17 s with two data-parallel workers, so 8000 steps are ~23 min (at 4000 steps rings and crosses are
-// formed but most classes are still blobs; by ~8000 crescents, stars and crosses are clear). Distillation
-// costs ~3x a teacher step (two teacher calls, one target call, student forward + backward): 1200 steps at
-// N = 12 are ~12 min. Pair generation (2048 x 35 teacher calls) plus 2000 small-student steps ~8 min; the
-// evaluation (classifier, 6 x 1000 images, 35-call teacher sampling dominating) ~8 min. ~55 min in all.
+// Sizing of the default run (the default model, models/shapes16-cd-int8, whose card has the measured table; 2
+// cores, shared with other work): 16x16 RGB shapes, 8000 images. 16x16 is the smallest size at which the 8 classes
+// are still told apart by outline. The teacher is the engine's default 3-level UNet (32, 64, 64 channels, attention
+// at 4x4 and in the mid block, 1.1M parameters) with a null label (label dropout 0.15), because classifier-free
+// guidance is the largest lever on conditional accuracy (guidance 3 on the 20000-step teacher: 0.58 -> 0.77). A
+// step of 32 images takes ~0.045 s with two data-parallel workers on an idle machine (0.10-0.22 s while other
+// sessions build), so 20000 steps are ~15 min idle (58 min measured on the shared machine); the teacher kept
+// improving up to there (guided accuracy 0.65 at 8000 steps). Distillation of the guided teacher (each teacher call
+// one forward of 2B images; two calls, one target call, student forward + backward) took 0.18-0.47 s a step
+// shared: 1200 steps at N = 12 ~9 min (2400 steps were not better: accuracy 0.59 against 0.61). Pair generation
+// (2048 x 35 guided teacher calls, 4.4 min) plus 2000 small-student steps ~7 min; the evaluation (7 x 1000
+// images, the guided 35-step teacher row dominating) ~4 min with the classifier cached (its 2000 steps: 13 min at
+// nice 10 there). ~78 min in all on the shared machine plus the classifier; idle, the teacher's ~15 min is most of
+// a run well inside the 90-minute budget (the other stages were not timed idle).
 import Foundation
 import OnestepCore
 
@@ -44,10 +50,12 @@ public struct PipelineSettings: Sendable {
     public static let quickWarning = "WARNING: --quick run: tiny data, networks and step counts that only exercise the code; its FD-cls, KID and accuracy numbers say nothing about model quality"
 
     public init() {
-        teacher.steps = 8000
+        teacher.steps = 20000
         teacher.batch = 32
         teacher.workers = 2
-        teacher.sampleEvery = 1000
+        teacher.sampleEvery = 5000
+        teacher.labelDropout = 0.15
+        guidance = 3
         distill.steps = 1200
         distill.batch = 32
         distill.sigmas = 12
@@ -69,6 +77,8 @@ public struct PipelineSettings: Sendable {
         s.teacherAttention = false
         s.teacher.steps = 300
         s.teacher.batch = 16
+        s.teacher.labelDropout = 0
+        s.guidance = nil
         s.teacher.logEvery = 100
         s.teacher.sampleEvery = 100_000
         s.teacher.checkpointEvery = 100_000
@@ -162,6 +172,8 @@ public final class DistillPipeline {
     /// The settings pipeline.json records and a later run compares.
     static func recordedSettings(_ s: PipelineSettings) -> [String: Any] {
         ["quick": s.isQuick, "data_count": s.dataCount, "size": s.size, "teacher_channels": s.teacherChannels, "teacher_steps": s.teacher.steps,
+         // The Float as the Double it prints as (0.999, not 0.99900001...), so it reads back equal from JSON.
+         "teacher_ema": Double("\(s.teacher.emaDecay)") ?? 0,
          "distill_steps": s.distill.steps, "distill_sigmas": s.distill.sigmas, "small_channels": s.smallChannels, "small_steps": s.small.steps,
          "teacher_label_dropout": s.teacher.labelDropout, "guidance": s.guidance ?? 1]
     }
