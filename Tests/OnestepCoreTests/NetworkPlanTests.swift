@@ -228,10 +228,12 @@ final class Int8FromFileTests: XCTestCase {
         XCTAssertEqual(try assertPackedKeepsFileCodes(model, file: file, "cd_tiny attention int8"), selected)
     }
 
-    /// The shipped model predates the policy key: it loads with the role rule, and its stored codes are packed
-    /// as they are.
+    /// An int8 file from before the policy key (the shipped model was one until the guided default model of
+    /// session 6; this test rebuilds one from it): it loads with the role rule, and its stored codes are packed as
+    /// they are.
     func testLegacyFileLoadsWithRoleRule() throws {
-        let dir = Fixtures.repoRoot + "/models/shapes16-cd-int8"
+        let dir = Fixtures.tempDir()
+        try Self.writeLegacyInt8(from: Fixtures.repoRoot + "/models/shapes16-cd-int8", to: dir)
         let (model, file) = try ModelDirectory(path: dir).loadModel()
         XCTAssertNil(file.metadata[Int8Policy.metadataKey], "expected a file from before the policy key")
         XCTAssertEqual(model.int8Policy, .innerConvolutions)
@@ -242,6 +244,29 @@ final class Int8FromFileTests: XCTestCase {
         m.visitLayers(&audit)
         XCTAssertEqual(Set(audit.fp32), ["conv_in", "conv_out"])
         XCTAssertGreaterThan(try assertPackedKeepsFileCodes(model, file: file, "shapes16-cd-int8"), 10)
+    }
+
+    /// Writes `source`'s weights as builds before the policy key did: every conv and linear weight of at least 256
+    /// values int8 (conv_in and conv_out included), everything else float32, no policy key in the metadata.
+    static func writeLegacyInt8(from source: String, to out: String) throws {
+        let (model, _) = try ModelDirectory(path: source).loadModel()
+        let layerWeights = Set(model.plan.layers.map { $0.key + ".weight" })
+        var writer = SafetensorsWriter()
+        var quantized: [String] = []
+        for (name, t) in model.parameters {
+            if layerWeights.contains(name), t.count >= 256 {
+                let q = Int8Weights.quantize(t)
+                writer.add(name, int8: q.codes, shape: t.shape)
+                writer.add(name + Int8Weights.scaleSuffix, Tensor(shape: [t.shape[0]], data: q.scales))
+                quantized.append(name)
+            } else {
+                writer.add(name, t)
+            }
+        }
+        writer.metadata = ["format": "pt", Int8Weights.metadataKey: Int8Weights.formatName, "onestep.scale_suffix": Int8Weights.scaleSuffix,
+                           "onestep.quantized": quantized.joined(separator: ",")]
+        for f in ["config.json", "scheduler_config.json"] { try FileManager.default.copyItem(atPath: source + "/" + f, toPath: out + "/" + f) }
+        try writer.write(to: out + "/diffusion_pytorch_model.safetensors")
     }
 
     func testUnknownPolicyAndMismatchedFileAreRefused() throws {
