@@ -181,3 +181,35 @@ enum ChannelMajorTestData {
         return out
     }
 }
+
+/// The pixel UNet's fused int8 forward (UNet2DModel+Int8Forward.swift: GroupNorm straight to codes, fused q/k/v,
+/// biases and residuals in the conv epilogue) on cd_tiny (scale-shift resnets, up / down resnets, attention with
+/// and without a norm): the same bytes on 1-3 threads and for each image alone as in a batch. Tolerance: none.
+final class Int8FusedForwardTests: XCTestCase {
+    func testSameBytesOnAnyTeamAndAloneAsInABatch() throws {
+        let loaded = try ImagePipeline.load(path: try Fixtures.goldenCase("cd_tiny"), precision: .fp32)
+        var model = loaded.model
+        model.int8Policy = .innerConvolutionsAndAttentionBF16Heads
+        model.packForServing(.int8)
+        let fused = model.downBlocks.flatMap(\.attentions).filter { $0.packedQKV8 != nil }.count
+        XCTAssertGreaterThan(fused, 0, "no attention block runs the fused q/k/v")
+        XCTAssertTrue(model.downBlocks.flatMap(\.resnets).allSatisfy(\.runsInt8Fused), "a resnet is not on the fused int8 path")
+        let n = 3, s = model.config.sampleSize, c = model.config.inChannels
+        var r = FastConvTests.Rand(state: 31)
+        let x = Tensor(shape: [n, c, s, s], data: r.values(n * c * s * s))
+        let t: [Float] = [10, 400, 999], labels = [1, 5, 9]
+        var batched: [Float]?
+        for threads in [1, 2, 3] {
+            let pool = BufferPool()
+            pool.team = threads > 1 ? ThreadTeam(threads: threads) : nil
+            let y = model.forwardBatched(x, timesteps: t, classLabels: labels, pool: pool).data
+            if let batched { assertSameBits(y, batched, "\(threads) threads") } else { batched = y }
+        }
+        let per = c * s * s
+        for i in 0..<n {
+            let xi = Tensor(shape: [1, c, s, s], data: Array(x.data[(i * per)..<((i + 1) * per)]))
+            let yi = model.forwardBatched(xi, timesteps: [t[i]], classLabels: [labels[i]], pool: BufferPool()).data
+            assertSameBits(yi, Array(batched![(i * yi.count)..<((i + 1) * yi.count)]), "image \(i) alone")
+        }
+    }
+}

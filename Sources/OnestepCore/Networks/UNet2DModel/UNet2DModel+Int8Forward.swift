@@ -11,23 +11,38 @@
 // range, coefficient and code is per image, every output element one fixed integer sum.
 
 extension ResnetBlock {
-    /// True when `forwardInt8` applies: no resampling inside the block (up / down resnets keep the general path:
-    /// their norm1 output is resampled before conv1) and both 3x3 convolutions packed int8.
+    /// True when `forwardInt8` applies: both 3x3 convolutions packed int8.
     var runsInt8Fused: Bool {
-        guard resample == .none, case .int8? = conv1.packed, case .int8? = conv2.packed else { return false }
+        guard case .int8? = conv1.packed, case .int8? = conv2.packed else { return false }
         return true
     }
 
-    /// x (Cin, N, H, W) -> (Cout, N, H, W), as `forward`. Releases x when `releaseInput` (and may return it, written
+    /// x (Cin, N, H, W) -> (Cout, N, H', W'), as `forward`. Releases x when `releaseInput` (and may return it, written
     /// over in place, as the output).
     func forwardInt8(_ x: Activation, activatedTemb: Tensor, pool: BufferPool, releaseInput: Bool) -> Activation {
         guard case .int8(let w1)? = conv1.packed, case .int8(let w2)? = conv2.packed else {
             preconditionFailure("forwardInt8 on a resnet not packed int8")
         }
         let team = pool.team
-        let q1 = ChannelMajor.groupNormQuantized(x, norm1, silu: true, pool: pool)
-        let h1 = FastConv.convFused(q1, w1, pool: pool, team: team)
-        q1.release(to: pool)
+        var x = x, releaseInput = releaseInput
+        let h1: Activation
+        if resample == .none {
+            let q1 = ChannelMajor.groupNormQuantized(x, norm1, silu: true, pool: pool)
+            h1 = FastConv.convFused(q1, w1, pool: pool, team: team)
+            q1.release(to: pool)
+        } else {
+            // Up / down resnets resample norm1's output (and x) before conv1: the norm stays fp32 here.
+            let h = Activation(pool: pool, channels: x.channels, batch: x.batch, height: x.height, width: x.width)
+            ChannelMajor.groupNorm(x, norm1, silu: true, into: h.data, team: team)
+            let hr = resampled(h, pool: pool)
+            h.release(to: pool)
+            h1 = FastConv.convFused(hr, w1, pool: pool, relu: false, outputRange: false, team: team).0
+            hr.release(to: pool)
+            let xr = resampled(x, pool: pool)
+            if releaseInput { x.release(to: pool) }
+            x = xr
+            releaseInput = true
+        }
         let t = timeProjection.serve(activatedTemb)  // (N, Cout) or (N, 2*Cout)
         let q2 = t.data.withUnsafeBufferPointer { tp in
             switch conditioning {
@@ -58,6 +73,19 @@ extension ResnetBlock {
             for j in 0..<out.count { out.data[j] *= inv }
         }
         return out
+    }
+
+    /// a nearest-upsampled 2x (.up) or 2x2-average-pooled (.down), as `forward` resamples.
+    func resampled(_ a: Activation, pool: BufferPool) -> Activation {
+        let up = resample == .up
+        let b = Activation(pool: pool, channels: a.channels, batch: a.batch,
+                           height: up ? 2 * a.height : a.height / 2, width: up ? 2 * a.width : a.width / 2)
+        if up {
+            Resample.upsampleNearest2x(a.data, planes: a.channels * a.batch, height: a.height, width: a.width, y: b.data)
+        } else {
+            Resample.averagePool2x(a.data, planes: a.channels * a.batch, height: a.height, width: a.width, y: b.data)
+        }
+        return b
     }
 }
 
