@@ -71,8 +71,8 @@ final class GroupNormInt8Tests: XCTestCase {
     }
 
     /// Codes: exactly the reference encoder's on the fp32 GroupNorm output with the same (scale, zero point), at every
-    /// level, on 1-3 threads, and for each image alone. Params: from a range holding the exact one, wider only by the
-    /// SiLU-minimum slack.
+    /// level, on 1-3 threads, and for each image alone. Params: the quantizer's own from the exact range. The input
+    /// range it also reports (for the shortcut's quantizer): x's exact min / max with 0.
     func testCodesAreTheSeparatePassesCodesAtEveryLevelBatchAndTeam() throws {
         let pool = BufferPool()
         let teams: [Int: ThreadTeam?] = [1: nil, 2: ThreadTeam(threads: 2), 3: ThreadTeam(threads: 3)]
@@ -89,10 +89,17 @@ final class GroupNormInt8Tests: XCTestCase {
             for level in FastConvTests.levels {
                 for threads in [1, 2, 3] {
                     pool.team = teams[threads]!
+                    var inputRange = [Float](repeating: .nan, count: 2 * s.batch)
                     let q = pre.withOptionalPointer { p in ss.withOptionalPointer { sp in
-                        ChannelMajor.groupNormQuantized(x, l, silu: s.silu, preShift: p, scaleShift: sp, pool: pool, level: level)
+                        ChannelMajor.groupNormQuantized(x, l, silu: s.silu, preShift: p, scaleShift: sp, inputRange: &inputRange,
+                                                        pool: pool, level: level)
                     } }
                     pool.team = nil
+                    for i in 0..<s.batch {   // x's own range, as the quantizer's range pass finds it (with 0)
+                        let xi = ChannelMajorTestData.image(xv, channels: s.channels, batch: s.batch, pixels: hw, i)
+                        XCTAssertEqual(inputRange[2 * i], min(0, xi.min()!), "\(si) \(level) \(threads): x's low end, image \(i)")
+                        XCTAssertEqual(inputRange[2 * i + 1], max(0, xi.max()!), "\(si) \(level) \(threads): x's high end, image \(i)")
+                    }
                     let name = "setup \(si) \(level) \(threads) threads"
                     let codes = Array(UnsafeBufferPointer(start: q.codes, count: q.wordCount))
                     let scales = (0..<s.batch).map { q.scales[$0] }, zps = (0..<s.batch).map { q.zeroPoints[$0] }

@@ -43,17 +43,21 @@ public struct QuantizedActivation {
 extension ChannelMajor {
     /// The codes of `groupNorm(x, layer, silu:, preShift:, scaleShift:)`'s output (see the file comment), for an int8
     /// convolution (FastConv.convFused(QuantizedActivation, ...)). A `team` splits the (image, group) pairs, then the
-    /// (image, channel quad) pairs.
+    /// (image, channel quad) pairs. With `inputRange` (2 per image), also writes x's own per-image (lo, hi), with 0,
+    /// as osk_q8_range finds it: the `inputRange` of FastConv.convFused for a convolution of x itself (the 1x1
+    /// shortcut), whose range pass it saves; the planes are read for it while in L2.
     public static func groupNormQuantized(_ x: Activation, _ layer: GroupNormLayer, silu: Bool,
                                           preShift: UnsafePointer<Float>? = nil, scaleShift: UnsafePointer<Float>? = nil,
+                                          inputRange: UnsafeMutablePointer<Float>? = nil,
                                           pool: BufferPool, level: KernelLevel = .best) -> QuantizedActivation {
         let c = x.channels, n = x.batch, hw = x.pixels, groups = layer.groups, cpg = c / groups, c4 = (c + 3) / 4
         let stride = n * hw, eps = Double(layer.eps), team = pool.team
         let out = QuantizedActivation(pool: pool, channels: c, batch: n, height: x.height, width: x.width)
         // Per image: a (C), b (C); per (image, group): the bound (lo, hi) of its values.
-        let coefficients = pool.acquire(2 * n * c), bounds = pool.acquire(2 * n * groups)
-        defer { pool.release(coefficients, count: 2 * n * c); pool.release(bounds, count: 2 * n * groups) }
+        let coefficients = pool.acquire(2 * n * c), bounds = pool.acquire(4 * n * groups)
+        defer { pool.release(coefficients, count: 2 * n * c); pool.release(bounds, count: 4 * n * groups) }
         nonisolated(unsafe) let xd = x.data, pre = preShift, ss = scaleShift, ab = coefficients, bd = bounds
+        let raw = inputRange != nil
         layer.gamma.data.withUnsafeBufferPointer { gammaBuffer in
             layer.beta.data.withUnsafeBufferPointer { betaBuffer in
                 nonisolated(unsafe) let gamma = gammaBuffer.baseAddress!, beta = betaBuffer.baseAddress!
@@ -63,7 +67,7 @@ extension ChannelMajor {
                         let (mean, variance) = FastConv.groupMoments(xd + first * stride + i * hw, planeStride: stride, planes: cpg,
                                                                      count: hw, shift: pre.map { $0 + i * c + first }, level: level)
                         let rstd = 1 / (variance + eps).squareRoot()
-                        var lo: Float = 0, hi: Float = 0
+                        var lo: Float = 0, hi: Float = 0, xlo: Float = 0, xhi: Float = 0
                         for cc in 0..<cpg {
                             // ChannelMajor.groupNorm's coefficients, operation for operation.
                             let ch = g * cpg + cc
@@ -79,6 +83,11 @@ extension ChannelMajor {
                             ab[i * c + ch] = fa
                             ab[n * c + i * c + ch] = fb
                             let plane = xd + ch * stride + i * hw
+                            if raw {
+                                let r = FastConv.planeRange(plane, count: hw, level: level)
+                                xlo = min(xlo, r.lo)
+                                xhi = max(xhi, r.hi)
+                            }
                             if silu {
                                 FastConv.foldSiLURange(plane, count: hw, a: fa, b: fb, into: &lo, &hi, level: level)
                             } else {
@@ -86,18 +95,24 @@ extension ChannelMajor {
                                                           into: &lo, &hi)
                             }
                         }
-                        bd[2 * u] = lo
-                        bd[2 * u + 1] = hi
+                        bd[4 * u] = lo
+                        bd[4 * u + 1] = hi
+                        bd[4 * u + 2] = xlo
+                        bd[4 * u + 3] = xhi
                     }
                 }
             }
         }
         for i in 0..<n {
-            var lo: Float = 0, hi: Float = 0
-            for g in 0..<groups { lo = min(lo, bounds[2 * (i * groups + g)]); hi = max(hi, bounds[2 * (i * groups + g) + 1]) }
+            var lo: Float = 0, hi: Float = 0, xlo: Float = 0, xhi: Float = 0
+            for g in 0..<groups {
+                let u = 4 * (i * groups + g)
+                lo = min(lo, bounds[u]); hi = max(hi, bounds[u + 1]); xlo = min(xlo, bounds[u + 2]); xhi = max(xhi, bounds[u + 3])
+            }
             let (s, z) = FastConv.quantizationParams(lo: lo, hi: hi)
             out.scales[i] = s
             out.zeroPoints[i] = z
+            if let inputRange { inputRange[2 * i] = xlo; inputRange[2 * i + 1] = xhi }
         }
         nonisolated(unsafe) let q = out.codes, scales = out.scales, zps = out.zeroPoints
         nonisolated(unsafe) let input = x

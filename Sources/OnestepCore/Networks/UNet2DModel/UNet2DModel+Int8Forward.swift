@@ -26,8 +26,13 @@ extension ResnetBlock {
         let team = pool.team
         var x = x, releaseInput = releaseInput
         let h1: Activation
+        // x's range for an int8 1x1 shortcut, found by norm1 (saves the shortcut's quantizer a range pass).
+        var shortcutRange: [Float]?
         if resample == .none {
-            let q1 = ChannelMajor.groupNormQuantized(x, norm1, silu: true, pool: pool)
+            if case .int8? = shortcut?.packed { shortcutRange = [Float](repeating: 0, count: 2 * x.batch) }
+            let q1 = shortcutRange.withOptionalMutablePointer { r in
+                ChannelMajor.groupNormQuantized(x, norm1, silu: true, inputRange: r, pool: pool)
+            }
             h1 = FastConv.convFused(q1, w1, pool: pool, team: team)
             q1.release(to: pool)
         } else {
@@ -56,7 +61,7 @@ extension ResnetBlock {
         if let shortcut {
             let s: Activation
             if case .int8(let ws)? = shortcut.packed {
-                s = FastConv.convFused(x, ws, pool: pool, relu: false, outputRange: false, team: team).0
+                s = FastConv.convFused(x, ws, pool: pool, relu: false, inputRange: shortcutRange, outputRange: false, team: team).0
             } else {
                 s = ChannelMajor.conv(x, shortcut, pool: pool)
             }
@@ -128,5 +133,13 @@ extension AttentionBlock {
             for j in 0..<(c * cols) { y.data[j] *= inv }
         }
         return y
+    }
+}
+
+extension Optional where Wrapped == [Float] {
+    /// Calls body with a mutable pointer to the array's floats, or nil.
+    mutating func withOptionalMutablePointer<R>(_ body: (UnsafeMutablePointer<Float>?) -> R) -> R {
+        guard self != nil else { return body(nil) }
+        return self!.withUnsafeMutableBufferPointer { body($0.baseAddress) }
     }
 }
