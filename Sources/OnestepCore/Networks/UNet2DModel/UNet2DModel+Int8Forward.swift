@@ -6,9 +6,10 @@
 // - biases and residuals go into the int8 convolution's epilogue (FastConv.convFused): the output is written
 //   once instead of bias-filled (or residual-copied), then read and written by the kernel;
 // - q, k and v are one (3C, C) int8 product over one quantization of the normalized input (packedQKV8).
-// The values each convolution sums are the general forward's; only the activations' int8 ranges differ (bounded
-// from each channel's min / max, see ChannelMajor+Int8.swift). Batch and thread invariance hold as there: every
-// range, coefficient and code is per image, every output element one fixed integer sum.
+// The values each convolution sums, their int8 ranges and codes are the general forward's (ChannelMajor+Int8.swift
+// finds the same ranges without the fp32 pass), so the bytes are the same (the int8-vs-fp32 figures of
+// PackedModelTests and Int8QualityTests did not move). Batch and thread invariance hold as there: every range,
+// coefficient and code is per image, every output element one fixed integer sum (Int8FusedForwardTests).
 
 extension ResnetBlock {
     /// True when `forwardInt8` applies: both 3x3 convolutions packed int8.
