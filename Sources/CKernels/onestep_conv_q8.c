@@ -584,9 +584,16 @@ static void run_q8_blocked(const geo_t *g, const int32_t *packed, const int32_t 
             for (int p = p0; p < p1; p++) {
                 const int mr = m - p * MR < MR ? m - p * MR : MR;
                 const int32_t *a = packed + ((size_t)p * k4 + kb) * MR;
+                // The next panel's A sliver (kc x 8 words, not contiguous with this one's) is fetched into L2 while
+                // this panel runs, a share per tile: in a forward a layer's weights come from DRAM, and with few
+                // tiles per block (8x8 and 16x16 maps) each sliver is used only once or twice.
+                const char *next = p + 1 < p1 ? (const char *)(packed + ((size_t)(p + 1) * k4 + kb) * MR) : NULL;
+                const int lines = (kc * MR * 4 + 63) / 64;
                 for (int t = 0; t < tiles; t++) {
                     const int64_t j0 = jb + (int64_t)t * NR;
                     const int nc = nb - t * NR < NR ? nb - t * NR : NR;
+                    if (next)
+                        for (int l = lines * t / tiles; l < lines * (t + 1) / tiles; l++) _mm_prefetch(next + 64 * l, _MM_HINT_T1);
                     float *crow[MR];
                     for (int r = 0; r < MR; r++) crow[r] = r < mr ? y + (int64_t)(p * MR + r) * ldc + j0 : osk_dummy_rows[r];
                     int32_t *ap = acc ? acc + ((size_t)(p - p0) * QTILES + t) * MR * NR : NULL;

@@ -173,6 +173,9 @@ final class FastConvTests: XCTestCase {
         Case(geometry: ConvGeometry(inChannels: 771, outChannels: 9, kernel: 1, padding: 0), batch: 2, height: 9, width: 31, name: "1x1 K4 193, 558 columns"),
         Case(geometry: ConvGeometry(inChannels: 97, outChannels: 35, kernel: 3, stride: 2, padding: 1), batch: 1, height: 33, width: 35, name: "3x3 s2 K4 225"),
         Case(geometry: ConvGeometry(inChannels: 45, outChannels: 17, kernel: 3, padding: 1), batch: 2, height: 9, width: 7, upsample: true, name: "upsample 3x3 K4 108"),
+        // Three k blocks (192 + 192 + 147 k quads) with a 3x3 tap pattern, and a 1x1 with a short last block (192 + 65).
+        Case(geometry: ConvGeometry(inChannels: 233, outChannels: 13, kernel: 3, padding: 1), batch: 2, height: 7, width: 9, name: "3x3 K4 531"),
+        Case(geometry: ConvGeometry(inChannels: 1027, outChannels: 11, kernel: 1, padding: 0), batch: 1, height: 5, width: 40, name: "1x1 K4 257"),
     ]
 
     /// int8 convolution against the plain integer reference (Reference.convInt8ChannelMajor): the same bits at

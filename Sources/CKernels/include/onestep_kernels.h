@@ -233,6 +233,25 @@ int osk_attention_bf16_runs(int level);
 void osk_group_moments(int level, const float *x, int64_t plane_stride, int32_t planes, int32_t hw,
                        const float *shift, double *mean, double *variance);
 
+/// GroupNorm (+ SiLU) straight to int8 activation codes (onestep_norm_q8.c), in two steps per channel plane:
+/// osk_silu_range: folds into *vlo / *vhi (start at 0, as osk_q8_range) the min and max of silu(fmaf(x, a, b))
+/// over a plane of hw floats, computed as the encoder computes them, from the plane's extreme pre-activations
+/// and the two nearest SiLU's minimum (one pass of compares).
+void osk_silu_range(int level, const float *x, int32_t hw, float a, float b, float *vlo, float *vhi);
+/// Without SiLU, osk_plane_range: min and max of one plane of hw floats (hw >= 1; else both 0), then
+/// osk_affine_bounds of them.
+void osk_plane_range(int level, const float *x, int32_t hw, float *lo, float *hi);
+/// osk_affine_bounds: folds into *vlo / *vhi (start at 0, as osk_q8_range) a bound of y = f(x * a + b) over
+/// x in [lo, hi], f = SiLU when silu != 0 else identity: the two endpoint values (computed as the encoder does),
+/// and SiLU's minimum (rounded down) when the pre-activation interval straddles it.
+void osk_affine_bounds(float lo, float hi, float a, float b, int silu, float *vlo, float *vhi);
+/// osk_affine_q8_encode: codes of y for image i of x (C, N, hw), channel quads q0..<q1, every position, into xq
+/// [C4][N*hw] (as osk_q8_encode lays them out; channels past C get the zero point). y as the fp32 path computes
+/// it (SiLU: fmaf(x, a, b) / (1 + e^-.) as osk_affine_silu; identity: x * a, then + b), code = clamp(round(y / scale)
+/// + zp, 0, 255). a, b: image i's (C) coefficients. Same bits at every level.
+void osk_affine_q8_encode(int level, const float *x, int32_t c, int32_t n, int32_t hw, int32_t i, int32_t q0, int32_t q1,
+                          const float *a, const float *b, int32_t silu, uint32_t *xq, float scale, int32_t zp);
+
 /// GroupNorm (+ fused SiLU when silu != 0) backward of one channel plane of n floats (training): with
 /// xhat = (x - mean) * rstd and z = xhat * gamma + beta, dz = dy * silu'(z) (or dy); returns sum(dz) and sum(dz * xhat)
 /// summed in 16 lanes, then the lanes as a tree (as _mm512_reduce_add_ps). The scalar path differs from avx512 in the

@@ -254,17 +254,27 @@ public enum FastConv {
     /// accumulating onto y (epilogue nil) or writing y through the fused epilogue.
     static func runInt8(_ x: Activation, _ w: PackedConvInt8, upsample: Bool, into y: Activation, pool: BufferPool,
                         inputRange: UnsafePointer<Float>?, epilogue: FusedEpilogue?, level: KernelLevel, team: ThreadTeam?) {
-        let g = cGeometry(w.geometry, upsample: upsample)
         let c4 = (x.channels + 3) / 4, qCount = c4 * x.batch * x.pixels
         // Activation codes [C4][N*H*W] (4 channels per word) and per-image (scale, zero point), from the pool.
         let qBuffer = pool.acquire(qCount), params = pool.acquire(2 * x.batch)
         defer { pool.release(qBuffer, count: qCount); pool.release(params, count: 2 * x.batch) }
-        nonisolated(unsafe) let yp = y.data
-        nonisolated(unsafe) let xq = UnsafeMutableRawPointer(qBuffer).assumingMemoryBound(to: UInt32.self)
-        nonisolated(unsafe) let xs = params
-        nonisolated(unsafe) let xz = UnsafeMutableRawPointer(params + x.batch).assumingMemoryBound(to: Int32.self)
-        let n = Int32(x.batch), h = Int32(x.height), wd = Int32(x.width)
-        quantizeActivations(x, codes: xq, scales: xs, zeroPoints: xz, knownRange: inputRange, level: level, team: team)
+        let xq = UnsafeMutableRawPointer(qBuffer).assumingMemoryBound(to: UInt32.self)
+        let xz = UnsafeMutableRawPointer(params + x.batch).assumingMemoryBound(to: Int32.self)
+        quantizeActivations(x, codes: xq, scales: params, zeroPoints: xz, knownRange: inputRange, level: level, team: team)
+        runInt8Codes(xq, scales: params, zeroPoints: xz, channels: x.channels, batch: x.batch, height: x.height, width: x.width,
+                     w, upsample: upsample, into: y, epilogue: epilogue, level: level, team: team)
+    }
+
+    /// The int8 kernel over the (rows, columns) grid split between the team's threads, on activations already
+    /// quantized (codes [C4][N*H*W], per-image scales and zero points), accumulating onto y (epilogue nil) or
+    /// writing y through the fused epilogue.
+    static func runInt8Codes(_ codes: UnsafeMutablePointer<UInt32>, scales: UnsafeMutablePointer<Float>, zeroPoints: UnsafeMutablePointer<Int32>,
+                             channels: Int, batch: Int, height: Int, width: Int, _ w: PackedConvInt8, upsample: Bool,
+                             into y: Activation, epilogue: FusedEpilogue?, level: KernelLevel, team: ThreadTeam?) {
+        precondition(channels == w.geometry.inChannels, "conv: input has \(channels) channels, needs \(w.geometry.inChannels)")
+        let g = cGeometry(w.geometry, upsample: upsample)
+        nonisolated(unsafe) let yp = y.data, xq = codes, xs = scales, xz = zeroPoints
+        let n = Int32(batch), h = Int32(height), wd = Int32(width)
         w.codes.withUnsafeBufferPointer { a in
             w.rowSums.withUnsafeBufferPointer { rs in
                 w.scales.withUnsafeBufferPointer { sc in
@@ -795,6 +805,68 @@ extension FastConv {
             osk_conv_q8_part(level.rawValue, &g, w.codes, w.rowSums, w.scales, xq, xs, xz, Int32(batch), Int32(height), Int32(width),
                              &y, Int64(cols.lowerBound), Int64(cols.upperBound), Int32(rows.lowerBound), Int32(rows.upperBound))
         }
+    }
+}
+
+// MARK: - int8 convolutions from codes made elsewhere (ChannelMajor+Int8.swift: GroupNorm straight to codes)
+
+extension FastConv {
+    /// `convFused` (no ReLU, no range) on activations already quantized: y = conv(x) + bias (+ `residual`), written
+    /// once; `into` may be the residual (y += conv). The same bits as `convFused` on an fp32 x that quantizes to
+    /// these codes with these scales.
+    public static func convFused(_ x: QuantizedActivation, _ w: PackedConvInt8, pool: BufferPool, into target: Activation? = nil,
+                                 residual: Activation? = nil, level: KernelLevel = .best, team: ThreadTeam? = nil) -> Activation {
+        precondition(level.isSupported, "conv: kernel level \(level) not supported on this CPU")
+        let ho = w.geometry.outputHeight(x.height), wo = w.geometry.outputWidth(x.width)
+        let y = target ?? Activation(pool: pool, channels: w.geometry.outChannels, batch: x.batch, height: ho, width: wo)
+        for a in [target, residual].compactMap({ $0 }) {
+            precondition(a.channels == w.geometry.outChannels && a.batch == x.batch && a.height == ho && a.width == wo,
+                         "conv: output or residual has the wrong shape")
+        }
+        w.bias.withOptionalPointer { bias in
+            let epilogue = FusedEpilogue(bias: bias, residual: residual.map { UnsafePointer($0.data) }, relu: false, ranges: nil,
+                                         imageCount: x.batch)
+            runInt8Codes(x.codes, scales: x.scales, zeroPoints: x.zeroPoints, channels: x.channels, batch: x.batch, height: x.height,
+                         width: x.width, w, upsample: false, into: y, epilogue: epilogue, level: level, team: team)
+        }
+        return y
+    }
+
+    /// (min, max) of `count` floats (osk_plane_range; count >= 1).
+    @inline(__always)
+    static func planeRange(_ x: UnsafePointer<Float>, count: Int, level: KernelLevel = .best) -> (lo: Float, hi: Float) {
+        var lo: Float = 0, hi: Float = 0
+        osk_plane_range(level.rawValue, x, Int32(count), &lo, &hi)
+        return (lo, hi)
+    }
+
+    /// Folds into (lo, hi) the min and max of silu(x * a + b) over `count` floats, as the encoder computes them
+    /// (osk_silu_range).
+    @inline(__always)
+    static func foldSiLURange(_ x: UnsafePointer<Float>, count: Int, a: Float, b: Float, into lo: inout Float, _ hi: inout Float,
+                              level: KernelLevel = .best) {
+        osk_silu_range(level.rawValue, x, Int32(count), a, b, &lo, &hi)
+    }
+
+    /// Folds into (lo, hi) a bound of f(x * a + b) over x in `range` (f = SiLU or identity; osk_affine_bounds).
+    @inline(__always)
+    static func foldAffineBounds(_ range: (lo: Float, hi: Float), a: Float, b: Float, silu: Bool, into lo: inout Float, _ hi: inout Float) {
+        osk_affine_bounds(range.lo, range.hi, a, b, silu ? 1 : 0, &lo, &hi)
+    }
+
+    /// Codes of f(x * a[c] + b[c]) for image i, channel quads q0..<q1 (osk_affine_q8_encode).
+    @inline(__always)
+    static func affineEncode(_ x: Activation, image i: Int, quads: Range<Int>, a: UnsafePointer<Float>, b: UnsafePointer<Float>,
+                             silu: Bool, codes: UnsafeMutablePointer<UInt32>, scale: Float, zeroPoint: Int32, level: KernelLevel = .best) {
+        osk_affine_q8_encode(level.rawValue, x.data, Int32(x.channels), Int32(x.batch), Int32(x.pixels), Int32(i),
+                             Int32(quads.lowerBound), Int32(quads.upperBound), a, b, silu ? 1 : 0, codes, scale, zeroPoint)
+    }
+
+    /// Scale and zero point of a range holding 0 (osk_q8_set_params: what osk_q8_quantize derives from its range).
+    static func quantizationParams(lo: Float, hi: Float) -> (scale: Float, zeroPoint: Int32) {
+        var s: Float = 0, z: Int32 = 0
+        osk_q8_set_params(lo, hi, &s, &z)
+        return (s, z)
     }
 }
 

@@ -13,6 +13,10 @@ public struct AttentionBlock: Sendable {
     public var core: LayerSpec
     /// How the heads run: set by packForServing from the Int8Policy (fp32 unless the policy says bf16).
     public var headPrecision: AttentionPrecision = .fp32
+    /// to_q, to_k and to_v as one (3C, C) 1x1 int8 convolution (rows q, then k, then v; biases likewise), set by
+    /// packForServing when all three are packed int8: their input is quantized once and the three products run
+    /// as one GEMM (UNet2DModel+Int8Forward.swift). Each row is its layer's row, so q, k and v are the same bits.
+    public var packedQKV8: PackedConvInt8?
 
     public init(_ plan: UNet2DPlan.Attention, _ src: WeightSource) throws {
         norm = try plan.norm.map { try GroupNormLayer($0, src) }
@@ -33,5 +37,16 @@ public struct AttentionBlock: Sendable {
         v.visit(&toV)
         v.visit(attentionCore: core, precision: &headPrecision)
         v.visit(&toOut)
+    }
+}
+
+extension AttentionBlock {
+    /// Sets packedQKV8 from toQ / toK / toV's int8 packing (their codes, scales and biases, concatenated), or nil.
+    mutating func packFusedProjections() {
+        guard let q = toQ.packed8, let k = toK.packed8, let v = toV.packed8 else { packedQKV8 = nil; return }
+        let parts = [q, k, v].map { $0.unpacked() }, c = toQ.inFeatures, out = 3 * toQ.outFeatures
+        let weights = Int8Tensor(shape: [out, c, 1, 1], codes: parts.flatMap(\.codes), scales: parts.flatMap(\.scales))
+        packedQKV8 = PackedConvInt8(geometry: ConvGeometry(inChannels: c, outChannels: out, kernel: 1, padding: 0),
+                                    bias: toQ.bias.data + toK.bias.data + toV.bias.data, weights: weights)
     }
 }

@@ -93,6 +93,7 @@ extension UNet2DModel {
 extension ResnetBlock {
     /// x (Cin, N, H, W) -> (Cout, N, H', W'). Releases x when `releaseInput` (it is not a skip tensor).
     func forward(_ x: Activation, activatedTemb: Tensor, pool: BufferPool, releaseInput: Bool) -> Activation {
+        if runsInt8Fused { return forwardInt8(x, activatedTemb: activatedTemb, pool: pool, releaseInput: releaseInput) }
         var input = x
         var h = Activation(pool: pool, channels: x.channels, batch: x.batch, height: x.height, width: x.width)
         ChannelMajor.groupNorm(x, norm1, silu: true, into: h.data, team: pool.team)
@@ -150,6 +151,9 @@ extension ResnetBlock {
 extension AttentionBlock {
     /// x (C, N, H, W) -> same shape. Keeps x unless `releaseInput`.
     func forward(_ x: Activation, pool: BufferPool, releaseInput: Bool = true) -> Activation {
+        if let qkv = packedQKV8, let wo = toOut.packed8 {
+            return forwardInt8(x, qkv: qkv, out: wo, pool: pool, releaseInput: releaseInput)
+        }
         var normed = x
         if let norm {
             normed = Activation(pool: pool, channels: x.channels, batch: x.batch, height: x.height, width: x.width)

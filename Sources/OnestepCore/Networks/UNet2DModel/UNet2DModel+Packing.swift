@@ -54,5 +54,8 @@ extension UNet2DModel {
     public mutating func packForServing(_ precision: ConvPrecision) {
         var packer = ServingPacker(precision: precision, policy: int8Policy)
         visitLayers(&packer)
+        for i in downBlocks.indices { for j in downBlocks[i].attentions.indices { downBlocks[i].attentions[j].packFusedProjections() } }
+        midBlock?.attention?.packFusedProjections()
+        for i in upBlocks.indices { for j in upBlocks[i].attentions.indices { upBlocks[i].attentions[j].packFusedProjections() } }
     }
 }
