@@ -125,6 +125,23 @@ AVX512 static void lin_pack(int k4, const uint32_t *xq, int64_t plane, int64_t j
     }
 }
 
+/// Packs the column block jb ..< jb + nb (whole tiles of NR, the last partial) into bb, tile by tile, with each
+/// tile's per-column zero points and scales (of the image each column belongs to) in qc. Both drivers below.
+AVX512 static void lin_pack_block(int k4, const uint32_t *xq, const float *xscale, const int32_t *xzp, int64_t plane,
+                                  int64_t howo, int64_t jb, int64_t nb, uint32_t *bb, lin_cols_t *qc) {
+    const int bt = (int)((nb + NR - 1) / NR);
+    for (int t = 0; t < bt; t++) {
+        const int64_t j0 = jb + (int64_t)t * NR;
+        const int nc = (int)(nb - (int64_t)t * NR < NR ? nb - (int64_t)t * NR : NR);
+        for (int jj = 0; jj < NR; jj++) {
+            const int32_t i = jj < nc ? (int32_t)((j0 + jj) / howo) : -1;
+            qc[t].zp[jj] = i >= 0 ? xzp[i] : 0;
+            qc[t].scale[jj] = i >= 0 ? xscale[i] : 0;
+        }
+        lin_pack(k4, xq, plane, j0, nc, bb + (size_t)t * k4 * NR);
+    }
+}
+
 AVX512 void osk_linear_q8_avx512(const osk_conv *conv, const int32_t *packed, const int32_t *rowsum, const float *wscale,
                           const uint32_t *xq, const float *xscale, const int32_t *xzp, int32_t n, int32_t h, int32_t w,
                           float *y, int64_t n0, int64_t n1, int32_t m0, int32_t m1, const osk_q8_epilogue *ep) {
@@ -140,16 +157,7 @@ AVX512 void osk_linear_q8_avx512(const osk_conv *conv, const int32_t *packed, co
     for (int64_t jb = n0; jb < n1; jb += (int64_t)tiles * NR) {
         const int64_t nb = n1 - jb < (int64_t)tiles * NR ? n1 - jb : (int64_t)tiles * NR;
         const int bt = (int)((nb + NR - 1) / NR);
-        for (int t = 0; t < bt; t++) {
-            const int64_t j0 = jb + (int64_t)t * NR;
-            const int nc = (int)(nb - (int64_t)t * NR < NR ? nb - (int64_t)t * NR : NR);
-            for (int jj = 0; jj < NR; jj++) {
-                const int32_t i = jj < nc ? (int32_t)((j0 + jj) / howo) : -1;
-                qc[t].zp[jj] = i >= 0 ? xzp[i] : 0;
-                qc[t].scale[jj] = i >= 0 ? xscale[i] : 0;
-            }
-            lin_pack(k4, xq, plane, j0, nc, bb + (size_t)t * k4 * NR);
-        }
+        lin_pack_block(k4, xq, xscale, xzp, plane, howo, jb, nb, bb, qc);
         for (int p = p0; p < p1; p++) {
             const int mr = m - p * MR < MR ? m - p * MR : MR;
             const int32_t *a = packed + (size_t)p * k4 * MR;
@@ -206,16 +214,7 @@ AVX512 void osk_linear_q8_geglu_avx512(const osk_conv *conv, const int32_t *pack
     for (int64_t jb = n0; jb < n1; jb += (int64_t)tiles * NR) {
         const int64_t nb = n1 - jb < (int64_t)tiles * NR ? n1 - jb : (int64_t)tiles * NR;
         const int bt = (int)((nb + NR - 1) / NR);
-        for (int t = 0; t < bt; t++) {
-            const int64_t j0 = jb + (int64_t)t * NR;
-            const int nc = (int)(nb - (int64_t)t * NR < NR ? nb - (int64_t)t * NR : NR);
-            for (int jj = 0; jj < NR; jj++) {
-                const int32_t i = jj < nc ? (int32_t)((j0 + jj) / howo) : -1;
-                qc[t].zp[jj] = i >= 0 ? xzp[i] : 0;
-                qc[t].scale[jj] = i >= 0 ? xscale[i] : 0;
-            }
-            lin_pack(k4, xq, plane, j0, nc, bb + (size_t)t * k4 * NR);
-        }
+        lin_pack_block(k4, xq, xscale, xzp, plane, howo, jb, nb, bb, qc);
         for (int p = p0; p < p1; p++) {
             for (int t = 0; t < bt; t++) {
                 const int64_t j0 = jb + (int64_t)t * NR;

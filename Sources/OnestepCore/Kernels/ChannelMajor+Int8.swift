@@ -69,17 +69,11 @@ extension ChannelMajor {
                         let rstd = 1 / (variance + eps).squareRoot()
                         var lo: Float = 0, hi: Float = 0, xlo: Float = 0, xhi: Float = 0
                         for cc in 0..<cpg {
-                            // ChannelMajor.groupNorm's coefficients, operation for operation.
+                            // ChannelMajor.groupNorm's coefficients, from the same function.
                             let ch = g * cpg + cc
-                            let shiftBefore = Double(pre?[i * c + ch] ?? 0)
-                            var a = rstd * Double(gamma[ch])
-                            var b = Double(beta[ch]) + (shiftBefore - mean) * a
-                            if let ss {
-                                let scale = 1 + Double(ss[i * 2 * c + ch]), shift = Double(ss[i * 2 * c + c + ch])
-                                a *= scale
-                                b = b * scale + shift
-                            }
-                            let fa = Float(a), fb = Float(b)
+                            let (fa, fb) = groupNormAffine(mean: mean, rstd: rstd, gamma: gamma[ch], beta: beta[ch],
+                                                           shiftBefore: pre?[i * c + ch] ?? 0,
+                                                           scaleShift: ss.map { ($0[i * 2 * c + ch], $0[i * 2 * c + c + ch]) })
                             ab[i * c + ch] = fa
                             ab[n * c + i * c + ch] = fb
                             let plane = xd + ch * stride + i * hw

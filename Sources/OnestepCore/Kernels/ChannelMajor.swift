@@ -101,6 +101,22 @@ public enum ChannelMajor {
     ///   y = silu(y) when `silu`.
     /// preShift is (N, C); scaleShift is (N, 2C). y may be x. A `team` splits the (image, group) pairs between
     /// its threads; each pair is computed the same way on any thread.
+    /// One channel's GroupNorm as y = a x + b, in Double then rounded once: a = rstd gamma, b = beta + (shift - mean) a,
+    /// then the scale-shift's (1 + scale, shift) when given. groupNorm and groupNormQuantized both take it from here,
+    /// so their outputs agree bit for bit.
+    @inline(__always)
+    static func groupNormAffine(mean: Double, rstd: Double, gamma: Float, beta: Float, shiftBefore: Float,
+                                scaleShift: (scale: Float, shift: Float)?) -> (a: Float, b: Float) {
+        var a = rstd * Double(gamma)
+        var b = Double(beta) + (Double(shiftBefore) - mean) * a
+        if let (s, t) = scaleShift {
+            let scale = 1 + Double(s)
+            a *= scale
+            b = b * scale + Double(t)
+        }
+        return (Float(a), Float(b))
+    }
+
     public static func groupNorm(_ x: Activation, _ layer: GroupNormLayer, silu: Bool,
                                  preShift: UnsafePointer<Float>? = nil, scaleShift: UnsafePointer<Float>? = nil,
                                  into y: UnsafeMutablePointer<Float>, team: ThreadTeam? = nil) {
@@ -118,15 +134,9 @@ public enum ChannelMajor {
                         let rstd = 1 / (variance + eps).squareRoot()
                         for cc in 0..<cpg {
                             let ch = g * cpg + cc
-                            let shiftBefore = Double(pre?[i * c + ch] ?? 0)
-                            var a = rstd * Double(gamma[ch])
-                            var b = Double(beta[ch]) + (shiftBefore - mean) * a
-                            if let ss {
-                                let scale = 1 + Double(ss[i * 2 * c + ch]), shift = Double(ss[i * 2 * c + c + ch])
-                                a *= scale
-                                b = b * scale + shift
-                            }
-                            let fa = Float(a), fb = Float(b)
+                            let (fa, fb) = groupNormAffine(mean: mean, rstd: rstd, gamma: gamma[ch], beta: beta[ch],
+                                                           shiftBefore: pre?[i * c + ch] ?? 0,
+                                                           scaleShift: ss.map { ($0[i * 2 * c + ch], $0[i * 2 * c + c + ch]) })
                             let src = xd + ch * stride + i * hw, dst = yd + ch * stride + i * hw
                             if silu {
                                 Activations.affineSiLU(src, dst, count: hw, a: fa, b: fb)
