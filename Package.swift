@@ -32,6 +32,10 @@ let package = Package(
         // scalar; chosen at run time). x86 code sits behind OSK_X86 (onestep_isa.h), so aarch64 builds the scalar
         // paths (scripts/check-aarch64).
         .target(name: "CKernels", path: "Sources/CKernels", cSettings: [.unsafeFlags(["-O3"])]),
+        // The training-only kernels (conv weight gradient, Adam and the gradient norm, GroupNorm backward): linked
+        // only into onestep-distill, through OnestepTrain. They share CKernels' private ISA and e^x headers.
+        .target(name: "CTrainKernels", dependencies: ["CKernels"], path: "Sources/CTrainKernels",
+                cSettings: [.unsafeFlags(["-O3"]), .headerSearchPath("../CKernels")]),
 
         // Tensors, kernels, model, sampling, weight IO: shared by the server and the distiller.
         .target(name: "OnestepCore", dependencies: ["COpenBLAS", "CKernels", "PNGCodec"]),
@@ -49,7 +53,7 @@ let package = Package(
         .executableTarget(name: "onestep-latent-bench", dependencies: ["OnestepCore"]),
 
         // Training engine, data, teacher, distillation, evaluation: linked only into onestep-distill.
-        .target(name: "OnestepTrain", dependencies: ["OnestepCore", "PNGCodec"]),
+        .target(name: "OnestepTrain", dependencies: ["OnestepCore", "CTrainKernels", "PNGCodec"]),
         .executableTarget(name: "onestep-distill", dependencies: ["OnestepTrain", "OnestepCore", "CommandLineKit"]),
 
         // The load tester lives in the top-level loadtest/ folder.

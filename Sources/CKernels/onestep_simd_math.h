@@ -1,10 +1,12 @@
-// e^x on AVX-512 and AVX2 vectors, shared by the SiLU / GroupNorm kernels (onestep_activations.c) and the
+// e^x on AVX-512 and AVX2 vectors and in scalar code, shared by the SiLU / GroupNorm kernels (onestep_activations.c) and the
 // attention heads' softmax (onestep_attention.c). Cody-Waite split of ln 2 and the Cephes expf polynomial:
 // relative error < 2e-7 over [-87.3, 88.7] (inputs are clamped there). One definition, so every caller gets the same
-// bits. Internal to CKernels (not under include/).
+// bits. Internal to CKernels (not under include/); CTrainKernels reads it through its header search path.
 #ifndef ONESTEP_SIMD_MATH_H
 #define ONESTEP_SIMD_MATH_H
 #include "onestep_isa.h"
+#include <math.h>
+#include <stdint.h>
 
 #if OSK_X86
 #include <immintrin.h>
@@ -41,4 +43,23 @@ __attribute__((target("avx2,fma"))) static inline __m256 osk_exp256(__m256 x) {
     return _mm256_mul_ps(er, _mm256_castsi256_ps(e));
 }
 #endif
+
+/// e^x in scalar code, the same Cody-Waite split and Cephes polynomial as osk_exp512 (relative error < 2e-7 over
+/// [-87.3, 88.7]; the input is clamped there): the SiLU of serving and the GroupNorm backward of training.
+static inline float osk_exp_poly(float x) {
+    x = fminf(fmaxf(x, -87.3f), 88.7f);
+    float n = nearbyintf(x * 1.44269504f);
+    float r = x - n * 0.693359375f;
+    r = r + n * 2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float er = p * (r * r) + r + 1.0f;
+    union { uint32_t u; float f; } s = { .u = (uint32_t)((int32_t)n + 127) << 23 };
+    return er * s.f;
+}
+
 #endif

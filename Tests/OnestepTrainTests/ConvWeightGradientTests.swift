@@ -1,4 +1,4 @@
-// FastConv.weightGradient (onestep_conv_grad.c) at every kernel level against a naive reference: the definition
+// TrainKernels.weightGradient (onestep_conv_grad.c) at every kernel level against a naive reference: the definition
 // dW[co, ci, ky, kx] = sum over (i, oy, ox) of dY[co, i, oy, ox] * x[ci, i, oy*s - padTop + ky, ox*s - padLeft + kx]
 // as plain loops with a Double accumulator, db[co] = sum of dY[co, ...]. The levels must also agree bit for bit
 // (each entry is the same fmaf chain in the same order at every level).
@@ -45,8 +45,8 @@ final class ConvWeightGradientTests: XCTestCase {
         var byLevel: [(KernelLevel, [Float], [Float])] = []
         for level in KernelLevel.allCases where level.isSupported {
             var dw = dw0, db = db0
-            var scratch = [Float](repeating: .nan, count: FastConv.weightGradientScratch(g, batch: n, height: h, width: w))
-            FastConv.weightGradient(x: x, dy: dy, geometry: g, batch: n, height: h, width: w, dw: &dw, db: &db, scratch: &scratch,
+            var scratch = [Float](repeating: .nan, count: TrainKernels.weightGradientScratch(g, batch: n, height: h, width: w))
+            TrainKernels.weightGradient(x: x, dy: dy, geometry: g, batch: n, height: h, width: w, dw: &dw, db: &db, scratch: &scratch,
                                     level: level)
             XCTAssertLessThanOrEqual(TensorError.relativeL2(dw, dwRef), Self.weightGradientRelativeL2, "\(what), \(level): dW")
             XCTAssertLessThanOrEqual(TensorError.relativeL2(db, dbRef), Self.biasGradientRelativeL2, "\(what), \(level): db")
@@ -81,9 +81,9 @@ final class ConvWeightGradientTests: XCTestCase {
         let g = ConvGeometry(inChannels: 4, outChannels: 9, kernel: 3, padding: 1), n = 2, h = 5, w = 6
         let x = GradientCheck.random(g.inChannels * n * h * w, seed: 31), dy = GradientCheck.random(g.outChannels * n * h * w, seed: 32)
         var a = [Float](repeating: 0, count: g.outChannels * g.reduction), b = a, db = [Float](repeating: 0, count: g.outChannels)
-        var scratch = [Float](repeating: 0, count: FastConv.weightGradientScratch(g, batch: n, height: h, width: w))
-        FastConv.weightGradient(x: x, dy: dy, geometry: g, batch: n, height: h, width: w, dw: &a, db: &db, scratch: &scratch)
-        FastConv.weightGradient(x: x, dy: dy, geometry: g, batch: n, height: h, width: w, dw: &b, db: nil, scratch: &scratch)
+        var scratch = [Float](repeating: 0, count: TrainKernels.weightGradientScratch(g, batch: n, height: h, width: w))
+        TrainKernels.weightGradient(x: x, dy: dy, geometry: g, batch: n, height: h, width: w, dw: &a, db: &db, scratch: &scratch)
+        TrainKernels.weightGradient(x: x, dy: dy, geometry: g, batch: n, height: h, width: w, dw: &b, db: nil, scratch: &scratch)
         XCTAssertEqual(a, b)
         XCTAssertNotEqual(db, [Float](repeating: 0, count: g.outChannels))
     }

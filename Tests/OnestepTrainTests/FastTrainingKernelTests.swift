@@ -109,7 +109,7 @@ extension FastTrainingKernelTests {
         // The layer's C entry point at every level this CPU has, on the reference's statistics.
         for level in KernelLevel.allCases where level.isSupported {
             var dxL = [Float](repeating: 0, count: x.count), dgL = [Float](repeating: 0, count: c), dbL = dgL
-            FastConv.groupNormBackward(x: x, dy: dy, dx: &dxL, batch: n, channels: c, groups: groups, spatial: hw, stats: stats,
+            TrainKernels.groupNormBackward(x: x, dy: dy, dx: &dxL, batch: n, channels: c, groups: groups, spatial: hw, stats: stats,
                                        gamma: gv, beta: bv, silu: silu, dgamma: &dgL, dbeta: &dbL, level: level)
             XCTAssertLessThanOrEqual(TensorError.relativeL2(dxL, dxRef), Self.groupNormGradientRelativeL2, "\(what), \(level): dX")
             XCTAssertLessThanOrEqual(TensorError.relativeL2(dgL, dgRef), Self.groupNormGradientRelativeL2, "\(what), \(level): dgamma")

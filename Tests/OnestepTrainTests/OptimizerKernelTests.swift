@@ -22,7 +22,7 @@ final class OptimizerKernelTests: XCTestCase {
         XCTAssertNotEqual(wRef, w0, "the reference moved the weights")
         for level in KernelLevel.allCases where level.isSupported {
             var w = w0, m = m0, v = v0
-            FastConv.adamUpdate(weights: &w, gradients: g, m: &m, v: &v, count: n, clip: clip, beta1: b1, beta2: b2,
+            TrainKernels.adamUpdate(weights: &w, gradients: g, m: &m, v: &v, count: n, clip: clip, beta1: b1, beta2: b2,
                                 stepSize: lr / bc1, sqrtBiasCorrection2: bc2.squareRoot(), epsilon: eps, level: level)
             XCTAssertEqual(w, wRef, "\(level): weights")
             XCTAssertEqual(m, mRef, "\(level): first moments")
@@ -35,7 +35,7 @@ final class OptimizerKernelTests: XCTestCase {
             let g = GradientCheck.random(n, seed: UInt64(50 + n), scale: 3)
             var serial = 0.0
             for x in g { serial += Double(x) * Double(x) }
-            let sums = KernelLevel.allCases.filter(\.isSupported).map { FastConv.sumOfSquares(g, count: n, level: $0) }
+            let sums = KernelLevel.allCases.filter(\.isSupported).map { TrainKernels.sumOfSquares(g, count: n, level: $0) }
             for s in sums {
                 XCTAssertLessThanOrEqual(abs(s - serial), Self.sumOfSquaresRelativeError * max(serial, 1e-300), "n = \(n)")
                 XCTAssertEqual(s, sums[0], "n = \(n): the levels differ")

@@ -252,20 +252,5 @@ void osk_affine_bounds(float lo, float hi, float a, float b, int silu, float *vl
 void osk_affine_q8_encode(int level, const float *x, int32_t c, int32_t n, int32_t hw, int32_t i, int32_t q0, int32_t q1,
                           const float *a, const float *b, int32_t silu, uint32_t *xq, float scale, int32_t zp);
 
-/// GroupNorm (+ fused SiLU when silu != 0) backward of one channel plane of n floats (training): with
-/// xhat = (x - mean) * rstd and z = xhat * gamma + beta, dz = dy * silu'(z) (or dy); returns sum(dz) and sum(dz * xhat)
-/// summed in 16 lanes, then the lanes as a tree (as _mm512_reduce_add_ps). The scalar path differs from avx512 in the
-/// last bits (its exp and sigmoid).
-void osk_groupnorm_grad(int level, const float *x, const float *dy, float *dz, int64_t n, float mean, float rstd,
-                        float gamma, float beta, int silu, float *sum_dz, float *sum_dzx);
-/// In place over d (holding dz): dx = rstd * (dz * gamma - mean_g - xhat * mean_gx).
-void osk_groupnorm_grad_finish(int level, const float *x, float *d, int64_t n, float mean, float rstd, float gamma,
-                               float mean_g, float mean_gx);
-/// The whole GroupNorm (+ SiLU) backward of a layer in one call (TrainableGroupNorm): x, dy, dx (N, C, HW); stats
-/// (N, groups, 2) = (mean, rstd); gamma, beta (C); dgamma, dbeta (C) accumulated. Per (image, group): the first pass
-/// above on each channel plane, mean_g = sum(sum_dz * gamma) / (C/groups * HW) (likewise mean_gx), then the finish.
-void osk_groupnorm_backward(int level, const float *x, const float *dy, float *dx, int32_t n, int32_t c, int32_t groups,
-                            int32_t hw, const float *stats, const float *gamma, const float *beta, int silu, float *dgamma,
-                            float *dbeta);
 
 #endif

@@ -115,9 +115,9 @@ public final class ParameterStore {
     }
 
     /// sqrt(sum of squared gradients), in double precision, summed in 8 lanes in a fixed order
-    /// (FastConv.sumOfSquares: the same value at every kernel level and worker count).
+    /// (TrainKernels.sumOfSquares: the same value at every kernel level and worker count).
     public func gradientNorm() -> Double {
-        FastConv.sumOfSquares(grads, count: count).squareRoot()
+        TrainKernels.sumOfSquares(grads, count: count).squareRoot()
     }
 }
 

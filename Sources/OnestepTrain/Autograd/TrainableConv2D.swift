@@ -151,14 +151,14 @@ public final class TrainableConv2D {
         return dx
     }
 
-    /// dW (Cout, K) += dY (Cout, cols) x col(X)^T and db += row sums of dY, by FastConv.weightGradient
+    /// dW (Cout, K) += dY (Cout, cols) x col(X)^T and db += row sums of dY, by TrainKernels.weightGradient
     /// (onestep_conv_grad.c): x is read from a zero-padded copy, dY transposed once, no im2col. Each dW entry is one
     /// FMA chain over (i, oy, ox) in order from dW's value (the order of the earlier stride-1 path, so those layers
     /// give the same bits as before), each db entry one chain of adds from 0 then added to db.
     private func accumulateWeightGradient(_ xc: UnsafePointer<Float>, _ dyc: UnsafePointer<Float>) {
         let g = geometry
-        let scratch = columns.ensure(FastConv.weightGradientScratch(g, batch: n, height: h, width: w))
-        FastConv.weightGradient(x: xc, dy: dyc, geometry: g, batch: n, height: h, width: w, dw: store.grad(weight),
+        let scratch = columns.ensure(TrainKernels.weightGradientScratch(g, batch: n, height: h, width: w))
+        TrainKernels.weightGradient(x: xc, dy: dyc, geometry: g, batch: n, height: h, width: w, dw: store.grad(weight),
                                 db: bias.map { store.grad($0) }, scratch: scratch)
     }
 

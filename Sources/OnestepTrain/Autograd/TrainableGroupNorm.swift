@@ -1,6 +1,6 @@
 // GroupNorm (affine) with the optional fused SiLU, trainable, on the serving path's vectorized kernels: the forward
-// by FastConv.groupNormForward (one C call per layer: osk_group_moments' double-precision two-pass statistics, as
-// serving, then osk_affine_silu), the backward by FastConv.groupNormBackward (one C call per layer; AVX-512,
+// by TrainKernels.groupNormForward (one C call per layer: osk_group_moments' double-precision two-pass statistics, as
+// serving, then osk_affine_silu), the backward by TrainKernels.groupNormBackward (one C call per layer; AVX-512,
 // polynomial exp). It keeps mean and 1/std per (image, group) for the backward. ReferenceGroupNorm (the first trainer's plain
 // loops) is what FastTrainingKernelTests compare it with.
 //
@@ -53,7 +53,7 @@ public final class TrainableGroupNorm {
         }
         // One C call for the layer (statistics, affine, SiLU; the next group prefetched), as the Swift loop over
         // FastConv.groupMoments and affineSiLU it replaces, with the same bits.
-        FastConv.groupNormForward(x: x, y: y, channelMajor: (from == .channelMajor, to == .channelMajor), batch: batch, channels: c,
+        TrainKernels.groupNormForward(x: x, y: y, channelMajor: (from == .channelMajor, to == .channelMajor), batch: batch, channels: c,
                                   groups: groups, spatial: spatial, eps: eps, gamma: gv, beta: bv, silu: silu, stats: st)
         return y
     }
@@ -75,7 +75,7 @@ public final class TrainableGroupNorm {
             return dx
         }
         // One C call for the layer: per-plane calls from Swift cost more than the work on 4x4 and 8x8 planes.
-        FastConv.groupNormBackward(x: x, dy: dy, dx: dx, batch: n, channels: c, groups: groups, spatial: hw, stats: st,
+        TrainKernels.groupNormBackward(x: x, dy: dy, dx: dx, batch: n, channels: c, groups: groups, spatial: hw, stats: st,
                                    gamma: gv, beta: bv, silu: silu, dgamma: dg, dbeta: db,
                                    channelMajor: (from == .channelMajor, to == .channelMajor, from == .channelMajor))
         return dx

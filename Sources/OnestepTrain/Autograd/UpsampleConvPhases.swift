@@ -118,8 +118,8 @@ final class UpsampleConvPhases {
         for p in 0..<4 {
             let pg = phaseGeometry(p), a = p / 2, b = p % 2
             dwp.update(repeating: 0, count: cout * cin * 4)
-            let s = scratch.ensure(FastConv.weightGradientScratch(pg, batch: n, height: h, width: w))
-            FastConv.weightGradient(x: xc, dy: dyp + p * cout * cols, geometry: pg, batch: n, height: h, width: w, dw: dwp, db: db,
+            let s = scratch.ensure(TrainKernels.weightGradientScratch(pg, batch: n, height: h, width: w))
+            TrainKernels.weightGradient(x: xc, dy: dyp + p * cout * cols, geometry: pg, batch: n, height: h, width: w, dw: dwp, db: db,
                                     scratch: s)
             for oc in 0..<(cout * cin) {
                 let src = dwp + oc * 4, dst = dw + oc * 9

@@ -65,7 +65,7 @@ public final class Optimizer {
         switch config.kind {
         case .adam:
             // onestep_optim.c: the bits of `referenceAdam` at every level (OptimizerKernelTests).
-            FastConv.adamUpdate(weights: w, gradients: g, m: m, v: v, count: count, clip: clip, beta1: b1, beta2: b2,
+            TrainKernels.adamUpdate(weights: w, gradients: g, m: m, v: v, count: count, clip: clip, beta1: b1, beta2: b2,
                                 stepSize: lr / bc1, sqrtBiasCorrection2: bc2.squareRoot(), epsilon: eps)
         case .radam:
             let rhoInf = 2 / (1 - Double(b2)) - 1
