@@ -239,6 +239,8 @@ struct RawGenerationFields {
     /// A value as the client sent it, for messages.
     static func show(_ v: Any) -> String {
         if let s = v as? String { return "\"\(s.prefix(64))\"" }
+        // A JSON true / false arrives as an NSNumber that prints as 1 / 0: name it as the client sent it.
+        if JSONValues.isBool(v), let b = v as? Bool { return b ? "true" : "false" }
         return "\(v)"
     }
 

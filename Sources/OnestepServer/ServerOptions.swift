@@ -83,7 +83,7 @@ public struct ServerOptions: Sendable {
             FlagSpec("text-embedding-cache", "prompt embeddings kept, LRU; 0 disables [ONESTEP_TEXT_EMBEDDING_CACHE]", default: String(d.textEmbeddingCacheEntries)),
             FlagSpec("lora", "LoRA fused into a text-to-image model at load: [MODEL=]FILE[:SCALE], repeatable; MODEL may be left out with one model folder [ONESTEP_LORA, comma-separated]"),
             FlagSpec("taesd", "AutoencoderTiny (TAESD) folder loaded beside a model's decoder, chosen per request with \"decoder\": \"taesd\": [MODEL=]DIR, repeatable [ONESTEP_TAESD, comma-separated]"),
-            FlagSpec("scheduler", "scheduler class a text-to-image model runs with its scheduler_config.json values (e.g. TCDScheduler with a Hyper-SD / TCD LoRA): [MODEL=]CLASS, repeatable [ONESTEP_SCHEDULER, comma-separated]"),
+            FlagSpec("scheduler", "scheduler class a model runs with its scheduler_config.json values (e.g. TCDScheduler with a Hyper-SD / TCD LoRA, DDIMScheduler for a DDPM pixel model): [MODEL=]CLASS, repeatable [ONESTEP_SCHEDULER, comma-separated]"),
             FlagSpec("no-access-log", "do not print a line per request [ONESTEP_ACCESS_LOG=0]", isSwitch: true),
         ]
     }()

@@ -39,7 +39,7 @@ func runPipeline(_ flags: ParsedFlags) throws {
     let label = (try? UNetConfig.load(path: out + "/student/config.json"))?.classNames?.first.map { " --label \($0)" } ?? ""
     stdoutLine("""
 
-    serve the student (and the other models in \(out)):  onestep-serve --models \(out)/student --port 8080
+    serve the student and the other models of the run:  onestep-serve --models \(out) --port 8080
     sample it:  onestep-serve generate --model \(out)/student --seed 0\(label) --n 8 --scale 4 --out samples.png
     one row per class:  onestep-serve generate --model \(out)/student-int8 --per-class --n 8 --scale 4 --out grid.png
     """)
