@@ -103,8 +103,8 @@ extension Router {
 
     func a1111Txt2Img(_ request: HTTPRequest, _ responder: HTTPResponder) {
         let t: A1111Txt2Img, params: GenerationParams
+        let declared = declaredFields()
         do {
-            let declared = declaredFields()
             t = try A1111Txt2Img(body: request.body, models: models, model: a1111.model(default: models.defaultName),
                                  fields: { declared[$0] ?? nil }, maxImages: options.maxImagesPerRequest)
             params = try RawGenerationFields.fromJSON(t.generationBody)
@@ -114,6 +114,9 @@ extension Router {
             return
         }
         let classes = models[params.model]?.classNames
+        // The CFG scale the images were made with: the request's guidance when the model takes guidance_scale, else
+        // 1 (A1111's "no guidance"), so an ignored cfg_scale (said in notes) is not reported as used.
+        let cfgScale = (declared[params.model] ?? nil)?.contains("guidance_scale") == true ? params.guidanceScale : 1
         enqueue(params, responder, id: nextJobID.add(1, ordering: .relaxed).oldValue) { pngs, wait, compute, batch in
             let seeds = params.images.map { Int($0.seed) }
             let labels: [Any] = params.images.map { img in
@@ -121,14 +124,14 @@ extension Router {
             }
             let infotexts = seeds.map { s in
                 (t.prompt.isEmpty ? "" : t.prompt + "\n") + (t.negativePrompt.isEmpty ? "" : "Negative prompt: \(t.negativePrompt)\n")
-                    + "Steps: \(params.steps), Sampler: \(t.samplerName), CFG scale: \(t.cfgScale), Seed: \(s), Size: \(t.width)x\(t.height), Model: \(params.model)"
+                    + "Steps: \(params.steps), Sampler: \(t.samplerName), CFG scale: \(cfgScale), Seed: \(s), Size: \(t.width)x\(t.height), Model: \(params.model)"
             }
             let info: [String: Any] = [
                 "prompt": t.prompt, "all_prompts": Array(repeating: t.prompt, count: seeds.count),
                 "negative_prompt": t.negativePrompt, "all_negative_prompts": Array(repeating: t.negativePrompt, count: seeds.count),
                 "seed": seeds[0], "all_seeds": seeds, "subseed": -1, "all_subseeds": Array(repeating: -1, count: seeds.count),
                 "subseed_strength": 0, "width": t.width, "height": t.height, "sampler_name": t.samplerName,
-                "cfg_scale": t.cfgScale, "steps": params.steps, "batch_size": t.batchSize, "n_iter": t.nIter,
+                "cfg_scale": cfgScale, "steps": params.steps, "batch_size": t.batchSize, "n_iter": t.nIter,
                 "sd_model_name": params.model, "sd_model_hash": NSNull(), "clip_skip": 1, "index_of_first_image": 0,
                 "infotexts": infotexts, "all_labels": labels, "notes": t.notes,
                 "queue_ms": (seconds(wait) * 100_000).rounded() / 100, "compute_ms": (seconds(compute) * 100_000).rounded() / 100,

@@ -116,6 +116,8 @@ final class Router: Sendable {
             d["classes"] = p.classNames ?? (p.numClasses.map { n in (0..<n).map(String.init) } ?? [])
             d["fields"] = p.fields
             if p.numClasses != nil { d["prompt_selects"] = "class" }
+            // As text models say it: guidance over the null label, 1 (the conditional model) when a request sends none.
+            if p.takesClassGuidance { (d["guidance"], d["default_guidance_scale"]) = ("classifier_free", 1.0) }
         case .text(let t):
             d["kind"] = "text-to-image"
             d["default_size"] = t.defaultImageSize.description

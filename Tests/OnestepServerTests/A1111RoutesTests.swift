@@ -60,6 +60,9 @@ final class A1111RoutesTests: XCTestCase {
         XCTAssertEqual(i["steps"] as? Int, 4)
         XCTAssertEqual(i["width"] as? Int, 16)
         XCTAssertEqual(i["sampler_name"] as? String, "Consistency")
+        // The ignored cfg_scale 7 is not reported as used: the images were made without guidance.
+        XCTAssertEqual(i["cfg_scale"] as? Double, 1)
+        XCTAssertTrue((i["infotexts"] as? [String])?.first?.contains("CFG scale: 1.0,") ?? false, "\(i["infotexts"] ?? "")")
         let notes = try XCTUnwrap(i["notes"] as? [String])
         XCTAssertEqual(notes.count, 5, "\(notes)")
         for fragment in ["steps 20 lowered to 4", "cfg_scale 7.0 ignored", "16x16 only; width x height 512x512",

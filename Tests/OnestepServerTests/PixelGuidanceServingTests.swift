@@ -26,6 +26,10 @@ final class PixelGuidanceServingTests: XCTestCase {
         XCTAssertTrue(try fields("ddpm").contains("guidance_scale"))
         XCTAssertFalse(try fields("student").contains("guidance_scale"))
         XCTAssertFalse(try fields("uncond").contains("guidance_scale"))
+        let ddpm = try XCTUnwrap(models.first { $0["id"] as? String == "ddpm" })
+        XCTAssertEqual(ddpm["guidance"] as? String, "classifier_free")
+        XCTAssertEqual(ddpm["default_guidance_scale"] as? Double, 1)
+        XCTAssertNil(models.first { $0["id"] as? String == "student" }?["default_guidance_scale"])
 
         // The served PNGs are the guided pipeline's, for a batch of 2 in one request and for each image alone.
         let pipeline = try ImagePipeline.load(path: teacher)

@@ -170,5 +170,8 @@ final class TextServingTests: XCTestCase {
         let images = try XCTUnwrap(r.json?["images"] as? [String])
         let png = Array(try XCTUnwrap(Data(base64Encoded: images[0])))
         if let m = TextFixtures.mismatch(png, c) { XCTFail(m) }
+        // The guidance the model ran with is the one reported.
+        let info = try XCTUnwrap(try JSONSerialization.jsonObject(with: Data(((r.json?["info"] as? String) ?? "").utf8)) as? [String: Any])
+        XCTAssertEqual(info["cfg_scale"] as? Double, c.guidance)
     }
 }
