@@ -68,7 +68,7 @@ enum Commands {
             let cols = perClass ? n : Int(Double(n).squareRoot().rounded(.up))
             var grid = ImagePipeline.grid(images, columns: cols).scaled(by: scale)
             if !f.isSet("plain") && reqs.count > 1 {
-                let stepsText = "\(steps) step\(steps == 1 ? "" : "s")"
+                let stepsText = "\(steps) step\(steps == 1 ? "" : "s")" + (pipeline.classGuidance.map { String(format: ", guidance %g", $0) } ?? "")
                 let labels: GridLabels
                 if perClass {
                     labels = GridLabels(title: "\(pipeline.name), \(stepsText) - rows: class, columns: seed",
