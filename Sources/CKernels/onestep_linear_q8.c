@@ -125,6 +125,16 @@ AVX512 static void lin_pack(int k4, const uint32_t *xq, int64_t plane, int64_t j
     }
 }
 
+/// The column block's buffer (this thread's workspace) and its width in tiles: as many 32-column tiles of the whole
+/// K as fit LIN_BLOCK_BYTES, 1 ... LIN_MAX_TILES. Both drivers below.
+AVX512 static uint32_t *lin_block_buffer(int k4, int *tiles) {
+    int t = (int)(LIN_BLOCK_BYTES / ((size_t)k4 * NR * sizeof(uint32_t)));
+    *tiles = t < 1 ? 1 : t > LIN_MAX_TILES ? LIN_MAX_TILES : t;
+    uint32_t *bb = osk_ws_get(OSK_WS_BLOCK, (size_t)*tiles * k4 * NR * sizeof(uint32_t));
+    if (!bb) abort();
+    return bb;
+}
+
 /// Packs the column block jb ..< jb + nb (whole tiles of NR, the last partial) into bb, tile by tile, with each
 /// tile's per-column zero points and scales (of the image each column belongs to) in qc. Both drivers below.
 AVX512 static void lin_pack_block(int k4, const uint32_t *xq, const float *xscale, const int32_t *xzp, int64_t plane,
@@ -149,10 +159,8 @@ AVX512 void osk_linear_q8_avx512(const osk_conv *conv, const int32_t *packed, co
     const int p0 = m0 / MR, p1 = m1 >= m ? panels : m1 / MR;
     const int64_t howo = (int64_t)h * w, plane = (int64_t)n * howo, ldc = plane;
     if (n1 <= n0 || p1 <= p0) return;
-    int tiles = (int)(LIN_BLOCK_BYTES / ((size_t)k4 * NR * sizeof(uint32_t)));
-    tiles = tiles < 1 ? 1 : tiles > LIN_MAX_TILES ? LIN_MAX_TILES : tiles;
-    uint32_t *bb = osk_ws_get(OSK_WS_BLOCK, (size_t)tiles * k4 * NR * sizeof(uint32_t));
-    if (!bb) abort();
+    int tiles;
+    uint32_t *bb = lin_block_buffer(k4, &tiles);
     lin_cols_t qc[LIN_MAX_TILES];
     for (int64_t jb = n0; jb < n1; jb += (int64_t)tiles * NR) {
         const int64_t nb = n1 - jb < (int64_t)tiles * NR ? n1 - jb : (int64_t)tiles * NR;
@@ -205,10 +213,8 @@ AVX512 void osk_linear_q8_geglu_avx512(const osk_conv *conv, const int32_t *pack
     const int p0 = m0 / MR, p1 = (m1 >= inner ? inner : m1) / MR;
     const int64_t howo = (int64_t)h * w, plane = (int64_t)n * howo, ldc = plane;
     if (n1 <= n0 || p1 <= p0) return;
-    int tiles = (int)(LIN_BLOCK_BYTES / ((size_t)k4 * NR * sizeof(uint32_t)));
-    tiles = tiles < 1 ? 1 : tiles > LIN_MAX_TILES ? LIN_MAX_TILES : tiles;
-    uint32_t *bb = osk_ws_get(OSK_WS_BLOCK, (size_t)tiles * k4 * NR * sizeof(uint32_t));
-    if (!bb) abort();
+    int tiles;
+    uint32_t *bb = lin_block_buffer(k4, &tiles);
     lin_cols_t qc[LIN_MAX_TILES];
     float ha[MR * NR] __attribute__((aligned(64))), ga[MR * NR] __attribute__((aligned(64)));
     for (int64_t jb = n0; jb < n1; jb += (int64_t)tiles * NR) {

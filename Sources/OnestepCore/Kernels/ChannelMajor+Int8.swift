@@ -63,10 +63,9 @@ extension ChannelMajor {
                 nonisolated(unsafe) let gamma = gammaBuffer.baseAddress!, beta = betaBuffer.baseAddress!
                 FastConv.forEachRange(n * groups, granule: 1, team: team) { u0, u1 in
                     for u in u0..<u1 {
-                        let i = u / groups, g = u % groups, first = g * cpg
-                        let (mean, variance) = FastConv.groupMoments(xd + first * stride + i * hw, planeStride: stride, planes: cpg,
-                                                                     count: hw, shift: pre.map { $0 + i * c + first }, level: level)
-                        let rstd = 1 / (variance + eps).squareRoot()
+                        let i = u / groups, g = u % groups
+                        let (mean, rstd) = groupStatistics(xd, image: i, group: g, channels: c, groups: groups, pixels: hw,
+                                                           batch: n, preShift: pre, eps: eps, level: level)
                         var lo: Float = 0, hi: Float = 0, xlo: Float = 0, xhi: Float = 0
                         for cc in 0..<cpg {
                             // ChannelMajor.groupNorm's coefficients, from the same function.

@@ -101,6 +101,18 @@ public enum ChannelMajor {
     ///   y = silu(y) when `silu`.
     /// preShift is (N, C); scaleShift is (N, 2C). y may be x. A `team` splits the (image, group) pairs between
     /// its threads; each pair is computed the same way on any thread.
+    /// Mean and 1 / sqrt(variance + eps) of image i's group g of x (C, N, HW) (+ preShift (N, C) added first),
+    /// in Double: groupNorm and groupNormQuantized both take them from here.
+    @inline(__always)
+    static func groupStatistics(_ x: UnsafePointer<Float>, image i: Int, group g: Int, channels c: Int, groups: Int, pixels hw: Int,
+                                batch n: Int, preShift pre: UnsafePointer<Float>?, eps: Double,
+                                level: KernelLevel = .best) -> (mean: Double, rstd: Double) {
+        let cpg = c / groups, first = g * cpg
+        let (mean, variance) = FastConv.groupMoments(x + first * n * hw + i * hw, planeStride: n * hw, planes: cpg, count: hw,
+                                                     shift: pre.map { $0 + i * c + first }, level: level)
+        return (mean, 1 / (variance + eps).squareRoot())
+    }
+
     /// One channel's GroupNorm as y = a x + b, in Double then rounded once: a = rstd gamma, b = beta + (shift - mean) a,
     /// then the scale-shift's (1 + scale, shift) when given. groupNorm and groupNormQuantized both take it from here,
     /// so their outputs agree bit for bit.
@@ -128,10 +140,9 @@ public enum ChannelMajor {
                 nonisolated(unsafe) let gamma = gammaBuffer.baseAddress!, beta = betaBuffer.baseAddress!
                 FastConv.forEachRange(n * groups, granule: 1, team: team) { u0, u1 in
                     for u in u0..<u1 {
-                        let i = u / groups, g = u % groups, first = g * cpg
-                        let (mean, variance) = FastConv.groupMoments(xd + first * stride + i * hw, planeStride: stride, planes: cpg,
-                                                                     count: hw, shift: pre.map { $0 + i * c + first })
-                        let rstd = 1 / (variance + eps).squareRoot()
+                        let i = u / groups, g = u % groups
+                        let (mean, rstd) = groupStatistics(xd, image: i, group: g, channels: c, groups: groups, pixels: hw,
+                                                           batch: n, preShift: pre, eps: eps)
                         for cc in 0..<cpg {
                             let ch = g * cpg + cc
                             let (fa, fb) = groupNormAffine(mean: mean, rstd: rstd, gamma: gamma[ch], beta: beta[ch],

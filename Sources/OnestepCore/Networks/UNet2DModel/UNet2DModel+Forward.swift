@@ -101,21 +101,10 @@ extension ResnetBlock {
         switch resample {
         case .none: break
         case .up, .down:
-            let scale = resample == .up
-            func resampled(_ a: Activation) -> Activation {
-                let b = Activation(pool: pool, channels: a.channels, batch: a.batch,
-                                   height: scale ? 2 * a.height : a.height / 2, width: scale ? 2 * a.width : a.width / 2)
-                if scale {
-                    Resample.upsampleNearest2x(a.data, planes: a.channels * a.batch, height: a.height, width: a.width, y: b.data)
-                } else {
-                    Resample.averagePool2x(a.data, planes: a.channels * a.batch, height: a.height, width: a.width, y: b.data)
-                }
-                return b
-            }
-            let h2 = resampled(h)
+            let h2 = resampled(h, pool: pool)
             h.release(to: pool)
             h = h2
-            let x2 = resampled(input)
+            let x2 = resampled(input, pool: pool)
             if ownsInput { input.release(to: pool) }
             input = x2
             ownsInput = true
@@ -145,6 +134,19 @@ extension ResnetBlock {
             for j in 0..<out.count { out.data[j] *= inv }
         }
         return out
+    }
+
+    /// a nearest-upsampled 2x (.up) or 2x2-average-pooled (.down), as `forward` and `forwardInt8` resample.
+    func resampled(_ a: Activation, pool: BufferPool) -> Activation {
+        let up = resample == .up
+        let b = Activation(pool: pool, channels: a.channels, batch: a.batch,
+                           height: up ? 2 * a.height : a.height / 2, width: up ? 2 * a.width : a.width / 2)
+        if up {
+            Resample.upsampleNearest2x(a.data, planes: a.channels * a.batch, height: a.height, width: a.width, y: b.data)
+        } else {
+            Resample.averagePool2x(a.data, planes: a.channels * a.batch, height: a.height, width: a.width, y: b.data)
+        }
+        return b
     }
 }
 

@@ -80,19 +80,6 @@ extension ResnetBlock {
         }
         return out
     }
-
-    /// a nearest-upsampled 2x (.up) or 2x2-average-pooled (.down), as `forward` resamples.
-    func resampled(_ a: Activation, pool: BufferPool) -> Activation {
-        let up = resample == .up
-        let b = Activation(pool: pool, channels: a.channels, batch: a.batch,
-                           height: up ? 2 * a.height : a.height / 2, width: up ? 2 * a.width : a.width / 2)
-        if up {
-            Resample.upsampleNearest2x(a.data, planes: a.channels * a.batch, height: a.height, width: a.width, y: b.data)
-        } else {
-            Resample.averagePool2x(a.data, planes: a.channels * a.batch, height: a.height, width: a.width, y: b.data)
-        }
-        return b
-    }
 }
 
 extension AttentionBlock {
