@@ -1,6 +1,10 @@
 // The dynamic batcher (after Triton's dynamic batcher and queue policy): requests for the same model, step
 // count, size and guidance scale (`BatchKey`: what one sampler run shares) are gathered into one batch of up to
 // `maxBatch` images, or fewer once the oldest has waited `maxDelay`.
+// Among batches that are ready, a free worker takes one of the model with the fewest batches running, then the
+// oldest: with several models loaded, a slow one (a 1000-step DDPM teacher: seconds a batch) cannot hold every
+// worker while a one-step model's requests wait behind it, and nothing is reserved, so one model alone still gets
+// every worker.
 // The queue is bounded in images; a full queue refuses at once (429) instead of letting latency grow without
 // bound. Work whose deadline passes while queued is dropped (503), and work whose client left is removed.
 import Foundation
@@ -106,6 +110,7 @@ public final class BatchQueue: @unchecked Sendable {
     private var draining = false
     private var stopped = false
     private var running = 0  // batches being computed
+    private var runningByModel: [String: Int] = [:]
 
     public let maxBatch: Int
     public let maxDelay: Duration
@@ -180,36 +185,46 @@ public final class BatchQueue: @unchecked Sendable {
             let expired = removeExpiredLocked(now: now)
             if !expired.isEmpty { return (nil, expired) }
             if stopped || (draining && groups.isEmpty) { return (nil, []) }
-            // The group whose head has waited longest goes first.
-            if let (key, jobs) = groups.min(by: { $0.value[0].enqueuedAt < $1.value[0].enqueuedAt }) {
-                let images = jobs.reduce(0) { $0 + $1.images.count }
-                let due = jobs[0].enqueuedAt + maxDelay
-                if images >= maxBatch || now >= due || draining {
-                    var taken: [GenerationJob] = []
-                    var count = 0
-                    var rest = jobs
-                    while let j = rest.first, taken.isEmpty || count + j.images.count <= maxBatch {
-                        taken.append(j)
-                        count += j.images.count
-                        rest.removeFirst()
-                    }
-                    groups[key] = rest.isEmpty ? nil : rest
-                    queuedImages -= count
-                    running += 1
-                    return (Batch(model: key.model, steps: key.steps, size: key.size, guidanceScale: key.guidanceScale, decoder: key.decoder, jobs: taken), [])
-                }
-                let earliestDeadline = groups.values.flatMap { $0 }.map(\.deadline).min() ?? due
-                _ = condition.wait(until: Date(timeIntervalSinceNow: seconds(min(due, earliestDeadline) - now) + 0.0002))
-            } else {
+            if groups.isEmpty {
                 condition.wait()
+                continue
             }
+            // Ready groups: full, or their head has waited maxDelay. Fewest running batches of the model first, then
+            // the oldest head.
+            let ready = groups.filter { _, jobs in
+                draining || now >= jobs[0].enqueuedAt + maxDelay || jobs.reduce(0) { $0 + $1.images.count } >= maxBatch
+            }
+            if let (key, jobs) = ready.min(by: { a, b in
+                let ra = runningByModel[a.key.model, default: 0], rb = runningByModel[b.key.model, default: 0]
+                return ra != rb ? ra < rb : a.value[0].enqueuedAt < b.value[0].enqueuedAt
+            }) {
+                var taken: [GenerationJob] = []
+                var count = 0
+                var rest = jobs
+                while let j = rest.first, taken.isEmpty || count + j.images.count <= maxBatch {
+                    taken.append(j)
+                    count += j.images.count
+                    rest.removeFirst()
+                }
+                groups[key] = rest.isEmpty ? nil : rest
+                queuedImages -= count
+                running += 1
+                runningByModel[key.model, default: 0] += 1
+                return (Batch(model: key.model, steps: key.steps, size: key.size, guidanceScale: key.guidanceScale, decoder: key.decoder, jobs: taken), [])
+            }
+            // Nothing ready: sleep until the first head is due or the first deadline passes (or a submit wakes us).
+            let due = groups.values.map { $0[0].enqueuedAt + maxDelay }.min()!
+            let earliestDeadline = groups.values.flatMap { $0 }.map(\.deadline).min() ?? due
+            _ = condition.wait(until: Date(timeIntervalSinceNow: seconds(min(due, earliestDeadline) - now) + 0.0002))
         }
     }
 
-    /// A worker finished a batch of `images` in `elapsed`.
-    public func finished(images: Int, elapsed: Duration) {
+    /// A worker finished a batch of `model` (`images` computed in `elapsed`).
+    public func finished(model: String, images: Int, elapsed: Duration) {
         condition.lock()
         running -= 1
+        runningByModel[model, default: 1] -= 1
+        if runningByModel[model] == 0 { runningByModel[model] = nil }
         let perImage = seconds(elapsed) / Double(max(1, images))
         secondsPerImage = 0.8 * secondsPerImage + 0.2 * perImage
         condition.broadcast()

@@ -115,7 +115,7 @@ public final class ComputeWorkers: @unchecked Sendable {
             return true
         }
         let images = live.reduce(0) { $0 + $1.images.count }
-        defer { queue.finished(images: images, elapsed: .now - start) }
+        defer { queue.finished(model: batch.model, images: images, elapsed: .now - start) }
         guard !live.isEmpty else { return }
         for job in live {
             metrics.observe("onestep_queue_wait_seconds", [], seconds(start - job.enqueuedAt))

@@ -50,7 +50,7 @@ final class TextRequestTests: XCTestCase {
                 XCTAssertEqual(j.guidanceScale.bitPattern, batch.guidanceScale.bitPattern)
                 XCTAssertEqual(j.steps, batch.steps)
             }
-            q.finished(images: batch.imageCount, elapsed: .zero)
+            q.finished(model: batch.model, images: batch.imageCount, elapsed: .zero)
         }
         let id = jobs.map { ObjectIdentifier($0) }
         XCTAssertEqual(batches.count, 5, "\(seen)")
