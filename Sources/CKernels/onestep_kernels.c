@@ -219,19 +219,55 @@ AVX512 static void pack_f32_avx512(const geo_t *g, const tap_t *taps, const floa
     }
 }
 
+/// Each 8-column group of a tap is loaded on its own: for an image narrower than the tile (16 or 8 columns wide at
+/// the training sizes) a tap's offsets are not one run across the tile, but each 8-column group within one image row
+/// is, so a masked load replaces the gather (vgatherdps was about 10 cycles a group on Zen 3: the 16x16 layers ran
+/// at 60% of the 8x8 ones' rate). The group's mode is found once per tile, not once per channel.
 AVX2 static void pack_f32_avx2(const geo_t *g, const tap_t *taps, const float *x, float *bt) {
+    enum { ZERO, FULL, MASKED, GATHER };
+    const int groups = g->taps * (NR / 8);
+    uint8_t mode[groups];
+    int64_t base[groups];
+    __m256i mask[groups];
+    for (int t = 0; t < g->taps; t++) {
+        const tap_t *tp = &taps[t];
+        for (int v = 0; v < NR / 8; v++) {
+            const int q = t * (NR / 8) + v;
+            const uint32_t bits = (tp->valid >> (8 * v)) & 0xff;
+            mask[q] = mask8_avx2(bits);
+            base[q] = 0;
+            if (!bits) { mode[q] = ZERO; continue; }
+            int run = 1;
+            int64_t b = tp->base + 8 * v;
+            if (!tp->contiguous) {   // one run within the group: valid lanes i read b + i
+                const int first = __builtin_ctz(bits);
+                b = (int64_t)tp->off[8 * v + first] - first;
+                for (int i = first + 1; i < 8 && run; i++)
+                    if ((bits >> i & 1) && tp->off[8 * v + i] != b + i) run = 0;
+            }
+            base[q] = b;
+            mode[q] = !run ? GATHER : bits == 0xff ? FULL : MASKED;
+        }
+    }
     for (int c = 0; c < g->c; c++) {
         const float *p = x + (int64_t)c * g->plane;
         for (int t = 0; t < g->taps; t++) {
-            const tap_t *tp = &taps[t];
             float *d = bt + ((size_t)c * g->taps + t) * NR;
             for (int v = 0; v < NR / 8; v++) {
-                __m256i m = mask8_avx2(tp->valid >> (8 * v));
+                const int q = t * (NR / 8) + v;
                 __m256 val;
-                if (tp->contiguous) val = _mm256_maskload_ps(p + tp->base + 8 * v, m);
-                else val = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p,
-                                                    _mm256_loadu_si256((const __m256i *)(tp->off + 8 * v)),
-                                                    _mm256_castsi256_ps(m), 4);
+                switch (mode[q]) {
+                case ZERO: val = _mm256_setzero_ps(); break;
+                case FULL:
+                    _mm_prefetch((const char *)(p + base[q] + 2 * NR), _MM_HINT_T0);
+                    val = _mm256_loadu_ps(p + base[q]);
+                    break;
+                case MASKED: val = _mm256_maskload_ps(p + base[q], mask[q]); break;
+                default:
+                    val = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p,
+                                                   _mm256_loadu_si256((const __m256i *)(taps[t].off + 8 * v)),
+                                                   _mm256_castsi256_ps(mask[q]), 4);
+                }
                 _mm256_store_ps(d + 8 * v, val);
             }
         }
@@ -295,31 +331,73 @@ AVX512 static void kernel_f32_direct4_avx512(int c, int taps, const float *a, co
 #undef STOREC
 }
 
-/// 4 rows (stride MR in a) x 16 columns (stride NR in bt).
-AVX2 static void kernel_f32_avx2_4x16(int k, const float *a, const float *bt, float *const crow[4], __m256i m0, __m256i m1) {
-#define LOADC(r) __m256 c##r##0 = _mm256_maskload_ps(crow[r], m0), c##r##1 = _mm256_maskload_ps(crow[r] + 8, m1);
-    LOADC(0) LOADC(1) LOADC(2) LOADC(3)
-    for (int kk = 0; kk < k; kk++) {
+// The AVX2 tile: R rows x 16 columns with R = 6 (12 ymm accumulators, 2 for the columns, 1 broadcast: 15 of the
+// 16 registers; the Haswell/Zen shape) or 4 (8 accumulators) for the rest. 8 accumulators were too few to keep
+// both FMA pipes busy through the 4-cycle FMA latency. A row is any row of the packed weights (ar[r] = its panel
+// plus its lane, MR floats a step), so a group may span two panels. Per k: 2 column loads, R broadcasts.
+#define F32_AVX2_LOADC(r) __m256 c##r##0 = _mm256_maskload_ps(crow[r], m0), c##r##1 = _mm256_maskload_ps(crow[r] + 8, m1);
+#define F32_AVX2_STEP(r) { __m256 av = _mm256_broadcast_ss(a##r + o); c##r##0 = _mm256_fmadd_ps(av, b0, c##r##0); c##r##1 = _mm256_fmadd_ps(av, b1, c##r##1); }
+#define F32_AVX2_STOREC(r) _mm256_maskstore_ps(crow[r], m0, c##r##0); _mm256_maskstore_ps(crow[r] + 8, m1, c##r##1);
+
+AVX2 static void kernel_f32_avx2_6x16(int k, const float *const ar[6], const float *bt, float *const crow[6], __m256i m0,
+                                      __m256i m1) {
+    const float *a0 = ar[0], *a1 = ar[1], *a2 = ar[2], *a3 = ar[3], *a4 = ar[4], *a5 = ar[5];
+    F32_AVX2_LOADC(0) F32_AVX2_LOADC(1) F32_AVX2_LOADC(2) F32_AVX2_LOADC(3) F32_AVX2_LOADC(4) F32_AVX2_LOADC(5)
+#pragma clang loop unroll_count(2)
+    for (size_t o = 0; o < (size_t)k * MR; o += MR, bt += NR) {
         __m256 b0 = _mm256_load_ps(bt), b1 = _mm256_load_ps(bt + 8);
-#define STEP(r) { __m256 av = _mm256_broadcast_ss(a + r); c##r##0 = _mm256_fmadd_ps(av, b0, c##r##0); c##r##1 = _mm256_fmadd_ps(av, b1, c##r##1); }
-        STEP(0) STEP(1) STEP(2) STEP(3)
-        a += MR; bt += NR;
+        F32_AVX2_STEP(0) F32_AVX2_STEP(1) F32_AVX2_STEP(2) F32_AVX2_STEP(3) F32_AVX2_STEP(4) F32_AVX2_STEP(5)
     }
-#define STOREC(r) _mm256_maskstore_ps(crow[r], m0, c##r##0); _mm256_maskstore_ps(crow[r] + 8, m1, c##r##1);
-    STOREC(0) STOREC(1) STOREC(2) STOREC(3)
-#undef LOADC
-#undef STEP
-#undef STOREC
+    F32_AVX2_STOREC(0) F32_AVX2_STOREC(1) F32_AVX2_STOREC(2) F32_AVX2_STOREC(3) F32_AVX2_STOREC(4) F32_AVX2_STOREC(5)
 }
 
-AVX2 static void kernel_f32_avx2(int k, const float *a, const float *bt, float *const crow[MR], int mr, int nc) {
-    uint32_t cols = nc >= 32 ? 0xffffffffu : (1u << nc) - 1;
-    for (int h = 0; h < 2 && 16 * h < nc; h++) {
-        __m256i m0 = mask8_avx2(cols >> (16 * h)), m1 = mask8_avx2(cols >> (16 * h + 8));
-        for (int rg = 0; rg < 2 && 4 * rg < mr; rg++) {
-            float *rows[4];
-            for (int r = 0; r < 4; r++) rows[r] = crow[4 * rg + r] + 16 * h;
-            kernel_f32_avx2_4x16(k, a + 4 * rg, bt + 16 * h, rows, m0, m1);
+AVX2 static void kernel_f32_avx2_4x16(int k, const float *const ar[4], const float *bt, float *const crow[4], __m256i m0,
+                                      __m256i m1) {
+    const float *a0 = ar[0], *a1 = ar[1], *a2 = ar[2], *a3 = ar[3];
+    F32_AVX2_LOADC(0) F32_AVX2_LOADC(1) F32_AVX2_LOADC(2) F32_AVX2_LOADC(3)
+#pragma clang loop unroll_count(2)
+    for (size_t o = 0; o < (size_t)k * MR; o += MR, bt += NR) {
+        __m256 b0 = _mm256_load_ps(bt), b1 = _mm256_load_ps(bt + 8);
+        F32_AVX2_STEP(0) F32_AVX2_STEP(1) F32_AVX2_STEP(2) F32_AVX2_STEP(3)
+    }
+    F32_AVX2_STOREC(0) F32_AVX2_STOREC(1) F32_AVX2_STOREC(2) F32_AVX2_STOREC(3)
+}
+#undef F32_AVX2_LOADC
+#undef F32_AVX2_STEP
+#undef F32_AVX2_STOREC
+
+/// Rows covered by the AVX2 row groups of an M-row layer: M rounded up to even, as 6s and at most two 4s (M = 32:
+/// 6 x 4 + 4 + 4). Never past the packed rows (M rounded up to MR), whose extra rows have weights 0.
+static int f32_avx2_group_rows(int m, int r0) {
+    const int rows = m < 4 ? 4 : (m + 1) & ~1, left = rows - r0;
+    return left % 6 == 0 || left > 8 ? 6 : 4;
+}
+
+/// Every row of an M-row layer over one packed tile bt (K, NR): y[r][j0 ..< j0+nc] continues its fma chain over k
+/// ascending. K is split into chunks whose 16-column half of bt (KC x 64 bytes) stays in L1 across the row groups;
+/// between chunks the accumulators go through y (stored and reloaded exactly), so the chain and its bits are those
+/// of one pass.
+#define F32_AVX2_KC 192
+AVX2 static void tile_f32_avx2(int k, const float *packed, int m, const float *bt, float *y, int64_t ldc, int64_t j0,
+                               int nc) {
+    const uint32_t cols = nc >= 32 ? 0xffffffffu : (1u << nc) - 1;
+    const int rows = m < 4 ? 4 : (m + 1) & ~1;
+    for (int k0 = 0; k0 < k; k0 += F32_AVX2_KC) {
+        const int kc = k - k0 < F32_AVX2_KC ? k - k0 : F32_AVX2_KC;
+        for (int h = 0; h < 2 && 16 * h < nc; h++) {
+            const __m256i m0 = mask8_avx2(cols >> (16 * h)), m1 = mask8_avx2(cols >> (16 * h + 8));
+            for (int r0 = 0, gr; r0 < rows; r0 += gr) {
+                gr = f32_avx2_group_rows(m, r0);
+                const float *ar[6];
+                float *crow[6];
+                for (int r = 0; r < gr; r++) {
+                    const int row = r0 + r;
+                    ar[r] = packed + ((size_t)(row / MR) * k + k0) * MR + row % MR;
+                    crow[r] = row < m ? y + (int64_t)row * ldc + j0 + 16 * h : osk_dummy_rows[row % MR] + 16 * h;
+                }
+                if (gr == 6) kernel_f32_avx2_6x16(kc, ar, bt + (size_t)k0 * NR + 16 * h, crow, m0, m1);
+                else kernel_f32_avx2_4x16(kc, ar, bt + (size_t)k0 * NR + 16 * h, crow, m0, m1);
+            }
         }
     }
 }
@@ -381,6 +459,9 @@ static void run_f32(int level, const geo_t *g, const float *packed, int32_t m, c
         else
 #endif
             pack_f32_scalar(g, taps, x, bt);
+#if OSK_X86
+        if (level == OSK_AVX2) { tile_f32_avx2(k, packed, m, bt, y, ldc, j0, nc); continue; }
+#endif
         for (int p = 0; p < panels; p++) {
             int mr = m - p * MR < MR ? m - p * MR : MR;
             float *crow[MR];
@@ -388,7 +469,6 @@ static void run_f32(int level, const geo_t *g, const float *packed, int32_t m, c
             const float *a = packed + (size_t)p * k * MR;
 #if OSK_X86
             if (level == OSK_AVX512) kernel_f32_avx512(k, a, bt, crow, mr, nc);
-            else if (level == OSK_AVX2) kernel_f32_avx2(k, a, bt, crow, mr, nc);
             else
 #endif
                 kernel_f32_scalar(k, a, bt, crow, mr, nc);
