@@ -335,12 +335,18 @@ AVX512 static void kernel_f32_direct4_avx512(int c, int taps, const float *a, co
 // 16 registers; the Haswell/Zen shape) or 4 (8 accumulators) for the rest. 8 accumulators were too few to keep
 // both FMA pipes busy through the 4-cycle FMA latency. A row is any row of the packed weights (ar[r] = its panel
 // plus its lane, MR floats a step), so a group may span two panels. Per k: 2 column loads, R broadcasts.
-#define F32_AVX2_LOADC(r) __m256 c##r##0 = _mm256_maskload_ps(crow[r], m0), c##r##1 = _mm256_maskload_ps(crow[r] + 8, m1);
+// C goes through plain loads and stores when the tile's 16 columns are all in range: Zen 3's masked store is
+// microcoded (a quarter of this driver's samples sat on the masked loads and stores around the k loop).
+#define F32_AVX2_LOADC(r)                                                                                   \
+    __m256 c##r##0 = full ? _mm256_loadu_ps(crow[r]) : _mm256_maskload_ps(crow[r], m0),                     \
+           c##r##1 = full ? _mm256_loadu_ps(crow[r] + 8) : _mm256_maskload_ps(crow[r] + 8, m1);
 #define F32_AVX2_STEP(r) { __m256 av = _mm256_broadcast_ss(a##r + o); c##r##0 = _mm256_fmadd_ps(av, b0, c##r##0); c##r##1 = _mm256_fmadd_ps(av, b1, c##r##1); }
-#define F32_AVX2_STOREC(r) _mm256_maskstore_ps(crow[r], m0, c##r##0); _mm256_maskstore_ps(crow[r] + 8, m1, c##r##1);
+#define F32_AVX2_STOREC(r)                                                                                  \
+    if (full) { _mm256_storeu_ps(crow[r], c##r##0); _mm256_storeu_ps(crow[r] + 8, c##r##1); }                \
+    else { _mm256_maskstore_ps(crow[r], m0, c##r##0); _mm256_maskstore_ps(crow[r] + 8, m1, c##r##1); }
 
-AVX2 static void kernel_f32_avx2_6x16(int k, const float *const ar[6], const float *bt, float *const crow[6], __m256i m0,
-                                      __m256i m1) {
+AVX2 static void kernel_f32_avx2_6x16(int k, const float *const ar[6], const float *bt, float *const crow[6], int full,
+                                      __m256i m0, __m256i m1) {
     const float *a0 = ar[0], *a1 = ar[1], *a2 = ar[2], *a3 = ar[3], *a4 = ar[4], *a5 = ar[5];
     F32_AVX2_LOADC(0) F32_AVX2_LOADC(1) F32_AVX2_LOADC(2) F32_AVX2_LOADC(3) F32_AVX2_LOADC(4) F32_AVX2_LOADC(5)
 #pragma clang loop unroll_count(2)
@@ -351,8 +357,8 @@ AVX2 static void kernel_f32_avx2_6x16(int k, const float *const ar[6], const flo
     F32_AVX2_STOREC(0) F32_AVX2_STOREC(1) F32_AVX2_STOREC(2) F32_AVX2_STOREC(3) F32_AVX2_STOREC(4) F32_AVX2_STOREC(5)
 }
 
-AVX2 static void kernel_f32_avx2_4x16(int k, const float *const ar[4], const float *bt, float *const crow[4], __m256i m0,
-                                      __m256i m1) {
+AVX2 static void kernel_f32_avx2_4x16(int k, const float *const ar[4], const float *bt, float *const crow[4], int full,
+                                      __m256i m0, __m256i m1) {
     const float *a0 = ar[0], *a1 = ar[1], *a2 = ar[2], *a3 = ar[3];
     F32_AVX2_LOADC(0) F32_AVX2_LOADC(1) F32_AVX2_LOADC(2) F32_AVX2_LOADC(3)
 #pragma clang loop unroll_count(2)
@@ -386,17 +392,21 @@ AVX2 static void tile_f32_avx2(int k, const float *packed, int m, const float *b
         const int kc = k - k0 < F32_AVX2_KC ? k - k0 : F32_AVX2_KC;
         for (int h = 0; h < 2 && 16 * h < nc; h++) {
             const __m256i m0 = mask8_avx2(cols >> (16 * h)), m1 = mask8_avx2(cols >> (16 * h + 8));
+            const int full = nc >= 16 * (h + 1);
             for (int r0 = 0, gr; r0 < rows; r0 += gr) {
                 gr = f32_avx2_group_rows(m, r0);
                 const float *ar[6];
                 float *crow[6];
+                // Not vectorized: clang wrote these with a masked vector store (microcoded on Zen 3) that the kernel's
+                // loads of ar[] and crow[] then waited for (5% of this driver's samples).
+#pragma clang loop vectorize(disable)
                 for (int r = 0; r < gr; r++) {
                     const int row = r0 + r;
                     ar[r] = packed + ((size_t)(row / MR) * k + k0) * MR + row % MR;
                     crow[r] = row < m ? y + (int64_t)row * ldc + j0 + 16 * h : osk_dummy_rows[row % MR] + 16 * h;
                 }
-                if (gr == 6) kernel_f32_avx2_6x16(kc, ar, bt + (size_t)k0 * NR + 16 * h, crow, m0, m1);
-                else kernel_f32_avx2_4x16(kc, ar, bt + (size_t)k0 * NR + 16 * h, crow, m0, m1);
+                if (gr == 6) kernel_f32_avx2_6x16(kc, ar, bt + (size_t)k0 * NR + 16 * h, crow, full, m0, m1);
+                else kernel_f32_avx2_4x16(kc, ar, bt + (size_t)k0 * NR + 16 * h, crow, full, m0, m1);
             }
         }
     }
@@ -405,10 +415,21 @@ AVX2 static void tile_f32_avx2(int k, const float *packed, int m, const float *b
 
 // MARK: - fp32 drivers
 
+/// y[r][j0 ..< j0+nc] = bias[r] (0 without bias) for the rows r < m: osk_conv_f32_init's start values.
+static void fill_f32_columns(float *y, int64_t ldc, int m, const float *bias, int64_t j0, int64_t nc) {
+    for (int r = 0; r < m; r++) {
+        const float v = bias ? bias[r] : 0.0f;
+        float *row = y + (int64_t)r * ldc + j0;
+        for (int64_t jj = 0; jj < nc; jj++) row[jj] = v;
+    }
+}
+
+/// fill: set each tile's columns of y to bias (or 0) before its FMAs (osk_conv_f32_init); else accumulate onto y.
 static void run_f32(int level, const geo_t *g, const float *packed, int32_t m, const float *x0,
-                    float *y, int64_t ldc, int64_t n0, int64_t n1) {
+                    float *y, int64_t ldc, int64_t n0, int64_t n1, int fill, const float *bias) {
 #if OSK_X86
     if (osk_conv_f32_few_applies(level, g, m)) {   // conv_out of the decoders: onestep_conv_few.c
+        if (fill) fill_f32_columns(y, ldc, m, bias, n0, n1 - n0);
         osk_conv_f32_few_avx512(g, packed, m, x0, y, ldc, n0, n1);
         return;
     }
@@ -430,6 +451,7 @@ static void run_f32(int level, const geo_t *g, const float *packed, int32_t m, c
     const int panels = (m + MR - 1) / MR;
     for (int64_t j0 = n0; j0 < n1; j0 += NR) {
         int nc = (int)(n1 - j0 < NR ? n1 - j0 : NR);
+        if (fill) fill_f32_columns(y, ldc, m, bias, j0, nc);
         const float *x = x0;
         tap_t *taps = table + positions * g->taps;
         if (positions && nc == NR) {
@@ -479,7 +501,13 @@ static void run_f32(int level, const geo_t *g, const float *packed, int32_t m, c
 void osk_conv_f32(int level, const osk_conv *conv, const float *packed, const float *x,
                   int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1) {
     geo_t g = osk_make_geo(conv, n, h, w);
-    run_f32(level, &g, packed, conv->out_channels, x, y, (int64_t)n * g.howo, n0, n1);
+    run_f32(level, &g, packed, conv->out_channels, x, y, (int64_t)n * g.howo, n0, n1, 0, NULL);
+}
+
+void osk_conv_f32_init(int level, const osk_conv *conv, const float *packed, const float *bias, const float *x,
+                       int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1) {
+    geo_t g = osk_make_geo(conv, n, h, w);
+    run_f32(level, &g, packed, conv->out_channels, x, y, (int64_t)n * g.howo, n0, n1, 1, bias);
 }
 
 // MARK: - narrow GEMMs (a few columns: time embeddings, batch-1 linear layers)
@@ -559,5 +587,5 @@ void osk_gemm_f32(int level, const float *packed, int32_t m, int32_t k, const fl
     osk_conv conv = {k, m, 1, 1, 1, 0, 0, 0, 0, 0};
     geo_t g = osk_make_geo(&conv, 1, 1, (int32_t)n1);
     g.plane = ldb;
-    run_f32(level, &g, packed, m, b, c, ldc, n0, n1);
+    run_f32(level, &g, packed, m, b, c, ldc, n0, n1, 0, NULL);
 }

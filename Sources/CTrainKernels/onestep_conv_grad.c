@@ -333,9 +333,10 @@ AVX512 static void wg_kernel_avx512(const wg_t *g, const float *const xr[WR], co
 #define WG_AVX2_LOADC(r) __m256 c##r##0 = _mm256_loadu_ps(acc + r * ldt), c##r##1 = _mm256_loadu_ps(acc + r * ldt + 8);
 #define WG_AVX2_STEP(r) { __m256 a = _mm256_broadcast_ss(x##r + off); c##r##0 = _mm256_fmadd_ps(a, b0, c##r##0); c##r##1 = _mm256_fmadd_ps(a, b1, c##r##1); }
 #define WG_AVX2_STOREC(r) _mm256_storeu_ps(acc + r * ldt, c##r##0); _mm256_storeu_ps(acc + r * ldt + 8, c##r##1);
+// (image, oy) of each output row stepped, not divided: one division per chunk instead of one per row.
 #define WG_AVX2_ROWS(...)                                                              \
-    for (int64_t row = r0; row < r1; row++) {                                         \
-        int64_t img = row / g->ho, oy = row - img * g->ho;                            \
+    int64_t img = r0 / g->ho, oy = r0 - img * g->ho;                                  \
+    for (int64_t row = r0; row < r1; row++, oy = oy + 1 == g->ho ? (img++, 0) : oy + 1) { \
         int64_t off = img * g->hpwp + oy * s * g->wp;                                 \
         const float *b = dyt + row * wo * WC;                                         \
         for (int ox = 0; ox < wo; ox++, off += s, b += WC) {                          \
@@ -380,6 +381,7 @@ AVX2 static void wg_chunk_avx2(const wg_t *g, const float *xpad, const float *dy
                 const int64_t left = rows - k0;
                 gr = left % 6 == 0 || left > 8 ? 6 : 4;
                 const float *xr[6];
+#pragma clang loop vectorize(disable)   // see tile_f32_avx2 (onestep_kernels.c): no masked vector store
                 for (int r = 0; r < gr; r++) {
                     int64_t k = k0 + r < g->k ? k0 + r : 0;
                     int64_t c = k / g->taps, tap = k % g->taps;

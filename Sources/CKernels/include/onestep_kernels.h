@@ -55,6 +55,12 @@ void osk_f32_pack(const float *w, int32_t m, int32_t k, float *packed);
 void osk_conv_f32(int level, const osk_conv *g, const float *packed, const float *x,
                   int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1);
 
+/// osk_conv_f32 writing y[:, n0..<n1] = bias (per output channel; NULL: 0) + conv(x) instead of adding to y: each
+/// tile's columns are set just before its FMAs run (in cache), where a caller's fill of the whole of y beforehand
+/// was a separate pass over memory. The same bits as filling y then calling osk_conv_f32.
+void osk_conv_f32_init(int level, const osk_conv *g, const float *packed, const float *bias, const float *x,
+                       int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1);
+
 /// C (M, cols) += A (M, K) * B (K, cols) for the columns n0..<n1; B and C are row-major with row strides
 /// ldb and ldc; A is packed by osk_f32_pack.
 void osk_gemm_f32(int level, const float *packed, int32_t m, int32_t k, const float *b, int64_t ldb,
