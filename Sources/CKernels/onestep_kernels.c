@@ -337,16 +337,17 @@ AVX512 static void kernel_f32_direct4_avx512(int c, int taps, const float *a, co
 // plus its lane, MR floats a step), so a group may span two panels. Per k: 2 column loads, R broadcasts.
 // C goes through plain loads and stores when the tile's 16 columns are all in range: Zen 3's masked store is
 // microcoded (a quarter of this driver's samples sat on the masked loads and stores around the k loop).
+// With start (osk_conv_f32_init's first K chunk) the chains begin at start[r] instead of at C's value.
 #define F32_AVX2_LOADC(r)                                                                                   \
-    __m256 c##r##0 = full ? _mm256_loadu_ps(crow[r]) : _mm256_maskload_ps(crow[r], m0),                     \
-           c##r##1 = full ? _mm256_loadu_ps(crow[r] + 8) : _mm256_maskload_ps(crow[r] + 8, m1);
+    __m256 c##r##0 = start ? _mm256_set1_ps(start[r]) : full ? _mm256_loadu_ps(crow[r]) : _mm256_maskload_ps(crow[r], m0), \
+           c##r##1 = start ? c##r##0 : full ? _mm256_loadu_ps(crow[r] + 8) : _mm256_maskload_ps(crow[r] + 8, m1);
 #define F32_AVX2_STEP(r) { __m256 av = _mm256_broadcast_ss(a##r + o); c##r##0 = _mm256_fmadd_ps(av, b0, c##r##0); c##r##1 = _mm256_fmadd_ps(av, b1, c##r##1); }
 #define F32_AVX2_STOREC(r)                                                                                  \
     if (full) { _mm256_storeu_ps(crow[r], c##r##0); _mm256_storeu_ps(crow[r] + 8, c##r##1); }                \
     else { _mm256_maskstore_ps(crow[r], m0, c##r##0); _mm256_maskstore_ps(crow[r] + 8, m1, c##r##1); }
 
-AVX2 static void kernel_f32_avx2_6x16(int k, const float *const ar[6], const float *bt, float *const crow[6], int full,
-                                      __m256i m0, __m256i m1) {
+AVX2 static void kernel_f32_avx2_6x16(int k, const float *const ar[6], const float *bt, float *const crow[6],
+                                      const float *start, int full, __m256i m0, __m256i m1) {
     const float *a0 = ar[0], *a1 = ar[1], *a2 = ar[2], *a3 = ar[3], *a4 = ar[4], *a5 = ar[5];
     F32_AVX2_LOADC(0) F32_AVX2_LOADC(1) F32_AVX2_LOADC(2) F32_AVX2_LOADC(3) F32_AVX2_LOADC(4) F32_AVX2_LOADC(5)
 #pragma clang loop unroll_count(2)
@@ -357,8 +358,8 @@ AVX2 static void kernel_f32_avx2_6x16(int k, const float *const ar[6], const flo
     F32_AVX2_STOREC(0) F32_AVX2_STOREC(1) F32_AVX2_STOREC(2) F32_AVX2_STOREC(3) F32_AVX2_STOREC(4) F32_AVX2_STOREC(5)
 }
 
-AVX2 static void kernel_f32_avx2_4x16(int k, const float *const ar[4], const float *bt, float *const crow[4], int full,
-                                      __m256i m0, __m256i m1) {
+AVX2 static void kernel_f32_avx2_4x16(int k, const float *const ar[4], const float *bt, float *const crow[4],
+                                      const float *start, int full, __m256i m0, __m256i m1) {
     const float *a0 = ar[0], *a1 = ar[1], *a2 = ar[2], *a3 = ar[3];
     F32_AVX2_LOADC(0) F32_AVX2_LOADC(1) F32_AVX2_LOADC(2) F32_AVX2_LOADC(3)
 #pragma clang loop unroll_count(2)
@@ -385,7 +386,7 @@ static int f32_avx2_group_rows(int m, int r0) {
 /// of one pass.
 #define F32_AVX2_KC 192
 AVX2 static void tile_f32_avx2(int k, const float *packed, int m, const float *bt, float *y, int64_t ldc, int64_t j0,
-                               int nc) {
+                               int nc, int fill, const float *bias) {
     const uint32_t cols = nc >= 32 ? 0xffffffffu : (1u << nc) - 1;
     const int rows = m < 4 ? 4 : (m + 1) & ~1;
     for (int k0 = 0; k0 < k; k0 += F32_AVX2_KC) {
@@ -405,8 +406,11 @@ AVX2 static void tile_f32_avx2(int k, const float *packed, int m, const float *b
                     ar[r] = packed + ((size_t)(row / MR) * k + k0) * MR + row % MR;
                     crow[r] = row < m ? y + (int64_t)row * ldc + j0 + 16 * h : osk_dummy_rows[row % MR] + 16 * h;
                 }
-                if (gr == 6) kernel_f32_avx2_6x16(kc, ar, bt + (size_t)k0 * NR + 16 * h, crow, full, m0, m1);
-                else kernel_f32_avx2_4x16(kc, ar, bt + (size_t)k0 * NR + 16 * h, crow, full, m0, m1);
+                float sv[6];   // fill: the chains start at the bias (0 without), as if y had been set to it
+                for (int r = 0; r < gr; r++) sv[r] = bias && r0 + r < m ? bias[r0 + r] : 0.0f;
+                const float *start = fill && k0 == 0 ? sv : NULL;
+                if (gr == 6) kernel_f32_avx2_6x16(kc, ar, bt + (size_t)k0 * NR + 16 * h, crow, start, full, m0, m1);
+                else kernel_f32_avx2_4x16(kc, ar, bt + (size_t)k0 * NR + 16 * h, crow, start, full, m0, m1);
             }
         }
     }
@@ -451,7 +455,7 @@ static void run_f32(int level, const geo_t *g, const float *packed, int32_t m, c
     const int panels = (m + MR - 1) / MR;
     for (int64_t j0 = n0; j0 < n1; j0 += NR) {
         int nc = (int)(n1 - j0 < NR ? n1 - j0 : NR);
-        if (fill) fill_f32_columns(y, ldc, m, bias, j0, nc);
+        if (fill && level != OSK_AVX2) fill_f32_columns(y, ldc, m, bias, j0, nc);   // AVX2: tile_f32_avx2 starts there
         const float *x = x0;
         tap_t *taps = table + positions * g->taps;
         if (positions && nc == NR) {
@@ -482,7 +486,7 @@ static void run_f32(int level, const geo_t *g, const float *packed, int32_t m, c
 #endif
             pack_f32_scalar(g, taps, x, bt);
 #if OSK_X86
-        if (level == OSK_AVX2) { tile_f32_avx2(k, packed, m, bt, y, ldc, j0, nc); continue; }
+        if (level == OSK_AVX2) { tile_f32_avx2(k, packed, m, bt, y, ldc, j0, nc, fill, bias); continue; }
 #endif
         for (int p = 0; p < panels; p++) {
             int mr = m - p * MR < MR ? m - p * MR : MR;
