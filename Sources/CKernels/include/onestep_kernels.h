@@ -181,7 +181,8 @@ int64_t osk_vnni_peak_ops(int64_t iterations, int64_t *checksum);
 /// Peaks (onestep_peak.c). Runs 8 * `iterations` dependent integer adds (one cycle each) and returns that cycle
 /// count: the caller times it for the core's clock frequency.
 int64_t osk_add_chain_cycles(int64_t iterations);
-/// Runs `iterations` of 16 independent chains of 512-bit vfmadd231ps; returns the flops done (0 without AVX-512).
+/// Runs `iterations` of 16 independent chains of 512-bit vfmadd231ps (12 of 256-bit ones on AVX2-only CPUs);
+/// returns the flops done (0 without AVX2).
 int64_t osk_fma_peak_ops(int64_t iterations, double *checksum);
 /// 1 when this CPU has AVX-512 BF16 (vdpbf16ps) besides the avx512 level.
 int osk_bf16_supported(void);
