@@ -2,7 +2,8 @@
 //
 // Design: implicit-GEMM convolution. For each tile of OSK_NR output columns the kernel builds the tile's
 // slice of the im2col matrix, (K, NR), straight from the channel-major activation into a thread-local buffer
-// that stays in L2, then runs every 8-row weight panel over it with an 8 x 32 register-blocked microkernel.
+// that stays in L2, then runs every 8-row weight panel over it with an 8 x 32 register-blocked microkernel
+// (AVX-512; AVX2 runs 6-row x 16-column register tiles over rows that may span two panels, tile_f32_avx2).
 // No full im2col matrix is written and BLAS's separate packing pass of B disappears.
 //
 // Building a tile: for each tap (ky, kx) a table gives, per tile column, the offset of its source pixel

@@ -7,7 +7,8 @@
 //   - dY is transposed once per call into 32-channel tiles dyt[tile][j][32] (16x16 register transposes on
 //     AVX-512), two aligned vector loads per column.
 // The microkernel keeps an 8 x 32 block of dW^T in 16 zmm registers and runs over a chunk of ~256 columns (the
-// chunk's dY tile, 32 KiB, stays in L1 across panels). The chain of each entry continues from chunk to chunk in
+// chunk's dY tile, 32 KiB, stays in L1 across panels). AVX2 runs 6 K-rows x 16 channels (12 ymm accumulators) per
+// 16-channel half of each tile, K in groups of 6 (wg_chunk_avx2). The chain of each entry continues from chunk to chunk in
 // column order, so chunking changes nothing: dW[m][k] is fmaf(x, dy, acc) over j = 0..cols-1 from dW's value.
 // That is the order of the previous path (a stride-1 osk_conv_f32 with dY as the kernel), so stride-1 layers
 // give the same bits as before.
