@@ -10,10 +10,13 @@
 
 #if OSK_X86
 #define AVX512 OSK_AVX512_TARGET
+#define AVX2 OSK_AVX2_TARGET
 #endif
 
 
-static void silu_scalar(const float *x, float *y, int64_t n, float a, float b) {
+// Not inlined: silu_avx2 runs its tail here, and inlined into that FMA-target function x * a + b would be contracted
+// into an FMA (other bits than this scalar build's).
+__attribute__((noinline)) static void silu_scalar(const float *x, float *y, int64_t n, float a, float b) {
     for (int64_t i = 0; i < n; i++) {
         float v = x[i] * a + b;
         y[i] = v / (1.0f + osk_exp_poly(-v));
@@ -30,6 +33,18 @@ AVX512 static void silu_avx512(const float *x, float *y, int64_t n, float a, flo
         __m512 d = _mm512_add_ps(one, osk_exp512(_mm512_sub_ps(_mm512_setzero_ps(), v)));
         _mm512_mask_storeu_ps(y + i, m, _mm512_div_ps(v, d));
     }
+}
+
+/// silu_scalar's arithmetic on 8 lanes (no FMA, the scalar e^x's bits): the same bits as the scalar level, so the AVX2
+/// level's results do not change; the tail runs the scalar loop.
+AVX2 static void silu_avx2(const float *x, float *y, int64_t n, float a, float b) {
+    const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), one = _mm256_set1_ps(1.0f);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), va), vb);
+        _mm256_storeu_ps(y + i, _mm256_div_ps(v, _mm256_add_ps(one, osk_exp256_poly(osk_neg256(v)))));
+    }
+    silu_scalar(x + i, y + i, n - i, a, b);
 }
 
 #endif
@@ -69,6 +84,7 @@ void osk_relu(int level, float *x, int64_t n) {
 void osk_affine_silu(int level, const float *x, float *y, int64_t n, float a, float b) {
 #if OSK_X86
     if (level >= OSK_AVX512) { silu_avx512(x, y, n, a, b); return; }
+    if (level == OSK_AVX2) { silu_avx2(x, y, n, a, b); return; }
 #endif
     silu_scalar(x, y, n, a, b);
 }

@@ -2,7 +2,8 @@
 //
 // Design: implicit-GEMM convolution. For each tile of OSK_NR output columns the kernel builds the tile's
 // slice of the im2col matrix, (K, NR), straight from the channel-major activation into a thread-local buffer
-// that stays in L2, then runs every 8-row weight panel over it with an 8 x 32 register-blocked microkernel.
+// that stays in L2, then runs every 8-row weight panel over it with an 8 x 32 register-blocked microkernel
+// (AVX-512; AVX2 runs 6-row x 16-column register tiles over rows that may span two panels, tile_f32_avx2).
 // No full im2col matrix is written and BLAS's separate packing pass of B disappears.
 //
 // Building a tile: for each tap (ky, kx) a table gives, per tile column, the offset of its source pixel
@@ -219,19 +220,55 @@ AVX512 static void pack_f32_avx512(const geo_t *g, const tap_t *taps, const floa
     }
 }
 
+/// Each 8-column group of a tap is loaded on its own: for an image narrower than the tile (16 or 8 columns wide at
+/// the training sizes) a tap's offsets are not one run across the tile, but each 8-column group within one image row
+/// is, so a masked load replaces the gather (vgatherdps was about 10 cycles a group on Zen 3: the 16x16 layers ran
+/// at 60% of the 8x8 ones' rate). The group's mode is found once per tile, not once per channel.
 AVX2 static void pack_f32_avx2(const geo_t *g, const tap_t *taps, const float *x, float *bt) {
+    enum { ZERO, FULL, MASKED, GATHER };
+    const int groups = g->taps * (NR / 8);
+    uint8_t mode[groups];
+    int64_t base[groups];
+    __m256i mask[groups];
+    for (int t = 0; t < g->taps; t++) {
+        const tap_t *tp = &taps[t];
+        for (int v = 0; v < NR / 8; v++) {
+            const int q = t * (NR / 8) + v;
+            const uint32_t bits = (tp->valid >> (8 * v)) & 0xff;
+            mask[q] = mask8_avx2(bits);
+            base[q] = 0;
+            if (!bits) { mode[q] = ZERO; continue; }
+            int run = 1;
+            int64_t b = tp->base + 8 * v;
+            if (!tp->contiguous) {   // one run within the group: valid lanes i read b + i
+                const int first = __builtin_ctz(bits);
+                b = (int64_t)tp->off[8 * v + first] - first;
+                for (int i = first + 1; i < 8 && run; i++)
+                    if ((bits >> i & 1) && tp->off[8 * v + i] != b + i) run = 0;
+            }
+            base[q] = b;
+            mode[q] = !run ? GATHER : bits == 0xff ? FULL : MASKED;
+        }
+    }
     for (int c = 0; c < g->c; c++) {
         const float *p = x + (int64_t)c * g->plane;
         for (int t = 0; t < g->taps; t++) {
-            const tap_t *tp = &taps[t];
             float *d = bt + ((size_t)c * g->taps + t) * NR;
             for (int v = 0; v < NR / 8; v++) {
-                __m256i m = mask8_avx2(tp->valid >> (8 * v));
+                const int q = t * (NR / 8) + v;
                 __m256 val;
-                if (tp->contiguous) val = _mm256_maskload_ps(p + tp->base + 8 * v, m);
-                else val = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p,
-                                                    _mm256_loadu_si256((const __m256i *)(tp->off + 8 * v)),
-                                                    _mm256_castsi256_ps(m), 4);
+                switch (mode[q]) {
+                case ZERO: val = _mm256_setzero_ps(); break;
+                case FULL:
+                    _mm_prefetch((const char *)(p + base[q] + 2 * NR), _MM_HINT_T0);
+                    val = _mm256_loadu_ps(p + base[q]);
+                    break;
+                case MASKED: val = _mm256_maskload_ps(p + base[q], mask[q]); break;
+                default:
+                    val = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), p,
+                                                   _mm256_loadu_si256((const __m256i *)(taps[t].off + 8 * v)),
+                                                   _mm256_castsi256_ps(mask[q]), 4);
+                }
                 _mm256_store_ps(d + 8 * v, val);
             }
         }
@@ -295,31 +332,92 @@ AVX512 static void kernel_f32_direct4_avx512(int c, int taps, const float *a, co
 #undef STOREC
 }
 
-/// 4 rows (stride MR in a) x 16 columns (stride NR in bt).
-AVX2 static void kernel_f32_avx2_4x16(int k, const float *a, const float *bt, float *const crow[4], __m256i m0, __m256i m1) {
-#define LOADC(r) __m256 c##r##0 = _mm256_maskload_ps(crow[r], m0), c##r##1 = _mm256_maskload_ps(crow[r] + 8, m1);
-    LOADC(0) LOADC(1) LOADC(2) LOADC(3)
-    for (int kk = 0; kk < k; kk++) {
+// The AVX2 tile: R rows x 16 columns with R = 6 (12 ymm accumulators, 2 for the columns, 1 broadcast: 15 of the
+// 16 registers; the Haswell/Zen shape) or 4 (8 accumulators) for the rest. 8 accumulators were too few to keep
+// both FMA pipes busy through the 4-cycle FMA latency. A row is any row of the packed weights (ar[r] = its panel
+// plus its lane, MR floats a step), so a group may span two panels. Per k: 2 column loads, R broadcasts.
+// C goes through plain loads and stores when the tile's 16 columns are all in range: Zen 3's masked store is
+// microcoded (a quarter of this driver's samples sat on the masked loads and stores around the k loop).
+// With start (osk_conv_f32_init's first K chunk) the chains begin at start[r] instead of at C's value.
+#define F32_AVX2_LOADC(r)                                                                                   \
+    __m256 c##r##0 = start ? _mm256_set1_ps(start[r]) : full ? _mm256_loadu_ps(crow[r]) : _mm256_maskload_ps(crow[r], m0), \
+           c##r##1 = start ? c##r##0 : full ? _mm256_loadu_ps(crow[r] + 8) : _mm256_maskload_ps(crow[r] + 8, m1);
+#define F32_AVX2_STEP(r) { __m256 av = _mm256_broadcast_ss(a##r + o); c##r##0 = _mm256_fmadd_ps(av, b0, c##r##0); c##r##1 = _mm256_fmadd_ps(av, b1, c##r##1); }
+#define F32_AVX2_STOREC(r)                                                                                  \
+    if (full) { _mm256_storeu_ps(crow[r], c##r##0); _mm256_storeu_ps(crow[r] + 8, c##r##1); }                \
+    else { _mm256_maskstore_ps(crow[r], m0, c##r##0); _mm256_maskstore_ps(crow[r] + 8, m1, c##r##1); }
+
+AVX2 static void kernel_f32_avx2_6x16(int k, const float *const ar[6], const float *bt, float *const crow[6],
+                                      const float *start, int full, __m256i m0, __m256i m1) {
+    const float *a0 = ar[0], *a1 = ar[1], *a2 = ar[2], *a3 = ar[3], *a4 = ar[4], *a5 = ar[5];
+    F32_AVX2_LOADC(0) F32_AVX2_LOADC(1) F32_AVX2_LOADC(2) F32_AVX2_LOADC(3) F32_AVX2_LOADC(4) F32_AVX2_LOADC(5)
+#pragma clang loop unroll_count(2)
+    for (size_t o = 0; o < (size_t)k * MR; o += MR, bt += NR) {
         __m256 b0 = _mm256_load_ps(bt), b1 = _mm256_load_ps(bt + 8);
-#define STEP(r) { __m256 av = _mm256_broadcast_ss(a + r); c##r##0 = _mm256_fmadd_ps(av, b0, c##r##0); c##r##1 = _mm256_fmadd_ps(av, b1, c##r##1); }
-        STEP(0) STEP(1) STEP(2) STEP(3)
-        a += MR; bt += NR;
+        F32_AVX2_STEP(0) F32_AVX2_STEP(1) F32_AVX2_STEP(2) F32_AVX2_STEP(3) F32_AVX2_STEP(4) F32_AVX2_STEP(5)
     }
-#define STOREC(r) _mm256_maskstore_ps(crow[r], m0, c##r##0); _mm256_maskstore_ps(crow[r] + 8, m1, c##r##1);
-    STOREC(0) STOREC(1) STOREC(2) STOREC(3)
-#undef LOADC
-#undef STEP
-#undef STOREC
+    F32_AVX2_STOREC(0) F32_AVX2_STOREC(1) F32_AVX2_STOREC(2) F32_AVX2_STOREC(3) F32_AVX2_STOREC(4) F32_AVX2_STOREC(5)
 }
 
-AVX2 static void kernel_f32_avx2(int k, const float *a, const float *bt, float *const crow[MR], int mr, int nc) {
-    uint32_t cols = nc >= 32 ? 0xffffffffu : (1u << nc) - 1;
-    for (int h = 0; h < 2 && 16 * h < nc; h++) {
-        __m256i m0 = mask8_avx2(cols >> (16 * h)), m1 = mask8_avx2(cols >> (16 * h + 8));
-        for (int rg = 0; rg < 2 && 4 * rg < mr; rg++) {
-            float *rows[4];
-            for (int r = 0; r < 4; r++) rows[r] = crow[4 * rg + r] + 16 * h;
-            kernel_f32_avx2_4x16(k, a + 4 * rg, bt + 16 * h, rows, m0, m1);
+AVX2 static void kernel_f32_avx2_4x16(int k, const float *const ar[4], const float *bt, float *const crow[4],
+                                      const float *start, int full, __m256i m0, __m256i m1) {
+    const float *a0 = ar[0], *a1 = ar[1], *a2 = ar[2], *a3 = ar[3];
+    F32_AVX2_LOADC(0) F32_AVX2_LOADC(1) F32_AVX2_LOADC(2) F32_AVX2_LOADC(3)
+#pragma clang loop unroll_count(2)
+    for (size_t o = 0; o < (size_t)k * MR; o += MR, bt += NR) {
+        __m256 b0 = _mm256_load_ps(bt), b1 = _mm256_load_ps(bt + 8);
+        F32_AVX2_STEP(0) F32_AVX2_STEP(1) F32_AVX2_STEP(2) F32_AVX2_STEP(3)
+    }
+    F32_AVX2_STOREC(0) F32_AVX2_STOREC(1) F32_AVX2_STOREC(2) F32_AVX2_STOREC(3)
+}
+#undef F32_AVX2_LOADC
+#undef F32_AVX2_STEP
+#undef F32_AVX2_STOREC
+
+/// Rows covered by the AVX2 row groups of an M-row layer: M rounded up to even, as 6s and at most two 4s (M = 32:
+/// 6 x 4 + 4 + 4). Never past the packed rows (M rounded up to MR), whose extra rows have weights 0.
+static int f32_avx2_group_rows(int m, int r0) {
+    const int rows = m < 4 ? 4 : (m + 1) & ~1, left = rows - r0;
+    return left % 6 == 0 || left > 8 ? 6 : 4;
+}
+
+/// Every row of an M-row layer over one packed tile bt (K, NR): y[r][j0 ..< j0+nc] continues its fma chain over k
+/// ascending. K is split into chunks whose rows of bt (KC x 128 bytes, 16 KiB) stay in L1 across the row groups, and
+/// each group runs both column halves on its chunk of weights (8 KiB); 192-row chunks visited half by half read the
+/// weights from L2 twice (85% of the FMA peak on a 576 x 64 layer in cache, 94% now). Between chunks the
+/// accumulators go through y (stored and reloaded exactly), so the chain and its bits are those of one pass.
+#define F32_AVX2_KC 128
+AVX2 static void tile_f32_avx2(int k, const float *packed, int m, const float *bt, float *y, int64_t ldc, int64_t j0,
+                               int nc, int fill, const float *bias) {
+    const uint32_t cols = nc >= 32 ? 0xffffffffu : (1u << nc) - 1;
+    const int rows = m < 4 ? 4 : (m + 1) & ~1;
+    const __m256i mask[4] = {mask8_avx2(cols), mask8_avx2(cols >> 8), mask8_avx2(cols >> 16), mask8_avx2(cols >> 24)};
+    for (int k0 = 0; k0 < k; k0 += F32_AVX2_KC) {
+        const int kc = k - k0 < F32_AVX2_KC ? k - k0 : F32_AVX2_KC;
+        for (int r0 = 0, gr; r0 < rows; r0 += gr) {
+            gr = f32_avx2_group_rows(m, r0);
+            const float *ar[6];
+            float *crow[6];
+            float sv[6];   // fill: the chains start at the bias (0 without), as if y had been set to it
+            // Not vectorized: clang wrote these with a masked vector store (microcoded on Zen 3) that the kernel's
+            // loads of ar[] and crow[] then waited for (5% of this driver's samples).
+#pragma clang loop vectorize(disable)
+            for (int r = 0; r < gr; r++) {
+                const int row = r0 + r;
+                ar[r] = packed + ((size_t)(row / MR) * k + k0) * MR + row % MR;
+                crow[r] = row < m ? y + (int64_t)row * ldc + j0 : osk_dummy_rows[row % MR];
+                sv[r] = bias && row < m ? bias[row] : 0.0f;
+            }
+            const float *start = fill && k0 == 0 ? sv : NULL;
+            // Both 16-column halves of the group in turn: the group's chunk of weights (kc x 2 panels x 32 bytes)
+            // is read from L2 once and from L1 for the second half.
+            for (int h = 0; h < 2 && 16 * h < nc; h++) {
+                float *ch[6];
+                for (int r = 0; r < gr; r++) ch[r] = crow[r] + 16 * h;
+                const int full = nc >= 16 * (h + 1);
+                if (gr == 6) kernel_f32_avx2_6x16(kc, ar, bt + (size_t)k0 * NR + 16 * h, ch, start, full, mask[2 * h], mask[2 * h + 1]);
+                else kernel_f32_avx2_4x16(kc, ar, bt + (size_t)k0 * NR + 16 * h, ch, start, full, mask[2 * h], mask[2 * h + 1]);
+            }
         }
     }
 }
@@ -327,10 +425,21 @@ AVX2 static void kernel_f32_avx2(int k, const float *a, const float *bt, float *
 
 // MARK: - fp32 drivers
 
+/// y[r][j0 ..< j0+nc] = bias[r] (0 without bias) for the rows r < m: osk_conv_f32_init's start values.
+static void fill_f32_columns(float *y, int64_t ldc, int m, const float *bias, int64_t j0, int64_t nc) {
+    for (int r = 0; r < m; r++) {
+        const float v = bias ? bias[r] : 0.0f;
+        float *row = y + (int64_t)r * ldc + j0;
+        for (int64_t jj = 0; jj < nc; jj++) row[jj] = v;
+    }
+}
+
+/// fill: set each tile's columns of y to bias (or 0) before its FMAs (osk_conv_f32_init); else accumulate onto y.
 static void run_f32(int level, const geo_t *g, const float *packed, int32_t m, const float *x0,
-                    float *y, int64_t ldc, int64_t n0, int64_t n1) {
+                    float *y, int64_t ldc, int64_t n0, int64_t n1, int fill, const float *bias) {
 #if OSK_X86
     if (osk_conv_f32_few_applies(level, g, m)) {   // conv_out of the decoders: onestep_conv_few.c
+        if (fill) fill_f32_columns(y, ldc, m, bias, n0, n1 - n0);
         osk_conv_f32_few_avx512(g, packed, m, x0, y, ldc, n0, n1);
         return;
     }
@@ -352,6 +461,7 @@ static void run_f32(int level, const geo_t *g, const float *packed, int32_t m, c
     const int panels = (m + MR - 1) / MR;
     for (int64_t j0 = n0; j0 < n1; j0 += NR) {
         int nc = (int)(n1 - j0 < NR ? n1 - j0 : NR);
+        if (fill && level != OSK_AVX2) fill_f32_columns(y, ldc, m, bias, j0, nc);   // AVX2: tile_f32_avx2 starts there
         const float *x = x0;
         tap_t *taps = table + positions * g->taps;
         if (positions && nc == NR) {
@@ -381,6 +491,9 @@ static void run_f32(int level, const geo_t *g, const float *packed, int32_t m, c
         else
 #endif
             pack_f32_scalar(g, taps, x, bt);
+#if OSK_X86
+        if (level == OSK_AVX2) { tile_f32_avx2(k, packed, m, bt, y, ldc, j0, nc, fill, bias); continue; }
+#endif
         for (int p = 0; p < panels; p++) {
             int mr = m - p * MR < MR ? m - p * MR : MR;
             float *crow[MR];
@@ -388,7 +501,6 @@ static void run_f32(int level, const geo_t *g, const float *packed, int32_t m, c
             const float *a = packed + (size_t)p * k * MR;
 #if OSK_X86
             if (level == OSK_AVX512) kernel_f32_avx512(k, a, bt, crow, mr, nc);
-            else if (level == OSK_AVX2) kernel_f32_avx2(k, a, bt, crow, mr, nc);
             else
 #endif
                 kernel_f32_scalar(k, a, bt, crow, mr, nc);
@@ -399,7 +511,13 @@ static void run_f32(int level, const geo_t *g, const float *packed, int32_t m, c
 void osk_conv_f32(int level, const osk_conv *conv, const float *packed, const float *x,
                   int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1) {
     geo_t g = osk_make_geo(conv, n, h, w);
-    run_f32(level, &g, packed, conv->out_channels, x, y, (int64_t)n * g.howo, n0, n1);
+    run_f32(level, &g, packed, conv->out_channels, x, y, (int64_t)n * g.howo, n0, n1, 0, NULL);
+}
+
+void osk_conv_f32_init(int level, const osk_conv *conv, const float *packed, const float *bias, const float *x,
+                       int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1) {
+    geo_t g = osk_make_geo(conv, n, h, w);
+    run_f32(level, &g, packed, conv->out_channels, x, y, (int64_t)n * g.howo, n0, n1, 1, bias);
 }
 
 // MARK: - narrow GEMMs (a few columns: time embeddings, batch-1 linear layers)
@@ -479,5 +597,5 @@ void osk_gemm_f32(int level, const float *packed, int32_t m, int32_t k, const fl
     osk_conv conv = {k, m, 1, 1, 1, 0, 0, 0, 0, 0};
     geo_t g = osk_make_geo(&conv, 1, 1, (int32_t)n1);
     g.plane = ldb;
-    run_f32(level, &g, packed, m, b, c, ldc, n0, n1);
+    run_f32(level, &g, packed, m, b, c, ldc, n0, n1, 0, NULL);
 }

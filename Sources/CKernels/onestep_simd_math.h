@@ -42,6 +42,27 @@ __attribute__((target("avx2,fma"))) static inline __m256 osk_exp256(__m256 x) {
     __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(er, _mm256_castsi256_ps(e));
 }
+
+/// osk_exp_poly on 8 lanes with its bits: every product and sum rounded on its own as the scalar code (built without
+/// FMA) rounds it, and no FMA. For the AVX2 paths that must give the scalar level's bits (SiLU, GroupNorm backward).
+__attribute__((target("avx2,fma"))) static inline __m256 osk_exp256_poly(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.7f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f)));
+    r = _mm256_add_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(2.12194440e-4f)));
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(5.0000001201e-1f));
+    __m256 er = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r), _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(er, _mm256_castsi256_ps(e));
+}
+
+/// -x exactly (the sign bit flipped, as the scalar unary minus).
+__attribute__((target("avx2"))) static inline __m256 osk_neg256(__m256 x) { return _mm256_xor_ps(x, _mm256_set1_ps(-0.0f)); }
 #endif
 
 /// e^x in scalar code, the same Cody-Waite split and Cephes polynomial as osk_exp512 (relative error < 2e-7 over

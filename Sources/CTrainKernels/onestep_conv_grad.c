@@ -7,7 +7,8 @@
 //   - dY is transposed once per call into 32-channel tiles dyt[tile][j][32] (16x16 register transposes on
 //     AVX-512), two aligned vector loads per column.
 // The microkernel keeps an 8 x 32 block of dW^T in 16 zmm registers and runs over a chunk of ~256 columns (the
-// chunk's dY tile, 32 KiB, stays in L1 across panels). The chain of each entry continues from chunk to chunk in
+// chunk's dY tile, 32 KiB, stays in L1 across panels). AVX2 runs 6 K-rows x 16 channels (12 ymm accumulators) per
+// 16-channel half of each tile, K in groups of 6 (wg_chunk_avx2). The chain of each entry continues from chunk to chunk in
 // column order, so chunking changes nothing: dW[m][k] is fmaf(x, dy, acc) over j = 0..cols-1 from dW's value.
 // That is the order of the previous path (a stride-1 osk_conv_f32 with dY as the kernel), so stride-1 layers
 // give the same bits as before.
@@ -32,7 +33,7 @@
 
 typedef struct {
     int32_t cin, m, kh, kw, taps, s, pt, pl, n, h, w, ho, wo, hp, wp, tiles;
-    int64_t k, kpad, cols, hpwp, chan;  // chan: floats per channel of xpad (n * hp * wp)
+    int64_t k, k8, kpad, cols, hpwp, chan;  // chan: floats per channel of xpad (n * hp * wp)
 } wg_t;
 
 static wg_t wg_make(const osk_conv *g, int32_t n, int32_t h, int32_t w) {
@@ -44,7 +45,8 @@ static wg_t wg_make(const osk_conv *g, int32_t n, int32_t h, int32_t w) {
     // Every tap a column reads: rows oy*s + ky in 0 ..< (ho-1)*s + kh of the padded image.
     s.hp = (s.ho - 1) * s.s + s.kh; s.wp = (s.wo - 1) * s.s + s.kw;
     s.tiles = (s.m + WC - 1) / WC;
-    s.k = (int64_t)s.cin * s.taps; s.kpad = (s.k + WR - 1) / WR * WR;
+    // k8: K rounded up to the 8-row panels; kpad (dwt's rows): also to the AVX2 path's 6-row groups.
+    s.k = (int64_t)s.cin * s.taps; s.k8 = (s.k + WR - 1) / WR * WR; s.kpad = (s.k + 23) / 24 * 24;
     s.cols = (int64_t)n * s.ho * s.wo; s.hpwp = (int64_t)s.hp * s.wp; s.chan = (int64_t)n * s.hpwp;
     return s;
 }
@@ -162,6 +164,62 @@ AVX512 static void transpose_dy_avx512(const wg_t *g, const float *dy, float *dy
 }
 #endif
 
+#if OSK_X86
+/// r[0..7] (rows) -> r[0..7] (columns) of an 8 x 8 block.
+AVX2 static inline void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {
+        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    // u[c] (c < 4) holds column c of rows 0-3 (low lane: columns 0-3, high lane: columns 4-7); u[4 + c] rows 4-7.
+    for (int c = 0; c < 4; c++) {
+        r[c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x20);
+        r[4 + c] = _mm256_permute2f128_ps(u[c], u[4 + c], 0x31);
+    }
+}
+
+/// As transpose_dy_scalar, 8 x 8 blocks in registers; db's sums are the same adds in the same order (one lane per
+/// channel).
+AVX2 static void transpose_dy_avx2(const wg_t *g, const float *dy, float *dyt, float *db) {
+    const int64_t full = g->cols / 8 * 8;
+    for (int t = 0; t < g->tiles; t++) {
+        float *d = dyt + (int64_t)t * g->cols * WC;
+        for (int q = 0; q < WC / 8; q++) {
+            const int m0 = t * WC + q * 8;
+            const int rows = g->m - m0 < 0 ? 0 : g->m - m0 > 8 ? 8 : g->m - m0;
+            const float *src[8];
+            for (int r = 0; r < 8; r++) src[r] = r < rows ? dy + (int64_t)(m0 + r) * g->cols : NULL;
+            __m256 sum = _mm256_setzero_ps();
+            for (int64_t j = 0; j < full; j += 8) {
+                __m256 v[8];
+                for (int r = 0; r < 8; r++) v[r] = src[r] ? _mm256_loadu_ps(src[r] + j) : _mm256_setzero_ps();
+                transpose8(v);
+                for (int jj = 0; jj < 8; jj++) {
+                    _mm256_store_ps(d + (j + jj) * WC + q * 8, v[jj]);
+                    sum = _mm256_add_ps(sum, v[jj]);
+                }
+            }
+            float lanes[8];
+            _mm256_storeu_ps(lanes, sum);
+            for (int64_t j = full; j < g->cols; j++)
+                for (int r = 0; r < 8; r++) {
+                    float v = src[r] ? src[r][j] : 0.0f;
+                    d[j * WC + q * 8 + r] = v;
+                    lanes[r] += v;
+                }
+            if (db) for (int r = 0; r < rows; r++) db[m0 + r] += lanes[r];
+        }
+    }
+}
+#endif
+
 /// dst[c][r] = src[r][c] for an (rows, cols) block with row strides lds and ldd, in 16 x 16 blocks (the element by
 /// element loops read one of the two with a stride of K or 32 floats: 1% of a training step).
 static void transpose_block_scalar(const float *src, int64_t lds, float *dst, int64_t ldd, int64_t rows, int64_t cols) {
@@ -189,9 +247,26 @@ AVX512 static void transpose_block_avx512(const float *src, int64_t lds, float *
 }
 #endif
 
+#if OSK_X86
+/// transpose_block_scalar with the full 8 x 8 blocks transposed in registers (transpose8); the edges as before.
+AVX2 static void transpose_block_avx2(const float *src, int64_t lds, float *dst, int64_t ldd, int64_t rows, int64_t cols) {
+    const int64_t rf = rows / 8 * 8, cf = cols / 8 * 8;
+    for (int64_t r0 = 0; r0 < rf; r0 += 8)
+        for (int64_t c0 = 0; c0 < cf; c0 += 8) {
+            __m256 v[8];
+            for (int i = 0; i < 8; i++) v[i] = _mm256_loadu_ps(src + (r0 + i) * lds + c0);
+            transpose8(v);
+            for (int i = 0; i < 8; i++) _mm256_storeu_ps(dst + (c0 + i) * ldd + r0, v[i]);
+        }
+    for (int64_t c = 0; c < cols; c++)
+        for (int64_t r = c < cf ? rf : 0; r < rows; r++) dst[c * ldd + r] = src[r * lds + c];
+}
+#endif
+
 static void transpose_block(int level, const float *src, int64_t lds, float *dst, int64_t ldd, int64_t rows, int64_t cols) {
 #if OSK_X86
     if (level == OSK_AVX512) { transpose_block_avx512(src, lds, dst, ldd, rows, cols); return; }
+    if (level == OSK_AVX2) { transpose_block_avx2(src, lds, dst, ldd, rows, cols); return; }
 #endif
     (void)level;
     transpose_block_scalar(src, lds, dst, ldd, rows, cols);
@@ -253,28 +328,72 @@ AVX512 static void wg_kernel_avx512(const wg_t *g, const float *const xr[WR], co
 #undef STOREC
 }
 
-/// 4 rows x 16 channels (8 ymm accumulators), called for each quarter of the 8 x 32 block.
+// The AVX2 tile: R K-rows x 16 channels, R = 6 (12 ymm accumulators, 2 for dY, 1 broadcast: 15 of 16 registers) or
+// 4 (8 accumulators) for the rest; 8 accumulators were too few to keep both FMA pipes busy through the FMA latency.
+// A group's rows are any R rows of dW^T (the driver groups K in 6s, not in the 8-row panels of the other levels).
+#define WG_AVX2_LOADC(r) __m256 c##r##0 = _mm256_loadu_ps(acc + r * ldt), c##r##1 = _mm256_loadu_ps(acc + r * ldt + 8);
+#define WG_AVX2_STEP(r) { __m256 a = _mm256_broadcast_ss(x##r + off); c##r##0 = _mm256_fmadd_ps(a, b0, c##r##0); c##r##1 = _mm256_fmadd_ps(a, b1, c##r##1); }
+#define WG_AVX2_STOREC(r) _mm256_storeu_ps(acc + r * ldt, c##r##0); _mm256_storeu_ps(acc + r * ldt + 8, c##r##1);
+// (image, oy) of each output row stepped, not divided: one division per chunk instead of one per row.
+#define WG_AVX2_ROWS(...)                                                              \
+    int64_t img = r0 / g->ho, oy = r0 - img * g->ho;                                  \
+    for (int64_t row = r0; row < r1; row++, oy = oy + 1 == g->ho ? (img++, 0) : oy + 1) { \
+        int64_t off = img * g->hpwp + oy * s * g->wp;                                 \
+        const float *b = dyt + row * wo * WC;                                         \
+        for (int ox = 0; ox < wo; ox++, off += s, b += WC) {                          \
+            __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);                \
+            __VA_ARGS__                                                               \
+        }                                                                             \
+    }
+
+AVX2 static void wg_kernel_avx2_6x16(const wg_t *g, const float *const xr[6], const float *dyt, int64_t r0, int64_t r1,
+                                     float *acc, int64_t ldt) {
+    const float *x0 = xr[0], *x1 = xr[1], *x2 = xr[2], *x3 = xr[3], *x4 = xr[4], *x5 = xr[5];
+    const int s = g->s, wo = g->wo;
+    WG_AVX2_LOADC(0) WG_AVX2_LOADC(1) WG_AVX2_LOADC(2) WG_AVX2_LOADC(3) WG_AVX2_LOADC(4) WG_AVX2_LOADC(5)
+    WG_AVX2_ROWS(WG_AVX2_STEP(0) WG_AVX2_STEP(1) WG_AVX2_STEP(2) WG_AVX2_STEP(3) WG_AVX2_STEP(4) WG_AVX2_STEP(5))
+    WG_AVX2_STOREC(0) WG_AVX2_STOREC(1) WG_AVX2_STOREC(2) WG_AVX2_STOREC(3) WG_AVX2_STOREC(4) WG_AVX2_STOREC(5)
+}
+
 AVX2 static void wg_kernel_avx2_4x16(const wg_t *g, const float *const xr[4], const float *dyt, int64_t r0, int64_t r1,
                                      float *acc, int64_t ldt) {
     const float *x0 = xr[0], *x1 = xr[1], *x2 = xr[2], *x3 = xr[3];
     const int s = g->s, wo = g->wo;
-#define LOADC(r) __m256 c##r##0 = _mm256_loadu_ps(acc + r * ldt), c##r##1 = _mm256_loadu_ps(acc + r * ldt + 8);
-    LOADC(0) LOADC(1) LOADC(2) LOADC(3)
-#undef LOADC
-    for (int64_t row = r0; row < r1; row++) {
-        int64_t img = row / g->ho, oy = row - img * g->ho;
-        int64_t off = img * g->hpwp + oy * s * g->wp;
-        const float *b = dyt + row * wo * WC;
-        for (int ox = 0; ox < wo; ox++, off += s, b += WC) {
-            __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-#define STEP(r) { __m256 a = _mm256_broadcast_ss(x##r + off); c##r##0 = _mm256_fmadd_ps(a, b0, c##r##0); c##r##1 = _mm256_fmadd_ps(a, b1, c##r##1); }
-            STEP(0) STEP(1) STEP(2) STEP(3)
-#undef STEP
+    WG_AVX2_LOADC(0) WG_AVX2_LOADC(1) WG_AVX2_LOADC(2) WG_AVX2_LOADC(3)
+    WG_AVX2_ROWS(WG_AVX2_STEP(0) WG_AVX2_STEP(1) WG_AVX2_STEP(2) WG_AVX2_STEP(3))
+    WG_AVX2_STOREC(0) WG_AVX2_STOREC(1) WG_AVX2_STOREC(2) WG_AVX2_STOREC(3)
+}
+#undef WG_AVX2_LOADC
+#undef WG_AVX2_STEP
+#undef WG_AVX2_STOREC
+#undef WG_AVX2_ROWS
+
+/// One chunk of columns (output rows r0 ..< r1) at AVX2: per 16-channel half of each 32-channel tile (its 16 KiB of
+/// the chunk's dY stays in L1), the K rows in groups of 6 (K rounded up to even, and at most two groups of 4 at the
+/// end; rows past K repeat row 0 and land in dwt's padding rows, never read back).
+AVX2 static void wg_chunk_avx2(const wg_t *g, const float *xpad, const float *dyt, int64_t r0, int64_t r1, float *dwt,
+                               int64_t ldt) {
+    const int64_t rows = g->k < 4 ? 4 : (g->k + 1) & ~(int64_t)1;
+    for (int t = 0; t < g->tiles; t++) {
+        const int nc = g->m - t * WC < WC ? g->m - t * WC : WC;
+        for (int h = 0; h < 2 && 16 * h < nc; h++) {
+            const float *tile = dyt + (int64_t)t * g->cols * WC + 16 * h;
+            for (int64_t k0 = 0, gr; k0 < rows; k0 += gr) {
+                const int64_t left = rows - k0;
+                gr = left % 6 == 0 || left > 8 ? 6 : 4;
+                const float *xr[6];
+#pragma clang loop vectorize(disable)   // see tile_f32_avx2 (onestep_kernels.c): no masked vector store
+                for (int r = 0; r < gr; r++) {
+                    int64_t k = k0 + r < g->k ? k0 + r : 0;
+                    int64_t c = k / g->taps, tap = k % g->taps;
+                    xr[r] = xpad + c * g->chan + (tap / g->kw) * g->wp + tap % g->kw;
+                }
+                float *acc = dwt + k0 * ldt + t * WC + 16 * h;
+                if (gr == 6) wg_kernel_avx2_6x16(g, xr, tile, r0, r1, acc, ldt);
+                else wg_kernel_avx2_4x16(g, xr, tile, r0, r1, acc, ldt);
+            }
         }
     }
-#define STOREC(r) _mm256_storeu_ps(acc + r * ldt, c##r##0); _mm256_storeu_ps(acc + r * ldt + 8, c##r##1);
-    STOREC(0) STOREC(1) STOREC(2) STOREC(3)
-#undef STOREC
 }
 #endif
 
@@ -294,6 +413,7 @@ int osk_conv_wgrad_f32(int level, const osk_conv *conv, const float *x, int32_t 
     pad_input(&g, x, xpad);
 #if OSK_X86
     if (level == OSK_AVX512) transpose_dy_avx512(&g, dy, dyt, db);
+    else if (level == OSK_AVX2) transpose_dy_avx2(&g, dy, dyt, db);
     else
 #endif
         transpose_dy_scalar(&g, dy, dyt, db);
@@ -308,7 +428,10 @@ int osk_conv_wgrad_f32(int level, const osk_conv *conv, const float *x, int32_t 
     if (chunkRows < 1) chunkRows = 1;
     for (int64_t r0 = 0; r0 < rows; r0 += chunkRows) {
         const int64_t r1 = r0 + chunkRows < rows ? r0 + chunkRows : rows;
-        for (int64_t k0 = 0; k0 < g.kpad; k0 += WR) {
+#if OSK_X86
+        if (level == OSK_AVX2) { wg_chunk_avx2(&g, xpad, dyt, r0, r1, dwt, ldt); continue; }
+#endif
+        for (int64_t k0 = 0; k0 < g.k8; k0 += WR) {
             const float *xr[WR];
             const int mr = g.k - k0 < WR ? (int)(g.k - k0) : WR;
             for (int r = 0; r < WR; r++) {
@@ -322,15 +445,6 @@ int osk_conv_wgrad_f32(int level, const osk_conv *conv, const float *x, int32_t 
                 const float *tile = dyt + (int64_t)t * g.cols * WC;
 #if OSK_X86
                 if (level == OSK_AVX512) { wg_kernel_avx512(&g, xr, tile, r0, r1, acc, ldt, nc); continue; }
-                if (level == OSK_AVX2) {
-                    for (int q = 0; q < 4; q++) {
-                        if ((q & 1) && nc <= 16) continue;
-                        const float *x4[4];
-                        for (int r = 0; r < 4; r++) x4[r] = xr[(q >> 1) * 4 + r];
-                        wg_kernel_avx2_4x16(&g, x4, tile + (q & 1) * 16, r0, r1, acc + (q >> 1) * 4 * ldt + (q & 1) * 16, ldt);
-                    }
-                    continue;
-                }
 #endif
                 wg_kernel_scalar(&g, xr, mr, tile, r0, r1, acc, ldt, nc);
             }

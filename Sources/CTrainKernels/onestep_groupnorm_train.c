@@ -10,6 +10,7 @@
 
 #if OSK_X86
 #define AVX512 OSK_AVX512_TARGET
+#define AVX2 OSK_AVX2_TARGET
 #endif
 
 // The 16 lanes summed as _mm512_reduce_add_ps does (halves added: 8, then 4, 2, 1 lanes apart), in place.
@@ -22,10 +23,12 @@ static float lanes_tree16(float *l) {
 // GroupNorm (+ fused SiLU) backward of one channel plane, the training layers' (TrainableGroupNorm):
 //   xhat = (x - mean) * rstd;  z = xhat * gamma + beta;  dz = dy * silu'(z) (or dy without SiLU)
 // writes dz and returns sum(dz) and sum(dz * xhat), summed in 16 lanes then the lanes as a tree (fixed for a given n).
-static void gn_grad_scalar(const float *x, const float *dy, float *dz, int64_t n, float mean, float rstd, float gamma,
-                           float beta, int silu, float *sum_dz, float *sum_dzx) {
-    float lanes_dz[16] = {0}, lanes_dzx[16] = {0};
-    for (int64_t i = 0; i < n; i++) {
+// gn_grad_lanes runs elements i0 ..< n into the 16 partial sums; never inlined, so that the AVX2 path calling it for
+// its tail does not contract its products into FMAs (its own target has FMA): both keep the scalar build's bits.
+__attribute__((noinline)) static void gn_grad_lanes(const float *x, const float *dy, float *dz, int64_t i0, int64_t n, float mean,
+                                                    float rstd, float gamma, float beta, int silu, float lanes_dz[16],
+                                                    float lanes_dzx[16]) {
+    for (int64_t i = i0; i < n; i++) {
         float xh = (x[i] - mean) * rstd, d = dy[i];
         if (silu) {
             float z = xh * gamma + beta, s = 1.0f / (1.0f + osk_exp_poly(-z));
@@ -35,7 +38,22 @@ static void gn_grad_scalar(const float *x, const float *dy, float *dz, int64_t n
         lanes_dz[i & 15] += d;
         lanes_dzx[i & 15] += d * xh;
     }
+}
+
+static void gn_grad_scalar(const float *x, const float *dy, float *dz, int64_t n, float mean, float rstd, float gamma,
+                           float beta, int silu, float *sum_dz, float *sum_dzx) {
+    float lanes_dz[16] = {0}, lanes_dzx[16] = {0};
+    gn_grad_lanes(x, dy, dz, 0, n, mean, rstd, gamma, beta, silu, lanes_dz, lanes_dzx);
     *sum_dz = lanes_tree16(lanes_dz); *sum_dzx = lanes_tree16(lanes_dzx);
+}
+
+// dx = rstd * (dz * gamma - mean_g - xhat * mean_gx), in place over dz (not inlined: see gn_grad_lanes).
+__attribute__((noinline)) static void gn_finish_scalar(const float *x, float *d, int64_t n, float mean, float rstd, float gamma,
+                                                       float mean_g, float mean_gx) {
+    for (int64_t i = 0; i < n; i++) {
+        float xh = (x[i] - mean) * rstd;
+        d[i] = rstd * (d[i] * gamma - mean_g - xh * mean_gx);
+    }
 }
 
 #if OSK_X86
@@ -80,10 +98,57 @@ AVX512 static void gn_finish_avx512(const float *x, float *d, int64_t n, float m
 }
 #endif
 
+#if OSK_X86
+/// gn_grad_scalar on 8 lanes with its bits: the same operations, each rounded on its own (no FMA; the scalar e^x's
+/// bits, an IEEE division), lanes 0-7 and 8-15 of its 16 partial sums in two registers and the same tree at the
+/// end. The AVX2 level thus keeps the scalar level's results (it ran the scalar loop before).
+AVX2 static void gn_grad_avx2(const float *x, const float *dy, float *dz, int64_t n, float mean, float rstd, float gamma,
+                              float beta, int silu, float *sum_dz, float *sum_dzx) {
+    const __m256 vm = _mm256_set1_ps(mean), vr = _mm256_set1_ps(rstd), vg = _mm256_set1_ps(gamma), vb = _mm256_set1_ps(beta);
+    const __m256 one = _mm256_set1_ps(1.0f);
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()}, accx[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const int half = (int)(i >> 3) & 1;   // lanes i & 15: 0-7 or 8-15
+        __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm), vr);
+        __m256 d = _mm256_loadu_ps(dy + i);
+        if (silu) {
+            __m256 z = _mm256_add_ps(_mm256_mul_ps(xh, vg), vb);
+            __m256 sg = _mm256_div_ps(one, _mm256_add_ps(one, osk_exp256_poly(osk_neg256(z))));
+            d = _mm256_mul_ps(d, _mm256_mul_ps(sg, _mm256_add_ps(one, _mm256_mul_ps(z, _mm256_sub_ps(one, sg)))));
+        }
+        _mm256_storeu_ps(dz + i, d);
+        acc[half] = _mm256_add_ps(acc[half], d);
+        accx[half] = _mm256_add_ps(accx[half], _mm256_mul_ps(d, xh));
+    }
+    float lanes_dz[16], lanes_dzx[16];
+    _mm256_storeu_ps(lanes_dz, acc[0]); _mm256_storeu_ps(lanes_dz + 8, acc[1]);
+    _mm256_storeu_ps(lanes_dzx, accx[0]); _mm256_storeu_ps(lanes_dzx + 8, accx[1]);
+    gn_grad_lanes(x, dy, dz, i, n, mean, rstd, gamma, beta, silu, lanes_dz, lanes_dzx);   // the tail
+    *sum_dz = lanes_tree16(lanes_dz); *sum_dzx = lanes_tree16(lanes_dzx);
+}
+
+/// gn_finish_scalar on 8 lanes, each operation rounded on its own: the scalar bits.
+AVX2 static void gn_finish_avx2(const float *x, float *d, int64_t n, float mean, float rstd, float gamma, float mean_g,
+                                float mean_gx) {
+    const __m256 vm = _mm256_set1_ps(mean), vr = _mm256_set1_ps(rstd), vg = _mm256_set1_ps(gamma);
+    const __m256 mg = _mm256_set1_ps(mean_g), mgx = _mm256_set1_ps(mean_gx);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm), vr);
+        __m256 v = _mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(d + i), vg), mg);
+        v = _mm256_sub_ps(v, _mm256_mul_ps(xh, mgx));
+        _mm256_storeu_ps(d + i, _mm256_mul_ps(vr, v));
+    }
+    gn_finish_scalar(x + i, d + i, n - i, mean, rstd, gamma, mean_g, mean_gx);
+}
+#endif
+
 void osk_groupnorm_grad(int level, const float *x, const float *dy, float *dz, int64_t n, float mean, float rstd,
                         float gamma, float beta, int silu, float *sum_dz, float *sum_dzx) {
 #if OSK_X86
     if (level >= OSK_AVX512) { gn_grad_avx512(x, dy, dz, n, mean, rstd, gamma, beta, silu, sum_dz, sum_dzx); return; }
+    if (level == OSK_AVX2) { gn_grad_avx2(x, dy, dz, n, mean, rstd, gamma, beta, silu, sum_dz, sum_dzx); return; }
 #endif
     gn_grad_scalar(x, dy, dz, n, mean, rstd, gamma, beta, silu, sum_dz, sum_dzx);
 }
@@ -200,9 +265,7 @@ void osk_groupnorm_grad_finish(int level, const float *x, float *d, int64_t n, f
                                float mean_g, float mean_gx) {
 #if OSK_X86
     if (level >= OSK_AVX512) { gn_finish_avx512(x, d, n, mean, rstd, gamma, mean_g, mean_gx); return; }
+    if (level == OSK_AVX2) { gn_finish_avx2(x, d, n, mean, rstd, gamma, mean_g, mean_gx); return; }
 #endif
-    for (int64_t i = 0; i < n; i++) {
-        float xh = (x[i] - mean) * rstd;
-        d[i] = rstd * (d[i] * gamma - mean_g - xh * mean_gx);
-    }
+    gn_finish_scalar(x, d, n, mean, rstd, gamma, mean_g, mean_gx);
 }

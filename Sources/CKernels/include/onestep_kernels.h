@@ -55,6 +55,12 @@ void osk_f32_pack(const float *w, int32_t m, int32_t k, float *packed);
 void osk_conv_f32(int level, const osk_conv *g, const float *packed, const float *x,
                   int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1);
 
+/// osk_conv_f32 writing y[:, n0..<n1] = bias (per output channel; NULL: 0) + conv(x) instead of adding to y: each
+/// tile's columns are set just before its FMAs run (in cache), where a caller's fill of the whole of y beforehand
+/// was a separate pass over memory. The same bits as filling y then calling osk_conv_f32.
+void osk_conv_f32_init(int level, const osk_conv *g, const float *packed, const float *bias, const float *x,
+                       int32_t n, int32_t h, int32_t w, float *y, int64_t n0, int64_t n1);
+
 /// C (M, cols) += A (M, K) * B (K, cols) for the columns n0..<n1; B and C are row-major with row strides
 /// ldb and ldc; A is packed by osk_f32_pack.
 void osk_gemm_f32(int level, const float *packed, int32_t m, int32_t k, const float *b, int64_t ldb,
@@ -175,7 +181,8 @@ int64_t osk_vnni_peak_ops(int64_t iterations, int64_t *checksum);
 /// Peaks (onestep_peak.c). Runs 8 * `iterations` dependent integer adds (one cycle each) and returns that cycle
 /// count: the caller times it for the core's clock frequency.
 int64_t osk_add_chain_cycles(int64_t iterations);
-/// Runs `iterations` of 16 independent chains of 512-bit vfmadd231ps; returns the flops done (0 without AVX-512).
+/// Runs `iterations` of 16 independent chains of 512-bit vfmadd231ps (12 of 256-bit ones on AVX2-only CPUs);
+/// returns the flops done (0 without AVX2).
 int64_t osk_fma_peak_ops(int64_t iterations, double *checksum);
 /// 1 when this CPU has AVX-512 BF16 (vdpbf16ps) besides the avx512 level.
 int osk_bf16_supported(void);

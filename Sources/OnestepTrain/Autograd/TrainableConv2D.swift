@@ -81,15 +81,11 @@ public final class TrainableConv2D {
         }
         (inputChannelMajor, n, h, w) = (xc, batch, height, width)
         let yc = outputCM.ensure(g.outChannels * cols)
-        if let bias {
-            let b = store.value(bias)
-            for co in 0..<g.outChannels { (yc + co * cols).update(repeating: b[co], count: cols) }
-        } else {
-            yc.update(repeating: 0, count: g.outChannels * cols)
-        }
         let packed = packedWeights.ensure(FastConv.packedWeightCount(g))
         FastConv.packWeights(store.value(weight), geometry: g, into: packed)
-        FastConv.convAccumulate(x: xc, packed: packed, geometry: g, batch: batch, height: height, width: width, y: yc)
+        // y = bias + conv(x), each tile's columns set to the bias just before its FMAs (no separate fill of y).
+        TrainKernels.convolution(x: xc, packed: packed, bias: bias.map { UnsafePointer(store.value($0)) }, geometry: g,
+                                 batch: batch, height: height, width: width, y: yc)
         return yc
     }
 
@@ -201,8 +197,7 @@ public final class TrainableConv2D {
         } }
         let packed = packedWeights.ensure(FastConv.packedWeightCount(gt))
         FastConv.packWeights(wt, geometry: gt, into: packed)
-        dxc.update(repeating: 0, count: cin * n * h * w)
-        FastConv.convAccumulate(x: src, packed: packed, geometry: gt, batch: n, height: hd, width: wd, y: dxc)
+        TrainKernels.convolution(x: src, packed: packed, bias: nil, geometry: gt, batch: n, height: hd, width: wd, y: dxc)
     }
 }
 

@@ -24,6 +24,16 @@ public enum TrainKernels {
         precondition(status == 0, "weightGradient: unsupported geometry \(g)")
     }
 
+    /// y (Cout, N*Ho*Wo) = bias (per output channel; nil: 0) + conv(x) by the packed fp32 kernel (osk_conv_f32_init):
+    /// the bits of filling y and calling FastConv.convAccumulate, without the separate pass over y. x (Cin, N, H, W).
+    public static func convolution(x: UnsafePointer<Float>, packed: UnsafePointer<Float>, bias: UnsafePointer<Float>?,
+                                   geometry g: ConvGeometry, batch: Int, height: Int, width: Int, y: UnsafeMutablePointer<Float>,
+                                   level: KernelLevel = .best) {
+        var gc = FastConv.cGeometry(g, upsample: false)
+        let cols = batch * g.outputHeight(height) * g.outputWidth(width)
+        osk_conv_f32_init(level.rawValue, &gc, packed, bias, x, Int32(batch), Int32(height), Int32(width), y, 0, Int64(cols))
+    }
+
     /// sum of g[i]^2 in double precision, in a fixed order (the same at every level; onestep_optim.c).
     public static func sumOfSquares(_ g: UnsafePointer<Float>, count: Int, level: KernelLevel = .best) -> Double {
         osk_sum_squares(level.rawValue, g, Int64(count))
