@@ -138,6 +138,7 @@ void osk_q8_range(int level, const float *x, int32_t c, int32_t n, int32_t hw, i
     if (j1 <= j0) return;
 #if OSK_X86
     if (level == OSK_AVX512) { range_avx512(x, c, n, hw, i, j0, j1, lo, hi); return; }
+    if (level == OSK_AVX2) { osk_q8_range_avx2(x, c, n, hw, i, j0, j1, lo, hi); return; }
 #endif
     range_scalar(x, c, n, hw, i, j0, j1, lo, hi);
 }
@@ -153,6 +154,7 @@ void osk_q8_encode(int level, const float *x, int32_t c, int32_t n, int32_t hw, 
     const float inv = 1.0f / scale[i];   // what q8_params computed
 #if OSK_X86
     if (level == OSK_AVX512) { encode_avx512(x, c, n, hw, i, j0, j1, xq, inv, zp[i]); return; }
+    if (level == OSK_AVX2) { osk_q8_encode_avx2(x, c, n, hw, i, j0, j1, xq, inv, zp[i]); return; }
 #endif
     encode_scalar(x, c, n, hw, i, j0, j1, xq, inv, zp[i]);
 }
@@ -655,12 +657,12 @@ static void run_q8_tiles(int level, const geo_t *g, const int32_t *packed, const
     }
 }
 
-/// The per-tile driver on AVX-512 too (before/after measurements): ONESTEP_Q8_UNBLOCKED=1 at start-up, or
+/// The per-tile driver on AVX-512 and AVX2 too (before/after measurements): ONESTEP_Q8_UNBLOCKED=1 at start-up, or
 /// osk_q8_set_unblocked. Kept in a variable: this runs for every part of every int8 conv, and getenv scans the
 /// whole environment (and races with setenv).
 static int q8_unblocked_flag = -1;   // -1: not read yet
 
-#if OSK_X86   // only the AVX-512 path has two drivers
+#if OSK_X86   // the AVX-512 and AVX2 levels have two drivers
 static int q8_unblocked(void) {
     int v = __atomic_load_n(&q8_unblocked_flag, __ATOMIC_RELAXED);
     if (v < 0) {
@@ -695,6 +697,10 @@ void osk_conv_q8_fused(int level, const osk_conv *conv, const int32_t *packed, c
             return;
         }
         run_q8_blocked(&g, packed, rowsum, wscale, xq, xscale, xzp, m, y, ldc, n0, n1, p0, p1, ep);
+        return;
+    }
+    if (level == OSK_AVX2 && !q8_unblocked()) {   // onestep_conv_q8_avx2.c
+        osk_conv_q8_avx2(&g, packed, rowsum, wscale, xq, xscale, xzp, m, y, ldc, n0, n1, p0, p1, ep);
         return;
     }
 #endif
