@@ -35,6 +35,15 @@ typedef struct {
 } tap_t;
 
 geo_t osk_make_geo(const osk_conv *g, int32_t n, int32_t h, int32_t w);
+
+/// The int8 convs' per-column quantization parameters of one tile (the image each column belongs to).
+typedef struct {
+    uint32_t zp4[NR];   // the column's image zero point in all 4 bytes (value of padding)
+    int32_t zp[NR];     // the column's image zero point
+    float scale[NR];    // the column's image activation scale
+} osk_qcols;
+/// Fills qc for output columns j0..<j0+nc (nc <= NR; columns past nc: zero point 0, scale 0). onestep_conv_q8.c.
+void osk_q8_tile_cols(const geo_t *g, int64_t j0, int nc, const float *xscale, const int32_t *xzp, osk_qcols *qc);
 /// Fills taps[0..<g->taps] for the output columns j0..<j0+nc (nc <= NR).
 void osk_tile_taps(const geo_t *g, int64_t j0, int nc, tap_t *taps);
 

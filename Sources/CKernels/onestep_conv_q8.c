@@ -171,11 +171,16 @@ void osk_q8_quantize(int level, const float *x, int32_t c, int32_t n, int32_t hw
 
 // MARK: - int8 tile packing: bt (C4 * taps, NR) uint32, row kq = q * taps + t; padding = zero point
 
-typedef struct {
-    uint32_t zp4[NR];   // the column's image zero point in all 4 bytes (value of padding)
-    int32_t zp[NR];     // the column's image zero point
-    float scale[NR];    // the column's image activation scale
-} qcols_t;
+typedef osk_qcols qcols_t;
+
+void osk_q8_tile_cols(const geo_t *g, int64_t j0, int nc, const float *xscale, const int32_t *xzp, osk_qcols *qc) {
+    for (int jj = 0; jj < NR; jj++) {
+        int32_t i = jj < nc ? (int32_t)((j0 + jj) / g->howo) : -1;
+        qc->zp[jj] = i >= 0 ? xzp[i] : 0;
+        qc->zp4[jj] = (uint32_t)qc->zp[jj] * 0x01010101u;
+        qc->scale[jj] = i >= 0 ? xscale[i] : 0;
+    }
+}
 
 static void pack_q8_scalar(const geo_t *g, const tap_t *taps, const qcols_t *qc, const uint32_t *xq, uint32_t *bt) {
     const int c4 = (g->c + 3) / 4;
@@ -563,12 +568,7 @@ static void run_q8_blocked(const geo_t *g, const int32_t *packed, const int32_t 
             const int64_t j0 = jb + (int64_t)t * NR;
             const int nc = nb - t * NR < NR ? nb - t * NR : NR;
             osk_tile_taps(g, j0, nc, taps + (size_t)t * g->taps);
-            for (int jj = 0; jj < NR; jj++) {
-                int32_t i = jj < nc ? (int32_t)((j0 + jj) / g->howo) : -1;
-                qc[t].zp[jj] = i >= 0 ? xzp[i] : 0;
-                qc[t].zp4[jj] = (uint32_t)qc[t].zp[jj] * 0x01010101u;
-                qc[t].scale[jj] = i >= 0 ? xscale[i] : 0;
-            }
+            osk_q8_tile_cols(g, j0, nc, xscale, xzp, &qc[t]);
         }
         // Tiles read in place (direct_b_t): one k block, a full tile, every tap contiguous and valid.
         int direct[QTILES];
@@ -627,12 +627,7 @@ static void run_q8_tiles(int level, const geo_t *g, const int32_t *packed, const
     for (int64_t j0 = n0; j0 < n1; j0 += NR) {
         int nc = (int)(n1 - j0 < NR ? n1 - j0 : NR);
         osk_tile_taps(g, j0, nc, taps);
-        for (int jj = 0; jj < NR; jj++) {
-            int32_t i = jj < nc ? (int32_t)((j0 + jj) / g->howo) : -1;
-            qc.zp[jj] = i >= 0 ? xzp[i] : 0;
-            qc.zp4[jj] = (uint32_t)qc.zp[jj] * 0x01010101u;
-            qc.scale[jj] = i >= 0 ? xscale[i] : 0;
-        }
+        osk_q8_tile_cols(g, j0, nc, xscale, xzp, &qc);
 #if OSK_X86
         if (level == OSK_AVX512) pack_q8_avx512(g, taps, &qc, xq, bt);
         else if (level == OSK_AVX2) pack_q8_avx2(g, taps, &qc, xq, bt);

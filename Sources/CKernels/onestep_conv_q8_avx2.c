@@ -34,11 +34,7 @@
 #define KT 8              // columns per kernel tile
 #define SUBS (NR / KT)    // kernel tiles per tap tile
 
-typedef struct {
-    uint32_t zp4[NR];   // the column's image zero point in all 4 bytes (value of padding)
-    int32_t zp[NR];     // the column's image zero point
-    float scale[NR];    // the column's image activation scale
-} cols2_t;
+typedef osk_qcols cols2_t;
 
 /// Rows kb..<kb+kc of one tap tile's B (32 columns), widened: sub-tile s (columns 8s..8s+7) at bw + s * kc * 32,
 /// row kq at + kq * 32 int16: columns 0..3 then 4..7, each as its 4 codes (k = 4q..4q+3) zero-extended.
@@ -167,12 +163,7 @@ AVX2 void osk_conv_q8_avx2(const geo_t *g, const int32_t *packed, const int32_t 
             const int64_t j0 = jb + (int64_t)t * NR;
             const int nc = nb - t * NR < NR ? nb - t * NR : NR;
             osk_tile_taps(g, j0, nc, taps + (size_t)t * g->taps);
-            for (int jj = 0; jj < NR; jj++) {
-                int32_t i = jj < nc ? (int32_t)((j0 + jj) / g->howo) : -1;
-                qc[t].zp[jj] = i >= 0 ? xzp[i] : 0;
-                qc[t].zp4[jj] = (uint32_t)qc[t].zp[jj] * 0x01010101u;
-                qc[t].scale[jj] = i >= 0 ? xscale[i] : 0;
-            }
+            osk_q8_tile_cols(g, j0, nc, xscale, xzp, &qc[t]);
         }
         for (int kb = 0; kb < k4; kb += QKC2) {
             const int kc = k4 - kb < QKC2 ? k4 - kb : QKC2, first = kb == 0, last = kb + kc == k4;
@@ -209,28 +200,9 @@ AVX2 void osk_conv_q8_avx2(const geo_t *g, const int32_t *packed, const int32_t 
 
 AVX2 void osk_q8_range_avx2(const float *x, int32_t c, int32_t n, int32_t hw, int32_t i, int32_t j0, int32_t j1,
                             float *lo_io, float *hi_io) {
-    __m256 vlo = _mm256_set1_ps(*lo_io), vhi = _mm256_set1_ps(*hi_io);
-    for (int ch = 0; ch < c; ch++) {
-        const float *p = x + ((size_t)ch * n + i) * hw;
-        int j = j0;
-        for (; j + 8 <= j1; j += 8) {
-            const __m256 v = _mm256_loadu_ps(p + j);
-            vlo = _mm256_min_ps(vlo, v);
-            vhi = _mm256_max_ps(vhi, v);
-        }
-        if (j < j1) {
-            const __m256 v = _mm256_maskload_ps(p + j, mask8_avx2((1u << (j1 - j)) - 1));   // masked lanes read 0, in the range
-            vlo = _mm256_min_ps(vlo, v);
-            vhi = _mm256_max_ps(vhi, v);
-        }
-    }
-    float l[8], h[8];
-    _mm256_storeu_ps(l, vlo);
-    _mm256_storeu_ps(h, vhi);
-    float lo = l[0], hi = h[0];
-    for (int k = 1; k < 8; k++) { lo = l[k] < lo ? l[k] : lo; hi = h[k] > hi ? h[k] : hi; }
-    *lo_io = lo;
-    *hi_io = hi;
+    __m256 lo = _mm256_set1_ps(*lo_io), hi = _mm256_set1_ps(*hi_io);
+    for (int ch = 0; ch < c; ch++) q8_minmax_avx2(x + ((size_t)ch * n + i) * hw + j0, j1 - j0, &lo, &hi);
+    q8_reduce_minmax_avx2(lo, hi, lo_io, hi_io);
 }
 
 AVX2 void osk_q8_encode_avx2(const float *x, int32_t c, int32_t n, int32_t hw, int32_t i, int32_t j0, int32_t j1,

@@ -77,18 +77,8 @@ OSK_AVX512_TARGET static void row_codes_avx512(const float *row, int32_t k, floa
 /// row_range_avx512 / row_codes_avx512 on 8 lanes (the CPUs without AVX-512): the same values.
 OSK_AVX2_TARGET static void row_range_avx2(const float *row, int32_t k, float *lo, float *hi) {
     __m256 vlo = _mm256_setzero_ps(), vhi = _mm256_setzero_ps();
-    for (int32_t kk = 0; kk < k; kk += 8) {
-        const __m256 v = _mm256_maskload_ps(row + kk, q8_mask_first_avx2(k - kk));   // masked lanes read 0, in the range
-        vlo = _mm256_min_ps(vlo, v);
-        vhi = _mm256_max_ps(vhi, v);
-    }
-    float l[8], h[8];
-    _mm256_storeu_ps(l, vlo);
-    _mm256_storeu_ps(h, vhi);
-    float a = l[0], b = h[0];
-    for (int i = 1; i < 8; i++) { a = fminf(a, l[i]); b = fmaxf(b, h[i]); }
-    *lo = a;
-    *hi = b;
+    q8_minmax_avx2(row, k, &vlo, &vhi);
+    q8_reduce_minmax_avx2(vlo, vhi, lo, hi);
 }
 
 OSK_AVX2_TARGET static void row_codes_avx2(const float *row, int32_t k, float inv, int32_t z, uint8_t *q) {

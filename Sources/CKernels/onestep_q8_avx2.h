@@ -39,6 +39,35 @@ OSK_AVX2_TARGET static inline __m256i q8_mask_first_avx2(int n) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
 }
+
+/// Folds n floats at p into per-lane minima / maxima (lanes past n read 0, which every quantization range holds).
+OSK_AVX2_TARGET static inline void q8_minmax_avx2(const float *p, int64_t n, __m256 *lo, __m256 *hi) {
+    __m256 l = *lo, h = *hi;
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+        const __m256 v = _mm256_loadu_ps(p + j);
+        l = _mm256_min_ps(l, v);
+        h = _mm256_max_ps(h, v);
+    }
+    if (j < n) {
+        const __m256 v = _mm256_maskload_ps(p + j, q8_mask_first_avx2((int)(n - j)));
+        l = _mm256_min_ps(l, v);
+        h = _mm256_max_ps(h, v);
+    }
+    *lo = l;
+    *hi = h;
+}
+
+/// The minimum of lo's lanes and the maximum of hi's (min / max are exact: any order gives the same values).
+OSK_AVX2_TARGET static inline void q8_reduce_minmax_avx2(__m256 lo, __m256 hi, float *l_out, float *h_out) {
+    float l[8], h[8];
+    _mm256_storeu_ps(l, lo);
+    _mm256_storeu_ps(h, hi);
+    float a = l[0], b = h[0];
+    for (int k = 1; k < 8; k++) { a = l[k] < a ? l[k] : a; b = h[k] > b ? h[k] : b; }
+    *l_out = a;
+    *h_out = b;
+}
 #endif
 
 #endif
