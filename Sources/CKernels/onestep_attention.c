@@ -200,8 +200,8 @@ BF16_TARGET static void attention_bf16_avx512(const float *q, int64_t ldq, int l
 // MARK: - fp32 head, AVX2 (osk_attention_head's avx2 level; its avx512 and scalar paths are in onestep_activations.c)
 //
 // The same layout and order as attention_rows_avx512 there, 8 lanes wide: q (D, L) already scaled, k (D, L),
-// vt = V^T (L, D) contiguous copies; ot = O^T (L, D). Blocks of 8 query rows; both passes broadcast a scalar
-// against a row of 8, the softmax takes its max and sum over 8 lanes then across them.
+// vt = V^T (L, D) contiguous copies; ot = O^T (L, D). Blocks of 6 query rows; both passes broadcast a scalar
+// against 2 vectors of 8 (12 accumulators), the softmax takes its max and sum over 8 lanes then across them.
 #if OSK_X86
 #define AVX2_TARGET OSK_AVX2_TARGET
 
@@ -226,19 +226,64 @@ AVX2_TARGET static inline float att_hsum8(__m256 v) {
     return _mm_cvtss_f32(m);
 }
 
+/// Scores of R (<= 6) query rows i0.. against 16 keys j.. (2 vectors): 12 accumulators, per channel 2 loads of k
+/// and R broadcasts of q for 2R fmas (the 8 x 8 tile it replaced did 9 loads per 8 fmas). Each score is the same
+/// fma chain over c as before, so the same bits. Full tiles load plainly: masks would not fit the 16 registers.
+AVX2_TARGET static inline __attribute__((always_inline)) void scores_rx16(const float *q, const float *k, int l, int d, int i0,
+                                                                          const int rows, int j, const int full, float *p) {
+    const __m256i m0 = att_mask8(l - j), m1 = att_mask8(l - j - 8);
+    __m256 a[6][2];
+    for (int r = 0; r < rows; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
+    for (int c = 0; c < d; c++) {
+        const float *kr = k + (int64_t)c * l + j;
+        const __m256 k0 = full ? _mm256_loadu_ps(kr) : _mm256_maskload_ps(kr, m0);
+        const __m256 k1 = full ? _mm256_loadu_ps(kr + 8) : _mm256_maskload_ps(kr + 8, m1);
+        for (int r = 0; r < rows; r++) {
+            const __m256 qv = _mm256_set1_ps(q[(int64_t)c * l + i0 + r]);
+            a[r][0] = _mm256_fmadd_ps(qv, k0, a[r][0]);
+            a[r][1] = _mm256_fmadd_ps(qv, k1, a[r][1]);
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        float *pr = p + (int64_t)(i0 + r) * l + j;
+        _mm256_maskstore_ps(pr, m0, a[r][0]);
+        _mm256_maskstore_ps(pr + 8, m1, a[r][1]);
+    }
+}
+
+/// O^T rows i0.. (R <= 6) x channels c..c+15 (2 vectors) = P V, then scaled by 1 / row sum: per key 2 loads of V^T
+/// and R broadcasts of P for 2R fmas; the same chain over j per output as before.
+AVX2_TARGET static inline __attribute__((always_inline)) void values_rx16(const float *vt, const float *p, int l, int d, int i0,
+                                                                          const int rows, int c, const int full, const float *inv,
+                                                                          float *ot) {
+    const __m256i m0 = att_mask8(d - c), m1 = att_mask8(d - c - 8);
+    __m256 a[6][2];
+    for (int r = 0; r < rows; r++) a[r][0] = a[r][1] = _mm256_setzero_ps();
+    for (int j = 0; j < l; j++) {
+        const float *vr = vt + (int64_t)j * d + c;
+        const __m256 v0 = full ? _mm256_loadu_ps(vr) : _mm256_maskload_ps(vr, m0);
+        const __m256 v1 = full ? _mm256_loadu_ps(vr + 8) : _mm256_maskload_ps(vr + 8, m1);
+        for (int r = 0; r < rows; r++) {
+            const __m256 pv = _mm256_set1_ps(p[(int64_t)(i0 + r) * l + j]);
+            a[r][0] = _mm256_fmadd_ps(pv, v0, a[r][0]);
+            a[r][1] = _mm256_fmadd_ps(pv, v1, a[r][1]);
+        }
+    }
+    for (int r = 0; r < rows; r++) {
+        float *o = ot + (int64_t)(i0 + r) * d + c;
+        const __m256 s = _mm256_set1_ps(inv[r]);
+        _mm256_maskstore_ps(o, m0, _mm256_mul_ps(a[r][0], s));
+        _mm256_maskstore_ps(o + 8, m1, _mm256_mul_ps(a[r][1], s));
+    }
+}
+
+/// Rows i0..i0+rows-1 (rows <= 6, a compile-time constant where inlined).
 AVX2_TARGET static inline __attribute__((always_inline)) void attention_rows_avx2(
     const float *q, const float *k, const float *vt, int l, int d, int i0, const int rows, float *p, float *ot) {
-    __m256 acc[AR];
-    for (int j = 0; j < l; j += 8) {
-        const __m256i mk = att_mask8(l - j);
-        for (int r = 0; r < rows; r++) acc[r] = _mm256_setzero_ps();
-        for (int c = 0; c < d; c++) {
-            __m256 kv = _mm256_maskload_ps(k + (int64_t)c * l + j, mk);
-            for (int r = 0; r < rows; r++) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(q[(int64_t)c * l + i0 + r]), kv, acc[r]);
-        }
-        for (int r = 0; r < rows; r++) _mm256_maskstore_ps(p + (int64_t)(i0 + r) * l + j, mk, acc[r]);
-    }
-    float inv[AR];
+    int j = 0;
+    for (; j + 16 <= l; j += 16) scores_rx16(q, k, l, d, i0, rows, j, 1, p);
+    if (j < l) scores_rx16(q, k, l, d, i0, rows, j, 0, p);
+    float inv[6];
     for (int r = 0; r < rows; r++) {
         float *row = p + (int64_t)(i0 + r) * l;
         __m256 vmax = _mm256_set1_ps(-INFINITY);
@@ -256,22 +301,15 @@ AVX2_TARGET static inline __attribute__((always_inline)) void attention_rows_avx
         }
         inv[r] = 1.0f / att_hsum8(vsum);
     }
-    for (int c = 0; c < d; c += 8) {
-        const __m256i mk = att_mask8(d - c);
-        for (int r = 0; r < rows; r++) acc[r] = _mm256_setzero_ps();
-        for (int j = 0; j < l; j++) {
-            __m256 vv = _mm256_maskload_ps(vt + (int64_t)j * d + c, mk);
-            for (int r = 0; r < rows; r++) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(p[(int64_t)(i0 + r) * l + j]), vv, acc[r]);
-        }
-        for (int r = 0; r < rows; r++)
-            _mm256_maskstore_ps(ot + (int64_t)(i0 + r) * d + c, mk, _mm256_mul_ps(acc[r], _mm256_set1_ps(inv[r])));
-    }
+    int c = 0;
+    for (; c + 16 <= d; c += 16) values_rx16(vt, p, l, d, i0, rows, c, 1, inv, ot);
+    if (c < d) values_rx16(vt, p, l, d, i0, rows, c, 0, inv, ot);
 }
 
 AVX2_TARGET void osk_attention_head_f32_avx2(const float *q, const float *k, const float *vt, int32_t l, int32_t d,
                                              float *ot, float *p) {
     int i = 0;
-    for (; i + AR <= l; i += AR) attention_rows_avx2(q, k, vt, l, d, i, AR, p, ot);
+    for (; i + 6 <= l; i += 6) attention_rows_avx2(q, k, vt, l, d, i, 6, p, ot);
     for (; i < l; i++) attention_rows_avx2(q, k, vt, l, d, i, 1, p, ot);
 }
 #endif

@@ -35,6 +35,15 @@ typedef struct {
 } tap_t;
 
 geo_t osk_make_geo(const osk_conv *g, int32_t n, int32_t h, int32_t w);
+
+/// The int8 convs' per-column quantization parameters of one tile (the image each column belongs to).
+typedef struct {
+    uint32_t zp4[NR];   // the column's image zero point in all 4 bytes (value of padding)
+    int32_t zp[NR];     // the column's image zero point
+    float scale[NR];    // the column's image activation scale
+} osk_qcols;
+/// Fills qc for output columns j0..<j0+nc (nc <= NR; columns past nc: zero point 0, scale 0). onestep_conv_q8.c.
+void osk_q8_tile_cols(const geo_t *g, int64_t j0, int nc, const float *xscale, const int32_t *xzp, osk_qcols *qc);
 /// Fills taps[0..<g->taps] for the output columns j0..<j0+nc (nc <= NR).
 void osk_tile_taps(const geo_t *g, int64_t j0, int nc, tap_t *taps);
 
@@ -54,6 +63,18 @@ int osk_linear_q8_applies(const osk_conv *c);
 void osk_linear_q8_avx512(const osk_conv *conv, const int32_t *packed, const int32_t *rowsum, const float *wscale,
                           const uint32_t *xq, const float *xscale, const int32_t *xzp, int32_t n, int32_t h, int32_t w,
                           float *y, int64_t n0, int64_t n1, int32_t m0, int32_t m1, const osk_q8_epilogue *ep);
+#endif
+
+/// onestep_conv_q8_avx2.c: the avx2 level's int8 conv driver (osk_conv_q8_fused's arguments as run_q8_tiles takes
+/// them), and the activation range / codes of osk_q8_range / osk_q8_encode at that level.
+#if OSK_X86
+void osk_conv_q8_avx2(const geo_t *g, const int32_t *packed, const int32_t *rowsum, const float *wscale,
+                      const uint32_t *xq, const float *xscale, const int32_t *xzp, int m, float *y, int64_t ldc,
+                      int64_t n0, int64_t n1, int p0, int p1, const osk_q8_epilogue *ep);
+void osk_q8_range_avx2(const float *x, int32_t c, int32_t n, int32_t hw, int32_t i, int32_t j0, int32_t j1,
+                       float *lo_io, float *hi_io);
+void osk_q8_encode_avx2(const float *x, int32_t c, int32_t n, int32_t hw, int32_t i, int32_t j0, int32_t j1,
+                        uint32_t *xq, float inv, int32_t zp);
 #endif
 
 /// onestep_conv_few.c: whether the fp32 3x3 stride-1 pad-1 conv of m <= 4 outputs runs on its AVX-512 ring

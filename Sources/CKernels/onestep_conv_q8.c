@@ -138,6 +138,7 @@ void osk_q8_range(int level, const float *x, int32_t c, int32_t n, int32_t hw, i
     if (j1 <= j0) return;
 #if OSK_X86
     if (level == OSK_AVX512) { range_avx512(x, c, n, hw, i, j0, j1, lo, hi); return; }
+    if (level == OSK_AVX2) { osk_q8_range_avx2(x, c, n, hw, i, j0, j1, lo, hi); return; }
 #endif
     range_scalar(x, c, n, hw, i, j0, j1, lo, hi);
 }
@@ -153,6 +154,7 @@ void osk_q8_encode(int level, const float *x, int32_t c, int32_t n, int32_t hw, 
     const float inv = 1.0f / scale[i];   // what q8_params computed
 #if OSK_X86
     if (level == OSK_AVX512) { encode_avx512(x, c, n, hw, i, j0, j1, xq, inv, zp[i]); return; }
+    if (level == OSK_AVX2) { osk_q8_encode_avx2(x, c, n, hw, i, j0, j1, xq, inv, zp[i]); return; }
 #endif
     encode_scalar(x, c, n, hw, i, j0, j1, xq, inv, zp[i]);
 }
@@ -169,11 +171,16 @@ void osk_q8_quantize(int level, const float *x, int32_t c, int32_t n, int32_t hw
 
 // MARK: - int8 tile packing: bt (C4 * taps, NR) uint32, row kq = q * taps + t; padding = zero point
 
-typedef struct {
-    uint32_t zp4[NR];   // the column's image zero point in all 4 bytes (value of padding)
-    int32_t zp[NR];     // the column's image zero point
-    float scale[NR];    // the column's image activation scale
-} qcols_t;
+typedef osk_qcols qcols_t;
+
+void osk_q8_tile_cols(const geo_t *g, int64_t j0, int nc, const float *xscale, const int32_t *xzp, osk_qcols *qc) {
+    for (int jj = 0; jj < NR; jj++) {
+        int32_t i = jj < nc ? (int32_t)((j0 + jj) / g->howo) : -1;
+        qc->zp[jj] = i >= 0 ? xzp[i] : 0;
+        qc->zp4[jj] = (uint32_t)qc->zp[jj] * 0x01010101u;
+        qc->scale[jj] = i >= 0 ? xscale[i] : 0;
+    }
+}
 
 static void pack_q8_scalar(const geo_t *g, const tap_t *taps, const qcols_t *qc, const uint32_t *xq, uint32_t *bt) {
     const int c4 = (g->c + 3) / 4;
@@ -561,12 +568,7 @@ static void run_q8_blocked(const geo_t *g, const int32_t *packed, const int32_t 
             const int64_t j0 = jb + (int64_t)t * NR;
             const int nc = nb - t * NR < NR ? nb - t * NR : NR;
             osk_tile_taps(g, j0, nc, taps + (size_t)t * g->taps);
-            for (int jj = 0; jj < NR; jj++) {
-                int32_t i = jj < nc ? (int32_t)((j0 + jj) / g->howo) : -1;
-                qc[t].zp[jj] = i >= 0 ? xzp[i] : 0;
-                qc[t].zp4[jj] = (uint32_t)qc[t].zp[jj] * 0x01010101u;
-                qc[t].scale[jj] = i >= 0 ? xscale[i] : 0;
-            }
+            osk_q8_tile_cols(g, j0, nc, xscale, xzp, &qc[t]);
         }
         // Tiles read in place (direct_b_t): one k block, a full tile, every tap contiguous and valid.
         int direct[QTILES];
@@ -625,12 +627,7 @@ static void run_q8_tiles(int level, const geo_t *g, const int32_t *packed, const
     for (int64_t j0 = n0; j0 < n1; j0 += NR) {
         int nc = (int)(n1 - j0 < NR ? n1 - j0 : NR);
         osk_tile_taps(g, j0, nc, taps);
-        for (int jj = 0; jj < NR; jj++) {
-            int32_t i = jj < nc ? (int32_t)((j0 + jj) / g->howo) : -1;
-            qc.zp[jj] = i >= 0 ? xzp[i] : 0;
-            qc.zp4[jj] = (uint32_t)qc.zp[jj] * 0x01010101u;
-            qc.scale[jj] = i >= 0 ? xscale[i] : 0;
-        }
+        osk_q8_tile_cols(g, j0, nc, xscale, xzp, &qc);
 #if OSK_X86
         if (level == OSK_AVX512) pack_q8_avx512(g, taps, &qc, xq, bt);
         else if (level == OSK_AVX2) pack_q8_avx2(g, taps, &qc, xq, bt);
@@ -655,12 +652,12 @@ static void run_q8_tiles(int level, const geo_t *g, const int32_t *packed, const
     }
 }
 
-/// The per-tile driver on AVX-512 too (before/after measurements): ONESTEP_Q8_UNBLOCKED=1 at start-up, or
+/// The per-tile driver on AVX-512 and AVX2 too (before/after measurements): ONESTEP_Q8_UNBLOCKED=1 at start-up, or
 /// osk_q8_set_unblocked. Kept in a variable: this runs for every part of every int8 conv, and getenv scans the
 /// whole environment (and races with setenv).
 static int q8_unblocked_flag = -1;   // -1: not read yet
 
-#if OSK_X86   // only the AVX-512 path has two drivers
+#if OSK_X86   // the AVX-512 and AVX2 levels have two drivers
 static int q8_unblocked(void) {
     int v = __atomic_load_n(&q8_unblocked_flag, __ATOMIC_RELAXED);
     if (v < 0) {
@@ -695,6 +692,10 @@ void osk_conv_q8_fused(int level, const osk_conv *conv, const int32_t *packed, c
             return;
         }
         run_q8_blocked(&g, packed, rowsum, wscale, xq, xscale, xzp, m, y, ldc, n0, n1, p0, p1, ep);
+        return;
+    }
+    if (level == OSK_AVX2 && !q8_unblocked()) {   // onestep_conv_q8_avx2.c
+        osk_conv_q8_avx2(&g, packed, rowsum, wscale, xq, xscale, xzp, m, y, ldc, n0, n1, p0, p1, ep);
         return;
     }
 #endif

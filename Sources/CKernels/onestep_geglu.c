@@ -5,7 +5,7 @@
 //
 // erf is a rational approximation (x P(x^2) / Q(x^2) on x clamped to [-4, 4], where erf is +-1 in float;
 // the coefficients of Eigen's / XLA's generic_fast_erf_float), evaluated by the same fmaf chain at every level,
-// so the scalar and AVX-512 paths give the same bits. Error against the double-precision reference:
+// so the scalar, AVX2 and AVX-512 paths give the same bits. Error against the double-precision reference:
 // LatentKernelsTests (gegluMaxAbsError).
 #include "onestep_kernels.h"
 #include "onestep_isa.h"
@@ -78,6 +78,40 @@ OSK_AVX512_TARGET static void geglu_avx512(const float *proj, int64_t inner, int
         s = e;
     }
 }
+
+/// geglu_avx512 on 8 lanes (the CPUs without AVX-512): the same operations, so the same bits.
+OSK_AVX2_TARGET static void geglu_avx2(const float *proj, int64_t inner, int64_t cols, int64_t j0, int64_t j1,
+                                       int64_t length, float *out, float *range) {
+    const float *gate = proj + inner * cols;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int64_t s = j0; s < j1;) {
+        const int64_t image = s / length, e = (image + 1) * length < j1 ? (image + 1) * length : j1;
+        __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+        for (int64_t r = 0; r < inner; r++) {
+            const float *a = proj + r * cols, *g = gate + r * cols;
+            float *o = out + r * cols;
+            for (int64_t j = s; j < e; j += 8) {
+                const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(e - j < 8 ? e - j : 8)), lane);
+                const __m256 v = geglu_avx2_8(_mm256_maskload_ps(a + j, m), _mm256_maskload_ps(g + j, m));
+                _mm256_maskstore_ps(o + j, m, v);
+                const __m256 vm = _mm256_and_ps(v, _mm256_castsi256_ps(m));   // masked lanes: 0, in every range
+                lo = _mm256_min_ps(lo, vm);
+                hi = _mm256_max_ps(hi, vm);
+            }
+        }
+        if (range) {
+            float l8[8], h8[8];
+            _mm256_storeu_ps(l8, lo);
+            _mm256_storeu_ps(h8, hi);
+            float *p = range + 2 * image;
+            for (int k = 0; k < 8; k++) {
+                p[0] = l8[k] < p[0] ? l8[k] : p[0];
+                p[1] = h8[k] > p[1] ? h8[k] : p[1];
+            }
+        }
+        s = e;
+    }
+}
 #endif
 
 void osk_geglu(int level, const float *proj, int64_t inner, int64_t cols, int64_t j0, int64_t j1, int64_t length,
@@ -85,6 +119,7 @@ void osk_geglu(int level, const float *proj, int64_t inner, int64_t cols, int64_
     if (j1 <= j0) return;
 #if OSK_X86
     if (level == OSK_AVX512) { geglu_avx512(proj, inner, cols, j0, j1, length, out, range); return; }
+    if (level == OSK_AVX2) { geglu_avx2(proj, inner, cols, j0, j1, length, out, range); return; }
 #endif
     (void)level;
     geglu_scalar(proj, inner, cols, j0, j1, length, out, range);

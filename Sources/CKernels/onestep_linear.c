@@ -18,7 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "onestep_conv_internal.h"
 #include "onestep_isa.h"
+#include "onestep_q8_avx2.h"
 
 #define LNR 32  // output channels per panel
 #define LMR 6   // rows per microkernel
@@ -71,12 +73,38 @@ OSK_AVX512_TARGET static void row_codes_avx512(const float *row, int32_t k, floa
         q[kk] = (uint8_t)(c < 0 ? 0 : c > 255 ? 255 : c);
     }
 }
+
+/// row_range_avx512 / row_codes_avx512 on 8 lanes (the CPUs without AVX-512): the same values.
+OSK_AVX2_TARGET static void row_range_avx2(const float *row, int32_t k, float *lo, float *hi) {
+    __m256 vlo = _mm256_setzero_ps(), vhi = _mm256_setzero_ps();
+    q8_minmax_avx2(row, k, &vlo, &vhi);
+    q8_reduce_minmax_avx2(vlo, vhi, lo, hi);
+}
+
+OSK_AVX2_TARGET static void row_codes_avx2(const float *row, int32_t k, float inv, int32_t z, uint8_t *q) {
+    const __m256 vinv = _mm256_set1_ps(inv);
+    const __m256i vz = _mm256_set1_epi32(z), zero = _mm256_setzero_si256(), top = _mm256_set1_epi32(255);
+    const __m256i bytes = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                           0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+    int32_t kk = 0;
+    for (; kk + 8 <= k; kk += 8) {
+        __m256i c = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(row + kk), vinv)), vz);
+        c = _mm256_shuffle_epi8(_mm256_min_epi32(_mm256_max_epi32(c, zero), top), bytes);   // low byte of each lane
+        const uint32_t lo4 = (uint32_t)_mm256_cvtsi256_si32(c), hi4 = (uint32_t)_mm_cvtsi128_si32(_mm256_extracti128_si256(c, 1));
+        memcpy(q + kk, &lo4, 4);
+        memcpy(q + kk + 4, &hi4, 4);
+    }
+    for (; kk < k; kk++) {
+        int32_t c = (int32_t)lrintf(row[kk] * inv) + z;
+        q[kk] = (uint8_t)(c < 0 ? 0 : c > 255 ? 255 : c);
+    }
+}
 #endif
 
 void osk_lq8_quantize(const float *x, int32_t rows, int32_t k, int64_t ldx, uint32_t *xq, float *scale, int32_t *zp) {
     const int32_t k4 = (k + 3) / 4;
 #if OSK_X86
-    const int fast = osk_level_supported(OSK_AVX512);
+    const int fast = osk_level_supported(OSK_AVX512), fast2 = !fast && osk_level_supported(OSK_AVX2);
 #endif
     for (int32_t r = 0; r < rows; r++) {
         const float *row = x + (size_t)r * ldx;
@@ -84,6 +112,8 @@ void osk_lq8_quantize(const float *x, int32_t rows, int32_t k, int64_t ldx, uint
 #if OSK_X86
         if (fast) {
             row_range_avx512(row, k, &lo, &hi);
+        } else if (fast2) {
+            row_range_avx2(row, k, &lo, &hi);
         } else
 #endif
         for (int32_t kk = 0; kk < k; kk++) { lo = fminf(lo, row[kk]); hi = fmaxf(hi, row[kk]); }
@@ -97,8 +127,9 @@ void osk_lq8_quantize(const float *x, int32_t rows, int32_t k, int64_t ldx, uint
         zp[r] = z;
         uint8_t *q = (uint8_t *)(xq + (size_t)r * k4);
 #if OSK_X86
-        if (fast) {
-            row_codes_avx512(row, k, inv, z, q);
+        if (fast || fast2) {
+            if (fast) row_codes_avx512(row, k, inv, z, q);
+            else row_codes_avx2(row, k, inv, z, q);
             for (int32_t kk = k; kk < 4 * k4; kk++) q[kk] = (uint8_t)z;
             continue;
         }
@@ -170,25 +201,54 @@ OSK_AVX512_TARGET static void store_avx512(int32_t acc[LMR][LNR], int mr, int nc
     }
 }
 
-/// Exact without vpdpbusd: codes widened to 16 bits, vpmaddwd sums pairs into int32 (no saturation).
-OSK_AVX2_TARGET static void block_avx2(int32_t k4, const uint32_t *const xr[LMR], const int32_t *wp, int32_t acc[LMR][LNR]) {
-    for (int v = 0; v < LNR / 8; v++) {
-        __m256i lo[LMR], hi[LMR];
-        for (int r = 0; r < LMR; r++) { lo[r] = _mm256_setzero_si256(); hi[r] = _mm256_setzero_si256(); }
-        const int32_t *w = wp + 8 * v;
-        for (int32_t q = 0; q < k4; q++) {
-            __m256i wraw = _mm256_loadu_si256((const __m256i *)(w + (size_t)q * LNR));
-            __m256i wl = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(wraw));       // outputs 0..3 x 4 k
-            __m256i wh = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(wraw, 1));  // outputs 4..7 x 4 k
-            for (int r = 0; r < LMR; r++) {
-                __m256i xw = _mm256_cvtepu8_epi16(_mm_set1_epi32((int32_t)xr[r][q]));
-                lo[r] = _mm256_add_epi32(lo[r], _mm256_madd_epi16(wl, xw));
-                hi[r] = _mm256_add_epi32(hi[r], _mm256_madd_epi16(wh, xw));
+/// The avx2 level (no vpdpbusd): onestep_q8_avx2.h's 4 x 8 kernel on operands widened to int16 once, rows of X
+/// broadcast and 8 outputs of W per vector. Rows in chunks of LQ2_ROWS, their codes widened ([row][K4][4] int16, a
+/// plain zero extension); per chunk, each 32-output panel of W widened ([8-output tile][K4][32] int16) and run over
+/// the chunk's rows. The dequantization is store_avx512's: fmaf((float)(acc - zp * rowsum), s_x * s_w, bias).
+#define LQ2_ROWS 48
+OSK_AVX2_TARGET static void gemm_avx2(const uint32_t *xq, const float *xscale, const int32_t *xzp, int32_t k4,
+                                      const int32_t *packed, const int32_t *rowsum, const float *wscale, const float *bias,
+                                      int32_t n, float *y, int64_t ldy, int32_t r0, int32_t r1) {
+    const int32_t panels = (n + LNR - 1) / LNR;
+    int16_t *xw = osk_ws_get(OSK_WS_ACC, (size_t)LQ2_ROWS * k4 * 4 * sizeof(int16_t));
+    int16_t *ww = osk_ws_get(OSK_WS_BLOCK, (size_t)k4 * LNR * 4 * sizeof(int16_t));
+    if (!xw || !ww) abort();
+    for (int32_t rc = r0; rc < r1; rc += LQ2_ROWS) {
+        const int rows = r1 - rc < LQ2_ROWS ? r1 - rc : LQ2_ROWS, groups = (rows + 3) / 4;
+        for (int r = 0; r < 4 * groups; r++) {   // rows past the chunk repeat its first row (computed, never stored)
+            const uint8_t *src = (const uint8_t *)(xq + (size_t)(rc + (r < rows ? r : 0)) * k4);
+            int16_t *d = xw + (size_t)r * k4 * 4;
+            int32_t q = 0;
+            for (; q + 4 <= k4; q += 4) _mm256_storeu_si256((__m256i *)(d + 4 * q), _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)(src + 4 * q))));
+            for (; q < k4; q++) _mm_storel_epi64((__m128i *)(d + 4 * q), _mm_cvtepu8_epi16(_mm_cvtsi32_si128(*(const int32_t *)(src + 4 * q))));
+        }
+        for (int32_t p = 0; p < panels; p++) {
+            const int32_t *wp = packed + (size_t)p * k4 * LNR;
+            const int nc = n - p * LNR < LNR ? n - p * LNR : LNR, subs = (nc + 7) / 8;
+            for (int32_t q = 0; q < k4; q++)
+                for (int t = 0; t < subs; t++) {
+                    int16_t *d = ww + ((size_t)t * k4 + q) * 32;
+                    const __m128i *src = (const __m128i *)(wp + (size_t)q * LNR + 8 * t);
+                    _mm256_store_si256((__m256i *)d, _mm256_cvtepi8_epi16(_mm_loadu_si128(src)));
+                    _mm256_store_si256((__m256i *)(d + 16), _mm256_cvtepi8_epi16(_mm_loadu_si128(src + 1)));
+                }
+            for (int t = 0; t < subs; t++) {
+                const int o0 = p * LNR + 8 * t, cnt = nc - 8 * t < 8 ? nc - 8 * t : 8;
+                const __m256i m = q8_mask_first_avx2(cnt);
+                const __m256i rs = _mm256_maskload_epi32(rowsum + o0, m);
+                const __m256 ws = _mm256_maskload_ps(wscale + o0, m);
+                const __m256 b = bias ? _mm256_maskload_ps(bias + o0, m) : _mm256_setzero_ps();
+                for (int g = 0; g < groups; g++) {
+                    __m256i sum[4];
+                    q8_sums_4x8_avx2((int)k4, xw + (size_t)4 * g * k4 * 4, (int64_t)k4 * 4, 4, ww + (size_t)t * k4 * 32, sum);
+                    for (int r = 0; r < 4 && 4 * g + r < rows; r++) {
+                        const int row = rc + 4 * g + r;
+                        const __m256 f = _mm256_cvtepi32_ps(_mm256_sub_epi32(sum[r], _mm256_mullo_epi32(_mm256_set1_epi32(xzp[row]), rs)));
+                        _mm256_maskstore_ps(y + (size_t)row * ldy + o0, m, _mm256_fmadd_ps(f, _mm256_mul_ps(_mm256_set1_ps(xscale[row]), ws), b));
+                    }
+                }
             }
         }
-        for (int r = 0; r < LMR; r++)
-            _mm256_storeu_si256((__m256i *)(acc[r] + 8 * v),
-                                _mm256_permute4x64_epi64(_mm256_hadd_epi32(lo[r], hi[r]), _MM_SHUFFLE(3, 1, 2, 0)));
     }
 }
 #endif
@@ -198,6 +258,9 @@ void osk_lq8_gemm(int level, const uint32_t *xq, const float *xscale, const int3
                   float *y, int64_t ldy, int32_t r0, int32_t r1) {
     const int32_t k4 = (k + 3) / 4, panels = (n + LNR - 1) / LNR;
     (void)rows;
+#if OSK_X86
+    if (level == OSK_AVX2) { gemm_avx2(xq, xscale, xzp, k4, packed, rowsum, wscale, bias, n, y, ldy, r0, r1); return; }
+#endif
     int32_t acc[LMR][LNR];
     // Panel outer, rows inner: a panel (K * 32 bytes, 32 KiB at K = 1024) stays in L1 while the rows' codes
     // stream past it, instead of every row block streaming all of W from L2.
@@ -210,7 +273,6 @@ void osk_lq8_gemm(int level, const uint32_t *xq, const float *xscale, const int3
             for (int r = 0; r < LMR; r++) xr[r] = xq + (size_t)(rb + (r < mr ? r : 0)) * k4;  // short blocks repeat a row
 #if OSK_X86
             if (level == OSK_AVX512) block_avx512(k4, xr, wp, acc);
-            else if (level == OSK_AVX2) block_avx2(k4, xr, wp, acc);
             else
 #endif
                 block_scalar(k4, xr, wp, acc);

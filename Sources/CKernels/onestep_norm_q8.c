@@ -181,12 +181,102 @@ AVX512 static void encode_avx512(const float *x, int32_t c, int32_t n, int32_t h
         }
     }
 }
+
+// The avx2 level (CPUs without AVX-512): the AVX-512 functions above on 8 lanes, masked lanes blended to values
+// that change no minimum / maximum; osk_exp256 is osk_exp512's operations, so the same bits.
+#define AVX2 OSK_AVX2_TARGET
+
+AVX2 static inline __m256i tail_mask_avx2(int32_t left) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+AVX2 static float hmin_avx2(__m256 v) {
+    float f[8];
+    _mm256_storeu_ps(f, v);
+    float r = f[0];
+    for (int k = 1; k < 8; k++) r = f[k] < r ? f[k] : r;
+    return r;
+}
+
+AVX2 static float hmax_avx2(__m256 v) {
+    float f[8];
+    _mm256_storeu_ps(f, v);
+    float r = f[0];
+    for (int k = 1; k < 8; k++) r = f[k] > r ? f[k] : r;
+    return r;
+}
+
+AVX2 static void plane_range_avx2(const float *x, int32_t hw, float *lo, float *hi) {
+    const __m256 first = _mm256_set1_ps(x[0]);   // masked-off lanes read x[0], a value of the plane
+    __m256 l = first, h = first;
+    for (int32_t j = 0; j < hw; j += 8) {
+        const __m256 m = _mm256_castsi256_ps(tail_mask_avx2(hw - j));
+        const __m256 v = _mm256_blendv_ps(first, _mm256_maskload_ps(x + j, _mm256_castps_si256(m)), m);
+        l = _mm256_min_ps(l, v);
+        h = _mm256_max_ps(h, v);
+    }
+    *lo = hmin_avx2(l);
+    *hi = hmax_avx2(h);
+}
+
+AVX2 static void silu_range_avx2(const float *x, int32_t hw, float a, float b, float *vlo, float *vhi) {
+    const __m256 va = _mm256_set1_ps(a), vb = _mm256_set1_ps(b), zs = _mm256_set1_ps(SILU_MIN_Z);
+    const __m256 inf = _mm256_set1_ps(INFINITY), ninf = _mm256_set1_ps(-INFINITY);
+    __m256 zmin = inf, zmax = ninf, below = ninf, above = inf;
+    for (int32_t j = 0; j < hw; j += 8) {
+        const __m256 m = _mm256_castsi256_ps(tail_mask_avx2(hw - j));
+        const __m256 z = _mm256_fmadd_ps(_mm256_maskload_ps(x + j, _mm256_castps_si256(m)), va, vb);
+        zmin = _mm256_min_ps(zmin, _mm256_blendv_ps(inf, z, m));
+        zmax = _mm256_max_ps(zmax, _mm256_blendv_ps(ninf, z, m));
+        below = _mm256_max_ps(below, _mm256_blendv_ps(ninf, z, _mm256_and_ps(m, _mm256_cmp_ps(z, zs, _CMP_LE_OQ))));
+        above = _mm256_min_ps(above, _mm256_blendv_ps(inf, z, _mm256_and_ps(m, _mm256_cmp_ps(z, zs, _CMP_GE_OQ))));
+    }
+    fold_silu_candidates(hmin_avx2(zmin), hmax_avx2(zmax), hmax_avx2(below), hmin_avx2(above), vlo, vhi);
+}
+
+AVX2 static void encode_avx2(const float *x, int32_t c, int32_t n, int32_t hw, int32_t i, int32_t q0, int32_t q1,
+                             const float *a, const float *b, int silu, uint32_t *xq, float inv, int32_t zp) {
+    const __m256 vinv = _mm256_set1_ps(inv), one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+    const __m256i vzp = _mm256_set1_epi32(zp), v0 = _mm256_setzero_si256(), v255 = _mm256_set1_epi32(255);
+    for (int q = q0; q < q1; q++) {
+        uint32_t *d = xq + ((int64_t)q * n + i) * hw;
+        const float *src[4];
+        __m256 va[4], vb[4];
+        for (int k = 0; k < 4; k++) {
+            int ch = 4 * q + k < c ? 4 * q + k : c - 1;   // channels past C are never read (their code is zp)
+            src[k] = x + ((int64_t)ch * n + i) * hw;
+            va[k] = _mm256_set1_ps(a[ch]);
+            vb[k] = _mm256_set1_ps(b[ch]);
+        }
+        for (int32_t j = 0; j < hw; j += 8) {
+            const __m256i m = tail_mask_avx2(hw - j);
+            __m256i word = _mm256_setzero_si256();
+            for (int k = 0; k < 4; k++) {
+                __m256i code = vzp;
+                if (4 * q + k < c) {
+                    __m256 xv = _mm256_maskload_ps(src[k] + j, m), v;
+                    if (silu) {
+                        __m256 z = _mm256_fmadd_ps(xv, va[k], vb[k]);
+                        v = _mm256_div_ps(z, _mm256_add_ps(one, osk_exp256(_mm256_sub_ps(zero, z))));
+                    } else {
+                        v = _mm256_add_ps(_mm256_mul_ps(xv, va[k]), vb[k]);
+                    }
+                    code = _mm256_add_epi32(_mm256_cvtps_epi32(_mm256_mul_ps(v, vinv)), vzp);   // nearest-even
+                    code = _mm256_min_epi32(_mm256_max_epi32(code, v0), v255);
+                }
+                word = _mm256_or_si256(word, _mm256_slli_epi32(code, 8 * k));
+            }
+            _mm256_maskstore_epi32((int *)(d + j), m, word);
+        }
+    }
+}
 #endif
 
 void osk_plane_range(int level, const float *x, int32_t hw, float *lo, float *hi) {
     if (hw <= 0) { *lo = 0; *hi = 0; return; }
 #if OSK_X86
     if (level >= OSK_AVX512) { plane_range_avx512(x, hw, lo, hi); return; }
+    if (level == OSK_AVX2) { plane_range_avx2(x, hw, lo, hi); return; }
 #endif
     (void)level;
     plane_range_scalar(x, hw, lo, hi);
@@ -196,6 +286,7 @@ void osk_silu_range(int level, const float *x, int32_t hw, float a, float b, flo
     if (hw <= 0) return;
 #if OSK_X86
     if (level >= OSK_AVX512) { silu_range_avx512(x, hw, a, b, vlo, vhi); return; }
+    if (level == OSK_AVX2) { silu_range_avx2(x, hw, a, b, vlo, vhi); return; }
 #endif
     (void)level;
     silu_range_scalar(x, hw, a, b, vlo, vhi);
@@ -220,6 +311,7 @@ void osk_affine_q8_encode(int level, const float *x, int32_t c, int32_t n, int32
     const float inv = 1.0f / scale;   // as osk_q8_encode
 #if OSK_X86
     if (level >= OSK_AVX512) { encode_avx512(x, c, n, hw, i, q0, q1, a, b, silu, xq, inv, zp); return; }
+    if (level == OSK_AVX2) { encode_avx2(x, c, n, hw, i, q0, q1, a, b, silu, xq, inv, zp); return; }
 #endif
     (void)level;
     encode_scalar(x, c, n, hw, i, q0, q1, a, b, silu, xq, inv, zp);

@@ -73,8 +73,9 @@ enum BenchCommand {
         var peaks: [Int: (f32: Double, int8: Double)] = [:]
         if f.isSet("peak") || f.isSet("kernels") {
             let m = MachinePeaks.measure(seconds: 1)
-            FileHandle.standardError.write(Data(String(format: "machine peaks, one core (dependent-free chains on registers, best ~1 ms interval): clock %.2f GHz; int8 VNNI vpdpbusd %@ GOP/s; fp32 FMA %@ GFLOP/s; bf16 vdpbf16ps %@ GFLOP/s\n",
-                                                       m.ghz, MachinePeaks.describe(m.vnniGops, ghz: m.ghz), MachinePeaks.describe(m.fmaGflops, ghz: m.ghz),
+            FileHandle.standardError.write(Data(String(format: "machine peaks, one core (dependent-free chains on registers, best ~1 ms interval): clock %.2f GHz; int8 VNNI vpdpbusd %@ GOP/s; int8 AVX2 vpmaddwd+vpaddd %@ GOP/s; fp32 FMA %@ GFLOP/s; bf16 vdpbf16ps %@ GFLOP/s\n",
+                                                       m.ghz, MachinePeaks.describe(m.vnniGops, ghz: m.ghz), MachinePeaks.describe(m.maddGops, ghz: m.ghz),
+                                                       MachinePeaks.describe(m.fmaGflops, ghz: m.ghz),
                                                        MachinePeaks.describe(m.bf16Gflops, ghz: m.ghz)).utf8))
             if f.isSet("kernels") { print(BenchKernels.run(seconds: min(seconds, 1), peaks: m)) }
         }

@@ -165,8 +165,9 @@ final class FastConvTests: XCTestCase {
         print(String(format: "FastConv int8 worst relative L2 vs fp32 reference: %.4f", worst))
     }
 
-    /// Shapes that cross the AVX-512 int8 kernel's blocks: k quads past one 192-quad block (and not a multiple of
-    /// it), columns past one 256-column block with a ragged last tile, Cout not a multiple of the 8-row panel,
+    /// Shapes that cross the int8 drivers' blocks (AVX-512: 192 k quads; AVX2: 128 k quads and 8-column kernel
+    /// tiles): k quads past one block (and not a multiple of it), columns past one 256-column block with a ragged
+    /// last tile, Cout not a multiple of the 8-row panel,
     /// Cin not a multiple of 4, stride 2, the fused upsample; run whole and cut into (rows, columns) parts.
     static let blockCases: [Case] = [
         Case(geometry: ConvGeometry(inChannels: 130, outChannels: 21, kernel: 3, padding: 1), batch: 3, height: 11, width: 13, name: "3x3 K4 297, 429 columns"),

@@ -10,8 +10,9 @@ final class LinearInt8Tests: XCTestCase {
     /// Quantization error of uint8 rows x int8 channels against the float product (relative L2).
     static let closeToFloat = 0.02
 
-    /// rows, K, N: none a multiple of the 4 x 32 block or of 4 in K except where noted.
-    static let shapes = [(1, 1, 1), (3, 5, 7), (5, 13, 31), (7, 67, 33), (4, 64, 32), (9, 130, 70), (33, 257, 65)]
+    /// rows, K, N: none a multiple of the 4 x 32 block or of 4 in K except where noted; 101 rows cross the avx2
+    /// level's 48-row chunks with a ragged last one.
+    static let shapes = [(1, 1, 1), (3, 5, 7), (5, 13, 31), (7, 67, 33), (4, 64, 32), (9, 130, 70), (33, 257, 65), (101, 130, 70)]
 
     func testMatchesReferenceAtEveryLevel() {
         print("int8 linear levels tested on this CPU: \(Self.levels.map(\.description).joined(separator: ", "))")
@@ -66,6 +67,15 @@ final class LinearInt8Tests: XCTestCase {
         guard KernelLevel.avx512.isSupported else { throw XCTSkip("no AVX-512 VNNI on this CPU: the peak chain cannot run") }
         let gops = try XCTUnwrap(FastConv.vnniPeakGops(seconds: 0.05))
         XCTAssertGreaterThan(gops, 1, "a vpdpbusd chain cannot run below 1 GOP/s")
+    }
+
+    /// The avx2 level's int8 peak (vpmaddwd + vpaddd chains) runs where the CPU has AVX2; skipped elsewhere.
+    func testAVX2Int8PeakMeasures() throws {
+        guard KernelLevel.avx2.isSupported else { throw XCTSkip("no AVX2 on this CPU") }
+        let peaks = MachinePeaks.measure(seconds: 0.05)
+        let gops = try XCTUnwrap(peaks.maddGops)
+        XCTAssertGreaterThan(gops, 1, "a vpmaddwd chain cannot run below 1 GOP/s")
+        XCTAssertNotNil(peaks.fmaGflops, "the fp32 FMA peak runs at the avx2 level too")
     }
 
     /// AMX is not implemented (no AMX on the CPUs this was written on, so nothing could be tested): say so.

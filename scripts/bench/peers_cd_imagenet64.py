@@ -89,10 +89,15 @@ def main():
 
         onnx_path = os.path.join(tempfile.mkdtemp(), "unet.onnx")
         x, t, y = inputs(1)
-        torch.onnx.export(Wrapped(model), (x, t, y), onnx_path, input_names=["x", "t", "y"], output_names=["out"],
-                          dynamic_axes={"x": {0: "b"}, "t": {0: "b"}, "y": {0: "b"}, "out": {0: "b"}}, opset_version=17,
-                          dynamo=False)
-    if "onnxruntime" in peers:
+        try:
+            torch.onnx.export(Wrapped(model), (x, t, y), onnx_path, input_names=["x", "t", "y"], output_names=["out"],
+                              dynamic_axes={"x": {0: "b"}, "t": {0: "b"}, "y": {0: "b"}, "out": {0: "b"}}, opset_version=17,
+                              dynamo=False)
+        except Exception as e:  # e.g. the `onnx` package missing: OpenVINO converts the torch module directly instead
+            print(f"ONNX export failed ({type(e).__name__}: {e}); onnxruntime skipped, OpenVINO via convert_model", flush=True)
+            onnx_path = None
+            wrapped = Wrapped(model)
+    if "onnxruntime" in peers and onnx_path:
         try:
             import onnxruntime as ort
         except ImportError as e:
@@ -114,7 +119,12 @@ def main():
             print(f"openvino not importable ({e}); skipped", flush=True)
         else:
             core = ov.Core()
-            ov_model = core.read_model(onnx_path)
+            if onnx_path:
+                ov_model = core.read_model(onnx_path)
+            else:
+                x, t, y = inputs(1)
+                with torch.no_grad():
+                    ov_model = ov.convert_model(wrapped, example_input=(x, t, y))
             for n in threads:
                 compiled = core.compile_model(ov_model, "CPU", {"INFERENCE_NUM_THREADS": n, "PERFORMANCE_HINT": "LATENCY"})
                 hint = str(compiled.get_property("INFERENCE_PRECISION_HINT"))

@@ -181,9 +181,12 @@ int64_t osk_vnni_peak_ops(int64_t iterations, int64_t *checksum);
 /// Peaks (onestep_peak.c). Runs 8 * `iterations` dependent integer adds (one cycle each) and returns that cycle
 /// count: the caller times it for the core's clock frequency.
 int64_t osk_add_chain_cycles(int64_t iterations);
-/// Runs `iterations` of 16 independent chains of 512-bit vfmadd231ps (12 of 256-bit ones on AVX2-only CPUs);
+/// Runs `iterations` of 16 independent chains of 512-bit vfmadd231ps (12 of 256-bit ones at the avx2 level);
 /// returns the flops done (0 without AVX2).
 int64_t osk_fma_peak_ops(int64_t iterations, double *checksum);
+/// Runs `iterations` of 12 independent chains of 256-bit vpmaddwd + vpaddd (the AVX2 int8 kernels' inner pair);
+/// returns the int8 ops done, 2 per multiply-add (0 without AVX2): the int8 peak of the avx2 level.
+int64_t osk_madd_peak_ops(int64_t iterations, int64_t *checksum);
 /// 1 when this CPU has AVX-512 BF16 (vdpbf16ps) besides the avx512 level.
 int osk_bf16_supported(void);
 /// Runs `iterations` of 16 independent chains of 512-bit vdpbf16ps; returns the flops done (0 without AVX512-BF16).

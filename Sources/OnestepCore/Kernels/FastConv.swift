@@ -716,11 +716,18 @@ public struct MachinePeaks: Sendable {
     /// int8 (vpdpbusd: u8 x s8, 2 ops per multiply-add), fp32 FMA (vfmadd231ps) and bf16 (vdpbf16ps), in
     /// G operations per second on one core; nil when the CPU lacks the instruction.
     public var vnniGops: Double?, fmaGflops: Double?, bf16Gflops: Double?
+    /// The avx2 level's int8 pair (vpmaddwd + vpaddd on 256 bits, 2 ops per multiply-add), G operations per second
+    /// on one core; nil without AVX2.
+    public var maddGops: Double?
+    /// The int8 peak of this CPU's best level: VNNI where it exists, else the AVX2 pair.
+    public var int8Gops: Double? { vnniGops ?? maddGops }
+    /// The name of the instruction int8Gops times.
+    public var int8Name: String { vnniGops != nil ? "VNNI vpdpbusd" : "AVX2 vpmaddwd+vpaddd" }
 
     public static func measure(seconds: Double = 0.5) -> MachinePeaks {
         // Each figure is the best of many ~1 ms intervals spread over `seconds`, the four kinds interleaved so
         // a busy moment on the shared machine hits them alike.
-        var best = [Double](repeating: .infinity, count: 4)
+        var best = [Double](repeating: .infinity, count: 5)
         var iCheck: Int64 = 0, fCheck = 0.0
         let iterations: Int64 = 1 << 14
         func timed(_ body: () -> Void) -> Double {
@@ -729,15 +736,16 @@ public struct MachinePeaks: Sendable {
             return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         }
         let deadline = DispatchTime.now().uptimeNanoseconds + UInt64(max(seconds, 0.01) * 1e9)
-        var ops: [Int64] = [0, 0, 0, 0]
+        var ops: [Int64] = [0, 0, 0, 0, 0]
         repeat {
             best[0] = min(best[0], timed { ops[0] = osk_add_chain_cycles(4 * iterations) })
             best[1] = min(best[1], timed { ops[1] = osk_vnni_peak_ops(iterations, &iCheck) })
             best[2] = min(best[2], timed { ops[2] = osk_fma_peak_ops(iterations, &fCheck) })
             best[3] = min(best[3], timed { ops[3] = osk_bf16_peak_ops(iterations, &fCheck) })
+            best[4] = min(best[4], timed { ops[4] = osk_madd_peak_ops(iterations, &iCheck) })
         } while DispatchTime.now().uptimeNanoseconds < deadline
         func rate(_ i: Int) -> Double? { ops[i] > 0 ? Double(ops[i]) / best[i] / 1e9 : nil }
-        return MachinePeaks(ghz: rate(0) ?? 0, vnniGops: rate(1), fmaGflops: rate(2), bf16Gflops: rate(3))
+        return MachinePeaks(ghz: rate(0) ?? 0, vnniGops: rate(1), fmaGflops: rate(2), bf16Gflops: rate(3), maddGops: rate(4))
     }
 
     /// "1153.7 GOP/s (256.0/cycle)" or "n/a".
