@@ -12,6 +12,7 @@ let pipelineCommand = Subcommand("pipeline", summary: "data -> teacher -> studen
     FlagSpec("log-every", "steps between progress lines in every training stage (default: each stage's own)"),
     FlagSpec("teacher-label-dropout", "train the teacher with this label dropout to a null label (classifier-free guidance; default 0.15, --quick 0)"),
     FlagSpec("guidance", "classifier-free guidance scale the students distil and an extra teacher eval row samples, or 'none' (default 3 when the teacher has a null label, --quick none; needs --teacher-label-dropout > 0)"),
+    FlagSpec("cd-regression-weight", "weight of the CD student's regression term on the guided teacher's cached (noise, sample) pairs (the small student's pairs, made before the student stage); 0: plain CD (default 0)"),
 ], run: runPipeline)
 
 func runPipeline(_ flags: ParsedFlags) throws {
@@ -22,6 +23,7 @@ func runPipeline(_ flags: ParsedFlags) throws {
     if flags.has("checkpoint-every") { settings.setCheckpointInterval(try flags.requiredInt("checkpoint-every", 1...10_000_000)) }
     if flags.has("log-every") { settings.setLogInterval(try flags.requiredInt("log-every", 1...1_000_000)) }
     if let p = try flags.double("teacher-label-dropout", range: 0...0.9) { settings.teacher.labelDropout = p }
+    if let w = try flags.double("cd-regression-weight", range: 0...1000) { settings.distill.regressionWeight = Float(w) }
     if flags.string("guidance") == "none" {
         settings.guidance = nil
     } else if let w = try flags.double("guidance", range: 0...GuidanceLimits.maxScale) {

@@ -23,9 +23,11 @@ let studentCommand = Subcommand("student", summary: "distil a teacher (Onestep E
     FlagSpec("warmup", "linear learning-rate warm-up steps (default 0 distillation, 100 regression)"),
     FlagSpec("target-ema", "rate mu of the target network theta^- (distillation)", default: "0.95"),
     FlagSpec("ema", "EMA decay of the saved weights", default: "0.999"),
-    FlagSpec("pairs", "regression: (noise, teacher sample) pairs to generate and cache", default: "4096"),
-    FlagSpec("pairs-file", "regression: the pair cache (default OUT/pairs.safetensors)"),
-    FlagSpec("heun-steps", "regression: sampling steps of the teacher's pairs: Karras sigmas of Heun (an EDM teacher) or DDIM steps, eta 0 (a DDPM-family teacher: DDIMScheduler from its scheduler config)", default: "18"),
+    FlagSpec("regression-weight", "cd: weight lambda of a regression term on cached (noise, teacher sample) pairs at sigma_max beside the consistency loss (DMD's regression loss; --pairs, --pairs-file, --heun-steps make the pairs with the guided teacher); 0: plain CD", default: "0"),
+    FlagSpec("regression-batch", "cd with --regression-weight: pairs per step", default: "16"),
+    FlagSpec("pairs", "regression (and cd --regression-weight): (noise, teacher sample) pairs to generate and cache", default: "4096"),
+    FlagSpec("pairs-file", "regression (and cd --regression-weight): the pair cache (default OUT/pairs.safetensors)"),
+    FlagSpec("heun-steps", "regression (and cd --regression-weight): sampling steps of the teacher's pairs: Karras sigmas of Heun (an EDM teacher) or DDIM steps, eta 0 (a DDPM-family teacher: DDIMScheduler from its scheduler config)", default: "18"),
     FlagSpec("seed", "batch and noise seed", default: "0"),
     FlagSpec("log-every", "steps between progress lines", default: "50"),
     FlagSpec("checkpoint-every", "steps between checkpoints", default: "250"),
@@ -163,10 +165,20 @@ func runStudent(_ flags: ParsedFlags) throws {
         if flags.has("lr") { s.optimizer.learningRate = try flags.requiredFloat("lr", 1e-8...1) }
         if flags.has("warmup") { s.optimizer.warmupSteps = try flags.requiredInt("warmup", 0...10_000_000) }
         s.targetEMA = try flags.requiredFloat("target-ema", 0...0.999999)
+        s.regressionWeight = try flags.requiredFloat("regression-weight", 0...1000)
+        s.regressionBatch = try flags.requiredInt("regression-batch", 1...4096)
         s.workers = workers
         let (dataDir, data) = try teacherData(flags, teacherDir: teacherDir, teacher: teacher)
         inputs["data"] = absolutePath(dataDir)
-        let trainer = try ConsistencyStudentTrainer(denoiser: denoiser, dataset: data, settings: s, runDir: out, resume: resume,
+        var pairs: TeacherPairs?
+        if s.regressionWeight > 0 {
+            guard loaded.edmSchedule != nil else { throw FlagError("--regression-weight: the regression term needs an Onestep EDM teacher (consistency-form student)") }
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            pairs = try TeacherPairs.loadOrGenerate(path: flags.string("pairs-file") ?? out + "/pairs.safetensors", teacher: teacher,
+                                                    count: try flags.requiredInt("pairs", 1...1_000_000), heunSteps: try flags.requiredInt("heun-steps", 1...64),
+                                                    workers: workers, log: stdoutLine)
+        }
+        let trainer = try ConsistencyStudentTrainer(denoiser: denoiser, dataset: data, settings: s, pairs: pairs, runDir: out, resume: resume,
                                                     force: force, inputs: inputs)
         trainer.plotLabels.subtitle += " - teacher \(teacherDir)"
         stdoutLine("consistency distillation of the teacher \(teacherDir) (\(denoiser.description)) on the images in \(dataDir)")

@@ -33,6 +33,11 @@ public struct DistillSettings: Sendable {
     public var schedule = EDMSchedulerConfig()
     /// The LCM form of a DDPM-family teacher (StudentParameterization.swift); nil: the consistency form of `schedule`.
     public var lcmForm: LatentConsistencyForm? = nil
+    /// Weight lambda of the regression term on cached teacher pairs (CDRegressionTerm.swift); 0: plain CD, and no
+    /// random numbers are drawn for it, so the stream is the plain run's.
+    public var regressionWeight: Float = 0
+    /// Pairs per step of the regression term.
+    public var regressionBatch = 16
     public init() {
         optimizer.learningRate = 1e-4
         optimizer.warmupSteps = 0
@@ -107,6 +112,8 @@ public final class ConsistencyDistillationLoss {
     public let teacher: any TeacherDenoiser
     public let settings: DistillSettings
     public let karras: [Double]  // (N) descending, sigma_max ... sigma_min
+    /// (noise, guided teacher sample) pairs of the regression term; nil or weight 0: none.
+    public let pairs: TeacherPairs?
     private(set) var workers: [Worker] = []
 
     final class Worker {
@@ -115,9 +122,10 @@ public final class ConsistencyDistillationLoss {
         init(student: TrainableUNet, target: TrainableUNet) { (self.student, self.target) = (student, target) }
     }
 
-    public init(teacher: any TeacherDenoiser, student: TrainableUNet, settings: DistillSettings) {
+    public init(teacher: any TeacherDenoiser, student: TrainableUNet, settings: DistillSettings, pairs: TeacherPairs? = nil) {
         self.teacher = teacher
         self.settings = settings
+        self.pairs = settings.regressionWeight > 0 ? pairs : nil
         karras = Array(settings.schedule.karrasSigmas(settings.sigmas).prefix(settings.sigmas))
         for k in 0..<max(1, settings.workers) { workers.append(Worker(student: k == 0 ? student : student.clone(), target: student.clone())) }
     }
@@ -138,9 +146,13 @@ public final class ConsistencyDistillationLoss {
             for j in (i * per)..<((i + 1) * per) { noisy[j] = x0[j] + s * rng.normal() }
         }
         let active = Array(workers.prefix(DataParallel.activeWorkers(count: b, available: workers.count)))
+        // The regression term's pairs, drawn after the CD noise (only when it is on), split over the same workers.
+        let pairIndices = pairs.map { p in (0..<settings.regressionBatch).map { _ in rng.int(p.count) } } ?? []
+        let pairBounds = DataParallel.bounds(count: pairIndices.count, parts: active.count)
         DataParallel.broadcast(student.store, to: active.dropFirst().map(\.student.store))
         for w in active { w.target.store.values.update(from: target, count: student.store.count) }
-        let job = DistillJob(loss: self, workers: active, n: n, noisy: UnsafePointer(noisy), labels: labels, per: per, c: c, scale: 1 / Float(b))
+        let job = DistillJob(loss: self, workers: active, n: n, noisy: UnsafePointer(noisy), labels: labels, per: per, c: c, scale: 1 / Float(b),
+                             pairIndices: pairIndices, pairBounds: pairBounds)
         let losses = DataParallel.map(count: b, workers: active.count) { k, chunk in job.run(k, chunk) }
         DataParallel.reduceGradients(active.dropFirst().map(\.student.store), into: student.store)
         return losses.reduce(0, +) / Double(b)
@@ -179,8 +191,13 @@ private struct DistillJob {
     let noisy: UnsafePointer<Float>
     let labels: [Int]?
     let per: Int, c: Double, scale: Float
+    let pairIndices: [Int], pairBounds: [Int]
     func run(_ k: Int, _ chunk: Range<Int>) -> Double {
-        loss.runChunk(workers[k], lo: chunk.lowerBound, hi: chunk.upperBound, n: n, noisy: noisy, labels: labels, per: per, c: c, scale: scale)
+        let cd = loss.runChunk(workers[k], lo: chunk.lowerBound, hi: chunk.upperBound, n: n, noisy: noisy, labels: labels, per: per, c: c, scale: scale)
+        guard !pairIndices.isEmpty else { return cd }
+        // This worker's share of the term (already lambda / R times its sum), times B since step divides by B.
+        let reg = loss.regressionChunk(workers[k], indices: pairIndices[pairBounds[k]..<pairBounds[k + 1]], batch: pairIndices.count, per: per, c: c)
+        return cd + reg * Double(n.count)
     }
 }
 
@@ -191,7 +208,9 @@ public final class ConsistencyDistillationObjective: TrainingObjective {
     public let kind = "consistency-distillation"
     public let label = "consistency-distillation"
     public var plotTitle: String { "student: consistency distillation (cd), \(TrainingPlots.describe(model))" }
-    public let lossName = "pseudo-Huber consistency loss"
+    public var lossName: String {
+        loss.pairs == nil ? "pseudo-Huber consistency loss" : "pseudo-Huber consistency loss + \(settings.regressionWeight) x regression on pairs"
+    }
     public let student: TrainingGroup
     public let dataset: ImageDataset
     public let settings: DistillSettings
@@ -207,6 +226,7 @@ public final class ConsistencyDistillationObjective: TrainingObjective {
     public var runSettings: RunSettings {
         settings.sharedRunSettings.merging(settings.optimizer.runSettings()).merging(RunSettings([
             "method": "cd", "sigmas": String(settings.sigmas), "target-ema": RunSettings.text(settings.targetEMA), "data-images": String(dataset.count)]))
+            .merging(CDRegressionTerm.runSettings(settings, pairs: loss.pairs))
     }
 
     /// `teacher` is an EDM teacher's inference model; the student is its copy (same config and weights).
@@ -218,8 +238,9 @@ public final class ConsistencyDistillationObjective: TrainingObjective {
     /// of its network, trained in `settings.parameterization`: the consistency form of `settings.schedule` for an
     /// EDM teacher, the LCM form of a DDPM-family teacher (set with `settings.use(StudentParameterization.forTeacher)`,
     /// which also sets the sigma range), so the copy starts as the teacher's own one-step denoiser.
-    public init(denoiser: any TeacherDenoiser, dataset: ImageDataset, settings: DistillSettings) throws {
+    public init(denoiser: any TeacherDenoiser, dataset: ImageDataset, settings: DistillSettings, pairs: TeacherPairs? = nil) throws {
         let teacher = denoiser.model
+        if settings.regressionWeight > 0 { try CDRegressionTerm.check(pairs: pairs, settings: settings, per: dataset.imageFloats) }
         guard dataset.size == teacher.config.sampleSize, dataset.channels == teacher.config.inChannels else {
             throw DataError("the teacher makes \(teacher.config.inChannels)x\(teacher.config.sampleSize)x\(teacher.config.sampleSize) images, the data is \(dataset.channels)x\(dataset.size)x\(dataset.size)")
         }
@@ -232,7 +253,7 @@ public final class ConsistencyDistillationObjective: TrainingObjective {
             ("target", WeightAverage(decay: settings.targetEMA, of: model.store, warmup: false)),
         ])
         (self.dataset, self.settings) = (dataset, settings)
-        loss = ConsistencyDistillationLoss(teacher: denoiser, student: model, settings: settings)
+        loss = ConsistencyDistillationLoss(teacher: denoiser, student: model, settings: settings, pairs: pairs)
     }
 
     public func step(number: Int, rng: inout TrainRandom) -> Double {
@@ -269,9 +290,9 @@ extension TrainingLoop where Objective == ConsistencyDistillationObjective {
                       settings: settings.loop, resume: resume, force: force, inputs: inputs)
     }
 
-    public convenience init(denoiser: any TeacherDenoiser, dataset: ImageDataset, settings: DistillSettings, runDir: String, resume: Bool,
-                            force: Bool = false, inputs: RunSettings = RunSettings()) throws {
-        try self.init(objective: ConsistencyDistillationObjective(denoiser: denoiser, dataset: dataset, settings: settings), runDir: runDir,
+    public convenience init(denoiser: any TeacherDenoiser, dataset: ImageDataset, settings: DistillSettings, pairs: TeacherPairs? = nil,
+                            runDir: String, resume: Bool, force: Bool = false, inputs: RunSettings = RunSettings()) throws {
+        try self.init(objective: ConsistencyDistillationObjective(denoiser: denoiser, dataset: dataset, settings: settings, pairs: pairs), runDir: runDir,
                       settings: settings.loop, resume: resume, force: force, inputs: inputs)
     }
 }

@@ -175,7 +175,8 @@ public final class DistillPipeline {
          // The Float as the Double it prints as (0.999, not 0.99900001...), so it reads back equal from JSON.
          "teacher_ema": Double("\(s.teacher.emaDecay)") ?? 0,
          "distill_steps": s.distill.steps, "distill_sigmas": s.distill.sigmas, "small_channels": s.smallChannels, "small_steps": s.small.steps,
-         "teacher_label_dropout": s.teacher.labelDropout, "guidance": s.guidance ?? 1]
+         "teacher_label_dropout": s.teacher.labelDropout, "guidance": s.guidance ?? 1,
+         "distill_regression_weight": Double("\(s.distill.regressionWeight)") ?? 0]
     }
 
     /// Every recorded setting that differs, compared as a training checkpoint's are (RunSettings.differences):
@@ -283,19 +284,33 @@ public final class DistillPipeline {
         let resume = FileManager.default.fileExists(atPath: run + "/" + Checkpoint.fileName)
         var denoiser: any TeacherDenoiser = EDMTeacher(model: teacher.model, sigmaData: settings.distill.schedule.sigmaData)
         if let w = settings.guidance { denoiser = try GuidedTeacher(denoiser, scale: w) }
-        let t = try ConsistencyStudentTrainer(denoiser: denoiser, dataset: data, settings: settings.distill, runDir: run, resume: resume, force: force)
+        // The regression term's pairs are the small student's (same count, sampler and guided teacher), made here
+        // first when the term is on; the student-small stage then finds them cached.
+        var pairs: TeacherPairs?
+        if settings.distill.regressionWeight > 0 {
+            var guided = teacher
+            if let w = settings.guidance { guided = try guided.withClassGuidance(w) }
+            try FileManager.default.createDirectory(atPath: dir + "/student-small", withIntermediateDirectories: true)
+            pairs = try TeacherPairs.loadOrGenerate(path: pairsPath, teacher: guided, count: settings.small.pairs,
+                                                    heunSteps: settings.small.heunSteps, workers: settings.small.workers, log: log)
+        }
+        let t = try ConsistencyStudentTrainer(denoiser: denoiser, dataset: data, settings: settings.distill, pairs: pairs, runDir: run,
+                                              resume: resume, force: force)
         t.plotLabels.title = "pipeline " + t.plotLabels.title
         t.plotLabels.subtitle += " - teacher \(dir)/teacher"
         t.resumeLines.forEach(log)
         return try !t.run(shouldStop: shouldStop, log: log).interrupted
     }
 
+    /// The guided teacher's (noise, sample) pairs: the small student's data and the CD student's regression term's.
+    var pairsPath: String { dir + "/student-small/pairs.safetensors" }
+
     func runSmall() throws -> Bool {
         var teacher = try ImagePipeline.load(path: dir + "/teacher")
         if let w = settings.guidance { teacher = try teacher.withClassGuidance(w) }
         let run = dir + "/student-small"
         try FileManager.default.createDirectory(atPath: run, withIntermediateDirectories: true)
-        let pairs = try TeacherPairs.loadOrGenerate(path: run + "/pairs.safetensors", teacher: teacher, count: settings.small.pairs,
+        let pairs = try TeacherPairs.loadOrGenerate(path: pairsPath, teacher: teacher, count: settings.small.pairs,
                                                     heunSteps: settings.small.heunSteps, workers: settings.small.workers, log: log)
         let cfg = try StudentConfigs.narrower(teacher.config, channels: settings.smallChannels)
         var s = settings.small
