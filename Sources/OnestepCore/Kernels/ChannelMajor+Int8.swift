@@ -50,51 +50,39 @@ extension ChannelMajor {
                                           preShift: UnsafePointer<Float>? = nil, scaleShift: UnsafePointer<Float>? = nil,
                                           inputRange: UnsafeMutablePointer<Float>? = nil,
                                           pool: BufferPool, level: KernelLevel = .best) -> QuantizedActivation {
-        let c = x.channels, n = x.batch, hw = x.pixels, groups = layer.groups, cpg = c / groups, c4 = (c + 3) / 4
-        let stride = n * hw, eps = Double(layer.eps), team = pool.team
+        let c = x.channels, n = x.batch, hw = x.pixels, groups = layer.groups, c4 = (c + 3) / 4
+        let stride = n * hw, team = pool.team
         let out = QuantizedActivation(pool: pool, channels: c, batch: n, height: x.height, width: x.width)
         // Per image: a (C), b (C); per (image, group): the bound (lo, hi) of its values.
         let coefficients = pool.acquire(2 * n * c), bounds = pool.acquire(4 * n * groups)
         defer { pool.release(coefficients, count: 2 * n * c); pool.release(bounds, count: 4 * n * groups) }
-        nonisolated(unsafe) let xd = x.data, pre = preShift, ss = scaleShift, ab = coefficients, bd = bounds
+        nonisolated(unsafe) let xd = x.data, ab = coefficients, bd = bounds
         let raw = inputRange != nil
-        layer.gamma.data.withUnsafeBufferPointer { gammaBuffer in
-            layer.beta.data.withUnsafeBufferPointer { betaBuffer in
-                nonisolated(unsafe) let gamma = gammaBuffer.baseAddress!, beta = betaBuffer.baseAddress!
-                FastConv.forEachRange(n * groups, granule: 1, team: team) { u0, u1 in
-                    for u in u0..<u1 {
-                        let i = u / groups, g = u % groups
-                        let (mean, rstd) = groupStatistics(xd, image: i, group: g, channels: c, groups: groups, pixels: hw,
-                                                           batch: n, preShift: pre, eps: eps, level: level)
-                        var lo: Float = 0, hi: Float = 0, xlo: Float = 0, xhi: Float = 0
-                        for cc in 0..<cpg {
-                            // ChannelMajor.groupNorm's coefficients, from the same function.
-                            let ch = g * cpg + cc
-                            let (fa, fb) = groupNormAffine(mean: mean, rstd: rstd, gamma: gamma[ch], beta: beta[ch],
-                                                           shiftBefore: pre?[i * c + ch] ?? 0,
-                                                           scaleShift: ss.map { ($0[i * 2 * c + ch], $0[i * 2 * c + c + ch]) })
-                            ab[i * c + ch] = fa
-                            ab[n * c + i * c + ch] = fb
-                            let plane = xd + ch * stride + i * hw
-                            if raw {
-                                let r = FastConv.planeRange(plane, count: hw, level: level)
-                                xlo = min(xlo, r.lo)
-                                xhi = max(xhi, r.hi)
-                            }
-                            if silu {
-                                FastConv.foldSiLURange(plane, count: hw, a: fa, b: fb, into: &lo, &hi, level: level)
-                            } else {
-                                FastConv.foldAffineBounds(FastConv.planeRange(plane, count: hw, level: level), a: fa, b: fb, silu: false,
-                                                          into: &lo, &hi)
-                            }
-                        }
-                        bd[4 * u] = lo
-                        bd[4 * u + 1] = hi
-                        bd[4 * u + 2] = xlo
-                        bd[4 * u + 3] = xhi
-                    }
+        forEachGroupAffine(x, layer, preShift: preShift, scaleShift: scaleShift, team: team, level: level) { i, g, channels, affine in
+            var lo: Float = 0, hi: Float = 0, xlo: Float = 0, xhi: Float = 0
+            for ch in channels {
+                // ChannelMajor.groupNorm's coefficients, from the same function.
+                let (fa, fb) = affine(ch)
+                ab[i * c + ch] = fa
+                ab[n * c + i * c + ch] = fb
+                let plane = xd + ch * stride + i * hw
+                if raw {
+                    let r = FastConv.planeRange(plane, count: hw, level: level)
+                    xlo = min(xlo, r.lo)
+                    xhi = max(xhi, r.hi)
+                }
+                if silu {
+                    FastConv.foldSiLURange(plane, count: hw, a: fa, b: fb, into: &lo, &hi, level: level)
+                } else {
+                    FastConv.foldAffineBounds(FastConv.planeRange(plane, count: hw, level: level), a: fa, b: fb, silu: false,
+                                              into: &lo, &hi)
                 }
             }
+            let u = i * groups + g
+            bd[4 * u] = lo
+            bd[4 * u + 1] = hi
+            bd[4 * u + 2] = xlo
+            bd[4 * u + 3] = xhi
         }
         for i in 0..<n {
             var lo: Float = 0, hi: Float = 0, xlo: Float = 0, xhi: Float = 0

@@ -129,12 +129,16 @@ public enum ChannelMajor {
         return (Float(a), Float(b))
     }
 
-    public static func groupNorm(_ x: Activation, _ layer: GroupNormLayer, silu: Bool,
-                                 preShift: UnsafePointer<Float>? = nil, scaleShift: UnsafePointer<Float>? = nil,
-                                 into y: UnsafeMutablePointer<Float>, team: ThreadTeam? = nil) {
-        let c = x.channels, n = x.batch, hw = x.pixels, groups = layer.groups, cpg = c / groups
-        let stride = n * hw, eps = Double(layer.eps)
-        nonisolated(unsafe) let xd = x.data, yd = y, pre = preShift, ss = scaleShift
+    /// For each (image, group) pair, split across `team`: the group's statistics (groupStatistics), then
+    /// `body(image, group, channels, affine)` where affine(ch) gives (a, b) with GroupNorm(x)[ch] = a * x[ch] + b
+    /// (groupNormAffine, with the pre-shift and scale-shift). groupNorm and groupNormQuantized both run on it, so the
+    /// float and int8 paths take their coefficients from one place.
+    static func forEachGroupAffine(_ x: Activation, _ layer: GroupNormLayer, preShift: UnsafePointer<Float>?,
+                                   scaleShift: UnsafePointer<Float>?, team: ThreadTeam?, level: KernelLevel = .best,
+                                   _ body: @Sendable (_ image: Int, _ group: Int, _ channels: Range<Int>,
+                                                      _ affine: (Int) -> (a: Float, b: Float)) -> Void) {
+        let c = x.channels, n = x.batch, hw = x.pixels, groups = layer.groups, cpg = c / groups, eps = Double(layer.eps)
+        nonisolated(unsafe) let xd = x.data, pre = preShift, ss = scaleShift
         layer.gamma.data.withUnsafeBufferPointer { gammaBuffer in
             layer.beta.data.withUnsafeBufferPointer { betaBuffer in
                 nonisolated(unsafe) let gamma = gammaBuffer.baseAddress!, beta = betaBuffer.baseAddress!
@@ -142,20 +146,31 @@ public enum ChannelMajor {
                     for u in u0..<u1 {
                         let i = u / groups, g = u % groups
                         let (mean, rstd) = groupStatistics(xd, image: i, group: g, channels: c, groups: groups, pixels: hw,
-                                                           batch: n, preShift: pre, eps: eps)
-                        for cc in 0..<cpg {
-                            let ch = g * cpg + cc
-                            let (fa, fb) = groupNormAffine(mean: mean, rstd: rstd, gamma: gamma[ch], beta: beta[ch],
-                                                           shiftBefore: pre?[i * c + ch] ?? 0,
-                                                           scaleShift: ss.map { ($0[i * 2 * c + ch], $0[i * 2 * c + c + ch]) })
-                            let src = xd + ch * stride + i * hw, dst = yd + ch * stride + i * hw
-                            if silu {
-                                Activations.affineSiLU(src, dst, count: hw, a: fa, b: fb)
-                            } else {
-                                for j in 0..<hw { dst[j] = src[j] * fa + fb }
-                            }
+                                                           batch: n, preShift: pre, eps: eps, level: level)
+                        body(i, g, g * cpg..<(g + 1) * cpg) { ch in
+                            groupNormAffine(mean: mean, rstd: rstd, gamma: gamma[ch], beta: beta[ch],
+                                            shiftBefore: pre?[i * c + ch] ?? 0,
+                                            scaleShift: ss.map { ($0[i * 2 * c + ch], $0[i * 2 * c + c + ch]) })
                         }
                     }
+                }
+            }
+        }
+    }
+
+    public static func groupNorm(_ x: Activation, _ layer: GroupNormLayer, silu: Bool,
+                                 preShift: UnsafePointer<Float>? = nil, scaleShift: UnsafePointer<Float>? = nil,
+                                 into y: UnsafeMutablePointer<Float>, team: ThreadTeam? = nil) {
+        let hw = x.pixels, stride = x.batch * hw
+        nonisolated(unsafe) let xd = x.data, yd = y
+        forEachGroupAffine(x, layer, preShift: preShift, scaleShift: scaleShift, team: team) { i, _, channels, affine in
+            for ch in channels {
+                let (fa, fb) = affine(ch)
+                let src = xd + ch * stride + i * hw, dst = yd + ch * stride + i * hw
+                if silu {
+                    Activations.affineSiLU(src, dst, count: hw, a: fa, b: fb)
+                } else {
+                    for j in 0..<hw { dst[j] = src[j] * fa + fb }
                 }
             }
         }
